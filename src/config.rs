@@ -1,0 +1,341 @@
+//! Every knob and limit of shardbox, in one place.
+//!
+//! Each field carries its unit in its name and documents its default. A value is resolved with
+//! the precedence `--flag` > `SHARDBOX_<FIELD>` environment variable > `--config FILE` (TOML) >
+//! built-in default. Every field can be set from the file and the environment; the most common
+//! ones also have a flag, and any field can be set from the command line with `--set key=value`.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How a commit relates to the reply a client gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurabilityMode {
+    /// The reply is sent after the commit holding the write has been fsync'd.
+    Immediate,
+    /// Commits are not fsync'd; an fsync'd commit runs every `interval`. A crash loses at most the
+    /// writes acknowledged during the last interval (plus one batch).
+    Periodic { interval: Duration },
+}
+
+impl DurabilityMode {
+    /// Parses `immediate` or `periodic:<ms>`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("immediate") {
+            return Ok(Self::Immediate);
+        }
+        if let Some(ms) = text.strip_prefix("periodic:") {
+            let ms: u64 = ms.trim_end_matches("ms").parse().map_err(|_| {
+                format!("durability `{text}`: periodic needs milliseconds, e.g. periodic:100")
+            })?;
+            if ms == 0 || ms > 60_000 {
+                return Err(format!(
+                    "durability `{text}`: the interval must be 1..=60000 ms"
+                ));
+            }
+            return Ok(Self::Periodic {
+                interval: Duration::from_millis(ms),
+            });
+        }
+        Err(format!(
+            "durability `{text}`: expected `immediate` or `periodic:<ms>`"
+        ))
+    }
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The resolved configuration. See `docs/operations.md` for the table of every field.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Data directory; created if absent. Default `./shardbox-data`.
+    pub data_dir: PathBuf,
+    /// Listen address. Default `127.0.0.1:7070` (loopback only).
+    pub listen: String,
+    /// Number of shards, fixed when the data directory is created. Default 0: use the count in
+    /// the MANIFEST, or 8 for a new directory.
+    pub shards: u32,
+    /// `immediate` (default) or `periodic:<ms>`.
+    pub durability: String,
+    /// `text` (default) or `json`.
+    pub log_format: LogFormat,
+
+    /// redb page cache per shard. Default 32 MiB (8 shards = 256 MiB, fits a 1 GiB box).
+    pub shard_cache_bytes: u64,
+    /// Save allocator state on every commit so a crash needs no full file walk on restart
+    /// (costs a second fsync per commit). Default false.
+    pub quick_repair: bool,
+
+    /// Operations one shard's writer queue holds before callers wait. Default 4096.
+    pub writer_queue_ops_max: usize,
+    /// How long a caller waits for room in a full writer queue before a 503. Default 1000 ms.
+    pub writer_queue_wait_ms: u64,
+    /// Most operations applied in one commit. Default 1024.
+    pub batch_ops_max: usize,
+    /// Most payload bytes applied in one commit. Default 8 MiB.
+    pub batch_bytes_max: usize,
+
+    /// Largest KV value. Default 16 MiB.
+    pub value_bytes_max: usize,
+    /// Largest JSON request body (batch operations, incr). Default 32 MiB.
+    pub json_body_bytes_max: usize,
+    /// Request body bytes buffered across all connections at once; beyond it requests get 503.
+    /// Default 256 MiB.
+    pub inflight_body_bytes_max: usize,
+    /// Keys in one `:batchGet` and ops in one `:batchWrite`. Default 1000.
+    pub batch_keys_max: usize,
+    /// Largest `limit` of a listing. Default 1000.
+    pub list_limit_max: usize,
+    /// Keys deleted per commit by a prefix delete and by the TTL sweeper. Default 1000.
+    pub delete_batch_keys_max: usize,
+
+    /// Open client connections; more are answered 503 and closed. Default 1024.
+    pub connections_max: usize,
+    /// A client must send a whole request head within this time, and an idle keep-alive
+    /// connection is closed after it. Default 10000 ms.
+    pub header_read_timeout_ms: u64,
+    /// Largest request head (request line + headers). Default 16384 bytes (min 8192).
+    pub header_bytes_max: usize,
+    /// A request body must arrive within this time. Default 30000 ms.
+    pub body_read_timeout_ms: u64,
+    /// On shutdown, in-flight requests get this long to finish. Default 10000 ms.
+    pub shutdown_grace_ms: u64,
+
+    /// How often each shard's TTL sweeper runs. Default 1000 ms.
+    pub sweep_interval_ms: u64,
+    /// `/readyz` fails when the data directory's filesystem has less free space. Default 256 MiB.
+    pub disk_free_bytes_min: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./shardbox-data"),
+            listen: "127.0.0.1:7070".to_string(),
+            shards: 0,
+            durability: "immediate".to_string(),
+            log_format: LogFormat::Text,
+            shard_cache_bytes: 32 << 20,
+            quick_repair: false,
+            writer_queue_ops_max: 4096,
+            writer_queue_wait_ms: 1000,
+            batch_ops_max: 1024,
+            batch_bytes_max: 8 << 20,
+            value_bytes_max: 16 << 20,
+            json_body_bytes_max: 32 << 20,
+            inflight_body_bytes_max: 256 << 20,
+            batch_keys_max: 1000,
+            list_limit_max: 1000,
+            delete_batch_keys_max: 1000,
+            connections_max: 1024,
+            header_read_timeout_ms: 10_000,
+            header_bytes_max: 16 << 10,
+            body_read_timeout_ms: 30_000,
+            shutdown_grace_ms: 10_000,
+            sweep_interval_ms: 1000,
+            disk_free_bytes_min: 256 << 20,
+        }
+    }
+}
+
+/// Environment variable prefix: `SHARDBOX_BATCH_OPS_MAX=64` sets `batch_ops_max`.
+pub const ENV_PREFIX: &str = "SHARDBOX_";
+
+impl Config {
+    /// Builds a config from layers. `file` is the TOML text of `--config` (if any), `env` the
+    /// process environment, and `overrides` the command-line values as `(field, value)` pairs,
+    /// applied last.
+    pub fn resolve(
+        file: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(String, String)],
+    ) -> Result<Self, String> {
+        let mut table = toml::Table::try_from(Config::default())
+            .map_err(|e| format!("internal: cannot serialise defaults: {e}"))?;
+        if let Some(text) = file {
+            let from_file: toml::Table =
+                toml::from_str(text).map_err(|e| format!("config file: {e}"))?;
+            for (k, v) in from_file {
+                if !table.contains_key(&k) {
+                    return Err(format!("config file: unknown setting `{k}`"));
+                }
+                table.insert(k, v);
+            }
+        }
+        for (name, value) in env {
+            let Some(field) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let field = field.to_ascii_lowercase();
+            if field == "config" || field == "log" {
+                continue; // handled by the CLI itself
+            }
+            if !table.contains_key(&field) {
+                return Err(format!("environment: `{name}` is not a shardbox setting"));
+            }
+            set_field(&mut table, &field, &value)
+                .map_err(|e| format!("environment {name}: {e}"))?;
+        }
+        for (field, value) in overrides {
+            set_field(&mut table, field, value)?;
+        }
+        let config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("config: {}", e.message()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges so the server never starts with a limit that cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        DurabilityMode::parse(&self.durability)?;
+        let checks: [(&str, u64, u64, u64); 12] = [
+            ("shards", self.shards as u64, 0, 1024),
+            (
+                "writer_queue_ops_max",
+                self.writer_queue_ops_max as u64,
+                1,
+                1 << 20,
+            ),
+            ("batch_ops_max", self.batch_ops_max as u64, 1, 1 << 20),
+            ("batch_bytes_max", self.batch_bytes_max as u64, 1, 1 << 32),
+            ("value_bytes_max", self.value_bytes_max as u64, 1, 1 << 30),
+            (
+                "json_body_bytes_max",
+                self.json_body_bytes_max as u64,
+                1024,
+                1 << 32,
+            ),
+            ("batch_keys_max", self.batch_keys_max as u64, 1, 100_000),
+            ("list_limit_max", self.list_limit_max as u64, 1, 100_000),
+            (
+                "delete_batch_keys_max",
+                self.delete_batch_keys_max as u64,
+                1,
+                1 << 20,
+            ),
+            ("connections_max", self.connections_max as u64, 1, 1 << 20),
+            (
+                "header_bytes_max",
+                self.header_bytes_max as u64,
+                8192,
+                1 << 20,
+            ),
+            ("sweep_interval_ms", self.sweep_interval_ms, 10, 3_600_000),
+        ];
+        for (name, value, lo, hi) in checks {
+            if value < lo || value > hi {
+                return Err(format!("{name} = {value}: must be in {lo}..={hi}"));
+            }
+        }
+        if self.inflight_body_bytes_max < self.value_bytes_max
+            || self.inflight_body_bytes_max < self.json_body_bytes_max
+        {
+            return Err(
+                "inflight_body_bytes_max must be at least value_bytes_max and json_body_bytes_max"
+                    .into(),
+            );
+        }
+        self.listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| format!("listen `{}`: {e}", self.listen))?;
+        Ok(())
+    }
+
+    /// The parsed durability mode (validated in `resolve`).
+    pub fn durability_mode(&self) -> DurabilityMode {
+        DurabilityMode::parse(&self.durability).unwrap_or(DurabilityMode::Immediate)
+    }
+
+    /// A config for tests and embedding: defaults with the given data dir.
+    pub fn with_data_dir(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: dir.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Sets one field from text, typed after the default's type.
+fn set_field(table: &mut toml::Table, field: &str, text: &str) -> Result<(), String> {
+    let current = table
+        .get(field)
+        .ok_or_else(|| format!("unknown setting `{field}`"))?;
+    let value = match current {
+        toml::Value::Integer(_) => toml::Value::Integer(
+            text.trim()
+                .parse()
+                .map_err(|_| format!("`{field}` needs a whole number, got `{text}`"))?,
+        ),
+        toml::Value::Boolean(_) => toml::Value::Boolean(
+            text.trim()
+                .parse()
+                .map_err(|_| format!("`{field}` needs true or false, got `{text}`"))?,
+        ),
+        _ => toml::Value::String(text.to_string()),
+    };
+    table.insert(field.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_is_flag_env_file_default() {
+        let file = "shards = 4\nbatch_ops_max = 10\nvalue_bytes_max = 100\n";
+        let env = vec![
+            ("SHARDBOX_BATCH_OPS_MAX".to_string(), "20".to_string()),
+            ("SHARDBOX_SHARDS".to_string(), "6".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let flags = vec![("shards".to_string(), "2".to_string())];
+        let c = Config::resolve(Some(file), env, &flags).unwrap();
+        assert_eq!(c.shards, 2);
+        assert_eq!(c.batch_ops_max, 20);
+        assert_eq!(c.value_bytes_max, 100);
+        assert_eq!(c.list_limit_max, 1000);
+    }
+
+    #[test]
+    fn unknown_and_bad_values_are_errors() {
+        assert!(Config::resolve(Some("nope = 1"), vec![], &[]).is_err());
+        let env = vec![("SHARDBOX_NOPE".to_string(), "1".to_string())];
+        assert!(Config::resolve(None, env, &[]).is_err());
+        let flags = vec![("shards".to_string(), "x".to_string())];
+        assert!(Config::resolve(None, vec![], &flags).is_err());
+        let flags = vec![("shards".to_string(), "5000".to_string())];
+        assert!(Config::resolve(None, vec![], &flags).is_err());
+        let flags = vec![("durability".to_string(), "sometimes".to_string())];
+        assert!(Config::resolve(None, vec![], &flags).is_err());
+    }
+
+    #[test]
+    fn durability_parses() {
+        assert_eq!(
+            DurabilityMode::parse("immediate").unwrap(),
+            DurabilityMode::Immediate
+        );
+        assert_eq!(
+            DurabilityMode::parse("periodic:50").unwrap(),
+            DurabilityMode::Periodic {
+                interval: Duration::from_millis(50)
+            }
+        );
+        assert!(DurabilityMode::parse("periodic:0").is_err());
+        assert!(DurabilityMode::parse("periodic:x").is_err());
+    }
+}

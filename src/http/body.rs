@@ -1,0 +1,111 @@
+//! Reading request bodies within bounds: a per-request byte limit enforced while streaming, a
+//! deadline for the whole body, and a process-wide budget of buffered body bytes so many large
+//! uploads at once answer 503 instead of growing memory.
+
+use crate::error::ApiError;
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::CONTENT_LENGTH;
+use hyper::HeaderMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How long a request waits for body budget before it is refused.
+const BUDGET_WAIT: Duration = Duration::from_millis(500);
+
+/// A body held in memory, with the budget it holds until dropped.
+pub struct BodyBytes {
+    pub bytes: Bytes,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Reads the whole body; 413 past `max_bytes`, 408 past `timeout`, 503 without budget.
+pub async fn read(
+    headers: &HeaderMap,
+    body: Incoming,
+    max_bytes: usize,
+    budget: &Arc<Semaphore>,
+    timeout: Duration,
+    what: &str,
+) -> Result<BodyBytes, ApiError> {
+    let declared = match headers.get(CONTENT_LENGTH) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_request("Content-Length is not a number"))?,
+        ),
+        None => None,
+    };
+    if let Some(n) = declared {
+        if n > max_bytes as u64 {
+            return Err(too_large(what, n, max_bytes));
+        }
+    }
+    let reserve = declared.unwrap_or(0) as u32;
+    let mut permit = acquire(budget, reserve).await?;
+    let collect = async {
+        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ApiError::bad_request(format!("reading body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                let new_len = buf.len() + data.len();
+                if new_len > max_bytes {
+                    return Err(too_large(what, new_len as u64, max_bytes));
+                }
+                // Chunked bodies (no Content-Length) take budget as they arrive.
+                let reserved = permit.as_ref().map_or(0, |p| p.num_permits());
+                if new_len > reserved {
+                    let more = acquire(budget, (new_len - reserved) as u32).await?;
+                    match (&mut permit, more) {
+                        (Some(p), Some(m)) => p.merge(m),
+                        (slot @ None, m) => *slot = m,
+                        _ => {}
+                    }
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(buf.freeze())
+    };
+    let bytes = tokio::time::timeout(timeout, collect).await.map_err(|_| {
+        ApiError::new(
+            408,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} ms",
+                timeout.as_millis()
+            ),
+        )
+    })??;
+    Ok(BodyBytes {
+        bytes,
+        _permit: permit,
+    })
+}
+
+async fn acquire(
+    budget: &Arc<Semaphore>,
+    n: u32,
+) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+    if n == 0 {
+        return Ok(None);
+    }
+    match tokio::time::timeout(BUDGET_WAIT, budget.clone().acquire_many_owned(n)).await {
+        Ok(Ok(p)) => Ok(Some(p)),
+        _ => {
+            crate::metrics::BODY_BUDGET_REFUSED.inc();
+            Err(ApiError::unavailable(
+                "overloaded",
+                "too many request bytes are buffered right now (inflight_body_bytes_max); retry",
+            ))
+        }
+    }
+}
+
+fn too_large(what: &str, got: u64, max: usize) -> ApiError {
+    ApiError::too_large(format!("{what} is {got} bytes; the limit is {max}"))
+}

@@ -1,0 +1,65 @@
+//! `/healthz`, `/readyz` and `/metrics`.
+
+use super::response::{self, Resp};
+use super::ServerState;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use std::sync::atomic::Ordering;
+
+pub fn healthz() -> Resp {
+    response::json(200, &serde_json::json!({"status": "ok"}))
+}
+
+/// 200 when every shard accepts writes and the disk has room; else 503 naming what is wrong.
+pub fn readyz(state: &ServerState) -> Resp {
+    let engine = state.store.engine();
+    let mut problems = Vec::new();
+    for (shard, reason) in engine.failed_shards() {
+        problems.push(serde_json::json!({"shard": shard, "reason": reason}));
+    }
+    let floor = state.store.config().disk_free_bytes_min;
+    let free = free_bytes(engine.data_dir());
+    match free {
+        Some(free) if free < floor => problems.push(serde_json::json!({
+            "disk": format!("{} bytes free under the data directory, below disk_free_bytes_min ({floor})", free)
+        })),
+        None => problems.push(serde_json::json!({"disk": "cannot read free space of the data directory"})),
+        _ => {}
+    }
+    if engine.is_closing() {
+        problems.push(serde_json::json!({"shutdown": "shutting down"}));
+    }
+    if problems.is_empty() {
+        response::json(
+            200,
+            &serde_json::json!({"status": "ready", "shards": engine.shards().len(), "disk_free_bytes": free}),
+        )
+    } else {
+        let mut r = response::json(
+            503,
+            &serde_json::json!({"status": "unavailable", "problems": problems,
+                "error": {"code": "not_ready", "message": "see problems"}}),
+        );
+        r.headers_mut()
+            .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
+        r
+    }
+}
+
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let s = rustix::fs::statvfs(path).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+pub fn metrics(state: &ServerState) -> Resp {
+    let text = crate::metrics::render(
+        state.store.engine(),
+        state.open_connections.load(Ordering::Relaxed),
+    );
+    let mut r = response::empty(200);
+    *r.body_mut() = response::full(text);
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}

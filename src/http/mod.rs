@@ -1,0 +1,113 @@
+//! The HTTP/1.1 server: accept loop, connection limits, timeouts, graceful shutdown.
+//!
+//! `run(listener, store, shutdown)` takes a bound listener, so tests bind `127.0.0.1:0`.
+
+pub mod body;
+mod health;
+mod kv;
+pub mod response;
+mod router;
+
+use crate::Store;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+/// What every request handler shares.
+pub struct ServerState {
+    pub store: Store,
+    /// Budget of request body bytes buffered at once (`inflight_body_bytes_max`).
+    pub body_budget: Arc<Semaphore>,
+    pub open_connections: AtomicUsize,
+}
+
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 92\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"connections_max reached; retry shortly\"}}";
+
+/// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish (up to
+/// `shutdown_grace_ms`) and returns. The caller closes the store afterwards.
+pub async fn run(
+    listener: TcpListener,
+    store: Store,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let cfg = store.config().clone();
+    let state = Arc::new(ServerState {
+        body_budget: Arc::new(Semaphore::new(cfg.inflight_body_bytes_max)),
+        store,
+        open_connections: AtomicUsize::new(0),
+    });
+    let conn_limit = Arc::new(Semaphore::new(cfg.connections_max));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(cfg.header_read_timeout_ms))
+        .max_buf_size(cfg.header_bytes_max.max(8192))
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = conn_limit.clone().try_acquire_owned() else {
+            crate::metrics::CONNECTIONS_REFUSED.inc();
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), stream.write_all(REFUSED)).await;
+            });
+            continue;
+        };
+        let state = state.clone();
+        let builder = builder.clone();
+        let mut stop_rx = stop_rx.clone();
+        let done_tx = done_tx.clone();
+        tokio::spawn(async move {
+            state.open_connections.fetch_add(1, Ordering::Relaxed);
+            let st = state.clone();
+            let service = service_fn(move |req| router::handle(st.clone(), req));
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = async { let _ = stop_rx.wait_for(|s| *s).await.map(|_| ()); } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.as_mut().await;
+                }
+            }
+            state.open_connections.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+            drop(done_tx);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: no longer accepting connections");
+    let _ = stop_tx.send(true);
+    drop(done_tx);
+    let grace = Duration::from_millis(cfg.shutdown_grace_ms);
+    if tokio::time::timeout(grace, done_rx.recv()).await.is_err() {
+        tracing::warn!(
+            open = state.open_connections.load(Ordering::Relaxed),
+            "shutdown grace period over; dropping remaining connections"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! Response builders. Every error leaves through [`error`], which renders the one JSON shape.
+
+use crate::error::ApiError;
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Response, StatusCode};
+use std::convert::Infallible;
+
+/// The response body type: whole buffers now, streams later, one type for the router.
+pub type Body = BoxBody<Bytes, Infallible>;
+pub type Resp = Response<Body>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
+pub fn empty_body() -> Body {
+    Empty::new().boxed()
+}
+
+fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// A JSON response.
+pub fn json(code: u16, value: &serde_json::Value) -> Resp {
+    let mut r = Response::new(full(value.to_string()));
+    *r.status_mut() = status(code);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A response with no body.
+pub fn empty(code: u16) -> Resp {
+    let mut r = Response::new(empty_body());
+    *r.status_mut() = status(code);
+    r
+}
+
+/// The JSON error response, with `Retry-After` when the error says when to come back.
+pub fn error(e: &ApiError) -> Resp {
+    let mut r = Response::new(full(e.body()));
+    *r.status_mut() = status(e.status);
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(s) = e.retry_after_s {
+        h.insert(RETRY_AFTER, HeaderValue::from(s));
+    }
+    if let Some(allow) = e.allow {
+        h.insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+    }
+    r
+}
+
+/// Makes a HEAD response from a GET one: same headers, no body, but the length it would have.
+pub fn head_of(resp: Resp, len: usize) -> Resp {
+    let (mut parts, _) = resp.into_parts();
+    parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    Response::from_parts(parts, empty_body())
+}

@@ -1,0 +1,155 @@
+//! Request routing: path and method to handler, and the one place errors become responses.
+
+use super::response::{self, Resp};
+use super::{health, kv, ServerState};
+use crate::error::ApiError;
+use hyper::body::Incoming;
+use hyper::{Method, Request};
+use std::convert::Infallible;
+use std::sync::Arc;
+
+/// The parsed target of a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    Healthz,
+    Readyz,
+    Metrics,
+    /// `/v1/kv/{ns}/{key}` (key percent-decoded).
+    KvKey {
+        ns: &'a str,
+        key: String,
+    },
+    /// `/v1/kv/{ns}`
+    KvNamespace {
+        ns: &'a str,
+    },
+    /// `/v1/kv/{ns}:{verb}`
+    KvVerb {
+        ns: &'a str,
+        verb: &'a str,
+    },
+}
+
+/// Parses a request path. Errors are 404s for unknown paths and 400s for bad keys.
+pub fn parse(path: &str) -> Result<Route<'_>, ApiError> {
+    match path {
+        "/healthz" => return Ok(Route::Healthz),
+        "/readyz" => return Ok(Route::Readyz),
+        "/metrics" => return Ok(Route::Metrics),
+        _ => {}
+    }
+    let Some(rest) = path.strip_prefix("/v1/kv/") else {
+        return Err(ApiError::not_found(format!("no such endpoint: {path}")));
+    };
+    match rest.split_once('/') {
+        Some((ns, raw_key)) => {
+            if ns.contains(':') {
+                return Err(ApiError::not_found(format!("no such endpoint: {path}")));
+            }
+            let key = percent_encoding::percent_decode_str(raw_key)
+                .decode_utf8()
+                .map_err(|_| ApiError::bad_request("the key must be UTF-8 after percent-decoding"))?
+                .into_owned();
+            Ok(Route::KvKey { ns, key })
+        }
+        None => match rest.split_once(':') {
+            Some((ns, verb)) => Ok(Route::KvVerb { ns, verb }),
+            None => Ok(Route::KvNamespace { ns: rest }),
+        },
+    }
+}
+
+/// The service function: never fails, every error is a JSON response.
+pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let resp = match dispatch(&state, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status >= 500 {
+                tracing::warn!(status = e.status, code = e.code, message = %e.message, "request failed");
+            }
+            response::error(&e)
+        }
+    };
+    crate::metrics::record_status(resp.status().as_u16());
+    Ok(resp)
+}
+
+async fn dispatch(state: &Arc<ServerState>, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let path = req.uri().path().to_string();
+    let route = parse(&path)?;
+    let method = req.method().clone();
+    match (route, &method) {
+        (Route::Healthz, &Method::GET | &Method::HEAD) => Ok(health::healthz()),
+        (Route::Readyz, &Method::GET | &Method::HEAD) => Ok(health::readyz(state)),
+        (Route::Metrics, &Method::GET) => Ok(health::metrics(state)),
+        (Route::Healthz | Route::Readyz, _) => Err(not_allowed("GET, HEAD")),
+        (Route::Metrics, _) => Err(not_allowed("GET")),
+        (Route::KvKey { ns, key }, m) => match *m {
+            Method::GET => kv::get(state, ns, &key, &req, false),
+            Method::HEAD => kv::get(state, ns, &key, &req, true),
+            Method::PUT => kv::put(state, ns, &key, req).await,
+            Method::DELETE => kv::delete(state, ns, &key, &req).await,
+            _ => Err(not_allowed("GET, HEAD, PUT, DELETE")),
+        },
+        (Route::KvNamespace { ns }, m) => match *m {
+            Method::GET => kv::list(state, ns, &req).await,
+            Method::DELETE => kv::delete_prefix(state, ns, &req).await,
+            _ => Err(not_allowed("GET, DELETE")),
+        },
+        (Route::KvVerb { ns, verb }, m) => {
+            if *m != Method::POST {
+                return Err(not_allowed("POST"));
+            }
+            match verb {
+                "incr" => kv::incr(state, ns, req).await,
+                "batchGet" => kv::batch_get(state, ns, req).await,
+                "batchWrite" => kv::batch_write(state, ns, req).await,
+                other => Err(ApiError::not_found(format!(
+                    "unknown operation `:{other}`; use :incr, :batchGet or :batchWrite"
+                ))),
+            }
+        }
+    }
+}
+
+/// A 405 carrying the allowed methods in `Allow`.
+fn not_allowed(allow: &'static str) -> ApiError {
+    ApiError {
+        allow: Some(allow),
+        ..ApiError::new(
+            405,
+            "method_not_allowed",
+            format!("allowed methods: {allow}"),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(parse("/healthz").unwrap(), Route::Healthz);
+        assert_eq!(
+            parse("/v1/kv/app/a%2Fb/c").unwrap(),
+            Route::KvKey {
+                ns: "app",
+                key: "a/b/c".into()
+            }
+        );
+        assert_eq!(
+            parse("/v1/kv/app").unwrap(),
+            Route::KvNamespace { ns: "app" }
+        );
+        assert_eq!(
+            parse("/v1/kv/app:incr").unwrap(),
+            Route::KvVerb {
+                ns: "app",
+                verb: "incr"
+            }
+        );
+        assert_eq!(parse("/v2/x").unwrap_err().status, 404);
+        assert_eq!(parse("/v1/kv/app/%FF").unwrap_err().status, 400);
+    }
+}

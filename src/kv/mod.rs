@@ -1,0 +1,487 @@
+//! The key-value domain: get/put/delete with TTL and CAS, counters, batches, prefix listing.
+//!
+//! No HTTP here. Keys are stored as `namespace ‖ 0x00 ‖ key` (a namespace cannot contain 0x00),
+//! which is also the routing key, so a namespace's keys sort together inside every shard.
+
+mod apply;
+mod list;
+pub mod sweep;
+
+use crate::engine::codec;
+use crate::engine::Engine;
+use crate::error::{EngineError, KvError};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub use list::{decode_cursor as list_cursor, encode_cursor, ListEntry, ListPage};
+
+/// Values by stored key.
+pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+/// Expiry index: `expires_at_ms (u64 BE) ‖ stored key` → (). The sweeper walks it in order.
+pub const KV_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("kv_expiry");
+
+/// Longest namespace, in bytes.
+pub const NAMESPACE_BYTES_MAX: usize = 64;
+/// Longest key, in bytes.
+pub const KEY_BYTES_MAX: usize = 1024;
+
+/// Creates the KV tables in a shard.
+pub fn init_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    txn.open_table(KV)?;
+    txn.open_table(KV_EXPIRY)?;
+    Ok(())
+}
+
+/// A stored value as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Value {
+    pub payload: Vec<u8>,
+    pub revision: u64,
+    pub expires_at_ms: Option<u64>,
+    pub content_type: Option<String>,
+}
+
+/// A write precondition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cond {
+    #[default]
+    None,
+    /// Only if the current revision is this one (`If-Match: "<rev>"`).
+    IfRevision(u64),
+    /// Only if the key exists (`If-Match: *`).
+    IfExists,
+    /// Only if the key is absent or expired (`If-None-Match: *`).
+    IfAbsent,
+}
+
+/// Options of a put.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    pub ttl_ms: Option<u64>,
+    pub content_type: Option<String>,
+    pub cond: Cond,
+}
+
+/// What a put did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutResult {
+    pub revision: u64,
+    /// True when the key was absent (or expired) before.
+    pub created: bool,
+}
+
+/// One operation of a batch write.
+#[derive(Debug, Clone)]
+pub enum BatchOp {
+    Put {
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+        if_revision: Option<u64>,
+    },
+    Delete {
+        key: String,
+        if_revision: Option<u64>,
+    },
+}
+
+impl BatchOp {
+    fn key(&self) -> &str {
+        match self {
+            BatchOp::Put { key, .. } | BatchOp::Delete { key, .. } => key,
+        }
+    }
+    fn bytes(&self) -> usize {
+        match self {
+            BatchOp::Put { key, value, .. } => key.len() + value.len(),
+            BatchOp::Delete { key, .. } => key.len(),
+        }
+    }
+}
+
+/// The result of one batch operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOpResult {
+    Put(PutResult),
+    /// Deleted; `existed` false when the key was already absent.
+    Deleted {
+        existed: bool,
+    },
+    /// This operation's precondition failed; no operation of its shard was applied.
+    PreconditionFailed(String),
+    /// Another operation on the same shard failed its precondition, so this one was not applied.
+    Aborted,
+}
+
+/// Checks a namespace: 1–64 bytes of `[A-Za-z0-9_.-]`.
+pub fn validate_namespace(ns: &str) -> Result<(), KvError> {
+    if ns.is_empty() || ns.len() > NAMESPACE_BYTES_MAX {
+        return Err(KvError::Invalid(format!(
+            "namespace must be 1-{NAMESPACE_BYTES_MAX} characters, got {}",
+            ns.len()
+        )));
+    }
+    if let Some(c) = ns
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(KvError::Invalid(format!(
+            "namespace {ns:?} contains {c:?}; use only A-Z a-z 0-9 _ . -"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a key: 1–1024 bytes of UTF-8 (UTF-8 is guaranteed by `&str`).
+pub fn validate_key(key: &str) -> Result<(), KvError> {
+    if key.is_empty() || key.len() > KEY_BYTES_MAX {
+        return Err(KvError::Invalid(format!(
+            "key must be 1-{KEY_BYTES_MAX} bytes, got {}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The stored (and routing) key of `ns`/`key`.
+pub fn stored_key(ns: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(ns.len() + 1 + key.len());
+    k.extend_from_slice(ns.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// The user key part of a stored key, for messages.
+pub(crate) fn display_key(stored: &[u8]) -> String {
+    String::from_utf8_lossy(stored).replace('\0', "/")
+}
+
+/// The KV domain over an engine.
+#[derive(Clone)]
+pub struct Kv {
+    engine: Arc<Engine>,
+    limits: Limits,
+}
+
+/// The limits the domain enforces itself (the HTTP layer enforces body sizes).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub value_bytes_max: usize,
+    pub batch_keys_max: usize,
+    pub list_limit_max: usize,
+    pub delete_batch_keys_max: usize,
+}
+
+impl Kv {
+    pub fn new(engine: Arc<Engine>, limits: Limits) -> Self {
+        Self { engine, limits }
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), KvError> {
+        if value.len() > self.limits.value_bytes_max {
+            return Err(KvError::TooLarge(format!(
+                "value is {} bytes; the limit (value_bytes_max) is {}",
+                value.len(),
+                self.limits.value_bytes_max
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads a key; `None` when absent or expired.
+    pub fn get(&self, ns: &str, key: &str) -> Result<Option<Value>, KvError> {
+        validate_namespace(ns)?;
+        validate_key(key)?;
+        let sk = stored_key(ns, key);
+        let shard = self.engine.shard_for(&sk);
+        let txn = self.engine.shards()[shard].read()?;
+        let table = txn.open_table(KV).map_err(|e| storage(shard, e))?;
+        let now = self.engine.now_ms();
+        read_value(&table, shard, &sk, now)
+    }
+
+    /// Reads many keys of one namespace with one read transaction per shard.
+    pub fn batch_get(&self, ns: &str, keys: &[String]) -> Result<Vec<Option<Value>>, KvError> {
+        validate_namespace(ns)?;
+        if keys.len() > self.limits.batch_keys_max {
+            return Err(KvError::Invalid(format!(
+                "{} keys; at most {} per batch (batch_keys_max)",
+                keys.len(),
+                self.limits.batch_keys_max
+            )));
+        }
+        let mut by_shard: BTreeMap<usize, Vec<(usize, Vec<u8>)>> = BTreeMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            validate_key(key)?;
+            let sk = stored_key(ns, key);
+            by_shard
+                .entry(self.engine.shard_for(&sk))
+                .or_default()
+                .push((i, sk));
+        }
+        let now = self.engine.now_ms();
+        let mut out = vec![None; keys.len()];
+        for (shard, items) in by_shard {
+            let txn = self.engine.shards()[shard].read()?;
+            let table = txn.open_table(KV).map_err(|e| storage(shard, e))?;
+            for (i, sk) in items {
+                out[i] = read_value(&table, shard, &sk, now)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores a value.
+    pub async fn put(
+        &self,
+        ns: &str,
+        key: &str,
+        value: Vec<u8>,
+        opts: PutOptions,
+    ) -> Result<PutResult, KvError> {
+        validate_namespace(ns)?;
+        validate_key(key)?;
+        self.check_value(&value)?;
+        if let Some(ct) = &opts.content_type {
+            if ct.len() > codec::CONTENT_TYPE_BYTES_MAX {
+                return Err(KvError::Invalid(format!(
+                    "content type is {} bytes; at most {}",
+                    ct.len(),
+                    codec::CONTENT_TYPE_BYTES_MAX
+                )));
+            }
+        }
+        let sk = stored_key(ns, key);
+        let shard = self.engine.shard_for(&sk);
+        let bytes = sk.len() + value.len();
+        self.engine
+            .write(shard, bytes, move |ctx| apply::put(ctx, &sk, &value, &opts))
+            .await?
+    }
+
+    /// Deletes a key; returns the revision it had.
+    pub async fn delete(&self, ns: &str, key: &str, cond: Cond) -> Result<u64, KvError> {
+        validate_namespace(ns)?;
+        validate_key(key)?;
+        let sk = stored_key(ns, key);
+        let shard = self.engine.shard_for(&sk);
+        self.engine
+            .write(shard, sk.len(), move |ctx| apply::delete(ctx, &sk, cond))
+            .await?
+    }
+
+    /// Adds `by` to an integer counter (created at 0). `ttl_ms` applies when the counter is
+    /// created. Returns (new value, revision).
+    pub async fn incr(
+        &self,
+        ns: &str,
+        key: &str,
+        by: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<(i64, u64), KvError> {
+        validate_namespace(ns)?;
+        validate_key(key)?;
+        let sk = stored_key(ns, key);
+        let shard = self.engine.shard_for(&sk);
+        self.engine
+            .write(shard, sk.len() + 20, move |ctx| {
+                apply::incr(ctx, &sk, by, ttl_ms)
+            })
+            .await?
+    }
+
+    /// Applies a batch of writes. Operations are grouped by shard; each shard's group is atomic
+    /// (all applied in one commit, or none when one of its preconditions fails). Groups on
+    /// different shards commit independently.
+    pub async fn batch_write(
+        &self,
+        ns: &str,
+        ops: Vec<BatchOp>,
+    ) -> Result<Vec<BatchOpResult>, KvError> {
+        validate_namespace(ns)?;
+        if ops.len() > self.limits.batch_keys_max {
+            return Err(KvError::Invalid(format!(
+                "{} ops; at most {} per batch (batch_keys_max)",
+                ops.len(),
+                self.limits.batch_keys_max
+            )));
+        }
+        let mut groups: BTreeMap<usize, Vec<(usize, Vec<u8>, BatchOp)>> = BTreeMap::new();
+        for (i, op) in ops.into_iter().enumerate() {
+            validate_key(op.key()).map_err(|e| KvError::Invalid(format!("ops[{i}]: {e}")))?;
+            if let BatchOp::Put { value, .. } = &op {
+                self.check_value(value)
+                    .map_err(|e| KvError::TooLarge(format!("ops[{i}]: {e}")))?;
+            }
+            let sk = stored_key(ns, op.key());
+            groups
+                .entry(self.engine.shard_for(&sk))
+                .or_default()
+                .push((i, sk, op));
+        }
+        let total: usize = groups.values().map(|g| g.len()).sum();
+        // One task per shard so every shard's writer works on its group at the same time.
+        let mut tasks = Vec::with_capacity(groups.len());
+        for (shard, group) in groups {
+            let bytes = group.iter().map(|(_, sk, op)| sk.len() + op.bytes()).sum();
+            let engine = self.engine.clone();
+            tasks.push(tokio::spawn(async move {
+                let idx: Vec<usize> = group.iter().map(|(i, _, _)| *i).collect();
+                let results = engine
+                    .write(shard, bytes, move |ctx| apply::batch(ctx, &group))
+                    .await;
+                (idx, results)
+            }));
+        }
+        let mut out = vec![BatchOpResult::Aborted; total];
+        let mut first_err = None;
+        for task in tasks {
+            let Ok((idx, results)) = task.await else {
+                first_err = first_err.or(Some(KvError::Engine(EngineError::ShuttingDown)));
+                continue;
+            };
+            match results {
+                Ok(Ok(rs)) => {
+                    for (i, r) in idx.into_iter().zip(rs) {
+                        out[i] = r;
+                    }
+                }
+                Ok(Err(e)) => first_err = first_err.or(Some(e)),
+                Err(e) => first_err = first_err.or(Some(KvError::Engine(e))),
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Lists keys of `ns` starting with `prefix`, after `after` (exclusive), in byte order
+    /// across all shards. Runs off the async threads.
+    pub async fn list(
+        &self,
+        ns: &str,
+        prefix: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<ListPage, KvError> {
+        validate_namespace(ns)?;
+        if limit == 0 || limit > self.limits.list_limit_max {
+            return Err(KvError::Invalid(format!(
+                "limit must be 1-{}",
+                self.limits.list_limit_max
+            )));
+        }
+        let engine = self.engine.clone();
+        let (ns, prefix) = (ns.to_string(), prefix.to_string());
+        tokio::task::spawn_blocking(move || list::list(&engine, &ns, &prefix, after, limit))
+            .await
+            .map_err(|e| {
+                KvError::Engine(EngineError::Storage {
+                    shard: 0,
+                    message: format!("listing task failed: {e}"),
+                })
+            })?
+    }
+
+    /// Deletes every key of `ns` that starts with `prefix`, `delete_batch_keys_max` keys per
+    /// commit, so a huge prefix never holds a writer for long.
+    pub async fn delete_prefix(&self, ns: &str, prefix: &str) -> Result<u64, KvError> {
+        validate_namespace(ns)?;
+        let start = stored_key(ns, prefix);
+        let max = self.limits.delete_batch_keys_max;
+        let mut deleted = 0;
+        for shard in 0..self.engine.shards().len() {
+            loop {
+                let p = start.clone();
+                let (n, more) = self
+                    .engine
+                    .write(shard, max * 64, move |ctx| {
+                        apply::delete_prefix(ctx, &p, max)
+                    })
+                    .await??;
+                deleted += n;
+                if !more {
+                    break;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+pub(crate) fn storage(shard: usize, e: impl Into<redb::Error>) -> EngineError {
+    EngineError::Storage {
+        shard,
+        message: e.into().to_string(),
+    }
+}
+
+/// Reads and verifies one value; expired values read as `None`.
+fn read_value(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    shard: usize,
+    sk: &[u8],
+    now_ms: u64,
+) -> Result<Option<Value>, KvError> {
+    let Some(guard) = table.get(sk).map_err(|e| storage(shard, e))? else {
+        return Ok(None);
+    };
+    let (header, payload) = codec::decode(guard.value()).map_err(|e| {
+        crate::metrics::CORRUPT_RECORDS.inc();
+        tracing::error!(shard, key = %display_key(sk), error = %e, "corrupt record");
+        EngineError::Corrupt {
+            shard,
+            key: display_key(sk),
+            detail: e.to_string(),
+        }
+    })?;
+    if header.is_expired(now_ms) {
+        return Ok(None);
+    }
+    Ok(Some(Value {
+        payload: payload.to_vec(),
+        revision: header.revision,
+        expires_at_ms: header.expires_at_ms,
+        content_type: header.content_type,
+    }))
+}
+
+/// Opens every shard read-only-ish (a read transaction) and checks each record's checksum.
+/// Used by `shardbox check`.
+pub fn verify_shard(
+    db: &impl ReadableDatabase,
+    shard: usize,
+    mut on_record: impl FnMut(),
+) -> Result<(u64, Vec<String>), EngineError> {
+    let txn = db.begin_read().map_err(|e| storage(shard, e))?;
+    let table = match txn.open_table(KV) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((0, vec![])),
+        Err(e) => return Err(storage(shard, e)),
+    };
+    let mut count = 0;
+    let mut damaged = Vec::new();
+    for item in table.iter().map_err(|e| storage(shard, e))? {
+        let (k, v) = item.map_err(|e| storage(shard, e))?;
+        count += 1;
+        on_record();
+        if let Err(e) = codec::decode(v.value()) {
+            damaged.push(format!(
+                "shard {shard}: key {:?}: {e}",
+                display_key(k.value())
+            ));
+        }
+    }
+    Ok((count, damaged))
+}

@@ -1,0 +1,92 @@
+//! shardbox: one process that gives a single host a sharded durable key-value store (and, as
+//! the project grows, a cache, event tables and a work queue) behind a small HTTP API.
+//!
+//! The layers: [`http`] parses requests and calls a domain ([`kv`]); a domain calls the
+//! [`engine`] (shards, routing, group-commit writers, the on-disk envelope). Embed a [`Store`]
+//! to use the domains in-process without HTTP:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = shardbox::Store::open(shardbox::Config::with_data_dir("/tmp/sb"))?;
+//! store.kv().put("app", "greeting", b"hello".to_vec(), Default::default()).await?;
+//! let v = store.kv().get("app", "greeting")?;
+//! assert_eq!(v.map(|v| v.payload), Some(b"hello".to_vec()));
+//! store.close();
+//! # Ok(()) }
+//! ```
+
+pub mod check;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod kv;
+pub mod metrics;
+pub mod util;
+
+pub use config::Config;
+pub use engine::clock::{Clock, ManualClock, SystemClock};
+pub use error::{ApiError, EngineError, KvError};
+
+use engine::Engine;
+use std::sync::Arc;
+
+/// An open data directory with its domains.
+#[derive(Clone)]
+pub struct Store {
+    config: Arc<Config>,
+    engine: Arc<Engine>,
+    kv: kv::Kv,
+}
+
+impl Store {
+    /// Opens (creating if needed) the data directory named in `config`, with the system clock.
+    pub fn open(config: Config) -> Result<Store, EngineError> {
+        Self::open_with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// Opens with an injected clock (tests move time without sleeping).
+    pub fn open_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Store, EngineError> {
+        config.validate().map_err(EngineError::Open)?;
+        let engine = Arc::new(Engine::open(&config, clock, &[kv::init_tables])?);
+        let kv = kv::Kv::new(
+            engine.clone(),
+            kv::Limits {
+                value_bytes_max: config.value_bytes_max,
+                batch_keys_max: config.batch_keys_max,
+                list_limit_max: config.list_limit_max,
+                delete_batch_keys_max: config.delete_batch_keys_max,
+            },
+        );
+        Ok(Store {
+            config: Arc::new(config),
+            engine,
+            kv,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+    pub fn kv(&self) -> &kv::Kv {
+        &self.kv
+    }
+
+    /// Starts the background tasks (TTL sweeper) on the current tokio runtime.
+    pub fn start_background(&self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(kv::sweep::run(
+            self.engine.clone(),
+            std::time::Duration::from_millis(self.config.sweep_interval_ms),
+            self.config.delete_batch_keys_max,
+        ))
+    }
+
+    /// Commits what the writers hold (fsync in periodic mode) and stops them. Further writes
+    /// fail with `ShuttingDown`. Idempotent.
+    pub fn close(&self) {
+        self.engine.close();
+    }
+}

@@ -1,0 +1,135 @@
+//! Process-wide counters, rendered in the Prometheus text format at `GET /metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A monotonically increasing counter.
+#[derive(Debug)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub const fn new() -> Self {
+        Self(AtomicU64::new(0))
+    }
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Default for Counter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Records whose checksum or header failed to verify on read.
+pub static CORRUPT_RECORDS: Counter = Counter::new();
+/// HTTP responses by status class.
+pub static HTTP_2XX: Counter = Counter::new();
+pub static HTTP_3XX: Counter = Counter::new();
+pub static HTTP_4XX: Counter = Counter::new();
+pub static HTTP_5XX: Counter = Counter::new();
+/// Connections refused because `connections_max` were open.
+pub static CONNECTIONS_REFUSED: Counter = Counter::new();
+/// Requests refused because the in-flight body budget was exhausted.
+pub static BODY_BUDGET_REFUSED: Counter = Counter::new();
+
+pub fn record_status(status: u16) {
+    match status {
+        200..=299 => HTTP_2XX.inc(),
+        300..=399 => HTTP_3XX.inc(),
+        400..=499 => HTTP_4XX.inc(),
+        _ => HTTP_5XX.inc(),
+    }
+}
+
+/// Renders every metric; `engine` adds the per-shard gauges and counters.
+pub fn render(engine: &crate::engine::Engine, open_connections: usize) -> String {
+    let mut out = String::with_capacity(4096);
+    let mut line = |name: &str, help: &str, kind: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    line(
+        "shardbox_corrupt_records_total",
+        "Records that failed verification on read.",
+        "counter",
+        CORRUPT_RECORDS.get(),
+    );
+    line(
+        "shardbox_connections_open",
+        "Open client connections.",
+        "gauge",
+        open_connections as u64,
+    );
+    line(
+        "shardbox_connections_refused_total",
+        "Connections refused at connections_max.",
+        "counter",
+        CONNECTIONS_REFUSED.get(),
+    );
+    line(
+        "shardbox_body_budget_refused_total",
+        "Requests refused for lack of body buffer budget.",
+        "counter",
+        BODY_BUDGET_REFUSED.get(),
+    );
+    let _ = writeln!(out, "# HELP shardbox_http_responses_total HTTP responses by status class.\n# TYPE shardbox_http_responses_total counter");
+    for (class, c) in [
+        ("2xx", &HTTP_2XX),
+        ("3xx", &HTTP_3XX),
+        ("4xx", &HTTP_4XX),
+        ("5xx", &HTTP_5XX),
+    ] {
+        let _ = writeln!(
+            out,
+            "shardbox_http_responses_total{{class=\"{class}\"}} {}",
+            c.get()
+        );
+    }
+    let shard_metrics: [(&str, &str, &str); 5] = [
+        ("shardbox_shard_commits_total", "Group commits.", "counter"),
+        ("shardbox_shard_ops_total", "Operations applied.", "counter"),
+        (
+            "shardbox_shard_commit_seconds_total",
+            "Time spent applying and committing.",
+            "counter",
+        ),
+        (
+            "shardbox_shard_queue_depth",
+            "Operations waiting for the writer.",
+            "gauge",
+        ),
+        (
+            "shardbox_shard_healthy",
+            "1 when the shard accepts writes.",
+            "gauge",
+        ),
+    ];
+    for (name, help, kind) in shard_metrics {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in engine.shards() {
+            let st = &s.state;
+            let v = match name {
+                "shardbox_shard_commits_total" => st.commits.load(Ordering::Relaxed).to_string(),
+                "shardbox_shard_ops_total" => st.ops.load(Ordering::Relaxed).to_string(),
+                "shardbox_shard_commit_seconds_total" => format!(
+                    "{:.6}",
+                    st.commit_micros_total.load(Ordering::Relaxed) as f64 / 1e6
+                ),
+                "shardbox_shard_queue_depth" => s.queue_len().to_string(),
+                _ => u8::from(st.failure().is_none()).to_string(),
+            };
+            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {v}", s.id);
+        }
+    }
+    out
+}
