@@ -95,7 +95,7 @@ pub fn run_with(dir: &Path, progress: bool, deep: bool) -> Result<Report, Engine
                 let mut n = 0u64;
                 match crate::kv::verify_shard(&db, id, || {
                     n += 1;
-                    if n % 65_536 == 0 {
+                    if n.is_multiple_of(65_536) {
                         counter.set_message(format!("shard {id:03}: {n} records"));
                     }
                 }) {

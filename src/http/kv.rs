@@ -30,7 +30,7 @@ fn etag(revision: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: HeaderName) -> Result<Option<&'a str>, ApiError> {
+fn header_str(headers: &HeaderMap, name: HeaderName) -> Result<Option<&str>, ApiError> {
     match headers.get(&name) {
         None => Ok(None),
         Some(v) => v

@@ -30,6 +30,17 @@ pub struct ServerState {
 
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 92\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"connections_max reached; retry shortly\"}}";
 
+/// Refused connections answered at once; beyond this they are closed without an answer.
+const REFUSALS_MAX: usize = 64;
+
+async fn refuse(mut stream: tokio::net::TcpStream, _permit: tokio::sync::OwnedSemaphorePermit) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(REFUSED)).await;
+    let _ = stream.shutdown().await;
+}
+
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish (up to
 /// `shutdown_grace_ms`) and returns. The caller closes the store afterwards.
 pub async fn run(
@@ -44,6 +55,7 @@ pub async fn run(
         open_connections: AtomicUsize::new(0),
     });
     let conn_limit = Arc::new(Semaphore::new(cfg.connections_max));
+    let refusals = Arc::new(Semaphore::new(REFUSALS_MAX));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let mut builder = http1::Builder::new();
@@ -69,11 +81,11 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let Ok(permit) = conn_limit.clone().try_acquire_owned() else {
             crate::metrics::CONNECTIONS_REFUSED.inc();
-            tokio::spawn(async move {
-                let mut stream = stream;
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(1), stream.write_all(REFUSED)).await;
-            });
+            // Answer a bounded number of refused clients with a 503 (after reading their first
+            // bytes, so an HTTP client sees a response to its request); drop the rest at once.
+            if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(refuse(stream, refusal));
+            }
             continue;
         };
         let state = state.clone();

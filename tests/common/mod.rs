@@ -1,0 +1,204 @@
+//! Test helpers: a real shardbox server on 127.0.0.1:0 and a small HTTP/1.1 client.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{HeaderMap, Method, Request};
+use hyper_util::rt::TokioIo;
+use shardbox::{Config, ManualClock, Store};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// Asserts the JSON error shape and returns its code.
+    pub fn error_code(&self) -> String {
+        let j = self.json();
+        assert!(
+            j["error"]["message"].is_string(),
+            "error without message: {j}"
+        );
+        j["error"]["code"].as_str().expect("error code").to_string()
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection.
+pub struct Client {
+    sender: SendRequest<Full<Bytes>>,
+    pub addr: SocketAddr,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Client { sender, addr }
+    }
+
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Resp {
+        self.try_send(method, path, headers, body)
+            .await
+            .expect("request")
+    }
+
+    pub async fn try_send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<Resp, hyper::Error> {
+        let mut req = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).expect("method"))
+            .uri(path)
+            .header("host", self.addr.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body.into())).expect("request");
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(Resp {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    pub async fn get(&mut self, path: &str) -> Resp {
+        self.send("GET", path, &[], Bytes::new()).await
+    }
+    pub async fn put(&mut self, path: &str, body: &str) -> Resp {
+        self.send("PUT", path, &[], body.to_string()).await
+    }
+    pub async fn post_json(&mut self, path: &str, json: serde_json::Value) -> Resp {
+        self.send(
+            "POST",
+            path,
+            &[("content-type", "application/json")],
+            json.to_string(),
+        )
+        .await
+    }
+    pub async fn delete(&mut self, path: &str) -> Resp {
+        self.send("DELETE", path, &[], Bytes::new()).await
+    }
+}
+
+/// A shardbox server running in this process on a real socket.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub store: Store,
+    pub clock: Arc<ManualClock>,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Start of the manual clock: a fixed, realistic time.
+pub const T0_MS: u64 = 1_750_000_000_000;
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut s = Self::start_in(dir, tweak).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts on an existing (or new) data dir, which the caller owns.
+    pub async fn start_in(dir: PathBuf, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config::with_data_dir(&dir);
+        config.listen = "127.0.0.1:0".into();
+        config.shards = 0;
+        tweak(&mut config);
+        let clock = Arc::new(ManualClock::new(T0_MS));
+        let store = Store::open_with_clock(config, clock.clone()).expect("open store");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let s = store.clone();
+        let task = tokio::spawn(async move {
+            let _ = shardbox::http::run(listener, s, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        TestServer {
+            addr,
+            store,
+            clock,
+            dir,
+            _tmp: None,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Graceful stop: stop the server, close the store. Returns the data dir's temp holder.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .expect("close");
+        self._tmp.take()
+    }
+}

@@ -1,0 +1,700 @@
+//! The KV HTTP contract, driven against a real server on 127.0.0.1:0.
+
+mod common;
+
+use common::{TestServer, T0_MS};
+use std::collections::BTreeSet;
+
+#[tokio::test]
+async fn put_get_head_delete() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+
+    let r = c
+        .send(
+            "PUT",
+            "/v1/kv/app/user/1",
+            &[("content-type", "text/plain")],
+            "hello",
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let rev1 = r.json()["revision"].as_u64().unwrap();
+    assert_eq!(r.header("etag"), Some(format!("\"{rev1}\"").as_str()));
+
+    let r = c.get("/v1/kv/app/user/1").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "hello");
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert_eq!(r.header("etag"), Some(format!("\"{rev1}\"").as_str()));
+    assert!(r.header("expires").is_none());
+
+    // Replace: 200 and a higher revision; default content type.
+    let r = c.put("/v1/kv/app/user/1", "world").await;
+    assert_eq!(r.status, 200);
+    let rev2 = r.json()["revision"].as_u64().unwrap();
+    assert!(rev2 > rev1);
+    let r = c.get("/v1/kv/app/user/1").await;
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+
+    let r = c.send("HEAD", "/v1/kv/app/user/1", &[], "").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("content-length"), Some("5"));
+
+    // Keys may contain '/' and percent-encoded bytes.
+    let r = c.put("/v1/kv/app/a%20b%2Fc", "x").await;
+    assert_eq!(r.status, 201);
+    assert_eq!(c.get("/v1/kv/app/a%20b/c").await.text(), "x");
+
+    let r = c.delete("/v1/kv/app/user/1").await;
+    assert_eq!(r.status, 204);
+    let r = c.get("/v1/kv/app/user/1").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.error_code(), "not_found");
+    let r = c.delete("/v1/kv/app/user/1").await;
+    assert_eq!(r.status, 404);
+
+    // Namespaces are separate.
+    c.put("/v1/kv/one/k", "1").await;
+    assert_eq!(c.get("/v1/kv/two/k").await.status, 404);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn conditional_requests() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    let r = c
+        .send("PUT", "/v1/kv/app/k", &[("if-none-match", "*")], "v1")
+        .await;
+    assert_eq!(r.status, 201);
+    let rev = r.json()["revision"].as_u64().unwrap();
+    let r = c
+        .send("PUT", "/v1/kv/app/k", &[("if-none-match", "*")], "v2")
+        .await;
+    assert_eq!(r.status, 412);
+    assert_eq!(r.error_code(), "precondition_failed");
+
+    let stale = format!("\"{}\"", rev + 1000);
+    let good = format!("\"{rev}\"");
+    let r = c
+        .send("PUT", "/v1/kv/app/k", &[("if-match", &stale)], "v2")
+        .await;
+    assert_eq!(r.status, 412);
+    let r = c
+        .send("PUT", "/v1/kv/app/k", &[("if-match", &good)], "v2")
+        .await;
+    assert_eq!(r.status, 200);
+    let rev2 = r.json()["revision"].as_u64().unwrap();
+    // The old ETag no longer matches.
+    let r = c
+        .send("PUT", "/v1/kv/app/k", &[("if-match", &good)], "v3")
+        .await;
+    assert_eq!(r.status, 412);
+    assert_eq!(c.get("/v1/kv/app/k").await.text(), "v2");
+
+    // GET with If-None-Match: 304 on the current revision, 200 on another.
+    let cur = format!("\"{rev2}\"");
+    let r = c
+        .send("GET", "/v1/kv/app/k", &[("if-none-match", &cur)], "")
+        .await;
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    let r = c
+        .send("GET", "/v1/kv/app/k", &[("if-none-match", &good)], "")
+        .await;
+    assert_eq!(r.status, 200);
+
+    // If-Match on a missing key, and on DELETE.
+    let r = c
+        .send("PUT", "/v1/kv/app/none", &[("if-match", "*")], "x")
+        .await;
+    assert_eq!(r.status, 412);
+    let r = c
+        .send("DELETE", "/v1/kv/app/k", &[("if-match", &good)], "")
+        .await;
+    assert_eq!(r.status, 412);
+    let r = c
+        .send("DELETE", "/v1/kv/app/k", &[("if-match", &cur)], "")
+        .await;
+    assert_eq!(r.status, 204);
+
+    // Malformed conditions are 400s that say what to send.
+    let r = c
+        .send("PUT", "/v1/kv/app/k", &[("if-match", "abc")], "x")
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("If-Match"));
+    let r = c
+        .send(
+            "PUT",
+            "/v1/kv/app/k",
+            &[("if-match", "*"), ("if-none-match", "*")],
+            "x",
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn ttl_expiry_with_injected_clock() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    let r = c.put("/v1/kv/app/session?ttl=10s", "tok").await;
+    assert_eq!(r.status, 201);
+    let r = c.get("/v1/kv/app/session").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-expires-at"),
+        Some((T0_MS + 10_000).to_string().as_str())
+    );
+    assert!(r.header("expires").is_some());
+    c.put("/v1/kv/app/keep", "forever").await;
+    c.put("/v1/kv/app/ms?ttl=1500ms", "x").await;
+
+    s.clock.advance_ms(9_999);
+    assert_eq!(c.get("/v1/kv/app/session").await.status, 200);
+    assert_eq!(c.get("/v1/kv/app/ms").await.status, 404);
+    s.clock.advance_ms(1);
+    // Expired keys are invisible to every read at once.
+    assert_eq!(c.get("/v1/kv/app/session").await.status, 404);
+    let r = c
+        .post_json(
+            "/v1/kv/app:batchGet",
+            serde_json::json!({"keys": ["session", "keep"]}),
+        )
+        .await;
+    assert!(r.json()["items"]["session"].is_null());
+    let r = c.get("/v1/kv/app").await;
+    let keys: Vec<_> = r.json()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(keys, vec!["keep"]);
+    // An expired key counts as absent for writes.
+    let r = c
+        .send(
+            "PUT",
+            "/v1/kv/app/session",
+            &[("if-none-match", "*")],
+            "new",
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let r = c.delete("/v1/kv/app/ms").await;
+    assert_eq!(r.status, 404);
+
+    // The sweeper removes expired records from the store through the writer.
+    c.put("/v1/kv/app/gone?ttl=1s", "x").await;
+    s.clock.advance_ms(5_000);
+    let before = stored_records(&s);
+    let queued = shardbox::kv::sweep::sweep_once(s.store.engine(), 1000);
+    assert!(queued >= 1);
+    // A write to every shard queues behind the sweep, so once they return the sweep is done.
+    let engine = s.store.engine();
+    let mut hit = vec![false; engine.shards().len()];
+    let mut written = 0;
+    for i in 0.. {
+        if hit.iter().all(|h| *h) {
+            break;
+        }
+        let key = format!("{i}");
+        hit[engine.shard_for(&shardbox::kv::stored_key("flush", &key))] = true;
+        c.put(&format!("/v1/kv/flush/{key}"), "x").await;
+        written += 1;
+    }
+    let after = stored_records(&s);
+    // Two records had expired and were still stored: "ms" (1.5 s) and "gone" (1 s).
+    assert_eq!(
+        before + written - after,
+        2,
+        "exactly the expired records were swept"
+    );
+    assert_eq!(c.get("/v1/kv/app/session").await.status, 200);
+    assert_eq!(c.get("/v1/kv/app/keep").await.status, 200);
+
+    // Bad TTLs are 400s.
+    assert_eq!(c.put("/v1/kv/app/x?ttl=soon", "x").await.status, 400);
+    assert_eq!(c.put("/v1/kv/app/x?ttl=0", "x").await.status, 400);
+    s.stop().await;
+}
+
+/// Counts stored KV records (live or not) across shards, straight from redb.
+fn stored_records(s: &TestServer) -> u64 {
+    use redb::ReadableTableMetadata;
+    s.store
+        .engine()
+        .shards()
+        .iter()
+        .map(|sh| {
+            sh.read()
+                .unwrap()
+                .open_table(shardbox::kv::KV)
+                .unwrap()
+                .len()
+                .unwrap()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn listing_pages_are_ordered_and_complete() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    let mut want = BTreeSet::new();
+    let mut ops = Vec::new();
+    for i in 0..250 {
+        let k = format!("item/{i:04}");
+        ops.push(serde_json::json!({"op":"put","key":k,"value_b64":"eA=="}));
+        want.insert(k);
+    }
+    let r = c
+        .post_json("/v1/kv/app:batchWrite", serde_json::json!({"ops": ops}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    c.put("/v1/kv/app/other", "x").await;
+    c.put("/v1/kv/zzz/item/0001", "x").await;
+
+    let mut got = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut extra = 0;
+    loop {
+        let path = match &cursor {
+            None => "/v1/kv/app?prefix=item/&limit=60".to_string(),
+            Some(cur) => format!("/v1/kv/app?prefix=item/&limit=60&after={cur}"),
+        };
+        let r = c.get(&path).await;
+        assert_eq!(r.status, 200);
+        let j = r.json();
+        for k in j["keys"].as_array().unwrap() {
+            got.push(k["key"].as_str().unwrap().to_string());
+            assert_eq!(k["size"], 1);
+        }
+        // Keys added while paging (after and before the cursor) must not disturb the walk.
+        c.put(&format!("/v1/kv/app/item/9999-{extra}"), "x").await;
+        c.put(&format!("/v1/kv/app/item/0000-{extra}"), "x").await;
+        extra += 1;
+        match j["cursor"].as_str() {
+            Some(cur) => cursor = Some(cur.to_string()),
+            None => break,
+        }
+    }
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(got, sorted, "pages are in byte order");
+    let set: BTreeSet<_> = got.iter().cloned().collect();
+    assert_eq!(set.len(), got.len(), "no key repeats");
+    assert!(
+        want.is_subset(&set),
+        "every key that existed throughout was listed"
+    );
+    assert!(!set.contains("other"));
+
+    // Limits.
+    assert_eq!(c.get("/v1/kv/app?limit=0").await.status, 400);
+    assert_eq!(c.get("/v1/kv/app?limit=1001").await.status, 400);
+    assert_eq!(c.get("/v1/kv/app?limit=ten").await.status, 400);
+    assert_eq!(c.get("/v1/kv/app?after=%21%21").await.status, 400);
+    let r = c.get("/v1/kv/app").await;
+    assert_eq!(r.json()["keys"].as_array().unwrap().len(), 100);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn delete_by_prefix_in_bounded_batches() {
+    let s = TestServer::start_with(|c| c.delete_batch_keys_max = 7).await;
+    let mut c = s.client().await;
+    for i in 0..50 {
+        c.put(&format!("/v1/kv/app/tmp/{i}"), "x").await;
+    }
+    c.put("/v1/kv/app/tmq", "keep").await;
+    c.put("/v1/kv/other/tmp/1", "keep").await;
+    let r = c.delete("/v1/kv/app?prefix=tmp/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["deleted"], 50);
+    assert_eq!(c.get("/v1/kv/app/tmq").await.status, 200);
+    assert_eq!(c.get("/v1/kv/other/tmp/1").await.status, 200);
+    assert_eq!(c.get("/v1/kv/app/tmp/3").await.status, 404);
+
+    let r = c.delete("/v1/kv/app").await;
+    assert_eq!(r.status, 400);
+    let r = c.delete("/v1/kv/app?all=true").await;
+    assert_eq!(r.json()["deleted"], 1);
+    assert_eq!(c.get("/v1/kv/other/tmp/1").await.status, 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn counters() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    let r = c
+        .post_json("/v1/kv/app:incr", serde_json::json!({"key": "hits"}))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["value"], 1);
+    let r = c
+        .post_json(
+            "/v1/kv/app:incr",
+            serde_json::json!({"key": "hits", "by": -5}),
+        )
+        .await;
+    assert_eq!(r.json()["value"], -4);
+    assert_eq!(c.get("/v1/kv/app/hits").await.text(), "-4");
+
+    c.put("/v1/kv/app/text", "hello").await;
+    let r = c
+        .post_json("/v1/kv/app:incr", serde_json::json!({"key": "text"}))
+        .await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.error_code(), "not_a_counter");
+
+    c.put("/v1/kv/app/big", &i64::MAX.to_string()).await;
+    let r = c
+        .post_json("/v1/kv/app:incr", serde_json::json!({"key": "big"}))
+        .await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.error_code(), "overflow");
+    assert_eq!(c.get("/v1/kv/app/big").await.text(), i64::MAX.to_string());
+
+    // A TTL applies when the counter is created (fixed-window rate limits).
+    let r = c
+        .post_json(
+            "/v1/kv/app:incr",
+            serde_json::json!({"key": "win", "ttl": "60s"}),
+        )
+        .await;
+    assert_eq!(r.json()["value"], 1);
+    s.clock.advance_ms(61_000);
+    let r = c
+        .post_json(
+            "/v1/kv/app:incr",
+            serde_json::json!({"key": "win", "ttl": "60s"}),
+        )
+        .await;
+    assert_eq!(r.json()["value"], 1, "expired counter starts over");
+
+    for bad in [
+        serde_json::json!({"key": "x", "by": 1.5}),
+        serde_json::json!({"by": 1}),
+        serde_json::json!({"key": "x", "oops": 1}),
+        serde_json::json!({"key": "", "by": 1}),
+    ] {
+        let r = c.post_json("/v1/kv/app:incr", bad).await;
+        assert_eq!(r.status, 400, "{}", r.text());
+    }
+    let r = c.send("POST", "/v1/kv/app:incr", &[], "{not json").await;
+    assert_eq!(r.status, 400);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn batch_get_and_write() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    let r = c
+        .post_json(
+            "/v1/kv/app:batchWrite",
+            serde_json::json!({"ops": [
+                {"op": "put", "key": "a", "value_b64": "YQ=="},
+                {"op": "put", "key": "b", "value_b64": "Yg==", "ttl": "1h"},
+                {"op": "delete", "key": "nope"},
+            ]}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    assert_eq!(j["applied"], true);
+    assert_eq!(j["results"][0]["created"], true);
+    assert_eq!(j["results"][2]["deleted"], false);
+    let rev_a = j["results"][0]["revision"].as_u64().unwrap();
+
+    let r = c
+        .post_json(
+            "/v1/kv/app:batchGet",
+            serde_json::json!({"keys": ["a", "b", "c"]}),
+        )
+        .await;
+    let j = r.json();
+    assert_eq!(j["items"]["a"]["value_b64"], "YQ==");
+    assert_eq!(j["items"]["a"]["revision"], rev_a);
+    assert_eq!(j["items"]["b"]["value_b64"], "Yg==");
+    assert!(j["items"]["c"].is_null());
+
+    // A failed precondition applies nothing on its shard: put a key on the same shard as "a"
+    // (same key, in fact) in the same batch.
+    let r = c
+        .post_json(
+            "/v1/kv/app:batchWrite",
+            serde_json::json!({"ops": [
+                {"op": "put", "key": "a", "value_b64": "QQ==", "if_revision": rev_a + 999},
+                {"op": "delete", "key": "a"},
+            ]}),
+        )
+        .await;
+    let j = r.json();
+    assert_eq!(j["applied"], false);
+    assert_eq!(j["results"][0]["error"]["code"], "precondition_failed");
+    assert_eq!(j["results"][1]["error"]["code"], "aborted");
+    assert_eq!(c.get("/v1/kv/app/a").await.text(), "a");
+
+    let r = c
+        .post_json(
+            "/v1/kv/app:batchWrite",
+            serde_json::json!({"ops": [{"op": "put", "key": "a", "value_b64": "QQ==", "if_revision": rev_a}]}),
+        )
+        .await;
+    assert_eq!(r.json()["applied"], true);
+    assert_eq!(c.get("/v1/kv/app/a").await.text(), "A");
+
+    // Bounds and bad input.
+    let keys: Vec<String> = (0..1001).map(|i| i.to_string()).collect();
+    let r = c
+        .post_json("/v1/kv/app:batchGet", serde_json::json!({"keys": keys}))
+        .await;
+    assert_eq!(r.status, 400);
+    let r = c
+        .post_json(
+            "/v1/kv/app:batchWrite",
+            serde_json::json!({"ops": [{"op": "put", "key": "x", "value_b64": "%%%"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = c
+        .post_json(
+            "/v1/kv/app:batchWrite",
+            serde_json::json!({"ops": [{"op": "frob", "key": "x"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = c
+        .post_json("/v1/kv/app:batchFrob", serde_json::json!({}))
+        .await;
+    assert_eq!(r.status, 404);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_json_4xx() {
+    let s = TestServer::start_with(|c| c.value_bytes_max = 1000).await;
+    let mut c = s.client().await;
+    let long_key = "k".repeat(1025);
+    let cases: Vec<(&str, String, u16)> = vec![
+        ("PUT", "/v1/kv/bad%ns/k".into(), 400),
+        ("PUT", format!("/v1/kv/{}/k", "n".repeat(65)), 400),
+        ("PUT", "/v1/kv/app/".into(), 400),
+        ("PUT", format!("/v1/kv/app/{long_key}"), 400),
+        ("GET", "/v1/kv/app/%C3%28".into(), 400),
+        ("GET", "/v2/kv/app/k".into(), 404),
+        ("PATCH", "/v1/kv/app/k".into(), 405),
+        ("POST", "/v1/kv/app".into(), 405),
+        ("GET", "/v1/kv/app:incr".into(), 405),
+    ];
+    for (method, path, status) in cases {
+        let r = c.send(method, &path, &[], "x").await;
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text());
+        r.error_code();
+    }
+    let r = c.send("PATCH", "/v1/kv/app/k", &[], "").await;
+    assert_eq!(r.header("allow"), Some("GET, HEAD, PUT, DELETE"));
+
+    // Too large: declared length, and the exact limit passes.
+    let r = c.put("/v1/kv/app/big", &"x".repeat(1001)).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.error_code(), "payload_too_large");
+    assert_eq!(c.put("/v1/kv/app/big", &"x".repeat(1000)).await.status, 201);
+    // The server is still healthy after all that.
+    assert_eq!(c.get("/healthz").await.status, 200);
+    assert_eq!(c.get("/readyz").await.status, 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn chunked_body_is_bounded_while_streaming() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start_with(|c| c.value_bytes_max = 1000).await;
+    let mut stream = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let mut req = String::from(
+        "PUT /v1/kv/app/chunky HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
+    );
+    for _ in 0..20 {
+        req.push_str("64\r\n");
+        req.push_str(&"y".repeat(100));
+        req.push_str("\r\n");
+    }
+    req.push_str("0\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    let mut c = s.client().await;
+    assert_eq!(c.get("/v1/kv/app/chunky").await.status, 404);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn slow_header_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start_with(|c| c.header_read_timeout_ms = 200).await;
+    let mut stream = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    // The server closes the connection; the read returns EOF (or a 408) instead of hanging.
+    let mut buf = vec![0u8; 1024];
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf)).await;
+    let n = read.expect("server must close a slow client").unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn connection_limit_answers_503() {
+    let s = TestServer::start_with(|c| c.connections_max = 2).await;
+    let mut a = s.client().await;
+    let mut b = s.client().await;
+    assert_eq!(a.get("/healthz").await.status, 200);
+    assert_eq!(b.get("/healthz").await.status, 200);
+    let mut third = s.client().await;
+    let r = third.get("/healthz").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.error_code(), "too_many_connections");
+    drop(a);
+    drop(b);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_incr_is_exact() {
+    let s = TestServer::start().await;
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let addr = s.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut c = common::Client::connect(addr).await;
+            for _ in 0..100 {
+                let r = c
+                    .post_json("/v1/kv/app:incr", serde_json::json!({"key": "n"}))
+                    .await;
+                assert_eq!(r.status, 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut c = s.client().await;
+    assert_eq!(c.get("/v1/kv/app/n").await.text(), "6400");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn cas_races_lose_no_update() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    c.put("/v1/kv/app/doc", "0").await;
+    let per_client = 10;
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let addr = s.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut c = common::Client::connect(addr).await;
+            let mut done = 0;
+            let mut conflicts = 0u32;
+            while done < per_client {
+                let r = c.get("/v1/kv/app/doc").await;
+                let etag = r.header("etag").unwrap().to_string();
+                let n: u64 = r.text().parse().unwrap();
+                let w = c
+                    .send(
+                        "PUT",
+                        "/v1/kv/app/doc",
+                        &[("if-match", &etag)],
+                        (n + 1).to_string(),
+                    )
+                    .await;
+                match w.status {
+                    200 => done += 1,
+                    412 => conflicts += 1,
+                    other => panic!("unexpected {other}"),
+                }
+                assert!(conflicts < 100_000);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        c.get("/v1/kv/app/doc").await.text(),
+        (32 * per_client).to_string()
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn restart_keeps_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let s = TestServer::start_in(dir.clone(), |_| {}).await;
+    let mut c = s.client().await;
+    let mut revs = Vec::new();
+    for i in 0..300 {
+        let r = c
+            .put(&format!("/v1/kv/app/k{i}?ttl=1d"), &format!("v{i}"))
+            .await;
+        revs.push(r.json()["revision"].as_u64().unwrap());
+    }
+    drop(c);
+    s.stop().await;
+
+    let s = TestServer::start_in(dir.clone(), |_| {}).await;
+    let mut c = s.client().await;
+    for (i, rev) in revs.iter().enumerate() {
+        let r = c.get(&format!("/v1/kv/app/k{i}")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), format!("v{i}"));
+        assert_eq!(r.header("etag"), Some(format!("\"{rev}\"").as_str()));
+    }
+    // Revisions keep increasing after a restart.
+    let r = c.put("/v1/kv/app/k0", "again").await;
+    assert!(r.json()["revision"].as_u64().unwrap() > revs[0]);
+    drop(c);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_and_metrics() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    let r = c.get("/readyz").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "ready");
+    c.put("/v1/kv/app/k", "v").await;
+    let r = c.get("/metrics").await;
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    assert!(text.contains("shardbox_shard_commits_total{shard=\"0\"}"));
+    assert!(text.contains("shardbox_http_responses_total{class=\"2xx\"}"));
+    s.stop().await;
+
+    // A disk floor above the free space makes /readyz fail, naming the disk.
+    let s = TestServer::start_with(|c| c.disk_free_bytes_min = u64::MAX).await;
+    let mut c = s.client().await;
+    let r = c.get("/readyz").await;
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("disk_free_bytes_min"));
+    s.stop().await;
+}
