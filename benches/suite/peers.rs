@@ -1,0 +1,147 @@
+//! Starting and stopping the systems under test, each on 127.0.0.1 with its own temp dir.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A server process that is killed (and its data dir removed) when dropped.
+pub struct Server {
+
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM for a clean stop, then make sure.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(17070)
+}
+
+fn wait_for_port(addr: SocketAddr) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(20) {
+        if TcpStream::connect(addr).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Starts shardbox with extra `SHARDBOX_*` settings.
+pub fn shardbox(settings: &[(&str, &str)]) -> Result<Server, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardbox"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--data"])
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in settings {
+        cmd.env(format!("SHARDBOX_{}", k.to_ascii_uppercase()), v);
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("spawn shardbox: {e}"))?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let addr: SocketAddr = loop {
+        let line = lines
+            .next()
+            .ok_or("shardbox exited before listening")?
+            .map_err(|e| e.to_string())?;
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+            if let Some(a) = v["fields"]["address"].as_str() {
+                break a.parse().map_err(|e| format!("{e}"))?;
+            }
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Ok(Server {
+
+        addr,
+        child,
+        _dir: dir,
+    })
+}
+
+/// Finds a peer binary, installing its Debian package when missing and allowed.
+pub fn find_or_install(binary: &str, package: &str, allow_install: bool) -> Option<PathBuf> {
+    let which = |b: &str| -> Option<PathBuf> {
+        for d in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/bin", "/sbin"] {
+            let p = Path::new(d).join(b);
+            if p.exists() {
+                return Some(p);
+            }
+        }
+        None
+    };
+    if let Some(p) = which(binary) {
+        return Some(p);
+    }
+    if !allow_install || unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    eprintln!("installing {package} with apt-get …");
+    let quiet = |c: &mut Command| {
+        c.env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let _ = quiet(Command::new("apt-get").args(["update", "-qq"]));
+    quiet(Command::new("apt-get").args(["install", "-y", "-qq", package]));
+    which(binary)
+}
+
+/// Starts redis-server with append-only fsync on every write (`appendfsync always`).
+pub fn redis(allow_install: bool) -> Result<Server, String> {
+    let bin = find_or_install("redis-server", "redis-server", allow_install)
+        .ok_or("redis-server not installed")?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let port = free_port();
+    let child = Command::new(bin)
+        .args([
+            "--bind", "127.0.0.1", "--port", &port.to_string(), "--appendonly", "yes",
+            "--appendfsync", "always", "--save", "", "--daemonize", "no", "--protected-mode", "yes",
+            "--logfile", "",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn redis-server: {e}"))?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().map_err(|e| format!("{e}"))?;
+    let server = Server {
+
+        addr,
+        child,
+        _dir: dir,
+    };
+    if !wait_for_port(addr) {
+        return Err("redis-server did not start".into());
+    }
+    Ok(server)
+}
