@@ -8,6 +8,8 @@ mod kv;
 pub mod response;
 mod router;
 
+pub use router::{parse as parse_route, Route, ROUTES};
+
 use crate::Store;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;

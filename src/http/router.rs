@@ -8,6 +8,23 @@ use hyper::{Method, Request};
 use std::convert::Infallible;
 use std::sync::Arc;
 
+/// Every (method, path template) the router serves. `docs/openapi.json` must list exactly these
+/// (a test checks), and a test sends each one to a live server.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/kv/{ns}/{key}"),
+    ("HEAD", "/v1/kv/{ns}/{key}"),
+    ("PUT", "/v1/kv/{ns}/{key}"),
+    ("DELETE", "/v1/kv/{ns}/{key}"),
+    ("GET", "/v1/kv/{ns}"),
+    ("DELETE", "/v1/kv/{ns}"),
+    ("POST", "/v1/kv/{ns}:incr"),
+    ("POST", "/v1/kv/{ns}:batchGet"),
+    ("POST", "/v1/kv/{ns}:batchWrite"),
+];
+
 /// The parsed target of a request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route<'a> {
@@ -151,5 +168,24 @@ mod tests {
         );
         assert_eq!(parse("/v2/x").unwrap_err().status, 404);
         assert_eq!(parse("/v1/kv/app/%FF").unwrap_err().status, 400);
+    }
+
+    /// The fuzz target's property, run on random paths in every test run.
+    #[test]
+    fn random_paths_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let alphabet: Vec<char> = "/v1kv:%aF0-_.~ \u{e9}".chars().collect();
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..40);
+            let mut p = String::from(if rng.random_bool(0.7) { "/v1/kv/" } else { "" });
+            for _ in 0..len {
+                p.push(alphabet[rng.random_range(0..alphabet.len())]);
+            }
+            if let Ok(Route::KvKey { ns, key }) = parse(&p) {
+                let _ = crate::kv::validate_namespace(ns);
+                let _ = crate::kv::validate_key(&key);
+            }
+        }
     }
 }
