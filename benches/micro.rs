@@ -8,10 +8,22 @@ fn envelope(c: &mut Criterion) {
     let mut g = c.benchmark_group("envelope");
     for size in [100usize, 4096, 65536] {
         let payload = vec![7u8; size];
-        let encoded = codec::encode(42, Some(1_700_000_000_000), Some("application/json"), &payload);
+        let encoded = codec::encode(
+            42,
+            Some(1_700_000_000_000),
+            Some("application/json"),
+            &payload,
+        );
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_with_input(BenchmarkId::new("encode", size), &payload, |b, p| {
-            b.iter(|| codec::encode(black_box(42), Some(1), Some("application/json"), black_box(p)))
+            b.iter(|| {
+                codec::encode(
+                    black_box(42),
+                    Some(1),
+                    Some("application/json"),
+                    black_box(p),
+                )
+            })
         });
         g.bench_with_input(BenchmarkId::new("decode+crc", size), &encoded, |b, e| {
             b.iter(|| codec::decode(black_box(e)).map(|(h, p)| (h.revision, p.len())))

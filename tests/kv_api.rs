@@ -556,6 +556,21 @@ async fn slow_header_is_cut_off() {
     let n = read.expect("server must close a slow client").unwrap_or(0);
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+
+    // An idle keep-alive connection is closed too.
+    let mut stream = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf)).await;
+    assert_eq!(
+        read.expect("idle connection must be closed").unwrap_or(0),
+        0
+    );
     s.stop().await;
 }
 

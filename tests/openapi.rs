@@ -30,8 +30,14 @@ fn spec_lists_exactly_the_router_routes() {
     let spec = spec_routes();
     let missing: Vec<_> = router.difference(&spec).collect();
     let extra: Vec<_> = spec.difference(&router).collect();
-    assert!(missing.is_empty(), "routes missing from docs/openapi.json: {missing:?}");
-    assert!(extra.is_empty(), "docs/openapi.json lists routes the router lacks: {extra:?}");
+    assert!(
+        missing.is_empty(),
+        "routes missing from docs/openapi.json: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "docs/openapi.json lists routes the router lacks: {extra:?}"
+    );
 }
 
 #[tokio::test]
@@ -44,8 +50,14 @@ async fn every_route_reaches_a_handler() {
         let r = c.send(method, &path, &[], body.to_string()).await;
         assert_ne!(r.status, 405, "{method} {path}");
         if r.status == 404 && method != &"HEAD" {
-            let msg = r.json()["error"]["message"].as_str().unwrap_or_default().to_string();
-            assert!(!msg.starts_with("no such endpoint"), "{method} {path}: {msg}");
+            let msg = r.json()["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            assert!(
+                !msg.starts_with("no such endpoint"),
+                "{method} {path}: {msg}"
+            );
         }
     }
     s.stop().await;

@@ -141,10 +141,19 @@ impl Conn {
     }
 
     /// Sends a raw HTTP request (method, path, body) and returns (status, body).
-    pub async fn http(&mut self, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    pub async fn http(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> std::io::Result<(u16, Vec<u8>)> {
         self.out.clear();
         self.out.extend_from_slice(
-            format!("{method} {path} HTTP/1.1\r\nhost: bench\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes(),
+            format!(
+                "{method} {path} HTTP/1.1\r\nhost: bench\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
         );
         self.out.extend_from_slice(body);
         self.stream.write_all(&self.out).await?;
@@ -166,7 +175,10 @@ impl Conn {
         }
         let n = self.stream.read(&mut self.buf[self.filled..]).await?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
         }
         self.filled += n;
         Ok(())
@@ -182,8 +194,8 @@ impl Conn {
     async fn read_http_head(&mut self) -> std::io::Result<(u16, usize, usize)> {
         loop {
             if let Some(end) = find(&self.buf[..self.filled], b"\r\n\r\n") {
-                let head = std::str::from_utf8(&self.buf[..end])
-                    .map_err(|_| bad("non-UTF-8 head"))?;
+                let head =
+                    std::str::from_utf8(&self.buf[..end]).map_err(|_| bad("non-UTF-8 head"))?;
                 let status: u16 = head
                     .get(9..12)
                     .and_then(|s| s.parse().ok())
@@ -243,7 +255,10 @@ fn parse_resp(b: &[u8]) -> std::io::Result<Option<(usize, bool)>> {
         Some(b'+') | Some(b':') => Ok(Some((after, true))),
         Some(b'-') => Ok(Some((after, false))),
         Some(b'$') => {
-            let n: i64 = std::str::from_utf8(line).ok().and_then(|s| s.parse().ok()).ok_or_else(|| bad("bad bulk"))?;
+            let n: i64 = std::str::from_utf8(line)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| bad("bad bulk"))?;
             if n < 0 {
                 return Ok(Some((after, true)));
             }
@@ -251,7 +266,10 @@ fn parse_resp(b: &[u8]) -> std::io::Result<Option<(usize, bool)>> {
             Ok((b.len() >= end).then_some((end, true)))
         }
         Some(b'*') => {
-            let n: i64 = std::str::from_utf8(line).ok().and_then(|s| s.parse().ok()).ok_or_else(|| bad("bad array"))?;
+            let n: i64 = std::str::from_utf8(line)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| bad("bad array"))?;
             let mut pos = after;
             for _ in 0..n.max(0) {
                 match parse_resp(&b[pos..])? {

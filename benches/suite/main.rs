@@ -101,7 +101,14 @@ where
     F: Fn(usize, u64) -> Op + Send + Sync + Clone + 'static,
 {
     // Warm up (connections, caches, allocator), then measure.
-    let _ = loadgen::run(addr, proto, o.connections, Duration::from_secs(1), f.clone()).await;
+    let _ = loadgen::run(
+        addr,
+        proto,
+        o.connections,
+        Duration::from_secs(1),
+        f.clone(),
+    )
+    .await;
     let before = commit_stats(addr, proto).await;
     let out = loadgen::run(addr, proto, o.connections, o.duration, f).await;
     if let (Some(a), Some(b)) = (before, commit_stats(addr, proto).await) {
@@ -162,7 +169,9 @@ async fn preload_shardbox(addr: SocketAddr, keys: u64) -> Result<(), String> {
         let part = part.to_vec();
         let b64 = b64.clone();
         tasks.push(tokio::spawn(async move {
-            let mut c = loadgen::Conn::connect(addr).await.map_err(|e| e.to_string())?;
+            let mut c = loadgen::Conn::connect(addr)
+                .await
+                .map_err(|e| e.to_string())?;
             for start in part {
                 let ops: Vec<serde_json::Value> = (start..(start + 1000).min(keys))
                     .map(|n| serde_json::json!({"op": "put", "key": key(n), "value_b64": b64}))
@@ -173,7 +182,10 @@ async fn preload_shardbox(addr: SocketAddr, keys: u64) -> Result<(), String> {
                     .await
                     .map_err(|e| e.to_string())?;
                 if status != 200 {
-                    return Err(format!("preload: {status} {}", String::from_utf8_lossy(&resp)));
+                    return Err(format!(
+                        "preload: {status} {}",
+                        String::from_utf8_lossy(&resp)
+                    ));
                 }
             }
             Ok::<(), String>(())
@@ -188,7 +200,9 @@ async fn preload_shardbox(addr: SocketAddr, keys: u64) -> Result<(), String> {
 /// Loads the same keys into Redis with MSET (1,000 pairs per command).
 async fn preload_redis(addr: SocketAddr, keys: u64) -> Result<(), String> {
     let v = value();
-    let mut c = loadgen::Conn::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut c = loadgen::Conn::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     for start in (0..keys).step_by(1000) {
         let names: Vec<String> = (start..(start + 1000).min(keys)).map(key).collect();
         let mut args: Vec<&[u8]> = vec![b"MSET"];
@@ -237,13 +251,19 @@ fn set_ratio(rows: &mut [Row], ours: usize, theirs: usize, label: &str) {
 
 /// The suite's --set settings plus a workload's own.
 fn settings<'a>(o: &'a Opts, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-    let mut v: Vec<(&str, &str)> = o.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut v: Vec<(&str, &str)> = o
+        .settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     v.extend_from_slice(extra);
     v
 }
 
 fn wanted(o: &Opts, name: &str) -> bool {
-    o.only.as_deref().is_none_or(|only| only.split(',').any(|w| name.starts_with(w)))
+    o.only
+        .as_deref()
+        .is_none_or(|only| only.split(',').any(|w| name.starts_with(w)))
 }
 
 async fn kv_suite(o: &Opts, rows: &mut Vec<Row>) {
@@ -254,9 +274,16 @@ async fn kv_suite(o: &Opts, rows: &mut Vec<Row>) {
         let redis = peers::redis(o.install);
         if want_get {
             eprintln!("kv-get-hot: preloading {} keys …", o.keys);
-            preload_shardbox(sb.addr, o.keys).await.expect("preload shardbox");
+            preload_shardbox(sb.addr, o.keys)
+                .await
+                .expect("preload shardbox");
             let ours = measure(sb.addr, Proto::Http, o, get_op(o.keys)).await;
-            rows.push(row("kv-get-hot", "shardbox GET", ours, "HTTP GET, 100 B, 1M keys"));
+            rows.push(row(
+                "kv-get-hot",
+                "shardbox GET",
+                ours,
+                "HTTP GET, 100 B, 1M keys",
+            ));
             let i = rows.len() - 1;
             match &redis {
                 Ok(r) => {
@@ -271,12 +298,22 @@ async fn kv_suite(o: &Opts, rows: &mut Vec<Row>) {
         if want_put {
             eprintln!("kv-put-durable …");
             let ours = measure(sb.addr, Proto::Http, o, put_op(o.keys)).await;
-            rows.push(row("kv-put-durable", "shardbox PUT", ours, "immediate: reply after fsync"));
+            rows.push(row(
+                "kv-put-durable",
+                "shardbox PUT",
+                ours,
+                "immediate: reply after fsync",
+            ));
             let i = rows.len() - 1;
             match &redis {
                 Ok(r) => {
                     let theirs = measure(r.addr, Proto::Resp, o, put_op(o.keys)).await;
-                    rows.push(row("kv-put-durable", "redis SET", theirs, "appendfsync always"));
+                    rows.push(row(
+                        "kv-put-durable",
+                        "redis SET",
+                        theirs,
+                        "appendfsync always",
+                    ));
                     set_ratio(rows, i, i + 1, "vs redis always-fsync");
                 }
                 Err(e) => rows.push(unavailable("kv-put-durable", "redis SET", e)),
@@ -286,9 +323,19 @@ async fn kv_suite(o: &Opts, rows: &mut Vec<Row>) {
             let single =
                 peers::shardbox(&settings(o, &[("batch_ops_max", "1")])).expect("start shardbox");
             let one = measure(single.addr, Proto::Http, o, put_op(o.keys)).await;
-            rows.push(row("kv-put-durable", "shardbox PUT, batch_ops_max=1", one, "one commit per write"));
+            rows.push(row(
+                "kv-put-durable",
+                "shardbox PUT, batch_ops_max=1",
+                one,
+                "one commit per write",
+            ));
             let j = rows.len() - 1;
-            set_ratio(rows, j, i, "group commit buys this (grouped / one-per-write)");
+            set_ratio(
+                rows,
+                j,
+                i,
+                "group commit buys this (grouped / one-per-write)",
+            );
             if let Some((r, _)) = rows[j].ratio {
                 rows[j].ratio = Some((1.0 / r, "group commit ÷ this row".into()));
             }
@@ -306,7 +353,9 @@ fn machine() -> String {
                 .map(|s| s.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     format!("{cores} cores, {cpu}")
 }
 
@@ -321,7 +370,10 @@ fn render(o: &Opts, rows: &[Row]) -> String {
         VALUE_BYTES,
         o.keys
     );
-    let _ = writeln!(s, "| workload | system | ops/s | p50 ms | p99 ms | p99.9 ms | errors | ratio | notes |");
+    let _ = writeln!(
+        s,
+        "| workload | system | ops/s | p50 ms | p99 ms | p99.9 ms | errors | ratio | notes |"
+    );
     let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---|---|");
     for r in rows {
         match &r.outcome {
@@ -346,7 +398,11 @@ fn render(o: &Opts, rows: &[Row]) -> String {
                 );
             }
             None => {
-                let _ = writeln!(s, "| {} | {} | – | – | – | – | – | – | {} |", r.workload, r.system, r.note);
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | – | – | – | – | – | – | {} |",
+                    r.workload, r.system, r.note
+                );
             }
         }
     }

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 /// A server process that is killed (and its data dir removed) when dropped.
 pub struct Server {
-
     pub addr: SocketAddr,
     child: Child,
     _dir: tempfile::TempDir,
@@ -54,10 +53,17 @@ fn wait_for_port(addr: SocketAddr) -> bool {
 pub fn shardbox(settings: &[(&str, &str)]) -> Result<Server, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardbox"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--data"])
-        .arg(dir.path().join("data"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--data",
+    ])
+    .arg(dir.path().join("data"))
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
     for (k, v) in settings {
         cmd.env(format!("SHARDBOX_{}", k.to_ascii_uppercase()), v);
     }
@@ -77,7 +83,6 @@ pub fn shardbox(settings: &[(&str, &str)]) -> Result<Server, String> {
     };
     std::thread::spawn(move || for _ in lines {});
     Ok(Server {
-
         addr,
         child,
         _dir: dir,
@@ -123,9 +128,22 @@ pub fn redis(allow_install: bool) -> Result<Server, String> {
     let port = free_port();
     let child = Command::new(bin)
         .args([
-            "--bind", "127.0.0.1", "--port", &port.to_string(), "--appendonly", "yes",
-            "--appendfsync", "always", "--save", "", "--daemonize", "no", "--protected-mode", "yes",
-            "--logfile", "",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--logfile",
+            "",
         ])
         .arg("--dir")
         .arg(dir.path())
@@ -133,9 +151,10 @@ pub fn redis(allow_install: bool) -> Result<Server, String> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("spawn redis-server: {e}"))?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().map_err(|e| format!("{e}"))?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
     let server = Server {
-
         addr,
         child,
         _dir: dir,
