@@ -10,10 +10,9 @@ mod common;
 use common::Client;
 use rand::Rng;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,39 +20,8 @@ const CYCLES: usize = 20;
 const WRITERS: usize = 8;
 const KEYS: usize = 200;
 
-/// Starts `shardbox serve` on port 0 and returns it with the address it logged.
 fn spawn_server(dir: &Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shardbox"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--data",
-        ])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shardbox");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .expect("read stderr");
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if let Some(a) = v["fields"]["address"].as_str() {
-            break a.parse().unwrap();
-        }
-    };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    common::spawn::spawn_shardbox(dir, &[]).expect("start shardbox")
 }
 
 #[derive(Clone, Default)]

@@ -1,6 +1,8 @@
 //! Starting and stopping the systems under test, each on 127.0.0.1 with its own temp dir.
 
-use std::io::{BufRead, BufReader};
+#[path = "../../tests/common/spawn.rs"]
+mod spawn;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -49,39 +51,19 @@ fn wait_for_port(addr: SocketAddr) -> bool {
     false
 }
 
-/// Starts shardbox with extra `SHARDBOX_*` settings.
+/// Starts shardbox with extra settings (as `SHARDBOX_*` variables).
 pub fn shardbox(settings: &[(&str, &str)]) -> Result<Server, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardbox"));
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--log-format",
-        "json",
-        "--data",
-    ])
-    .arg(dir.path().join("data"))
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    for (k, v) in settings {
-        cmd.env(format!("SHARDBOX_{}", k.to_ascii_uppercase()), v);
-    }
-    let mut child = cmd.spawn().map_err(|e| format!("spawn shardbox: {e}"))?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let addr: SocketAddr = loop {
-        let line = lines
-            .next()
-            .ok_or("shardbox exited before listening")?
-            .map_err(|e| e.to_string())?;
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-            if let Some(a) = v["fields"]["address"].as_str() {
-                break a.parse().map_err(|e| format!("{e}"))?;
-            }
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let env: Vec<(String, String)> = settings
+        .iter()
+        .map(|(k, v)| {
+            (
+                format!("SHARDBOX_{}", k.to_ascii_uppercase()),
+                v.to_string(),
+            )
+        })
+        .collect();
+    let (child, addr) = spawn::spawn_shardbox(&dir.path().join("data"), &env)?;
     Ok(Server {
         addr,
         child,

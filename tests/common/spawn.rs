@@ -1,0 +1,43 @@
+//! Spawns the real `shardbox serve` binary on 127.0.0.1:0 and learns its address from the JSON
+//! log line it writes when it listens. Shared by the crash tests and the benchmark suite.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// Starts `shardbox serve --data dir` with extra environment settings (`SHARDBOX_*`).
+pub fn spawn_shardbox(dir: &Path, env: &[(String, String)]) -> Result<(Child, SocketAddr), String> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardbox"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--data",
+    ])
+    .arg(dir)
+    .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("spawn shardbox: {e}"))?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let Some(line) = lines.next() else {
+            let _ = child.wait();
+            return Err("shardbox exited before listening".into());
+        };
+        let line = line.map_err(|e| e.to_string())?;
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if let Some(a) = v["fields"]["address"].as_str() {
+            break a.parse().map_err(|e| format!("bad address {a}: {e}"))?;
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok((child, addr))
+}
