@@ -71,6 +71,8 @@ pub struct Config {
     pub durability: String,
     /// `text` (default) or `json`.
     pub log_format: LogFormat,
+    /// Async worker threads for HTTP; 0 (default) = one per CPU core.
+    pub worker_threads: usize,
 
     /// redb page cache per shard. Default 32 MiB (8 shards = 256 MiB, fits a 1 GiB box).
     pub shard_cache_bytes: u64,
@@ -127,6 +129,7 @@ impl Default for Config {
             shards: 0,
             durability: "immediate".to_string(),
             log_format: LogFormat::Text,
+            worker_threads: 0,
             shard_cache_bytes: 32 << 20,
             quick_repair: false,
             writer_queue_ops_max: 4096,

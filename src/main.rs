@@ -130,7 +130,11 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     }
     let config = resolve(&args.common, flags)?;
     init_logging(config.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        builder.worker_threads(config.worker_threads);
+    }
+    let runtime = builder
         .enable_all()
         .thread_name("shardbox-worker")
         .build()
