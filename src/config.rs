@@ -119,6 +119,21 @@ pub struct Config {
     pub sweep_interval_ms: u64,
     /// `/readyz` fails when the data directory's filesystem has less free space. Default 256 MiB.
     pub disk_free_bytes_min: u64,
+
+    /// Largest job payload (JSON). Default 256 KiB.
+    pub job_bytes_max: usize,
+    /// Jobs in one enqueue request (NDJSON batch). Default 10000.
+    pub enqueue_batch_max: usize,
+    /// Jobs one claim may take. Default 1000.
+    pub claim_max: usize,
+    /// Longest lease a claim or extend may ask for. Default 43200000 ms (12 h).
+    pub lease_max_ms: u64,
+    /// Longest long-poll `wait` of a claim. Default 60000 ms.
+    pub claim_wait_max_ms: u64,
+    /// Claims parked in a long poll at once; more answer empty at once. Default 4096.
+    pub claim_waiters_max: usize,
+    /// Longest the queue timer task sleeps between checks. Default 1000 ms.
+    pub queue_tick_max_ms: u64,
 }
 
 impl Default for Config {
@@ -149,6 +164,13 @@ impl Default for Config {
             shutdown_grace_ms: 10_000,
             sweep_interval_ms: 1000,
             disk_free_bytes_min: 256 << 20,
+            job_bytes_max: 256 << 10,
+            enqueue_batch_max: 10_000,
+            claim_max: 1000,
+            lease_max_ms: 43_200_000,
+            claim_wait_max_ms: 60_000,
+            claim_waiters_max: 4096,
+            queue_tick_max_ms: 1000,
         }
     }
 }
@@ -204,7 +226,18 @@ impl Config {
     /// Checks ranges so the server never starts with a limit that cannot work.
     pub fn validate(&self) -> Result<(), String> {
         DurabilityMode::parse(&self.durability)?;
-        let checks: [(&str, u64, u64, u64); 12] = [
+        let checks: [(&str, u64, u64, u64); 18] = [
+            ("job_bytes_max", self.job_bytes_max as u64, 2, 1 << 30),
+            (
+                "enqueue_batch_max",
+                self.enqueue_batch_max as u64,
+                1,
+                1_000_000,
+            ),
+            ("claim_max", self.claim_max as u64, 1, 100_000),
+            ("lease_max_ms", self.lease_max_ms, 1, 7 * 86_400_000),
+            ("claim_wait_max_ms", self.claim_wait_max_ms, 0, 3_600_000),
+            ("queue_tick_max_ms", self.queue_tick_max_ms, 1, 60_000),
             ("shards", self.shards as u64, 0, 1024),
             (
                 "writer_queue_ops_max",

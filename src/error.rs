@@ -49,6 +49,47 @@ pub enum KvError {
     Engine(#[from] EngineError),
 }
 
+/// Errors of the queue domain.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum QueueError {
+    #[error("job {0} not found")]
+    JobNotFound(u64),
+    #[error("lease token is not current for job {0}: its lease expired or it was claimed again")]
+    StaleLease(u64),
+    #[error("job {0} is in flight; ack or nack it, or wait for its lease to expire")]
+    InFlight(u64),
+    #[error("queue is full: {depth} ready+delayed jobs, max_depth {max}")]
+    Full { depth: u64, max: u64 },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("queue record is corrupt: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// The single mapping from queue errors to HTTP.
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        let message = e.to_string();
+        match e {
+            QueueError::JobNotFound(_) => ApiError::not_found(message),
+            QueueError::StaleLease(_) => ApiError::new(409, "stale_lease", message),
+            QueueError::InFlight(_) => ApiError::new(409, "in_flight", message),
+            QueueError::Full { .. } => ApiError {
+                retry_after_s: Some(1),
+                ..ApiError::new(429, "queue_full", message)
+            },
+            QueueError::Invalid(_) => ApiError::bad_request(message),
+            QueueError::TooLarge(_) => ApiError::too_large(message),
+            QueueError::Corrupt(_) => ApiError::new(500, "corrupt_record", message),
+            QueueError::Engine(e) => e.into(),
+        }
+    }
+}
+
 /// An error as the HTTP API reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {

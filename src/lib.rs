@@ -22,6 +22,7 @@ pub mod error;
 pub mod http;
 pub mod kv;
 pub mod metrics;
+pub mod queue;
 pub mod util;
 
 pub use config::Config;
@@ -37,6 +38,7 @@ pub struct Store {
     config: Arc<Config>,
     engine: Arc<Engine>,
     kv: kv::Kv,
+    queues: Arc<queue::Queues>,
 }
 
 impl Store {
@@ -48,7 +50,11 @@ impl Store {
     /// Opens with an injected clock (tests move time without sleeping).
     pub fn open_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Store, EngineError> {
         config.validate().map_err(EngineError::Open)?;
-        let engine = Arc::new(Engine::open(&config, clock, &[kv::init_tables])?);
+        let engine = Arc::new(Engine::open(
+            &config,
+            clock,
+            &[kv::init_tables, queue::init_tables],
+        )?);
         let kv = kv::Kv::new(
             engine.clone(),
             kv::Limits {
@@ -58,10 +64,24 @@ impl Store {
                 delete_batch_keys_max: config.delete_batch_keys_max,
             },
         );
+        let queues = Arc::new(queue::Queues::new(
+            engine.clone(),
+            queue::Limits {
+                job_bytes_max: config.job_bytes_max,
+                enqueue_batch_max: config.enqueue_batch_max,
+                claim_max: config.claim_max,
+                lease_max_ms: config.lease_max_ms,
+                wait_max_ms: config.claim_wait_max_ms,
+                list_limit_max: config.list_limit_max,
+                delete_batch_max: config.delete_batch_keys_max,
+                waiters_max: config.claim_waiters_max,
+            },
+        ));
         Ok(Store {
             config: Arc::new(config),
             engine,
             kv,
+            queues,
         })
     }
 
@@ -74,14 +94,26 @@ impl Store {
     pub fn kv(&self) -> &kv::Kv {
         &self.kv
     }
+    pub fn queues(&self) -> &Arc<queue::Queues> {
+        &self.queues
+    }
 
-    /// Starts the background tasks (TTL sweeper) on the current tokio runtime.
-    pub fn start_background(&self) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(kv::sweep::run(
-            self.engine.clone(),
-            std::time::Duration::from_millis(self.config.sweep_interval_ms),
-            self.config.delete_batch_keys_max,
-        ))
+    /// Starts the background tasks (TTL sweeper, queue timers) on the current tokio runtime.
+    pub fn start_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![
+            tokio::spawn(kv::sweep::run(
+                self.engine.clone(),
+                std::time::Duration::from_millis(self.config.sweep_interval_ms),
+                self.config.delete_batch_keys_max,
+            )),
+            tokio::spawn(
+                self.queues
+                    .clone()
+                    .run_timers(std::time::Duration::from_millis(
+                        self.config.queue_tick_max_ms,
+                    )),
+            ),
+        ]
     }
 
     /// Commits what the writers hold (fsync in periodic mode) and stops them. Further writes

@@ -157,7 +157,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         shardbox::http::run(listener, store.clone(), shutdown_signal())
             .await
             .map_err(|e| e.to_string())?;
-        sweeper.abort();
+        for task in sweeper {
+            task.abort();
+        }
         let s = store.clone();
         tokio::task::spawn_blocking(move || s.close())
             .await

@@ -19,7 +19,7 @@ use std::time::{Duration, UNIX_EPOCH};
 const X_EXPIRES_AT: HeaderName = HeaderName::from_static("x-expires-at");
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+pub(super) fn query(req: &Request<Incoming>) -> HashMap<String, String> {
     req.uri()
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
@@ -228,7 +228,7 @@ pub async fn delete_prefix(
 }
 
 /// Reads a JSON body into `T` (bounded by `json_body_bytes_max`).
-async fn json_body<T: serde::de::DeserializeOwned>(
+pub(super) async fn json_body<T: serde::de::DeserializeOwned>(
     state: &ServerState,
     req: Request<Incoming>,
 ) -> Result<T, ApiError> {

@@ -5,6 +5,7 @@
 pub mod body;
 mod health;
 mod kv;
+mod queue;
 pub mod response;
 mod router;
 

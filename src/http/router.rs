@@ -1,7 +1,7 @@
 //! Request routing: path and method to handler, and the one place errors become responses.
 
 use super::response::{self, Resp};
-use super::{health, kv, ServerState};
+use super::{health, kv, queue, ServerState};
 use crate::error::ApiError;
 use hyper::body::Incoming;
 use hyper::{Method, Request};
@@ -23,6 +23,21 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/kv/{ns}:incr"),
     ("POST", "/v1/kv/{ns}:batchGet"),
     ("POST", "/v1/kv/{ns}:batchWrite"),
+    ("GET", "/v1/queues"),
+    ("GET", "/v1/queues/{q}"),
+    ("PUT", "/v1/queues/{q}"),
+    ("POST", "/v1/queues/{q}:pause"),
+    ("POST", "/v1/queues/{q}:resume"),
+    ("POST", "/v1/queues/{q}/jobs"),
+    ("GET", "/v1/queues/{q}/jobs"),
+    ("DELETE", "/v1/queues/{q}/jobs"),
+    ("POST", "/v1/queues/{q}/claim"),
+    ("GET", "/v1/queues/{q}/jobs/{id}"),
+    ("DELETE", "/v1/queues/{q}/jobs/{id}"),
+    ("POST", "/v1/queues/{q}/jobs/{id}/ack"),
+    ("POST", "/v1/queues/{q}/jobs/{id}/nack"),
+    ("POST", "/v1/queues/{q}/jobs/{id}/extend"),
+    ("POST", "/v1/queues/{q}/dead:requeue"),
 ];
 
 /// The parsed target of a request.
@@ -45,6 +60,65 @@ pub enum Route<'a> {
         ns: &'a str,
         verb: &'a str,
     },
+    /// `/v1/queues`
+    Queues,
+    /// `/v1/queues/{q}`
+    Queue {
+        q: &'a str,
+    },
+    /// `/v1/queues/{q}:{verb}`
+    QueueVerb {
+        q: &'a str,
+        verb: &'a str,
+    },
+    /// `/v1/queues/{q}/claim`
+    QueueClaim {
+        q: &'a str,
+    },
+    /// `/v1/queues/{q}/jobs`
+    QueueJobs {
+        q: &'a str,
+    },
+    /// `/v1/queues/{q}/jobs/{id}` and `/v1/queues/{q}/jobs/{id}/{action}`
+    QueueJob {
+        q: &'a str,
+        id: &'a str,
+        action: Option<&'a str>,
+    },
+    /// `/v1/queues/{q}/dead:requeue`
+    QueueRequeue {
+        q: &'a str,
+    },
+}
+
+fn parse_queue<'a>(path: &str, rest: &'a str) -> Result<Route<'a>, ApiError> {
+    let unknown = || ApiError::not_found(format!("no such endpoint: {path}"));
+    let mut parts = rest.split('/');
+    let head = parts.next().unwrap_or_default();
+    let tail: Vec<&str> = parts.collect();
+    if tail.is_empty() {
+        return Ok(match head.split_once(':') {
+            Some((q, verb)) => Route::QueueVerb { q, verb },
+            None => Route::Queue { q: head },
+        });
+    }
+    let q = head;
+    match tail.as_slice() {
+        ["claim"] => Ok(Route::QueueClaim { q }),
+        ["jobs"] => Ok(Route::QueueJobs { q }),
+        ["jobs", id] => Ok(Route::QueueJob {
+            q,
+            id,
+            action: None,
+        }),
+        ["jobs", id, action] => Ok(Route::QueueJob {
+            q,
+            id,
+            action: Some(action),
+        }),
+        ["dead:requeue"] => Ok(Route::QueueRequeue { q }),
+        _ => Err(unknown()),
+    }
 }
 
 /// Parses a request path. Errors are 404s for unknown paths and 400s for bad keys.
@@ -54,6 +128,12 @@ pub fn parse(path: &str) -> Result<Route<'_>, ApiError> {
         "/readyz" => return Ok(Route::Readyz),
         "/metrics" => return Ok(Route::Metrics),
         _ => {}
+    }
+    if path == "/v1/queues" || path == "/v1/queues/" {
+        return Ok(Route::Queues);
+    }
+    if let Some(rest) = path.strip_prefix("/v1/queues/") {
+        return parse_queue(path, rest);
     }
     let Some(rest) = path.strip_prefix("/v1/kv/") else {
         return Err(ApiError::not_found(format!("no such endpoint: {path}")));
@@ -126,6 +206,60 @@ async fn dispatch(state: &Arc<ServerState>, req: Request<Incoming>) -> Result<Re
                 ))),
             }
         }
+        (Route::Queues, &Method::GET) => queue::list_queues(state),
+        (Route::Queues, _) => Err(not_allowed("GET")),
+        (Route::Queue { q }, m) => match *m {
+            Method::GET => queue::stats(state, q),
+            Method::PUT => queue::configure(state, q, req).await,
+            _ => Err(not_allowed("GET, PUT")),
+        },
+        (Route::QueueVerb { q, verb }, m) => {
+            if *m != Method::POST {
+                return Err(not_allowed("POST"));
+            }
+            match verb {
+                "pause" => queue::pause(state, q, true).await,
+                "resume" => queue::pause(state, q, false).await,
+                other => Err(ApiError::not_found(format!(
+                    "unknown queue operation `:{other}`; use :pause or :resume"
+                ))),
+            }
+        }
+        (Route::QueueClaim { q }, &Method::POST) => queue::claim(state, q, req).await,
+        (Route::QueueClaim { .. }, _) => Err(not_allowed("POST")),
+        (Route::QueueJobs { q }, m) => match *m {
+            Method::POST => queue::enqueue(state, q, req).await,
+            Method::GET => queue::list_jobs(state, q, &req),
+            Method::DELETE => queue::purge(state, q, &req).await,
+            _ => Err(not_allowed("GET, POST, DELETE")),
+        },
+        (
+            Route::QueueJob {
+                q,
+                id,
+                action: None,
+            },
+            m,
+        ) => match *m {
+            Method::GET => queue::get_job(state, q, id),
+            Method::DELETE => queue::cancel(state, q, id).await,
+            _ => Err(not_allowed("GET, DELETE")),
+        },
+        (
+            Route::QueueJob {
+                q,
+                id,
+                action: Some(action),
+            },
+            m,
+        ) => {
+            if *m != Method::POST {
+                return Err(not_allowed("POST"));
+            }
+            queue::job_action(state, q, id, action, req).await
+        }
+        (Route::QueueRequeue { q }, &Method::POST) => queue::requeue(state, q, req).await,
+        (Route::QueueRequeue { .. }, _) => Err(not_allowed("POST")),
     }
 }
 

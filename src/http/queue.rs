@@ -1,0 +1,522 @@
+//! Queue handlers: parse the request, call the queue domain, render the answer.
+
+use super::body;
+use super::kv::{json_body, query};
+use super::response::{self, Resp};
+use super::ServerState;
+use crate::error::{ApiError, QueueError};
+use crate::queue::apply::Nack;
+use crate::queue::model::{Backoff, Job, QueueConfig, State};
+use crate::queue::{validate_name, NewJob};
+use crate::util::{parse_duration_ms, parse_time_ms};
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use hyper::Request;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::time::Duration;
+
+/// Default dedupe window when a job names a `dedupe_key` but no window.
+const DEDUPE_WINDOW_DEFAULT_MS: u64 = 5 * 60_000;
+
+fn dur(field: &str, v: &str) -> Result<u64, ApiError> {
+    parse_duration_ms(v).map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackoffReq {
+    base: Option<String>,
+    factor: Option<f64>,
+    max: Option<String>,
+}
+
+impl BackoffReq {
+    fn into_backoff(self, default: Backoff) -> Result<Backoff, ApiError> {
+        let b = Backoff {
+            base_ms: self
+                .base
+                .as_deref()
+                .map(|v| dur("backoff.base", v))
+                .transpose()?
+                .unwrap_or(default.base_ms),
+            factor: self.factor.unwrap_or(default.factor),
+            max_ms: self
+                .max
+                .as_deref()
+                .map(|v| dur("backoff.max", v))
+                .transpose()?
+                .unwrap_or(default.max_ms),
+        };
+        if !(1.0..=100.0).contains(&b.factor) {
+            return Err(ApiError::bad_request(
+                "backoff.factor must be between 1 and 100",
+            ));
+        }
+        Ok(b)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnqueueReq {
+    payload: Box<RawValue>,
+    delay: Option<String>,
+    run_at: Option<serde_json::Value>,
+    priority: Option<u8>,
+    max_attempts: Option<u32>,
+    backoff: Option<BackoffReq>,
+    dedupe_key: Option<String>,
+    dedupe_window: Option<String>,
+}
+
+impl EnqueueReq {
+    fn into_job(self, now_ms: u64) -> Result<NewJob, ApiError> {
+        let run_at_ms = match (&self.delay, &self.run_at) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request("give delay or run_at, not both"))
+            }
+            (Some(d), None) => Some(now_ms.saturating_add(dur("delay", d)?)),
+            (None, Some(serde_json::Value::Number(n))) => Some(n.as_u64().ok_or_else(|| {
+                ApiError::bad_request("run_at must be ms since the epoch or RFC 3339")
+            })?),
+            (None, Some(serde_json::Value::String(s))) => {
+                Some(parse_time_ms(s).map_err(|e| ApiError::bad_request(format!("run_at: {e}")))?)
+            }
+            (None, Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "run_at must be ms since the epoch or RFC 3339",
+                ))
+            }
+            (None, None) => None,
+        };
+        if self.max_attempts == Some(0) {
+            return Err(ApiError::bad_request("max_attempts must be at least 1"));
+        }
+        Ok(NewJob {
+            payload: self.payload.get().as_bytes().to_vec(),
+            priority: self.priority.unwrap_or(0),
+            run_at_ms,
+            max_attempts: self.max_attempts,
+            backoff: self
+                .backoff
+                .map(|b| b.into_backoff(Backoff::default()))
+                .transpose()?,
+            dedupe_key: self.dedupe_key,
+            dedupe_window_ms: self
+                .dedupe_window
+                .as_deref()
+                .map(|w| dur("dedupe_window", w))
+                .transpose()?
+                .unwrap_or(DEDUPE_WINDOW_DEFAULT_MS),
+        })
+    }
+}
+
+/// `POST /v1/queues/{q}/jobs`: one JSON job, or NDJSON (one job per line), all or nothing.
+pub async fn enqueue(
+    state: &ServerState,
+    q: &str,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    validate_name(q)?;
+    let ndjson = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-ndjson"));
+    let cfg = state.store.config();
+    let (parts, b) = req.into_parts();
+    let bytes = body::read(
+        &parts.headers,
+        b,
+        cfg.json_body_bytes_max,
+        &state.body_budget,
+        Duration::from_millis(cfg.body_read_timeout_ms),
+        "the request body",
+    )
+    .await?;
+    let now = state.store.engine().now_ms();
+    let mut jobs = Vec::new();
+    if ndjson {
+        for (n, line) in bytes.bytes.split(|b| *b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            if jobs.len() == cfg.enqueue_batch_max {
+                return Err(ApiError::bad_request(format!(
+                    "more than {} jobs in one request (enqueue_batch_max)",
+                    cfg.enqueue_batch_max
+                )));
+            }
+            let r: EnqueueReq = serde_json::from_slice(line)
+                .map_err(|e| ApiError::bad_request(format!("line {}: {e}", n + 1)))?;
+            jobs.push(
+                r.into_job(now)
+                    .map_err(|e| ApiError::bad_request(format!("line {}: {}", n + 1, e.message)))?,
+            );
+        }
+    } else {
+        let r: EnqueueReq = serde_json::from_slice(&bytes.bytes)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        jobs.push(r.into_job(now)?);
+    }
+    let out = state.store.queues().enqueue(q, jobs).await?;
+    if ndjson {
+        let items: Vec<_> = out
+            .iter()
+            .map(|e| serde_json::json!({"id": e.id.to_string(), "duplicate": e.duplicate}))
+            .collect();
+        return Ok(response::json(201, &serde_json::json!({"jobs": items})));
+    }
+    let e = out
+        .first()
+        .ok_or_else(|| ApiError::new(500, "internal", "no job enqueued"))?;
+    Ok(if e.duplicate {
+        response::json(
+            200,
+            &serde_json::json!({"id": e.id.to_string(), "duplicate": true}),
+        )
+    } else {
+        response::json(201, &serde_json::json!({"id": e.id.to_string()}))
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ClaimReq {
+    max: Option<usize>,
+    lease: Option<String>,
+    wait: Option<String>,
+}
+
+fn raw_payload(job: &Job) -> Box<RawValue> {
+    RawValue::from_string(String::from_utf8_lossy(&job.payload).into_owned())
+        .unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap_or_default())
+}
+
+/// A job as the API shows it.
+fn job_json(q: &str, job: &Job) -> serde_json::Value {
+    serde_json::json!({
+        "id": job.id.to_string(),
+        "queue": q,
+        "state": job.state.name(),
+        "payload": raw_payload(job),
+        "priority": job.priority,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "run_at": job.run_at_ms,
+        "enqueued_at": job.enqueued_ms,
+        "updated_at": job.updated_ms,
+        "last_error": job.last_error,
+        "dedupe_key": job.dedupe_key,
+        "lease_expires_at": (job.state == State::InFlight).then_some(job.lease_until_ms),
+    })
+}
+
+/// `POST /v1/queues/{q}/claim`
+pub async fn claim(state: &ServerState, q: &str, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    validate_name(q)?;
+    let empty = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() == b"0");
+    let r: ClaimReq = if empty {
+        ClaimReq::default()
+    } else {
+        json_body(state, req).await?
+    };
+    let queues = state.store.queues();
+    let lease_ms = match r.lease.as_deref() {
+        Some(l) => dur("lease", l)?,
+        None => queues.default_lease_ms(q)?,
+    };
+    let wait = Duration::from_millis(
+        r.wait
+            .as_deref()
+            .map(|w| dur("wait", w))
+            .transpose()?
+            .unwrap_or(0),
+    );
+    let jobs = queues.claim(q, r.max.unwrap_or(1), lease_ms, wait).await?;
+    let items: Vec<_> = jobs
+        .iter()
+        .map(|j| {
+            serde_json::json!({
+                "id": j.id.to_string(),
+                "payload": raw_payload(j),
+                "attempt": j.attempts,
+                "priority": j.priority,
+                "lease_token": j.lease_token,
+                "lease_expires_at": j.lease_until_ms,
+                "enqueued_at": j.enqueued_ms,
+            })
+        })
+        .collect();
+    Ok(response::json(200, &serde_json::json!({"jobs": items})))
+}
+
+fn job_id(id: &str) -> Result<u64, ApiError> {
+    id.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "job id must be the number enqueue returned, got `{id}`"
+        ))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseReq {
+    lease_token: String,
+    error: Option<String>,
+    delay: Option<String>,
+    dead: Option<bool>,
+    lease: Option<String>,
+}
+
+/// `POST /v1/queues/{q}/jobs/{id}/ack|nack|extend`
+pub async fn job_action(
+    state: &ServerState,
+    q: &str,
+    id: &str,
+    action: &str,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    validate_name(q)?;
+    let id = job_id(id)?;
+    if !matches!(action, "ack" | "nack" | "extend") {
+        return Err(ApiError::not_found(format!(
+            "unknown job action `{action}`; use ack, nack or extend"
+        )));
+    }
+    let r: LeaseReq = json_body(state, req).await?;
+    let queues = state.store.queues();
+    let only = |allowed: &[&str]| -> Result<(), ApiError> {
+        let given = [
+            ("error", r.error.is_some()),
+            ("delay", r.delay.is_some()),
+            ("dead", r.dead.is_some()),
+            ("lease", r.lease.is_some()),
+        ];
+        match given
+            .iter()
+            .find(|(name, set)| *set && !allowed.contains(name))
+        {
+            Some((name, _)) => Err(ApiError::bad_request(format!(
+                "`{name}` does not apply to {action}"
+            ))),
+            None => Ok(()),
+        }
+    };
+    match action {
+        "ack" => {
+            only(&[])?;
+            queues.ack(q, id, &r.lease_token).await?;
+            Ok(response::empty(204))
+        }
+        "nack" => {
+            only(&["error", "delay", "dead"])?;
+            let n = Nack {
+                error: r.error.clone(),
+                delay_ms: r.delay.as_deref().map(|d| dur("delay", d)).transpose()?,
+                dead: r.dead.unwrap_or(false),
+            };
+            queues.nack(q, id, &r.lease_token, n).await?;
+            Ok(response::empty(204))
+        }
+        _ => {
+            only(&["lease"])?;
+            let lease = match r.lease.as_deref() {
+                Some(l) => dur("lease", l)?,
+                None => queues.default_lease_ms(q)?,
+            };
+            let until = queues.extend(q, id, &r.lease_token, lease).await?;
+            Ok(response::json(
+                200,
+                &serde_json::json!({"lease_expires_at": until}),
+            ))
+        }
+    }
+}
+
+/// `GET /v1/queues/{q}/jobs/{id}`
+pub fn get_job(state: &ServerState, q: &str, id: &str) -> Result<Resp, ApiError> {
+    let id = job_id(id)?;
+    let job = state
+        .store
+        .queues()
+        .get(q, id)?
+        .ok_or(QueueError::JobNotFound(id))?;
+    Ok(response::json(200, &job_json(q, &job)))
+}
+
+/// `DELETE /v1/queues/{q}/jobs/{id}`
+pub async fn cancel(state: &ServerState, q: &str, id: &str) -> Result<Resp, ApiError> {
+    let id = job_id(id)?;
+    state.store.queues().cancel(q, id).await?;
+    Ok(response::empty(204))
+}
+
+fn state_param(req: &Request<Incoming>, required: bool) -> Result<Option<State>, ApiError> {
+    let q = query(req);
+    match q.get("state") {
+        Some(s) => State::parse(s).map(Some).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "state must be ready, delayed, in_flight or dead, got `{s}`"
+            ))
+        }),
+        None if required => Err(ApiError::bad_request(
+            "give ?state=ready|delayed|in_flight|dead",
+        )),
+        None => Ok(None),
+    }
+}
+
+/// `GET /v1/queues/{q}/jobs?state=&limit=&after=`
+pub fn list_jobs(state: &ServerState, q: &str, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+    let st = state_param(req, true)?.unwrap_or(State::Ready);
+    let params = query(req);
+    let limit = match params.get("limit") {
+        None => 100,
+        Some(l) => l.parse().map_err(|_| {
+            ApiError::bad_request(format!("limit must be a whole number, got `{l}`"))
+        })?,
+    };
+    let after = params
+        .get("after")
+        .map(String::as_str)
+        .filter(|a| !a.is_empty());
+    let (jobs, cursor) = state.store.queues().list(q, st, after, limit)?;
+    let items: Vec<_> = jobs.iter().map(|j| job_json(q, j)).collect();
+    Ok(response::json(
+        200,
+        &serde_json::json!({"jobs": items, "cursor": cursor}),
+    ))
+}
+
+/// `DELETE /v1/queues/{q}/jobs?state=`
+pub async fn purge(
+    state: &ServerState,
+    q: &str,
+    req: &Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    let st = state_param(req, true)?.unwrap_or(State::Ready);
+    let n = state.store.queues().purge(q, st).await?;
+    Ok(response::json(200, &serde_json::json!({"purged": n})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequeueReq {
+    ids: Option<Vec<String>>,
+    all: Option<bool>,
+}
+
+/// `POST /v1/queues/{q}/dead:requeue`
+pub async fn requeue(
+    state: &ServerState,
+    q: &str,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    validate_name(q)?;
+    let r: RequeueReq = json_body(state, req).await?;
+    let ids = match (r.ids, r.all) {
+        (Some(ids), None | Some(false)) => Some(
+            ids.iter()
+                .map(|i| job_id(i))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        (None, Some(true)) => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                "give {\"ids\":[…]} or {\"all\":true}",
+            ))
+        }
+    };
+    let n = state.store.queues().requeue(q, ids).await?;
+    Ok(response::json(200, &serde_json::json!({"requeued": n})))
+}
+
+/// `POST /v1/queues/{q}:pause` / `:resume`
+pub async fn pause(state: &ServerState, q: &str, paused: bool) -> Result<Resp, ApiError> {
+    state
+        .store
+        .queues()
+        .configure(q, None, Some(paused))
+        .await?;
+    Ok(response::empty(204))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigReq {
+    max_depth: Option<u64>,
+    default_lease: Option<String>,
+    max_attempts: Option<u32>,
+    backoff: Option<BackoffReq>,
+}
+
+/// `PUT /v1/queues/{q}`: set config (fields left out keep their value).
+pub async fn configure(
+    state: &ServerState,
+    q: &str,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    validate_name(q)?;
+    let r: ConfigReq = json_body(state, req).await?;
+    let queues = state.store.queues();
+    let current = queues.stats(q)?;
+    let mut c = QueueConfig::default();
+    if let Some(s) = &current {
+        c.max_depth = s.max_depth;
+        c.default_lease_ms = s.default_lease_ms;
+        c.max_attempts = s.max_attempts;
+        c.backoff = s.backoff;
+    }
+    if let Some(d) = r.max_depth {
+        c.max_depth = d;
+    }
+    if let Some(l) = r.default_lease.as_deref() {
+        c.default_lease_ms = dur("default_lease", l)?;
+        if c.default_lease_ms == 0 || c.default_lease_ms > queues.limits().lease_max_ms {
+            return Err(ApiError::bad_request(format!(
+                "default_lease must be between 1 ms and {} ms",
+                queues.limits().lease_max_ms
+            )));
+        }
+    }
+    if let Some(m) = r.max_attempts {
+        if m == 0 {
+            return Err(ApiError::bad_request("max_attempts must be at least 1"));
+        }
+        c.max_attempts = m;
+    }
+    if let Some(b) = r.backoff {
+        c.backoff = b.into_backoff(c.backoff)?;
+    }
+    queues.configure(q, Some(c), None).await?;
+    let stats = queues.stats(q)?;
+    Ok(response::json(
+        if current.is_some() { 200 } else { 201 },
+        &serde_json::to_value(stats).unwrap_or_default(),
+    ))
+}
+
+/// `GET /v1/queues/{q}`
+pub fn stats(state: &ServerState, q: &str) -> Result<Resp, ApiError> {
+    let s = state
+        .store
+        .queues()
+        .stats(q)?
+        .ok_or_else(|| ApiError::not_found(format!("queue {q} does not exist")))?;
+    Ok(response::json(
+        200,
+        &serde_json::to_value(s).unwrap_or_default(),
+    ))
+}
+
+/// `GET /v1/queues`
+pub fn list_queues(state: &ServerState) -> Result<Resp, ApiError> {
+    let all = state.store.queues().all_stats()?;
+    Ok(response::json(200, &serde_json::json!({"queues": all})))
+}

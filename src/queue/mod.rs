@@ -1,0 +1,581 @@
+//! The durable work queue: priorities, delays, leases with tokens, retries with backoff, dead
+//! letters, dedupe, long-poll claims. No HTTP here.
+//!
+//! A queue lives on one shard (routed by its name), so every operation on it is one operation in
+//! that shard's group commit. Delivery is at-least-once: a job whose worker dies is delivered
+//! again when its lease expires.
+
+pub mod apply;
+pub mod model;
+
+use crate::engine::Engine;
+use crate::error::{EngineError, QueueError};
+use apply::{Enqueued, Nack};
+use base64::Engine as _;
+use model::*;
+use redb::ReadableTable;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Creates the queue tables in a shard.
+pub fn init_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    txn.open_table(Q_JOBS)?;
+    txn.open_table(Q_INDEX)?;
+    txn.open_table(Q_TIMERS)?;
+    txn.open_table(Q_META)?;
+    txn.open_table(Q_DEDUPE)?;
+    Ok(())
+}
+
+/// A job to enqueue.
+#[derive(Debug, Clone, Default)]
+pub struct NewJob {
+    /// JSON text.
+    pub payload: Vec<u8>,
+    pub priority: u8,
+    pub run_at_ms: Option<u64>,
+    pub max_attempts: Option<u32>,
+    pub backoff: Option<Backoff>,
+    pub dedupe_key: Option<String>,
+    pub dedupe_window_ms: u64,
+}
+
+/// Bounds the queue domain enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub job_bytes_max: usize,
+    pub enqueue_batch_max: usize,
+    pub claim_max: usize,
+    pub lease_max_ms: u64,
+    pub wait_max_ms: u64,
+    pub list_limit_max: usize,
+    pub delete_batch_max: usize,
+    /// Waiting claims (long polls) across all queues; more get an immediate answer.
+    pub waiters_max: usize,
+}
+
+/// A queue's state as `GET /v1/queues/{q}` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QueueStats {
+    pub name: String,
+    pub ready: u64,
+    pub delayed: u64,
+    pub in_flight: u64,
+    pub dead: u64,
+    pub paused: bool,
+    pub oldest_ready_age_ms: Option<u64>,
+    pub totals: Totals,
+    pub max_depth: u64,
+    pub default_lease_ms: u64,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+}
+
+/// The queue domain.
+pub struct Queues {
+    engine: Arc<Engine>,
+    limits: Limits,
+    waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    waiting: std::sync::atomic::AtomicUsize,
+    /// Woken when a new timer may be earlier than the one the timer task sleeps for.
+    timers_changed: Notify,
+}
+
+/// Checks a queue name: 1–64 bytes of `[A-Za-z0-9_.-]`.
+pub fn validate_name(q: &str) -> Result<(), QueueError> {
+    crate::kv::validate_namespace(q).map_err(|_| {
+        QueueError::Invalid(format!("queue name {q:?}: use 1-64 of A-Z a-z 0-9 _ . -"))
+    })
+}
+
+fn routing_key(q: &str) -> Vec<u8> {
+    let mut k = b"queue\0".to_vec();
+    k.extend_from_slice(q.as_bytes());
+    k
+}
+
+fn storage(shard: usize, e: impl Into<redb::Error>) -> QueueError {
+    QueueError::Engine(EngineError::Storage {
+        shard,
+        message: e.into().to_string(),
+    })
+}
+
+impl Queues {
+    pub fn new(engine: Arc<Engine>, limits: Limits) -> Self {
+        Self {
+            engine,
+            limits,
+            waiters: Mutex::new(HashMap::new()),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            timers_changed: Notify::new(),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn shard(&self, q: &str) -> usize {
+        self.engine.shard_for(&routing_key(q))
+    }
+
+    async fn write<R, F>(&self, q: &str, bytes: usize, f: F) -> Result<R, QueueError>
+    where
+        F: FnOnce(&mut crate::engine::ApplyCtx<'_>) -> apply::Res<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.engine.write(self.shard(q), bytes, f).await?
+    }
+
+    /// The notifier claims on `q` wait on.
+    fn waiter(&self, q: &str) -> Arc<Notify> {
+        let mut map = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 4096 {
+            map.retain(|_, n| Arc::strong_count(n) > 1);
+        }
+        map.entry(q.to_string()).or_default().clone()
+    }
+
+    fn wake(&self, q: &str) {
+        let map = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get(q) {
+            n.notify_waiters();
+        }
+    }
+
+    /// Enqueues jobs, all or nothing; 429 (`Full`) beyond `max_depth`.
+    pub async fn enqueue(&self, q: &str, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, QueueError> {
+        validate_name(q)?;
+        if jobs.is_empty() || jobs.len() > self.limits.enqueue_batch_max {
+            return Err(QueueError::Invalid(format!(
+                "a request enqueues 1-{} jobs, got {}",
+                self.limits.enqueue_batch_max,
+                jobs.len()
+            )));
+        }
+        let mut bytes = 0;
+        for (i, j) in jobs.iter().enumerate() {
+            if j.payload.len() > self.limits.job_bytes_max {
+                return Err(QueueError::TooLarge(format!(
+                    "job {i}: payload is {} bytes; job_bytes_max is {}",
+                    j.payload.len(),
+                    self.limits.job_bytes_max
+                )));
+            }
+            if j.priority > 9 {
+                return Err(QueueError::Invalid(format!(
+                    "job {i}: priority must be 0-9"
+                )));
+            }
+            if j.dedupe_key
+                .as_ref()
+                .is_some_and(|k| k.is_empty() || k.len() > 512)
+            {
+                return Err(QueueError::Invalid(format!(
+                    "job {i}: dedupe_key must be 1-512 bytes"
+                )));
+            }
+            bytes += j.payload.len();
+        }
+        let now = self.engine.now_ms();
+        let delayed = jobs.iter().any(|j| j.run_at_ms.is_some_and(|t| t > now));
+        let name = q.to_string();
+        let out = self
+            .write(q, bytes, move |ctx| apply::enqueue(ctx, &name, &jobs))
+            .await?;
+        self.wake(q);
+        if delayed {
+            self.timers_changed.notify_one();
+        }
+        Ok(out)
+    }
+
+    /// Claims up to `max` jobs, waiting up to `wait` for one to become ready.
+    pub async fn claim(
+        &self,
+        q: &str,
+        max: usize,
+        lease_ms: u64,
+        wait: Duration,
+    ) -> Result<Vec<Job>, QueueError> {
+        validate_name(q)?;
+        if max == 0 || max > self.limits.claim_max {
+            return Err(QueueError::Invalid(format!(
+                "max must be 1-{}",
+                self.limits.claim_max
+            )));
+        }
+        if lease_ms == 0 || lease_ms > self.limits.lease_max_ms {
+            return Err(QueueError::Invalid(format!(
+                "lease must be between 1 ms and {} ms",
+                self.limits.lease_max_ms
+            )));
+        }
+        if wait.as_millis() as u64 > self.limits.wait_max_ms {
+            return Err(QueueError::Invalid(format!(
+                "wait must be at most {} ms",
+                self.limits.wait_max_ms
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notify = self.waiter(q);
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let name = q.to_string();
+            let jobs = self
+                .write(q, 64, move |ctx| apply::claim(ctx, &name, max, lease_ms))
+                .await?;
+            if !jobs.is_empty() {
+                self.timers_changed.notify_one();
+                return Ok(jobs);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(jobs);
+            }
+            // Bound the number of parked claims; past it, answer empty now.
+            use std::sync::atomic::Ordering;
+            if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.limits.waiters_max {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                return Ok(jobs);
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    pub async fn ack(&self, q: &str, id: u64, token: &str) -> Result<(), QueueError> {
+        validate_name(q)?;
+        let (name, token) = (q.to_string(), token.to_string());
+        self.write(q, 0, move |ctx| apply::ack(ctx, &name, id, &token))
+            .await
+    }
+
+    pub async fn nack(&self, q: &str, id: u64, token: &str, n: Nack) -> Result<State, QueueError> {
+        validate_name(q)?;
+        if n.error.as_ref().is_some_and(|e| e.len() > 4096) {
+            return Err(QueueError::Invalid(
+                "error must be at most 4096 bytes".into(),
+            ));
+        }
+        let (name, token) = (q.to_string(), token.to_string());
+        let jitter: f64 = rand::random();
+        let state = self
+            .write(q, 0, move |ctx| {
+                apply::nack(ctx, &name, id, &token, &n, jitter)
+            })
+            .await?;
+        match state {
+            State::Ready => self.wake(q),
+            State::Delayed => self.timers_changed.notify_one(),
+            _ => {}
+        }
+        Ok(state)
+    }
+
+    pub async fn extend(
+        &self,
+        q: &str,
+        id: u64,
+        token: &str,
+        lease_ms: u64,
+    ) -> Result<u64, QueueError> {
+        validate_name(q)?;
+        if lease_ms == 0 || lease_ms > self.limits.lease_max_ms {
+            return Err(QueueError::Invalid(format!(
+                "lease must be between 1 ms and {} ms",
+                self.limits.lease_max_ms
+            )));
+        }
+        let (name, token) = (q.to_string(), token.to_string());
+        self.write(q, 0, move |ctx| {
+            apply::extend(ctx, &name, id, &token, lease_ms)
+        })
+        .await
+    }
+
+    pub async fn cancel(&self, q: &str, id: u64) -> Result<(), QueueError> {
+        validate_name(q)?;
+        let name = q.to_string();
+        self.write(q, 0, move |ctx| apply::cancel(ctx, &name, id))
+            .await
+    }
+
+    /// Requeues the given dead jobs, or all of them (in bounded commits).
+    pub async fn requeue(&self, q: &str, ids: Option<Vec<u64>>) -> Result<u64, QueueError> {
+        validate_name(q)?;
+        let max = self.limits.delete_batch_max;
+        if ids.as_ref().is_some_and(|ids| ids.len() > max) {
+            return Err(QueueError::Invalid(format!(
+                "at most {max} ids per request"
+            )));
+        }
+        let mut total = 0;
+        loop {
+            let (name, ids) = (q.to_string(), ids.clone());
+            let (n, more) = self
+                .write(q, 0, move |ctx| {
+                    apply::requeue(ctx, &name, ids.as_deref(), max)
+                })
+                .await?;
+            total += n;
+            if !more {
+                break;
+            }
+        }
+        if total > 0 {
+            self.wake(q);
+        }
+        Ok(total)
+    }
+
+    /// Deletes every job in a state, in bounded commits.
+    pub async fn purge(&self, q: &str, state: State) -> Result<u64, QueueError> {
+        validate_name(q)?;
+        let max = self.limits.delete_batch_max;
+        let mut total = 0;
+        loop {
+            let name = q.to_string();
+            let (n, more) = self
+                .write(q, 0, move |ctx| apply::purge(ctx, &name, state, max))
+                .await?;
+            total += n;
+            if !more {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Sets config and/or the pause flag.
+    pub async fn configure(
+        &self,
+        q: &str,
+        config: Option<QueueConfig>,
+        paused: Option<bool>,
+    ) -> Result<QueueMeta, QueueError> {
+        validate_name(q)?;
+        let name = q.to_string();
+        let meta = self
+            .write(q, 0, move |ctx| {
+                apply::configure(ctx, &name, config, paused)
+            })
+            .await?;
+        if paused == Some(false) {
+            self.wake(q);
+        }
+        Ok(meta)
+    }
+
+    /// Reads one job.
+    pub fn get(&self, q: &str, id: u64) -> Result<Option<Job>, QueueError> {
+        validate_name(q)?;
+        let shard = self.shard(q);
+        let txn = self.engine.shards()[shard].read()?;
+        let jobs = txn.open_table(Q_JOBS).map_err(|e| storage(shard, e))?;
+        let got = jobs
+            .get(job_key(q, id).as_slice())
+            .map_err(|e| storage(shard, e))?;
+        got.map(|g| apply::decode_job(g.value())).transpose()
+    }
+
+    /// Lists jobs in a state without claiming them. The cursor is opaque.
+    pub fn list(
+        &self,
+        q: &str,
+        state: State,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Job>, Option<String>), QueueError> {
+        validate_name(q)?;
+        if limit == 0 || limit > self.limits.list_limit_max {
+            return Err(QueueError::Invalid(format!(
+                "limit must be 1-{}",
+                self.limits.list_limit_max
+            )));
+        }
+        let prefix = index_prefix(q, state);
+        let start = match after {
+            None => prefix.clone(),
+            Some(c) => base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .filter(|k| k.starts_with(&prefix))
+                .ok_or_else(|| {
+                    QueueError::Invalid(
+                        "`after` must be a cursor from a previous listing of this state".into(),
+                    )
+                })?,
+        };
+        let shard = self.shard(q);
+        let txn = self.engine.shards()[shard].read()?;
+        let index = txn.open_table(Q_INDEX).map_err(|e| storage(shard, e))?;
+        let jobs = txn.open_table(Q_JOBS).map_err(|e| storage(shard, e))?;
+        let mut out = Vec::new();
+        let mut last = None;
+        let mut more = false;
+        for item in index
+            .range(start.as_slice()..)
+            .map_err(|e| storage(shard, e))?
+        {
+            let (k, _) = item.map_err(|e| storage(shard, e))?;
+            let k = k.value();
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if after.is_some() && k == start.as_slice() {
+                continue;
+            }
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            let Some(id) = id_of_index_key(k) else {
+                continue;
+            };
+            if let Some(g) = jobs
+                .get(job_key(q, id).as_slice())
+                .map_err(|e| storage(shard, e))?
+            {
+                out.push(apply::decode_job(g.value())?);
+                last = Some(k.to_vec());
+            }
+        }
+        let cursor = if more {
+            last.map(|k| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k))
+        } else {
+            None
+        };
+        Ok((out, cursor))
+    }
+
+    /// Stats of one queue; `None` if it was never used.
+    pub fn stats(&self, q: &str) -> Result<Option<QueueStats>, QueueError> {
+        validate_name(q)?;
+        let shard = self.shard(q);
+        let txn = self.engine.shards()[shard].read()?;
+        let metas = txn.open_table(Q_META).map_err(|e| storage(shard, e))?;
+        let Some(g) = metas.get(q.as_bytes()).map_err(|e| storage(shard, e))? else {
+            return Ok(None);
+        };
+        let meta = apply::decode_meta(g.value())?;
+        // The oldest ready job: the first entry of each priority's run-at ordering.
+        let index = txn.open_table(Q_INDEX).map_err(|e| storage(shard, e))?;
+        let mut oldest: Option<u64> = None;
+        for prio in 0u8..=9 {
+            let mut p = index_prefix(q, State::Ready);
+            p.push(prio);
+            if let Some(item) = index
+                .range(p.as_slice()..)
+                .map_err(|e| storage(shard, e))?
+                .next()
+            {
+                let (k, _) = item.map_err(|e| storage(shard, e))?;
+                let k = k.value();
+                if k.starts_with(&p) && k.len() >= p.len() + 8 {
+                    let t =
+                        u64::from_be_bytes(k[p.len()..p.len() + 8].try_into().unwrap_or([0; 8]));
+                    oldest = Some(oldest.map_or(t, |o| o.min(t)));
+                }
+            }
+        }
+        let now = self.engine.now_ms();
+        Ok(Some(QueueStats {
+            name: q.to_string(),
+            ready: meta.count(State::Ready),
+            delayed: meta.count(State::Delayed),
+            in_flight: meta.count(State::InFlight),
+            dead: meta.count(State::Dead),
+            paused: meta.paused,
+            oldest_ready_age_ms: oldest.map(|t| now.saturating_sub(t)),
+            totals: meta.totals,
+            max_depth: meta.config.max_depth,
+            default_lease_ms: meta.config.default_lease_ms,
+            max_attempts: meta.config.max_attempts,
+            backoff: meta.config.backoff,
+        }))
+    }
+
+    /// Every queue's stats, by name.
+    pub fn all_stats(&self) -> Result<Vec<QueueStats>, QueueError> {
+        let mut names = Vec::new();
+        for shard in self.engine.shards() {
+            let txn = shard.read()?;
+            let metas = txn.open_table(Q_META).map_err(|e| storage(shard.id, e))?;
+            for item in metas.iter().map_err(|e| storage(shard.id, e))? {
+                let (k, _) = item.map_err(|e| storage(shard.id, e))?;
+                names.push(String::from_utf8_lossy(k.value()).into_owned());
+            }
+        }
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for n in names {
+            if let Some(s) = self.stats(&n)? {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The queue's configured default lease.
+    pub fn default_lease_ms(&self, q: &str) -> Result<u64, QueueError> {
+        Ok(self
+            .stats(q)?
+            .map(|s| s.default_lease_ms)
+            .unwrap_or(QueueConfig::default().default_lease_ms))
+    }
+
+    /// Runs due timers on every shard once; returns how many queues gained ready jobs.
+    pub async fn promote_once(&self) -> Result<usize, QueueError> {
+        let mut woken = 0;
+        for shard in 0..self.engine.shards().len() {
+            if self
+                .next_due(shard)?
+                .is_some_and(|t| t <= self.engine.now_ms())
+            {
+                let queues = self
+                    .engine
+                    .write(shard, 0, |ctx| apply::promote(ctx, 1000))
+                    .await?;
+                for q in &queues {
+                    self.wake(q);
+                }
+                woken += queues.len();
+            }
+        }
+        Ok(woken)
+    }
+
+    /// The earliest timer of a shard.
+    fn next_due(&self, shard: usize) -> Result<Option<u64>, QueueError> {
+        let txn = self.engine.shards()[shard].read()?;
+        let timers = txn.open_table(Q_TIMERS).map_err(|e| storage(shard, e))?;
+        let first = timers.first().map_err(|e| storage(shard, e))?;
+        Ok(first.and_then(|(k, _)| parse_timer(k.value()).map(|(due, ..)| due)))
+    }
+
+    /// The timer task: sleeps until the earliest due timer (or `tick_max`, or a new timer), then
+    /// promotes. Delays elapse and leases expire on time whether or not claims arrive.
+    pub async fn run_timers(self: Arc<Self>, tick_max: Duration) {
+        loop {
+            if self.engine.is_closing() {
+                return;
+            }
+            if let Err(e) = self.promote_once().await {
+                tracing::warn!(error = %e, "queue timers");
+            }
+            let now = self.engine.now_ms();
+            let mut sleep_ms = tick_max.as_millis() as u64;
+            for shard in 0..self.engine.shards().len() {
+                if let Ok(Some(due)) = self.next_due(shard) {
+                    sleep_ms = sleep_ms.min(due.saturating_sub(now));
+                }
+            }
+            let sleep = Duration::from_millis(sleep_ms.max(1));
+            let _ = tokio::time::timeout(sleep, self.timers_changed.notified()).await;
+        }
+    }
+}
