@@ -133,7 +133,7 @@ async fn no_job_is_lost_or_acked_by_a_stale_lease() {
 
     let mut c = Client::connect(addr).await;
     let st = c.get("/v1/queues/crash").await.json();
-    let rec = rec.lock().unwrap();
+    let rec = std::mem::take(&mut *rec.lock().unwrap());
     assert!(!rec.enqueued.is_empty(), "nothing was enqueued");
     for k in ["ready", "delayed", "in_flight", "dead"] {
         assert_eq!(st[k], 0, "{k} left: {st}");
