@@ -169,6 +169,29 @@ impl Conn {
         self.read_resp().await
     }
 
+    /// Sends RESP bytes and reads one reply that is a bulk string (or nil / an array holding one).
+    pub async fn resp_bulk(&mut self, bytes: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
+        self.stream.write_all(bytes).await?;
+        loop {
+            if let Some((used, _)) = parse_resp(&self.buf[..self.filled])? {
+                let reply = &self.buf[..used];
+                let out = if reply.first() == Some(&b'$') {
+                    let line_end = find(reply, b"\r\n").unwrap_or(0);
+                    let n: i64 = std::str::from_utf8(&reply[1..line_end])
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(-1);
+                    (n >= 0).then(|| reply[line_end + 2..line_end + 2 + n as usize].to_vec())
+                } else {
+                    None
+                };
+                self.consume(used);
+                return Ok(out);
+            }
+            self.fill().await?;
+        }
+    }
+
     async fn fill(&mut self) -> std::io::Result<()> {
         if self.filled == self.buf.len() {
             self.buf.resize(self.buf.len() * 2, 0);

@@ -7,6 +7,7 @@
 
 mod loadgen;
 mod peers;
+mod queue;
 
 use base64::Engine as _;
 use loadgen::{Op, Outcome, Proto};
@@ -343,6 +344,68 @@ async fn kv_suite(o: &Opts, rows: &mut Vec<Row>) {
     }
 }
 
+async fn queue_suite(o: &Opts, rows: &mut Vec<Row>) {
+    use queue::System;
+    let systems: [(System, &str); 3] = [
+        (System::Shardbox, "shardbox queue"),
+        (System::Beanstalkd, "beanstalkd -f 0"),
+        (System::Redis, "redis list (LPUSH+BLMOVE+LREM)"),
+    ];
+    let start = |sys: System| -> Result<peers::Server, String> {
+        match sys {
+            System::Shardbox => peers::shardbox(&settings(o, &[])),
+            System::Beanstalkd => peers::beanstalkd(o.install),
+            System::Redis => peers::redis(o.install),
+        }
+    };
+    if wanted(o, "queue-cycle") {
+        let first = rows.len();
+        for (sys, name) in systems {
+            eprintln!("queue-cycle: {name} …");
+            match start(sys) {
+                Ok(server) => {
+                    let _ = queue::cycle(sys, server.addr, 32, 32, Duration::from_secs(1)).await;
+                    let out = queue::cycle(sys, server.addr, 32, 32, o.duration).await;
+                    rows.push(row(
+                        "queue-cycle",
+                        name,
+                        out,
+                        "32 producers + 32 workers, 200 B, durable",
+                    ));
+                }
+                Err(e) => rows.push(unavailable("queue-cycle", name, &e)),
+            }
+        }
+        let (ours, bean, redis) = (first, first + 1, first + 2);
+        set_ratio(rows, bean, ours, "");
+        set_ratio(rows, redis, ours, "");
+        for i in [bean, redis] {
+            if let Some((r, _)) = rows[i].ratio {
+                rows[i].ratio = Some((1.0 / r, "shardbox ÷ this row".into()));
+            }
+        }
+    }
+    if wanted(o, "queue-latency") {
+        for (sys, name) in systems {
+            eprintln!("queue-latency: {name} …");
+            match start(sys) {
+                Ok(server) => {
+                    let out =
+                        queue::latency(sys, server.addr, 8, o.duration, Duration::from_millis(5))
+                            .await;
+                    rows.push(row(
+                        "queue-latency",
+                        name,
+                        out,
+                        "enqueue→claim, 8 long-polling workers, 1 job / 5 ms",
+                    ));
+                }
+                Err(e) => rows.push(unavailable("queue-latency", name, &e)),
+            }
+        }
+    }
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -417,6 +480,7 @@ fn main() {
         .expect("runtime");
     let mut rows = Vec::new();
     rt.block_on(kv_suite(&o, &mut rows));
+    rt.block_on(queue_suite(&o, &mut rows));
     let table = render(&o, &rows);
     println!("\n{table}");
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/shardbox-bench.md");

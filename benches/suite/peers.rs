@@ -146,3 +146,30 @@ pub fn redis(allow_install: bool) -> Result<Server, String> {
     }
     Ok(server)
 }
+
+/// Starts beanstalkd with a binlog fsync'd on every write (`-b DIR -f 0`).
+pub fn beanstalkd(allow_install: bool) -> Result<Server, String> {
+    let bin = find_or_install("beanstalkd", "beanstalkd", allow_install)
+        .ok_or("beanstalkd not installed")?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let port = free_port();
+    let child = Command::new(bin)
+        .args(["-l", "127.0.0.1", "-p", &port.to_string(), "-f", "0", "-b"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn beanstalkd: {e}"))?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let server = Server {
+        addr,
+        child,
+        _dir: dir,
+    };
+    if !wait_for_port(addr) {
+        return Err("beanstalkd did not start".into());
+    }
+    Ok(server)
+}
