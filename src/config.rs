@@ -134,6 +134,8 @@ pub struct Config {
     pub claim_waiters_max: usize,
     /// Longest the queue timer task sleeps between checks. Default 1000 ms.
     pub queue_tick_max_ms: u64,
+    /// Cron schedules in all. Default 10000.
+    pub schedules_max: usize,
 }
 
 impl Default for Config {
@@ -171,6 +173,7 @@ impl Default for Config {
             claim_wait_max_ms: 60_000,
             claim_waiters_max: 4096,
             queue_tick_max_ms: 1000,
+            schedules_max: 10_000,
         }
     }
 }

@@ -75,6 +75,7 @@ impl Store {
                 list_limit_max: config.list_limit_max,
                 delete_batch_max: config.delete_batch_keys_max,
                 waiters_max: config.claim_waiters_max,
+                schedules_max: config.schedules_max,
             },
         ));
         Ok(Store {

@@ -514,3 +514,78 @@ async fn jobs_and_stats_survive_restart() {
     drop(c);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn cron_fires_once_per_tick_across_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    // T0 is 2025-06-15T15:06:40Z; "*/5" ticks at 15:10, 15:15, …
+    let tick1 = 1_750_000_200_000u64;
+    let s = TestServer::start_in(dir.clone(), |_| {}).await;
+    let mut c = s.client().await;
+    let body = json!({"cron": "*/5 * * * *", "queue": "cronq", "payload": {"report": "daily"}, "priority": 2});
+    let r = c
+        .send("PUT", "/v1/schedules/every5", &[], body.to_string())
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["next_fire"], tick1);
+    let queues = s.store.queues().clone();
+    assert_eq!(queues.fire_due_schedules().await.unwrap(), 0, "not due yet");
+    s.clock.set_ms(tick1);
+    assert_eq!(queues.fire_due_schedules().await.unwrap(), 1);
+    assert_eq!(
+        queues.fire_due_schedules().await.unwrap(),
+        0,
+        "a tick fires once"
+    );
+    s.clock.set_ms(tick1 + 5 * 60_000 + 1);
+    assert_eq!(queues.fire_due_schedules().await.unwrap(), 1);
+    assert_eq!(stats(&mut c, "cronq").await["ready"], 2);
+    let jobs = claim(&mut c, "cronq", json!({})).await;
+    assert_eq!(jobs[0]["payload"], json!({"report": "daily"}));
+    assert_eq!(jobs[0]["priority"], 2);
+    drop(c);
+    drop(queues);
+    s.stop().await;
+
+    // Down for an hour: the missed ticks enqueue once on start, then the schedule moves on.
+    let s = TestServer::start_in(dir, |_| {}).await;
+    s.clock.set_ms(tick1 + 65 * 60_000 + 30_000);
+    let queues = s.store.queues().clone();
+    assert_eq!(queues.fire_due_schedules().await.unwrap(), 1);
+    assert_eq!(queues.fire_due_schedules().await.unwrap(), 0);
+    let mut c = s.client().await;
+    let st = stats(&mut c, "cronq").await;
+    // Two from before (one claimed), one for the missed ticks.
+    assert_eq!(
+        st["ready"].as_u64().unwrap() + st["in_flight"].as_u64().unwrap(),
+        3
+    );
+    let sched = c.get("/v1/schedules/every5").await.json();
+    assert_eq!(sched["fired"], 3);
+    assert_eq!(sched["next_fire"], tick1 + 70 * 60_000);
+    let all = c.get("/v1/schedules").await.json();
+    assert_eq!(all["schedules"].as_array().unwrap().len(), 1);
+
+    // Bad input, delete.
+    let bad = json!({"cron": "61 * * * *", "queue": "cronq", "payload": 1});
+    assert_eq!(
+        c.send("PUT", "/v1/schedules/bad", &[], bad.to_string())
+            .await
+            .status,
+        400
+    );
+    let bad = json!({"cron": "* * * * *", "queue": "no good", "payload": 1});
+    assert_eq!(
+        c.send("PUT", "/v1/schedules/bad", &[], bad.to_string())
+            .await
+            .status,
+        400
+    );
+    assert_eq!(c.delete("/v1/schedules/every5").await.status, 204);
+    assert_eq!(c.get("/v1/schedules/every5").await.status, 404);
+    assert_eq!(c.delete("/v1/schedules/every5").await.status, 404);
+    drop(c);
+    drop(queues);
+    s.stop().await;
+}

@@ -520,3 +520,89 @@ pub fn list_queues(state: &ServerState) -> Result<Resp, ApiError> {
     let all = state.store.queues().all_stats()?;
     Ok(response::json(200, &serde_json::json!({"queues": all})))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleReq {
+    cron: String,
+    queue: String,
+    payload: Box<RawValue>,
+    priority: Option<u8>,
+    max_attempts: Option<u32>,
+}
+
+fn schedule_json(s: &crate::queue::model::Schedule) -> serde_json::Value {
+    let payload = RawValue::from_string(String::from_utf8_lossy(&s.payload).into_owned()).ok();
+    serde_json::json!({
+        "name": s.name,
+        "cron": s.cron,
+        "queue": s.queue,
+        "payload": payload,
+        "priority": s.priority,
+        "max_attempts": s.max_attempts,
+        "created_at": s.created_ms,
+        "updated_at": s.updated_ms,
+        "last_fire": s.last_fire_ms,
+        "next_fire": s.next_fire_ms,
+        "fired": s.fired,
+        "last_error": s.last_error,
+    })
+}
+
+/// `PUT /v1/schedules/{name}`
+pub async fn put_schedule(
+    state: &ServerState,
+    name: &str,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    crate::queue::schedules::validate_schedule_name(name)?;
+    let r: ScheduleReq = json_body(state, req).await?;
+    if r.max_attempts == Some(0) {
+        return Err(ApiError::bad_request("max_attempts must be at least 1"));
+    }
+    let spec = crate::queue::schedules::ScheduleSpec {
+        cron: r.cron,
+        queue: r.queue,
+        payload: r.payload.get().as_bytes().to_vec(),
+        priority: r.priority.unwrap_or(0),
+        max_attempts: r.max_attempts,
+    };
+    let (created, s) = state.store.queues().put_schedule(name, spec).await?;
+    Ok(response::json(
+        if created { 201 } else { 200 },
+        &schedule_json(&s),
+    ))
+}
+
+/// `GET /v1/schedules/{name}`
+pub fn get_schedule(state: &ServerState, name: &str) -> Result<Resp, ApiError> {
+    let s = state
+        .store
+        .queues()
+        .get_schedule(name)?
+        .ok_or_else(|| ApiError::not_found(format!("schedule {name} does not exist")))?;
+    Ok(response::json(200, &schedule_json(&s)))
+}
+
+/// `DELETE /v1/schedules/{name}`
+pub async fn delete_schedule(state: &ServerState, name: &str) -> Result<Resp, ApiError> {
+    if state.store.queues().delete_schedule(name).await? {
+        Ok(response::empty(204))
+    } else {
+        Err(ApiError::not_found(format!(
+            "schedule {name} does not exist"
+        )))
+    }
+}
+
+/// `GET /v1/schedules`
+pub fn list_schedules(state: &ServerState) -> Result<Resp, ApiError> {
+    let all: Vec<_> = state
+        .store
+        .queues()
+        .list_schedules()?
+        .iter()
+        .map(schedule_json)
+        .collect();
+    Ok(response::json(200, &serde_json::json!({"schedules": all})))
+}

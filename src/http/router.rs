@@ -38,6 +38,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/queues/{q}/jobs/{id}/nack"),
     ("POST", "/v1/queues/{q}/jobs/{id}/extend"),
     ("POST", "/v1/queues/{q}/dead:requeue"),
+    ("GET", "/v1/schedules"),
+    ("GET", "/v1/schedules/{name}"),
+    ("PUT", "/v1/schedules/{name}"),
+    ("DELETE", "/v1/schedules/{name}"),
 ];
 
 /// The parsed target of a request.
@@ -89,6 +93,12 @@ pub enum Route<'a> {
     QueueRequeue {
         q: &'a str,
     },
+    /// `/v1/schedules`
+    Schedules,
+    /// `/v1/schedules/{name}`
+    Schedule {
+        name: &'a str,
+    },
 }
 
 fn parse_queue<'a>(path: &str, rest: &'a str) -> Result<Route<'a>, ApiError> {
@@ -128,6 +138,15 @@ pub fn parse(path: &str) -> Result<Route<'_>, ApiError> {
         "/readyz" => return Ok(Route::Readyz),
         "/metrics" => return Ok(Route::Metrics),
         _ => {}
+    }
+    if path == "/v1/schedules" || path == "/v1/schedules/" {
+        return Ok(Route::Schedules);
+    }
+    if let Some(name) = path.strip_prefix("/v1/schedules/") {
+        if name.contains('/') {
+            return Err(ApiError::not_found(format!("no such endpoint: {path}")));
+        }
+        return Ok(Route::Schedule { name });
     }
     if path == "/v1/queues" || path == "/v1/queues/" {
         return Ok(Route::Queues);
@@ -260,6 +279,14 @@ async fn dispatch(state: &Arc<ServerState>, req: Request<Incoming>) -> Result<Re
         }
         (Route::QueueRequeue { q }, &Method::POST) => queue::requeue(state, q, req).await,
         (Route::QueueRequeue { .. }, _) => Err(not_allowed("POST")),
+        (Route::Schedules, &Method::GET) => queue::list_schedules(state),
+        (Route::Schedules, _) => Err(not_allowed("GET")),
+        (Route::Schedule { name }, m) => match *m {
+            Method::GET => queue::get_schedule(state, name),
+            Method::PUT => queue::put_schedule(state, name, req).await,
+            Method::DELETE => queue::delete_schedule(state, name).await,
+            _ => Err(not_allowed("GET, PUT, DELETE")),
+        },
     }
 }
 

@@ -551,3 +551,73 @@ pub fn promote(ctx: &mut ApplyCtx<'_>, max: usize) -> Result<BTreeSet<String>, r
     }
     Ok(woken)
 }
+
+/// Stores a schedule, keeping the firing history of one it replaces. Returns (created, stored).
+pub fn put_schedule(ctx: &mut ApplyCtx<'_>, mut s: Schedule) -> Res<(bool, Schedule)> {
+    let mut t = ctx.txn.open_table(Q_SCHED)?;
+    let old = t
+        .get(s.name.as_bytes())?
+        .map(|g| model::decode::<Schedule>(g.value()).map_err(QueueError::Corrupt))
+        .transpose();
+    let old = match old {
+        Ok(o) => o,
+        Err(e) => return Ok(Err(e)),
+    };
+    if let Some(o) = &old {
+        s.created_ms = o.created_ms;
+        s.fired = o.fired;
+        s.last_fire_ms = o.last_fire_ms;
+    }
+    t.insert(s.name.as_bytes(), model::encode(&s).as_slice())?;
+    Ok(Ok((old.is_none(), s)))
+}
+
+pub fn delete_schedule(ctx: &mut ApplyCtx<'_>, name: &str) -> Result<bool, redb::Error> {
+    let mut t = ctx.txn.open_table(Q_SCHED)?;
+    let existed = t.remove(name.as_bytes())?.is_some();
+    Ok(existed)
+}
+
+/// Fires a due schedule: enqueues its job and records the tick in the same commit, so a tick
+/// enqueues at most once, restarts included. Ticks missed while stopped enqueue once. Returns
+/// the queue that got a job.
+pub fn fire(ctx: &mut ApplyCtx<'_>, name: &str) -> Result<Option<String>, redb::Error> {
+    let now = ctx.now_ms;
+    let sched = {
+        let t = ctx.txn.open_table(Q_SCHED)?;
+        let got = t.get(name.as_bytes())?;
+        match got.map(|g| model::decode::<Schedule>(g.value())) {
+            Some(Ok(s)) => s,
+            _ => return Ok(None),
+        }
+    };
+    let Some(due) = sched.next_fire_ms.filter(|t| *t <= now) else {
+        return Ok(None);
+    };
+    let job = NewJob {
+        payload: sched.payload.clone(),
+        priority: sched.priority,
+        max_attempts: sched.max_attempts,
+        ..NewJob::default()
+    };
+    let result = enqueue(ctx, &sched.queue, &[job])?;
+    let mut s = sched;
+    s.last_fire_ms = Some(due);
+    s.next_fire_ms = super::cron::Cron::parse(&s.cron)
+        .ok()
+        .and_then(|c| c.next_after(now));
+    let woke = match result {
+        Ok(_) => {
+            s.fired += 1;
+            s.last_error = None;
+            Some(s.queue.clone())
+        }
+        Err(e) => {
+            s.last_error = Some(format!("tick {due}: {e}"));
+            None
+        }
+    };
+    let mut t = ctx.txn.open_table(Q_SCHED)?;
+    t.insert(name.as_bytes(), model::encode(&s).as_slice())?;
+    Ok(woke)
+}

@@ -6,7 +6,9 @@
 //! again when its lease expires.
 
 pub mod apply;
+pub mod cron;
 pub mod model;
+pub mod schedules;
 
 use crate::engine::Engine;
 use crate::error::{EngineError, QueueError};
@@ -26,6 +28,7 @@ pub fn init_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
     txn.open_table(Q_TIMERS)?;
     txn.open_table(Q_META)?;
     txn.open_table(Q_DEDUPE)?;
+    txn.open_table(Q_SCHED)?;
     Ok(())
 }
 
@@ -54,6 +57,8 @@ pub struct Limits {
     pub delete_batch_max: usize,
     /// Waiting claims (long polls) across all queues; more get an immediate answer.
     pub waiters_max: usize,
+    /// Cron schedules in all.
+    pub schedules_max: usize,
 }
 
 /// A queue's state as `GET /v1/queues/{q}` shows it.

@@ -22,6 +22,8 @@ pub const Q_INDEX: TableDefinition<&[u8], ()> = TableDefinition::new("q_index");
 pub const Q_TIMERS: TableDefinition<&[u8], ()> = TableDefinition::new("q_timers");
 pub const Q_META: TableDefinition<&[u8], &[u8]> = TableDefinition::new("q_meta");
 pub const Q_DEDUPE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("q_dedupe");
+/// Cron schedules, in the shard of the queue they feed: name → [`Schedule`].
+pub const Q_SCHED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("q_sched");
 
 /// Record format version written by this build.
 pub const RECORD_VERSION: u8 = 1;
@@ -193,6 +195,26 @@ impl QueueMeta {
     pub fn depth(&self) -> u64 {
         self.count(State::Ready) + self.count(State::Delayed)
     }
+}
+
+/// A cron schedule that enqueues a job into `queue` at every tick.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Schedule {
+    pub version: u8,
+    pub name: String,
+    pub cron: String,
+    pub queue: String,
+    /// JSON text of each job's payload.
+    pub payload: Vec<u8>,
+    pub priority: u8,
+    pub max_attempts: Option<u32>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// The last tick that enqueued (recorded in the same commit as that enqueue).
+    pub last_fire_ms: Option<u64>,
+    pub next_fire_ms: Option<u64>,
+    pub fired: u64,
+    pub last_error: Option<String>,
 }
 
 /// A dedupe record: the job that owns the key until `until_ms`.
