@@ -365,7 +365,23 @@ async fn queue_suite(o: &Opts, rows: &mut Vec<Row>) {
             match start(sys) {
                 Ok(server) => {
                     let _ = queue::cycle(sys, server.addr, 32, 32, Duration::from_secs(1)).await;
+                    let proto = if sys == System::Shardbox {
+                        Proto::Http
+                    } else {
+                        Proto::Resp
+                    };
+                    let before = commit_stats(server.addr, proto).await;
                     let out = queue::cycle(sys, server.addr, 32, 32, o.duration).await;
+                    if let (Some(a), Some(b)) = (before, commit_stats(server.addr, proto).await) {
+                        let (commits, ops, secs) = (b.0 - a.0, b.1 - a.1, b.2 - a.2);
+                        if commits > 0.0 {
+                            eprintln!(
+                                "  shardbox writers: {commits:.0} commits, {:.1} ops/commit, {:.3} ms per commit",
+                                ops / commits,
+                                secs * 1000.0 / commits
+                            );
+                        }
+                    }
                     rows.push(row(
                         "queue-cycle",
                         name,
