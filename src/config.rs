@@ -136,6 +136,25 @@ pub struct Config {
     pub queue_tick_max_ms: u64,
     /// Cron schedules in all. Default 10000.
     pub schedules_max: usize,
+
+    /// Largest event `data` (JSON). Default 1 MiB.
+    pub event_bytes_max: usize,
+    /// Events in one append (NDJSON). Default 10000.
+    pub append_events_max: usize,
+    /// Largest `limit` of an event range query. Default 10000.
+    pub range_limit_max: usize,
+    /// Appends further ahead of the server clock are rejected (400). Default 3600000 ms (1 h).
+    pub future_skew_max_ms: u64,
+    /// Bucket width of streams created on first append: 1h, 1d, 7d or 30d. Default 1d.
+    pub default_bucket: String,
+    /// Retention of streams created on first append; 0 = forever. Default 30 days in ms.
+    pub default_retention_ms: u64,
+    /// How often retention runs. Default 60000 ms.
+    pub retention_interval_ms: u64,
+    /// Buckets dropped per commit by trims and retention. Default 16.
+    pub trim_buckets_max: usize,
+    /// Open SSE / long-poll followers in all. Default 1024.
+    pub followers_max: usize,
 }
 
 impl Default for Config {
@@ -174,6 +193,15 @@ impl Default for Config {
             claim_waiters_max: 4096,
             queue_tick_max_ms: 1000,
             schedules_max: 10_000,
+            event_bytes_max: 1 << 20,
+            append_events_max: 10_000,
+            range_limit_max: 10_000,
+            future_skew_max_ms: 3_600_000,
+            default_bucket: "1d".to_string(),
+            default_retention_ms: 30 * 86_400_000,
+            retention_interval_ms: 60_000,
+            trim_buckets_max: 16,
+            followers_max: 1024,
         }
     }
 }
@@ -229,7 +257,25 @@ impl Config {
     /// Checks ranges so the server never starts with a limit that cannot work.
     pub fn validate(&self) -> Result<(), String> {
         DurabilityMode::parse(&self.durability)?;
-        let checks: [(&str, u64, u64, u64); 18] = [
+        crate::events::parse_bucket(&self.default_bucket)
+            .map_err(|e| format!("default_bucket: {e}"))?;
+        let checks: [(&str, u64, u64, u64); 24] = [
+            ("event_bytes_max", self.event_bytes_max as u64, 2, 1 << 30),
+            (
+                "append_events_max",
+                self.append_events_max as u64,
+                1,
+                1_000_000,
+            ),
+            ("range_limit_max", self.range_limit_max as u64, 1, 1_000_000),
+            (
+                "retention_interval_ms",
+                self.retention_interval_ms,
+                100,
+                86_400_000,
+            ),
+            ("trim_buckets_max", self.trim_buckets_max as u64, 1, 100_000),
+            ("followers_max", self.followers_max as u64, 1, 1 << 20),
             ("job_bytes_max", self.job_bytes_max as u64, 2, 1 << 30),
             (
                 "enqueue_batch_max",

@@ -90,6 +90,38 @@ impl From<QueueError> for ApiError {
     }
 }
 
+/// Errors of the events domain.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EventError {
+    #[error("stream {0} does not exist")]
+    StreamNotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("event record is corrupt: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// The single mapping from event errors to HTTP.
+impl From<EventError> for ApiError {
+    fn from(e: EventError) -> Self {
+        let message = e.to_string();
+        match e {
+            EventError::StreamNotFound(_) => ApiError::not_found(message),
+            EventError::Invalid(_) => ApiError::bad_request(message),
+            EventError::Conflict(_) => ApiError::new(409, "conflict", message),
+            EventError::TooLarge(_) => ApiError::too_large(message),
+            EventError::Corrupt(_) => ApiError::new(500, "corrupt_record", message),
+            EventError::Engine(e) => e.into(),
+        }
+    }
+}
+
 /// An error as the HTTP API reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {

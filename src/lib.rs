@@ -19,6 +19,7 @@ pub mod check;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod kv;
 pub mod metrics;
@@ -39,6 +40,7 @@ pub struct Store {
     engine: Arc<Engine>,
     kv: kv::Kv,
     queues: Arc<queue::Queues>,
+    events: Arc<events::Events>,
 }
 
 impl Store {
@@ -53,7 +55,7 @@ impl Store {
         let engine = Arc::new(Engine::open(
             &config,
             clock,
-            &[kv::init_tables, queue::init_tables],
+            &[kv::init_tables, queue::init_tables, events::init_tables],
         )?);
         let kv = kv::Kv::new(
             engine.clone(),
@@ -78,11 +80,25 @@ impl Store {
                 schedules_max: config.schedules_max,
             },
         ));
+        let events = Arc::new(events::Events::new(
+            engine.clone(),
+            events::Limits {
+                event_bytes_max: config.event_bytes_max,
+                append_events_max: config.append_events_max,
+                range_limit_max: config.range_limit_max,
+                future_skew_max_ms: config.future_skew_max_ms,
+                default_bucket_ms: events::parse_bucket(&config.default_bucket)
+                    .map_err(|e| EngineError::Open(e.to_string()))?,
+                default_retention_ms: config.default_retention_ms,
+                trim_buckets_max: config.trim_buckets_max,
+            },
+        ));
         Ok(Store {
             config: Arc::new(config),
             engine,
             kv,
             queues,
+            events,
         })
     }
 
@@ -97,6 +113,9 @@ impl Store {
     }
     pub fn queues(&self) -> &Arc<queue::Queues> {
         &self.queues
+    }
+    pub fn events(&self) -> &Arc<events::Events> {
+        &self.events
     }
 
     /// Starts the background tasks (TTL sweeper, queue timers) on the current tokio runtime.

@@ -3,6 +3,7 @@
 //! `run(listener, store, shutdown)` takes a bound listener, so tests bind `127.0.0.1:0`.
 
 pub mod body;
+mod events;
 mod health;
 mod kv;
 mod queue;
@@ -29,6 +30,10 @@ pub struct ServerState {
     /// Budget of request body bytes buffered at once (`inflight_body_bytes_max`).
     pub body_budget: Arc<Semaphore>,
     pub open_connections: AtomicUsize,
+    /// Open SSE and long-poll followers of event streams (`followers_max`).
+    pub followers: Arc<Semaphore>,
+    /// Becomes true when shutdown starts, so endless responses (SSE) end.
+    pub stopping: watch::Receiver<bool>,
 }
 
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 92\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"connections_max reached; retry shortly\"}}";
@@ -52,14 +57,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let cfg = store.config().clone();
+    let (stop_tx, stop_rx) = watch::channel(false);
     let state = Arc::new(ServerState {
         body_budget: Arc::new(Semaphore::new(cfg.inflight_body_bytes_max)),
         store,
         open_connections: AtomicUsize::new(0),
+        followers: Arc::new(Semaphore::new(cfg.followers_max)),
+        stopping: stop_rx.clone(),
     });
     let conn_limit = Arc::new(Semaphore::new(cfg.connections_max));
     let refusals = Arc::new(Semaphore::new(REFUSALS_MAX));
-    let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let mut builder = http1::Builder::new();
     builder

@@ -54,6 +54,40 @@ pub fn error(e: &ApiError) -> Resp {
     r
 }
 
+/// A body fed from a channel: streamed responses (NDJSON, Server-Sent Events). The sender is
+/// bounded, so a slow client slows the producer instead of growing memory.
+pub struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// A streamed response and the sender that feeds it (capacity in chunks).
+pub fn channel(
+    code: u16,
+    content_type: &'static str,
+    capacity: usize,
+) -> (Resp, tokio::sync::mpsc::Sender<Bytes>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+    let mut r = Response::new(ChannelBody { rx }.boxed());
+    *r.status_mut() = status(code);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    (r, tx)
+}
+
 /// Makes a HEAD response from a GET one: same headers, no body, but the length it would have.
 pub fn head_of(resp: Resp, len: usize) -> Resp {
     let (mut parts, _) = resp.into_parts();

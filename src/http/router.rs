@@ -1,7 +1,7 @@
 //! Request routing: path and method to handler, and the one place errors become responses.
 
 use super::response::{self, Resp};
-use super::{health, kv, queue, ServerState};
+use super::{events, health, kv, queue, ServerState};
 use crate::error::ApiError;
 use hyper::body::Incoming;
 use hyper::{Method, Request};
@@ -38,6 +38,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/queues/{q}/jobs/{id}/nack"),
     ("POST", "/v1/queues/{q}/jobs/{id}/extend"),
     ("POST", "/v1/queues/{q}/dead:requeue"),
+    ("GET", "/v1/streams"),
+    ("GET", "/v1/streams/{stream}"),
+    ("PUT", "/v1/streams/{stream}"),
+    ("DELETE", "/v1/streams/{stream}"),
+    ("POST", "/v1/streams/{stream}/events"),
+    ("GET", "/v1/streams/{stream}/events"),
+    ("DELETE", "/v1/streams/{stream}/events"),
+    ("GET", "/v1/streams/{stream}/counts"),
     ("GET", "/v1/schedules"),
     ("GET", "/v1/schedules/{name}"),
     ("PUT", "/v1/schedules/{name}"),
@@ -93,6 +101,20 @@ pub enum Route<'a> {
     QueueRequeue {
         q: &'a str,
     },
+    /// `/v1/streams`
+    Streams,
+    /// `/v1/streams/{stream}`
+    Stream {
+        stream: &'a str,
+    },
+    /// `/v1/streams/{stream}/events`
+    StreamEvents {
+        stream: &'a str,
+    },
+    /// `/v1/streams/{stream}/counts`
+    StreamCounts {
+        stream: &'a str,
+    },
     /// `/v1/schedules`
     Schedules,
     /// `/v1/schedules/{name}`
@@ -138,6 +160,17 @@ pub fn parse(path: &str) -> Result<Route<'_>, ApiError> {
         "/readyz" => return Ok(Route::Readyz),
         "/metrics" => return Ok(Route::Metrics),
         _ => {}
+    }
+    if path == "/v1/streams" || path == "/v1/streams/" {
+        return Ok(Route::Streams);
+    }
+    if let Some(rest) = path.strip_prefix("/v1/streams/") {
+        return match rest.split('/').collect::<Vec<_>>().as_slice() {
+            [stream] => Ok(Route::Stream { stream }),
+            [stream, "events"] => Ok(Route::StreamEvents { stream }),
+            [stream, "counts"] => Ok(Route::StreamCounts { stream }),
+            _ => Err(ApiError::not_found(format!("no such endpoint: {path}"))),
+        };
     }
     if path == "/v1/schedules" || path == "/v1/schedules/" {
         return Ok(Route::Schedules);
@@ -279,6 +312,22 @@ async fn dispatch(state: &Arc<ServerState>, req: Request<Incoming>) -> Result<Re
         }
         (Route::QueueRequeue { q }, &Method::POST) => queue::requeue(state, q, req).await,
         (Route::QueueRequeue { .. }, _) => Err(not_allowed("POST")),
+        (Route::Streams, &Method::GET) => events::list_streams(state),
+        (Route::Streams, _) => Err(not_allowed("GET")),
+        (Route::Stream { stream }, m) => match *m {
+            Method::GET => events::get_stream(state, stream),
+            Method::PUT => events::put_stream(state, stream, req).await,
+            Method::DELETE => events::delete_stream(state, stream).await,
+            _ => Err(not_allowed("GET, PUT, DELETE")),
+        },
+        (Route::StreamEvents { stream }, m) => match *m {
+            Method::POST => events::append(state, stream, req).await,
+            Method::GET => events::range(state, stream, &req).await,
+            Method::DELETE => events::trim(state, stream, &req).await,
+            _ => Err(not_allowed("GET, POST, DELETE")),
+        },
+        (Route::StreamCounts { stream }, &Method::GET) => events::counts(state, stream, &req).await,
+        (Route::StreamCounts { .. }, _) => Err(not_allowed("GET")),
         (Route::Schedules, &Method::GET) => queue::list_schedules(state),
         (Route::Schedules, _) => Err(not_allowed("GET")),
         (Route::Schedule { name }, m) => match *m {

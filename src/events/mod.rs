@@ -1,0 +1,553 @@
+//! Time-bucketed event streams: append, range, counts, tail, retention. No HTTP here.
+//!
+//! A stream lives on one shard (routed by its name) and keeps one redb table per time bucket, so
+//! a query for an hour opens only the buckets that overlap it, and retention drops whole tables
+//! instead of deleting rows.
+
+pub mod apply;
+pub mod model;
+
+use crate::engine::Engine;
+use crate::error::{EngineError, EventError};
+use apply::{AppendRules, NewEvent};
+use model::*;
+use redb::{ReadableTable, TableDefinition};
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+/// Creates the event tables in a shard.
+pub fn init_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    txn.open_table(EV_STREAMS)?;
+    txn.open_table(EV_BUCKETS)?;
+    Ok(())
+}
+
+/// Bounds and defaults of the events domain.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub event_bytes_max: usize,
+    pub append_events_max: usize,
+    pub range_limit_max: usize,
+    pub future_skew_max_ms: u64,
+    pub default_bucket_ms: u64,
+    pub default_retention_ms: u64,
+    /// Buckets dropped (and events trimmed ×1000) per commit by trims and retention.
+    pub trim_buckets_max: usize,
+}
+
+/// An event as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventOut {
+    pub ts: u64,
+    pub seq: u32,
+    pub kind: Option<String>,
+    /// JSON text.
+    pub data: Vec<u8>,
+}
+
+impl EventOut {
+    pub fn id(&self) -> String {
+        format_id(self.ts, self.seq)
+    }
+}
+
+/// A stream's configuration and stats.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StreamInfo {
+    pub name: String,
+    pub bucket_ms: u64,
+    pub retention_ms: u64,
+    pub events: u64,
+    pub bytes: u64,
+    pub buckets: u64,
+    pub oldest: Option<u64>,
+    pub newest: Option<u64>,
+    pub created_at: u64,
+}
+
+/// A range query.
+#[derive(Debug, Clone, Default)]
+pub struct RangeQuery {
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+    pub kind: Option<String>,
+    pub desc: bool,
+    pub limit: usize,
+    /// Continue after this id (exclusive), in the query's order.
+    pub after: Option<(u64, u32)>,
+}
+
+/// One (key, value) item of a bucket table scan.
+type EventItem<'a> = Result<
+    (
+        redb::AccessGuard<'a, &'static [u8]>,
+        redb::AccessGuard<'a, &'static [u8]>,
+    ),
+    redb::StorageError,
+>;
+
+pub struct Events {
+    engine: Arc<Engine>,
+    limits: Limits,
+    followers: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Bucket tables opened by range queries (tests check that a range opens only its buckets).
+    pub buckets_opened: AtomicU64,
+}
+
+pub fn validate_name(stream: &str) -> Result<(), EventError> {
+    crate::kv::validate_namespace(stream).map_err(|_| {
+        EventError::Invalid(format!(
+            "stream name {stream:?}: use 1-64 of A-Z a-z 0-9 _ . -"
+        ))
+    })
+}
+
+/// Parses a bucket width: `1h`, `1d`, `7d`, `30d`.
+pub fn parse_bucket(text: &str) -> Result<u64, EventError> {
+    BUCKET_WIDTHS
+        .iter()
+        .find(|(n, _)| *n == text)
+        .map(|(_, ms)| *ms)
+        .ok_or_else(|| {
+            EventError::Invalid(format!("bucket must be 1h, 1d, 7d or 30d, got `{text}`"))
+        })
+}
+
+fn storage(shard: usize, e: impl Into<redb::Error>) -> EventError {
+    EventError::Engine(EngineError::Storage {
+        shard,
+        message: e.into().to_string(),
+    })
+}
+
+fn routing_key(stream: &str) -> Vec<u8> {
+    let mut k = b"stream\0".to_vec();
+    k.extend_from_slice(stream.as_bytes());
+    k
+}
+
+impl Events {
+    pub fn new(engine: Arc<Engine>, limits: Limits) -> Self {
+        Self {
+            engine,
+            limits,
+            followers: Mutex::new(HashMap::new()),
+            buckets_opened: AtomicU64::new(0),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn shard(&self, stream: &str) -> usize {
+        self.engine.shard_for(&routing_key(stream))
+    }
+
+    fn rules(&self) -> AppendRules {
+        AppendRules {
+            bucket_ms: self.limits.default_bucket_ms,
+            retention_ms: self.limits.default_retention_ms,
+            future_skew_max_ms: self.limits.future_skew_max_ms,
+        }
+    }
+
+    /// The notifier followers of `stream` wait on.
+    pub fn follower(&self, stream: &str) -> Arc<Notify> {
+        let mut map = self.followers.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 4096 {
+            map.retain(|_, n| Arc::strong_count(n) > 1);
+        }
+        map.entry(stream.to_string()).or_default().clone()
+    }
+
+    fn wake(&self, stream: &str) {
+        let map = self.followers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get(stream) {
+            n.notify_waiters();
+        }
+    }
+
+    /// Appends events, all or nothing; returns their ids.
+    pub async fn append(
+        &self,
+        stream: &str,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<String>, EventError> {
+        validate_name(stream)?;
+        if events.is_empty() || events.len() > self.limits.append_events_max {
+            return Err(EventError::Invalid(format!(
+                "a request appends 1-{} events, got {}",
+                self.limits.append_events_max,
+                events.len()
+            )));
+        }
+        let mut bytes = 0;
+        for (i, e) in events.iter().enumerate() {
+            if e.data.len() > self.limits.event_bytes_max {
+                return Err(EventError::TooLarge(format!(
+                    "event {i}: data is {} bytes; event_bytes_max is {}",
+                    e.data.len(),
+                    self.limits.event_bytes_max
+                )));
+            }
+            if e.kind
+                .as_ref()
+                .is_some_and(|k| k.is_empty() || k.len() > 64)
+            {
+                return Err(EventError::Invalid(format!(
+                    "event {i}: type must be 1-64 bytes"
+                )));
+            }
+            bytes += e.data.len();
+        }
+        let (name, rules) = (stream.to_string(), self.rules());
+        let ids = self
+            .engine
+            .write(self.shard(stream), bytes, move |ctx| {
+                apply::append(ctx, &name, &events, rules)
+            })
+            .await??;
+        self.wake(stream);
+        Ok(ids.into_iter().map(|(t, s)| format_id(t, s)).collect())
+    }
+
+    /// Creates a stream or updates its retention. Returns (created, info).
+    pub async fn configure(
+        &self,
+        stream: &str,
+        bucket_ms: Option<u64>,
+        retention_ms: Option<u64>,
+    ) -> Result<(bool, StreamInfo), EventError> {
+        validate_name(stream)?;
+        let (name, rules) = (stream.to_string(), self.rules());
+        let (created, _) = self
+            .engine
+            .write(self.shard(stream), 0, move |ctx| {
+                apply::configure(ctx, &name, bucket_ms, retention_ms, rules)
+            })
+            .await??;
+        let info = self
+            .info(stream)?
+            .ok_or_else(|| EventError::StreamNotFound(stream.to_string()))?;
+        Ok((created, info))
+    }
+
+    /// Drops a stream and all its buckets (in bounded commits).
+    pub async fn drop_stream(&self, stream: &str) -> Result<(), EventError> {
+        validate_name(stream)?;
+        let max = self.limits.trim_buckets_max;
+        loop {
+            let name = stream.to_string();
+            let (_, more) = self
+                .engine
+                .write(self.shard(stream), 0, move |ctx| {
+                    apply::drop_stream(ctx, &name, max)
+                })
+                .await??;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Deletes events before `before`: whole buckets are dropped; with `partial` the bucket
+    /// holding `before` is trimmed too. Returns (dropped buckets, deleted events).
+    pub async fn trim(
+        &self,
+        stream: &str,
+        before: u64,
+        partial: bool,
+    ) -> Result<(u64, u64), EventError> {
+        validate_name(stream)?;
+        let (bmax, emax) = (
+            self.limits.trim_buckets_max,
+            self.limits.trim_buckets_max * 1000,
+        );
+        let (mut dropped, mut deleted) = (0, 0);
+        loop {
+            let name = stream.to_string();
+            let (d, e, more) = self
+                .engine
+                .write(self.shard(stream), 0, move |ctx| {
+                    apply::trim(ctx, &name, before, partial, bmax, emax)
+                })
+                .await??;
+            dropped += d;
+            deleted += e;
+            if !more {
+                return Ok((dropped, deleted));
+            }
+        }
+    }
+
+    /// Applies every stream's retention once: drops the buckets entirely older than
+    /// `now - retention`. Returns the buckets dropped.
+    pub async fn apply_retention(&self) -> Result<u64, EventError> {
+        let now = self.engine.now_ms();
+        let mut dropped = 0;
+        for info in self.list()? {
+            if info.retention_ms > 0 {
+                let cutoff = now.saturating_sub(info.retention_ms);
+                dropped += self.trim(&info.name, cutoff, false).await?.0;
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// The retention task.
+    pub async fn run_retention(self: Arc<Self>, interval: std::time::Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.engine.is_closing() {
+                return;
+            }
+            if let Err(e) = self.apply_retention().await {
+                tracing::warn!(error = %e, "event retention");
+            }
+        }
+    }
+
+    fn read_meta(&self, stream: &str) -> Result<Option<(usize, StreamMeta)>, EventError> {
+        validate_name(stream)?;
+        let shard = self.shard(stream);
+        let txn = self.engine.shards()[shard].read()?;
+        let t = txn.open_table(EV_STREAMS).map_err(|e| storage(shard, e))?;
+        let got = t.get(stream.as_bytes()).map_err(|e| storage(shard, e))?;
+        match got {
+            None => Ok(None),
+            Some(g) => Ok(Some((
+                shard,
+                model::decode(g.value()).map_err(EventError::Corrupt)?,
+            ))),
+        }
+    }
+
+    /// The buckets of a stream overlapping [from, to), with their stats, in ascending order.
+    fn buckets(
+        &self,
+        shard: usize,
+        stream: &str,
+        meta: &StreamMeta,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, BucketStats)>, EventError> {
+        let txn = self.engine.shards()[shard].read()?;
+        let t = txn.open_table(EV_BUCKETS).map_err(|e| storage(shard, e))?;
+        let lo = bucket_key(stream, bucket_start(from, meta.bucket_ms));
+        let hi = bucket_key(stream, to.saturating_sub(1));
+        let mut out = Vec::new();
+        if to <= from {
+            return Ok(out);
+        }
+        let prefix = bucket_prefix(stream);
+        for item in t
+            .range(lo.as_slice()..=hi.as_slice())
+            .map_err(|e| storage(shard, e))?
+        {
+            let (k, v) = item.map_err(|e| storage(shard, e))?;
+            let k = k.value();
+            if k.len() != prefix.len() + 8 {
+                continue;
+            }
+            let start = u64::from_be_bytes(k[prefix.len()..].try_into().unwrap_or([0; 8]));
+            let st: BucketStats = model::decode(v.value()).map_err(EventError::Corrupt)?;
+            if st.events > 0 {
+                out.push((start, st));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A stream's configuration and stats; `None` if it does not exist.
+    pub fn info(&self, stream: &str) -> Result<Option<StreamInfo>, EventError> {
+        let Some((shard, meta)) = self.read_meta(stream)? else {
+            return Ok(None);
+        };
+        let all = self.buckets(shard, stream, &meta, 0, u64::MAX)?;
+        Ok(Some(StreamInfo {
+            name: stream.to_string(),
+            bucket_ms: meta.bucket_ms,
+            retention_ms: meta.retention_ms,
+            events: meta.events,
+            bytes: meta.bytes,
+            buckets: all.len() as u64,
+            oldest: all.iter().map(|(_, s)| s.min_ts).min(),
+            newest: all.iter().map(|(_, s)| s.max_ts).max(),
+            created_at: meta.created_ms,
+        }))
+    }
+
+    /// Every stream with its stats.
+    pub fn list(&self) -> Result<Vec<StreamInfo>, EventError> {
+        let mut names = Vec::new();
+        for shard in self.engine.shards() {
+            let txn = shard.read()?;
+            let t = txn
+                .open_table(EV_STREAMS)
+                .map_err(|e| storage(shard.id, e))?;
+            for item in t.iter().map_err(|e| storage(shard.id, e))? {
+                let (k, _) = item.map_err(|e| storage(shard.id, e))?;
+                names.push(String::from_utf8_lossy(k.value()).into_owned());
+            }
+        }
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for n in names {
+            if let Some(i) = self.info(&n)? {
+                out.push(i);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Events in [from, to) in the query's order, at most `limit`, and whether more follow.
+    /// Opens only the buckets that overlap the range.
+    pub fn range(&self, stream: &str, q: &RangeQuery) -> Result<(Vec<EventOut>, bool), EventError> {
+        if q.limit == 0 || q.limit > self.limits.range_limit_max {
+            return Err(EventError::Invalid(format!(
+                "limit must be 1-{}",
+                self.limits.range_limit_max
+            )));
+        }
+        let Some((shard, meta)) = self.read_meta(stream)? else {
+            return Err(EventError::StreamNotFound(stream.to_string()));
+        };
+        let (from, to) = (q.from.unwrap_or(0), q.to.unwrap_or(u64::MAX));
+        let mut buckets = self.buckets(shard, stream, &meta, from, to)?;
+        if q.desc {
+            buckets.reverse();
+        }
+        let txn = self.engine.shards()[shard].read()?;
+        let lo_key = event_key(from, 0);
+        let hi_key = event_key(to, 0);
+        let after_key = q.after.map(|(t, s)| event_key(t, s));
+        let mut out = Vec::new();
+        for (start, _) in buckets {
+            // Skip buckets wholly on the far side of the cursor without opening them.
+            if let Some((at, _)) = q.after {
+                let end = start.saturating_add(meta.bucket_ms);
+                if (!q.desc && end <= at) || (q.desc && start > at) {
+                    continue;
+                }
+            }
+            let name = bucket_table(stream, start);
+            let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
+            let t = match txn.open_table(def) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => continue,
+                Err(e) => return Err(storage(shard, e)),
+            };
+            self.buckets_opened.fetch_add(1, Ordering::Relaxed);
+            let mut lower = Bound::Included(lo_key.as_slice());
+            let mut upper = Bound::Excluded(hi_key.as_slice());
+            if let Some(a) = &after_key {
+                if q.desc {
+                    if a.as_slice() < hi_key.as_slice() {
+                        upper = Bound::Excluded(a.as_slice());
+                    }
+                } else if a.as_slice() >= lo_key.as_slice() {
+                    lower = Bound::Excluded(a.as_slice());
+                }
+            }
+            let range = t
+                .range::<&[u8]>((lower, upper))
+                .map_err(|e| storage(shard, e))?;
+            let mut visit = |item: EventItem<'_>| -> Result<bool, EventError> {
+                let (k, v) = item.map_err(|e| storage(shard, e))?;
+                let Some((ts, seq)) = parse_event_key(k.value()) else {
+                    return Ok(true);
+                };
+                let ev: Event = model::decode(v.value()).map_err(EventError::Corrupt)?;
+                if q.kind.is_some() && ev.kind != q.kind {
+                    return Ok(true);
+                }
+                out.push(EventOut {
+                    ts,
+                    seq,
+                    kind: ev.kind,
+                    data: ev.data,
+                });
+                Ok(out.len() <= q.limit)
+            };
+            if q.desc {
+                for item in range.rev() {
+                    if !visit(item)? {
+                        break;
+                    }
+                }
+            } else {
+                for item in range {
+                    if !visit(item)? {
+                        break;
+                    }
+                }
+            }
+            if out.len() > q.limit {
+                break;
+            }
+        }
+        let more = out.len() > q.limit;
+        out.truncate(q.limit);
+        Ok((out, more))
+    }
+
+    /// Event counts per `step` over [from, to): from the per-bucket counters when `step` is a
+    /// multiple of the bucket width and the range is bucket-aligned, by scanning otherwise.
+    pub fn counts(
+        &self,
+        stream: &str,
+        from: u64,
+        to: u64,
+        step: u64,
+    ) -> Result<Vec<(u64, u64)>, EventError> {
+        let Some((shard, meta)) = self.read_meta(stream)? else {
+            return Err(EventError::StreamNotFound(stream.to_string()));
+        };
+        if step == 0 || to <= from {
+            return Err(EventError::Invalid("need from < to and step > 0".into()));
+        }
+        let steps = (to - from).div_ceil(step);
+        if steps > 10_000 {
+            return Err(EventError::Invalid(format!(
+                "{steps} steps; at most 10000 per query"
+            )));
+        }
+        let mut counts = vec![0u64; steps as usize];
+        let aligned = step.is_multiple_of(meta.bucket_ms) && from.is_multiple_of(meta.bucket_ms);
+        if aligned {
+            for (start, st) in self.buckets(shard, stream, &meta, from, to)? {
+                if start >= from && start < to {
+                    counts[((start - from) / step) as usize] += st.events;
+                }
+            }
+        } else {
+            let mut q = RangeQuery {
+                from: Some(from),
+                to: Some(to),
+                limit: self.limits.range_limit_max,
+                ..RangeQuery::default()
+            };
+            loop {
+                let (events, more) = self.range(stream, &q)?;
+                for e in &events {
+                    counts[((e.ts - from) / step) as usize] += 1;
+                }
+                match (more, events.last()) {
+                    (true, Some(last)) => q.after = Some((last.ts, last.seq)),
+                    _ => break,
+                }
+            }
+        }
+        Ok(counts
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (from + i as u64 * step, c))
+            .collect())
+    }
+}

@@ -1,0 +1,145 @@
+//! Stored event-stream records and table names.
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `ev_streams` | stream name | [`StreamMeta`] |
+//! | `ev_buckets` | `stream ‖ 0x00 ‖ bucket_start_ms BE` | [`BucketStats`] |
+//! | `ev/<stream>/<bucket_start_ms>` (one per bucket) | `ts_ms BE ‖ seq u32 BE` | [`Event`] |
+//!
+//! A bucket starts at `ts - ts % bucket_ms` (aligned to the Unix epoch). Retention and trimming
+//! delete whole bucket tables.
+
+use bincode::{Decode, Encode};
+use redb::TableDefinition;
+
+pub const EV_STREAMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ev_streams");
+pub const EV_BUCKETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ev_buckets");
+
+pub const RECORD_VERSION: u8 = 1;
+
+/// Allowed bucket widths.
+pub const BUCKET_WIDTHS: [(&str, u64); 4] = [
+    ("1h", 3_600_000),
+    ("1d", 86_400_000),
+    ("7d", 7 * 86_400_000),
+    ("30d", 30 * 86_400_000),
+];
+
+/// A stream's configuration and running totals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct StreamMeta {
+    pub version: u8,
+    pub bucket_ms: u64,
+    /// 0 = keep forever.
+    pub retention_ms: u64,
+    pub created_ms: u64,
+    /// The newest id handed out: server-assigned ids continue after it.
+    pub last_ms: u64,
+    pub last_seq: u32,
+    pub events: u64,
+    pub bytes: u64,
+}
+
+/// Per-bucket counters, updated in the same commit as the appends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Encode, Decode)]
+pub struct BucketStats {
+    pub events: u64,
+    pub bytes: u64,
+    pub min_ts: u64,
+    pub max_ts: u64,
+}
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Event {
+    pub kind: Option<String>,
+    /// JSON text.
+    pub data: Vec<u8>,
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<{ 64 << 20 }>()
+}
+
+pub fn encode<T: Encode>(v: &T) -> Vec<u8> {
+    bincode::encode_to_vec(v, config()).unwrap_or_default()
+}
+
+pub fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, String> {
+    bincode::decode_from_slice(bytes, config())
+        .map(|(v, _)| v)
+        .map_err(|e| e.to_string())
+}
+
+pub fn bucket_start(ts: u64, bucket_ms: u64) -> u64 {
+    ts - ts % bucket_ms.max(1)
+}
+
+/// The name of a bucket's table.
+pub fn bucket_table(stream: &str, start: u64) -> String {
+    format!("ev/{stream}/{start:015}")
+}
+
+pub fn bucket_key(stream: &str, start: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(stream.len() + 9);
+    k.extend_from_slice(stream.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&start.to_be_bytes());
+    k
+}
+
+pub fn bucket_prefix(stream: &str) -> Vec<u8> {
+    let mut k = stream.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+pub fn event_key(ts: u64, seq: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&ts.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn parse_event_key(k: &[u8]) -> Option<(u64, u32)> {
+    if k.len() != 12 {
+        return None;
+    }
+    Some((
+        u64::from_be_bytes(k[..8].try_into().ok()?),
+        u32::from_be_bytes(k[8..].try_into().ok()?),
+    ))
+}
+
+/// `<ms>-<seq>`
+pub fn format_id(ts: u64, seq: u32) -> String {
+    format!("{ts}-{seq}")
+}
+
+pub fn parse_id(id: &str) -> Option<(u64, u32)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_keys() {
+        assert_eq!(
+            parse_id(&format_id(1_700_000_000_123, 7)),
+            Some((1_700_000_000_123, 7))
+        );
+        assert_eq!(parse_id("12"), None);
+        assert_eq!(parse_id("a-1"), None);
+        let k = event_key(5, 9);
+        assert_eq!(parse_event_key(&k), Some((5, 9)));
+        assert!(event_key(5, 9) < event_key(5, 10));
+        assert!(event_key(5, u32::MAX) < event_key(6, 0));
+        assert_eq!(bucket_start(3_600_000 * 5 + 12, 3_600_000), 3_600_000 * 5);
+    }
+}

@@ -1,0 +1,475 @@
+//! Event stream handlers: parse the request, call the events domain, render or stream the answer.
+
+use super::body;
+use super::kv::{json_body, query};
+use super::response::{self, Resp};
+use super::ServerState;
+use crate::error::{ApiError, EventError};
+use crate::events::apply::NewEvent;
+use crate::events::{model, parse_bucket, validate_name, EventOut, RangeQuery};
+use crate::util::{parse_duration_ms, parse_time_ms};
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{ACCEPT, CONTENT_TYPE};
+use hyper::Request;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// SSE heartbeat period: keeps idle connections (and proxies) alive.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
+    q.get(name)
+        .map(|v| parse_time_ms(v).map_err(|e| ApiError::bad_request(format!("{name}: {e}"))))
+        .transpose()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamReq {
+    bucket: Option<String>,
+    retention: Option<String>,
+}
+
+/// `PUT /v1/streams/{stream}`
+pub async fn put_stream(
+    state: &ServerState,
+    stream: &str,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    validate_name(stream)?;
+    let r: StreamReq = json_body(state, req).await?;
+    let bucket = r.bucket.as_deref().map(parse_bucket).transpose()?;
+    let retention = r
+        .retention
+        .as_deref()
+        .map(|t| parse_duration_ms(t).map_err(|e| ApiError::bad_request(format!("retention: {e}"))))
+        .transpose()?;
+    let (created, info) = state
+        .store
+        .events()
+        .configure(stream, bucket, retention)
+        .await?;
+    Ok(response::json(
+        if created { 201 } else { 200 },
+        &serde_json::to_value(info).unwrap_or_default(),
+    ))
+}
+
+pub fn get_stream(state: &ServerState, stream: &str) -> Result<Resp, ApiError> {
+    let info = state
+        .store
+        .events()
+        .info(stream)?
+        .ok_or_else(|| EventError::StreamNotFound(stream.to_string()))?;
+    Ok(response::json(
+        200,
+        &serde_json::to_value(info).unwrap_or_default(),
+    ))
+}
+
+pub fn list_streams(state: &ServerState) -> Result<Resp, ApiError> {
+    let all = state.store.events().list()?;
+    Ok(response::json(200, &serde_json::json!({"streams": all})))
+}
+
+pub async fn delete_stream(state: &ServerState, stream: &str) -> Result<Resp, ApiError> {
+    state.store.events().drop_stream(stream).await?;
+    Ok(response::empty(204))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventReq {
+    ts: Option<serde_json::Value>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    data: Box<RawValue>,
+}
+
+impl EventReq {
+    fn into_event(self) -> Result<NewEvent, ApiError> {
+        let ts = match self.ts {
+            None => None,
+            Some(serde_json::Value::Number(n)) => Some(n.as_u64().ok_or_else(|| {
+                ApiError::bad_request("ts must be ms since the epoch or RFC 3339")
+            })?),
+            Some(serde_json::Value::String(s)) => {
+                Some(parse_time_ms(&s).map_err(|e| ApiError::bad_request(format!("ts: {e}")))?)
+            }
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "ts must be ms since the epoch or RFC 3339",
+                ))
+            }
+        };
+        // Keep stored JSON on one line so NDJSON and SSE output stay well-formed.
+        let raw = self.data.get();
+        let data = if raw.contains(['\n', '\r']) {
+            serde_json::from_str::<serde_json::Value>(raw)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|_| raw.replace(['\n', '\r'], " "))
+        } else {
+            raw.to_string()
+        };
+        Ok(NewEvent {
+            ts,
+            kind: self.kind,
+            data: data.into_bytes(),
+        })
+    }
+}
+
+/// `POST /v1/streams/{stream}/events`: one JSON event or NDJSON, all or nothing.
+pub async fn append(
+    state: &ServerState,
+    stream: &str,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    validate_name(stream)?;
+    let ndjson = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-ndjson"));
+    let cfg = state.store.config();
+    let (parts, b) = req.into_parts();
+    let bytes = body::read(
+        &parts.headers,
+        b,
+        cfg.json_body_bytes_max,
+        &state.body_budget,
+        Duration::from_millis(cfg.body_read_timeout_ms),
+        "the request body",
+    )
+    .await?;
+    let mut events = Vec::new();
+    if ndjson {
+        for (n, line) in bytes.bytes.split(|b| *b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            if events.len() == cfg.append_events_max {
+                return Err(ApiError::bad_request(format!(
+                    "more than {} events in one request (append_events_max)",
+                    cfg.append_events_max
+                )));
+            }
+            let r: EventReq = serde_json::from_slice(line)
+                .map_err(|e| ApiError::bad_request(format!("line {}: {e}", n + 1)))?;
+            events
+                .push(r.into_event().map_err(|e| {
+                    ApiError::bad_request(format!("line {}: {}", n + 1, e.message))
+                })?);
+        }
+    } else {
+        let r: EventReq = serde_json::from_slice(&bytes.bytes)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        events.push(r.into_event()?);
+    }
+    let ids = state.store.events().append(stream, events).await?;
+    Ok(response::json(201, &serde_json::json!({"ids": ids})))
+}
+
+fn event_json(e: &EventOut) -> String {
+    let data = String::from_utf8_lossy(&e.data);
+    let kind = serde_json::to_string(&e.kind).unwrap_or_else(|_| "null".into());
+    format!(
+        "{{\"id\":\"{}\",\"ts\":{},\"type\":{kind},\"data\":{data}}}",
+        e.id(),
+        e.ts
+    )
+}
+
+fn range_query(q: &HashMap<String, String>, state: &ServerState) -> Result<RangeQuery, ApiError> {
+    let limit = match q.get("limit") {
+        None => 100,
+        Some(l) => l.parse().map_err(|_| {
+            ApiError::bad_request(format!("limit must be a whole number, got `{l}`"))
+        })?,
+    };
+    let desc = match q.get("order").map(String::as_str) {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(o) => {
+            return Err(ApiError::bad_request(format!(
+                "order must be asc or desc, got `{o}`"
+            )))
+        }
+    };
+    let after = match q.get("after").filter(|a| !a.is_empty()) {
+        None => None,
+        Some(a) => Some(model::parse_id(a).ok_or_else(|| {
+            ApiError::bad_request("after must be an event id (<ms>-<seq>) from a previous page")
+        })?),
+    };
+    let _ = state;
+    Ok(RangeQuery {
+        from: time_param(q, "from")?,
+        to: time_param(q, "to")?,
+        kind: q.get("type").cloned(),
+        desc,
+        limit,
+        after,
+    })
+}
+
+/// Runs a range query off the async threads.
+async fn run_range(
+    state: &ServerState,
+    stream: &str,
+    q: RangeQuery,
+) -> Result<(Vec<EventOut>, bool), ApiError> {
+    let events = state.store.events().clone();
+    let name = stream.to_string();
+    tokio::task::spawn_blocking(move || events.range(&name, &q))
+        .await
+        .map_err(|e| ApiError::new(500, "internal", format!("range task failed: {e}")))?
+        .map_err(ApiError::from)
+}
+
+/// `GET /v1/streams/{stream}/events`
+pub async fn range(
+    state: &ServerState,
+    stream: &str,
+    req: &Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    validate_name(stream)?;
+    let q = query(req);
+    let accept = req
+        .headers()
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if q.get("follow").map(String::as_str) == Some("true") || accept.contains("text/event-stream") {
+        let last_event_id = req
+            .headers()
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        return follow(state, stream, &q, last_event_id).await;
+    }
+    let mut rq = range_query(&q, state)?;
+    let wait = q
+        .get("wait")
+        .map(|w| parse_duration_ms(w).map_err(|e| ApiError::bad_request(format!("wait: {e}"))))
+        .transpose()?
+        .unwrap_or(0);
+    let (mut events, mut more) = run_range(state, stream, rq.clone()).await?;
+    if events.is_empty() && wait > 0 {
+        // Long poll: wait for the next append (bounded), then look once more.
+        let wait = wait.min(state.store.config().claim_wait_max_ms);
+        let Ok(_permit) = state.followers.clone().try_acquire_owned() else {
+            return Err(ApiError::unavailable(
+                "too_many_followers",
+                "followers_max reached; retry",
+            ));
+        };
+        let notify = state.store.events().follower(stream);
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        (events, more) = run_range(state, stream, rq.clone()).await?;
+        if events.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_millis(wait), notified).await;
+            rq.limit = rq.limit.max(1);
+            (events, more) = run_range(state, stream, rq).await?;
+        }
+    }
+    let next = if more {
+        events.last().map(|e| e.id())
+    } else {
+        None
+    };
+    let ndjson = accept.contains("application/x-ndjson");
+    if ndjson {
+        let (resp, tx) = response::channel(200, "application/x-ndjson", 64);
+        tokio::spawn(async move {
+            let mut chunk = String::with_capacity(64 * 1024);
+            for e in &events {
+                chunk.push_str(&event_json(e));
+                chunk.push('\n');
+                if chunk.len() > 60 * 1024
+                    && tx
+                        .send(Bytes::from(std::mem::take(&mut chunk)))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+            }
+            if !chunk.is_empty() {
+                let _ = tx.send(Bytes::from(chunk)).await;
+            }
+        });
+        let mut resp = resp;
+        if let Some(n) = next.and_then(|n| hyper::header::HeaderValue::from_str(&n).ok()) {
+            resp.headers_mut().insert("x-next-cursor", n);
+        }
+        return Ok(resp);
+    }
+    let mut body = String::with_capacity(events.len() * 64 + 32);
+    body.push_str("{\"events\":[");
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&event_json(e));
+    }
+    body.push_str("],\"next\":");
+    body.push_str(&serde_json::to_string(&next).unwrap_or_else(|_| "null".into()));
+    body.push('}');
+    let mut r = response::empty(200);
+    *r.body_mut() = response::full(body);
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
+}
+
+/// Server-Sent Events from `after` / `Last-Event-ID` (or from now), live as appends commit.
+async fn follow(
+    state: &ServerState,
+    stream: &str,
+    q: &HashMap<String, String>,
+    last_event_id: Option<String>,
+) -> Result<Resp, ApiError> {
+    let events = state.store.events().clone();
+    let start = match last_event_id
+        .as_deref()
+        .or(q.get("after").map(String::as_str))
+    {
+        Some(id) => Some(model::parse_id(id).ok_or_else(|| {
+            ApiError::bad_request("Last-Event-ID / after must be an event id (<ms>-<seq>)")
+        })?),
+        None => None,
+    };
+    let info = events
+        .info(stream)?
+        .ok_or_else(|| EventError::StreamNotFound(stream.to_string()))?;
+    let Ok(permit) = state.followers.clone().try_acquire_owned() else {
+        return Err(ApiError::unavailable(
+            "too_many_followers",
+            "followers_max reached; retry",
+        ));
+    };
+    // From now: start after the newest event (ids never go below it for server times).
+    let mut pos = start.or_else(|| info.newest.map(|t| (t, u32::MAX)));
+    let kind = q.get("type").cloned();
+    let (resp, tx) = response::channel(200, "text/event-stream", 16);
+    let name = stream.to_string();
+    let mut stopping = state.stopping.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let notify = events.follower(&name);
+        if tx
+            .send(Bytes::from_static(b": connected\n\n"))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let rq = RangeQuery {
+                kind: kind.clone(),
+                limit: 1000,
+                after: pos,
+                ..RangeQuery::default()
+            };
+            let ev = events.clone();
+            let n = name.clone();
+            let got = tokio::task::spawn_blocking(move || ev.range(&n, &rq)).await;
+            let Ok(Ok((batch, more))) = got else {
+                let _ = tx
+                    .send(Bytes::from_static(
+                        b"event: error\ndata: stream unavailable\n\n",
+                    ))
+                    .await;
+                return;
+            };
+            for e in &batch {
+                let mut msg = format!("id: {}\n", e.id());
+                if let Some(k) = &e.kind {
+                    msg.push_str(&format!("event: {k}\n"));
+                }
+                msg.push_str("data: ");
+                msg.push_str(&event_json(e));
+                msg.push_str("\n\n");
+                if tx.send(Bytes::from(msg)).await.is_err() {
+                    return;
+                }
+                pos = Some((e.ts, e.seq));
+            }
+            if more {
+                continue;
+            }
+            tokio::select! {
+                _ = async { let _ = stopping.wait_for(|s| *s).await.map(|_| ()); } => return,
+                tick = tokio::time::timeout(HEARTBEAT, notified) => {
+                    if tick.is_err() && tx.send(Bytes::from_static(b": heartbeat\n\n")).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut resp = resp;
+    resp.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-cache"),
+    );
+    Ok(resp)
+}
+
+/// `GET /v1/streams/{stream}/counts?from=&to=&step=`
+pub async fn counts(
+    state: &ServerState,
+    stream: &str,
+    req: &Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    validate_name(stream)?;
+    let q = query(req);
+    let from = time_param(&q, "from")?.ok_or_else(|| ApiError::bad_request("from is required"))?;
+    let to = time_param(&q, "to")?.unwrap_or_else(|| state.store.engine().now_ms());
+    let step = q
+        .get("step")
+        .map(|s| parse_duration_ms(s).map_err(|e| ApiError::bad_request(format!("step: {e}"))))
+        .transpose()?
+        .unwrap_or(3_600_000);
+    let events = state.store.events().clone();
+    let name = stream.to_string();
+    let counts = tokio::task::spawn_blocking(move || events.counts(&name, from, to, step))
+        .await
+        .map_err(|e| ApiError::new(500, "internal", format!("counts task failed: {e}")))??;
+    let items: Vec<_> = counts
+        .iter()
+        .map(|(start, n)| serde_json::json!({"start": start, "count": n}))
+        .collect();
+    Ok(response::json(
+        200,
+        &serde_json::json!({"step_ms": step, "counts": items}),
+    ))
+}
+
+/// `DELETE /v1/streams/{stream}/events?before=<ts>`
+pub async fn trim(
+    state: &ServerState,
+    stream: &str,
+    req: &Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    validate_name(stream)?;
+    let q = query(req);
+    let before =
+        time_param(&q, "before")?.ok_or_else(|| ApiError::bad_request("before is required"))?;
+    let (dropped, deleted) = state.store.events().trim(stream, before, true).await?;
+    Ok(response::json(
+        200,
+        &serde_json::json!({"dropped_buckets": dropped, "deleted_events": deleted}),
+    ))
+}
