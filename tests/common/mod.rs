@@ -103,6 +103,25 @@ impl Client {
         })
     }
 
+    /// Sends a request and returns the response with its body still streaming.
+    pub async fn open(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> hyper::Response<hyper::body::Incoming> {
+        let mut req = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).expect("method"))
+            .uri(path)
+            .header("host", self.addr.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::new())).expect("request");
+        self.sender.ready().await.expect("ready");
+        self.sender.send_request(req).await.expect("response")
+    }
+
     pub async fn get(&mut self, path: &str) -> Resp {
         self.send("GET", path, &[], Bytes::new()).await
     }
