@@ -163,6 +163,25 @@ impl Conn {
         Ok((status, body))
     }
 
+    /// Sends a whole pre-encoded HTTP request; returns (status, body).
+    pub async fn http_raw(&mut self, request: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+        self.stream.write_all(request).await?;
+        let (status, start, len) = self.read_http_head().await?;
+        let body = self.buf[start..start + len].to_vec();
+        self.consume(start + len);
+        Ok((status, body))
+    }
+
+    /// Sends `n` pipelined RESP commands and reads `n` replies; false if any was an error.
+    pub async fn resp_pipeline(&mut self, bytes: &[u8], n: usize) -> std::io::Result<bool> {
+        self.stream.write_all(bytes).await?;
+        let mut ok = true;
+        for _ in 0..n {
+            ok &= self.read_resp().await?;
+        }
+        Ok(ok)
+    }
+
     /// Sends raw RESP bytes (already encoded) and reads one reply; Ok(false) on an error reply.
     pub async fn resp_raw(&mut self, bytes: &[u8]) -> std::io::Result<bool> {
         self.stream.write_all(bytes).await?;

@@ -5,15 +5,17 @@
 //! --keys 1000000 --only kv-get-hot --no-install`). Results also go to
 //! `target/shardbox-bench.md`.
 
+mod events;
 mod loadgen;
 mod peers;
 mod queue;
 
 use base64::Engine as _;
+use hdrhistogram::Histogram;
 use loadgen::{Op, Outcome, Proto};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use xxhash_rust::xxh3::xxh3_64;
 
 struct Opts {
@@ -24,6 +26,8 @@ struct Opts {
     install: bool,
     /// Extra shardbox settings for every run: --set key=value.
     settings: Vec<(String, String)>,
+    /// Events in the large stream of `events-range-1h`.
+    events_large: u64,
 }
 
 fn parse_opts() -> Opts {
@@ -34,6 +38,7 @@ fn parse_opts() -> Opts {
         only: None,
         install: true,
         settings: Vec::new(),
+        events_large: 50_000_000,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -57,6 +62,10 @@ fn parse_opts() -> Opts {
                 i += 1;
             }
             "--no-install" => o.install = false,
+            "--events-large" => {
+                o.events_large = next.parse().expect("--events-large N");
+                i += 1;
+            }
             "--set" => {
                 let (k, v) = next.split_once('=').expect("--set key=value");
                 o.settings.push((k.to_string(), v.to_string()));
@@ -422,6 +431,265 @@ async fn queue_suite(o: &Opts, rows: &mut Vec<Row>) {
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn events_suite(o: &Opts, rows: &mut Vec<Row>) {
+    if wanted(o, "events-append") {
+        eprintln!("events-append …");
+        let first = rows.len();
+        let sb = peers::shardbox(&settings(o, &[])).expect("start shardbox");
+        let _ = events::append(true, sb.addr, o.connections, 100, Duration::from_secs(1)).await;
+        let out = events::append(true, sb.addr, o.connections, 100, o.duration).await;
+        rows.push(row(
+            "events-append",
+            "shardbox NDJSON, 100 events/request",
+            out,
+            "events/s; 200 B events, 8 streams, reply after fsync",
+        ));
+        drop(sb);
+        match peers::redis(o.install) {
+            Ok(r) => {
+                let _ =
+                    events::append(false, r.addr, o.connections, 100, Duration::from_secs(1)).await;
+                let out = events::append(false, r.addr, o.connections, 100, o.duration).await;
+                rows.push(row(
+                    "events-append",
+                    "redis XADD ×100 pipelined",
+                    out,
+                    "events/s; appendfsync always",
+                ));
+                set_ratio(rows, first, first + 1, "vs redis XADD");
+            }
+            Err(e) => rows.push(unavailable("events-append", "redis XADD", &e)),
+        }
+    }
+    if wanted(o, "events-range") {
+        events_range(o, rows).await;
+    }
+    if wanted(o, "events-retention") {
+        events_retention(rows).await;
+    }
+}
+
+/// Range latency of one-hour windows as a stream grows, against Redis XRANGE; writes the plot.
+async fn events_range(o: &Opts, rows: &mut Vec<Row>) {
+    let large = o.events_large.max(1_000_000);
+    let start = now_ms() - events::YEAR_MS;
+    let queries = 4000;
+    let sb = peers::shardbox(&settings(
+        o,
+        &[("default_retention_ms", "0"), ("default_bucket", "1d")],
+    ))
+    .expect("start shardbox");
+    eprintln!("events-range-1h: loading 1M events over a year …");
+    events::load(
+        true,
+        sb.addr,
+        "ev1m",
+        start,
+        events::YEAR_MS as f64 / 1e6,
+        0,
+        1_000_000,
+    )
+    .await
+    .expect("load");
+    let small = events::range(true, sb.addr, "ev1m", start, events::YEAR_MS, queries).await;
+    let small_p99 = small.p(0.99);
+    rows.push(row(
+        "events-range-1h",
+        "shardbox, 1M events / year",
+        small,
+        "first 100 events of a random 1 h window",
+    ));
+    // The large stream keeps the density of `large` events per year; measure as it grows.
+    let spacing = events::YEAR_MS as f64 / large as f64;
+    let mut points = Vec::new();
+    let mut loaded = 0;
+    let mut checkpoints: Vec<u64> = [
+        1_000_000u64,
+        5_000_000,
+        10_000_000,
+        25_000_000,
+        50_000_000,
+        100_000_000,
+    ]
+    .into_iter()
+    .filter(|c| *c < large)
+    .collect();
+    checkpoints.push(large);
+    let mut last = None;
+    for cp in checkpoints {
+        eprintln!("events-range-1h: loading to {cp} events …");
+        let t = Instant::now();
+        events::load(true, sb.addr, "evbig", start, spacing, loaded, cp)
+            .await
+            .expect("load");
+        eprintln!(
+            "  loaded {} events in {:.1} s",
+            cp - loaded,
+            t.elapsed().as_secs_f64()
+        );
+        loaded = cp;
+        let span = (cp as f64 * spacing) as u64;
+        let out = events::range(true, sb.addr, "evbig", start, span, queries).await;
+        points.push((cp, out.p(0.5), out.p(0.99)));
+        last = Some(out);
+    }
+    drop(sb);
+    if let Some(out) = last {
+        let p99 = out.p(0.99);
+        let i = rows.len();
+        rows.push(row(
+            "events-range-1h",
+            &format!("shardbox, {}M events / year", large / 1_000_000),
+            out,
+            "first 100 events of a random 1 h window",
+        ));
+        if small_p99 > 0.0 {
+            rows[i].ratio = Some((p99 / small_p99, "p99 vs the 1M stream".into()));
+        }
+    }
+    let mut redis_point = None;
+    match peers::redis(o.install) {
+        Ok(r) => {
+            eprintln!("events-range-1h: loading Redis …");
+            events::load(
+                false,
+                r.addr,
+                "ev1m",
+                start,
+                events::YEAR_MS as f64 / 1e6,
+                0,
+                1_000_000,
+            )
+            .await
+            .expect("load redis");
+            let out = events::range(false, r.addr, "ev1m", start, events::YEAR_MS, queries).await;
+            rows.push(row(
+                "events-range-1h",
+                "redis XRANGE, 1M / year",
+                out,
+                "XRANGE COUNT 100",
+            ));
+            events::load(false, r.addr, "evbig", start, spacing, 0, large)
+                .await
+                .expect("load redis");
+            let out = events::range(false, r.addr, "evbig", start, events::YEAR_MS, queries).await;
+            redis_point = Some((large, out.p(0.5), out.p(0.99)));
+            rows.push(row(
+                "events-range-1h",
+                &format!("redis XRANGE, {}M / year", large / 1_000_000),
+                out,
+                "XRANGE COUNT 100",
+            ));
+        }
+        Err(e) => rows.push(unavailable("events-range-1h", "redis XRANGE", &e)),
+    }
+    let svg = events::svg(&points, redis_point);
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/shardbox-events-range.svg");
+    let _ = std::fs::write(&path, svg);
+    eprintln!("plot written to {}", path.display());
+}
+
+/// Time to drop a full day bucket vs deleting the same events row by row (in-process).
+async fn events_retention(rows: &mut Vec<Row>) {
+    eprintln!("events-retention …");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut config = shardbox::Config::with_data_dir(tmp.path().join("data"));
+    config.shards = 1;
+    let store = shardbox::Store::open(config).expect("open");
+    let ev = store.events().clone();
+    let day = 86_400_000u64;
+    let now = now_ms();
+    let day_start = shardbox::events::model::bucket_start(now - 2 * day, day);
+    let n = 200_000u64;
+    for stream in ["drop", "rows"] {
+        ev.configure(stream, Some(day), Some(0))
+            .await
+            .expect("configure");
+        for chunk in (0..n).step_by(10_000) {
+            let batch: Vec<_> = (chunk..chunk + 10_000)
+                .map(|i| shardbox::events::apply::NewEvent {
+                    ts: Some(day_start + i * (day / n)),
+                    kind: None,
+                    data: EVENT_BYTES.to_vec(),
+                })
+                .collect();
+            ev.append(stream, batch).await.expect("append");
+        }
+    }
+    let t = Instant::now();
+    let (dropped, deleted) = ev.trim("drop", day_start + day, false).await.expect("trim");
+    let drop_time = t.elapsed();
+    assert_eq!((dropped, deleted), (1, n));
+    // Row by row: 1,000 deletes per commit through the same writer.
+    let table = shardbox::events::model::bucket_table("rows", day_start);
+    let t = Instant::now();
+    loop {
+        let name = table.clone();
+        let removed = store
+            .engine()
+            .write(0, 0, move |ctx| {
+                let def: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new(&name);
+                let mut tbl = ctx.txn.open_table(def)?;
+                let keys: Vec<Vec<u8>> = {
+                    use redb::ReadableTable;
+                    let mut keys = Vec::with_capacity(1000);
+                    for item in tbl.iter()?.take(1000) {
+                        keys.push(item?.0.value().to_vec());
+                    }
+                    keys
+                };
+                for k in &keys {
+                    tbl.remove(k.as_slice())?;
+                }
+                Ok(keys.len())
+            })
+            .await
+            .expect("delete rows");
+        if removed == 0 {
+            break;
+        }
+    }
+    let rows_time = t.elapsed();
+    store.close();
+    let mk = |d: Duration, ops: u64| Outcome {
+        ops,
+        errors: 0,
+        elapsed: d,
+        hist: {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
+            let _ = h.record(d.as_micros().max(1) as u64);
+            h
+        },
+    };
+    let i = rows.len();
+    rows.push(row(
+        "events-retention",
+        "drop one day bucket (200k events)",
+        mk(drop_time, n),
+        "p50 = the whole drop",
+    ));
+    rows.push(row(
+        "events-retention",
+        "delete the same events row by row",
+        mk(rows_time, n),
+        "1,000 deletes per commit",
+    ));
+    rows[i].ratio = Some((
+        rows_time.as_secs_f64() / drop_time.as_secs_f64().max(1e-9),
+        "faster than row by row".into(),
+    ));
+}
+
+const EVENT_BYTES: &[u8] = b"\"pppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp\"";
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -497,6 +765,7 @@ fn main() {
     let mut rows = Vec::new();
     rt.block_on(kv_suite(&o, &mut rows));
     rt.block_on(queue_suite(&o, &mut rows));
+    rt.block_on(events_suite(&o, &mut rows));
     let table = render(&o, &rows);
     println!("\n{table}");
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/shardbox-bench.md");
