@@ -131,9 +131,11 @@ pub async fn load(
     from: u64,
     to: u64,
 ) -> Result<(), String> {
-    let per = (to - from).div_ceil(4);
+    // Redis stream ids must increase, so Redis loads on one connection, in order.
+    let parts = if shardbox { 4 } else { 1 };
+    let per = (to - from).div_ceil(parts);
     let mut tasks = Vec::new();
-    for part in 0..4u64 {
+    for part in 0..parts {
         let (a, b) = (from + part * per, (from + (part + 1) * per).min(to));
         let stream = stream.to_string();
         tasks.push(tokio::spawn(async move {
