@@ -146,6 +146,26 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, &[u8]), CodecError> {
     Ok((header, payload))
 }
 
+fn record_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<{ 64 << 20 }>()
+}
+
+/// Encodes a domain record (queue jobs, stream metadata, …) with the same explicit-width
+/// bincode layout as the envelope header. Records start with their own version byte.
+pub fn encode_record<T: Encode>(v: &T) -> Vec<u8> {
+    bincode::encode_to_vec(v, record_config()).unwrap_or_default()
+}
+
+/// Decodes a domain record; a record larger than 64 MiB or malformed is an error, not a panic.
+pub fn decode_record<T: Decode<()>>(bytes: &[u8]) -> Result<T, String> {
+    bincode::decode_from_slice(bytes, record_config())
+        .map(|(v, _)| v)
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -57,22 +57,7 @@ pub struct Event {
     pub data: Vec<u8>,
 }
 
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard()
-        .with_little_endian()
-        .with_fixed_int_encoding()
-        .with_limit::<{ 64 << 20 }>()
-}
-
-pub fn encode<T: Encode>(v: &T) -> Vec<u8> {
-    bincode::encode_to_vec(v, config()).unwrap_or_default()
-}
-
-pub fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, String> {
-    bincode::decode_from_slice(bytes, config())
-        .map(|(v, _)| v)
-        .map_err(|e| e.to_string())
-}
+pub use crate::engine::codec::{decode_record as decode, encode_record as encode};
 
 pub fn bucket_start(ts: u64, bucket_ms: u64) -> u64 {
     ts - ts % bucket_ms.max(1)

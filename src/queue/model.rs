@@ -224,23 +224,7 @@ pub struct Dedupe {
     pub until_ms: u64,
 }
 
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard()
-        .with_little_endian()
-        .with_fixed_int_encoding()
-        .with_limit::<{ 64 << 20 }>()
-}
-
-pub fn encode<T: Encode>(v: &T) -> Vec<u8> {
-    bincode::encode_to_vec(v, config()).unwrap_or_default()
-}
-
-/// Decodes a record. Callers of versioned records check `version` themselves.
-pub fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, String> {
-    bincode::decode_from_slice(bytes, config())
-        .map(|(v, _)| v)
-        .map_err(|e| e.to_string())
-}
+pub use crate::engine::codec::{decode_record as decode, encode_record as encode};
 
 /// `q ‖ 0x00`
 pub fn queue_prefix(q: &str) -> Vec<u8> {
