@@ -1,7 +1,6 @@
 //! Event stream handlers: parse the request, call the events domain, render or stream the answer.
 
-use super::body;
-use super::kv::{json_body, query};
+use super::kv::{json_body, json_items, query};
 use super::response::{self, Resp};
 use super::ServerState;
 use crate::error::{ApiError, EventError};
@@ -129,46 +128,11 @@ pub async fn append(
     req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
     validate_name(stream)?;
-    let ndjson = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-ndjson"));
-    let cfg = state.store.config();
-    let (parts, b) = req.into_parts();
-    let bytes = body::read(
-        &parts.headers,
-        b,
-        cfg.json_body_bytes_max,
-        &state.body_budget,
-        Duration::from_millis(cfg.body_read_timeout_ms),
-        "the request body",
-    )
+    let max = state.store.config().append_events_max;
+    let (events, _) = json_items(state, req, max, "append_events_max", |r: EventReq| {
+        r.into_event()
+    })
     .await?;
-    let mut events = Vec::new();
-    if ndjson {
-        for (n, line) in bytes.bytes.split(|b| *b == b'\n').enumerate() {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            if events.len() == cfg.append_events_max {
-                return Err(ApiError::bad_request(format!(
-                    "more than {} events in one request (append_events_max)",
-                    cfg.append_events_max
-                )));
-            }
-            let r: EventReq = serde_json::from_slice(line)
-                .map_err(|e| ApiError::bad_request(format!("line {}: {e}", n + 1)))?;
-            events
-                .push(r.into_event().map_err(|e| {
-                    ApiError::bad_request(format!("line {}: {}", n + 1, e.message))
-                })?);
-        }
-    } else {
-        let r: EventReq = serde_json::from_slice(&bytes.bytes)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-        events.push(r.into_event()?);
-    }
     let ids = state.store.events().append(stream, events).await?;
     Ok(response::json(201, &serde_json::json!({"ids": ids})))
 }
@@ -183,7 +147,7 @@ fn event_json(e: &EventOut) -> String {
     )
 }
 
-fn range_query(q: &HashMap<String, String>, state: &ServerState) -> Result<RangeQuery, ApiError> {
+fn range_query(q: &HashMap<String, String>) -> Result<RangeQuery, ApiError> {
     let limit = match q.get("limit") {
         None => 100,
         Some(l) => l.parse().map_err(|_| {
@@ -205,7 +169,6 @@ fn range_query(q: &HashMap<String, String>, state: &ServerState) -> Result<Range
             ApiError::bad_request("after must be an event id (<ms>-<seq>) from a previous page")
         })?),
     };
-    let _ = state;
     Ok(RangeQuery {
         from: time_param(q, "from")?,
         to: time_param(q, "to")?,
@@ -251,7 +214,7 @@ pub async fn range(
             .map(str::to_string);
         return follow(state, stream, &q, last_event_id).await;
     }
-    let mut rq = range_query(&q, state)?;
+    let rq = range_query(&q)?;
     let wait = q
         .get("wait")
         .map(|w| parse_duration_ms(w).map_err(|e| ApiError::bad_request(format!("wait: {e}"))))
@@ -274,7 +237,6 @@ pub async fn range(
         (events, more) = run_range(state, stream, rq.clone()).await?;
         if events.is_empty() {
             let _ = tokio::time::timeout(Duration::from_millis(wait), notified).await;
-            rq.limit = rq.limit.max(1);
             (events, more) = run_range(state, stream, rq).await?;
         }
     }

@@ -374,3 +374,53 @@ pub async fn batch_write(
         &serde_json::json!({"applied": applied, "results": out}),
     ))
 }
+
+/// Reads a body that is one JSON object, or NDJSON (`Content-Type: application/x-ndjson`, one
+/// object per line, at most `items_max` — `what` names the bound in errors). Each object is
+/// parsed into `T` and converted with `convert`; a bad line rejects the whole body with a 400
+/// naming the line. Returns the items and whether the body was NDJSON.
+pub(super) async fn json_items<T, U>(
+    state: &ServerState,
+    req: Request<Incoming>,
+    items_max: usize,
+    what: &str,
+    convert: impl Fn(T) -> Result<U, ApiError>,
+) -> Result<(Vec<U>, bool), ApiError>
+where
+    T: serde::de::DeserializeOwned,
+{
+    let ndjson = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-ndjson"));
+    if !ndjson {
+        return Ok((vec![convert(json_body(state, req).await?)?], false));
+    }
+    let cfg = state.store.config();
+    let (parts, b) = req.into_parts();
+    let bytes = body::read(
+        &parts.headers,
+        b,
+        cfg.json_body_bytes_max,
+        &state.body_budget,
+        Duration::from_millis(cfg.body_read_timeout_ms),
+        "the request body",
+    )
+    .await?;
+    let mut items = Vec::new();
+    for (n, line) in bytes.bytes.split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if items.len() == items_max {
+            return Err(ApiError::bad_request(format!(
+                "more than {items_max} items in one request ({what})"
+            )));
+        }
+        let line_err = |m: String| ApiError::bad_request(format!("line {}: {m}", n + 1));
+        let t: T = serde_json::from_slice(line).map_err(|e| line_err(e.to_string()))?;
+        items.push(convert(t).map_err(|e| line_err(e.message))?);
+    }
+    Ok((items, true))
+}

@@ -1,7 +1,6 @@
 //! Queue handlers: parse the request, call the queue domain, render the answer.
 
-use super::body;
-use super::kv::{json_body, query};
+use super::kv::{json_body, json_items, query};
 use super::response::{self, Resp};
 use super::ServerState;
 use crate::error::{ApiError, QueueError};
@@ -10,7 +9,6 @@ use crate::queue::model::{Backoff, Job, QueueConfig, State};
 use crate::queue::{validate_name, NewJob};
 use crate::util::{parse_duration_ms, parse_time_ms};
 use hyper::body::Incoming;
-use hyper::header::CONTENT_TYPE;
 use hyper::Request;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -120,47 +118,12 @@ pub async fn enqueue(
     req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
     validate_name(q)?;
-    let ndjson = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-ndjson"));
-    let cfg = state.store.config();
-    let (parts, b) = req.into_parts();
-    let bytes = body::read(
-        &parts.headers,
-        b,
-        cfg.json_body_bytes_max,
-        &state.body_budget,
-        Duration::from_millis(cfg.body_read_timeout_ms),
-        "the request body",
-    )
-    .await?;
     let now = state.store.engine().now_ms();
-    let mut jobs = Vec::new();
-    if ndjson {
-        for (n, line) in bytes.bytes.split(|b| *b == b'\n').enumerate() {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            if jobs.len() == cfg.enqueue_batch_max {
-                return Err(ApiError::bad_request(format!(
-                    "more than {} jobs in one request (enqueue_batch_max)",
-                    cfg.enqueue_batch_max
-                )));
-            }
-            let r: EnqueueReq = serde_json::from_slice(line)
-                .map_err(|e| ApiError::bad_request(format!("line {}: {e}", n + 1)))?;
-            jobs.push(
-                r.into_job(now)
-                    .map_err(|e| ApiError::bad_request(format!("line {}: {}", n + 1, e.message)))?,
-            );
-        }
-    } else {
-        let r: EnqueueReq = serde_json::from_slice(&bytes.bytes)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-        jobs.push(r.into_job(now)?);
-    }
+    let max = state.store.config().enqueue_batch_max;
+    let (jobs, ndjson) = json_items(state, req, max, "enqueue_batch_max", |r: EnqueueReq| {
+        r.into_job(now)
+    })
+    .await?;
     let out = state.store.queues().enqueue(q, jobs).await?;
     if ndjson {
         let items: Vec<_> = out
