@@ -155,6 +155,33 @@ pub struct Config {
     pub trim_buckets_max: usize,
     /// Open SSE / long-poll followers in all. Default 1024.
     pub followers_max: usize,
+
+    /// Memory tier of the cache, in bytes (keys + values + entry metadata). Default 64 MiB.
+    pub cache_memory_bytes: u64,
+    /// Disk tier of the cache under `<data>/cache`, in bytes; 0 = memory only. Default 256 MiB.
+    pub cache_disk_bytes: u64,
+    /// Disk tier block size; an entry must fit in one block. Default 4 MiB.
+    pub cache_disk_block_bytes: u64,
+    /// Largest cached value; larger PUTs get 413. Default 1 MiB.
+    pub cache_value_bytes_max: usize,
+    /// Memory-tier eviction: `s3fifo`, `lfu` (w-TinyLFU) or `lru`. Default `s3fifo`.
+    pub cache_eviction: String,
+    /// TTL of a cache PUT without `ttl`; 0 = `ttl` is required. Default 0.
+    pub cache_default_ttl_ms: u64,
+    /// How long a fill lease stays valid. Default 10000 ms.
+    pub cache_fill_lease_ms: u64,
+    /// Outstanding fill leases in all; beyond it misses are answered without a lease. Default 65536.
+    pub cache_fill_leases_max: usize,
+    /// Longest `?wait=` of a cache GET. Default 10000 ms.
+    pub cache_wait_max_ms: u64,
+    /// GETs parked waiting for a fill at once; more answer at once. Default 4096.
+    pub cache_waiters_max: usize,
+    /// XFetch early-refresh strength; 0 turns early refresh off. Default 1.0.
+    pub cache_xfetch_beta: f64,
+    /// Tags per cache entry. Default 16.
+    pub cache_tags_max: usize,
+    /// Memory for caching KV reads (0 = off). Default 64 MiB.
+    pub kv_cache_bytes: u64,
 }
 
 impl Default for Config {
@@ -202,6 +229,19 @@ impl Default for Config {
             retention_interval_ms: 60_000,
             trim_buckets_max: 16,
             followers_max: 1024,
+            cache_memory_bytes: 64 << 20,
+            cache_disk_bytes: 256 << 20,
+            cache_disk_block_bytes: 4 << 20,
+            cache_value_bytes_max: 1 << 20,
+            cache_eviction: "s3fifo".to_string(),
+            cache_default_ttl_ms: 0,
+            cache_fill_lease_ms: 10_000,
+            cache_fill_leases_max: 65_536,
+            cache_wait_max_ms: 10_000,
+            cache_waiters_max: 4096,
+            cache_xfetch_beta: 1.0,
+            cache_tags_max: 16,
+            kv_cache_bytes: 64 << 20,
         }
     }
 }
@@ -259,7 +299,67 @@ impl Config {
         DurabilityMode::parse(&self.durability)?;
         crate::events::parse_bucket(&self.default_bucket)
             .map_err(|e| format!("default_bucket: {e}"))?;
-        let checks: [(&str, u64, u64, u64); 24] = [
+        crate::cache::Eviction::parse(&self.cache_eviction)
+            .map_err(|e| format!("cache_eviction: {e}"))?;
+        if !(0.0..=100.0).contains(&self.cache_xfetch_beta) {
+            return Err(format!(
+                "cache_xfetch_beta = {}: must be in 0..=100",
+                self.cache_xfetch_beta
+            ));
+        }
+        if self.cache_disk_bytes > 0
+            && (self.cache_value_bytes_max as u64) + (64 << 10) > self.cache_disk_block_bytes
+        {
+            return Err(format!(
+                "cache_value_bytes_max ({}) plus 64 KiB of entry overhead must fit in one disk block (cache_disk_block_bytes = {})",
+                self.cache_value_bytes_max, self.cache_disk_block_bytes
+            ));
+        }
+        if self.cache_disk_bytes > 0 && self.cache_disk_bytes < 4 * self.cache_disk_block_bytes {
+            return Err(format!(
+                "cache_disk_bytes ({}) must hold at least 4 blocks of cache_disk_block_bytes ({}), or be 0 for memory only",
+                self.cache_disk_bytes, self.cache_disk_block_bytes
+            ));
+        }
+        let checks: [(&str, u64, u64, u64); 32] = [
+            (
+                "cache_memory_bytes",
+                self.cache_memory_bytes,
+                1 << 20,
+                1 << 40,
+            ),
+            ("cache_disk_bytes", self.cache_disk_bytes, 0, 1 << 44),
+            (
+                "cache_disk_block_bytes",
+                self.cache_disk_block_bytes,
+                256 << 10,
+                1 << 30,
+            ),
+            (
+                "cache_value_bytes_max",
+                self.cache_value_bytes_max as u64,
+                1,
+                256 << 20,
+            ),
+            (
+                "cache_fill_lease_ms",
+                self.cache_fill_lease_ms,
+                10,
+                3_600_000,
+            ),
+            (
+                "cache_fill_leases_max",
+                self.cache_fill_leases_max as u64,
+                1,
+                1 << 24,
+            ),
+            (
+                "cache_waiters_max",
+                self.cache_waiters_max as u64,
+                1,
+                1 << 20,
+            ),
+            ("cache_tags_max", self.cache_tags_max as u64, 0, 1024),
             ("event_bytes_max", self.event_bytes_max as u64, 2, 1 << 30),
             (
                 "append_events_max",
@@ -363,6 +463,11 @@ fn set_field(table: &mut toml::Table, field: &str, text: &str) -> Result<(), Str
             text.trim()
                 .parse()
                 .map_err(|_| format!("`{field}` needs a whole number, got `{text}`"))?,
+        ),
+        toml::Value::Float(_) => toml::Value::Float(
+            text.trim()
+                .parse()
+                .map_err(|_| format!("`{field}` needs a number, got `{text}`"))?,
         ),
         toml::Value::Boolean(_) => toml::Value::Boolean(
             text.trim()

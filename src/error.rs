@@ -122,6 +122,36 @@ impl From<EventError> for ApiError {
     }
 }
 
+/// Errors of the cache domain.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CacheError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    LeaseInvalid(String),
+    /// The cache could not be opened or foyer failed.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Engine(EngineError),
+}
+
+/// The single mapping from cache errors to HTTP.
+impl From<CacheError> for ApiError {
+    fn from(e: CacheError) -> Self {
+        let message = e.to_string();
+        match e {
+            CacheError::Invalid(_) => ApiError::bad_request(message),
+            CacheError::TooLarge(_) => ApiError::too_large(message),
+            CacheError::LeaseInvalid(_) => ApiError::new(409, "fill_lease_invalid", message),
+            CacheError::Unavailable(_) => ApiError::unavailable("cache_unavailable", message),
+            CacheError::Engine(e) => e.into(),
+        }
+    }
+}
+
 /// An error as the HTTP API reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {

@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cache;
 pub mod check;
 pub mod config;
 pub mod engine;
@@ -28,7 +29,7 @@ pub mod util;
 
 pub use config::Config;
 pub use engine::clock::{Clock, ManualClock, SystemClock};
-pub use error::{ApiError, EngineError, KvError};
+pub use error::{ApiError, CacheError, EngineError, KvError};
 
 use engine::Engine;
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub struct Store {
     kv: kv::Kv,
     queues: Arc<queue::Queues>,
     events: Arc<events::Events>,
+    /// Built on first use inside the tokio runtime (foyer needs one); see [`Store::cache`].
+    cache: Arc<tokio::sync::OnceCell<Arc<cache::Cache>>>,
 }
 
 impl Store {
@@ -55,7 +58,12 @@ impl Store {
         let engine = Arc::new(Engine::open(
             &config,
             clock,
-            &[kv::init_tables, queue::init_tables, events::init_tables],
+            &[
+                kv::init_tables,
+                queue::init_tables,
+                events::init_tables,
+                cache::init_tables,
+            ],
         )?);
         let kv = kv::Kv::new(
             engine.clone(),
@@ -65,6 +73,12 @@ impl Store {
                 list_limit_max: config.list_limit_max,
                 delete_batch_keys_max: config.delete_batch_keys_max,
             },
+        )
+        .with_read_cache(
+            config.kv_cache_bytes,
+            cache::Eviction::parse(&config.cache_eviction)
+                .map_err(EngineError::Open)?
+                .config(),
         );
         let queues = Arc::new(queue::Queues::new(
             engine.clone(),
@@ -99,6 +113,7 @@ impl Store {
             kv,
             queues,
             events,
+            cache: Arc::new(tokio::sync::OnceCell::new()),
         })
     }
 
@@ -116,6 +131,29 @@ impl Store {
     }
     pub fn events(&self) -> &Arc<events::Events> {
         &self.events
+    }
+
+    /// The hybrid cache, opened on first call (inside the tokio runtime). `serve` opens it at
+    /// start so a bad cache directory fails fast.
+    pub async fn cache(&self) -> Result<&Arc<cache::Cache>, CacheError> {
+        self.cache
+            .get_or_try_init(|| async {
+                let settings =
+                    cache::Settings::from_config(&self.config).map_err(CacheError::Invalid)?;
+                cache::Cache::open(self.engine.clone(), settings)
+                    .await
+                    .map(Arc::new)
+            })
+            .await
+    }
+
+    /// Closes the cache if it was opened (foyer finishes its flushes and stops its tasks).
+    pub async fn close_cache(&self) {
+        if let Some(c) = self.cache.get() {
+            if let Err(e) = c.close().await {
+                tracing::warn!(error = %e, "closing the cache");
+            }
+        }
     }
 
     /// Starts the background tasks (TTL sweeper, queue timers) on the current tokio runtime.

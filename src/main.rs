@@ -144,6 +144,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let store = shardbox::Store::open(config.clone()).map_err(|e| e.to_string())?;
+        store
+            .cache()
+            .await
+            .map_err(|e| format!("cannot open the cache: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(
             address = %addr,
@@ -160,6 +164,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         for task in sweeper {
             task.abort();
         }
+        store.close_cache().await;
         let s = store.clone();
         tokio::task::spawn_blocking(move || s.close())
             .await

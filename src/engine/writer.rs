@@ -28,7 +28,13 @@ pub struct ApplyCtx<'a> {
     /// Wall-clock time of this batch, ms since the epoch.
     pub now_ms: u64,
     next_revision: &'a mut u64,
+    after_commit: &'a mut Vec<AfterCommit>,
 }
+
+/// Work the writer runs once the batch's commit has returned (whether it succeeded or not),
+/// before any caller of the batch gets its reply: cache invalidation lives here, so no
+/// acknowledged write can be followed by a read of an older cached value.
+pub type AfterCommit = Box<dyn FnOnce() + Send>;
 
 impl ApplyCtx<'_> {
     /// A fresh revision: unique and increasing within the shard, across restarts. Revisions are
@@ -38,6 +44,11 @@ impl ApplyCtx<'_> {
         let r = *self.next_revision;
         *self.next_revision += 1;
         r
+    }
+
+    /// Runs `f` in the writer after this batch's commit returns and before any reply is sent.
+    pub fn after_commit(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.after_commit.push(Box::new(f));
     }
 }
 
@@ -190,7 +201,14 @@ impl Writer {
         }
         let started = Instant::now();
         let mut next_revision = self.next_revision;
-        let result = self.apply_all(&mut batch, &mut next_revision);
+        let mut hooks = Vec::new();
+        let result = self.apply_all(&mut batch, &mut next_revision, &mut hooks);
+        // Invalidation is safe to run even when the commit failed (it only drops cached copies).
+        for hook in hooks {
+            if catch_unwind(AssertUnwindSafe(hook)).is_err() {
+                tracing::error!(shard = self.shard, "an after-commit hook panicked");
+            }
+        }
         let n = batch.len() as u64;
         match result {
             Ok(()) => {
@@ -234,6 +252,7 @@ impl Writer {
         &self,
         batch: &mut [Box<dyn Mutation>],
         next_revision: &mut u64,
+        after_commit: &mut Vec<AfterCommit>,
     ) -> Result<(), BatchError> {
         let mut txn = self.db.begin_write().map_err(storage)?;
         let durability = match self.cfg.durability {
@@ -249,6 +268,7 @@ impl Writer {
             shard: self.shard,
             now_ms: self.clock.now_ms(),
             next_revision,
+            after_commit,
         };
         for op in batch.iter_mut() {
             match catch_unwind(AssertUnwindSafe(|| op.apply(&mut ctx))) {

@@ -3,6 +3,7 @@
 //! `run(listener, store, shutdown)` takes a bound listener, so tests bind `127.0.0.1:0`.
 
 pub mod body;
+mod cache;
 mod events;
 mod health;
 mod kv;

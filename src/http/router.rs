@@ -1,7 +1,7 @@
 //! Request routing: path and method to handler, and the one place errors become responses.
 
 use super::response::{self, Resp};
-use super::{events, health, kv, queue, ServerState};
+use super::{cache, events, health, kv, queue, ServerState};
 use crate::error::ApiError;
 use hyper::body::Incoming;
 use hyper::{Method, Request};
@@ -23,6 +23,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/kv/{ns}:incr"),
     ("POST", "/v1/kv/{ns}:batchGet"),
     ("POST", "/v1/kv/{ns}:batchWrite"),
+    ("GET", "/v1/cache/{ns}/{key}"),
+    ("PUT", "/v1/cache/{ns}/{key}"),
+    ("DELETE", "/v1/cache/{ns}/{key}"),
+    ("POST", "/v1/cache/{ns}:purge"),
+    ("POST", "/v1/cache/{ns}:fillError"),
+    ("GET", "/v1/cache/{ns}:stats"),
+    ("GET", "/v1/cache:stats"),
     ("GET", "/v1/queues"),
     ("GET", "/v1/queues/{q}"),
     ("PUT", "/v1/queues/{q}"),
@@ -72,6 +79,18 @@ pub enum Route<'a> {
         ns: &'a str,
         verb: &'a str,
     },
+    /// `/v1/cache/{ns}/{key}` (key percent-decoded).
+    CacheKey {
+        ns: &'a str,
+        key: String,
+    },
+    /// `/v1/cache/{ns}:{verb}`
+    CacheVerb {
+        ns: &'a str,
+        verb: &'a str,
+    },
+    /// `/v1/cache:stats`
+    CacheStats,
     /// `/v1/queues`
     Queues,
     /// `/v1/queues/{q}`
@@ -153,6 +172,13 @@ fn parse_queue<'a>(path: &str, rest: &'a str) -> Result<Route<'a>, ApiError> {
     }
 }
 
+fn decode_key(raw_key: &str) -> Result<String, ApiError> {
+    Ok(percent_encoding::percent_decode_str(raw_key)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request("the key must be UTF-8 after percent-decoding"))?
+        .into_owned())
+}
+
 /// Parses a request path. Errors are 404s for unknown paths and 400s for bad keys.
 pub fn parse(path: &str) -> Result<Route<'_>, ApiError> {
     match path {
@@ -181,6 +207,24 @@ pub fn parse(path: &str) -> Result<Route<'_>, ApiError> {
         }
         return Ok(Route::Schedule { name });
     }
+    if path == "/v1/cache:stats" {
+        return Ok(Route::CacheStats);
+    }
+    if let Some(rest) = path.strip_prefix("/v1/cache/") {
+        return match rest.split_once('/') {
+            Some((ns, raw_key)) if !ns.contains(':') => Ok(Route::CacheKey {
+                ns,
+                key: decode_key(raw_key)?,
+            }),
+            Some(_) => Err(ApiError::not_found(format!("no such endpoint: {path}"))),
+            None => match rest.split_once(':') {
+                Some((ns, verb)) => Ok(Route::CacheVerb { ns, verb }),
+                None => Err(ApiError::not_found(format!(
+                    "no such endpoint: {path}; use /v1/cache/{{ns}}/{{key}}"
+                ))),
+            },
+        };
+    }
     if path == "/v1/queues" || path == "/v1/queues/" {
         return Ok(Route::Queues);
     }
@@ -195,11 +239,10 @@ pub fn parse(path: &str) -> Result<Route<'_>, ApiError> {
             if ns.contains(':') {
                 return Err(ApiError::not_found(format!("no such endpoint: {path}")));
             }
-            let key = percent_encoding::percent_decode_str(raw_key)
-                .decode_utf8()
-                .map_err(|_| ApiError::bad_request("the key must be UTF-8 after percent-decoding"))?
-                .into_owned();
-            Ok(Route::KvKey { ns, key })
+            Ok(Route::KvKey {
+                ns,
+                key: decode_key(raw_key)?,
+            })
         }
         None => match rest.split_once(':') {
             Some((ns, verb)) => Ok(Route::KvVerb { ns, verb }),
@@ -258,6 +301,24 @@ async fn dispatch(state: &Arc<ServerState>, req: Request<Incoming>) -> Result<Re
                 ))),
             }
         }
+        (Route::CacheKey { ns, key }, m) => match *m {
+            Method::GET => cache::get(state, ns, &key, &req).await,
+            Method::PUT => cache::put(state, ns, &key, req).await,
+            Method::DELETE => cache::delete(state, ns, &key).await,
+            _ => Err(not_allowed("GET, PUT, DELETE")),
+        },
+        (Route::CacheVerb { ns, verb }, m) => match (verb, m) {
+            ("purge", &Method::POST) => cache::purge(state, ns, req).await,
+            ("fillError", &Method::POST) => cache::fill_error(state, ns, req).await,
+            ("stats", &Method::GET) => cache::namespace_stats(state, ns).await,
+            ("purge" | "fillError", _) => Err(not_allowed("POST")),
+            ("stats", _) => Err(not_allowed("GET")),
+            (other, _) => Err(ApiError::not_found(format!(
+                "unknown operation `:{other}`; use :purge, :fillError or :stats"
+            ))),
+        },
+        (Route::CacheStats, &Method::GET) => cache::stats(state).await,
+        (Route::CacheStats, _) => Err(not_allowed("GET")),
         (Route::Queues, &Method::GET) => queue::list_queues(state),
         (Route::Queues, _) => Err(not_allowed("GET")),
         (Route::Queue { q }, m) => match *m {

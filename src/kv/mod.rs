@@ -4,6 +4,7 @@
 //! which is also the routing key, so a namespace's keys sort together inside every shard.
 
 mod apply;
+pub mod cache;
 mod list;
 pub mod sweep;
 
@@ -163,6 +164,8 @@ pub(crate) fn display_key(stored: &[u8]) -> String {
 pub struct Kv {
     engine: Arc<Engine>,
     limits: Limits,
+    /// Point-read cache (`kv_cache_bytes`; `None` when 0).
+    cache: Option<Arc<cache::ReadCache>>,
 }
 
 /// The limits the domain enforces itself (the HTTP layer enforces body sizes).
@@ -176,7 +179,22 @@ pub struct Limits {
 
 impl Kv {
     pub fn new(engine: Arc<Engine>, limits: Limits) -> Self {
-        Self { engine, limits }
+        Self {
+            engine,
+            limits,
+            cache: None,
+        }
+    }
+
+    /// Serves point reads from a memory cache of `bytes` (0 = no cache).
+    pub fn with_read_cache(mut self, bytes: u64, eviction: foyer::EvictionConfig) -> Self {
+        self.cache = (bytes > 0).then(|| Arc::new(cache::ReadCache::new(bytes, eviction)));
+        self
+    }
+
+    /// The read cache, when on.
+    pub fn read_cache(&self) -> Option<&Arc<cache::ReadCache>> {
+        self.cache.as_ref()
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
@@ -203,11 +221,24 @@ impl Kv {
         validate_namespace(ns)?;
         validate_key(key)?;
         let sk = stored_key(ns, key);
+        let now = self.engine.now_ms();
+        let stamp = match &self.cache {
+            Some(c) => {
+                if let Some(v) = c.get(&sk, now) {
+                    return Ok(Some(v));
+                }
+                Some(c.stamp(&sk))
+            }
+            None => None,
+        };
         let shard = self.engine.shard_for(&sk);
         let txn = self.engine.shards()[shard].read()?;
         let table = txn.open_table(KV).map_err(|e| storage(shard, e))?;
-        let now = self.engine.now_ms();
-        read_value(&table, shard, &sk, now)
+        let v = read_value(&table, shard, &sk, now)?;
+        if let (Some(c), Some(stamp), Some(v)) = (&self.cache, stamp, &v) {
+            c.fill(&sk, v, stamp);
+        }
+        Ok(v)
     }
 
     /// Reads many keys of one namespace with one read transaction per shard.
@@ -232,10 +263,28 @@ impl Kv {
         let now = self.engine.now_ms();
         let mut out = vec![None; keys.len()];
         for (shard, items) in by_shard {
+            // Cached values first; stamps for the rest are taken before the read transaction.
+            let mut rest = Vec::with_capacity(items.len());
+            for (i, sk) in items {
+                match &self.cache {
+                    Some(c) => match c.get(&sk, now) {
+                        Some(v) => out[i] = Some(v),
+                        None => rest.push((i, c.stamp(&sk), sk)),
+                    },
+                    None => rest.push((i, cache::Stamp::none(), sk)),
+                }
+            }
+            if rest.is_empty() {
+                continue;
+            }
             let txn = self.engine.shards()[shard].read()?;
             let table = txn.open_table(KV).map_err(|e| storage(shard, e))?;
-            for (i, sk) in items {
-                out[i] = read_value(&table, shard, &sk, now)?;
+            for (i, stamp, sk) in rest {
+                let v = read_value(&table, shard, &sk, now)?;
+                if let (Some(c), Some(v)) = (&self.cache, &v) {
+                    c.fill(&sk, v, stamp);
+                }
+                out[i] = v;
             }
         }
         Ok(out)
@@ -264,8 +313,13 @@ impl Kv {
         let sk = stored_key(ns, key);
         let shard = self.engine.shard_for(&sk);
         let bytes = sk.len() + value.len();
+        let rc = self.cache.clone();
         self.engine
-            .write(shard, bytes, move |ctx| apply::put(ctx, &sk, &value, &opts))
+            .write(shard, bytes, move |ctx| {
+                let r = apply::put(ctx, &sk, &value, &opts);
+                cache::after_commit(ctx, &rc, vec![sk]);
+                r
+            })
             .await?
     }
 
@@ -275,8 +329,13 @@ impl Kv {
         validate_key(key)?;
         let sk = stored_key(ns, key);
         let shard = self.engine.shard_for(&sk);
+        let rc = self.cache.clone();
         self.engine
-            .write(shard, sk.len(), move |ctx| apply::delete(ctx, &sk, cond))
+            .write(shard, sk.len(), move |ctx| {
+                let r = apply::delete(ctx, &sk, cond);
+                cache::after_commit(ctx, &rc, vec![sk]);
+                r
+            })
             .await?
     }
 
@@ -293,9 +352,12 @@ impl Kv {
         validate_key(key)?;
         let sk = stored_key(ns, key);
         let shard = self.engine.shard_for(&sk);
+        let rc = self.cache.clone();
         self.engine
             .write(shard, sk.len() + 20, move |ctx| {
-                apply::incr(ctx, &sk, by, ttl_ms)
+                let r = apply::incr(ctx, &sk, by, ttl_ms);
+                cache::after_commit(ctx, &rc, vec![sk]);
+                r
             })
             .await?
     }
@@ -335,10 +397,16 @@ impl Kv {
         for (shard, group) in groups {
             let bytes = group.iter().map(|(_, sk, op)| sk.len() + op.bytes()).sum();
             let engine = self.engine.clone();
+            let rc = self.cache.clone();
             tasks.push(tokio::spawn(async move {
                 let idx: Vec<usize> = group.iter().map(|(i, _, _)| *i).collect();
                 let results = engine
-                    .write(shard, bytes, move |ctx| apply::batch(ctx, &group))
+                    .write(shard, bytes, move |ctx| {
+                        let r = apply::batch(ctx, &group);
+                        let keys = group.into_iter().map(|(_, sk, _)| sk).collect();
+                        cache::after_commit(ctx, &rc, keys);
+                        r
+                    })
                     .await;
                 (idx, results)
             }));
@@ -404,10 +472,15 @@ impl Kv {
         for shard in 0..self.engine.shards().len() {
             loop {
                 let p = start.clone();
+                let rc = self.cache.clone();
                 let (n, more) = self
                     .engine
                     .write(shard, max * 64, move |ctx| {
-                        apply::delete_prefix(ctx, &p, max)
+                        let r = apply::delete_prefix(ctx, &p, max);
+                        if let Some(c) = rc {
+                            ctx.after_commit(move || c.invalidate_all());
+                        }
+                        r
                     })
                     .await??;
                 deleted += n;

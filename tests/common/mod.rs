@@ -216,6 +216,7 @@ impl TestServer {
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
+        self.store.close_cache().await;
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.close())
             .await

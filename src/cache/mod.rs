@@ -1,0 +1,896 @@
+//! The cache domain: a foyer hybrid (memory + disk) cache with TTL, stale-while-revalidate,
+//! stale-if-error, tags, O(1) purges, fill leases against stampedes and XFetch early refresh.
+//!
+//! No HTTP here. foyer keeps bytes; everything about time lives in the [`Entry`] and is checked
+//! on every read. Purges bump persisted generations ([`gens`]). The disk tier is a best-effort
+//! extension of memory: it starts empty on every open (its directory is wiped), so nothing
+//! purged, deleted or overwritten can come back after a restart.
+
+pub mod entry;
+pub mod gens;
+mod registry;
+
+pub use entry::Entry;
+pub use gens::{init_tables, PurgeTarget};
+
+use crate::engine::Engine;
+use crate::error::{CacheError, EngineError};
+use bytes::Bytes;
+use foyer::{
+    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
+    HybridCachePolicy, LfuConfig, LruConfig, PsyncIoEngineConfig, RecoverMode, S3FifoConfig,
+    Source,
+};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Longest tag, in bytes.
+pub const TAG_BYTES_MAX: usize = 128;
+/// Namespaces with their own stats; beyond this only the global stats count.
+pub const NAMESPACE_STATS_MAX: usize = 1024;
+
+/// The memory tier's eviction policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    S3Fifo,
+    /// Window TinyLFU.
+    Lfu,
+    Lru,
+}
+
+impl Eviction {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "s3fifo" | "s3-fifo" => Ok(Self::S3Fifo),
+            "lfu" | "w-tinylfu" | "tinylfu" => Ok(Self::Lfu),
+            "lru" => Ok(Self::Lru),
+            other => Err(format!(
+                "`{other}`: expected s3fifo, lfu (w-TinyLFU) or lru"
+            )),
+        }
+    }
+
+    pub fn config(self) -> foyer::EvictionConfig {
+        match self {
+            Self::S3Fifo => S3FifoConfig::default().into(),
+            Self::Lfu => LfuConfig::default().into(),
+            Self::Lru => LruConfig::default().into(),
+        }
+    }
+}
+
+/// Cache settings (from [`crate::Config`]).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub dir: PathBuf,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    pub disk_block_bytes: u64,
+    pub value_bytes_max: usize,
+    pub eviction: Eviction,
+    pub default_ttl_ms: u64,
+    pub fill_lease_ms: u64,
+    pub fill_leases_max: usize,
+    pub wait_max_ms: u64,
+    pub waiters_max: usize,
+    pub xfetch_beta: f64,
+    pub tags_max: usize,
+}
+
+impl Settings {
+    pub fn from_config(c: &crate::Config) -> Result<Self, String> {
+        Ok(Self {
+            dir: c.data_dir.join("cache"),
+            memory_bytes: c.cache_memory_bytes,
+            disk_bytes: c.cache_disk_bytes,
+            disk_block_bytes: c.cache_disk_block_bytes,
+            value_bytes_max: c.cache_value_bytes_max,
+            eviction: Eviction::parse(&c.cache_eviction)?,
+            default_ttl_ms: c.cache_default_ttl_ms,
+            fill_lease_ms: c.cache_fill_lease_ms,
+            fill_leases_max: c.cache_fill_leases_max,
+            wait_max_ms: c.cache_wait_max_ms,
+            waiters_max: c.cache_waiters_max,
+            xfetch_beta: c.cache_xfetch_beta,
+            tags_max: c.cache_tags_max,
+        })
+    }
+}
+
+/// Counters of one namespace (or of the whole cache).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub hits_memory: AtomicU64,
+    pub hits_disk: AtomicU64,
+    pub misses: AtomicU64,
+    pub stale_hits: AtomicU64,
+    pub fills_granted: AtomicU64,
+    pub fills_completed: AtomicU64,
+    pub fill_errors: AtomicU64,
+    pub early_refreshes: AtomicU64,
+    pub waits_served: AtomicU64,
+    pub waits_timed_out: AtomicU64,
+    pub puts: AtomicU64,
+    pub deletes: AtomicU64,
+    pub purges: AtomicU64,
+}
+
+impl Counters {
+    fn add(field: &AtomicU64) {
+        field.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "hits": g(&self.hits_memory) + g(&self.hits_disk),
+            "hits_memory": g(&self.hits_memory),
+            "hits_disk": g(&self.hits_disk),
+            "misses": g(&self.misses),
+            "stale_hits": g(&self.stale_hits),
+            "fills_granted": g(&self.fills_granted),
+            "fills_completed": g(&self.fills_completed),
+            "fill_errors": g(&self.fill_errors),
+            "early_refreshes": g(&self.early_refreshes),
+            "waits_served": g(&self.waits_served),
+            "waits_timed_out": g(&self.waits_timed_out),
+            "puts": g(&self.puts),
+            "deletes": g(&self.deletes),
+            "purges": g(&self.purges),
+        })
+    }
+}
+
+/// Which tier answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Memory,
+    Disk,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Memory => "memory",
+            Tier::Disk => "disk",
+        }
+    }
+}
+
+/// How fresh a served entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    Fresh,
+    /// Within the stale-while-revalidate window.
+    Stale,
+    /// Past it, but a refresh failed and the stale-if-error window holds.
+    StaleIfError,
+}
+
+/// The fill lease state a read hands back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lease {
+    /// No lease involved (fresh hit).
+    None,
+    /// This caller holds the fill lease.
+    Granted(String),
+    /// Another caller holds it.
+    Pending,
+    /// The lease table is full; fill without a lease.
+    Unavailable,
+}
+
+/// A pinned entry of the memory tier (no copy of the value).
+pub type Handle = foyer::HybridCacheEntry<Vec<u8>, Entry>;
+
+/// The answer to a read.
+#[derive(Debug)]
+pub enum Lookup {
+    Hit {
+        entry: Handle,
+        tier: Tier,
+        freshness: Freshness,
+        lease: Lease,
+        /// The caller waited for another caller's fill and got it.
+        collapsed: bool,
+    },
+    Miss {
+        lease: Lease,
+    },
+}
+
+/// Options of a cache write.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    pub ttl_ms: Option<u64>,
+    pub swr_ms: u64,
+    pub sie_ms: u64,
+    pub tags: Vec<String>,
+    pub content_type: Option<String>,
+    /// The fill lease token this write completes.
+    pub fill_token: Option<String>,
+}
+
+struct FillLease {
+    token: String,
+    granted_at_ms: u64,
+    expires_at_ms: u64,
+    done: Arc<tokio::sync::Notify>,
+}
+
+/// The hybrid cache with its bookkeeping.
+pub struct Cache {
+    hybrid: HybridCache<Vec<u8>, Entry>,
+    engine: Arc<Engine>,
+    generations: gens::Generations,
+    leases: Mutex<HashMap<Vec<u8>, FillLease>>,
+    waiters: AtomicUsize,
+    settings: Settings,
+    global: Counters,
+    namespaces: Mutex<HashMap<String, Arc<Counters>>>,
+    registry: registry::Registry,
+    /// Serialise a key's inserts with the read-check-remove of an expired or purged entry, so
+    /// a reader dropping a dead entry can never drop a value written a moment later.
+    key_locks: Box<[Mutex<()>]>,
+}
+
+const KEY_LOCKS: usize = 256;
+
+/// True when two entries are the same write (same value buffer and time).
+fn same_write(a: &Entry, b: &Entry) -> bool {
+    a.stored_at_ms == b.stored_at_ms
+        && a.value.as_ptr() == b.value.as_ptr()
+        && a.value.len() == b.value.len()
+}
+
+/// The foyer key of `ns`/`key`.
+fn cache_key(ns: &str, key: &str) -> Vec<u8> {
+    crate::kv::stored_key(ns, key)
+}
+
+fn invalid(e: crate::error::KvError) -> CacheError {
+    CacheError::Invalid(e.to_string())
+}
+
+impl Cache {
+    /// Builds the cache (inside the tokio runtime, as foyer needs). The disk tier's directory is
+    /// wiped first: the disk tier always starts empty.
+    pub async fn open(engine: Arc<Engine>, settings: Settings) -> Result<Self, CacheError> {
+        let generations = gens::Generations::load(&engine)?;
+        let registry = registry::Registry::default();
+        let memory = usize::try_from(settings.memory_bytes).unwrap_or(usize::MAX);
+        // Each memory shard must hold several of the largest entries.
+        let shards = (memory / (8 * settings.value_bytes_max.max(1))).clamp(1, 16);
+        let builder = HybridCacheBuilder::new()
+            .with_name("shardbox")
+            .with_policy(HybridCachePolicy::WriteOnEviction)
+            .with_flush_on_close(false)
+            .with_metrics_registry(Box::new(registry.clone()))
+            .memory(memory)
+            .with_shards(shards)
+            .with_eviction_config(settings.eviction.config())
+            .with_weighter(|k: &Vec<u8>, v: &Entry| k.len() + v.weight())
+            .storage();
+        let hybrid = if settings.disk_bytes > 0 {
+            if settings.dir.exists() {
+                std::fs::remove_dir_all(&settings.dir).map_err(|e| {
+                    CacheError::Unavailable(format!(
+                        "cannot clear the cache directory {}: {e}",
+                        settings.dir.display()
+                    ))
+                })?;
+            }
+            std::fs::create_dir_all(&settings.dir).map_err(|e| {
+                CacheError::Unavailable(format!(
+                    "cannot create the cache directory {}: {e}",
+                    settings.dir.display()
+                ))
+            })?;
+            let device = FsDeviceBuilder::new(&settings.dir)
+                .with_capacity(usize::try_from(settings.disk_bytes).unwrap_or(usize::MAX))
+                .build()
+                .map_err(|e| CacheError::Unavailable(format!("cache disk tier: {e}")))?;
+            builder
+                .with_io_engine_config(PsyncIoEngineConfig::new())
+                .with_engine_config(
+                    BlockEngineConfig::new(device)
+                        .with_block_size(settings.disk_block_bytes as usize),
+                )
+                .with_recover_mode(RecoverMode::None)
+                .build()
+                .await
+        } else {
+            builder.build().await
+        }
+        .map_err(|e| CacheError::Unavailable(format!("cannot open the cache: {e}")))?;
+        Ok(Self {
+            hybrid,
+            engine,
+            generations,
+            leases: Mutex::new(HashMap::new()),
+            waiters: AtomicUsize::new(0),
+            settings,
+            global: Counters::default(),
+            namespaces: Mutex::new(HashMap::new()),
+            registry,
+            key_locks: (0..KEY_LOCKS).map(|_| Mutex::new(())).collect(),
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Lets foyer finish its flushes and stop its tasks.
+    pub async fn close(&self) -> Result<(), CacheError> {
+        self.hybrid
+            .close()
+            .await
+            .map_err(|e| CacheError::Unavailable(format!("closing the cache: {e}")))
+    }
+
+    fn counters(&self, ns: &str) -> Option<Arc<Counters>> {
+        let mut map = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(ns) {
+            return Some(c.clone());
+        }
+        if map.len() >= NAMESPACE_STATS_MAX {
+            return None;
+        }
+        let c = Arc::new(Counters::default());
+        map.insert(ns.to_string(), c.clone());
+        Some(c)
+    }
+
+    fn count(&self, ns: &str, f: impl Fn(&Counters) -> &AtomicU64) {
+        Counters::add(f(&self.global));
+        if let Some(c) = self.counters(ns) {
+            Counters::add(f(&c));
+        }
+    }
+
+    fn key_lock(&self, k: &[u8]) -> std::sync::MutexGuard<'_, ()> {
+        let i = (xxhash_rust::xxh3::xxh3_64(k) as usize) % KEY_LOCKS;
+        self.key_locks[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Inserts under the key's lock.
+    fn insert(&self, k: Vec<u8>, entry: Entry) {
+        let _g = self.key_lock(&k);
+        self.hybrid.insert(k, entry);
+    }
+
+    /// Removes `k` only while it still holds the write `seen` (not one that landed since).
+    fn remove_if_same(&self, k: &[u8], seen: &Entry) {
+        let _g = self.key_lock(k);
+        match self.hybrid.memory().get(k) {
+            Some(cur) if !same_write(cur.value(), seen) => {}
+            _ => self.hybrid.remove(k),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.engine.now_ms()
+    }
+
+    /// Grants the fill lease of `key` unless someone holds a live one. With `on_miss`, returns
+    /// `None` instead when the memory tier meanwhile holds a fresh value (checked under the
+    /// lease lock, which a write's end of lease also takes).
+    fn try_lease(&self, ns: &str, key: &[u8], now: u64, on_miss: bool) -> Option<Lease> {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = leases.get(key) {
+            if l.expires_at_ms > now {
+                return Some(Lease::Pending);
+            }
+            // Expired: whoever waited on it retries.
+            l.done.notify_waiters();
+            leases.remove(key);
+        }
+        if leases.len() >= self.settings.fill_leases_max {
+            leases.retain(|_, l| {
+                let live = l.expires_at_ms > now;
+                if !live {
+                    l.done.notify_waiters();
+                }
+                live
+            });
+            if leases.len() >= self.settings.fill_leases_max {
+                return Some(Lease::Unavailable);
+            }
+        }
+        if on_miss {
+            if let Some(cur) = self.hybrid.memory().get(key) {
+                let e = cur.value();
+                if now < e.expires_at_ms
+                    && self.generations.is_current(ns, e.ns_generation, &e.tags)
+                {
+                    return None;
+                }
+            }
+        }
+        let token = new_token();
+        leases.insert(
+            key.to_vec(),
+            FillLease {
+                token: token.clone(),
+                granted_at_ms: now,
+                expires_at_ms: now + self.settings.fill_lease_ms,
+                done: Arc::new(tokio::sync::Notify::new()),
+            },
+        );
+        drop(leases);
+        self.count(ns, |c| &c.fills_granted);
+        Some(Lease::Granted(token))
+    }
+
+    /// Ends the lease of `key` (if `token` is given, only when it matches) and wakes its
+    /// waiters. Returns the lease's grant time when one was ended.
+    fn end_lease(&self, key: &[u8], token: Option<&str>) -> Option<u64> {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        let matches = match (leases.get(key), token) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(l), Some(t)) => l.token == t,
+        };
+        if !matches {
+            return None;
+        }
+        let l = leases.remove(key)?;
+        l.done.notify_waiters();
+        Some(l.granted_at_ms)
+    }
+
+    /// Checks that `token` is the live lease of `key`.
+    fn lease_is_live(&self, key: &[u8], token: &str, now: u64) -> bool {
+        let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        leases
+            .get(key)
+            .is_some_and(|l| l.token == token && l.expires_at_ms > now)
+    }
+
+    /// Reads `ns`/`key`. On a miss or a stale hit one caller per key gets the fill lease. With
+    /// `wait`, a miss whose fill is pending waits (bounded) for the fill and answers after it.
+    pub async fn get(
+        &self,
+        ns: &str,
+        key: &str,
+        wait: Option<Duration>,
+    ) -> Result<Lookup, CacheError> {
+        crate::kv::validate_namespace(ns).map_err(invalid)?;
+        crate::kv::validate_key(key).map_err(invalid)?;
+        let k = cache_key(ns, key);
+        let first = self.lookup(ns, &k).await?;
+        let Some(wait) = wait.filter(|w| !w.is_zero()) else {
+            return Ok(first);
+        };
+        if !matches!(
+            first,
+            Lookup::Miss {
+                lease: Lease::Pending
+            }
+        ) {
+            return Ok(first);
+        }
+        let wait = wait.min(Duration::from_millis(self.settings.wait_max_ms));
+        if self.waiters.fetch_add(1, Ordering::AcqRel) >= self.settings.waiters_max {
+            self.waiters.fetch_sub(1, Ordering::AcqRel);
+            return Ok(first);
+        }
+        let _slot = WaiterSlot(&self.waiters);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let done = {
+                let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+                leases.get(&k).map(|l| l.done.clone())
+            };
+            if let Some(done) = done {
+                let notified = done.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                // The fill may have landed between the lookup and `enable`.
+                let still_pending = {
+                    let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+                    leases.get(&k).is_some_and(|l| Arc::ptr_eq(&l.done, &done))
+                };
+                if still_pending && tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    self.count(ns, |c| &c.waits_timed_out);
+                    return self.lookup(ns, &k).await;
+                }
+            }
+            let again = self.lookup(ns, &k).await?;
+            match again {
+                Lookup::Hit {
+                    entry,
+                    tier,
+                    freshness,
+                    lease,
+                    ..
+                } => {
+                    self.count(ns, |c| &c.waits_served);
+                    return Ok(Lookup::Hit {
+                        entry,
+                        tier,
+                        freshness,
+                        lease,
+                        collapsed: true,
+                    });
+                }
+                Lookup::Miss {
+                    lease: Lease::Pending,
+                } if tokio::time::Instant::now() < deadline => continue,
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// One read without waiting. A miss that raced with a write landing retries, so no caller
+    /// is handed a fill lease for a key that already holds a fresh value.
+    async fn lookup(&self, ns: &str, k: &[u8]) -> Result<Lookup, CacheError> {
+        for _ in 0..3 {
+            if let Some(found) = self.lookup_once(ns, k).await? {
+                return Ok(found);
+            }
+        }
+        self.count(ns, |c| &c.misses);
+        Ok(Lookup::Miss {
+            lease: Lease::Unavailable,
+        })
+    }
+
+    /// The miss answer, or `None` when a fresh value landed meanwhile (look again).
+    fn miss(&self, ns: &str, k: &[u8], now: u64) -> Option<Lookup> {
+        let lease = self.try_lease(ns, k, now, true)?;
+        self.count(ns, |c| &c.misses);
+        Some(Lookup::Miss { lease })
+    }
+
+    async fn lookup_once(&self, ns: &str, k: &[u8]) -> Result<Option<Lookup>, CacheError> {
+        let now = self.now();
+        let got = self
+            .hybrid
+            .get(k)
+            .await
+            .map_err(|e| CacheError::Unavailable(format!("cache read failed: {e}")))?;
+        let Some(handle) = got else {
+            return Ok(self.miss(ns, k, now));
+        };
+        let entry = handle;
+        let tier = if entry.source() == Source::Disk {
+            Tier::Disk
+        } else {
+            Tier::Memory
+        };
+        let current = self
+            .generations
+            .is_current(ns, entry.ns_generation, &entry.tags);
+        if !current || now >= entry.dead_at_ms() {
+            self.remove_if_same(k, entry.value());
+            drop(entry);
+            return Ok(self.miss(ns, k, now));
+        }
+        let freshness = if now < entry.expires_at_ms {
+            Freshness::Fresh
+        } else if now < entry.stale_until_ms {
+            Freshness::Stale
+        } else if entry.refresh_failed && now < entry.stale_if_error_until_ms {
+            Freshness::StaleIfError
+        } else {
+            // Past its windows but kept in case a refresh fails within stale-if-error.
+            return Ok(self.miss(ns, k, now));
+        };
+        let lease = match freshness {
+            Freshness::Fresh => {
+                if self.early_refresh(entry.value(), now) {
+                    match self.try_lease(ns, k, now, false) {
+                        Some(Lease::Granted(t)) => {
+                            self.count(ns, |c| &c.early_refreshes);
+                            Lease::Granted(t)
+                        }
+                        _ => Lease::None,
+                    }
+                } else {
+                    Lease::None
+                }
+            }
+            Freshness::Stale | Freshness::StaleIfError => {
+                self.count(ns, |c| &c.stale_hits);
+                self.try_lease(ns, k, now, false).unwrap_or(Lease::None)
+            }
+        };
+        match tier {
+            Tier::Memory => self.count(ns, |c| &c.hits_memory),
+            Tier::Disk => self.count(ns, |c| &c.hits_disk),
+        }
+        Ok(Some(Lookup::Hit {
+            entry,
+            tier,
+            freshness,
+            lease,
+            collapsed: false,
+        }))
+    }
+
+    /// XFetch: refresh early with probability exp(-remaining / (delta · beta)), where delta is
+    /// the entry's measured fill time (or a tenth of its TTL when unknown).
+    fn early_refresh(&self, entry: &Entry, now: u64) -> bool {
+        let beta = self.settings.xfetch_beta;
+        if beta <= 0.0 {
+            return false;
+        }
+        let ttl = entry.expires_at_ms.saturating_sub(entry.stored_at_ms);
+        let delta = if entry.fill_ms > 0 {
+            entry.fill_ms
+        } else {
+            ttl / 10
+        };
+        if delta == 0 {
+            return false;
+        }
+        let remaining = entry.expires_at_ms.saturating_sub(now) as f64;
+        let r: f64 = rand::random::<f64>().max(f64::MIN_POSITIVE);
+        (delta as f64) * beta * -r.ln() >= remaining
+    }
+
+    /// Stores a value. With a fill token the write completes that lease (409 when the token is
+    /// not the live lease); every write ends the key's pending fill and wakes its waiters.
+    pub fn put(
+        &self,
+        ns: &str,
+        key: &str,
+        value: Bytes,
+        opts: PutOptions,
+    ) -> Result<(), CacheError> {
+        crate::kv::validate_namespace(ns).map_err(invalid)?;
+        crate::kv::validate_key(key).map_err(invalid)?;
+        if value.len() > self.settings.value_bytes_max {
+            return Err(CacheError::TooLarge(format!(
+                "value is {} bytes; the cache takes at most {} (cache_value_bytes_max)",
+                value.len(),
+                self.settings.value_bytes_max
+            )));
+        }
+        let ttl_ms = match opts.ttl_ms {
+            Some(t) => t,
+            None if self.settings.default_ttl_ms > 0 => self.settings.default_ttl_ms,
+            None => {
+                return Err(CacheError::Invalid(
+                    "ttl is required (e.g. ?ttl=60s); no cache_default_ttl_ms is configured".into(),
+                ))
+            }
+        };
+        if ttl_ms == 0 {
+            return Err(CacheError::Invalid("ttl must be at least 1ms".into()));
+        }
+        if opts.tags.len() > self.settings.tags_max {
+            return Err(CacheError::Invalid(format!(
+                "{} tags; at most {} per entry (cache_tags_max)",
+                opts.tags.len(),
+                self.settings.tags_max
+            )));
+        }
+        for t in &opts.tags {
+            validate_tag(t)?;
+        }
+        if let Some(ct) = &opts.content_type {
+            if ct.len() > crate::engine::codec::CONTENT_TYPE_BYTES_MAX {
+                return Err(CacheError::Invalid(format!(
+                    "content type is {} bytes; at most {}",
+                    ct.len(),
+                    crate::engine::codec::CONTENT_TYPE_BYTES_MAX
+                )));
+            }
+        }
+        let k = cache_key(ns, key);
+        let now = self.now();
+        if let Some(token) = &opts.fill_token {
+            if !self.lease_is_live(&k, token, now) {
+                return Err(CacheError::LeaseInvalid(
+                    "this fill lease is no longer valid (it expired, the key was deleted, or another write landed first); the value was not stored".into(),
+                ));
+            }
+        }
+        let mut tags = opts.tags;
+        tags.sort();
+        tags.dedup();
+        let (ns_generation, tags) = self.generations.snapshot(ns, &tags);
+        let granted = self.peek_lease_grant(&k, opts.fill_token.as_deref());
+        let expires_at_ms = now.saturating_add(ttl_ms);
+        let entry = Entry {
+            value,
+            content_type: opts.content_type,
+            stored_at_ms: now,
+            expires_at_ms,
+            stale_until_ms: expires_at_ms.saturating_add(opts.swr_ms),
+            stale_if_error_until_ms: expires_at_ms.saturating_add(opts.sie_ms),
+            ns_generation,
+            tags,
+            fill_ms: granted.map_or(0, |g| now.saturating_sub(g)),
+            refresh_failed: false,
+        };
+        self.insert(k.clone(), entry);
+        self.count(ns, |c| &c.puts);
+        if self.end_lease(&k, None).is_some() && opts.fill_token.is_some() {
+            self.count(ns, |c| &c.fills_completed);
+        }
+        Ok(())
+    }
+
+    fn peek_lease_grant(&self, key: &[u8], token: Option<&str>) -> Option<u64> {
+        let token = token?;
+        let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        leases
+            .get(key)
+            .filter(|l| l.token == token)
+            .map(|l| l.granted_at_ms)
+    }
+
+    /// Removes `ns`/`key` from both tiers and cancels its pending fill.
+    pub fn delete(&self, ns: &str, key: &str) -> Result<(), CacheError> {
+        crate::kv::validate_namespace(ns).map_err(invalid)?;
+        crate::kv::validate_key(key).map_err(invalid)?;
+        let k = cache_key(ns, key);
+        {
+            let _g = self.key_lock(&k);
+            self.hybrid.remove(&k);
+        }
+        self.end_lease(&k, None);
+        self.count(ns, |c| &c.deletes);
+        Ok(())
+    }
+
+    /// A refresh failed: within its stale-if-error window the stale value keeps being served.
+    /// Returns whether a stale value is being served.
+    pub async fn fill_error(&self, ns: &str, key: &str, token: &str) -> Result<bool, CacheError> {
+        crate::kv::validate_namespace(ns).map_err(invalid)?;
+        crate::kv::validate_key(key).map_err(invalid)?;
+        let k = cache_key(ns, key);
+        let now = self.now();
+        if !self.lease_is_live(&k, token, now) {
+            return Err(CacheError::LeaseInvalid(
+                "this fill lease is no longer valid (it expired, the key was deleted, or a value landed)".into(),
+            ));
+        }
+        self.count(ns, |c| &c.fill_errors);
+        let got = self
+            .hybrid
+            .get(&k)
+            .await
+            .map_err(|e| CacheError::Unavailable(format!("cache read failed: {e}")))?;
+        let mut serving = false;
+        if let Some(entry) = got {
+            if self
+                .generations
+                .is_current(ns, entry.ns_generation, &entry.tags)
+                && now < entry.stale_if_error_until_ms
+            {
+                let mut marked = entry.value().clone();
+                marked.refresh_failed = true;
+                let _g = self.key_lock(&k);
+                // Only mark the value the failed refresh was for, not one written since.
+                let unchanged = self
+                    .hybrid
+                    .memory()
+                    .get(&k)
+                    .is_some_and(|cur| same_write(cur.value(), entry.value()));
+                if unchanged {
+                    self.hybrid.insert(k.clone(), marked);
+                    serving = true;
+                }
+                drop(entry);
+            }
+        }
+        self.end_lease(&k, Some(token));
+        Ok(serving)
+    }
+
+    /// O(1) purge: bumps the namespace's or the tags' generations (persisted).
+    pub async fn purge(&self, ns: &str, target: PurgeTarget) -> Result<(), CacheError> {
+        crate::kv::validate_namespace(ns).map_err(invalid)?;
+        if let PurgeTarget::Tags(tags) = &target {
+            if tags.is_empty() {
+                return Err(CacheError::Invalid(
+                    "give at least one tag, or {\"all\":true}".into(),
+                ));
+            }
+            if tags.len() > 1000 {
+                return Err(CacheError::Invalid("at most 1000 tags per purge".into()));
+            }
+            for t in tags {
+                validate_tag(t)?;
+            }
+        }
+        self.generations.purge(&self.engine, ns, target).await?;
+        self.count(ns, |c| &c.purges);
+        Ok(())
+    }
+
+    /// Stats of one namespace.
+    pub fn namespace_stats(&self, ns: &str) -> Result<serde_json::Value, CacheError> {
+        crate::kv::validate_namespace(ns).map_err(invalid)?;
+        let map = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
+        let counters = map
+            .get(ns)
+            .map(|c| c.to_json())
+            .unwrap_or_else(|| Counters::default().to_json());
+        let (generation, purged_tags) = self.generations.describe(ns);
+        Ok(serde_json::json!({
+            "namespace": ns,
+            "generation": generation,
+            "purged_tags": purged_tags,
+            "counters": counters,
+        }))
+    }
+
+    /// Stats of the whole cache, with foyer's own tier figures.
+    pub fn stats(&self) -> serde_json::Value {
+        let r = &self.registry;
+        let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner()).len();
+        serde_json::json!({
+            "counters": self.global.to_json(),
+            "evictions": r.get("foyer_memory_op_total/evict"),
+            "disk_dropped": r.get("foyer_storage_inner_op_total/buffer_overflow")
+                + r.get("foyer_storage_inner_op_total/channel_overflow")
+                + r.get("foyer_storage_block_engine_op_total/enqueue_skip"),
+            "memory": {
+                "bytes": self.hybrid.memory().usage(),
+                "capacity_bytes": self.hybrid.memory().capacity(),
+                "entries": r.get("foyer_memory_entries"),
+                "eviction": format!("{:?}", self.settings.eviction).to_lowercase(),
+            },
+            "disk": {
+                "enabled": self.hybrid.is_hybrid(),
+                "capacity_bytes": if self.hybrid.is_hybrid() { self.settings.disk_bytes } else { 0 },
+                "written_bytes": r.get("foyer_storage_disk_io_bytes_total/write"),
+                "read_bytes": r.get("foyer_storage_disk_io_bytes_total/read"),
+                "hits": r.get("foyer_storage_op_total/hit"),
+                "misses": r.get("foyer_storage_op_total/miss"),
+                "enqueued": r.get("foyer_storage_op_total/enqueue"),
+            },
+            "fill_leases": leases,
+            "waiters": self.waiters.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Waits until the disk tier has written what it was handed (tests and benchmarks).
+    pub async fn flush_disk(&self) {
+        self.hybrid.storage().wait().await;
+    }
+}
+
+struct WaiterSlot<'a>(&'a AtomicUsize);
+impl Drop for WaiterSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Checks a tag: 1–128 bytes of visible ASCII without `,`.
+pub fn validate_tag(tag: &str) -> Result<(), CacheError> {
+    if tag.is_empty() || tag.len() > TAG_BYTES_MAX {
+        return Err(CacheError::Invalid(format!(
+            "tag must be 1-{TAG_BYTES_MAX} bytes, got {}",
+            tag.len()
+        )));
+    }
+    if let Some(c) = tag.chars().find(|c| !c.is_ascii_graphic() || *c == ',') {
+        return Err(CacheError::Invalid(format!(
+            "tag {tag:?} contains {c:?}; use visible ASCII without commas"
+        )));
+    }
+    Ok(())
+}
+
+/// A 128-bit random lease token, hex.
+fn new_token() -> String {
+    let v: u128 = rand::random();
+    format!("{v:032x}")
+}
+
+impl From<EngineError> for CacheError {
+    fn from(e: EngineError) -> Self {
+        CacheError::Engine(e)
+    }
+}

@@ -1,0 +1,155 @@
+//! Read caching for KV: point reads served from a foyer memory cache, filled on read.
+//!
+//! The classic race — a reader reads the old value, a writer commits and invalidates, then the
+//! reader puts the old value into the cache where it lives on — is closed with stamps. Keys hash
+//! into stripes, each with a counter. A reader takes the stripe's counter *before* it opens its
+//! read transaction and stores it with the value. The writer, after the commit returns and before
+//! any caller is answered, bumps the counters of the keys it wrote (and removes them). A cached
+//! value is served only while its stamp equals the stripe's counter: a stamp equal to the current
+//! counter was taken after the last bump, so its read transaction began after the last commit
+//! that touched the stripe and saw it. A prefix delete bumps a cache-wide epoch instead.
+
+use super::Value;
+use crate::engine::writer::ApplyCtx;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+const STRIPES: usize = 4096;
+
+#[derive(Debug, Clone)]
+struct Cached {
+    value: Value,
+    stamp: u64,
+    epoch: u64,
+}
+
+/// The KV read cache.
+pub struct ReadCache {
+    cache: foyer::Cache<Vec<u8>, Cached>,
+    stripes: Box<[AtomicU64]>,
+    epoch: AtomicU64,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+}
+
+/// The stamp a reader takes before its read transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    stripe: usize,
+    stamp: u64,
+    epoch: u64,
+}
+
+impl Stamp {
+    /// A stamp for when there is no cache.
+    pub fn none() -> Self {
+        Stamp {
+            stripe: 0,
+            stamp: 0,
+            epoch: 0,
+        }
+    }
+}
+
+fn stripe(sk: &[u8]) -> usize {
+    (xxhash_rust::xxh3::xxh3_64(sk) as usize) % STRIPES
+}
+
+impl ReadCache {
+    pub fn new(bytes: u64, eviction: foyer::EvictionConfig) -> Self {
+        let capacity = usize::try_from(bytes).unwrap_or(usize::MAX);
+        let cache = foyer::CacheBuilder::new(capacity)
+            .with_shards((capacity >> 22).clamp(1, 16))
+            .with_eviction_config(eviction)
+            .with_weighter(|k: &Vec<u8>, v: &Cached| {
+                k.len()
+                    + v.value.payload.len()
+                    + 64
+                    + v.value.content_type.as_ref().map_or(0, |c| c.len())
+            })
+            .build();
+        Self {
+            cache,
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            epoch: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// A cached, still valid, unexpired value.
+    pub fn get(&self, sk: &[u8], now_ms: u64) -> Option<Value> {
+        let e = self.cache.get(sk)?;
+        let i = stripe(sk);
+        let valid = e.stamp == self.stripes[i].load(Ordering::SeqCst)
+            && e.epoch == self.epoch.load(Ordering::SeqCst)
+            && e.value.expires_at_ms.is_none_or(|t| t > now_ms);
+        if valid {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            Some(e.value.clone())
+        } else {
+            None
+        }
+    }
+
+    /// Taken before the read transaction that produces the value to fill.
+    pub fn stamp(&self, sk: &[u8]) -> Stamp {
+        let i = stripe(sk);
+        Stamp {
+            stripe: i,
+            stamp: self.stripes[i].load(Ordering::SeqCst),
+            epoch: self.epoch.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Fills after a store read.
+    pub fn fill(&self, sk: &[u8], value: &Value, stamp: Stamp) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        if self.epoch.load(Ordering::SeqCst) != stamp.epoch {
+            return;
+        }
+        // Not worth inserting what a concurrent write already made stale.
+        if self.stripes[stamp.stripe].load(Ordering::SeqCst) != stamp.stamp {
+            return;
+        }
+        self.cache.insert(
+            sk.to_vec(),
+            Cached {
+                value: value.clone(),
+                stamp: stamp.stamp,
+                epoch: stamp.epoch,
+            },
+        );
+    }
+
+    /// After a commit that wrote `sk`: bump its stripe, drop the cached copy.
+    pub fn invalidate(&self, sk: &[u8]) {
+        self.stripes[stripe(sk)].fetch_add(1, Ordering::SeqCst);
+        self.cache.remove(sk);
+    }
+
+    /// After a commit of a prefix delete: every cached value is suspect.
+    pub fn invalidate_all(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn usage_bytes(&self) -> usize {
+        self.cache.usage()
+    }
+}
+
+/// Registers invalidation of `keys` to run in the writer after this batch's commit.
+pub(crate) fn after_commit(
+    ctx: &mut ApplyCtx<'_>,
+    cache: &Option<Arc<ReadCache>>,
+    keys: Vec<Vec<u8>>,
+) {
+    if let Some(c) = cache {
+        let c = c.clone();
+        ctx.after_commit(move || {
+            for k in &keys {
+                c.invalidate(k);
+            }
+        });
+    }
+}
