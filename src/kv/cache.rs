@@ -153,3 +153,45 @@ pub(crate) fn after_commit(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(rev: u64) -> Value {
+        Value {
+            payload: b"v".to_vec(),
+            revision: rev,
+            expires_at_ms: None,
+            content_type: None,
+        }
+    }
+
+    #[test]
+    fn a_fill_from_before_an_invalidation_is_never_served() {
+        let c = ReadCache::new(1 << 20, foyer::S3FifoConfig::default().into());
+        // Reader takes its stamp and reads revision 1; the writer commits revision 2 and
+        // invalidates; only then does the reader fill.
+        let stamp = c.stamp(b"k");
+        c.invalidate(b"k");
+        c.fill(b"k", &value(1), stamp);
+        assert_eq!(c.get(b"k", 0), None);
+        // The same, with the fill landing before the invalidation.
+        let stamp = c.stamp(b"k");
+        c.fill(b"k", &value(2), stamp);
+        assert_eq!(c.get(b"k", 0).map(|v| v.revision), Some(2));
+        c.invalidate(b"k");
+        assert_eq!(c.get(b"k", 0), None);
+        // A prefix delete invalidates everything filled before it.
+        let stamp = c.stamp(b"j");
+        c.fill(b"j", &value(3), stamp);
+        c.invalidate_all();
+        assert_eq!(c.get(b"j", 0), None);
+        // Expired values are not served.
+        let mut v = value(4);
+        v.expires_at_ms = Some(10);
+        c.fill(b"e", &v, c.stamp(b"e"));
+        assert!(c.get(b"e", 9).is_some());
+        assert!(c.get(b"e", 10).is_none());
+    }
+}
