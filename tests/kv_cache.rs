@@ -30,7 +30,7 @@ async fn race(kv_cache_bytes: u64) -> (u64, u64) {
             while !stop.load(Ordering::Relaxed) {
                 let k = (n as usize * 3 + w) % KEYS;
                 let key = format!("k{k}");
-                let rev = if n % 2 == 0 {
+                let rev = if n.is_multiple_of(2) {
                     kv.put("race", &key, n.to_le_bytes().to_vec(), Default::default())
                         .await
                         .unwrap()
