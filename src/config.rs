@@ -162,6 +162,8 @@ pub struct Config {
     pub cache_disk_bytes: u64,
     /// Disk tier block size; an entry must fit in one block. Default 4 MiB.
     pub cache_disk_block_bytes: u64,
+    /// Disk tier I/O: `psync` (pread/pwrite on blocking threads, default) or `uring` (io_uring).
+    pub cache_disk_io: String,
     /// Largest cached value; larger PUTs get 413. Default 1 MiB.
     pub cache_value_bytes_max: usize,
     /// Memory-tier eviction: `s3fifo`, `lfu` (w-TinyLFU) or `lru`. Default `s3fifo`.
@@ -232,6 +234,7 @@ impl Default for Config {
             cache_memory_bytes: 64 << 20,
             cache_disk_bytes: 256 << 20,
             cache_disk_block_bytes: 4 << 20,
+            cache_disk_io: "psync".to_string(),
             cache_value_bytes_max: 1 << 20,
             cache_eviction: "s3fifo".to_string(),
             cache_default_ttl_ms: 0,
@@ -301,6 +304,12 @@ impl Config {
             .map_err(|e| format!("default_bucket: {e}"))?;
         crate::cache::Eviction::parse(&self.cache_eviction)
             .map_err(|e| format!("cache_eviction: {e}"))?;
+        if !matches!(self.cache_disk_io.as_str(), "psync" | "uring") {
+            return Err(format!(
+                "cache_disk_io `{}`: expected psync or uring",
+                self.cache_disk_io
+            ));
+        }
         if !(0.0..=100.0).contains(&self.cache_xfetch_beta) {
             return Err(format!(
                 "cache_xfetch_beta = {}: must be in 0..=100",

@@ -12,8 +12,17 @@ use tokio::net::TcpStream;
 /// One request, protocol-neutral.
 #[derive(Debug, Clone)]
 pub enum Op {
-    Put { key: String, value: Vec<u8> },
-    Get { key: String },
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Get {
+        key: String,
+    },
+    /// A cache read: shardbox `GET /v1/cache/bench/{key}`, Redis `GET`, memcached `get`.
+    CacheGet {
+        key: String,
+    },
 }
 
 /// Which wire protocol a target speaks.
@@ -23,6 +32,8 @@ pub enum Proto {
     Http,
     /// Redis RESP: SET / GET.
     Resp,
+    /// memcached text protocol: set / get.
+    Memcached,
 }
 
 /// Results of one run.
@@ -132,11 +143,39 @@ impl Conn {
         match proto {
             Proto::Http => encode_http(&mut self.out, op),
             Proto::Resp => encode_resp(&mut self.out, op),
+            Proto::Memcached => encode_memcached(&mut self.out, op),
         }
         self.stream.write_all(&self.out).await?;
         match proto {
             Proto::Http => self.read_http().await,
             Proto::Resp => self.read_resp().await,
+            Proto::Memcached => self.read_memcached().await,
+        }
+    }
+
+    /// Reads one memcached reply: `VALUE … END` (hit), `END` (miss), `STORED`; true on success.
+    async fn read_memcached(&mut self) -> std::io::Result<bool> {
+        loop {
+            let b = &self.buf[..self.filled];
+            if let Some(line_end) = find(b, b"\r\n") {
+                let line = &b[..line_end];
+                if line.starts_with(b"VALUE ") {
+                    let len: usize = std::str::from_utf8(line)
+                        .ok()
+                        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                        .ok_or_else(|| bad("bad VALUE line"))?;
+                    let end = line_end + 2 + len + 2 + 5; // data, CRLF, "END\r\n"
+                    if self.filled >= end {
+                        self.consume(end);
+                        return Ok(true);
+                    }
+                } else {
+                    let ok = line == b"STORED";
+                    self.consume(line_end + 2);
+                    return Ok(ok);
+                }
+            }
+            self.fill().await?;
         }
     }
 
@@ -340,6 +379,24 @@ fn encode_http(out: &mut Vec<u8>, op: &Op) {
             out.extend_from_slice(key.as_bytes());
             out.extend_from_slice(b" HTTP/1.1\r\nhost: bench\r\n\r\n");
         }
+        Op::CacheGet { key } => {
+            out.extend_from_slice(b"GET /v1/cache/bench/");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b" HTTP/1.1\r\nhost: bench\r\n\r\n");
+        }
+    }
+}
+
+fn encode_memcached(out: &mut Vec<u8>, op: &Op) {
+    match op {
+        Op::Put { key, value } => {
+            out.extend_from_slice(format!("set {key} 0 0 {}\r\n", value.len()).as_bytes());
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        Op::Get { key } | Op::CacheGet { key } => {
+            out.extend_from_slice(format!("get {key}\r\n").as_bytes());
+        }
     }
 }
 
@@ -356,6 +413,6 @@ pub fn resp_command(out: &mut Vec<u8>, args: &[&[u8]]) {
 fn encode_resp(out: &mut Vec<u8>, op: &Op) {
     match op {
         Op::Put { key, value } => resp_command(out, &[b"SET", key.as_bytes(), value]),
-        Op::Get { key } => resp_command(out, &[b"GET", key.as_bytes()]),
+        Op::Get { key } | Op::CacheGet { key } => resp_command(out, &[b"GET", key.as_bytes()]),
     }
 }

@@ -5,6 +5,7 @@
 //! --keys 1000000 --only kv-get-hot --no-install`). Results also go to
 //! `target/shardbox-bench.md`.
 
+mod cache;
 mod events;
 mod loadgen;
 mod peers;
@@ -208,8 +209,7 @@ async fn preload_shardbox(addr: SocketAddr, keys: u64) -> Result<(), String> {
 }
 
 /// Loads the same keys into Redis with MSET (1,000 pairs per command).
-async fn preload_redis(addr: SocketAddr, keys: u64) -> Result<(), String> {
-    let v = value();
+async fn preload_redis(addr: SocketAddr, keys: u64, v: &[u8]) -> Result<(), String> {
     let mut c = loadgen::Conn::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
@@ -218,7 +218,7 @@ async fn preload_redis(addr: SocketAddr, keys: u64) -> Result<(), String> {
         let mut args: Vec<&[u8]> = vec![b"MSET"];
         for n in &names {
             args.push(n.as_bytes());
-            args.push(&v);
+            args.push(v);
         }
         let mut out = Vec::new();
         loadgen::resp_command(&mut out, &args);
@@ -297,12 +297,32 @@ async fn kv_suite(o: &Opts, rows: &mut Vec<Row>) {
             let i = rows.len() - 1;
             match &redis {
                 Ok(r) => {
-                    preload_redis(r.addr, o.keys).await.expect("preload redis");
+                    preload_redis(r.addr, o.keys, &value())
+                        .await
+                        .expect("preload redis");
                     let theirs = measure(r.addr, Proto::Resp, o, get_op(o.keys)).await;
                     rows.push(row("kv-get-hot", "redis GET", theirs, "RESP GET"));
                     set_ratio(rows, i, i + 1, "vs redis GET");
                 }
                 Err(e) => rows.push(unavailable("kv-get-hot", "redis GET", e)),
+            }
+            eprintln!("kv-get-hot without the read cache …");
+            let off =
+                peers::shardbox(&settings(o, &[("kv_cache_bytes", "0")])).expect("start shardbox");
+            preload_shardbox(off.addr, o.keys)
+                .await
+                .expect("preload shardbox");
+            let before = measure(off.addr, Proto::Http, o, get_op(o.keys)).await;
+            rows.push(row(
+                "kv-get-hot",
+                "shardbox GET, kv_cache_bytes=0",
+                before,
+                "before read caching: every GET opens a redb read transaction",
+            ));
+            let j = rows.len() - 1;
+            if let (Some(a), Some(b)) = (&rows[i].outcome, &rows[j].outcome) {
+                let r = a.throughput() / b.throughput().max(1e-9);
+                rows[j].ratio = Some((r, "read cache on ÷ this row".into()));
             }
         }
         if want_put {
@@ -766,7 +786,13 @@ fn main() {
     rt.block_on(kv_suite(&o, &mut rows));
     rt.block_on(queue_suite(&o, &mut rows));
     rt.block_on(events_suite(&o, &mut rows));
-    let table = render(&o, &rows);
+    rt.block_on(cache::cache_suite(&o, &mut rows));
+    let mut table = render(&o, &rows);
+    if wanted(&o, "cache-hit-ratio") {
+        eprintln!("cache-hit-ratio: Zipf(0.99), 1M keys, 4M requests …");
+        table.push_str("\n### cache-hit-ratio: Zipf(0.99) over 1M keys, 4M requests (first 1M warm the cache)\n\n");
+        table.push_str(&cache::hit_ratio_table());
+    }
     println!("\n{table}");
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/shardbox-bench.md");
     let _ = std::fs::write(&out, &table);

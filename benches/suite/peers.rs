@@ -173,3 +173,44 @@ pub fn beanstalkd(allow_install: bool) -> Result<Server, String> {
     }
     Ok(server)
 }
+
+/// Starts memcached on loopback with `memory_mb` of memory.
+pub fn memcached(allow_install: bool, memory_mb: u64) -> Result<Server, String> {
+    let bin = find_or_install("memcached", "memcached", allow_install)
+        .ok_or("memcached not installed")?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let port = free_port();
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "-l",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "0",
+        "-m",
+        &memory_mb.to_string(),
+        "-c",
+        "4096",
+    ]);
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.args(["-u", "root"]);
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn memcached: {e}"))?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let server = Server {
+        addr,
+        child,
+        _dir: dir,
+    };
+    if !wait_for_port(addr) {
+        return Err("memcached did not start".into());
+    }
+    Ok(server)
+}

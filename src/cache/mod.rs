@@ -19,7 +19,7 @@ use bytes::Bytes;
 use foyer::{
     BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
     HybridCachePolicy, LfuConfig, LruConfig, PsyncIoEngineConfig, RecoverMode, S3FifoConfig,
-    Source,
+    Source, UringIoEngineConfig,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -78,6 +78,8 @@ pub struct Settings {
     pub waiters_max: usize,
     pub xfetch_beta: f64,
     pub tags_max: usize,
+    /// Disk tier I/O through io_uring instead of pread/pwrite on blocking threads.
+    pub disk_io_uring: bool,
 }
 
 impl Settings {
@@ -96,6 +98,11 @@ impl Settings {
             waiters_max: c.cache_waiters_max,
             xfetch_beta: c.cache_xfetch_beta,
             tags_max: c.cache_tags_max,
+            disk_io_uring: match c.cache_disk_io.as_str() {
+                "psync" => false,
+                "uring" => true,
+                other => return Err(format!("cache_disk_io `{other}`: expected psync or uring")),
+            },
         })
     }
 }
@@ -230,7 +237,7 @@ pub struct Cache {
     waiters: AtomicUsize,
     settings: Settings,
     global: Counters,
-    namespaces: Mutex<HashMap<String, Arc<Counters>>>,
+    namespaces: std::sync::RwLock<HashMap<String, Arc<Counters>>>,
     registry: registry::Registry,
     /// Serialise a key's inserts with the read-check-remove of an expired or purged entry, so
     /// a reader dropping a dead entry can never drop a value written a moment later.
@@ -293,8 +300,13 @@ impl Cache {
                 .with_capacity(usize::try_from(settings.disk_bytes).unwrap_or(usize::MAX))
                 .build()
                 .map_err(|e| CacheError::Unavailable(format!("cache disk tier: {e}")))?;
+            let io: Box<dyn foyer::IoEngineConfig> = if settings.disk_io_uring {
+                Box::new(UringIoEngineConfig::new().with_threads(1))
+            } else {
+                PsyncIoEngineConfig::new().into()
+            };
             builder
-                .with_io_engine_config(PsyncIoEngineConfig::new())
+                .with_io_engine_config(io)
                 .with_engine_config(
                     BlockEngineConfig::new(device)
                         .with_block_size(settings.disk_block_bytes as usize),
@@ -314,7 +326,7 @@ impl Cache {
             waiters: AtomicUsize::new(0),
             settings,
             global: Counters::default(),
-            namespaces: Mutex::new(HashMap::new()),
+            namespaces: std::sync::RwLock::new(HashMap::new()),
             registry,
             key_locks: (0..KEY_LOCKS).map(|_| Mutex::new(())).collect(),
         })
@@ -333,7 +345,13 @@ impl Cache {
     }
 
     fn counters(&self, ns: &str) -> Option<Arc<Counters>> {
-        let mut map = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let map = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = map.get(ns) {
+                return Some(c.clone());
+            }
+        }
+        let mut map = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(ns) {
             return Some(c.clone());
         }
@@ -549,11 +567,15 @@ impl Cache {
 
     async fn lookup_once(&self, ns: &str, k: &[u8]) -> Result<Option<Lookup>, CacheError> {
         let now = self.now();
-        let got = self
-            .hybrid
-            .get(k)
-            .await
-            .map_err(|e| CacheError::Unavailable(format!("cache read failed: {e}")))?;
+        // Memory hits are answered without foyer's hybrid-get machinery (no allocation).
+        let got = match self.hybrid.memory().get(k) {
+            Some(e) => Some(e),
+            None => self
+                .hybrid
+                .get(k)
+                .await
+                .map_err(|e| CacheError::Unavailable(format!("cache read failed: {e}")))?,
+        };
         let Some(handle) = got else {
             return Ok(self.miss(ns, k, now));
         };
@@ -810,7 +832,7 @@ impl Cache {
     /// Stats of one namespace.
     pub fn namespace_stats(&self, ns: &str) -> Result<serde_json::Value, CacheError> {
         crate::kv::validate_namespace(ns).map_err(invalid)?;
-        let map = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
         let counters = map
             .get(ns)
             .map(|c| c.to_json())
@@ -832,8 +854,7 @@ impl Cache {
             "counters": self.global.to_json(),
             "evictions": r.get("foyer_memory_op_total/evict"),
             "disk_dropped": r.get("foyer_storage_inner_op_total/buffer_overflow")
-                + r.get("foyer_storage_inner_op_total/channel_overflow")
-                + r.get("foyer_storage_block_engine_op_total/enqueue_skip"),
+                + r.get("foyer_storage_inner_op_total/channel_overflow"),
             "memory": {
                 "bytes": self.hybrid.memory().usage(),
                 "capacity_bytes": self.hybrid.memory().capacity(),
