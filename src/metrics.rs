@@ -133,3 +133,32 @@ pub fn render(engine: &crate::engine::Engine, open_connections: usize) -> String
     }
     out
 }
+
+/// Appends the KV read cache's counters.
+pub fn render_kv_cache(out: &mut String, c: &crate::kv::cache::ReadCache) {
+    for (name, help, kind, v) in [
+        (
+            "shardbox_kv_cache_hits_total",
+            "KV point reads answered from the read cache.",
+            "counter",
+            c.hits.load(Ordering::Relaxed),
+        ),
+        (
+            "shardbox_kv_cache_misses_total",
+            "KV point reads that went to the store.",
+            "counter",
+            c.misses.load(Ordering::Relaxed),
+        ),
+        (
+            "shardbox_kv_cache_bytes",
+            "Bytes held by the KV read cache.",
+            "gauge",
+            c.usage_bytes() as u64,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    }
+}

@@ -51,10 +51,13 @@ fn free_bytes(path: &std::path::Path) -> Option<u64> {
 }
 
 pub fn metrics(state: &ServerState) -> Resp {
-    let text = crate::metrics::render(
+    let mut text = crate::metrics::render(
         state.store.engine(),
         state.open_connections.load(Ordering::Relaxed),
     );
+    if let Some(c) = state.store.kv().read_cache() {
+        crate::metrics::render_kv_cache(&mut text, c);
+    }
     let mut r = response::empty(200);
     *r.body_mut() = response::full(text);
     r.headers_mut().insert(

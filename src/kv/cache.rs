@@ -92,8 +92,9 @@ impl ReadCache {
         }
     }
 
-    /// Taken before the read transaction that produces the value to fill.
+    /// Taken (on a miss) before the read transaction that produces the value to fill.
     pub fn stamp(&self, sk: &[u8]) -> Stamp {
+        self.misses.fetch_add(1, Ordering::Relaxed);
         let i = stripe(sk);
         Stamp {
             stripe: i,
@@ -104,7 +105,6 @@ impl ReadCache {
 
     /// Fills after a store read.
     pub fn fill(&self, sk: &[u8], value: &Value, stamp: Stamp) {
-        self.misses.fetch_add(1, Ordering::Relaxed);
         if self.epoch.load(Ordering::SeqCst) != stamp.epoch {
             return;
         }
