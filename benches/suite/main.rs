@@ -292,7 +292,7 @@ async fn kv_suite(o: &Opts, rows: &mut Vec<Row>) {
                 "kv-get-hot",
                 "shardbox GET",
                 ours,
-                "HTTP GET, 100 B, 1M keys",
+                &format!("HTTP GET, 100 B, {} keys", o.keys),
             ));
             let i = rows.len() - 1;
             match &redis {
@@ -496,6 +496,13 @@ async fn events_suite(o: &Opts, rows: &mut Vec<Row>) {
     }
 }
 
+/// Lets the kernel write back what a load left dirty, so range latency is measured on a quiet
+/// disk rather than against gigabytes of writeback.
+async fn settle() {
+    let _ = tokio::task::spawn_blocking(|| unsafe { libc::sync() }).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
 /// Range latency of one-hour windows as a stream grows, against Redis XRANGE; writes the plot.
 async fn events_range(o: &Opts, rows: &mut Vec<Row>) {
     let large = o.events_large.max(1_000_000);
@@ -518,6 +525,7 @@ async fn events_range(o: &Opts, rows: &mut Vec<Row>) {
     )
     .await
     .expect("load");
+    settle().await;
     let small = events::range(true, sb.addr, "ev1m", start, events::YEAR_MS, queries).await;
     let small_p99 = small.p(0.99);
     rows.push(row(
@@ -555,6 +563,7 @@ async fn events_range(o: &Opts, rows: &mut Vec<Row>) {
             t.elapsed().as_secs_f64()
         );
         loaded = cp;
+        settle().await;
         let span = (cp as f64 * spacing) as u64;
         let out = events::range(true, sb.addr, "evbig", start, span, queries).await;
         points.push((cp, out.p(0.5), out.p(0.99)));
@@ -589,6 +598,7 @@ async fn events_range(o: &Opts, rows: &mut Vec<Row>) {
             )
             .await
             .expect("load redis");
+            settle().await;
             let out = events::range(false, r.addr, "ev1m", start, events::YEAR_MS, queries).await;
             rows.push(row(
                 "events-range-1h",
@@ -599,6 +609,7 @@ async fn events_range(o: &Opts, rows: &mut Vec<Row>) {
             events::load(false, r.addr, "evbig", start, spacing, 0, large)
                 .await
                 .expect("load redis");
+            settle().await;
             let out = events::range(false, r.addr, "evbig", start, events::YEAR_MS, queries).await;
             redis_point = Some((large, out.p(0.5), out.p(0.99)));
             rows.push(row(
