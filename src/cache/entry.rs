@@ -55,7 +55,6 @@ impl Entry {
     fn encoded_len(&self) -> usize {
         1 + 6 * 8
             + 1
-            + 4
             + self.content_type.as_ref().map_or(0, |c| 2 + c.len())
             + 2
             + self

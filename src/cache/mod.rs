@@ -864,6 +864,11 @@ impl Cache {
             "disk": {
                 "enabled": self.hybrid.is_hybrid(),
                 "capacity_bytes": if self.hybrid.is_hybrid() { self.settings.disk_bytes } else { 0 },
+                // Blocks holding entries (being written, full, or being reclaimed) × block size.
+                "bytes": (r.get("foyer_storage_block_engine_block/writing")
+                    + r.get("foyer_storage_block_engine_block/evictable")
+                    + r.get("foyer_storage_block_engine_block/reclaiming"))
+                    * r.get("foyer_storage_block_engine_block_size_bytes"),
                 "written_bytes": r.get("foyer_storage_disk_io_bytes_total/write"),
                 "read_bytes": r.get("foyer_storage_disk_io_bytes_total/read"),
                 "hits": r.get("foyer_storage_op_total/hit"),
