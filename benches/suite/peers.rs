@@ -15,6 +15,13 @@ pub struct Server {
     _dir: tempfile::TempDir,
 }
 
+impl Server {
+    /// The server's own directory (shardbox's data dir is `data/` inside it).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         // SIGTERM for a clean stop, then make sure.
