@@ -387,6 +387,16 @@ async fn stampede_of_500_gets_grants_one_lease_and_all_waiters_get_the_fill() {
                 let t = lease(&r).expect("a miss carries the lease state");
                 assert_ne!(t, "pending", "a waiter gave up before the fill landed");
                 tokens += 1;
+                // Fill only once every other caller is parked on the lease, so each of them
+                // provably waited for this fill (rather than arriving after it).
+                let deadline = std::time::Instant::now() + Duration::from_secs(8);
+                loop {
+                    let st = c.get("/v1/cache:stats").await.json();
+                    if st["waiters"] == 499 || std::time::Instant::now() > deadline {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 let p = put(
                     &mut c,
                     "/v1/cache/hot/key?ttl=1h",
@@ -409,7 +419,7 @@ async fn stampede_of_500_gets_grants_one_lease_and_all_waiters_get_the_fill() {
     assert_eq!(n, 500);
     assert_eq!(tokens, 1, "exactly one fill lease");
     assert_eq!(filled, 499);
-    assert!(collapsed > 0);
+    assert_eq!(collapsed, 499, "every other caller waited for the one fill");
     let st = c.get("/v1/cache:stats").await.json();
     assert_eq!(st["counters"]["fills_granted"], 1, "{st}");
     assert_eq!(st["counters"]["waits_served"], collapsed, "{st}");

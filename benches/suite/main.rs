@@ -494,6 +494,9 @@ async fn events_suite(o: &Opts, rows: &mut Vec<Row>) {
     if wanted(o, "events-retention") {
         events_retention(rows).await;
     }
+    if wanted(o, "events-range-store") {
+        events_range_store(o, rows).await;
+    }
 }
 
 /// Lets the kernel write back what a load left dirty, so range latency is measured on a quiet
@@ -682,6 +685,128 @@ async fn events_range(o: &Opts, rows: &mut Vec<Row>) {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/shardbox-events-range.svg");
     let _ = std::fs::write(&path, svg);
     eprintln!("plot written to {}", path.display());
+}
+
+/// `events-range-1h` without HTTP: the storage layer's time for the same one-hour queries
+/// (in-process, one query at a time, 20,000 queries, page cache warm), on a stream of 1M events
+/// over a year and on one of `events_large` — the bucket layout's own scaling, free of the
+/// network and scheduler noise that dominates p99 over HTTP on a 2-core box.
+async fn events_range_store(o: &Opts, rows: &mut Vec<Row>) {
+    let large = o.events_large.max(1_000_000);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut overrides = vec![
+        (
+            "data_dir".to_string(),
+            tmp.path().join("data").display().to_string(),
+        ),
+        // Loading speed; reads are the same.
+        ("durability".to_string(), "periodic:1000".to_string()),
+        ("default_retention_ms".to_string(), "0".to_string()),
+    ];
+    overrides.extend(o.settings.iter().cloned());
+    let config = shardbox::Config::resolve(None, std::iter::empty(), &overrides).expect("config");
+    let store = shardbox::Store::open(config).expect("open");
+    let ev = store.events().clone();
+    let start = now_ms() - events::YEAR_MS;
+    let data = EVENT_BYTES.to_vec();
+    let load = |stream: &'static str, spacing: f64, from: u64, to: u64| {
+        let (ev, data) = (ev.clone(), data.clone());
+        async move {
+            let mut i = from;
+            while i < to {
+                let n = 10_000.min(to - i);
+                let batch: Vec<_> = (i..i + n)
+                    .map(|k| shardbox::events::apply::NewEvent {
+                        ts: Some(start + (k as f64 * spacing) as u64),
+                        kind: None,
+                        data: data.clone(),
+                    })
+                    .collect();
+                ev.append(stream, batch).await.expect("append");
+                i += n;
+            }
+        }
+    };
+    let measure = |stream: &'static str, span: u64| {
+        let ev = ev.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+            let t0 = Instant::now();
+            let n = 20_000u64;
+            for q in 0..n {
+                let r = xxh3_64(&q.to_le_bytes());
+                let from = start + r % span.saturating_sub(3_600_000).max(1);
+                let query = shardbox::events::RangeQuery {
+                    from: Some(from),
+                    to: Some(from + 3_600_000),
+                    kind: None,
+                    desc: false,
+                    limit: 100,
+                    after: None,
+                };
+                let t = Instant::now();
+                let (got, _) = ev.range(stream, &query).expect("range");
+                let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+                assert!(!got.is_empty());
+            }
+            Outcome {
+                ops: n,
+                errors: 0,
+                elapsed: t0.elapsed(),
+                hist: h,
+            }
+        })
+    };
+    eprintln!("events-range-store: loading 1M events over a year (in-process) …");
+    load("ev1m", events::YEAR_MS as f64 / 1e6, 0, 1_000_000).await;
+    settle().await;
+    warm(tmp.path().to_path_buf()).await;
+    let small = measure("ev1m", events::YEAR_MS).await.expect("measure");
+    let small_p99 = small.p(0.99);
+    eprintln!(
+        "  1M stream: p50 {:.3} p99 {:.3} ms",
+        small.p(0.5),
+        small_p99
+    );
+    rows.push(row(
+        "events-range-store",
+        "in-process range(), 1M events / year",
+        small,
+        "first 100 events of a random 1 h window; one query at a time",
+    ));
+    let spacing = events::YEAR_MS as f64 / large as f64;
+    let mut loaded = 0;
+    let mut last = None;
+    let mut checkpoints: Vec<u64> = [1_000_000u64, 10_000_000, 25_000_000]
+        .into_iter()
+        .filter(|c| *c < large)
+        .collect();
+    checkpoints.push(large);
+    for cp in checkpoints {
+        load("evbig", spacing, loaded, cp).await;
+        loaded = cp;
+        settle().await;
+        warm(tmp.path().to_path_buf()).await;
+        let out = measure("evbig", (cp as f64 * spacing) as u64)
+            .await
+            .expect("measure");
+        eprintln!("  {cp}: p50 {:.3} p99 {:.3} ms", out.p(0.5), out.p(0.99));
+        last = Some(out);
+    }
+    store.close();
+    if let Some(out) = last {
+        let p99 = out.p(0.99);
+        let i = rows.len();
+        rows.push(row(
+            "events-range-store",
+            &format!("in-process range(), {}M events / year", large / 1_000_000),
+            out,
+            "same queries; page cache warm",
+        ));
+        if small_p99 > 0.0 {
+            rows[i].ratio = Some((p99 / small_p99, "p99 vs the 1M stream".into()));
+        }
+    }
 }
 
 /// Time to drop a full day bucket vs deleting the same events row by row (in-process).

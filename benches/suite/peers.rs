@@ -59,6 +59,32 @@ fn wait_for_port(addr: SocketAddr) -> bool {
 }
 
 /// Starts shardbox with extra settings (as `SHARDBOX_*` variables).
+/// Spawns a peer on `port`, waits until it accepts connections.
+fn serve(
+    cmd: &mut Command,
+    port: u16,
+    dir: tempfile::TempDir,
+    name: &str,
+) -> Result<Server, String> {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn {name}: {e}"))?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let server = Server {
+        addr,
+        child,
+        _dir: dir,
+    };
+    if !wait_for_port(addr) {
+        return Err(format!("{name} did not start"));
+    }
+    Ok(server)
+}
+
 pub fn shardbox(settings: &[(&str, &str)]) -> Result<Server, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let env: Vec<(String, String)> = settings
@@ -115,43 +141,28 @@ pub fn redis(allow_install: bool) -> Result<Server, String> {
         .ok_or("redis-server not installed")?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let port = free_port();
-    let child = Command::new(bin)
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--save",
-            "",
-            "--daemonize",
-            "no",
-            "--protected-mode",
-            "yes",
-            "--logfile",
-            "",
-        ])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("spawn redis-server: {e}"))?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}")
-        .parse()
-        .map_err(|e| format!("{e}"))?;
-    let server = Server {
-        addr,
-        child,
-        _dir: dir,
-    };
-    if !wait_for_port(addr) {
-        return Err("redis-server did not start".into());
-    }
-    Ok(server)
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--save",
+        "",
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "yes",
+        "--logfile",
+        "",
+    ])
+    .arg("--dir")
+    .arg(dir.path());
+    serve(&mut cmd, port, dir, "redis-server")
 }
 
 /// Starts beanstalkd with a binlog fsync'd on every write (`-b DIR -f 0`).
@@ -160,25 +171,10 @@ pub fn beanstalkd(allow_install: bool) -> Result<Server, String> {
         .ok_or("beanstalkd not installed")?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let port = free_port();
-    let child = Command::new(bin)
-        .args(["-l", "127.0.0.1", "-p", &port.to_string(), "-f", "0", "-b"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("spawn beanstalkd: {e}"))?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}")
-        .parse()
-        .map_err(|e| format!("{e}"))?;
-    let server = Server {
-        addr,
-        child,
-        _dir: dir,
-    };
-    if !wait_for_port(addr) {
-        return Err("beanstalkd did not start".into());
-    }
-    Ok(server)
+    let mut cmd = Command::new(bin);
+    cmd.args(["-l", "127.0.0.1", "-p", &port.to_string(), "-f", "0", "-b"])
+        .arg(dir.path());
+    serve(&mut cmd, port, dir, "beanstalkd")
 }
 
 /// Starts memcached on loopback with `memory_mb` of memory.
@@ -203,21 +199,5 @@ pub fn memcached(allow_install: bool, memory_mb: u64) -> Result<Server, String> 
     if unsafe { libc::geteuid() } == 0 {
         cmd.args(["-u", "root"]);
     }
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("spawn memcached: {e}"))?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}")
-        .parse()
-        .map_err(|e| format!("{e}"))?;
-    let server = Server {
-        addr,
-        child,
-        _dir: dir,
-    };
-    if !wait_for_port(addr) {
-        return Err("memcached did not start".into());
-    }
-    Ok(server)
+    serve(&mut cmd, port, dir, "memcached")
 }

@@ -60,15 +60,8 @@ pub async fn get(
             lease,
             collapsed,
         } => {
-            let mut r = response::empty(200);
-            *r.body_mut() = response::full(entry.value.clone());
+            let mut r = response::value(entry.value.clone(), entry.content_type.as_deref());
             let h = r.headers_mut();
-            let ct = entry
-                .content_type
-                .as_deref()
-                .and_then(|c| HeaderValue::from_str(c).ok())
-                .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-            h.insert(CONTENT_TYPE, ct);
             h.insert(
                 AGE,
                 HeaderValue::from(now.saturating_sub(entry.stored_at_ms) / 1000),

@@ -104,15 +104,8 @@ pub fn get(
         }
     }
     let len = value.payload.len();
-    let mut r = response::empty(200);
-    *r.body_mut() = response::full(value.payload);
+    let mut r = response::value(value.payload, value.content_type.as_deref());
     let h = r.headers_mut();
-    let ct = value
-        .content_type
-        .as_deref()
-        .and_then(|c| HeaderValue::from_str(c).ok())
-        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    h.insert(CONTENT_TYPE, ct);
     h.insert(ETAG, tag);
     if let Some(t) = value.expires_at_ms {
         h.insert(X_EXPIRES_AT, HeaderValue::from(t));

@@ -32,6 +32,17 @@ pub fn json(code: u16, value: &serde_json::Value) -> Resp {
     r
 }
 
+/// A 200 response carrying a stored value with its content type (default
+/// `application/octet-stream`).
+pub fn value(bytes: impl Into<Bytes>, content_type: Option<&str>) -> Resp {
+    let mut r = Response::new(full(bytes));
+    let ct = content_type
+        .and_then(|c| HeaderValue::from_str(c).ok())
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    r.headers_mut().insert(CONTENT_TYPE, ct);
+    r
+}
+
 /// A response with no body.
 pub fn empty(code: u16) -> Resp {
     let mut r = Response::new(empty_body());
