@@ -488,7 +488,7 @@ async fn events_suite(o: &Opts, rows: &mut Vec<Row>) {
             Err(e) => rows.push(unavailable("events-append", "redis XADD", &e)),
         }
     }
-    if wanted(o, "events-range") {
+    if wanted(o, "events-range-1h") {
         events_range(o, rows).await;
     }
     if wanted(o, "events-retention") {
