@@ -499,6 +499,24 @@ async fn events_suite(o: &Opts, rows: &mut Vec<Row>) {
     }
 }
 
+/// Pushes a range row with its p99 as a multiple of the 1M stream's.
+fn push_vs_small(
+    rows: &mut Vec<Row>,
+    workload: &str,
+    system: &str,
+    out: Outcome,
+    note: &str,
+    small_p99: f64,
+) {
+    let p99 = out.p(0.99);
+    rows.push(row(workload, system, out, note));
+    if small_p99 > 0.0 {
+        if let Some(r) = rows.last_mut() {
+            r.ratio = Some((p99 / small_p99, "p99 vs the 1M stream".into()));
+        }
+    }
+}
+
 /// Lets the kernel write back what a load left dirty, so range latency is measured on a quiet
 /// disk rather than against gigabytes of writeback.
 async fn settle() {
@@ -614,9 +632,8 @@ async fn events_range(o: &Opts, rows: &mut Vec<Row>) {
     }
     drop(sb);
     if let Some(cold) = last_cold {
-        let p99 = cold.p(0.99);
-        let i = rows.len();
-        rows.push(row(
+        push_vs_small(
+            rows,
             "events-range-1h",
             &format!(
                 "shardbox, {}M events / year, right after the load",
@@ -624,23 +641,18 @@ async fn events_range(o: &Opts, rows: &mut Vec<Row>) {
             ),
             cold,
             "cold: part of the file not yet in the page cache",
-        ));
-        if small_p99 > 0.0 {
-            rows[i].ratio = Some((p99 / small_p99, "p99 vs the 1M stream".into()));
-        }
+            small_p99,
+        );
     }
     if let Some(out) = last {
-        let p99 = out.p(0.99);
-        let i = rows.len();
-        rows.push(row(
+        push_vs_small(
+            rows,
             "events-range-1h",
             &format!("shardbox, {}M events / year", large / 1_000_000),
             out,
             "first 100 events of a random 1 h window; page cache warm",
-        ));
-        if small_p99 > 0.0 {
-            rows[i].ratio = Some((p99 / small_p99, "p99 vs the 1M stream".into()));
-        }
+            small_p99,
+        );
     }
     let mut redis_point = None;
     match peers::redis(o.install) {
@@ -795,17 +807,14 @@ async fn events_range_store(o: &Opts, rows: &mut Vec<Row>) {
     }
     store.close();
     if let Some(out) = last {
-        let p99 = out.p(0.99);
-        let i = rows.len();
-        rows.push(row(
+        push_vs_small(
+            rows,
             "events-range-store",
             &format!("in-process range(), {}M events / year", large / 1_000_000),
             out,
             "same queries; page cache warm",
-        ));
-        if small_p99 > 0.0 {
-            rows[i].ratio = Some((p99 / small_p99, "p99 vs the 1M stream".into()));
-        }
+            small_p99,
+        );
     }
 }
 
