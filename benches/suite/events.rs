@@ -1,8 +1,7 @@
 //! Event workloads: `events-append` (batched appends vs Redis XADD, both fsync'd), and
 //! `events-range-1h` (one-hour windows as the stream grows, vs Redis XRANGE), plus the SVG plot.
 
-use crate::loadgen::{resp_command, Conn, Outcome};
-use hdrhistogram::Histogram;
+use crate::loadgen::{collect, hist, resp_command, Conn, Outcome};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use xxhash_rust::xxh3::xxh3_64;
@@ -10,10 +9,6 @@ use xxhash_rust::xxh3::xxh3_64;
 pub const YEAR_MS: u64 = 365 * 86_400_000;
 pub const HOUR_MS: u64 = 3_600_000;
 const EVENT_DATA: &str = "\"pppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp\"";
-
-fn hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram")
-}
 
 fn ndjson(n: usize, ts: impl Fn(usize) -> Option<u64>) -> Vec<u8> {
     let mut out = String::with_capacity(n * 240);
@@ -96,27 +91,6 @@ pub async fn append(
         }));
     }
     collect(tasks, t0).await
-}
-
-async fn collect(
-    tasks: Vec<tokio::task::JoinHandle<(Histogram<u64>, u64, u64)>>,
-    t0: Instant,
-) -> Outcome {
-    let mut total = hist();
-    let (mut ops, mut errors) = (0, 0);
-    for t in tasks {
-        if let Ok((h, o, e)) = t.await {
-            let _ = total.add(&h);
-            ops += o;
-            errors += e;
-        }
-    }
-    Outcome {
-        ops,
-        errors,
-        elapsed: t0.elapsed(),
-        hist: total,
-    }
 }
 
 /// Loads events `[from, to)` of a sequence spaced `spacing_ms` apart starting at `start_ms`, in

@@ -71,7 +71,7 @@ where
     for conn in 0..connections {
         let next_op = next_op.clone();
         tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+            let mut hist = hist();
             let (mut ops, mut errors) = (0u64, 0u64);
             let Ok(mut c) = Conn::connect(addr).await else {
                 return (hist, 0, 1);
@@ -99,7 +99,20 @@ where
             (hist, ops, errors)
         }));
     }
-    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    collect(tasks, started).await
+}
+
+/// A latency histogram in microseconds (1 µs – 60 s).
+pub fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram")
+}
+
+/// Merges the (histogram, ops, errors) of each connection task into one outcome.
+pub async fn collect(
+    tasks: Vec<tokio::task::JoinHandle<(Histogram<u64>, u64, u64)>>,
+    started: Instant,
+) -> Outcome {
+    let mut total = hist();
     let (mut ops, mut errors) = (0, 0);
     for t in tasks {
         if let Ok((h, o, e)) = t.await {

@@ -742,7 +742,7 @@ async fn events_range_store(o: &Opts, rows: &mut Vec<Row>) {
     let measure = |stream: &'static str, span: u64| {
         let ev = ev.clone();
         tokio::task::spawn_blocking(move || {
-            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+            let mut h = loadgen::hist();
             let t0 = Instant::now();
             let n = 20_000u64;
             for q in 0..n {

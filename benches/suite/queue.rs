@@ -3,8 +3,7 @@
 //! shardbox, beanstalkd (binlog fsync on every write) and a Redis list queue
 //! (LPUSH + BLMOVE + LREM, appendfsync always).
 
-use crate::loadgen::{resp_command, Conn, Outcome};
-use hdrhistogram::Histogram;
+use crate::loadgen::{collect, hist, resp_command, Conn, Outcome};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -184,10 +183,6 @@ impl Client {
     }
 }
 
-fn hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram")
-}
-
 /// `queue-cycle`: `producers` enqueue and `workers` claim+ack in closed loops for `duration`.
 /// Throughput counts completed cycles (acks); latency is per request.
 pub async fn cycle(
@@ -237,21 +232,7 @@ pub async fn cycle(
             (h, done, errors)
         }));
     }
-    let mut total = hist();
-    let (mut ops, mut errors) = (0, 0);
-    for t in tasks {
-        if let Ok((h, d, e)) = t.await {
-            let _ = total.add(&h);
-            ops += d;
-            errors += e;
-        }
-    }
-    Outcome {
-        ops,
-        errors,
-        elapsed: t0.elapsed(),
-        hist: total,
-    }
+    collect(tasks, t0).await
 }
 
 /// `queue-latency`: one producer enqueues every `gap`; `workers` wait in long polls. Records the

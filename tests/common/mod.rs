@@ -64,6 +64,23 @@ impl Client {
         Client { sender, addr }
     }
 
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Request<Full<Bytes>> {
+        let mut req = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).expect("method"))
+            .uri(path)
+            .header("host", self.addr.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(Full::new(body)).expect("request")
+    }
+
     pub async fn send(
         &mut self,
         method: &str,
@@ -83,14 +100,7 @@ impl Client {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Result<Resp, hyper::Error> {
-        let mut req = Request::builder()
-            .method(Method::from_bytes(method.as_bytes()).expect("method"))
-            .uri(path)
-            .header("host", self.addr.to_string());
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req.body(Full::new(body.into())).expect("request");
+        let req = self.request(method, path, headers, body.into());
         self.sender.ready().await?;
         let resp = self.sender.send_request(req).await?;
         let status = resp.status().as_u16();
@@ -110,14 +120,7 @@ impl Client {
         path: &str,
         headers: &[(&str, &str)],
     ) -> hyper::Response<hyper::body::Incoming> {
-        let mut req = Request::builder()
-            .method(Method::from_bytes(method.as_bytes()).expect("method"))
-            .uri(path)
-            .header("host", self.addr.to_string());
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req.body(Full::new(Bytes::new())).expect("request");
+        let req = self.request(method, path, headers, Bytes::new());
         self.sender.ready().await.expect("ready");
         self.sender.send_request(req).await.expect("response")
     }
