@@ -593,12 +593,40 @@ async fn wait_times_out_when_nobody_fills() {
     let mut c = s.client().await;
     let r = c.get("/v1/cache/w/k").await;
     assert!(lease(&r).is_some());
-    let started = std::time::Instant::now();
     let r = c.get("/v1/cache/w/k?wait=300ms").await;
-    assert!(started.elapsed() >= Duration::from_millis(250));
     assert_eq!(r.status, 404);
     assert_eq!(lease(&r).as_deref(), Some("pending"));
     let st = c.get("/v1/cache/w:stats").await.json();
     assert_eq!(st["counters"]["waits_timed_out"], 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_lease_table_answers_misses_without_a_lease_until_one_expires() {
+    let s = TestServer::start_with(|c| {
+        c.cache_xfetch_beta = 0.0;
+        c.cache_fill_leases_max = 2;
+    })
+    .await;
+    let mut c = s.client().await;
+    assert!(lease(&c.get("/v1/cache/l/a").await).is_some());
+    s.clock.advance_ms(5 * S);
+    assert!(lease(&c.get("/v1/cache/l/b").await).is_some());
+    // Full: a miss is still answered (fill with a plain PUT), but without a lease.
+    let r = c.get("/v1/cache/l/c").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(lease(&r), None);
+    assert_eq!(lease(&c.get("/v1/cache/l/d").await), None);
+    // a's lease (granted at 0 s, 10 s long) has expired at 11 s: its slot is reclaimed.
+    s.clock.advance_ms(6 * S);
+    let t = lease(&c.get("/v1/cache/l/c").await).expect("a lease once one expired");
+    assert_ne!(t, "pending");
+    assert_eq!(
+        lease(&c.get("/v1/cache/l/d").await),
+        None,
+        "b's lease is still live"
+    );
+    let st = c.get("/v1/cache:stats").await.json();
+    assert_eq!(st["fill_leases"], 2);
     s.stop().await;
 }

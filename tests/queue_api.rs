@@ -397,20 +397,15 @@ async fn long_poll_claim_wakes_on_enqueue() {
     let addr = s.addr;
     let waiter = tokio::spawn(async move {
         let mut c = Client::connect(addr).await;
-        let started = std::time::Instant::now();
-        let jobs = claim(&mut c, "lp", json!({"wait": "30s"})).await;
-        (jobs, started.elapsed())
+        claim(&mut c, "lp", json!({"wait": "30s"})).await
     });
     // Let the claim park, then enqueue.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let mut c = s.client().await;
     enqueue(&mut c, "lp", json!({"payload": "wake"})).await;
-    let (jobs, took) = waiter.await.unwrap();
+    // Woken by the enqueue: a claim that slept its whole wait would come back empty.
+    let jobs = waiter.await.unwrap();
     assert_eq!(jobs.len(), 1, "the waiting claim got the job");
-    assert!(
-        took < std::time::Duration::from_secs(30),
-        "it woke before its wait ended"
-    );
     // An empty queue answers empty once the wait is over.
     let jobs = claim(&mut c, "lp", json!({"wait": "100ms"})).await;
     assert!(jobs.is_empty());

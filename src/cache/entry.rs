@@ -98,8 +98,10 @@ fn read_string(r: &mut impl Read, len: usize) -> foyer::Result<String> {
 /// value: u32 len + bytes.
 impl foyer::Code for Entry {
     fn encode(&self, w: &mut impl Write) -> foyer::Result<()> {
-        let mut out = Vec::with_capacity(self.encoded_len());
-        out.push(ENTRY_VERSION);
+        // Header fields into one small buffer, the value straight to the writer: no
+        // copy of the value per disk write.
+        let mut head = Vec::with_capacity(self.encoded_len() - self.value.len());
+        head.push(ENTRY_VERSION);
         for v in [
             self.stored_at_ms,
             self.expires_at_ms,
@@ -108,23 +110,23 @@ impl foyer::Code for Entry {
             self.ns_generation,
             self.fill_ms,
         ] {
-            out.extend_from_slice(&v.to_le_bytes());
+            head.extend_from_slice(&v.to_le_bytes());
         }
         let flags = u8::from(self.refresh_failed) | (u8::from(self.content_type.is_some()) << 1);
-        out.push(flags);
+        head.push(flags);
         if let Some(ct) = &self.content_type {
-            out.extend_from_slice(&(ct.len() as u16).to_le_bytes());
-            out.extend_from_slice(ct.as_bytes());
+            head.extend_from_slice(&(ct.len() as u16).to_le_bytes());
+            head.extend_from_slice(ct.as_bytes());
         }
-        out.extend_from_slice(&(self.tags.len() as u16).to_le_bytes());
+        head.extend_from_slice(&(self.tags.len() as u16).to_le_bytes());
         for (tag, generation) in &self.tags {
-            out.extend_from_slice(&(tag.len() as u16).to_le_bytes());
-            out.extend_from_slice(tag.as_bytes());
-            out.extend_from_slice(&generation.to_le_bytes());
+            head.extend_from_slice(&(tag.len() as u16).to_le_bytes());
+            head.extend_from_slice(tag.as_bytes());
+            head.extend_from_slice(&generation.to_le_bytes());
         }
-        out.extend_from_slice(&(self.value.len() as u32).to_le_bytes());
-        out.extend_from_slice(&self.value);
-        w.write_all(&out).map_err(foyer::Error::io_error)
+        head.extend_from_slice(&(self.value.len() as u32).to_le_bytes());
+        w.write_all(&head).map_err(foyer::Error::io_error)?;
+        w.write_all(&self.value).map_err(foyer::Error::io_error)
     }
 
     fn decode(r: &mut impl Read) -> foyer::Result<Self> {

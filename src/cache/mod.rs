@@ -98,11 +98,8 @@ impl Settings {
             waiters_max: c.cache_waiters_max,
             xfetch_beta: c.cache_xfetch_beta,
             tags_max: c.cache_tags_max,
-            disk_io_uring: match c.cache_disk_io.as_str() {
-                "psync" => false,
-                "uring" => true,
-                other => return Err(format!("cache_disk_io `{other}`: expected psync or uring")),
-            },
+            // `Config::validate` allows only psync and uring.
+            disk_io_uring: c.cache_disk_io == "uring",
         })
     }
 }
@@ -234,6 +231,8 @@ pub struct Cache {
     engine: Arc<Engine>,
     generations: gens::Generations,
     leases: Mutex<HashMap<Vec<u8>, FillLease>>,
+    /// While the lease table is full, no lease expires before this time (ms).
+    leases_swept_until: AtomicU64,
     waiters: AtomicUsize,
     settings: Settings,
     global: Counters,
@@ -323,6 +322,7 @@ impl Cache {
             engine,
             generations,
             leases: Mutex::new(HashMap::new()),
+            leases_swept_until: AtomicU64::new(0),
             waiters: AtomicUsize::new(0),
             settings,
             global: Counters::default(),
@@ -408,14 +408,23 @@ impl Cache {
             leases.remove(key);
         }
         if leases.len() >= self.settings.fill_leases_max {
+            // Sweep the full table only once its earliest lease can have expired, so a miss
+            // under overload costs O(1), not a walk of `fill_leases_max` entries.
+            if now < self.leases_swept_until.load(Ordering::Relaxed) {
+                return Some(Lease::Unavailable);
+            }
+            let mut earliest = u64::MAX;
             leases.retain(|_, l| {
                 let live = l.expires_at_ms > now;
-                if !live {
+                if live {
+                    earliest = earliest.min(l.expires_at_ms);
+                } else {
                     l.done.notify_waiters();
                 }
                 live
             });
             if leases.len() >= self.settings.fill_leases_max {
+                self.leases_swept_until.store(earliest, Ordering::Relaxed);
                 return Some(Lease::Unavailable);
             }
         }
@@ -461,12 +470,13 @@ impl Cache {
         Some(l.granted_at_ms)
     }
 
-    /// Checks that `token` is the live lease of `key`.
-    fn lease_is_live(&self, key: &[u8], token: &str, now: u64) -> bool {
+    /// When `token` is the live lease of `key`, the time it was granted.
+    fn live_lease(&self, key: &[u8], token: &str, now: u64) -> Option<u64> {
         let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
         leases
             .get(key)
-            .is_some_and(|l| l.token == token && l.expires_at_ms > now)
+            .filter(|l| l.token == token && l.expires_at_ms > now)
+            .map(|l| l.granted_at_ms)
     }
 
     /// Reads `ns`/`key`. On a miss or a stale hit one caller per key gets the fill lease. With
@@ -707,18 +717,18 @@ impl Cache {
         }
         let k = cache_key(ns, key);
         let now = self.now();
-        if let Some(token) = &opts.fill_token {
-            if !self.lease_is_live(&k, token, now) {
-                return Err(CacheError::LeaseInvalid(
+        let granted = match &opts.fill_token {
+            None => None,
+            Some(token) => Some(self.live_lease(&k, token, now).ok_or_else(|| {
+                CacheError::LeaseInvalid(
                     "this fill lease is no longer valid (it expired, the key was deleted, or another write landed first); the value was not stored".into(),
-                ));
-            }
-        }
+                )
+            })?),
+        };
         let mut tags = opts.tags;
         tags.sort();
         tags.dedup();
         let (ns_generation, tags) = self.generations.snapshot(ns, &tags);
-        let granted = self.peek_lease_grant(&k, opts.fill_token.as_deref());
         let expires_at_ms = now.saturating_add(ttl_ms);
         let entry = Entry {
             value,
@@ -738,15 +748,6 @@ impl Cache {
             self.count(ns, |c| &c.fills_completed);
         }
         Ok(())
-    }
-
-    fn peek_lease_grant(&self, key: &[u8], token: Option<&str>) -> Option<u64> {
-        let token = token?;
-        let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        leases
-            .get(key)
-            .filter(|l| l.token == token)
-            .map(|l| l.granted_at_ms)
     }
 
     /// Removes `ns`/`key` from both tiers and cancels its pending fill.
@@ -770,7 +771,7 @@ impl Cache {
         crate::kv::validate_key(key).map_err(invalid)?;
         let k = cache_key(ns, key);
         let now = self.now();
-        if !self.lease_is_live(&k, token, now) {
+        if self.live_lease(&k, token, now).is_none() {
             return Err(CacheError::LeaseInvalid(
                 "this fill lease is no longer valid (it expired, the key was deleted, or a value landed)".into(),
             ));

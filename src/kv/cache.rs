@@ -40,17 +40,6 @@ pub struct Stamp {
     epoch: u64,
 }
 
-impl Stamp {
-    /// A stamp for when there is no cache.
-    pub fn none() -> Self {
-        Stamp {
-            stripe: 0,
-            stamp: 0,
-            epoch: 0,
-        }
-    }
-}
-
 fn stripe(sk: &[u8]) -> usize {
     (xxhash_rust::xxh3::xxh3_64(sk) as usize) % STRIPES
 }
@@ -77,30 +66,27 @@ impl ReadCache {
         }
     }
 
-    /// A cached, still valid, unexpired value.
-    pub fn get(&self, sk: &[u8], now_ms: u64) -> Option<Value> {
-        let e = self.cache.get(sk)?;
+    /// A cached, still valid, unexpired value; on a miss, the stamp to fill with. The stamp is
+    /// taken here, so before the caller opens the read transaction that produces the fill.
+    pub fn lookup(&self, sk: &[u8], now_ms: u64) -> Result<Value, Stamp> {
         let i = stripe(sk);
-        let valid = e.stamp == self.stripes[i].load(Ordering::SeqCst)
-            && e.epoch == self.epoch.load(Ordering::SeqCst)
-            && e.value.expires_at_ms.is_none_or(|t| t > now_ms);
-        if valid {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            Some(e.value.clone())
-        } else {
-            None
+        let stamp = self.stripes[i].load(Ordering::SeqCst);
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        if let Some(e) = self.cache.get(sk) {
+            if e.stamp == stamp
+                && e.epoch == epoch
+                && e.value.expires_at_ms.is_none_or(|t| t > now_ms)
+            {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(e.value.clone());
+            }
         }
-    }
-
-    /// Taken (on a miss) before the read transaction that produces the value to fill.
-    pub fn stamp(&self, sk: &[u8]) -> Stamp {
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let i = stripe(sk);
-        Stamp {
+        Err(Stamp {
             stripe: i,
-            stamp: self.stripes[i].load(Ordering::SeqCst),
-            epoch: self.epoch.load(Ordering::SeqCst),
-        }
+            stamp,
+            epoch,
+        })
     }
 
     /// Fills after a store read.
@@ -167,31 +153,38 @@ mod tests {
         }
     }
 
+    fn stamp_of(c: &ReadCache, k: &[u8]) -> Stamp {
+        match c.lookup(k, 0) {
+            Err(stamp) => stamp,
+            Ok(_) => panic!("expected a miss"),
+        }
+    }
+
     #[test]
     fn a_fill_from_before_an_invalidation_is_never_served() {
         let c = ReadCache::new(1 << 20, foyer::S3FifoConfig::default().into());
         // Reader takes its stamp and reads revision 1; the writer commits revision 2 and
         // invalidates; only then does the reader fill.
-        let stamp = c.stamp(b"k");
+        let stamp = stamp_of(&c, b"k");
         c.invalidate(b"k");
         c.fill(b"k", &value(1), stamp);
-        assert_eq!(c.get(b"k", 0), None);
+        assert_eq!(c.lookup(b"k", 0).ok(), None);
         // The same, with the fill landing before the invalidation.
-        let stamp = c.stamp(b"k");
+        let stamp = stamp_of(&c, b"k");
         c.fill(b"k", &value(2), stamp);
-        assert_eq!(c.get(b"k", 0).map(|v| v.revision), Some(2));
+        assert_eq!(c.lookup(b"k", 0).ok().map(|v| v.revision), Some(2));
         c.invalidate(b"k");
-        assert_eq!(c.get(b"k", 0), None);
+        assert_eq!(c.lookup(b"k", 0).ok(), None);
         // A prefix delete invalidates everything filled before it.
-        let stamp = c.stamp(b"j");
+        let stamp = stamp_of(&c, b"j");
         c.fill(b"j", &value(3), stamp);
         c.invalidate_all();
-        assert_eq!(c.get(b"j", 0), None);
+        assert_eq!(c.lookup(b"j", 0).ok(), None);
         // Expired values are not served.
         let mut v = value(4);
         v.expires_at_ms = Some(10);
-        c.fill(b"e", &v, c.stamp(b"e"));
-        assert!(c.get(b"e", 9).is_some());
-        assert!(c.get(b"e", 10).is_none());
+        c.fill(b"e", &v, stamp_of(&c, b"e"));
+        assert!(c.lookup(b"e", 9).is_ok());
+        assert!(c.lookup(b"e", 10).is_err());
     }
 }

@@ -222,13 +222,9 @@ impl Kv {
         validate_key(key)?;
         let sk = stored_key(ns, key);
         let now = self.engine.now_ms();
-        let stamp = match &self.cache {
-            Some(c) => {
-                if let Some(v) = c.get(&sk, now) {
-                    return Ok(Some(v));
-                }
-                Some(c.stamp(&sk))
-            }
+        let stamp = match self.cache.as_ref().map(|c| c.lookup(&sk, now)) {
+            Some(Ok(v)) => return Ok(Some(v)),
+            Some(Err(stamp)) => Some(stamp),
             None => None,
         };
         let shard = self.engine.shard_for(&sk);
@@ -266,12 +262,10 @@ impl Kv {
             // Cached values first; stamps for the rest are taken before the read transaction.
             let mut rest = Vec::with_capacity(items.len());
             for (i, sk) in items {
-                match &self.cache {
-                    Some(c) => match c.get(&sk, now) {
-                        Some(v) => out[i] = Some(v),
-                        None => rest.push((i, c.stamp(&sk), sk)),
-                    },
-                    None => rest.push((i, cache::Stamp::none(), sk)),
+                match self.cache.as_ref().map(|c| c.lookup(&sk, now)) {
+                    Some(Ok(v)) => out[i] = Some(v),
+                    Some(Err(stamp)) => rest.push((i, Some(stamp), sk)),
+                    None => rest.push((i, None, sk)),
                 }
             }
             if rest.is_empty() {
@@ -281,7 +275,7 @@ impl Kv {
             let table = txn.open_table(KV).map_err(|e| storage(shard, e))?;
             for (i, stamp, sk) in rest {
                 let v = read_value(&table, shard, &sk, now)?;
-                if let (Some(c), Some(v)) = (&self.cache, &v) {
+                if let (Some(c), Some(stamp), Some(v)) = (&self.cache, stamp, &v) {
                     c.fill(&sk, v, stamp);
                 }
                 out[i] = v;
