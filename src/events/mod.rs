@@ -92,7 +92,7 @@ type EventItem<'a> = Result<
 pub struct Events {
     engine: Arc<Engine>,
     limits: Limits,
-    followers: Mutex<HashMap<String, Arc<Notify>>>,
+    followers: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
     /// Bucket tables opened by range queries (tests check that a range opens only its buckets).
     pub buckets_opened: AtomicU64,
 }
@@ -134,7 +134,7 @@ impl Events {
         Self {
             engine,
             limits,
-            followers: Mutex::new(HashMap::new()),
+            followers: Arc::new(Mutex::new(HashMap::new())),
             buckets_opened: AtomicU64::new(0),
         }
     }
@@ -164,8 +164,10 @@ impl Events {
         map.entry(stream.to_string()).or_default().clone()
     }
 
-    fn wake(&self, stream: &str) {
-        let map = self.followers.lock().unwrap_or_else(|p| p.into_inner());
+    /// Wakes the followers of `stream`: run by the writer after the commit of an append, so
+    /// they are woken even when the appending request goes away before its reply.
+    fn wake(followers: &Mutex<HashMap<String, Arc<Notify>>>, stream: &str) {
+        let map = followers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = map.get(stream) {
             n.notify_waiters();
         }
@@ -205,13 +207,17 @@ impl Events {
             bytes += e.data.len();
         }
         let (name, rules) = (stream.to_string(), self.rules());
+        let followers = self.followers.clone();
         let ids = self
             .engine
             .write(self.shard(stream), bytes, move |ctx| {
-                apply::append(ctx, &name, &events, rules)
+                let ids = apply::append(ctx, &name, &events, rules);
+                if matches!(ids, Ok(Ok(_))) {
+                    ctx.after_commit(move || Self::wake(&followers, &name));
+                }
+                ids
             })
             .await??;
-        self.wake(stream);
         Ok(ids.into_iter().map(|(t, s)| format_id(t, s)).collect())
     }
 
