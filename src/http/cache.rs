@@ -5,12 +5,11 @@
 //! `collapsed` when the answer is another caller's fill this request waited for.
 
 use super::body;
-use super::kv::{json_body, query};
+use super::kv::{duration_param, json_body, query};
 use super::response::{self, Resp};
 use super::ServerState;
 use crate::cache::{Freshness, Lease, Lookup, PurgeTarget, PutOptions};
 use crate::error::ApiError;
-use crate::util::parse_duration_ms;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, AGE, CONTENT_TYPE};
@@ -21,18 +20,6 @@ use std::time::Duration;
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 const X_CACHE_FILL: HeaderName = HeaderName::from_static("x-cache-fill");
 const CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
-
-fn duration_param(
-    q: &std::collections::HashMap<String, String>,
-    name: &str,
-) -> Result<Option<u64>, ApiError> {
-    match q.get(name) {
-        None => Ok(None),
-        Some(t) => parse_duration_ms(t)
-            .map(Some)
-            .map_err(|e| ApiError::bad_request(format!("{name}: {e}"))),
-    }
-}
 
 fn lease_header(lease: &Lease) -> Option<HeaderValue> {
     match lease {

@@ -1,12 +1,12 @@
 //! Event stream handlers: parse the request, call the events domain, render or stream the answer.
 
-use super::kv::{json_body, json_items, query};
+use super::kv::{duration, duration_param, json_body, json_items, query};
 use super::response::{self, Resp};
 use super::ServerState;
 use crate::error::{ApiError, EventError};
 use crate::events::apply::NewEvent;
 use crate::events::{model, parse_bucket, validate_name, EventOut, RangeQuery};
-use crate::util::{parse_duration_ms, parse_time_ms};
+use crate::util::parse_time_ms;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{ACCEPT, CONTENT_TYPE};
@@ -44,7 +44,7 @@ pub async fn put_stream(
     let retention = r
         .retention
         .as_deref()
-        .map(|t| parse_duration_ms(t).map_err(|e| ApiError::bad_request(format!("retention: {e}"))))
+        .map(|t| duration("retention", t))
         .transpose()?;
     let (created, info) = state
         .store
@@ -215,11 +215,7 @@ pub async fn range(
         return follow(state, stream, &q, last_event_id).await;
     }
     let rq = range_query(&q)?;
-    let wait = q
-        .get("wait")
-        .map(|w| parse_duration_ms(w).map_err(|e| ApiError::bad_request(format!("wait: {e}"))))
-        .transpose()?
-        .unwrap_or(0);
+    let wait = duration_param(&q, "wait")?.unwrap_or(0);
     let (mut events, mut more) = run_range(state, stream, rq.clone()).await?;
     if events.is_empty() && wait > 0 {
         // Long poll: wait for the next append (bounded), then look once more.
@@ -399,11 +395,7 @@ pub async fn counts(
     let q = query(req);
     let from = time_param(&q, "from")?.ok_or_else(|| ApiError::bad_request("from is required"))?;
     let to = time_param(&q, "to")?.unwrap_or_else(|| state.store.engine().now_ms());
-    let step = q
-        .get("step")
-        .map(|s| parse_duration_ms(s).map_err(|e| ApiError::bad_request(format!("step: {e}"))))
-        .transpose()?
-        .unwrap_or(3_600_000);
+    let step = duration_param(&q, "step")?.unwrap_or(3_600_000);
     let events = state.store.events().clone();
     let name = stream.to_string();
     let counts = tokio::task::spawn_blocking(move || events.counts(&name, from, to, step))

@@ -19,6 +19,19 @@ use std::time::{Duration, UNIX_EPOCH};
 const X_EXPIRES_AT: HeaderName = HeaderName::from_static("x-expires-at");
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
+/// A duration (`250ms`, `30s`, `5m`, …) in ms; a 400 naming `field` when it does not parse.
+pub(super) fn duration(field: &str, v: &str) -> Result<u64, ApiError> {
+    parse_duration_ms(v).map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
+}
+
+/// The query parameter `name` as a duration in ms, when present.
+pub(super) fn duration_param(
+    q: &HashMap<String, String>,
+    name: &str,
+) -> Result<Option<u64>, ApiError> {
+    q.get(name).map(|v| duration(name, v)).transpose()
+}
+
 pub(super) fn query(req: &Request<Incoming>) -> HashMap<String, String> {
     req.uri()
         .query()
@@ -76,7 +89,7 @@ fn ttl_param(q: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
 }
 
 fn ttl_value(t: &str) -> Result<u64, ApiError> {
-    let ms = parse_duration_ms(t).map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?;
+    let ms = duration("ttl", t)?;
     if ms == 0 {
         return Err(ApiError::bad_request("ttl must be greater than zero"));
     }

@@ -1,13 +1,13 @@
 //! Queue handlers: parse the request, call the queue domain, render the answer.
 
-use super::kv::{json_body, json_items, query};
+use super::kv::{duration, json_body, json_items, query};
 use super::response::{self, Resp};
 use super::ServerState;
 use crate::error::{ApiError, QueueError};
 use crate::queue::apply::Nack;
 use crate::queue::model::{Backoff, Job, QueueConfig, State};
 use crate::queue::{validate_name, NewJob};
-use crate::util::{parse_duration_ms, parse_time_ms};
+use crate::util::parse_time_ms;
 use hyper::body::Incoming;
 use hyper::Request;
 use serde::Deserialize;
@@ -16,10 +16,6 @@ use std::time::Duration;
 
 /// Default dedupe window when a job names a `dedupe_key` but no window.
 const DEDUPE_WINDOW_DEFAULT_MS: u64 = 5 * 60_000;
-
-fn dur(field: &str, v: &str) -> Result<u64, ApiError> {
-    parse_duration_ms(v).map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,14 +31,14 @@ impl BackoffReq {
             base_ms: self
                 .base
                 .as_deref()
-                .map(|v| dur("backoff.base", v))
+                .map(|v| duration("backoff.base", v))
                 .transpose()?
                 .unwrap_or(default.base_ms),
             factor: self.factor.unwrap_or(default.factor),
             max_ms: self
                 .max
                 .as_deref()
-                .map(|v| dur("backoff.max", v))
+                .map(|v| duration("backoff.max", v))
                 .transpose()?
                 .unwrap_or(default.max_ms),
         };
@@ -74,7 +70,7 @@ impl EnqueueReq {
             (Some(_), Some(_)) => {
                 return Err(ApiError::bad_request("give delay or run_at, not both"))
             }
-            (Some(d), None) => Some(now_ms.saturating_add(dur("delay", d)?)),
+            (Some(d), None) => Some(now_ms.saturating_add(duration("delay", d)?)),
             (None, Some(serde_json::Value::Number(n))) => Some(n.as_u64().ok_or_else(|| {
                 ApiError::bad_request("run_at must be ms since the epoch or RFC 3339")
             })?),
@@ -104,7 +100,7 @@ impl EnqueueReq {
             dedupe_window_ms: self
                 .dedupe_window
                 .as_deref()
-                .map(|w| dur("dedupe_window", w))
+                .map(|w| duration("dedupe_window", w))
                 .transpose()?
                 .unwrap_or(DEDUPE_WINDOW_DEFAULT_MS),
         })
@@ -191,13 +187,13 @@ pub async fn claim(state: &ServerState, q: &str, req: Request<Incoming>) -> Resu
     };
     let queues = state.store.queues();
     let lease_ms = match r.lease.as_deref() {
-        Some(l) => dur("lease", l)?,
+        Some(l) => duration("lease", l)?,
         None => queues.default_lease_ms(q)?,
     };
     let wait = Duration::from_millis(
         r.wait
             .as_deref()
-            .map(|w| dur("wait", w))
+            .map(|w| duration("wait", w))
             .transpose()?
             .unwrap_or(0),
     );
@@ -281,7 +277,11 @@ pub async fn job_action(
             only(&["error", "delay", "dead"])?;
             let n = Nack {
                 error: r.error.clone(),
-                delay_ms: r.delay.as_deref().map(|d| dur("delay", d)).transpose()?,
+                delay_ms: r
+                    .delay
+                    .as_deref()
+                    .map(|d| duration("delay", d))
+                    .transpose()?,
                 dead: r.dead.unwrap_or(false),
             };
             queues.nack(q, id, &r.lease_token, n).await?;
@@ -290,7 +290,7 @@ pub async fn job_action(
         _ => {
             only(&["lease"])?;
             let lease = match r.lease.as_deref() {
-                Some(l) => dur("lease", l)?,
+                Some(l) => duration("lease", l)?,
                 None => queues.default_lease_ms(q)?,
             };
             let until = queues.extend(q, id, &r.lease_token, lease).await?;
@@ -440,7 +440,7 @@ pub async fn configure(
         c.max_depth = d;
     }
     if let Some(l) = r.default_lease.as_deref() {
-        c.default_lease_ms = dur("default_lease", l)?;
+        c.default_lease_ms = duration("default_lease", l)?;
         if c.default_lease_ms == 0 || c.default_lease_ms > queues.limits().lease_max_ms {
             return Err(ApiError::bad_request(format!(
                 "default_lease must be between 1 ms and {} ms",
