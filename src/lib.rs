@@ -21,6 +21,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod failpoint;
 pub mod http;
 pub mod kv;
 pub mod metrics;
@@ -156,20 +157,27 @@ impl Store {
         }
     }
 
-    /// Starts the background tasks (TTL sweeper, queue timers) on the current tokio runtime.
+    /// Starts the work that runs by itself — TTL sweeper, queue timers, cron schedules, event
+    /// retention — on the current tokio runtime. [`http::run`] calls it; an embedder that uses
+    /// the store without HTTP calls it once. Abort the handles (or close the store) to stop.
     pub fn start_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        use std::time::Duration;
         vec![
             tokio::spawn(kv::sweep::run(
                 self.engine.clone(),
-                std::time::Duration::from_millis(self.config.sweep_interval_ms),
+                Duration::from_millis(self.config.sweep_interval_ms),
                 self.config.delete_batch_keys_max,
             )),
             tokio::spawn(
                 self.queues
                     .clone()
-                    .run_timers(std::time::Duration::from_millis(
-                        self.config.queue_tick_max_ms,
-                    )),
+                    .run_timers(Duration::from_millis(self.config.queue_tick_max_ms)),
+            ),
+            tokio::spawn(self.queues.clone().run_schedules()),
+            tokio::spawn(
+                self.events
+                    .clone()
+                    .run_retention(Duration::from_millis(self.config.retention_interval_ms)),
             ),
         ]
     }

@@ -157,13 +157,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
             version = env!("CARGO_PKG_VERSION"),
             "shardbox listening"
         );
-        let sweeper = store.start_background();
         shardbox::http::run(listener, store.clone(), shutdown_signal())
             .await
             .map_err(|e| e.to_string())?;
-        for task in sweeper {
-            task.abort();
-        }
         store.close_cache().await;
         let s = store.clone();
         tokio::task::spawn_blocking(move || s.close())

@@ -1,5 +1,16 @@
 //! Small parsers shared by the domains and the HTTP layer.
 
+/// Longest duration accepted from outside (100 years, in ms). Every duration a client sends
+/// (TTLs, delays, leases, retention, waits) is bounded by it at the door, so every time derived
+/// from one (`now + ttl`) stays far inside what the read paths can render (an HTTP date ends at
+/// year 9999).
+pub const DURATION_MS_MAX: u64 = 100 * 365 * 86_400_000 + 25 * 86_400_000;
+
+/// Deepest nesting of a JSON document stored for a client (job and schedule payloads, event
+/// data). Replies embed a stored document two or three levels deep, so 64 keeps every reply
+/// within the 128 levels that serde_json and most client parsers accept by default.
+pub const JSON_DEPTH_MAX: usize = 64;
+
 /// Parses a duration: `30s`, `250ms`, `5m`, `2h`, `7d`, or plain seconds (`30`). Returns ms.
 /// Rejects zero-free garbage, negative numbers and values that overflow.
 pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
@@ -22,9 +33,72 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
             "`{text}` is not a duration: use a whole number with a unit, e.g. 30s, 250ms, 5m, 2h, 7d"
         ));
     }
-    let n: u64 = num.parse().map_err(|_| format!("`{text}` is too large"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("`{text}` is too large"))
+    let too_large = || format!("`{text}` is too large: durations are limited to 100 years");
+    let n: u64 = num.parse().map_err(|_| too_large())?;
+    match n.checked_mul(mult) {
+        Some(ms) if ms <= DURATION_MS_MAX => Ok(ms),
+        _ => Err(too_large()),
+    }
+}
+
+/// The nesting depth of a JSON text (0 for a scalar), counting brackets outside strings. The
+/// text is assumed to be valid JSON (callers parse it first).
+pub fn json_depth(text: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
+    for &b in text {
+        if in_str {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Checks a JSON document a domain is about to store (job and schedule payloads, event data):
+/// valid JSON, at most [`JSON_DEPTH_MAX`] deep. The same rule the replies rely on to embed it
+/// verbatim; the error names `what`.
+pub fn check_stored_json(what: &str, text: &[u8]) -> Result<(), String> {
+    // IgnoredAny walks the document without recursion, so any depth is safe to validate.
+    serde_json::from_slice::<serde::de::IgnoredAny>(text)
+        .map_err(|e| format!("{what} is not valid JSON: {e}"))?;
+    check_json_depth(what, text)
+}
+
+/// Checks that a stored JSON document stays within [`JSON_DEPTH_MAX`]; the error names `what`.
+pub fn check_json_depth(what: &str, text: &[u8]) -> Result<(), String> {
+    let depth = json_depth(text);
+    if depth > JSON_DEPTH_MAX {
+        return Err(format!(
+            "{what} is nested {depth} levels deep; at most {JSON_DEPTH_MAX} are accepted"
+        ));
+    }
+    Ok(())
+}
+
+/// An HTTP date (RFC 9110 IMF-fixdate) for `ms` since the epoch, or `None` past year 9999,
+/// which the format cannot express. Never panics, whatever is stored.
+pub fn http_date(ms: u64) -> Option<String> {
+    /// 10000-01-01T00:00:00Z in ms.
+    const YEAR_10000_MS: u64 = 253_402_300_800_000;
+    if ms >= YEAR_10000_MS {
+        return None;
+    }
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    Some(httpdate::fmt_http_date(when))
 }
 
 /// Parses a time given as milliseconds since the epoch (`1750000000000`) or RFC 3339
@@ -136,8 +210,43 @@ mod tests {
         assert_eq!(parse_duration_ms("5m"), Ok(300_000));
         assert_eq!(parse_duration_ms("2h"), Ok(7_200_000));
         assert_eq!(parse_duration_ms("1d"), Ok(86_400_000));
-        for bad in ["", "s", "-1s", "1.5s", "abc", "1w", "99999999999999999d"] {
+        for bad in [
+            "",
+            "s",
+            "-1s",
+            "1.5s",
+            "abc",
+            "1w",
+            "99999999999999999d",
+            "3000000d",
+        ] {
             assert!(parse_duration_ms(bad).is_err(), "{bad}");
         }
+        assert_eq!(parse_duration_ms("36500d"), Ok(36_500 * 86_400_000));
+    }
+
+    #[test]
+    fn json_depths() {
+        assert_eq!(json_depth(b"1"), 0);
+        assert_eq!(json_depth(br#"{"a":[1,{"b":"]]]{{"}]}"#), 3);
+        assert_eq!(json_depth(br#"["\"]["]"#), 1);
+        assert_eq!(json_depth(br#"["\\",[]]"#), 2);
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        assert!(check_json_depth("payload", deep.as_bytes()).is_err());
+        let ok = format!("{}{}", "[".repeat(64), "]".repeat(64));
+        assert!(check_json_depth("payload", ok.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn http_dates_never_panic() {
+        assert_eq!(
+            http_date(0).as_deref(),
+            Some("Thu, 01 Jan 1970 00:00:00 GMT")
+        );
+        assert!(http_date(253_402_300_799_000).is_some());
+        assert_eq!(http_date(253_402_300_800_000), None);
+        assert_eq!(http_date(u64::MAX), None);
+        // The furthest expiry a TTL can produce from any plausible clock still renders.
+        assert!(http_date(4_102_444_800_000 + DURATION_MS_MAX).is_some());
     }
 }

@@ -35,6 +35,9 @@ pub struct Engine {
     shards: Vec<Shard>,
     clock: Arc<dyn Clock>,
     closing: AtomicBool,
+    /// Becomes true when shutdown starts (before writes stop), so long-polls and followers
+    /// answer at once instead of holding up the drain.
+    stopping: tokio::sync::watch::Sender<bool>,
     _lock: DirLock,
 }
 
@@ -98,6 +101,7 @@ impl Engine {
             shards,
             clock,
             closing: AtomicBool::new(false),
+            stopping: tokio::sync::watch::Sender::new(false),
             _lock: lock,
         })
     }
@@ -212,9 +216,24 @@ impl Engine {
         self.shards[shard].try_submit(op)
     }
 
+    /// Starts shutdown: every [`Engine::stopping`] future resolves, so parked long-polls answer
+    /// with what they have. Writes keep working until [`Engine::close`]. Idempotent.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once shutdown has started (at once if it already has).
+    pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stopping.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
     /// Stops accepting writes, lets every writer commit what it holds (and fsync in periodic
     /// mode), and waits for the writer threads. Idempotent.
     pub fn close(&self) {
+        self.begin_shutdown();
         if self.closing.swap(true, Ordering::AcqRel) {
             return;
         }

@@ -196,6 +196,8 @@ impl Events {
                     self.limits.event_bytes_max
                 )));
             }
+            crate::util::check_stored_json(&format!("event {i}: data"), &e.data)
+                .map_err(EventError::Invalid)?;
             if e.kind
                 .as_ref()
                 .is_some_and(|k| k.is_empty() || k.len() > 64)

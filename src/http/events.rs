@@ -232,8 +232,13 @@ pub async fn range(
         notified.as_mut().enable();
         (events, more) = run_range(state, stream, rq.clone()).await?;
         if events.is_empty() {
-            let _ = tokio::time::timeout(Duration::from_millis(wait), notified).await;
-            (events, more) = run_range(state, stream, rq).await?;
+            // Shutdown answers a parked poll at once, with what there is (nothing).
+            tokio::select! {
+                _ = tokio::time::timeout(Duration::from_millis(wait), notified) => {
+                    (events, more) = run_range(state, stream, rq).await?;
+                }
+                _ = state.store.engine().stopping() => {}
+            }
         }
     }
     let next = if more {
@@ -319,7 +324,7 @@ async fn follow(
     let kind = q.get("type").cloned();
     let (resp, tx) = response::channel(200, "text/event-stream", 16);
     let name = stream.to_string();
-    let mut stopping = state.stopping.clone();
+    let engine = state.store.engine().clone();
     tokio::spawn(async move {
         let _permit = permit;
         let notify = events.follower(&name);
@@ -368,7 +373,7 @@ async fn follow(
                 continue;
             }
             tokio::select! {
-                _ = async { let _ = stopping.wait_for(|s| *s).await.map(|_| ()); } => return,
+                _ = engine.stopping() => return,
                 tick = tokio::time::timeout(HEARTBEAT, notified) => {
                     if tick.is_err() && tx.send(Bytes::from_static(b": heartbeat\n\n")).await.is_err() {
                         return;

@@ -58,6 +58,29 @@ pub fn metrics(state: &ServerState) -> Resp {
     if let Some(c) = state.store.kv().read_cache() {
         crate::metrics::render_kv_cache(&mut text, c);
     }
+    let followers = state.store.config().followers_max
+        - state
+            .followers
+            .available_permits()
+            .min(state.store.config().followers_max);
+    for (name, help, v) in [
+        (
+            "shardbox_queue_claims_waiting",
+            "Claims parked in a long poll.",
+            state.store.queues().claims_waiting(),
+        ),
+        (
+            "shardbox_stream_followers_open",
+            "Event stream followers (SSE) and long polls open.",
+            followers,
+        ),
+    ] {
+        use std::fmt::Write;
+        let _ = writeln!(
+            text,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}"
+        );
+    }
     let mut r = response::empty(200);
     *r.body_mut() = response::full(text);
     r.headers_mut().insert(

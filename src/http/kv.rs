@@ -14,7 +14,7 @@ use hyper::header::{
 use hyper::{HeaderMap, Request};
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 const X_EXPIRES_AT: HeaderName = HeaderName::from_static("x-expires-at");
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -122,8 +122,7 @@ pub fn get(
     h.insert(ETAG, tag);
     if let Some(t) = value.expires_at_ms {
         h.insert(X_EXPIRES_AT, HeaderValue::from(t));
-        let when = UNIX_EPOCH + Duration::from_millis(t);
-        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(when)) {
+        if let Some(v) = crate::util::http_date(t).and_then(|d| HeaderValue::from_str(&d).ok()) {
             h.insert(EXPIRES, v);
         }
     }

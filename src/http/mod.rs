@@ -33,8 +33,23 @@ pub struct ServerState {
     pub open_connections: AtomicUsize,
     /// Open SSE and long-poll followers of event streams (`followers_max`).
     pub followers: Arc<Semaphore>,
-    /// Becomes true when shutdown starts, so endless responses (SSE) end.
-    pub stopping: watch::Receiver<bool>,
+}
+
+/// Counts an open connection for as long as it lives; dropping it (normally or while
+/// unwinding) gives the count back.
+struct OpenConnection(Arc<ServerState>);
+
+impl OpenConnection {
+    fn new(state: Arc<ServerState>) -> Self {
+        state.open_connections.fetch_add(1, Ordering::Relaxed);
+        Self(state)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 92\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"connections_max reached; retry shortly\"}}";
@@ -64,8 +79,10 @@ pub async fn run(
         store,
         open_connections: AtomicUsize::new(0),
         followers: Arc::new(Semaphore::new(cfg.followers_max)),
-        stopping: stop_rx.clone(),
     });
+    // Work that runs by itself (TTL sweep, queue timers, cron, retention) runs whenever the store
+    // is served: started here, so no way of serving can forget it.
+    let background = state.store.start_background();
     let conn_limit = Arc::new(Semaphore::new(cfg.connections_max));
     let refusals = Arc::new(Semaphore::new(REFUSALS_MAX));
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -104,7 +121,7 @@ pub async fn run(
         let mut stop_rx = stop_rx.clone();
         let done_tx = done_tx.clone();
         tokio::spawn(async move {
-            state.open_connections.fetch_add(1, Ordering::Relaxed);
+            let _open = OpenConnection::new(state.clone());
             let st = state.clone();
             let service = service_fn(move |req| router::handle(st.clone(), req));
             let conn = builder.serve_connection(TokioIo::new(stream), service);
@@ -116,13 +133,14 @@ pub async fn run(
                     let _ = conn.as_mut().await;
                 }
             }
-            state.open_connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
             drop(done_tx);
         });
     }
     drop(listener);
     tracing::info!("shutting down: no longer accepting connections");
+    // Parked long-polls answer now; then connections close once their requests are done.
+    state.store.engine().begin_shutdown();
     let _ = stop_tx.send(true);
     drop(done_tx);
     let grace = Duration::from_millis(cfg.shutdown_grace_ms);
@@ -131,6 +149,9 @@ pub async fn run(
             open = state.open_connections.load(Ordering::Relaxed),
             "shutdown grace period over; dropping remaining connections"
         );
+    }
+    for task in background {
+        task.abort();
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use crate::queue::{validate_name, NewJob};
 use crate::util::parse_time_ms;
 use hyper::body::Incoming;
 use hyper::Request;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::time::Duration;
 
@@ -149,28 +149,72 @@ struct ClaimReq {
     wait: Option<String>,
 }
 
-fn raw_payload(job: &Job) -> Box<RawValue> {
-    RawValue::from_string(String::from_utf8_lossy(&job.payload).into_owned())
-        .unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap_or_default())
+/// A stored JSON document as it was accepted. It was checked at the door (valid JSON, at most
+/// [`crate::util::JSON_DEPTH_MAX`] deep) and is written back verbatim, never re-parsed into a
+/// `serde_json::Value`; `null` only if the stored bytes were damaged.
+pub(super) fn stored_json(bytes: &[u8]) -> Box<RawValue> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| RawValue::from_string(s.to_string()).ok())
+        .unwrap_or_else(null_json)
+}
+
+fn null_json() -> Box<RawValue> {
+    // "null" is valid JSON; the fallback of the fallback is never taken.
+    RawValue::from_string("null".into()).unwrap_or_default()
 }
 
 /// A job as the API shows it.
-fn job_json(q: &str, job: &Job) -> serde_json::Value {
-    serde_json::json!({
-        "id": job.id.to_string(),
-        "queue": q,
-        "state": job.state.name(),
-        "payload": raw_payload(job),
-        "priority": job.priority,
-        "attempts": job.attempts,
-        "max_attempts": job.max_attempts,
-        "run_at": job.run_at_ms,
-        "enqueued_at": job.enqueued_ms,
-        "updated_at": job.updated_ms,
-        "last_error": job.last_error,
-        "dedupe_key": job.dedupe_key,
-        "lease_expires_at": (job.state == State::InFlight).then_some(job.lease_until_ms),
-    })
+#[derive(Serialize)]
+struct JobOut<'a> {
+    id: String,
+    queue: &'a str,
+    state: &'static str,
+    payload: Box<RawValue>,
+    priority: u8,
+    attempts: u32,
+    max_attempts: u32,
+    run_at: u64,
+    enqueued_at: u64,
+    updated_at: u64,
+    last_error: &'a Option<String>,
+    dedupe_key: &'a Option<String>,
+    lease_expires_at: Option<u64>,
+}
+
+fn job_out<'a>(q: &'a str, job: &'a Job) -> JobOut<'a> {
+    JobOut {
+        id: job.id.to_string(),
+        queue: q,
+        state: job.state.name(),
+        payload: stored_json(&job.payload),
+        priority: job.priority,
+        attempts: job.attempts,
+        max_attempts: job.max_attempts,
+        run_at: job.run_at_ms,
+        enqueued_at: job.enqueued_ms,
+        updated_at: job.updated_ms,
+        last_error: &job.last_error,
+        dedupe_key: &job.dedupe_key,
+        lease_expires_at: (job.state == State::InFlight).then_some(job.lease_until_ms),
+    }
+}
+
+/// A claimed job, with the lease token the worker acks with.
+#[derive(Serialize)]
+struct ClaimedOut<'a> {
+    id: String,
+    payload: Box<RawValue>,
+    attempt: u32,
+    priority: u8,
+    lease_token: &'a Option<String>,
+    lease_expires_at: u64,
+    enqueued_at: u64,
+}
+
+#[derive(Serialize)]
+struct JobsOut<T> {
+    jobs: Vec<T>,
 }
 
 /// `POST /v1/queues/{q}/claim`
@@ -200,19 +244,17 @@ pub async fn claim(state: &ServerState, q: &str, req: Request<Incoming>) -> Resu
     let jobs = queues.claim(q, r.max.unwrap_or(1), lease_ms, wait).await?;
     let items: Vec<_> = jobs
         .iter()
-        .map(|j| {
-            serde_json::json!({
-                "id": j.id.to_string(),
-                "payload": raw_payload(j),
-                "attempt": j.attempts,
-                "priority": j.priority,
-                "lease_token": j.lease_token,
-                "lease_expires_at": j.lease_until_ms,
-                "enqueued_at": j.enqueued_ms,
-            })
+        .map(|j| ClaimedOut {
+            id: j.id.to_string(),
+            payload: stored_json(&j.payload),
+            attempt: j.attempts,
+            priority: j.priority,
+            lease_token: &j.lease_token,
+            lease_expires_at: j.lease_until_ms,
+            enqueued_at: j.enqueued_ms,
         })
         .collect();
-    Ok(response::json(200, &serde_json::json!({"jobs": items})))
+    Ok(response::json_of(200, &JobsOut { jobs: items }))
 }
 
 fn job_id(id: &str) -> Result<u64, ApiError> {
@@ -310,7 +352,7 @@ pub fn get_job(state: &ServerState, q: &str, id: &str) -> Result<Resp, ApiError>
         .queues()
         .get(q, id)?
         .ok_or(QueueError::JobNotFound(id))?;
-    Ok(response::json(200, &job_json(q, &job)))
+    Ok(response::json_of(200, &job_out(q, &job)))
 }
 
 /// `DELETE /v1/queues/{q}/jobs/{id}`
@@ -350,11 +392,13 @@ pub fn list_jobs(state: &ServerState, q: &str, req: &Request<Incoming>) -> Resul
         .map(String::as_str)
         .filter(|a| !a.is_empty());
     let (jobs, cursor) = state.store.queues().list(q, st, after, limit)?;
-    let items: Vec<_> = jobs.iter().map(|j| job_json(q, j)).collect();
-    Ok(response::json(
-        200,
-        &serde_json::json!({"jobs": items, "cursor": cursor}),
-    ))
+    #[derive(Serialize)]
+    struct Page<'a> {
+        jobs: Vec<JobOut<'a>>,
+        cursor: Option<String>,
+    }
+    let jobs = jobs.iter().map(|j| job_out(q, j)).collect();
+    Ok(response::json_of(200, &Page { jobs, cursor }))
 }
 
 /// `DELETE /v1/queues/{q}/jobs?state=`
@@ -494,22 +538,38 @@ struct ScheduleReq {
     max_attempts: Option<u32>,
 }
 
-fn schedule_json(s: &crate::queue::model::Schedule) -> serde_json::Value {
-    let payload = RawValue::from_string(String::from_utf8_lossy(&s.payload).into_owned()).ok();
-    serde_json::json!({
-        "name": s.name,
-        "cron": s.cron,
-        "queue": s.queue,
-        "payload": payload,
-        "priority": s.priority,
-        "max_attempts": s.max_attempts,
-        "created_at": s.created_ms,
-        "updated_at": s.updated_ms,
-        "last_fire": s.last_fire_ms,
-        "next_fire": s.next_fire_ms,
-        "fired": s.fired,
-        "last_error": s.last_error,
-    })
+/// A schedule as the API shows it.
+#[derive(Serialize)]
+struct ScheduleOut<'a> {
+    name: &'a str,
+    cron: &'a str,
+    queue: &'a str,
+    payload: Box<RawValue>,
+    priority: u8,
+    max_attempts: Option<u32>,
+    created_at: u64,
+    updated_at: u64,
+    last_fire: Option<u64>,
+    next_fire: Option<u64>,
+    fired: u64,
+    last_error: &'a Option<String>,
+}
+
+fn schedule_out(s: &crate::queue::model::Schedule) -> ScheduleOut<'_> {
+    ScheduleOut {
+        name: &s.name,
+        cron: &s.cron,
+        queue: &s.queue,
+        payload: stored_json(&s.payload),
+        priority: s.priority,
+        max_attempts: s.max_attempts,
+        created_at: s.created_ms,
+        updated_at: s.updated_ms,
+        last_fire: s.last_fire_ms,
+        next_fire: s.next_fire_ms,
+        fired: s.fired,
+        last_error: &s.last_error,
+    }
 }
 
 /// `PUT /v1/schedules/{name}`
@@ -531,9 +591,9 @@ pub async fn put_schedule(
         max_attempts: r.max_attempts,
     };
     let (created, s) = state.store.queues().put_schedule(name, spec).await?;
-    Ok(response::json(
+    Ok(response::json_of(
         if created { 201 } else { 200 },
-        &schedule_json(&s),
+        &schedule_out(&s),
     ))
 }
 
@@ -544,7 +604,7 @@ pub fn get_schedule(state: &ServerState, name: &str) -> Result<Resp, ApiError> {
         .queues()
         .get_schedule(name)?
         .ok_or_else(|| ApiError::not_found(format!("schedule {name} does not exist")))?;
-    Ok(response::json(200, &schedule_json(&s)))
+    Ok(response::json_of(200, &schedule_out(&s)))
 }
 
 /// `DELETE /v1/schedules/{name}`
@@ -560,12 +620,11 @@ pub async fn delete_schedule(state: &ServerState, name: &str) -> Result<Resp, Ap
 
 /// `GET /v1/schedules`
 pub fn list_schedules(state: &ServerState) -> Result<Resp, ApiError> {
-    let all: Vec<_> = state
-        .store
-        .queues()
-        .list_schedules()?
-        .iter()
-        .map(schedule_json)
-        .collect();
-    Ok(response::json(200, &serde_json::json!({"schedules": all})))
+    #[derive(Serialize)]
+    struct All<'a> {
+        schedules: Vec<ScheduleOut<'a>>,
+    }
+    let all = state.store.queues().list_schedules()?;
+    let schedules = all.iter().map(schedule_out).collect();
+    Ok(response::json_of(200, &All { schedules }))
 }

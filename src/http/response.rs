@@ -32,6 +32,25 @@ pub fn json(code: u16, value: &serde_json::Value) -> Resp {
     r
 }
 
+/// A JSON response serialised straight from a typed reply (no intermediate `serde_json::Value`,
+/// so stored JSON embedded as `RawValue` is written as is, never re-parsed).
+pub fn json_of<T: serde::Serialize + ?Sized>(code: u16, value: &T) -> Resp {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut r = Response::new(full(body));
+            *r.status_mut() = status(code);
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        Err(e) => error(&ApiError::new(
+            500,
+            "internal",
+            format!("cannot render the reply: {e}"),
+        )),
+    }
+}
+
 /// A 200 response carrying a stored value with its content type (default
 /// `application/octet-stream`).
 pub fn value(bytes: impl Into<Bytes>, content_type: Option<&str>) -> Resp {

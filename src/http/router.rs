@@ -253,7 +253,26 @@ pub fn parse(path: &str) -> Result<Route<'_>, ApiError> {
 
 /// The service function: never fails, every error is a JSON response.
 pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<Resp, Infallible> {
-    let resp = match dispatch(&state, req).await {
+    use futures_util::FutureExt;
+    // A handler that panics answers a JSON 500 like any other failure (and is counted); the
+    // connection and everything it holds are released normally.
+    let outcome = std::panic::AssertUnwindSafe(dispatch(&state, req))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, "a request handler panicked");
+            Err(ApiError::new(
+                500,
+                "internal",
+                "internal error while handling the request (see the server log)",
+            ))
+        });
+    let resp = match outcome {
         Ok(r) => r,
         Err(e) => {
             if e.status >= 500 {
@@ -267,6 +286,8 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
 }
 
 async fn dispatch(state: &Arc<ServerState>, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    crate::failpoint::hit("http.handler")
+        .map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
     let path = req.uri().path().to_string();
     let route = parse(&path)?;
     let method = req.method().clone();

@@ -134,6 +134,18 @@ pub fn validate_namespace(ns: &str) -> Result<(), KvError> {
     Ok(())
 }
 
+/// Checks a TTL: 1 ms to [`crate::util::DURATION_MS_MAX`] (100 years), so every expiry the
+/// store holds can be rendered by every read path.
+pub fn validate_ttl(ttl_ms: Option<u64>) -> Result<(), KvError> {
+    match ttl_ms {
+        Some(0) => Err(KvError::Invalid("ttl must be greater than zero".into())),
+        Some(t) if t > crate::util::DURATION_MS_MAX => Err(KvError::Invalid(format!(
+            "ttl of {t} ms is too long: at most 100 years"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Checks a key: 1–1024 bytes of UTF-8 (UTF-8 is guaranteed by `&str`).
 pub fn validate_key(key: &str) -> Result<(), KvError> {
     if key.is_empty() || key.len() > KEY_BYTES_MAX {
@@ -304,6 +316,7 @@ impl Kv {
                 )));
             }
         }
+        validate_ttl(opts.ttl_ms)?;
         let sk = stored_key(ns, key);
         let shard = self.engine.shard_for(&sk);
         let bytes = sk.len() + value.len();
@@ -344,6 +357,7 @@ impl Kv {
     ) -> Result<(i64, u64), KvError> {
         validate_namespace(ns)?;
         validate_key(key)?;
+        validate_ttl(ttl_ms)?;
         let sk = stored_key(ns, key);
         let shard = self.engine.shard_for(&sk);
         let rc = self.cache.clone();
@@ -375,6 +389,9 @@ impl Kv {
         let mut groups: BTreeMap<usize, Vec<(usize, Vec<u8>, BatchOp)>> = BTreeMap::new();
         for (i, op) in ops.into_iter().enumerate() {
             validate_key(op.key()).map_err(|e| KvError::Invalid(format!("ops[{i}]: {e}")))?;
+            if let BatchOp::Put { ttl_ms, .. } = &op {
+                validate_ttl(*ttl_ms).map_err(|e| KvError::Invalid(format!("ops[{i}]: {e}")))?;
+            }
             if let BatchOp::Put { value, .. } = &op {
                 self.check_value(value)
                     .map_err(|e| KvError::TooLarge(format!("ops[{i}]: {e}")))?;

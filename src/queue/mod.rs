@@ -123,6 +123,11 @@ impl Queues {
         &self.limits
     }
 
+    /// Claims parked in a long poll right now.
+    pub fn claims_waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     fn shard(&self, q: &str) -> usize {
         self.engine.shard_for(&routing_key(q))
     }
@@ -170,6 +175,8 @@ impl Queues {
                     self.limits.job_bytes_max
                 )));
             }
+            crate::util::check_stored_json(&format!("job {i}: payload"), &j.payload)
+                .map_err(QueueError::Invalid)?;
             if j.priority > 9 {
                 return Err(QueueError::Invalid(format!(
                     "job {i}: priority must be 0-9"
@@ -248,8 +255,15 @@ impl Queues {
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
                 return Ok(jobs);
             }
-            let _ = tokio::time::timeout_at(deadline, notified).await;
+            let stopping = tokio::select! {
+                _ = tokio::time::timeout_at(deadline, notified) => false,
+                // Shutdown answers a parked claim at once, with what there is (nothing).
+                _ = self.engine.stopping() => true,
+            };
             self.waiting.fetch_sub(1, Ordering::AcqRel);
+            if stopping {
+                return Ok(jobs);
+            }
         }
     }
 

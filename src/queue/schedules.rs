@@ -74,6 +74,7 @@ impl Queues {
                 self.limits.job_bytes_max
             )));
         }
+        crate::util::check_stored_json("payload", &spec.payload).map_err(QueueError::Invalid)?;
         if spec.priority > 9 {
             return Err(QueueError::Invalid("priority must be 0-9".into()));
         }

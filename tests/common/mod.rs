@@ -227,3 +227,23 @@ impl TestServer {
         self._tmp.take()
     }
 }
+
+/// Polls `check` until it returns `Some`, for up to `secs` seconds; panics naming `what` if it
+/// never does. For work the server does by itself (timers, cron, retention): the test waits for
+/// the effect instead of calling the function that would cause it.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{what}: did not happen within {secs} s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
