@@ -67,7 +67,9 @@ pub struct Config {
     /// Number of shards, fixed when the data directory is created. Default 0: use the count in
     /// the MANIFEST, or 8 for a new directory.
     pub shards: u32,
-    /// `immediate` (default) or `periodic:<ms>`.
+    /// `immediate` (default: a reply means the write's log record is on disk) or
+    /// `periodic:<ms>` (a reply means the record is written to the OS; the log is synced every
+    /// `<ms>`, so a machine crash loses at most that window; a killed process loses nothing).
     pub durability: String,
     /// `text` (default) or `json`.
     pub log_format: LogFormat,
@@ -76,9 +78,21 @@ pub struct Config {
 
     /// redb page cache per shard. Default 32 MiB (8 shards = 256 MiB, fits a 1 GiB box).
     pub shard_cache_bytes: u64,
-    /// Save allocator state on every commit so a crash needs no full file walk on restart
-    /// (costs a second fsync per commit). Default false.
+    /// Save redb's allocator state with every checkpoint so a crash needs no full file walk on
+    /// restart. Costs a little at each checkpoint only (commits between checkpoints are not
+    /// durable in redb, the log covers them). Default true.
     pub quick_repair: bool,
+    /// A shard checkpoints (a durable redb commit) once the log it keeps from being recycled
+    /// passes this many bytes. Bounds the log's disk use and the replay after a crash. Default
+    /// 64 MiB.
+    pub checkpoint_log_bytes: u64,
+    /// A shard checkpoints once its oldest commit not yet checkpointed is this old. Default
+    /// 30000 ms.
+    pub checkpoint_interval_ms: u64,
+    /// Size of one write-ahead log segment file (preallocated, recycled). Default 32 MiB.
+    pub wal_segment_bytes: u64,
+    /// Recycled log segments kept ready for reuse; more are deleted. Default 2.
+    pub wal_spare_segments_max: usize,
 
     /// Operations one shard's writer queue holds before callers wait. Default 4096.
     pub writer_queue_ops_max: usize,
@@ -196,7 +210,11 @@ impl Default for Config {
             log_format: LogFormat::Text,
             worker_threads: 0,
             shard_cache_bytes: 32 << 20,
-            quick_repair: false,
+            quick_repair: true,
+            checkpoint_log_bytes: 64 << 20,
+            checkpoint_interval_ms: 30_000,
+            wal_segment_bytes: 32 << 20,
+            wal_spare_segments_max: 2,
             writer_queue_ops_max: 4096,
             writer_queue_wait_ms: 1000,
             batch_ops_max: 1024,
@@ -330,7 +348,31 @@ impl Config {
                 self.cache_disk_bytes, self.cache_disk_block_bytes
             ));
         }
-        let checks: [(&str, u64, u64, u64); 32] = [
+        let checks: [(&str, u64, u64, u64); 36] = [
+            (
+                "checkpoint_log_bytes",
+                self.checkpoint_log_bytes,
+                1 << 16,
+                1 << 40,
+            ),
+            (
+                "checkpoint_interval_ms",
+                self.checkpoint_interval_ms,
+                10,
+                86_400_000,
+            ),
+            (
+                "wal_segment_bytes",
+                self.wal_segment_bytes,
+                1 << 16,
+                1 << 34,
+            ),
+            (
+                "wal_spare_segments_max",
+                self.wal_spare_segments_max as u64,
+                0,
+                1024,
+            ),
             (
                 "cache_memory_bytes",
                 self.cache_memory_bytes,

@@ -122,7 +122,7 @@ async fn corrupt_record_is_an_error_naming_shard_and_key() {
         .engine()
         .write(shard, 0, move |ctx| {
             use redb::ReadableTable;
-            let mut t = ctx.txn.open_table(shardbox::kv::KV)?;
+            let mut t = ctx.table(shardbox::kv::KV)?;
             let mut bytes = t.get(sk.as_slice())?.unwrap().value().to_vec();
             let last = bytes.len() - 1;
             bytes[last] ^= 0x20;

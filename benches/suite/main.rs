@@ -858,7 +858,7 @@ async fn events_retention(rows: &mut Vec<Row>) {
             .engine()
             .write(0, 0, move |ctx| {
                 let def: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new(&name);
-                let mut tbl = ctx.txn.open_table(def)?;
+                let mut tbl = ctx.table(def)?;
                 let keys: Vec<Vec<u8>> = {
                     use redb::ReadableTable;
                     let mut keys = Vec::with_capacity(1000);

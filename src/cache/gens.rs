@@ -135,7 +135,7 @@ impl Generations {
         };
         engine
             .write(shard, bytes, move |ctx| {
-                let mut table = ctx.txn.open_table(CACHE_GENERATIONS)?;
+                let mut table = ctx.table(CACHE_GENERATIONS)?;
                 let names: Vec<Option<String>> = match &target {
                     PurgeTarget::Namespace => vec![None],
                     PurgeTarget::Tags(tags) => tags.iter().cloned().map(Some).collect(),

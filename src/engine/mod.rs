@@ -7,19 +7,24 @@
 pub mod clock;
 pub mod codec;
 pub mod manifest;
+pub mod redo;
+pub mod replay;
 pub mod router;
 pub mod shard;
+pub mod wal;
 pub mod writer;
 
-use crate::config::Config;
+use crate::config::{Config, DurabilityMode};
 use crate::error::EngineError;
 use clock::Clock;
 use manifest::{DirLock, Manifest, FORMAT_VERSION};
+pub use redo::LoggedTable;
 pub use shard::{Shard, ShardState};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use wal::{SyncMode, Wal, WalConfig};
 pub use writer::{ApplyCtx, Mutation};
 use writer::{Writer, WriterConfig};
 
@@ -33,6 +38,9 @@ pub struct Engine {
     data_dir: PathBuf,
     manifest: Manifest,
     shards: Vec<Shard>,
+    wal: Arc<Wal>,
+    /// What recovery did when this engine opened.
+    replay: replay::ReplayReport,
     clock: Arc<dyn Clock>,
     closing: AtomicBool,
     /// Becomes true when shutdown starts (before writes stop), so long-polls and followers
@@ -56,21 +64,82 @@ impl Engine {
         let writer_cfg = WriterConfig {
             batch_ops_max: config.batch_ops_max,
             batch_bytes_max: config.batch_bytes_max,
-            durability: config.durability_mode(),
             quick_repair: config.quick_repair,
+            checkpoint_log_bytes: config.checkpoint_log_bytes,
+            checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
         };
-        let mut shards = Vec::with_capacity(manifest.shards as usize);
-        for id in 0..manifest.shards as usize {
+        let n = manifest.shards as usize;
+        // Open every shard file (redb repairs after an unclean stop) and read where it is.
+        let mut dbs = Vec::with_capacity(n);
+        let mut revisions = Vec::with_capacity(n);
+        let mut applied = Vec::with_capacity(n);
+        for id in 0..n {
             let path = shard_path(&dir, id);
+            let storage_err =
+                |e: redb::Error| EngineError::Open(format!("shard {id} ({}): {e}", path.display()));
             let db = redb::Builder::new()
                 .set_cache_size(config.shard_cache_bytes as usize)
                 .create(&path)
-                .map_err(|e| EngineError::Open(format!("shard {id} ({}): {e}", path.display())))?;
-            let db = Arc::new(db);
-            let storage_err =
-                |e: redb::Error| EngineError::Open(format!("shard {id} ({}): {e}", path.display()));
+                .map_err(|e| storage_err(e.into()))?;
             init_tables(&db, init).map_err(storage_err)?;
-            let next_revision = writer::load_next_revision(&db).map_err(storage_err)?;
+            let (next_revision, lsn) = writer::load_meta(&db).map_err(storage_err)?;
+            dbs.push(Arc::new(db));
+            revisions.push(next_revision);
+            applied.push(lsn);
+        }
+        // Bring every shard up to the log, then start a fresh log after it.
+        let wal_dir = dir.join("wal");
+        let report = replay::replay(&wal_dir, &dbs, &mut applied)?;
+        for (id, db) in dbs.iter().enumerate() {
+            if report.applied[id] > 0 {
+                revisions[id] = writer::load_meta(db)
+                    .map_err(|e| EngineError::Open(format!("shard {id}: {e}")))?
+                    .0;
+            }
+        }
+        if report.scan.records > 0 {
+            tracing::info!(
+                records = report.scan.records,
+                replayed = report.applied.iter().sum::<u64>(),
+                millis = report.millis as u64,
+                "write-ahead log recovered"
+            );
+        }
+        let next_lsn = applied
+            .iter()
+            .map(|l| l + 1)
+            .max()
+            .unwrap_or(1)
+            .max(report.scan.next_lsn);
+        let old = report
+            .scan
+            .segments
+            .iter()
+            .map(|s| wal::OldSegment {
+                seq: s.seq,
+                path: s.path.clone(),
+                last_lsn: s.last_lsn,
+            })
+            .collect();
+        let wal = Arc::new(
+            Wal::start(
+                WalConfig {
+                    dir: wal_dir,
+                    segment_bytes: config.wal_segment_bytes,
+                    mode: match config.durability_mode() {
+                        DurabilityMode::Immediate => SyncMode::Immediate,
+                        DurabilityMode::Periodic { interval } => SyncMode::Periodic(interval),
+                    },
+                    spare_segments_max: config.wal_spare_segments_max,
+                    shards: n,
+                },
+                next_lsn,
+                old,
+            )
+            .map_err(EngineError::Open)?,
+        );
+        let mut shards = Vec::with_capacity(n);
+        for (id, db) in dbs.into_iter().enumerate() {
             let (tx, rx) = flume::bounded(config.writer_queue_ops_max);
             let state = Arc::new(ShardState::default());
             let w = Writer {
@@ -80,7 +149,10 @@ impl Engine {
                 state: state.clone(),
                 cfg: writer_cfg,
                 clock: clock.clone(),
-                next_revision,
+                wal: wal.clone(),
+                next_revision: revisions[id],
+                redo: Default::default(),
+                dirty_since: None,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{id:03}-writer"))
@@ -99,6 +171,8 @@ impl Engine {
             data_dir: dir,
             manifest,
             shards,
+            wal,
+            replay: report,
             clock,
             closing: AtomicBool::new(false),
             stopping: tokio::sync::watch::Sender::new(false),
@@ -160,6 +234,14 @@ impl Engine {
     }
     pub fn shards(&self) -> &[Shard] {
         &self.shards
+    }
+    /// The shared write-ahead log.
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+    /// What recovery found and replayed when the engine opened.
+    pub fn replay_report(&self) -> &replay::ReplayReport {
+        &self.replay
     }
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
@@ -240,17 +322,20 @@ impl Engine {
         for s in &self.shards {
             s.stop();
         }
+        // Every writer has checkpointed; the log syncs what it holds and stops.
+        self.wal.stop();
     }
 
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
     }
 
-    /// Shards that refuse writes, with the reason.
+    /// Shards that refuse writes, with the reason (every shard, when the log has failed).
     pub fn failed_shards(&self) -> Vec<(usize, String)> {
+        let log = self.wal.failure();
         self.shards
             .iter()
-            .filter_map(|s| s.state.failure().map(|r| (s.id, r)))
+            .filter_map(|s| s.state.failure().or_else(|| log.clone()).map(|r| (s.id, r)))
             .collect()
     }
 }

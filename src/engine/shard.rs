@@ -16,6 +16,8 @@ pub struct ShardState {
     pub ops: AtomicU64,
     pub commit_micros_total: AtomicU64,
     pub largest_batch: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub checkpoint_micros_total: AtomicU64,
 }
 
 impl ShardState {
@@ -32,6 +34,11 @@ impl ShardState {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+    pub(crate) fn record_checkpoint(&self, took: Duration) {
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.checkpoint_micros_total
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
     pub(crate) fn record_commit(&self, ops: u64, took: Duration) {
         self.commits.fetch_add(1, Ordering::Relaxed);

@@ -1,17 +1,28 @@
-//! The per-shard writer: group commit.
+//! The per-shard writer: group commit on top of the shared write-ahead log.
 //!
 //! Every mutation of a shard goes through its writer thread. The writer takes the first
 //! operation, drains whatever else waits (up to `batch_ops_max` operations and `batch_bytes_max`
-//! bytes), applies them all in one redb write transaction, commits once, and then replies to every
-//! waiter. An operation whose own precondition fails records that failure and changes nothing
-//! (check before mutate), so it never spoils the batch. A storage error fails the whole batch and
-//! the shard stops accepting writes: nothing uncommitted is ever acknowledged.
+//! bytes) and applies them all in one redb write transaction, recording their physical effects
+//! (the redo). It appends the redo to the log, waits until the log has it (on disk in
+//! `immediate` mode, written in `periodic`), commits redb with `Durability::None` and only then
+//! replies. Readers therefore never see a batch before its log record is durable.
+//!
+//! An operation whose own precondition fails records that failure and changes nothing (check
+//! before mutate), so it never spoils the batch. A storage error fails the whole batch and the
+//! shard stops accepting writes: nothing uncommitted is ever acknowledged.
+//!
+//! A checkpoint is a `Durability::Immediate` commit: it makes every earlier commit of the shard
+//! durable in its own file, after which the log no longer needs the shard's records. The writer
+//! checkpoints when the log it pins passes `checkpoint_log_bytes`, when its oldest
+//! uncheckpointed commit is `checkpoint_interval_ms` old, and when it stops.
 
 use super::clock::Clock;
+use super::redo::{self, Logged, LoggedTable, Redo};
 use super::shard::ShardState;
-use crate::config::DurabilityMode;
+use super::wal::{frame::Kind, Wal};
 use crate::error::EngineError;
-use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, Durability, Key, ReadableTable, TableDefinition, WriteTransaction};
+use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,10 +31,18 @@ use std::time::{Duration, Instant};
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The key in [`META`] holding the next revision number to hand out.
 pub const META_NEXT_REVISION: &str = "next_revision";
+/// The key in [`META`] holding the LSN of the last log record applied to this shard. Written in
+/// the same transaction as the batch (not logged itself): after a crash the shard's file says
+/// exactly which records replay must apply.
+pub const META_LSN: &str = "lsn";
+
+/// How often an idle writer with uncheckpointed commits looks at the log's size.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(100);
 
 /// What an operation sees while it is applied.
 pub struct ApplyCtx<'a> {
-    pub txn: &'a WriteTransaction,
+    txn: &'a WriteTransaction,
+    redo: &'a RefCell<Redo>,
     pub shard: usize,
     /// Wall-clock time of this batch, ms since the epoch.
     pub now_ms: u64,
@@ -32,11 +51,29 @@ pub struct ApplyCtx<'a> {
 }
 
 /// Work the writer runs once the batch's commit has returned (whether it succeeded or not),
-/// before any caller of the batch gets its reply: cache invalidation lives here, so no
-/// acknowledged write can be followed by a read of an older cached value.
+/// before any caller of the batch gets its reply: cache invalidation and waking waiters live
+/// here, so no acknowledged write can be followed by a read of an older cached value, and no
+/// waiter is woken before what it waits for is durable.
 pub type AfterCommit = Box<dyn FnOnce() + Send>;
 
-impl ApplyCtx<'_> {
+impl<'a> ApplyCtx<'a> {
+    /// Opens (creating if needed) a table of this shard for the batch. Reads go straight to
+    /// redb; inserts and removes are also recorded in the batch's log record.
+    pub fn table<K: Logged + Key, V: Logged>(
+        &self,
+        def: TableDefinition<'_, K, V>,
+    ) -> Result<LoggedTable<'a, K, V>, redb::Error> {
+        LoggedTable::open(self.txn, self.redo, def)
+    }
+
+    /// Drops a whole table (and records it); true if it existed.
+    pub fn delete_table<K: Logged + Key, V: Logged>(
+        &self,
+        def: TableDefinition<'_, K, V>,
+    ) -> Result<bool, redb::Error> {
+        redo::drop_table(self.txn, self.redo, def)
+    }
+
     /// A fresh revision: unique and increasing within the shard, across restarts. Revisions are
     /// shard-wide (not per key) so a deleted and re-created key never reuses an old revision and
     /// a stale `If-Match` can never match again.
@@ -66,7 +103,7 @@ pub trait Mutation: Send {
 
 pub(crate) enum Msg {
     Op(Box<dyn Mutation>),
-    /// Finish what is queued before this message, make it durable, and exit.
+    /// Finish what is queued before this message, checkpoint, and exit.
     Stop,
 }
 
@@ -74,8 +111,9 @@ pub(crate) enum Msg {
 pub(crate) struct WriterConfig {
     pub batch_ops_max: usize,
     pub batch_bytes_max: usize,
-    pub durability: DurabilityMode,
     pub quick_repair: bool,
+    pub checkpoint_log_bytes: u64,
+    pub checkpoint_interval: Duration,
 }
 
 pub(crate) struct Writer {
@@ -85,7 +123,11 @@ pub(crate) struct Writer {
     pub state: Arc<ShardState>,
     pub cfg: WriterConfig,
     pub clock: Arc<dyn Clock>,
+    pub wal: Arc<Wal>,
     pub next_revision: u64,
+    pub redo: RefCell<Redo>,
+    /// When the oldest commit not yet checkpointed was made.
+    pub dirty_since: Option<Instant>,
 }
 
 /// Marks the shard failed if the writer thread unwinds, so callers get a 503 instead of waiting
@@ -100,20 +142,33 @@ impl Drop for PanicGuard {
     }
 }
 
+enum Next {
+    Op(Box<dyn Mutation>),
+    Tick,
+    Stop,
+}
+
+/// How one batch ended.
+enum BatchError {
+    Storage(String),
+    Panic,
+}
+
+fn storage(e: impl Into<redb::Error>) -> BatchError {
+    BatchError::Storage(e.into().to_string())
+}
+
 impl Writer {
     pub(crate) fn run(mut self) {
         let _guard = PanicGuard(self.state.clone());
         let mut carry: Option<Box<dyn Mutation>> = None;
-        let mut last_sync = Instant::now();
-        let mut dirty = false;
         loop {
             let first = match carry.take() {
                 Some(op) => op,
-                None => match self.next_message(last_sync, dirty) {
+                None => match self.next_message() {
                     Next::Op(op) => op,
-                    Next::SyncDue => {
-                        dirty = !self.sync();
-                        last_sync = Instant::now();
+                    Next::Tick => {
+                        self.checkpoint_if_due();
                         continue;
                     }
                     Next::Stop => break,
@@ -139,15 +194,8 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if self.commit_batch(batch) {
-                dirty = true;
-            }
-            if let DurabilityMode::Periodic { interval } = self.cfg.durability {
-                if dirty && last_sync.elapsed() >= interval {
-                    dirty = !self.sync();
-                    last_sync = Instant::now();
-                }
-            }
+            self.commit_batch(batch);
+            self.checkpoint_if_due();
             if stop {
                 if let Some(op) = carry.take() {
                     op.finish(Err(EngineError::ShuttingDown));
@@ -155,8 +203,8 @@ impl Writer {
                 break;
             }
         }
-        if dirty {
-            self.sync();
+        if self.dirty_since.is_some() {
+            self.checkpoint();
         }
         // Anything still queued was never applied: its callers learn the store is closing.
         while let Ok(msg) = self.rx.try_recv() {
@@ -166,20 +214,18 @@ impl Writer {
         }
     }
 
-    fn next_message(&self, last_sync: Instant, dirty: bool) -> Next {
-        let msg = match self.cfg.durability {
-            DurabilityMode::Periodic { interval } if dirty => {
-                let left = interval.saturating_sub(last_sync.elapsed());
-                match self.rx.recv_timeout(left.max(Duration::from_millis(1))) {
-                    Ok(m) => m,
-                    Err(flume::RecvTimeoutError::Timeout) => return Next::SyncDue,
-                    Err(flume::RecvTimeoutError::Disconnected) => return Next::Stop,
-                }
+    fn next_message(&self) -> Next {
+        let msg = if self.dirty_since.is_some() {
+            match self.rx.recv_timeout(CHECKPOINT_POLL) {
+                Ok(m) => m,
+                Err(flume::RecvTimeoutError::Timeout) => return Next::Tick,
+                Err(flume::RecvTimeoutError::Disconnected) => return Next::Stop,
             }
-            _ => match self.rx.recv() {
+        } else {
+            match self.rx.recv() {
                 Ok(m) => m,
                 Err(_) => return Next::Stop,
-            },
+            }
         };
         match msg {
             Msg::Op(op) => Next::Op(op),
@@ -187,8 +233,48 @@ impl Writer {
         }
     }
 
-    /// Applies and commits one batch; returns true when something was committed.
-    fn commit_batch(&mut self, mut batch: Vec<Box<dyn Mutation>>) -> bool {
+    fn checkpoint_if_due(&mut self) {
+        let Some(since) = self.dirty_since else {
+            return;
+        };
+        if self.wal.pinned_bytes(self.shard) >= self.cfg.checkpoint_log_bytes
+            || since.elapsed() >= self.cfg.checkpoint_interval
+        {
+            self.checkpoint();
+        }
+    }
+
+    /// A durable (fsync'd, empty) redb commit: every earlier commit of the shard is now in its
+    /// file, so the log no longer needs the shard's records.
+    fn checkpoint(&mut self) {
+        if self.state.failure().is_some() {
+            return;
+        }
+        let started = Instant::now();
+        let result = self.db.begin_write().map_err(storage).and_then(|mut txn| {
+            txn.set_durability(Durability::Immediate)
+                .map_err(|e| BatchError::Storage(e.to_string()))?;
+            txn.set_quick_repair(self.cfg.quick_repair);
+            crate::failpoint::hit("checkpoint.commit")
+                .map_err(|e| BatchError::Storage(e.to_string()))?;
+            txn.commit().map_err(storage)
+        });
+        match result {
+            Ok(()) => {
+                self.wal.checkpointed(self.shard);
+                self.dirty_since = None;
+                self.state.record_checkpoint(started.elapsed());
+            }
+            Err(BatchError::Storage(message)) => {
+                tracing::error!(shard = self.shard, %message, "checkpoint failed; shard stops accepting writes");
+                self.state.fail(format!("checkpoint failed: {message}"));
+            }
+            Err(BatchError::Panic) => {}
+        }
+    }
+
+    /// Applies, logs and commits one batch, then replies to every operation in it.
+    fn commit_batch(&mut self, mut batch: Vec<Box<dyn Mutation>>) {
         if let Some(reason) = self.state.failure() {
             let err = EngineError::ShardUnavailable {
                 shard: self.shard,
@@ -197,12 +283,12 @@ impl Writer {
             for op in batch {
                 op.finish(Err(err.clone()));
             }
-            return false;
+            return;
         }
         let started = Instant::now();
         let mut next_revision = self.next_revision;
         let mut hooks = Vec::new();
-        let result = self.apply_all(&mut batch, &mut next_revision, &mut hooks);
+        let result = self.apply_log_commit(&mut batch, &mut next_revision, &mut hooks);
         // Invalidation is safe to run even when the commit failed (it only drops cached copies).
         for hook in hooks {
             if catch_unwind(AssertUnwindSafe(hook)).is_err() {
@@ -210,124 +296,120 @@ impl Writer {
             }
         }
         let n = batch.len() as u64;
-        match result {
+        let err = match result {
             Ok(()) => {
                 self.next_revision = next_revision;
                 self.state.record_commit(n, started.elapsed());
                 for op in batch {
                     op.finish(Ok(()));
                 }
-                true
+                return;
             }
             Err(BatchError::Storage(message)) => {
                 tracing::error!(shard = self.shard, %message, "storage error; shard stops accepting writes");
                 self.state.fail(message.clone());
-                let err = EngineError::Storage {
+                EngineError::Storage {
                     shard: self.shard,
                     message,
-                };
-                for op in batch {
-                    op.finish(Err(err.clone()));
                 }
-                false
             }
             Err(BatchError::Panic) => {
                 tracing::error!(
                     shard = self.shard,
                     "an operation panicked; batch rolled back"
                 );
-                let err = EngineError::Storage {
+                EngineError::Storage {
                     shard: self.shard,
                     message: "internal error while applying the batch; nothing was written".into(),
-                };
-                for op in batch {
-                    op.finish(Err(err.clone()));
                 }
-                false
             }
+        };
+        for op in batch {
+            op.finish(Err(err.clone()));
         }
     }
 
-    fn apply_all(
-        &self,
+    fn apply_log_commit(
+        &mut self,
         batch: &mut [Box<dyn Mutation>],
         next_revision: &mut u64,
         after_commit: &mut Vec<AfterCommit>,
     ) -> Result<(), BatchError> {
         let mut txn = self.db.begin_write().map_err(storage)?;
-        let durability = match self.cfg.durability {
-            DurabilityMode::Immediate => Durability::Immediate,
-            DurabilityMode::Periodic { .. } => Durability::None,
-        };
-        txn.set_durability(durability)
+        txn.set_durability(Durability::None)
             .map_err(|e| BatchError::Storage(e.to_string()))?;
-        txn.set_quick_repair(self.cfg.quick_repair);
+        self.redo.borrow_mut().clear();
         let start_revision = *next_revision;
-        let mut ctx = ApplyCtx {
-            txn: &txn,
-            shard: self.shard,
-            now_ms: self.clock.now_ms(),
-            next_revision,
-            after_commit,
-        };
-        for op in batch.iter_mut() {
-            match catch_unwind(AssertUnwindSafe(|| op.apply(&mut ctx))) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(storage(e)),
-                Err(_) => return Err(BatchError::Panic),
+        {
+            let mut ctx = ApplyCtx {
+                txn: &txn,
+                redo: &self.redo,
+                shard: self.shard,
+                now_ms: self.clock.now_ms(),
+                next_revision,
+                after_commit,
+            };
+            for op in batch.iter_mut() {
+                match catch_unwind(AssertUnwindSafe(|| op.apply(&mut ctx))) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(storage(e)),
+                    Err(_) => return Err(BatchError::Panic),
+                }
+            }
+            if *ctx.next_revision != start_revision {
+                let rev = *ctx.next_revision;
+                ctx.table(META)
+                    .and_then(|mut m| m.insert(META_NEXT_REVISION, rev).map(|_| ()))
+                    .map_err(storage)?;
             }
         }
-        if *ctx.next_revision != start_revision {
-            let mut meta = txn.open_table(META).map_err(storage)?;
-            meta.insert(META_NEXT_REVISION, *ctx.next_revision)
-                .map_err(storage)?;
+        let redo = self.redo.borrow();
+        if redo.is_empty() {
+            // Nothing changed (every precondition failed, or the ops only read): nothing to log.
+            drop(redo);
+            txn.abort().map_err(storage)?;
+            return Ok(());
         }
-        txn.commit().map_err(storage)?;
+        let lsn = self
+            .wal
+            .append(self.shard, Kind::Redo, redo.bytes(), batch.len() as u64)
+            .map_err(|e| BatchError::Storage(e.to_string()))?;
+        drop(redo);
+        {
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            meta.insert(META_LSN, lsn).map_err(storage)?;
+        }
+        // The batch becomes visible to readers only once its record may be acknowledged.
+        self.wal
+            .wait(lsn)
+            .map_err(|e| BatchError::Storage(e.to_string()))?;
+        let committed = crate::failpoint::hit("writer.commit")
+            .map_err(|e| BatchError::Storage(e.to_string()))
+            .and_then(|()| txn.commit().map_err(storage));
+        if let Err(e) = committed {
+            // The record is in the log but not in the shard: tell replay to skip it.
+            if let Ok(abort) = self
+                .wal
+                .append(self.shard, Kind::Abort, &lsn.to_le_bytes(), 0)
+            {
+                let _ = self.wal.wait(abort);
+            }
+            return Err(e);
+        }
+        self.dirty_since.get_or_insert_with(Instant::now);
         Ok(())
     }
-
-    /// An fsync'd (empty) commit that makes every earlier non-durable commit durable.
-    fn sync(&self) -> bool {
-        let result = self.db.begin_write().map_err(storage).and_then(|mut txn| {
-            txn.set_durability(Durability::Immediate)
-                .map_err(|e| BatchError::Storage(e.to_string()))?;
-            txn.commit().map_err(storage)
-        });
-        match result {
-            Ok(()) => true,
-            Err(BatchError::Storage(message)) => {
-                tracing::error!(shard = self.shard, %message, "periodic sync failed; shard stops accepting writes");
-                self.state.fail(message);
-                false
-            }
-            Err(BatchError::Panic) => false,
-        }
-    }
 }
 
-enum Next {
-    Op(Box<dyn Mutation>),
-    SyncDue,
-    Stop,
-}
-
-enum BatchError {
-    Storage(String),
-    Panic,
-}
-
-fn storage(e: impl Into<redb::Error>) -> BatchError {
-    BatchError::Storage(e.into().to_string())
-}
-
-/// Reads the persisted next revision of a shard (1 for a new shard).
-pub(crate) fn load_next_revision(db: &Database) -> Result<u64, redb::Error> {
+/// Reads the persisted next revision and applied LSN of a shard (1 and 0 for a new shard).
+pub(crate) fn load_meta(db: &Database) -> Result<(u64, u64), redb::Error> {
     let txn = db.begin_write()?;
-    let next = {
+    let out = {
         let meta = txn.open_table(META)?;
-        let v = meta.get(META_NEXT_REVISION)?.map(|g| g.value());
-        v.unwrap_or(1)
+        let next = meta.get(META_NEXT_REVISION)?.map(|g| g.value());
+        let lsn = meta.get(META_LSN)?.map(|g| g.value());
+        (next.unwrap_or(1), lsn.unwrap_or(0))
     };
     txn.commit()?;
-    Ok(next)
+    Ok(out)
 }

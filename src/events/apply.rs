@@ -31,10 +31,10 @@ fn table(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
 }
 
 pub fn load_meta(
-    txn: &redb::WriteTransaction,
+    ctx: &ApplyCtx<'_>,
     stream: &str,
 ) -> Result<Result<Option<StreamMeta>, EventError>, redb::Error> {
-    let t = txn.open_table(EV_STREAMS)?;
+    let t = ctx.table(EV_STREAMS)?;
     let got = t.get(stream.as_bytes())?;
     Ok(match got {
         None => Ok(None),
@@ -53,12 +53,8 @@ pub fn load_meta(
     })
 }
 
-fn save_meta(
-    txn: &redb::WriteTransaction,
-    stream: &str,
-    m: &StreamMeta,
-) -> Result<(), redb::Error> {
-    txn.open_table(EV_STREAMS)?
+fn save_meta(ctx: &ApplyCtx<'_>, stream: &str, m: &StreamMeta) -> Result<(), redb::Error> {
+    ctx.table(EV_STREAMS)?
         .insert(stream.as_bytes(), model::encode(m).as_slice())?;
     Ok(())
 }
@@ -81,7 +77,7 @@ pub fn append(
     rules: AppendRules,
 ) -> Res<Vec<(u64, u32)>> {
     let now = ctx.now_ms;
-    let mut meta = check!(load_meta(ctx.txn, stream)).unwrap_or(StreamMeta {
+    let mut meta = check!(load_meta(ctx, stream)).unwrap_or(StreamMeta {
         version: RECORD_VERSION,
         bucket_ms: rules.bucket_ms,
         retention_ms: rules.retention_ms,
@@ -133,13 +129,12 @@ pub fn append(
             kind: e.kind.clone(),
             data: e.data.clone(),
         });
-        ctx.txn
-            .open_table(table(&name))?
+        ctx.table(table(&name))?
             .insert(event_key(ts, seq).as_slice(), record.as_slice())?;
         let st = match stats.get_mut(&start) {
             Some(s) => s,
             None => {
-                let s = load_bucket(ctx.txn, stream, start)?;
+                let s = load_bucket(ctx, stream, start)?;
                 stats.entry(start).or_insert(s)
             }
         };
@@ -156,7 +151,7 @@ pub fn append(
         meta.bytes += bytes;
         ids.push((ts, seq));
     }
-    let mut buckets = ctx.txn.open_table(EV_BUCKETS)?;
+    let mut buckets = ctx.table(EV_BUCKETS)?;
     for (start, st) in &stats {
         buckets.insert(
             bucket_key(stream, *start).as_slice(),
@@ -164,16 +159,12 @@ pub fn append(
         )?;
     }
     drop(buckets);
-    save_meta(ctx.txn, stream, &meta)?;
+    save_meta(ctx, stream, &meta)?;
     Ok(Ok(ids))
 }
 
-fn load_bucket(
-    txn: &redb::WriteTransaction,
-    stream: &str,
-    start: u64,
-) -> Result<BucketStats, redb::Error> {
-    let t = txn.open_table(EV_BUCKETS)?;
+fn load_bucket(ctx: &ApplyCtx<'_>, stream: &str, start: u64) -> Result<BucketStats, redb::Error> {
+    let t = ctx.table(EV_BUCKETS)?;
     let got = t.get(bucket_key(stream, start).as_slice())?;
     Ok(got
         .and_then(|g| model::decode(g.value()).ok())
@@ -188,7 +179,7 @@ fn next_seq_at(
     ts: u64,
 ) -> Result<u32, redb::Error> {
     let name = bucket_table(stream, bucket_start(ts, bucket_ms));
-    let t = ctx.txn.open_table(table(&name))?;
+    let t = ctx.table(table(&name))?;
     let lo = event_key(ts, 0);
     let hi = event_key(ts, u32::MAX);
     let last = t.range(lo.as_slice()..=hi.as_slice())?.next_back();
@@ -209,7 +200,7 @@ pub fn configure(
     retention_ms: Option<u64>,
     rules: AppendRules,
 ) -> Res<(bool, StreamMeta)> {
-    let existing = check!(load_meta(ctx.txn, stream));
+    let existing = check!(load_meta(ctx, stream));
     let created = existing.is_none();
     let mut meta = existing.unwrap_or(StreamMeta {
         version: RECORD_VERSION,
@@ -232,7 +223,7 @@ pub fn configure(
     if let Some(r) = retention_ms {
         meta.retention_ms = r;
     }
-    save_meta(ctx.txn, stream, &meta)?;
+    save_meta(ctx, stream, &meta)?;
     Ok(Ok((created, meta)))
 }
 
@@ -247,7 +238,7 @@ pub fn trim(
     buckets_max: usize,
     events_max: usize,
 ) -> Res<(u64, u64, bool)> {
-    let Some(mut meta) = check!(load_meta(ctx.txn, stream)) else {
+    let Some(mut meta) = check!(load_meta(ctx, stream)) else {
         return Ok(Err(EventError::StreamNotFound(stream.to_string())));
     };
     let prefix = bucket_prefix(stream);
@@ -255,7 +246,7 @@ pub fn trim(
     let mut partial_bucket = None;
     let mut more = false;
     {
-        let buckets = ctx.txn.open_table(EV_BUCKETS)?;
+        let buckets = ctx.table(EV_BUCKETS)?;
         for item in buckets.range(prefix.as_slice()..)? {
             let (k, v) = item?;
             let k = k.value();
@@ -281,9 +272,8 @@ pub fn trim(
     }
     let (mut dropped, mut deleted) = (0u64, 0u64);
     for (start, st) in &whole {
-        ctx.txn.delete_table(table(&bucket_table(stream, *start)))?;
-        ctx.txn
-            .open_table(EV_BUCKETS)?
+        ctx.delete_table(table(&bucket_table(stream, *start)))?;
+        ctx.table(EV_BUCKETS)?
             .remove(bucket_key(stream, *start).as_slice())?;
         meta.events = meta.events.saturating_sub(st.events);
         meta.bytes = meta.bytes.saturating_sub(st.bytes);
@@ -292,7 +282,7 @@ pub fn trim(
     }
     if let (true, false, Some((start, mut st))) = (partial, more, partial_bucket) {
         let name = bucket_table(stream, start);
-        let mut t = ctx.txn.open_table(table(&name))?;
+        let mut t = ctx.table(table(&name))?;
         let end = event_key(before, 0);
         let mut victims = Vec::new();
         for item in t.range(..end.as_slice())? {
@@ -316,26 +306,26 @@ pub fn trim(
         }
         st.min_ts = st.min_ts.max(before);
         drop(t);
-        ctx.txn.open_table(EV_BUCKETS)?.insert(
+        ctx.table(EV_BUCKETS)?.insert(
             bucket_key(stream, start).as_slice(),
             model::encode(&st).as_slice(),
         )?;
     }
-    save_meta(ctx.txn, stream, &meta)?;
+    save_meta(ctx, stream, &meta)?;
     Ok(Ok((dropped, deleted, more)))
 }
 
 /// Drops up to `buckets_max` bucket tables of a stream, and the stream itself once none are
 /// left. Returns (dropped, more remain).
 pub fn drop_stream(ctx: &mut ApplyCtx<'_>, stream: &str, buckets_max: usize) -> Res<(u64, bool)> {
-    if check!(load_meta(ctx.txn, stream)).is_none() {
+    if check!(load_meta(ctx, stream)).is_none() {
         return Ok(Err(EventError::StreamNotFound(stream.to_string())));
     }
     let prefix = bucket_prefix(stream);
     let mut starts = Vec::new();
     let mut more = false;
     {
-        let buckets = ctx.txn.open_table(EV_BUCKETS)?;
+        let buckets = ctx.table(EV_BUCKETS)?;
         for item in buckets.range(prefix.as_slice()..)? {
             let (k, _) = item?;
             let k = k.value();
@@ -352,13 +342,12 @@ pub fn drop_stream(ctx: &mut ApplyCtx<'_>, stream: &str, buckets_max: usize) -> 
         }
     }
     for start in &starts {
-        ctx.txn.delete_table(table(&bucket_table(stream, *start)))?;
-        ctx.txn
-            .open_table(EV_BUCKETS)?
+        ctx.delete_table(table(&bucket_table(stream, *start)))?;
+        ctx.table(EV_BUCKETS)?
             .remove(bucket_key(stream, *start).as_slice())?;
     }
     if !more {
-        ctx.txn.open_table(EV_STREAMS)?.remove(stream.as_bytes())?;
+        ctx.table(EV_STREAMS)?.remove(stream.as_bytes())?;
     }
     Ok(Ok((starts.len() as u64, more)))
 }

@@ -6,14 +6,14 @@
 
 use super::{display_key, BatchOp, BatchOpResult, Cond, PutOptions, PutResult, KV, KV_EXPIRY};
 use crate::engine::codec::{self, Header};
-use crate::engine::ApplyCtx;
+use crate::engine::{ApplyCtx, LoggedTable};
 use crate::error::{EngineError, KvError};
-use redb::{ReadableTable, Table};
+use redb::ReadableTable;
 use std::collections::HashMap;
 
 type Res<T> = Result<Result<T, KvError>, redb::Error>;
-type KvTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
-type ExpiryTable<'t> = Table<'t, &'static [u8], ()>;
+type KvTable<'t> = LoggedTable<'t, &'static [u8], &'static [u8]>;
+type ExpiryTable<'t> = LoggedTable<'t, &'static [u8], ()>;
 
 /// Key of the expiry index: `expires_at_ms` big-endian (so the index sorts by time) then the key.
 pub(super) fn expiry_key(expires_at_ms: u64, sk: &[u8]) -> Vec<u8> {
@@ -113,8 +113,8 @@ pub(super) fn put(
     value: &[u8],
     opts: &PutOptions,
 ) -> Res<PutResult> {
-    let mut kv = ctx.txn.open_table(KV)?;
-    let mut exp = ctx.txn.open_table(KV_EXPIRY)?;
+    let mut kv = ctx.table(KV)?;
+    let mut exp = ctx.table(KV_EXPIRY)?;
     let old = match header_of(&kv, ctx.shard, sk)? {
         Ok(h) => h,
         // A corrupt record can be overwritten unconditionally (that repairs it), but no
@@ -142,8 +142,8 @@ pub(super) fn put(
 }
 
 pub(super) fn delete(ctx: &mut ApplyCtx<'_>, sk: &[u8], cond: Cond) -> Res<u64> {
-    let mut kv = ctx.txn.open_table(KV)?;
-    let mut exp = ctx.txn.open_table(KV_EXPIRY)?;
+    let mut kv = ctx.table(KV)?;
+    let mut exp = ctx.table(KV_EXPIRY)?;
     let old = match header_of(&kv, ctx.shard, sk)? {
         Ok(h) => h,
         Err(e) => return Ok(Err(e)),
@@ -164,8 +164,8 @@ pub(super) fn incr(
     by: i64,
     ttl_ms: Option<u64>,
 ) -> Res<(i64, u64)> {
-    let mut kv = ctx.txn.open_table(KV)?;
-    let mut exp = ctx.txn.open_table(KV_EXPIRY)?;
+    let mut kv = ctx.table(KV)?;
+    let mut exp = ctx.table(KV_EXPIRY)?;
     let current = match kv.get(sk)? {
         None => None,
         Some(guard) => match codec::decode(guard.value()) {
@@ -246,8 +246,8 @@ pub(super) fn batch(
     ctx: &mut ApplyCtx<'_>,
     group: &[(usize, Vec<u8>, BatchOp)],
 ) -> Res<Vec<BatchOpResult>> {
-    let mut kv = ctx.txn.open_table(KV)?;
-    let mut exp = ctx.txn.open_table(KV_EXPIRY)?;
+    let mut kv = ctx.table(KV)?;
+    let mut exp = ctx.table(KV_EXPIRY)?;
     // Phase 1: judge every precondition against the state the earlier ops would leave.
     let mut headers: HashMap<&[u8], Option<Header>> = HashMap::new();
     let mut seen: HashMap<&[u8], Seen> = HashMap::new();
@@ -343,8 +343,8 @@ pub(super) fn batch(
 
 /// Deletes up to `max` keys starting with `prefix`; returns (live keys deleted, more remain).
 pub(super) fn delete_prefix(ctx: &mut ApplyCtx<'_>, prefix: &[u8], max: usize) -> Res<(u64, bool)> {
-    let mut kv = ctx.txn.open_table(KV)?;
-    let mut exp = ctx.txn.open_table(KV_EXPIRY)?;
+    let mut kv = ctx.table(KV)?;
+    let mut exp = ctx.table(KV_EXPIRY)?;
     let mut victims: Vec<(Vec<u8>, Option<Header>)> = Vec::new();
     let mut more = false;
     for item in kv.range(prefix..)? {
@@ -372,8 +372,8 @@ pub(super) fn delete_prefix(ctx: &mut ApplyCtx<'_>, prefix: &[u8], max: usize) -
 /// Deletes up to `max` keys whose expiry has passed, walking the expiry index in time order.
 /// Returns how many index entries it consumed.
 pub(super) fn sweep(ctx: &mut ApplyCtx<'_>, max: usize) -> Result<usize, redb::Error> {
-    let mut kv = ctx.txn.open_table(KV)?;
-    let mut exp = ctx.txn.open_table(KV_EXPIRY)?;
+    let mut kv = ctx.table(KV)?;
+    let mut exp = ctx.table(KV_EXPIRY)?;
     let end = ctx.now_ms.saturating_add(1).to_be_bytes();
     let mut due: Vec<Vec<u8>> = Vec::new();
     for item in exp.range(..end.as_slice())?.take(max) {

@@ -3,30 +3,30 @@
 
 use super::model::{self, *};
 use super::NewJob;
-use crate::engine::ApplyCtx;
+use crate::engine::{ApplyCtx, LoggedTable};
 use crate::error::QueueError;
-use redb::{ReadableTable, Table};
+use redb::ReadableTable;
 use std::collections::{BTreeSet, HashMap};
 
 pub type Res<T> = Result<Result<T, QueueError>, redb::Error>;
 
 /// The queue tables, opened once per operation.
 pub struct Tabs<'t> {
-    jobs: Table<'t, &'static [u8], &'static [u8]>,
-    index: Table<'t, &'static [u8], ()>,
-    timers: Table<'t, &'static [u8], ()>,
-    meta: Table<'t, &'static [u8], &'static [u8]>,
-    dedupe: Table<'t, &'static [u8], &'static [u8]>,
+    jobs: LoggedTable<'t, &'static [u8], &'static [u8]>,
+    index: LoggedTable<'t, &'static [u8], ()>,
+    timers: LoggedTable<'t, &'static [u8], ()>,
+    meta: LoggedTable<'t, &'static [u8], &'static [u8]>,
+    dedupe: LoggedTable<'t, &'static [u8], &'static [u8]>,
 }
 
 impl<'t> Tabs<'t> {
-    pub fn open(txn: &'t redb::WriteTransaction) -> Result<Self, redb::Error> {
+    pub fn open(ctx: &ApplyCtx<'t>) -> Result<Self, redb::Error> {
         Ok(Tabs {
-            jobs: txn.open_table(Q_JOBS)?,
-            index: txn.open_table(Q_INDEX)?,
-            timers: txn.open_table(Q_TIMERS)?,
-            meta: txn.open_table(Q_META)?,
-            dedupe: txn.open_table(Q_DEDUPE)?,
+            jobs: ctx.table(Q_JOBS)?,
+            index: ctx.table(Q_INDEX)?,
+            timers: ctx.table(Q_TIMERS)?,
+            meta: ctx.table(Q_META)?,
+            dedupe: ctx.table(Q_DEDUPE)?,
         })
     }
 
@@ -126,7 +126,7 @@ pub struct Enqueued {
 /// Enqueues a batch, all or nothing.
 pub fn enqueue(ctx: &mut ApplyCtx<'_>, q: &str, specs: &[NewJob]) -> Res<Vec<Enqueued>> {
     let now = ctx.now_ms;
-    let mut t = Tabs::open(ctx.txn)?;
+    let mut t = Tabs::open(ctx)?;
     let mut meta = check!(t.meta(q));
     // Check: dedupe (against the store and earlier jobs of this batch), then depth.
     enum Plan {
@@ -233,7 +233,7 @@ pub fn enqueue(ctx: &mut ApplyCtx<'_>, q: &str, specs: &[NewJob]) -> Res<Vec<Enq
 /// Claims up to `max` ready jobs in (priority, run-at, id) order, each with a fresh lease token.
 pub fn claim(ctx: &mut ApplyCtx<'_>, q: &str, max: usize, lease_ms: u64) -> Res<Vec<Job>> {
     let now = ctx.now_ms;
-    let mut t = Tabs::open(ctx.txn)?;
+    let mut t = Tabs::open(ctx)?;
     let mut meta = check!(t.meta(q));
     if meta.paused || max == 0 {
         return Ok(Ok(Vec::new()));
@@ -282,7 +282,7 @@ fn leased(t: &Tabs<'_>, q: &str, id: u64, token: &str) -> Res<Job> {
 }
 
 pub fn ack(ctx: &mut ApplyCtx<'_>, q: &str, id: u64, token: &str) -> Res<()> {
-    let mut t = Tabs::open(ctx.txn)?;
+    let mut t = Tabs::open(ctx)?;
     let mut meta = check!(t.meta(q));
     let job = check!(leased(&t, q, id, token));
     t.replace(q, &mut meta, Some(&job), None)?;
@@ -309,7 +309,7 @@ pub fn nack(
     jitter: f64,
 ) -> Res<State> {
     let now = ctx.now_ms;
-    let mut t = Tabs::open(ctx.txn)?;
+    let mut t = Tabs::open(ctx)?;
     let mut meta = check!(t.meta(q));
     let old = check!(leased(&t, q, id, token));
     let mut job = old.clone();
@@ -340,7 +340,7 @@ pub fn nack(
 /// Returns the new lease expiry.
 pub fn extend(ctx: &mut ApplyCtx<'_>, q: &str, id: u64, token: &str, lease_ms: u64) -> Res<u64> {
     let now = ctx.now_ms;
-    let mut t = Tabs::open(ctx.txn)?;
+    let mut t = Tabs::open(ctx)?;
     let mut meta = check!(t.meta(q));
     let old = check!(leased(&t, q, id, token));
     let mut job = old.clone();
@@ -353,7 +353,7 @@ pub fn extend(ctx: &mut ApplyCtx<'_>, q: &str, id: u64, token: &str, lease_ms: u
 
 /// Deletes a job that is not in flight.
 pub fn cancel(ctx: &mut ApplyCtx<'_>, q: &str, id: u64) -> Res<()> {
-    let mut t = Tabs::open(ctx.txn)?;
+    let mut t = Tabs::open(ctx)?;
     let mut meta = check!(t.meta(q));
     let Some(job) = check!(t.job(q, id)) else {
         return Ok(Err(QueueError::JobNotFound(id)));
@@ -400,7 +400,7 @@ pub fn requeue(
     max: usize,
 ) -> Res<(u64, bool)> {
     let now = ctx.now_ms;
-    let mut t = Tabs::open(ctx.txn)?;
+    let mut t = Tabs::open(ctx)?;
     let mut meta = check!(t.meta(q));
     let (ids, more) = match ids {
         Some(ids) => (ids.to_vec(), false),
@@ -433,7 +433,7 @@ pub fn purge(ctx: &mut ApplyCtx<'_>, q: &str, state: State, max: usize) -> Res<(
             "in-flight jobs cannot be purged; ack or nack them, or let their leases expire".into(),
         )));
     }
-    let mut t = Tabs::open(ctx.txn)?;
+    let mut t = Tabs::open(ctx)?;
     let mut meta = check!(t.meta(q));
     let (ids, more) = ids_in(&t, q, state, max)?;
     let mut deleted = 0;
@@ -454,7 +454,7 @@ pub fn configure(
     config: Option<QueueConfig>,
     paused: Option<bool>,
 ) -> Res<QueueMeta> {
-    let mut t = Tabs::open(ctx.txn)?;
+    let mut t = Tabs::open(ctx)?;
     let mut meta = check!(t.meta(q));
     if let Some(c) = config {
         meta.config = c;
@@ -471,7 +471,7 @@ pub fn configure(
 /// that gained ready jobs.
 pub fn promote(ctx: &mut ApplyCtx<'_>, max: usize) -> Result<BTreeSet<String>, redb::Error> {
     let now = ctx.now_ms;
-    let mut t = Tabs::open(ctx.txn)?;
+    let mut t = Tabs::open(ctx)?;
     let end = now.saturating_add(1).to_be_bytes();
     let mut due = Vec::new();
     for item in t.timers.range(..end.as_slice())?.take(max) {
@@ -554,7 +554,7 @@ pub fn promote(ctx: &mut ApplyCtx<'_>, max: usize) -> Result<BTreeSet<String>, r
 
 /// Stores a schedule, keeping the firing history of one it replaces. Returns (created, stored).
 pub fn put_schedule(ctx: &mut ApplyCtx<'_>, mut s: Schedule) -> Res<(bool, Schedule)> {
-    let mut t = ctx.txn.open_table(Q_SCHED)?;
+    let mut t = ctx.table(Q_SCHED)?;
     let old = t
         .get(s.name.as_bytes())?
         .map(|g| model::decode::<Schedule>(g.value()).map_err(QueueError::Corrupt))
@@ -573,7 +573,7 @@ pub fn put_schedule(ctx: &mut ApplyCtx<'_>, mut s: Schedule) -> Res<(bool, Sched
 }
 
 pub fn delete_schedule(ctx: &mut ApplyCtx<'_>, name: &str) -> Result<bool, redb::Error> {
-    let mut t = ctx.txn.open_table(Q_SCHED)?;
+    let mut t = ctx.table(Q_SCHED)?;
     let existed = t.remove(name.as_bytes())?.is_some();
     Ok(existed)
 }
@@ -584,7 +584,7 @@ pub fn delete_schedule(ctx: &mut ApplyCtx<'_>, name: &str) -> Result<bool, redb:
 pub fn fire(ctx: &mut ApplyCtx<'_>, name: &str) -> Result<Option<String>, redb::Error> {
     let now = ctx.now_ms;
     let sched = {
-        let t = ctx.txn.open_table(Q_SCHED)?;
+        let t = ctx.table(Q_SCHED)?;
         let got = t.get(name.as_bytes())?;
         match got.map(|g| model::decode::<Schedule>(g.value())) {
             Some(Ok(s)) => s,
@@ -617,7 +617,7 @@ pub fn fire(ctx: &mut ApplyCtx<'_>, name: &str) -> Result<Option<String>, redb::
             None
         }
     };
-    let mut t = ctx.txn.open_table(Q_SCHED)?;
+    let mut t = ctx.table(Q_SCHED)?;
     t.insert(name.as_bytes(), model::encode(&s).as_slice())?;
     Ok(woke)
 }

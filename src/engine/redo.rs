@@ -1,0 +1,519 @@
+//! Redo: the physical effects of one writer batch, captured as the domains apply it, and
+//! re-applied on recovery.
+//!
+//! Domains never touch the write transaction directly. [`ApplyCtx::table`](super::ApplyCtx::table)
+//! hands out a [`LoggedTable`], which reads through to redb and records every insert, remove,
+//! table open (which creates the table) and table drop, in order, into the batch's [`Redo`]. The
+//! log record of the batch is those bytes; replaying them needs no clock, no randomness and no
+//! re-validation, and applying them twice is the same as applying them once.
+//!
+//! Encoding (all integers little-endian), one op after another:
+//!
+//! ```text
+//! 1 OPEN  id u16, key type u8, value type u8, name_len u16, name
+//! 2 PUT   id u16, key_len u32, key, value_len u32, value
+//! 3 DEL   id u16, key_len u32, key
+//! 4 DROP  name_len u16, name
+//! ```
+//!
+//! `id` numbers the tables opened in this record, from 0; a table dropped and opened again gets a
+//! new id. Type codes are [`Logged::CODE`].
+
+use redb::{AccessGuard, Key, Table, TableDefinition, TableHandle, Value, WriteTransaction};
+use std::borrow::Borrow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ops::Deref;
+
+const OP_OPEN: u8 = 1;
+const OP_PUT: u8 = 2;
+const OP_DEL: u8 = 3;
+const OP_DROP: u8 = 4;
+
+/// A redb key or value type the log can carry, with its code in the redo encoding.
+pub trait Logged: Value + 'static {
+    const CODE: u8;
+}
+impl Logged for &'static [u8] {
+    const CODE: u8 = 1;
+}
+impl Logged for &'static str {
+    const CODE: u8 = 2;
+}
+impl Logged for () {
+    const CODE: u8 = 3;
+}
+impl Logged for u64 {
+    const CODE: u8 = 4;
+}
+
+/// The redo bytes of the batch being applied.
+#[derive(Debug, Default)]
+pub struct Redo {
+    bytes: Vec<u8>,
+    /// Tables opened in this record (name → id), until dropped.
+    open: HashMap<String, u16>,
+    next_id: u16,
+    /// Operations that changed something.
+    changes: u64,
+}
+
+impl Redo {
+    /// Starts a new record, keeping the buffer's capacity.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.open.clear();
+        self.next_id = 0;
+        self.changes = 0;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes == 0
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    fn table_id(&mut self, name: &str, k: u8, v: u8) -> u16 {
+        if let Some(id) = self.open.get(name) {
+            return *id;
+        }
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        self.open.insert(name.to_string(), id);
+        self.bytes.push(OP_OPEN);
+        self.bytes.extend_from_slice(&id.to_le_bytes());
+        self.bytes.push(k);
+        self.bytes.push(v);
+        put_str(&mut self.bytes, name);
+        id
+    }
+
+    fn put(&mut self, id: u16, key: &[u8], value: &[u8]) {
+        self.changes += 1;
+        self.bytes.reserve(11 + key.len() + value.len());
+        self.bytes.push(OP_PUT);
+        self.bytes.extend_from_slice(&id.to_le_bytes());
+        put_bytes(&mut self.bytes, key);
+        put_bytes(&mut self.bytes, value);
+    }
+
+    fn del(&mut self, id: u16, key: &[u8]) {
+        self.changes += 1;
+        self.bytes.push(OP_DEL);
+        self.bytes.extend_from_slice(&id.to_le_bytes());
+        put_bytes(&mut self.bytes, key);
+    }
+
+    fn drop_table(&mut self, name: &str) {
+        self.changes += 1;
+        self.open.remove(name);
+        self.bytes.push(OP_DROP);
+        put_str(&mut self.bytes, name);
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    // Keys and values are bounded far below 4 GiB by redb itself (MAX_VALUE_LENGTH).
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // redb table names are short; a longer one cannot be opened in the first place.
+    out.extend_from_slice(&(s.len().min(u16::MAX as usize) as u16).to_le_bytes());
+    out.extend_from_slice(&s.as_bytes()[..s.len().min(u16::MAX as usize)]);
+}
+
+/// A table opened inside a writer batch: reads go straight to redb (through `Deref`), every
+/// mutation is also recorded in the batch's redo.
+pub struct LoggedTable<'a, K: Logged + Key, V: Logged> {
+    table: Table<'a, K, V>,
+    id: u16,
+    redo: &'a RefCell<Redo>,
+}
+
+impl<'a, K: Logged + Key, V: Logged> LoggedTable<'a, K, V> {
+    pub(crate) fn open(
+        txn: &'a WriteTransaction,
+        redo: &'a RefCell<Redo>,
+        def: TableDefinition<'_, K, V>,
+    ) -> Result<Self, redb::Error> {
+        let table = txn.open_table(def)?;
+        let id = redo.borrow_mut().table_id(def.name(), K::CODE, V::CODE);
+        Ok(Self { table, id, redo })
+    }
+
+    /// Inserts (or replaces) `key`; returns the old value.
+    pub fn insert<'k, 'v>(
+        &mut self,
+        key: impl Borrow<K::SelfType<'k>>,
+        value: impl Borrow<V::SelfType<'v>>,
+    ) -> Result<Option<AccessGuard<'_, V>>, redb::Error> {
+        self.redo.borrow_mut().put(
+            self.id,
+            K::as_bytes(key.borrow()).as_ref(),
+            V::as_bytes(value.borrow()).as_ref(),
+        );
+        Ok(self.table.insert(key, value)?)
+    }
+
+    /// Removes `key`; returns the old value. Removing an absent key records nothing.
+    pub fn remove<'k>(
+        &mut self,
+        key: impl Borrow<K::SelfType<'k>>,
+    ) -> Result<Option<AccessGuard<'_, V>>, redb::Error> {
+        let bytes = K::as_bytes(key.borrow()).as_ref().to_vec();
+        let old = self.table.remove(key)?;
+        if old.is_some() {
+            self.redo.borrow_mut().del(self.id, &bytes);
+        }
+        Ok(old)
+    }
+}
+
+impl<'a, K: Logged + Key, V: Logged> Deref for LoggedTable<'a, K, V> {
+    type Target = Table<'a, K, V>;
+    fn deref(&self) -> &Self::Target {
+        &self.table
+    }
+}
+
+/// Drops a table inside a writer batch, recording it.
+pub(crate) fn drop_table<K: Logged + Key, V: Logged>(
+    txn: &WriteTransaction,
+    redo: &RefCell<Redo>,
+    def: TableDefinition<'_, K, V>,
+) -> Result<bool, redb::Error> {
+    let existed = txn.delete_table(def)?;
+    if existed {
+        redo.borrow_mut().drop_table(def.name());
+    }
+    Ok(existed)
+}
+
+/// Why a redo payload could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("redo payload is malformed at byte {at}: {what}")]
+    Malformed { at: usize, what: &'static str },
+    #[error(transparent)]
+    Storage(#[from] redb::Error),
+}
+
+struct Reader<'b> {
+    b: &'b [u8],
+    at: usize,
+}
+
+impl<'b> Reader<'b> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'b [u8], ReplayError> {
+        let end = self.at.checked_add(n).filter(|e| *e <= self.b.len());
+        let Some(end) = end else {
+            return Err(ReplayError::Malformed { at: self.at, what });
+        };
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, ReplayError> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u16(&mut self, what: &'static str) -> Result<u16, ReplayError> {
+        let s = self.take(2, what)?;
+        Ok(u16::from_le_bytes([s[0], s[1]]))
+    }
+    fn bytes(&mut self, what: &'static str) -> Result<&'b [u8], ReplayError> {
+        let s = self.take(4, what)?;
+        let n = u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize;
+        self.take(n, what)
+    }
+    fn name(&mut self) -> Result<&'b str, ReplayError> {
+        let n = self.u16("table name length")? as usize;
+        let s = self.take(n, "table name")?;
+        std::str::from_utf8(s).map_err(|_| ReplayError::Malformed {
+            at: self.at,
+            what: "table name is not UTF-8",
+        })
+    }
+}
+
+/// Checks that a redo payload decodes, without applying it (`shardbox check`, fuzzing).
+pub fn validate(payload: &[u8]) -> Result<u64, ReplayError> {
+    let mut r = Reader { b: payload, at: 0 };
+    let mut ops = 0;
+    while r.at < payload.len() {
+        match r.u8("op")? {
+            OP_OPEN => {
+                r.u16("table id")?;
+                let (k, v) = (r.u8("key type")?, r.u8("value type")?);
+                type_pair(k, v).ok_or(ReplayError::Malformed {
+                    at: r.at,
+                    what: "unknown table types",
+                })?;
+                r.name()?;
+            }
+            OP_PUT => {
+                r.u16("table id")?;
+                r.bytes("key")?;
+                r.bytes("value")?;
+            }
+            OP_DEL => {
+                r.u16("table id")?;
+                r.bytes("key")?;
+            }
+            OP_DROP => {
+                r.name()?;
+            }
+            _ => {
+                return Err(ReplayError::Malformed {
+                    at: r.at - 1,
+                    what: "unknown op",
+                })
+            }
+        }
+        ops += 1;
+    }
+    Ok(ops)
+}
+
+/// The table kinds the log knows, by (key, value) type codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Types {
+    BytesBytes,
+    BytesUnit,
+    BytesU64,
+    StrU64,
+}
+
+fn type_pair(k: u8, v: u8) -> Option<Types> {
+    match (k, v) {
+        (1, 1) => Some(Types::BytesBytes),
+        (1, 3) => Some(Types::BytesUnit),
+        (1, 4) => Some(Types::BytesU64),
+        (2, 4) => Some(Types::StrU64),
+        _ => None,
+    }
+}
+
+fn put_typed<K: Logged + Key, V: Logged>(
+    txn: &WriteTransaction,
+    name: &str,
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> Result<(), redb::Error> {
+    let mut t = txn.open_table(TableDefinition::<K, V>::new(name))?;
+    match value {
+        Some(v) => {
+            t.insert(K::from_bytes(key), V::from_bytes(v))?;
+        }
+        None => {
+            t.remove(K::from_bytes(key))?;
+        }
+    }
+    Ok(())
+}
+
+fn open_typed(txn: &WriteTransaction, name: &str, types: Types) -> Result<(), redb::Error> {
+    match types {
+        Types::BytesBytes => drop(txn.open_table(TableDefinition::<&[u8], &[u8]>::new(name))?),
+        Types::BytesUnit => drop(txn.open_table(TableDefinition::<&[u8], ()>::new(name))?),
+        Types::BytesU64 => drop(txn.open_table(TableDefinition::<&[u8], u64>::new(name))?),
+        Types::StrU64 => drop(txn.open_table(TableDefinition::<&str, u64>::new(name))?),
+    }
+    Ok(())
+}
+
+fn write_typed(
+    txn: &WriteTransaction,
+    name: &str,
+    types: Types,
+    key: &[u8],
+    value: Option<&[u8]>,
+    at: usize,
+) -> Result<(), ReplayError> {
+    // redb's decoders assume well-formed bytes (a u64 is 8 bytes, a str is UTF-8): check first,
+    // so a damaged record is an error, never a panic.
+    let bad = |what| ReplayError::Malformed { at, what };
+    match types {
+        Types::BytesBytes => put_typed::<&[u8], &[u8]>(txn, name, key, value)?,
+        Types::BytesUnit => put_typed::<&[u8], ()>(txn, name, key, value)?,
+        Types::BytesU64 => {
+            if value.is_some_and(|v| v.len() != 8) {
+                return Err(bad("a u64 value is not 8 bytes"));
+            }
+            put_typed::<&[u8], u64>(txn, name, key, value)?
+        }
+        Types::StrU64 => {
+            if std::str::from_utf8(key).is_err() {
+                return Err(bad("a str key is not UTF-8"));
+            }
+            if value.is_some_and(|v| v.len() != 8) {
+                return Err(bad("a u64 value is not 8 bytes"));
+            }
+            put_typed::<&str, u64>(txn, name, key, value)?
+        }
+    }
+    Ok(())
+}
+
+/// Applies a redo payload to `txn`. The payload was checked by its record's crc; a malformed one
+/// is still an error, never a panic.
+pub fn apply(txn: &WriteTransaction, payload: &[u8]) -> Result<u64, ReplayError> {
+    // Validate first so a malformed payload applies nothing.
+    validate(payload)?;
+    let mut r = Reader { b: payload, at: 0 };
+    let mut tables: HashMap<u16, (&str, Types)> = HashMap::new();
+    let mut ops = 0;
+    let unknown = |at| ReplayError::Malformed {
+        at,
+        what: "op names a table the record did not open",
+    };
+    while r.at < payload.len() {
+        match r.u8("op")? {
+            OP_OPEN => {
+                let id = r.u16("table id")?;
+                let (k, v) = (r.u8("key type")?, r.u8("value type")?);
+                let types = type_pair(k, v).ok_or(ReplayError::Malformed {
+                    at: r.at,
+                    what: "unknown table types",
+                })?;
+                let name = r.name()?;
+                open_typed(txn, name, types)?;
+                tables.insert(id, (name, types));
+            }
+            OP_PUT => {
+                let id = r.u16("table id")?;
+                let (key, value) = (r.bytes("key")?, r.bytes("value")?);
+                let (name, types) = *tables.get(&id).ok_or_else(|| unknown(r.at))?;
+                write_typed(txn, name, types, key, Some(value), r.at)?;
+            }
+            OP_DEL => {
+                let id = r.u16("table id")?;
+                let key = r.bytes("key")?;
+                let (name, types) = *tables.get(&id).ok_or_else(|| unknown(r.at))?;
+                write_typed(txn, name, types, key, None, r.at)?;
+            }
+            OP_DROP => {
+                let name = r.name()?;
+                txn.delete_table(TableDefinition::<&[u8], &[u8]>::new(name))
+                    .map_err(redb::Error::from)?;
+                tables.retain(|_, (n, _)| *n != name);
+            }
+            _ => {
+                return Err(ReplayError::Malformed {
+                    at: r.at - 1,
+                    what: "unknown op",
+                })
+            }
+        }
+        ops += 1;
+    }
+    Ok(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+    const T: TableDefinition<&[u8], &[u8]> = TableDefinition::new("t");
+    const U: TableDefinition<&[u8], ()> = TableDefinition::new("u");
+    const M: TableDefinition<&str, u64> = TableDefinition::new("m");
+
+    fn record(db: &redb::Database) -> Vec<u8> {
+        let redo = RefCell::new(Redo::default());
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = LoggedTable::open(&txn, &redo, T).unwrap();
+            t.insert(b"a".as_slice(), b"1".as_slice()).unwrap();
+            t.insert(b"b".as_slice(), b"2".as_slice()).unwrap();
+            assert!(t.remove(b"a".as_slice()).unwrap().is_some());
+            assert!(t.remove(b"zz".as_slice()).unwrap().is_none());
+            let mut u = LoggedTable::open(&txn, &redo, U).unwrap();
+            u.insert(b"x".as_slice(), ()).unwrap();
+            let mut m = LoggedTable::open(&txn, &redo, M).unwrap();
+            m.insert("rev", 7u64).unwrap();
+        }
+        let d: TableDefinition<&[u8], &[u8]> = TableDefinition::new("gone");
+        LoggedTable::open(&txn, &redo, d)
+            .unwrap()
+            .insert(b"k".as_slice(), b"v".as_slice())
+            .unwrap();
+        assert!(drop_table(&txn, &redo, d).unwrap());
+        let e: TableDefinition<&[u8], &[u8]> = TableDefinition::new("empty");
+        LoggedTable::open(&txn, &redo, e).unwrap();
+        txn.commit().unwrap();
+        let bytes = redo.borrow().bytes().to_vec();
+        bytes
+    }
+
+    fn dump(db: &redb::Database) -> Vec<String> {
+        let txn = db.begin_read().unwrap();
+        let mut out = Vec::new();
+        for h in txn.list_tables().unwrap() {
+            out.push(format!("table {}", h.name()));
+        }
+        for (k, v) in txn
+            .open_table(T)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|r| r.unwrap())
+        {
+            out.push(format!("t {:?}={:?}", k.value(), v.value()));
+        }
+        out.push(format!("u {}", txn.open_table(U).unwrap().len().unwrap()));
+        out.push(format!(
+            "m {:?}",
+            txn.open_table(M)
+                .unwrap()
+                .get("rev")
+                .unwrap()
+                .map(|g| g.value())
+        ));
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn replay_reproduces_the_live_state_and_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = redb::Database::create(dir.path().join("live")).unwrap();
+        let payload = record(&live);
+        assert_eq!(validate(&payload).unwrap(), 12);
+        let copy = redb::Database::create(dir.path().join("copy")).unwrap();
+        for _ in 0..2 {
+            let txn = copy.begin_write().unwrap();
+            apply(&txn, &payload).unwrap();
+            txn.commit().unwrap();
+            assert_eq!(dump(&live), dump(&copy));
+        }
+    }
+
+    #[test]
+    fn malformed_payloads_are_errors_and_apply_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = redb::Database::create(dir.path().join("live")).unwrap();
+        let payload = record(&live);
+        let db = redb::Database::create(dir.path().join("x")).unwrap();
+        for cut in 0..payload.len() {
+            let txn = db.begin_write().unwrap();
+            if validate(&payload[..cut]).is_err() {
+                assert!(apply(&txn, &payload[..cut]).is_err());
+            }
+            txn.abort().unwrap();
+        }
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for _ in 0..2000 {
+            let mut p = payload.clone();
+            let i = rng.random_range(0..p.len());
+            p[i] = rng.random();
+            let txn = db.begin_write().unwrap();
+            let _ = apply(&txn, &p);
+            txn.abort().unwrap();
+        }
+    }
+}

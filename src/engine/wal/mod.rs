@@ -1,0 +1,695 @@
+//! The write-ahead log: one log for all shards, group-committed by one thread.
+//!
+//! A shard writer applies a batch in a redb transaction, hands the batch's redo to
+//! [`Wal::append`] (which gives it the next LSN), and waits with [`Wal::wait`]. The log thread
+//! takes everything appended since its last write, writes it with one call and makes it durable
+//! with one `fdatasync`, then releases every waiter up to there. A group is simply what arrived
+//! while the previous sync ran: nothing waits on a timer to form one. In `periodic` mode the
+//! thread still writes each group at once (so a killed process loses nothing) but syncs only
+//! every interval.
+//!
+//! Segments are preallocated (zero-filled, so a sync never has to update file metadata) and
+//! recycled once every shard has checkpointed past their last record. After the first failed
+//! write or sync the log refuses everything (redb's `PreviousIo` rule): what it would
+//! acknowledge next could depend on bytes the disk never took.
+
+pub mod frame;
+pub mod recovery;
+
+use frame::{Kind, SegmentHeader, SEGMENT_HEADER_BYTES};
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// When a reply may be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// After the record is on disk (`fdatasync`).
+    Immediate,
+    /// After the record is written to the OS; synced every interval.
+    Periodic(Duration),
+}
+
+/// Settings of the log.
+#[derive(Debug, Clone)]
+pub struct WalConfig {
+    pub dir: PathBuf,
+    pub segment_bytes: u64,
+    pub mode: SyncMode,
+    /// Recycled segments kept ready for reuse; more are deleted.
+    pub spare_segments_max: usize,
+    pub shards: usize,
+}
+
+/// Why the log did not take or keep a record.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WalError {
+    #[error("the write-ahead log failed and refuses writes until restart: {0}")]
+    Failed(String),
+    #[error("the write-ahead log is closed")]
+    Closed,
+    #[error("a batch of {0} bytes is larger than one log record can hold (1 GiB)")]
+    TooLarge(usize),
+}
+
+/// Counters of the log (monotonic since start).
+#[derive(Debug, Default)]
+pub struct WalStats {
+    pub syncs: AtomicU64,
+    pub sync_micros: AtomicU64,
+    pub writes: AtomicU64,
+    pub records: AtomicU64,
+    /// Operations carried by the records (what "writes per fsync" counts).
+    pub ops: AtomicU64,
+    pub bytes: AtomicU64,
+    pub largest_group_records: AtomicU64,
+    pub segments_created: AtomicU64,
+    pub segments_recycled: AtomicU64,
+    pub segments_deleted: AtomicU64,
+    /// Segment files on disk (live + spare).
+    pub segment_files: AtomicU64,
+}
+
+struct Pending {
+    buf: Vec<u8>,
+    records: u64,
+    ops: u64,
+    next_lsn: u64,
+    stop: bool,
+    failure: Option<String>,
+}
+
+struct Shared {
+    cfg: WalConfig,
+    state: Mutex<Pending>,
+    /// The log thread waits here for work.
+    work: Condvar,
+    /// Appenders wait here for their LSN.
+    done: Condvar,
+    durable: AtomicU64,
+    written: AtomicU64,
+    /// Bytes appended since start (a position, for checkpoint pressure).
+    appended: AtomicU64,
+    /// Per shard: LSN and position of its oldest record not yet checkpointed (MAX = none).
+    oldest_lsn: Vec<AtomicU64>,
+    oldest_pos: Vec<AtomicU64>,
+    stats: WalStats,
+}
+
+/// The log handle shared by the engine and every shard writer.
+pub struct Wal {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A closed segment of an earlier run, with the last LSN it holds.
+#[derive(Debug, Clone)]
+pub struct OldSegment {
+    pub seq: u64,
+    pub path: PathBuf,
+    pub last_lsn: Option<u64>,
+}
+
+fn lock(m: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Wal {
+    /// Starts the log: a new segment after `old` (segments of earlier runs, all checkpointed),
+    /// its first record getting `next_lsn`.
+    pub fn start(cfg: WalConfig, next_lsn: u64, old: Vec<OldSegment>) -> Result<Wal, String> {
+        std::fs::create_dir_all(&cfg.dir)
+            .map_err(|e| format!("cannot create {}: {e}", cfg.dir.display()))?;
+        let shards = cfg.shards;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(Pending {
+                buf: Vec::new(),
+                records: 0,
+                ops: 0,
+                next_lsn,
+                stop: false,
+                failure: None,
+            }),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            durable: AtomicU64::new(next_lsn - 1),
+            written: AtomicU64::new(next_lsn - 1),
+            appended: AtomicU64::new(0),
+            oldest_lsn: (0..shards).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            oldest_pos: (0..shards).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            stats: WalStats::default(),
+            cfg,
+        });
+        let mut log = LogFiles::open(&shared, next_lsn, old)?;
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("wal".into())
+            .spawn(move || {
+                let _guard = FailOnPanic(s.clone());
+                log.run(&s);
+            })
+            .map_err(|e| format!("cannot start the log thread: {e}"))?;
+        Ok(Wal {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Appends a record for `shard` and returns its LSN. `ops` is how many operations it
+    /// carries (for the writes-per-sync counter). The record is neither written nor durable
+    /// yet: [`Wal::wait`] for that.
+    pub fn append(
+        &self,
+        shard: usize,
+        kind: Kind,
+        payload: &[u8],
+        ops: u64,
+    ) -> Result<u64, WalError> {
+        if payload.len() > frame::PAYLOAD_BYTES_MAX {
+            return Err(WalError::TooLarge(payload.len()));
+        }
+        // An empty record would start with eight zero bytes, which recovery reads as the end.
+        debug_assert!(!payload.is_empty());
+        let crc = crc32fast::hash(payload);
+        let sh = &self.shared;
+        let mut st = lock(&sh.state);
+        if let Some(f) = &st.failure {
+            return Err(WalError::Failed(f.clone()));
+        }
+        if st.stop {
+            return Err(WalError::Closed);
+        }
+        let lsn = st.next_lsn;
+        st.next_lsn += 1;
+        let before = st.buf.len();
+        frame::encode_with_crc(&mut st.buf, lsn, shard as u32, kind, payload, crc);
+        let len = (st.buf.len() - before) as u64;
+        st.records += 1;
+        st.ops += ops;
+        let pos = sh.appended.fetch_add(len, Ordering::AcqRel);
+        // Under the lock, so a segment can never be recycled between this record getting its
+        // LSN and the shard saying it needs it.
+        if sh.oldest_lsn[shard].load(Ordering::Acquire) == u64::MAX {
+            sh.oldest_pos[shard].store(pos, Ordering::Release);
+            sh.oldest_lsn[shard].store(lsn, Ordering::Release);
+        }
+        drop(st);
+        sh.work.notify_one();
+        Ok(lsn)
+    }
+
+    /// Waits until `lsn` may be acknowledged: on disk (`immediate`) or written to the OS
+    /// (`periodic`).
+    pub fn wait(&self, lsn: u64) -> Result<(), WalError> {
+        let sh = &self.shared;
+        let mark = match sh.cfg.mode {
+            SyncMode::Immediate => &sh.durable,
+            SyncMode::Periodic(_) => &sh.written,
+        };
+        if mark.load(Ordering::Acquire) >= lsn {
+            return Ok(());
+        }
+        let mut st = lock(&sh.state);
+        loop {
+            if mark.load(Ordering::Acquire) >= lsn {
+                return Ok(());
+            }
+            if let Some(f) = &st.failure {
+                return Err(WalError::Failed(f.clone()));
+            }
+            st = sh.done.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Says every record of `shard` so far is in a durable redb commit: the log no longer needs
+    /// them. Called by the shard's writer right after a checkpoint.
+    pub fn checkpointed(&self, shard: usize) {
+        self.shared.oldest_pos[shard].store(u64::MAX, Ordering::Release);
+        self.shared.oldest_lsn[shard].store(u64::MAX, Ordering::Release);
+    }
+
+    /// Log bytes appended since the oldest record of `shard` that is not checkpointed (0 when
+    /// there is none): what the shard keeps the log from recycling.
+    pub fn pinned_bytes(&self, shard: usize) -> u64 {
+        let pos = self.shared.oldest_pos[shard].load(Ordering::Acquire);
+        if pos == u64::MAX {
+            return 0;
+        }
+        self.shared
+            .appended
+            .load(Ordering::Acquire)
+            .saturating_sub(pos)
+    }
+
+    pub fn durable_lsn(&self) -> u64 {
+        self.shared.durable.load(Ordering::Acquire)
+    }
+
+    pub fn stats(&self) -> &WalStats {
+        &self.shared.stats
+    }
+
+    pub fn mode(&self) -> SyncMode {
+        self.shared.cfg.mode
+    }
+
+    /// Why the log refuses writes, if it does.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.shared.state).failure.clone()
+    }
+
+    /// Writes and syncs what is pending, then stops the thread. Idempotent.
+    pub fn stop(&self) {
+        {
+            let mut st = lock(&self.shared.state);
+            st.stop = true;
+        }
+        self.shared.work.notify_all();
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Marks the log failed if its thread unwinds, so no writer waits forever on a dead thread.
+struct FailOnPanic(Arc<Shared>);
+
+impl Drop for FailOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            fail(&self.0, "the log thread panicked".into());
+        }
+    }
+}
+
+fn fail(sh: &Shared, message: String) {
+    tracing::error!(%message, "write-ahead log failed; writes are refused until restart");
+    let mut st = lock(&sh.state);
+    if st.failure.is_none() {
+        st.failure = Some(message);
+    }
+    drop(st);
+    sh.done.notify_all();
+}
+
+/// The segment being written.
+struct Active {
+    seq: u64,
+    file: File,
+    /// Where the next record goes.
+    pos: u64,
+    size: u64,
+    last_lsn: Option<u64>,
+}
+
+struct Closed {
+    seq: u64,
+    path: PathBuf,
+    last_lsn: Option<u64>,
+}
+
+/// The log thread's files: the active segment, closed ones still needed, spares.
+struct LogFiles {
+    dir: PathBuf,
+    active: Active,
+    closed: VecDeque<Closed>,
+    spares: Vec<PathBuf>,
+    last_sync: Instant,
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> String {
+    format!("{what} {}: {e}", path.display())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), String> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("cannot sync directory", dir, e))
+}
+
+fn spare_name(seq: u64) -> String {
+    format!("spare-{seq:020}")
+}
+
+impl LogFiles {
+    fn open(sh: &Shared, next_lsn: u64, old: Vec<OldSegment>) -> Result<LogFiles, String> {
+        let dir = sh.cfg.dir.clone();
+        let mut spares = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with("spare-") {
+                    spares.push(e.path());
+                }
+            }
+        }
+        let seq = old.iter().map(|o| o.seq).max().map_or(1, |s| s + 1);
+        let mut closed: VecDeque<Closed> = old
+            .into_iter()
+            .map(|o| Closed {
+                seq: o.seq,
+                path: o.path,
+                last_lsn: o.last_lsn,
+            })
+            .collect();
+        // Segments of earlier runs that every shard has checkpointed past become spares first,
+        // so a restart reuses them instead of preallocating a new file.
+        recycle_into(sh, &dir, &mut closed, &mut spares)?;
+        let active = new_segment(sh, &mut spares, seq, next_lsn)?;
+        let files = LogFiles {
+            dir,
+            active,
+            closed,
+            spares,
+            last_sync: Instant::now(),
+        };
+        files.count_files(sh);
+        Ok(files)
+    }
+
+    fn count_files(&self, sh: &Shared) {
+        let n = 1 + self.closed.len() + self.spares.len();
+        sh.stats.segment_files.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Closes the active segment (durably) and starts the next one at `first_lsn`.
+    fn roll(&mut self, sh: &Shared, first_lsn: u64) -> Result<(), String> {
+        let path = self.dir.join(frame::segment_name(self.active.seq));
+        self.active
+            .file
+            .sync_data()
+            .map_err(|e| io("cannot sync", &path, e))?;
+        let next = new_segment(sh, &mut self.spares, self.active.seq + 1, first_lsn)?;
+        let old = std::mem::replace(&mut self.active, next);
+        self.closed.push_back(Closed {
+            seq: old.seq,
+            path,
+            last_lsn: old.last_lsn,
+        });
+        self.recycle(sh)?;
+        self.count_files(sh);
+        Ok(())
+    }
+
+    /// Turns closed segments that no shard needs any more into spares (or deletes them).
+    fn recycle(&mut self, sh: &Shared) -> Result<(), String> {
+        if recycle_into(sh, &self.dir, &mut self.closed, &mut self.spares)? {
+            self.count_files(sh);
+        }
+        Ok(())
+    }
+
+    /// Writes one group: frames in LSN order, rolling to a new segment where the next frame
+    /// does not fit (a frame larger than a whole segment grows its segment).
+    fn write_group(&mut self, sh: &Shared, group: &[u8]) -> Result<(), String> {
+        let mut start = 0;
+        while start < group.len() {
+            let room = self.active.size.saturating_sub(self.active.pos) as usize;
+            // Take whole frames while they fit.
+            let mut end = start;
+            let mut last = None;
+            while end < group.len() {
+                let Some(h) = frame::parse_header(&group[end..]) else {
+                    return Err("internal: a pending record does not parse".into());
+                };
+                let len = h.frame_len();
+                let fits = end - start + len <= room;
+                let alone_in_fresh = end == start && self.active.last_lsn.is_none();
+                if !fits && !alone_in_fresh {
+                    break;
+                }
+                last = Some(h.lsn);
+                end += len;
+                if !fits {
+                    break; // an oversized frame goes alone into a fresh segment
+                }
+            }
+            if end == start {
+                let Some(h) = frame::parse_header(&group[start..]) else {
+                    return Err("internal: a pending record does not parse".into());
+                };
+                self.roll(sh, h.lsn)?;
+                continue;
+            }
+            let path = || self.dir.join(frame::segment_name(self.active.seq));
+            crate::failpoint::hit("wal.write").map_err(|e| io("cannot write", &path(), e))?;
+            self.active
+                .file
+                .write_all_at(&group[start..end], self.active.pos)
+                .map_err(|e| io("cannot write", &path(), e))?;
+            self.active.pos += (end - start) as u64;
+            self.active.size = self.active.size.max(self.active.pos);
+            self.active.last_lsn = last;
+            sh.stats.writes.fetch_add(1, Ordering::Relaxed);
+            start = end;
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self, sh: &Shared) -> Result<(), String> {
+        let started = Instant::now();
+        crate::failpoint::hit("wal.sync").map_err(|e| {
+            io(
+                "cannot sync",
+                &self.dir.join(frame::segment_name(self.active.seq)),
+                e,
+            )
+        })?;
+        self.active.file.sync_data().map_err(|e| {
+            io(
+                "cannot sync",
+                &self.dir.join(frame::segment_name(self.active.seq)),
+                e,
+            )
+        })?;
+        self.last_sync = Instant::now();
+        sh.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        sh.stats
+            .sync_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The log thread.
+    fn run(&mut self, sh: &Shared) {
+        let mut spare: Vec<u8> = Vec::new();
+        loop {
+            let (mut group, last_lsn, records, ops, stopping) = {
+                let mut st = lock(&sh.state);
+                loop {
+                    if st.failure.is_some() {
+                        return;
+                    }
+                    if !st.buf.is_empty() {
+                        break;
+                    }
+                    let unsynced =
+                        sh.written.load(Ordering::Acquire) > sh.durable.load(Ordering::Acquire);
+                    if st.stop {
+                        drop(st);
+                        if unsynced {
+                            self.sync_written(sh);
+                        }
+                        return;
+                    }
+                    match sh.cfg.mode {
+                        SyncMode::Periodic(every) if unsynced => {
+                            let due = every.saturating_sub(self.last_sync.elapsed());
+                            if due.is_zero() {
+                                drop(st);
+                                self.sync_written(sh);
+                                st = lock(&sh.state);
+                                continue;
+                            }
+                            st = sh
+                                .work
+                                .wait_timeout(st, due)
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0;
+                        }
+                        _ => st = sh.work.wait(st).unwrap_or_else(|p| p.into_inner()),
+                    }
+                }
+                let group = std::mem::replace(&mut st.buf, std::mem::take(&mut spare));
+                let out = (group, st.next_lsn - 1, st.records, st.ops, st.stop);
+                st.records = 0;
+                st.ops = 0;
+                out
+            };
+            stamp_group(&mut group, sh.durable.load(Ordering::Acquire));
+            let result = self.write_group(sh, &group).and_then(|()| {
+                sh.written.store(last_lsn, Ordering::Release);
+                let sync_now = match sh.cfg.mode {
+                    SyncMode::Immediate => true,
+                    SyncMode::Periodic(every) => stopping || self.last_sync.elapsed() >= every,
+                };
+                if sync_now {
+                    self.sync(sh)?;
+                    sh.durable.store(last_lsn, Ordering::Release);
+                }
+                Ok(())
+            });
+            if let Err(message) = result {
+                fail(sh, message);
+                return;
+            }
+            sh.stats.records.fetch_add(records, Ordering::Relaxed);
+            sh.stats.ops.fetch_add(ops, Ordering::Relaxed);
+            sh.stats
+                .bytes
+                .fetch_add(group.len() as u64, Ordering::Relaxed);
+            sh.stats
+                .largest_group_records
+                .fetch_max(records, Ordering::Relaxed);
+            {
+                let _st = lock(&sh.state);
+                sh.done.notify_all();
+            }
+            if let Err(message) = self.recycle(sh) {
+                fail(sh, message);
+                return;
+            }
+            group.clear();
+            spare = group;
+        }
+    }
+
+    fn sync_written(&mut self, sh: &Shared) {
+        let upto = sh.written.load(Ordering::Acquire);
+        match self.sync(sh) {
+            Ok(()) => {
+                sh.durable.store(upto, Ordering::Release);
+                let _st = lock(&sh.state);
+                sh.done.notify_all();
+            }
+            Err(message) => fail(sh, message),
+        }
+    }
+}
+
+/// Moves the closed segments below every shard's oldest needed record to `spares` (up to
+/// `spare_segments_max`; the rest are deleted). Returns whether anything moved.
+fn recycle_into(
+    sh: &Shared,
+    dir: &Path,
+    closed: &mut VecDeque<Closed>,
+    spares: &mut Vec<PathBuf>,
+) -> Result<bool, String> {
+    let needed = sh
+        .oldest_lsn
+        .iter()
+        .map(|a| a.load(Ordering::Acquire))
+        .min()
+        .unwrap_or(u64::MAX);
+    let mut changed = false;
+    while let Some(front) = closed.front() {
+        if front.last_lsn.is_some_and(|l| l >= needed) {
+            break;
+        }
+        let Some(seg) = closed.pop_front() else {
+            break;
+        };
+        if spares.len() < sh.cfg.spare_segments_max {
+            let to = dir.join(spare_name(seg.seq));
+            std::fs::rename(&seg.path, &to).map_err(|e| io("cannot recycle", &seg.path, e))?;
+            spares.push(to);
+        } else {
+            std::fs::remove_file(&seg.path).map_err(|e| io("cannot delete", &seg.path, e))?;
+            sh.stats.segments_deleted.fetch_add(1, Ordering::Relaxed);
+        }
+        changed = true;
+    }
+    if changed {
+        sync_dir(dir)?;
+    }
+    Ok(changed)
+}
+
+/// Starts segment `seq` whose first record is `first_lsn`: a spare renamed, or a new zero-filled
+/// file. Header and directory entry are durable before any record goes in.
+fn new_segment(
+    sh: &Shared,
+    spares: &mut Vec<PathBuf>,
+    seq: u64,
+    first_lsn: u64,
+) -> Result<Active, String> {
+    let dir = &sh.cfg.dir;
+    let path = dir.join(frame::segment_name(seq));
+    let file = match spares.pop() {
+        Some(spare) => {
+            std::fs::rename(&spare, &path).map_err(|e| io("cannot reuse", &spare, e))?;
+            sh.stats.segments_recycled.fetch_add(1, Ordering::Relaxed);
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| io("cannot open", &path, e))?
+        }
+        None => {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(|e| io("cannot create", &path, e))?;
+            zero_fill(&f, sh.cfg.segment_bytes).map_err(|e| io("cannot preallocate", &path, e))?;
+            sh.stats.segments_created.fetch_add(1, Ordering::Relaxed);
+            f
+        }
+    };
+    let header = frame::encode_segment_header(SegmentHeader { seq, first_lsn });
+    file.write_all_at(&header, 0)
+        .map_err(|e| io("cannot write", &path, e))?;
+    crate::failpoint::hit("wal.segment_sync").map_err(|e| io("cannot sync", &path, e))?;
+    file.sync_all().map_err(|e| io("cannot sync", &path, e))?;
+    sync_dir(dir)?;
+    let size = file
+        .metadata()
+        .map(|m| m.len())
+        .unwrap_or(sh.cfg.segment_bytes);
+    Ok(Active {
+        seq,
+        file,
+        pos: SEGMENT_HEADER_BYTES as u64,
+        size,
+        last_lsn: None,
+    })
+}
+
+/// Stamps every frame of a group with the LSN durable before the group is written.
+fn stamp_group(group: &mut [u8], synced: u64) {
+    let mut at = 0;
+    while at + frame::RECORD_HEADER_BYTES <= group.len() {
+        let len = match frame::parse_header(&group[at..]) {
+            Some(h) => h.frame_len(),
+            None => return,
+        };
+        frame::stamp_synced(&mut group[at..], synced);
+        at += len;
+    }
+}
+
+/// Writes zeros over the whole file and syncs, so later writes never allocate blocks (and a
+/// data sync never has to update metadata).
+fn zero_fill(f: &File, bytes: u64) -> std::io::Result<()> {
+    let chunk = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < bytes {
+        let n = chunk.len().min((bytes - at) as usize);
+        f.write_all_at(&chunk[..n], at)?;
+        at += n as u64;
+    }
+    f.sync_all()
+}
