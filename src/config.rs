@@ -65,7 +65,7 @@ pub struct Config {
     /// Listen address. Default `127.0.0.1:7070` (loopback only).
     pub listen: String,
     /// Number of shards, fixed when the data directory is created. Default 0: use the count in
-    /// the MANIFEST, or 8 for a new directory.
+    /// the MANIFEST, or one per CPU core (2..=16) for a new directory.
     pub shards: u32,
     /// `immediate` (default: a reply means the write's log record is on disk) or
     /// `periodic:<ms>` (a reply means the record is written to the OS; the log is synced every

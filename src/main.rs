@@ -44,7 +44,7 @@ struct ServeArgs {
     /// Listen address [default: 127.0.0.1:7070]
     #[arg(long)]
     listen: Option<String>,
-    /// Shard count for a new data directory [default: 8; an existing directory keeps its own]
+    /// Shard count for a new data directory [default: one per CPU core, 2-16; an existing directory keeps its own]
     #[arg(long)]
     shards: Option<u32>,
     /// `immediate` (reply after fsync) or `periodic:<ms>` [default: immediate]

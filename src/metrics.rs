@@ -95,12 +95,97 @@ pub fn render(engine: &crate::engine::Engine, open_connections: usize) -> String
             c.get()
         );
     }
-    let shard_metrics: [(&str, &str, &str); 5] = [
+    let w = engine.wal().stats();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    for (name, help, kind, v) in [
+        (
+            "shardbox_wal_syncs_total",
+            "Log group syncs (fdatasync).",
+            "counter",
+            load(&w.syncs).to_string(),
+        ),
+        (
+            "shardbox_wal_sync_seconds_total",
+            "Time spent in log syncs.",
+            "counter",
+            format!("{:.6}", load(&w.sync_micros) as f64 / 1e6),
+        ),
+        (
+            "shardbox_wal_writes_total",
+            "Log write calls.",
+            "counter",
+            load(&w.writes).to_string(),
+        ),
+        (
+            "shardbox_wal_records_total",
+            "Log records (one per writer batch).",
+            "counter",
+            load(&w.records).to_string(),
+        ),
+        (
+            "shardbox_wal_ops_total",
+            "Operations carried by log records.",
+            "counter",
+            load(&w.ops).to_string(),
+        ),
+        (
+            "shardbox_wal_bytes_total",
+            "Bytes written to the log.",
+            "counter",
+            load(&w.bytes).to_string(),
+        ),
+        (
+            "shardbox_wal_largest_group_records",
+            "Most records written by one sync.",
+            "gauge",
+            load(&w.largest_group_records).to_string(),
+        ),
+        (
+            "shardbox_wal_segment_files",
+            "Log segment files on disk (live and spare).",
+            "gauge",
+            load(&w.segment_files).to_string(),
+        ),
+        (
+            "shardbox_wal_segments_created_total",
+            "Log segments preallocated.",
+            "counter",
+            load(&w.segments_created).to_string(),
+        ),
+        (
+            "shardbox_wal_segments_recycled_total",
+            "Log segments reused.",
+            "counter",
+            load(&w.segments_recycled).to_string(),
+        ),
+        (
+            "shardbox_wal_durable_lsn",
+            "Highest log sequence number on disk.",
+            "gauge",
+            engine.wal().durable_lsn().to_string(),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    }
+    let shard_metrics: [(&str, &str, &str); 7] = [
         ("shardbox_shard_commits_total", "Group commits.", "counter"),
         ("shardbox_shard_ops_total", "Operations applied.", "counter"),
         (
             "shardbox_shard_commit_seconds_total",
             "Time spent applying and committing.",
+            "counter",
+        ),
+        (
+            "shardbox_shard_checkpoints_total",
+            "Checkpoints (durable redb commits).",
+            "counter",
+        ),
+        (
+            "shardbox_shard_checkpoint_seconds_total",
+            "Time spent checkpointing.",
             "counter",
         ),
         (
@@ -124,6 +209,13 @@ pub fn render(engine: &crate::engine::Engine, open_connections: usize) -> String
                 "shardbox_shard_commit_seconds_total" => format!(
                     "{:.6}",
                     st.commit_micros_total.load(Ordering::Relaxed) as f64 / 1e6
+                ),
+                "shardbox_shard_checkpoints_total" => {
+                    st.checkpoints.load(Ordering::Relaxed).to_string()
+                }
+                "shardbox_shard_checkpoint_seconds_total" => format!(
+                    "{:.6}",
+                    st.checkpoint_micros_total.load(Ordering::Relaxed) as f64 / 1e6
                 ),
                 "shardbox_shard_queue_depth" => s.queue_len().to_string(),
                 _ => u8::from(st.failure().is_none()).to_string(),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 /// A key of namespace `ns` that routes to `shard`.
 fn key_on_shard(store: &Store, ns: &str, shard: usize) -> String {
+    assert!(shard < store.engine().shards().len(), "no shard {shard}");
     (0..)
         .map(|i| format!("k{i}"))
         .find(|k| store.engine().shard_for(&shardbox::kv::stored_key(ns, k)) == shard)
@@ -60,7 +61,7 @@ async fn full_writer_queue_answers_503_with_retry_after() {
 
 #[tokio::test]
 async fn storage_error_fails_the_batch_and_stops_the_shard() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_with(|c| c.shards = 4).await;
     let engine = s.store.engine().clone();
     let key = key_on_shard(&s.store, "app", 2);
     let mut c = s.client().await;

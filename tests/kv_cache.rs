@@ -38,7 +38,7 @@ async fn race(kv_cache_bytes: u64) -> (u64, u64) {
                 } else {
                     let ops = vec![shardbox::kv::BatchOp::Put {
                         key: key.clone(),
-                        value: n.to_le_bytes().to_vec(),
+                        value: n.to_le_bytes().to_vec().into(),
                         ttl_ms: None,
                         if_revision: None,
                     }];

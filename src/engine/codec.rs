@@ -82,6 +82,12 @@ pub fn encode(
     content_type: Option<&str>,
     payload: &[u8],
 ) -> Vec<u8> {
+    let mut out = Vec::with_capacity(encoded_len(content_type, payload.len()));
+    encode_into(&mut out, revision, expires_at_ms, content_type, payload);
+    out
+}
+
+fn clamp_content_type(content_type: Option<&str>) -> &str {
     let mut ct = content_type.unwrap_or("");
     while ct.len() > CONTENT_TYPE_BYTES_MAX {
         let mut cut = CONTENT_TYPE_BYTES_MAX;
@@ -90,21 +96,33 @@ pub fn encode(
         }
         ct = &ct[..cut];
     }
-    let header = RawHeader {
-        version: ENVELOPE_VERSION,
-        flags: 0,
-        revision,
-        expires_at_ms: expires_at_ms.unwrap_or(0),
-        crc32: crc32fast::hash(payload),
-        content_type: ct.to_string(),
-    };
-    let mut out = Vec::with_capacity(HEADER_BYTES_MIN + ct.len() + payload.len());
-    // Encoding into a Vec cannot fail for this fixed struct within the limit.
-    if bincode::encode_into_std_write(&header, &mut out, config()).is_err() {
-        out.clear();
-    }
+    ct
+}
+
+/// Bytes [`encode`] produces for this content type and payload length.
+pub fn encoded_len(content_type: Option<&str>, payload_len: usize) -> usize {
+    HEADER_BYTES_MIN + clamp_content_type(content_type).len() + payload_len
+}
+
+/// Appends the encoded value to `out` (the layout in the module docs, written field by field:
+/// the same bytes bincode's fixed-int encoding of the header gives, pinned by a test).
+pub fn encode_into(
+    out: &mut Vec<u8>,
+    revision: u64,
+    expires_at_ms: Option<u64>,
+    content_type: Option<&str>,
+    payload: &[u8],
+) {
+    let ct = clamp_content_type(content_type);
+    out.reserve(HEADER_BYTES_MIN + ct.len() + payload.len());
+    out.push(ENVELOPE_VERSION);
+    out.push(0);
+    out.extend_from_slice(&revision.to_le_bytes());
+    out.extend_from_slice(&expires_at_ms.unwrap_or(0).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(&(ct.len() as u64).to_le_bytes());
+    out.extend_from_slice(ct.as_bytes());
     out.extend_from_slice(payload);
-    out
 }
 
 /// Decodes only the header, without touching the payload (listing, revision checks).
@@ -194,6 +212,28 @@ mod tests {
         want.extend_from_slice(&1u64.to_le_bytes());
         want.extend_from_slice(b"axy");
         assert_eq!(bytes, want);
+    }
+
+    #[test]
+    fn hand_written_header_matches_bincode() {
+        for (rev, exp, ct) in [
+            (0u64, None, None),
+            (u64::MAX, Some(7u64), Some("text/plain; charset=utf-8")),
+        ] {
+            let raw = RawHeader {
+                version: ENVELOPE_VERSION,
+                flags: 0,
+                revision: rev,
+                expires_at_ms: exp.unwrap_or(0),
+                crc32: crc32fast::hash(b"pay"),
+                content_type: ct.unwrap_or("").to_string(),
+            };
+            let mut want = Vec::new();
+            bincode::encode_into_std_write(&raw, &mut want, config()).unwrap();
+            want.extend_from_slice(b"pay");
+            assert_eq!(encode(rev, exp, ct, b"pay"), want);
+            assert_eq!(encoded_len(ct, 3), want.len());
+        }
     }
 
     #[test]

@@ -28,8 +28,14 @@ use wal::{SyncMode, Wal, WalConfig};
 pub use writer::{ApplyCtx, Mutation};
 use writer::{Writer, WriterConfig};
 
-/// Shard count used when a new data directory is created and none was asked for.
-pub const DEFAULT_SHARDS: u32 = 8;
+/// Shard count for a new data directory when none was asked for: one writer per CPU core (at
+/// least 2, at most 16). Writers beyond the cores cannot run at once; they only split the group
+/// commit into smaller batches and add context switches (measured in docs/benchmarks.md: on 2
+/// cores, 2 shards take ~50% more durable puts than 8).
+pub fn default_shards() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    cores.clamp(2, 16) as u32
+}
 
 /// Creates the tables a domain needs in a fresh or existing shard.
 pub type TableInit = fn(&redb::WriteTransaction) -> Result<(), redb::Error>;
@@ -211,7 +217,7 @@ impl Engine {
             )));
         }
         let shards = if config.shards == 0 {
-            DEFAULT_SHARDS
+            default_shards()
         } else {
             config.shards
         };
@@ -259,7 +265,7 @@ impl Engine {
     /// holding it has returned. `bytes` is the payload size, for the batch byte bound.
     pub async fn write<R, F>(&self, shard: usize, bytes: usize, f: F) -> Result<R, EngineError>
     where
-        F: FnOnce(&mut ApplyCtx<'_>) -> Result<R, redb::Error> + Send + 'static,
+        F: FnOnce(&mut ApplyCtx<'_, '_>) -> Result<R, redb::Error> + Send + 'static,
         R: Send + 'static,
     {
         if self.closing.load(Ordering::Acquire) {
@@ -284,7 +290,7 @@ impl Engine {
     /// full or closed. For background work (sweeps) that must never add to overload.
     pub fn try_write<F>(&self, shard: usize, f: F) -> bool
     where
-        F: FnOnce(&mut ApplyCtx<'_>) -> Result<(), redb::Error> + Send + 'static,
+        F: FnOnce(&mut ApplyCtx<'_, '_>) -> Result<(), redb::Error> + Send + 'static,
     {
         if self.closing.load(Ordering::Acquire) {
             return false;
@@ -371,13 +377,13 @@ struct Call<F, R> {
 
 impl<F, R> Mutation for Call<F, R>
 where
-    F: FnOnce(&mut ApplyCtx<'_>) -> Result<R, redb::Error> + Send,
+    F: FnOnce(&mut ApplyCtx<'_, '_>) -> Result<R, redb::Error> + Send,
     R: Send,
 {
     fn bytes(&self) -> usize {
         self.bytes
     }
-    fn apply(&mut self, ctx: &mut ApplyCtx<'_>) -> Result<(), redb::Error> {
+    fn apply(&mut self, ctx: &mut ApplyCtx<'_, '_>) -> Result<(), redb::Error> {
         if let Some(f) = self.f.take() {
             self.result = Some(f(ctx)?);
         }

@@ -99,6 +99,31 @@ impl Redo {
         put_bytes(&mut self.bytes, value);
     }
 
+    /// Records a put whose value `fill` writes (exactly `len` bytes) straight into the record;
+    /// returns where the value sits in [`Redo::bytes`].
+    fn put_with(
+        &mut self,
+        id: u16,
+        key: &[u8],
+        len: usize,
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) -> std::ops::Range<usize> {
+        self.changes += 1;
+        self.bytes.reserve(11 + key.len() + len);
+        self.bytes.push(OP_PUT);
+        self.bytes.extend_from_slice(&id.to_le_bytes());
+        put_bytes(&mut self.bytes, key);
+        self.bytes.extend_from_slice(&(len as u32).to_le_bytes());
+        let start = self.bytes.len();
+        fill(&mut self.bytes);
+        // The length field must match what was written: fix it if `fill` wrote otherwise.
+        let written = self.bytes.len() - start;
+        if written != len {
+            self.bytes[start - 4..start].copy_from_slice(&(written as u32).to_le_bytes());
+        }
+        start..self.bytes.len()
+    }
+
     fn del(&mut self, id: u16, key: &[u8]) {
         self.changes += 1;
         self.bytes.push(OP_DEL);
@@ -126,23 +151,106 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&s.as_bytes()[..s.len().min(u16::MAX as usize)]);
 }
 
-/// A table opened inside a writer batch: reads go straight to redb (through `Deref`), every
-/// mutation is also recorded in the batch's redo.
-pub struct LoggedTable<'a, K: Logged + Key, V: Logged> {
-    table: Table<'a, K, V>,
-    id: u16,
-    redo: &'a RefCell<Redo>,
+/// A redb table of one of the types the log carries, kept open for the rest of the batch.
+pub enum OpenTable<'a> {
+    BytesBytes(Table<'a, &'static [u8], &'static [u8]>),
+    BytesUnit(Table<'a, &'static [u8], ()>),
+    BytesU64(Table<'a, &'static [u8], u64>),
+    StrU64(Table<'a, &'static str, u64>),
 }
 
-impl<'a, K: Logged + Key, V: Logged> LoggedTable<'a, K, V> {
+impl OpenTable<'_> {
+    fn name(&self) -> &str {
+        match self {
+            OpenTable::BytesBytes(t) => t.name(),
+            OpenTable::BytesUnit(t) => t.name(),
+            OpenTable::BytesU64(t) => t.name(),
+            OpenTable::StrU64(t) => t.name(),
+        }
+    }
+}
+
+/// The redb table types a batch can keep open (one impl per [`OpenTable`] variant).
+pub trait Cached<'a>: Sized {
+    fn wrap(self) -> OpenTable<'a>;
+    /// The table, if `t` is of this type (otherwise `t` is closed).
+    fn unwrap(t: OpenTable<'a>) -> Option<Self>;
+}
+
+macro_rules! cached {
+    ($variant:ident, $k:ty, $v:ty) => {
+        impl<'a> Cached<'a> for Table<'a, $k, $v> {
+            fn wrap(self) -> OpenTable<'a> {
+                OpenTable::$variant(self)
+            }
+            fn unwrap(t: OpenTable<'a>) -> Option<Self> {
+                match t {
+                    OpenTable::$variant(t) => Some(t),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+cached!(BytesBytes, &'static [u8], &'static [u8]);
+cached!(BytesUnit, &'static [u8], ());
+cached!(BytesU64, &'static [u8], u64);
+cached!(StrU64, &'static str, u64);
+
+/// Tables a batch has opened and handed back: opening a redb table decodes its definition
+/// (about half of a small write's allocations), so a batch opens each table once.
+pub type TableCache<'a> = RefCell<Vec<OpenTable<'a>>>;
+
+/// A table opened inside a writer batch: reads go straight to redb (through `Deref`), every
+/// mutation is also recorded in the batch's redo. Dropping it hands the table back to the
+/// batch's cache.
+pub struct LoggedTable<'c, 't, K: Logged + Key, V: Logged>
+where
+    Table<'t, K, V>: Cached<'t>,
+{
+    table: Option<Table<'t, K, V>>,
+    id: u16,
+    redo: &'c RefCell<Redo>,
+    cache: &'c TableCache<'t>,
+}
+
+impl<'c, 't, K: Logged + Key, V: Logged> LoggedTable<'c, 't, K, V>
+where
+    Table<'t, K, V>: Cached<'t>,
+{
     pub(crate) fn open(
-        txn: &'a WriteTransaction,
-        redo: &'a RefCell<Redo>,
+        txn: &'t WriteTransaction,
+        redo: &'c RefCell<Redo>,
+        cache: &'c TableCache<'t>,
         def: TableDefinition<'_, K, V>,
     ) -> Result<Self, redb::Error> {
-        let table = txn.open_table(def)?;
-        let id = redo.borrow_mut().table_id(def.name(), K::CODE, V::CODE);
-        Ok(Self { table, id, redo })
+        let name = def.name();
+        let cached = {
+            let mut c = cache.borrow_mut();
+            c.iter()
+                .position(|t| t.name() == name)
+                .map(|i| c.swap_remove(i))
+        };
+        // Same name but other types: the cached table is closed, and redb reports the mismatch
+        // when the table is opened for real.
+        let table = match cached.and_then(Table::<'t, K, V>::unwrap) {
+            Some(t) => t,
+            None => txn.open_table(def)?,
+        };
+        let id = redo.borrow_mut().table_id(name, K::CODE, V::CODE);
+        Ok(Self {
+            table: Some(table),
+            id,
+            redo,
+            cache,
+        })
+    }
+
+    fn inner(&mut self) -> &mut Table<'t, K, V> {
+        match &mut self.table {
+            Some(t) => t,
+            None => unreachable!("a LoggedTable holds its table until it is dropped"),
+        }
     }
 
     /// Inserts (or replaces) `key`; returns the old value.
@@ -156,7 +264,7 @@ impl<'a, K: Logged + Key, V: Logged> LoggedTable<'a, K, V> {
             K::as_bytes(key.borrow()).as_ref(),
             V::as_bytes(value.borrow()).as_ref(),
         );
-        Ok(self.table.insert(key, value)?)
+        Ok(self.inner().insert(key, value)?)
     }
 
     /// Removes `key`; returns the old value. Removing an absent key records nothing.
@@ -164,19 +272,59 @@ impl<'a, K: Logged + Key, V: Logged> LoggedTable<'a, K, V> {
         &mut self,
         key: impl Borrow<K::SelfType<'k>>,
     ) -> Result<Option<AccessGuard<'_, V>>, redb::Error> {
+        let (id, redo) = (self.id, self.redo);
         let bytes = K::as_bytes(key.borrow()).as_ref().to_vec();
-        let old = self.table.remove(key)?;
+        let old = self.inner().remove(key)?;
         if old.is_some() {
-            self.redo.borrow_mut().del(self.id, &bytes);
+            redo.borrow_mut().del(id, &bytes);
         }
         Ok(old)
     }
 }
 
-impl<'a, K: Logged + Key, V: Logged> Deref for LoggedTable<'a, K, V> {
-    type Target = Table<'a, K, V>;
+impl<'t, K: Logged + Key> LoggedTable<'_, 't, K, &'static [u8]>
+where
+    Table<'t, K, &'static [u8]>: Cached<'t>,
+{
+    /// Inserts a byte value that `fill` encodes (`len` bytes) straight into the batch's log
+    /// record, then into the table from there: the value is copied once, into redb's page.
+    /// Returns the old value, like [`LoggedTable::insert`].
+    pub fn insert_encoded<'k>(
+        &mut self,
+        key: impl Borrow<K::SelfType<'k>>,
+        len: usize,
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Option<AccessGuard<'_, &'static [u8]>>, redb::Error> {
+        let (id, redo) = (self.id, self.redo);
+        let range = redo
+            .borrow_mut()
+            .put_with(id, K::as_bytes(key.borrow()).as_ref(), len, fill);
+        let r = redo.borrow();
+        Ok(self.inner().insert(key, &r.bytes[range])?)
+    }
+}
+
+impl<'t, K: Logged + Key, V: Logged> Deref for LoggedTable<'_, 't, K, V>
+where
+    Table<'t, K, V>: Cached<'t>,
+{
+    type Target = Table<'t, K, V>;
     fn deref(&self) -> &Self::Target {
-        &self.table
+        match &self.table {
+            Some(t) => t,
+            None => unreachable!("a LoggedTable holds its table until it is dropped"),
+        }
+    }
+}
+
+impl<'t, K: Logged + Key, V: Logged> Drop for LoggedTable<'_, 't, K, V>
+where
+    Table<'t, K, V>: Cached<'t>,
+{
+    fn drop(&mut self) {
+        if let Some(t) = self.table.take() {
+            self.cache.borrow_mut().push(t.wrap());
+        }
     }
 }
 
@@ -184,8 +332,11 @@ impl<'a, K: Logged + Key, V: Logged> Deref for LoggedTable<'a, K, V> {
 pub(crate) fn drop_table<K: Logged + Key, V: Logged>(
     txn: &WriteTransaction,
     redo: &RefCell<Redo>,
+    cache: &TableCache<'_>,
     def: TableDefinition<'_, K, V>,
 ) -> Result<bool, redb::Error> {
+    // An open table cannot be deleted: close it first if the batch kept it.
+    cache.borrow_mut().retain(|t| t.name() != def.name());
     let existed = txn.delete_table(def)?;
     if existed {
         redo.borrow_mut().drop_table(def.name());
@@ -425,25 +576,36 @@ mod tests {
     fn record(db: &redb::Database) -> Vec<u8> {
         let redo = RefCell::new(Redo::default());
         let txn = db.begin_write().unwrap();
+        let cache = TableCache::default();
         {
-            let mut t = LoggedTable::open(&txn, &redo, T).unwrap();
+            let mut t = LoggedTable::open(&txn, &redo, &cache, T).unwrap();
             t.insert(b"a".as_slice(), b"1".as_slice()).unwrap();
             t.insert(b"b".as_slice(), b"2".as_slice()).unwrap();
             assert!(t.remove(b"a".as_slice()).unwrap().is_some());
             assert!(t.remove(b"zz".as_slice()).unwrap().is_none());
-            let mut u = LoggedTable::open(&txn, &redo, U).unwrap();
+            let mut u = LoggedTable::open(&txn, &redo, &cache, U).unwrap();
             u.insert(b"x".as_slice(), ()).unwrap();
-            let mut m = LoggedTable::open(&txn, &redo, M).unwrap();
+            let mut m = LoggedTable::open(&txn, &redo, &cache, M).unwrap();
             m.insert("rev", 7u64).unwrap();
         }
+        LoggedTable::open(&txn, &redo, &cache, T)
+            .unwrap()
+            .insert_encoded(b"e".as_slice(), 3, |out| out.extend_from_slice(b"enc"))
+            .unwrap();
+        // Reopened from the batch's cache: still recorded.
+        LoggedTable::open(&txn, &redo, &cache, T)
+            .unwrap()
+            .insert(b"c".as_slice(), b"3".as_slice())
+            .unwrap();
         let d: TableDefinition<&[u8], &[u8]> = TableDefinition::new("gone");
-        LoggedTable::open(&txn, &redo, d)
+        LoggedTable::open(&txn, &redo, &cache, d)
             .unwrap()
             .insert(b"k".as_slice(), b"v".as_slice())
             .unwrap();
-        assert!(drop_table(&txn, &redo, d).unwrap());
+        assert!(drop_table(&txn, &redo, &cache, d).unwrap());
         let e: TableDefinition<&[u8], &[u8]> = TableDefinition::new("empty");
-        LoggedTable::open(&txn, &redo, e).unwrap();
+        LoggedTable::open(&txn, &redo, &cache, e).unwrap();
+        drop(cache);
         txn.commit().unwrap();
         let bytes = redo.borrow().bytes().to_vec();
         bytes
@@ -482,7 +644,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let live = redb::Database::create(dir.path().join("live")).unwrap();
         let payload = record(&live);
-        assert_eq!(validate(&payload).unwrap(), 12);
+        assert_eq!(validate(&payload).unwrap(), 14);
         let copy = redb::Database::create(dir.path().join("copy")).unwrap();
         for _ in 0..2 {
             let txn = copy.begin_write().unwrap();

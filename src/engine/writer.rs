@@ -17,7 +17,7 @@
 //! uncheckpointed commit is `checkpoint_interval_ms` old, and when it stops.
 
 use super::clock::Clock;
-use super::redo::{self, Logged, LoggedTable, Redo};
+use super::redo::{self, Cached, Logged, LoggedTable, Redo, TableCache};
 use super::shard::ShardState;
 use super::wal::{frame::Kind, Wal};
 use crate::error::EngineError;
@@ -40,14 +40,16 @@ pub const META_LSN: &str = "lsn";
 const CHECKPOINT_POLL: Duration = Duration::from_millis(100);
 
 /// What an operation sees while it is applied.
-pub struct ApplyCtx<'a> {
-    txn: &'a WriteTransaction,
-    redo: &'a RefCell<Redo>,
+/// `'c` is the batch's own state, `'t` the redb write transaction it applies to.
+pub struct ApplyCtx<'c, 't> {
+    txn: &'t WriteTransaction,
+    redo: &'c RefCell<Redo>,
+    tables: &'c TableCache<'t>,
     pub shard: usize,
     /// Wall-clock time of this batch, ms since the epoch.
     pub now_ms: u64,
-    next_revision: &'a mut u64,
-    after_commit: &'a mut Vec<AfterCommit>,
+    next_revision: &'c mut u64,
+    after_commit: &'c mut Vec<AfterCommit>,
 }
 
 /// Work the writer runs once the batch's commit has returned (whether it succeeded or not),
@@ -56,14 +58,17 @@ pub struct ApplyCtx<'a> {
 /// waiter is woken before what it waits for is durable.
 pub type AfterCommit = Box<dyn FnOnce() + Send>;
 
-impl<'a> ApplyCtx<'a> {
+impl<'c, 't> ApplyCtx<'c, 't> {
     /// Opens (creating if needed) a table of this shard for the batch. Reads go straight to
     /// redb; inserts and removes are also recorded in the batch's log record.
     pub fn table<K: Logged + Key, V: Logged>(
         &self,
         def: TableDefinition<'_, K, V>,
-    ) -> Result<LoggedTable<'a, K, V>, redb::Error> {
-        LoggedTable::open(self.txn, self.redo, def)
+    ) -> Result<LoggedTable<'c, 't, K, V>, redb::Error>
+    where
+        redb::Table<'t, K, V>: Cached<'t>,
+    {
+        LoggedTable::open(self.txn, self.redo, self.tables, def)
     }
 
     /// Drops a whole table (and records it); true if it existed.
@@ -71,7 +76,7 @@ impl<'a> ApplyCtx<'a> {
         &self,
         def: TableDefinition<'_, K, V>,
     ) -> Result<bool, redb::Error> {
-        redo::drop_table(self.txn, self.redo, def)
+        redo::drop_table(self.txn, self.redo, self.tables, def)
     }
 
     /// A fresh revision: unique and increasing within the shard, across restarts. Revisions are
@@ -96,7 +101,7 @@ pub trait Mutation: Send {
     /// Applies the operation inside the batch's transaction. A failed precondition is recorded in
     /// the operation and returns `Ok` without mutating; an `Err` is a storage failure and aborts
     /// the whole batch.
-    fn apply(&mut self, ctx: &mut ApplyCtx<'_>) -> Result<(), redb::Error>;
+    fn apply(&mut self, ctx: &mut ApplyCtx<'_, '_>) -> Result<(), redb::Error>;
     /// Delivers the result once the batch's fate is known.
     fn finish(self: Box<Self>, outcome: Result<(), EngineError>);
 }
@@ -341,9 +346,11 @@ impl Writer {
         self.redo.borrow_mut().clear();
         let start_revision = *next_revision;
         {
+            let tables = TableCache::default();
             let mut ctx = ApplyCtx {
                 txn: &txn,
                 redo: &self.redo,
+                tables: &tables,
                 shard: self.shard,
                 now_ms: self.clock.now_ms(),
                 next_revision,

@@ -31,7 +31,7 @@ fn table(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
 }
 
 pub fn load_meta(
-    ctx: &ApplyCtx<'_>,
+    ctx: &ApplyCtx<'_, '_>,
     stream: &str,
 ) -> Result<Result<Option<StreamMeta>, EventError>, redb::Error> {
     let t = ctx.table(EV_STREAMS)?;
@@ -53,7 +53,7 @@ pub fn load_meta(
     })
 }
 
-fn save_meta(ctx: &ApplyCtx<'_>, stream: &str, m: &StreamMeta) -> Result<(), redb::Error> {
+fn save_meta(ctx: &ApplyCtx<'_, '_>, stream: &str, m: &StreamMeta) -> Result<(), redb::Error> {
     ctx.table(EV_STREAMS)?
         .insert(stream.as_bytes(), model::encode(m).as_slice())?;
     Ok(())
@@ -71,7 +71,7 @@ macro_rules! check {
 /// Appends events (creating the stream with the defaults if needed); all or nothing.
 /// Returns their ids.
 pub fn append(
-    ctx: &mut ApplyCtx<'_>,
+    ctx: &mut ApplyCtx<'_, '_>,
     stream: &str,
     events: &[NewEvent],
     rules: AppendRules,
@@ -163,7 +163,11 @@ pub fn append(
     Ok(Ok(ids))
 }
 
-fn load_bucket(ctx: &ApplyCtx<'_>, stream: &str, start: u64) -> Result<BucketStats, redb::Error> {
+fn load_bucket(
+    ctx: &ApplyCtx<'_, '_>,
+    stream: &str,
+    start: u64,
+) -> Result<BucketStats, redb::Error> {
     let t = ctx.table(EV_BUCKETS)?;
     let got = t.get(bucket_key(stream, start).as_slice())?;
     Ok(got
@@ -173,7 +177,7 @@ fn load_bucket(ctx: &ApplyCtx<'_>, stream: &str, start: u64) -> Result<BucketSta
 
 /// The next free sequence number at `ts` (a backfilled timestamp).
 fn next_seq_at(
-    ctx: &ApplyCtx<'_>,
+    ctx: &ApplyCtx<'_, '_>,
     stream: &str,
     bucket_ms: u64,
     ts: u64,
@@ -194,7 +198,7 @@ fn next_seq_at(
 
 /// Creates a stream or changes its retention. Returns (created, meta).
 pub fn configure(
-    ctx: &mut ApplyCtx<'_>,
+    ctx: &mut ApplyCtx<'_, '_>,
     stream: &str,
     bucket_ms: Option<u64>,
     retention_ms: Option<u64>,
@@ -231,7 +235,7 @@ pub fn configure(
 /// tables; with `partial`, also up to `events_max` events of the bucket holding `before`.
 /// Returns (dropped buckets, deleted events, more work remains).
 pub fn trim(
-    ctx: &mut ApplyCtx<'_>,
+    ctx: &mut ApplyCtx<'_, '_>,
     stream: &str,
     before: u64,
     partial: bool,
@@ -317,7 +321,11 @@ pub fn trim(
 
 /// Drops up to `buckets_max` bucket tables of a stream, and the stream itself once none are
 /// left. Returns (dropped, more remain).
-pub fn drop_stream(ctx: &mut ApplyCtx<'_>, stream: &str, buckets_max: usize) -> Res<(u64, bool)> {
+pub fn drop_stream(
+    ctx: &mut ApplyCtx<'_, '_>,
+    stream: &str,
+    buckets_max: usize,
+) -> Res<(u64, bool)> {
     if check!(load_meta(ctx, stream)).is_none() {
         return Ok(Err(EventError::StreamNotFound(stream.to_string())));
     }

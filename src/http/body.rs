@@ -47,12 +47,16 @@ pub async fn read(
     let reserve = declared.unwrap_or(0) as u32;
     let mut permit = acquire(budget, reserve).await?;
     let collect = async {
-        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+        // A body that arrives as one frame is kept as that frame's `Bytes` (no copy); only a
+        // body in several frames is gathered into one buffer.
+        let mut first: Option<Bytes> = None;
+        let mut buf = BytesMut::new();
         let mut body = body;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| ApiError::bad_request(format!("reading body: {e}")))?;
             if let Ok(data) = frame.into_data() {
-                let new_len = buf.len() + data.len();
+                let have = buf.len() + first.as_ref().map_or(0, Bytes::len);
+                let new_len = have + data.len();
                 if new_len > max_bytes {
                     return Err(too_large(what, new_len as u64, max_bytes));
                 }
@@ -66,10 +70,21 @@ pub async fn read(
                         _ => {}
                     }
                 }
-                buf.extend_from_slice(&data);
+                match first.take() {
+                    None if buf.is_empty() => first = Some(data),
+                    Some(f) => {
+                        buf.reserve(declared.unwrap_or(new_len as u64) as usize);
+                        buf.extend_from_slice(&f);
+                        buf.extend_from_slice(&data);
+                    }
+                    None => buf.extend_from_slice(&data),
+                }
             }
         }
-        Ok(buf.freeze())
+        Ok(match first {
+            Some(f) => f,
+            None => buf.freeze(),
+        })
     };
     let bytes = tokio::time::timeout(timeout, collect).await.map_err(|_| {
         ApiError::new(

@@ -134,7 +134,11 @@ pub async fn append(
     })
     .await?;
     let ids = state.store.events().append(stream, events).await?;
-    Ok(response::json(201, &serde_json::json!({"ids": ids})))
+    #[derive(serde::Serialize)]
+    struct Appended {
+        ids: Vec<String>,
+    }
+    Ok(response::json_of(201, &Appended { ids }))
 }
 
 fn event_json(e: &EventOut) -> String {

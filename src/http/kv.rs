@@ -161,11 +161,17 @@ pub async fn put(
     let res = state
         .store
         .kv()
-        .put(ns, key, body.bytes.to_vec(), opts)
+        .put(ns, key, body.bytes.clone(), opts)
         .await?;
-    let mut r = response::json(
+    #[derive(serde::Serialize)]
+    struct Put {
+        revision: u64,
+    }
+    let mut r = response::json_of(
         if res.created { 201 } else { 200 },
-        &serde_json::json!({"revision": res.revision}),
+        &Put {
+            revision: res.revision,
+        },
     );
     r.headers_mut().insert(ETAG, etag(res.revision));
     Ok(r)
@@ -270,10 +276,12 @@ pub async fn incr(state: &ServerState, ns: &str, req: Request<Incoming>) -> Resu
     let r: IncrReq = json_body(state, req).await?;
     let ttl = r.ttl.as_deref().map(ttl_value).transpose()?;
     let (value, revision) = state.store.kv().incr(ns, &r.key, r.by, ttl).await?;
-    Ok(response::json(
-        200,
-        &serde_json::json!({"value": value, "revision": revision}),
-    ))
+    #[derive(serde::Serialize)]
+    struct Incr {
+        value: i64,
+        revision: u64,
+    }
+    Ok(response::json_of(200, &Incr { value, revision }))
 }
 
 #[derive(Deserialize)]
@@ -343,9 +351,12 @@ pub async fn batch_write(
                 if_revision,
             } => BatchOp::Put {
                 key,
-                value: B64.decode(value_b64.as_bytes()).map_err(|e| {
-                    ApiError::bad_request(format!("ops[{i}].value_b64 is not base64: {e}"))
-                })?,
+                value: B64
+                    .decode(value_b64.as_bytes())
+                    .map_err(|e| {
+                        ApiError::bad_request(format!("ops[{i}].value_b64 is not base64: {e}"))
+                    })?
+                    .into(),
                 ttl_ms: ttl
                     .as_deref()
                     .map(ttl_value)

@@ -121,24 +121,42 @@ pub async fn enqueue(
     })
     .await?;
     let out = state.store.queues().enqueue(q, jobs).await?;
+    #[derive(Serialize)]
+    struct Enqueued {
+        id: String,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
+    }
+    let item = |e: &crate::queue::apply::Enqueued| Enqueued {
+        id: e.id.to_string(),
+        duplicate: e.duplicate,
+    };
     if ndjson {
-        let items: Vec<_> = out
+        #[derive(Serialize)]
+        struct Batch {
+            jobs: Vec<BatchItem>,
+        }
+        #[derive(Serialize)]
+        struct BatchItem {
+            id: String,
+            duplicate: bool,
+        }
+        let jobs = out
             .iter()
-            .map(|e| serde_json::json!({"id": e.id.to_string(), "duplicate": e.duplicate}))
+            .map(|e| BatchItem {
+                id: e.id.to_string(),
+                duplicate: e.duplicate,
+            })
             .collect();
-        return Ok(response::json(201, &serde_json::json!({"jobs": items})));
+        return Ok(response::json_of(201, &Batch { jobs }));
     }
     let e = out
         .first()
         .ok_or_else(|| ApiError::new(500, "internal", "no job enqueued"))?;
-    Ok(if e.duplicate {
-        response::json(
-            200,
-            &serde_json::json!({"id": e.id.to_string(), "duplicate": true}),
-        )
-    } else {
-        response::json(201, &serde_json::json!({"id": e.id.to_string()}))
-    })
+    Ok(response::json_of(
+        if e.duplicate { 200 } else { 201 },
+        &item(e),
+    ))
 }
 
 #[derive(Deserialize, Default)]

@@ -12,8 +12,8 @@ use redb::ReadableTable;
 use std::collections::HashMap;
 
 type Res<T> = Result<Result<T, KvError>, redb::Error>;
-type KvTable<'t> = LoggedTable<'t, &'static [u8], &'static [u8]>;
-type ExpiryTable<'t> = LoggedTable<'t, &'static [u8], ()>;
+type KvTable<'c, 't> = LoggedTable<'c, 't, &'static [u8], &'static [u8]>;
+type ExpiryTable<'c, 't> = LoggedTable<'c, 't, &'static [u8], ()>;
 
 /// Key of the expiry index: `expires_at_ms` big-endian (so the index sorts by time) then the key.
 pub(super) fn expiry_key(expires_at_ms: u64, sk: &[u8]) -> Vec<u8> {
@@ -25,7 +25,7 @@ pub(super) fn expiry_key(expires_at_ms: u64, sk: &[u8]) -> Vec<u8> {
 
 /// The stored header of `sk`, expired or not; `Err` if the record is corrupt.
 fn header_of(
-    table: &KvTable<'_>,
+    table: &KvTable<'_, '_>,
     shard: usize,
     sk: &[u8],
 ) -> Result<Result<Option<Header>, KvError>, redb::Error> {
@@ -69,9 +69,9 @@ fn check(cond: Cond, live: Option<u64>) -> Result<(), KvError> {
 /// Writes a value over `old` (whose expiry entry is replaced). Returns the new revision.
 #[allow(clippy::too_many_arguments)]
 fn write_value(
-    ctx: &mut ApplyCtx<'_>,
-    kv: &mut KvTable<'_>,
-    exp: &mut ExpiryTable<'_>,
+    ctx: &mut ApplyCtx<'_, '_>,
+    kv: &mut KvTable<'_, '_>,
+    exp: &mut ExpiryTable<'_, '_>,
     sk: &[u8],
     old: Option<&Header>,
     payload: &[u8],
@@ -79,10 +79,20 @@ fn write_value(
     content_type: Option<&str>,
 ) -> Result<u64, redb::Error> {
     let revision = ctx.next_revision();
-    kv.insert(
-        sk,
-        codec::encode(revision, expires_at_ms, content_type, payload).as_slice(),
-    )?;
+    kv.insert_encoded(sk, codec::encoded_len(content_type, payload.len()), |out| {
+        codec::encode_into(out, revision, expires_at_ms, content_type, payload)
+    })?;
+    replace_expiry(exp, sk, old, expires_at_ms)?;
+    Ok(revision)
+}
+
+/// Moves `sk`'s expiry index entry from the old value's expiry to the new one.
+fn replace_expiry(
+    exp: &mut ExpiryTable<'_, '_>,
+    sk: &[u8],
+    old: Option<&Header>,
+    expires_at_ms: Option<u64>,
+) -> Result<(), redb::Error> {
     if let Some(t) = old.and_then(|h| h.expires_at_ms) {
         if Some(t) != expires_at_ms {
             exp.remove(expiry_key(t, sk).as_slice())?;
@@ -91,12 +101,12 @@ fn write_value(
     if let Some(t) = expires_at_ms {
         exp.insert(expiry_key(t, sk).as_slice(), ())?;
     }
-    Ok(revision)
+    Ok(())
 }
 
 fn remove_value(
-    kv: &mut KvTable<'_>,
-    exp: &mut ExpiryTable<'_>,
+    kv: &mut KvTable<'_, '_>,
+    exp: &mut ExpiryTable<'_, '_>,
     sk: &[u8],
     old: Option<&Header>,
 ) -> Result<(), redb::Error> {
@@ -108,19 +118,20 @@ fn remove_value(
 }
 
 pub(super) fn put(
-    ctx: &mut ApplyCtx<'_>,
+    ctx: &mut ApplyCtx<'_, '_>,
     sk: &[u8],
     value: &[u8],
     opts: &PutOptions,
 ) -> Res<PutResult> {
     let mut kv = ctx.table(KV)?;
     let mut exp = ctx.table(KV_EXPIRY)?;
+    if opts.cond == Cond::None {
+        return put_unconditional(ctx, &mut kv, &mut exp, sk, value, opts).map(Ok);
+    }
     let old = match header_of(&kv, ctx.shard, sk)? {
         Ok(h) => h,
-        // A corrupt record can be overwritten unconditionally (that repairs it), but no
-        // precondition can be judged against it.
-        Err(e) if opts.cond != Cond::None => return Ok(Err(e)),
-        Err(_) => None,
+        // No precondition can be judged against a corrupt record.
+        Err(e) => return Ok(Err(e)),
     };
     let live = old.as_ref().filter(|h| !h.is_expired(ctx.now_ms));
     if let Err(e) = check(opts.cond, live.map(|h| h.revision)) {
@@ -141,7 +152,31 @@ pub(super) fn put(
     Ok(Ok(PutResult { revision, created }))
 }
 
-pub(super) fn delete(ctx: &mut ApplyCtx<'_>, sk: &[u8], cond: Cond) -> Res<u64> {
+/// A put without a precondition: one tree walk, the insert itself, which hands back the old
+/// value for the expiry index and the created flag. A corrupt old record is simply replaced
+/// (that repairs it).
+fn put_unconditional(
+    ctx: &mut ApplyCtx<'_, '_>,
+    kv: &mut KvTable<'_, '_>,
+    exp: &mut ExpiryTable<'_, '_>,
+    sk: &[u8],
+    value: &[u8],
+    opts: &PutOptions,
+) -> Result<PutResult, redb::Error> {
+    let revision = ctx.next_revision();
+    let expires = opts.ttl_ms.map(|t| ctx.now_ms.saturating_add(t));
+    let ct = opts.content_type.as_deref();
+    let old = kv
+        .insert_encoded(sk, codec::encoded_len(ct, value.len()), |out| {
+            codec::encode_into(out, revision, expires, ct, value)
+        })?
+        .and_then(|g| codec::decode_header(g.value()).ok());
+    replace_expiry(exp, sk, old.as_ref(), expires)?;
+    let created = old.is_none_or(|h| h.is_expired(ctx.now_ms));
+    Ok(PutResult { revision, created })
+}
+
+pub(super) fn delete(ctx: &mut ApplyCtx<'_, '_>, sk: &[u8], cond: Cond) -> Res<u64> {
     let mut kv = ctx.table(KV)?;
     let mut exp = ctx.table(KV_EXPIRY)?;
     let old = match header_of(&kv, ctx.shard, sk)? {
@@ -159,7 +194,7 @@ pub(super) fn delete(ctx: &mut ApplyCtx<'_>, sk: &[u8], cond: Cond) -> Res<u64> 
 }
 
 pub(super) fn incr(
-    ctx: &mut ApplyCtx<'_>,
+    ctx: &mut ApplyCtx<'_, '_>,
     sk: &[u8],
     by: i64,
     ttl_ms: Option<u64>,
@@ -203,9 +238,9 @@ pub(super) fn incr(
 }
 
 fn incr_create(
-    ctx: &mut ApplyCtx<'_>,
-    kv: &mut KvTable<'_>,
-    exp: &mut ExpiryTable<'_>,
+    ctx: &mut ApplyCtx<'_, '_>,
+    kv: &mut KvTable<'_, '_>,
+    exp: &mut ExpiryTable<'_, '_>,
     sk: &[u8],
     by: i64,
     ttl_ms: Option<u64>,
@@ -243,7 +278,7 @@ enum Seen {
 
 /// One shard's group of a batch write: all operations or none.
 pub(super) fn batch(
-    ctx: &mut ApplyCtx<'_>,
+    ctx: &mut ApplyCtx<'_, '_>,
     group: &[(usize, Vec<u8>, BatchOp)],
 ) -> Res<Vec<BatchOpResult>> {
     let mut kv = ctx.table(KV)?;
@@ -342,7 +377,11 @@ pub(super) fn batch(
 }
 
 /// Deletes up to `max` keys starting with `prefix`; returns (live keys deleted, more remain).
-pub(super) fn delete_prefix(ctx: &mut ApplyCtx<'_>, prefix: &[u8], max: usize) -> Res<(u64, bool)> {
+pub(super) fn delete_prefix(
+    ctx: &mut ApplyCtx<'_, '_>,
+    prefix: &[u8],
+    max: usize,
+) -> Res<(u64, bool)> {
     let mut kv = ctx.table(KV)?;
     let mut exp = ctx.table(KV_EXPIRY)?;
     let mut victims: Vec<(Vec<u8>, Option<Header>)> = Vec::new();
@@ -371,7 +410,7 @@ pub(super) fn delete_prefix(ctx: &mut ApplyCtx<'_>, prefix: &[u8], max: usize) -
 
 /// Deletes up to `max` keys whose expiry has passed, walking the expiry index in time order.
 /// Returns how many index entries it consumed.
-pub(super) fn sweep(ctx: &mut ApplyCtx<'_>, max: usize) -> Result<usize, redb::Error> {
+pub(super) fn sweep(ctx: &mut ApplyCtx<'_, '_>, max: usize) -> Result<usize, redb::Error> {
     let mut kv = ctx.table(KV)?;
     let mut exp = ctx.table(KV_EXPIRY)?;
     let end = ctx.now_ms.saturating_add(1).to_be_bytes();

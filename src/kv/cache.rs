@@ -126,7 +126,7 @@ impl ReadCache {
 
 /// Registers invalidation of `keys` to run in the writer after this batch's commit.
 pub(crate) fn after_commit(
-    ctx: &mut ApplyCtx<'_>,
+    ctx: &mut ApplyCtx<'_, '_>,
     cache: &Option<Arc<ReadCache>>,
     keys: Vec<Vec<u8>>,
 ) {

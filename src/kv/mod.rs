@@ -77,7 +77,7 @@ pub struct PutResult {
 pub enum BatchOp {
     Put {
         key: String,
-        value: Vec<u8>,
+        value: bytes::Bytes,
         ttl_ms: Option<u64>,
         if_revision: Option<u64>,
     },
@@ -296,14 +296,16 @@ impl Kv {
         Ok(out)
     }
 
-    /// Stores a value.
+    /// Stores a value. `value` travels as `Bytes` (a `Vec<u8>` converts without a copy) to the
+    /// writer, which encodes it once, into the batch's log record.
     pub async fn put(
         &self,
         ns: &str,
         key: &str,
-        value: Vec<u8>,
+        value: impl Into<bytes::Bytes>,
         opts: PutOptions,
     ) -> Result<PutResult, KvError> {
+        let value: bytes::Bytes = value.into();
         validate_namespace(ns)?;
         validate_key(key)?;
         self.check_value(&value)?;

@@ -11,16 +11,16 @@ use std::collections::{BTreeSet, HashMap};
 pub type Res<T> = Result<Result<T, QueueError>, redb::Error>;
 
 /// The queue tables, opened once per operation.
-pub struct Tabs<'t> {
-    jobs: LoggedTable<'t, &'static [u8], &'static [u8]>,
-    index: LoggedTable<'t, &'static [u8], ()>,
-    timers: LoggedTable<'t, &'static [u8], ()>,
-    meta: LoggedTable<'t, &'static [u8], &'static [u8]>,
-    dedupe: LoggedTable<'t, &'static [u8], &'static [u8]>,
+pub struct Tabs<'c, 't> {
+    jobs: LoggedTable<'c, 't, &'static [u8], &'static [u8]>,
+    index: LoggedTable<'c, 't, &'static [u8], ()>,
+    timers: LoggedTable<'c, 't, &'static [u8], ()>,
+    meta: LoggedTable<'c, 't, &'static [u8], &'static [u8]>,
+    dedupe: LoggedTable<'c, 't, &'static [u8], &'static [u8]>,
 }
 
-impl<'t> Tabs<'t> {
-    pub fn open(ctx: &ApplyCtx<'t>) -> Result<Self, redb::Error> {
+impl<'c, 't> Tabs<'c, 't> {
+    pub fn open(ctx: &ApplyCtx<'c, 't>) -> Result<Self, redb::Error> {
         Ok(Tabs {
             jobs: ctx.table(Q_JOBS)?,
             index: ctx.table(Q_INDEX)?,
@@ -124,7 +124,7 @@ pub struct Enqueued {
 }
 
 /// Enqueues a batch, all or nothing.
-pub fn enqueue(ctx: &mut ApplyCtx<'_>, q: &str, specs: &[NewJob]) -> Res<Vec<Enqueued>> {
+pub fn enqueue(ctx: &mut ApplyCtx<'_, '_>, q: &str, specs: &[NewJob]) -> Res<Vec<Enqueued>> {
     let now = ctx.now_ms;
     let mut t = Tabs::open(ctx)?;
     let mut meta = check!(t.meta(q));
@@ -231,7 +231,7 @@ pub fn enqueue(ctx: &mut ApplyCtx<'_>, q: &str, specs: &[NewJob]) -> Res<Vec<Enq
 }
 
 /// Claims up to `max` ready jobs in (priority, run-at, id) order, each with a fresh lease token.
-pub fn claim(ctx: &mut ApplyCtx<'_>, q: &str, max: usize, lease_ms: u64) -> Res<Vec<Job>> {
+pub fn claim(ctx: &mut ApplyCtx<'_, '_>, q: &str, max: usize, lease_ms: u64) -> Res<Vec<Job>> {
     let now = ctx.now_ms;
     let mut t = Tabs::open(ctx)?;
     let mut meta = check!(t.meta(q));
@@ -271,7 +271,7 @@ pub fn claim(ctx: &mut ApplyCtx<'_>, q: &str, max: usize, lease_ms: u64) -> Res<
 }
 
 /// Loads an in-flight job and checks the caller's lease token.
-fn leased(t: &Tabs<'_>, q: &str, id: u64, token: &str) -> Res<Job> {
+fn leased(t: &Tabs<'_, '_>, q: &str, id: u64, token: &str) -> Res<Job> {
     let Some(job) = check!(t.job(q, id)) else {
         return Ok(Err(QueueError::JobNotFound(id)));
     };
@@ -281,7 +281,7 @@ fn leased(t: &Tabs<'_>, q: &str, id: u64, token: &str) -> Res<Job> {
     Ok(Ok(job))
 }
 
-pub fn ack(ctx: &mut ApplyCtx<'_>, q: &str, id: u64, token: &str) -> Res<()> {
+pub fn ack(ctx: &mut ApplyCtx<'_, '_>, q: &str, id: u64, token: &str) -> Res<()> {
     let mut t = Tabs::open(ctx)?;
     let mut meta = check!(t.meta(q));
     let job = check!(leased(&t, q, id, token));
@@ -301,7 +301,7 @@ pub struct Nack {
 
 /// Returns the job's new state.
 pub fn nack(
-    ctx: &mut ApplyCtx<'_>,
+    ctx: &mut ApplyCtx<'_, '_>,
     q: &str,
     id: u64,
     token: &str,
@@ -338,7 +338,13 @@ pub fn nack(
 }
 
 /// Returns the new lease expiry.
-pub fn extend(ctx: &mut ApplyCtx<'_>, q: &str, id: u64, token: &str, lease_ms: u64) -> Res<u64> {
+pub fn extend(
+    ctx: &mut ApplyCtx<'_, '_>,
+    q: &str,
+    id: u64,
+    token: &str,
+    lease_ms: u64,
+) -> Res<u64> {
     let now = ctx.now_ms;
     let mut t = Tabs::open(ctx)?;
     let mut meta = check!(t.meta(q));
@@ -352,7 +358,7 @@ pub fn extend(ctx: &mut ApplyCtx<'_>, q: &str, id: u64, token: &str, lease_ms: u
 }
 
 /// Deletes a job that is not in flight.
-pub fn cancel(ctx: &mut ApplyCtx<'_>, q: &str, id: u64) -> Res<()> {
+pub fn cancel(ctx: &mut ApplyCtx<'_, '_>, q: &str, id: u64) -> Res<()> {
     let mut t = Tabs::open(ctx)?;
     let mut meta = check!(t.meta(q));
     let Some(job) = check!(t.job(q, id)) else {
@@ -368,7 +374,7 @@ pub fn cancel(ctx: &mut ApplyCtx<'_>, q: &str, id: u64) -> Res<()> {
 
 /// Up to `max` ids in a state, in index order.
 fn ids_in(
-    t: &Tabs<'_>,
+    t: &Tabs<'_, '_>,
     q: &str,
     state: State,
     max: usize,
@@ -394,7 +400,7 @@ fn ids_in(
 /// Moves dead jobs back to ready with attempts reset: the given ids, or (with `None`) up to
 /// `max` of all dead jobs. Returns (moved, more remain).
 pub fn requeue(
-    ctx: &mut ApplyCtx<'_>,
+    ctx: &mut ApplyCtx<'_, '_>,
     q: &str,
     ids: Option<&[u64]>,
     max: usize,
@@ -427,7 +433,7 @@ pub fn requeue(
 }
 
 /// Deletes up to `max` jobs in a state (not in flight). Returns (deleted, more remain).
-pub fn purge(ctx: &mut ApplyCtx<'_>, q: &str, state: State, max: usize) -> Res<(u64, bool)> {
+pub fn purge(ctx: &mut ApplyCtx<'_, '_>, q: &str, state: State, max: usize) -> Res<(u64, bool)> {
     if state == State::InFlight {
         return Ok(Err(QueueError::Invalid(
             "in-flight jobs cannot be purged; ack or nack them, or let their leases expire".into(),
@@ -449,7 +455,7 @@ pub fn purge(ctx: &mut ApplyCtx<'_>, q: &str, state: State, max: usize) -> Res<(
 
 /// Updates a queue's config and pause flag; returns the stored meta.
 pub fn configure(
-    ctx: &mut ApplyCtx<'_>,
+    ctx: &mut ApplyCtx<'_, '_>,
     q: &str,
     config: Option<QueueConfig>,
     paused: Option<bool>,
@@ -469,7 +475,7 @@ pub fn configure(
 /// Handles up to `max` due timers of the shard: delayed jobs become ready, expired leases go
 /// back to ready (or to dead after `max_attempts`), dedupe records expire. Returns the queues
 /// that gained ready jobs.
-pub fn promote(ctx: &mut ApplyCtx<'_>, max: usize) -> Result<BTreeSet<String>, redb::Error> {
+pub fn promote(ctx: &mut ApplyCtx<'_, '_>, max: usize) -> Result<BTreeSet<String>, redb::Error> {
     let now = ctx.now_ms;
     let mut t = Tabs::open(ctx)?;
     let end = now.saturating_add(1).to_be_bytes();
@@ -553,7 +559,7 @@ pub fn promote(ctx: &mut ApplyCtx<'_>, max: usize) -> Result<BTreeSet<String>, r
 }
 
 /// Stores a schedule, keeping the firing history of one it replaces. Returns (created, stored).
-pub fn put_schedule(ctx: &mut ApplyCtx<'_>, mut s: Schedule) -> Res<(bool, Schedule)> {
+pub fn put_schedule(ctx: &mut ApplyCtx<'_, '_>, mut s: Schedule) -> Res<(bool, Schedule)> {
     let mut t = ctx.table(Q_SCHED)?;
     let old = t
         .get(s.name.as_bytes())?
@@ -572,7 +578,7 @@ pub fn put_schedule(ctx: &mut ApplyCtx<'_>, mut s: Schedule) -> Res<(bool, Sched
     Ok(Ok((old.is_none(), s)))
 }
 
-pub fn delete_schedule(ctx: &mut ApplyCtx<'_>, name: &str) -> Result<bool, redb::Error> {
+pub fn delete_schedule(ctx: &mut ApplyCtx<'_, '_>, name: &str) -> Result<bool, redb::Error> {
     let mut t = ctx.table(Q_SCHED)?;
     let existed = t.remove(name.as_bytes())?.is_some();
     Ok(existed)
@@ -581,7 +587,7 @@ pub fn delete_schedule(ctx: &mut ApplyCtx<'_>, name: &str) -> Result<bool, redb:
 /// Fires a due schedule: enqueues its job and records the tick in the same commit, so a tick
 /// enqueues at most once, restarts included. Ticks missed while stopped enqueue once. Returns
 /// the queue that got a job.
-pub fn fire(ctx: &mut ApplyCtx<'_>, name: &str) -> Result<Option<String>, redb::Error> {
+pub fn fire(ctx: &mut ApplyCtx<'_, '_>, name: &str) -> Result<Option<String>, redb::Error> {
     let now = ctx.now_ms;
     let sched = {
         let t = ctx.table(Q_SCHED)?;

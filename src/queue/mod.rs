@@ -134,7 +134,7 @@ impl Queues {
 
     async fn write<R, F>(&self, q: &str, bytes: usize, f: F) -> Result<R, QueueError>
     where
-        F: FnOnce(&mut crate::engine::ApplyCtx<'_>) -> apply::Res<R> + Send + 'static,
+        F: FnOnce(&mut crate::engine::ApplyCtx<'_, '_>) -> apply::Res<R> + Send + 'static,
         R: Send + 'static,
     {
         self.engine.write(self.shard(q), bytes, f).await?
