@@ -296,7 +296,7 @@ impl Config {
                 continue;
             };
             let field = field.to_ascii_lowercase();
-            if field == "config" || field == "log" {
+            if field == "config" || field == "log" || field == "failpoints" {
                 continue; // handled by the CLI itself
             }
             if !table.contains_key(&field) {

@@ -17,6 +17,9 @@ pub enum Action {
     Panic,
     /// Sleep this long, then carry on (widens race windows in tests).
     Delay(Duration),
+    /// Block for as long as the point stays armed with `Pause` (a test holds a thread at a
+    /// precise place, checks what others see, then clears the point).
+    Pause,
     /// Return an I/O error carrying this message, where the point can fail.
     Error(String),
 }
@@ -62,6 +65,65 @@ pub fn hit(name: &str) -> Result<(), std::io::Error> {
             std::thread::sleep(d);
             Ok(())
         }
+        Some(Action::Pause) => {
+            while get(name) == Some(Action::Pause) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(())
+        }
         Some(Action::Error(message)) => Err(std::io::Error::other(message)),
+    }
+}
+
+/// Arms points from text like `wal.sync=delay(200);checkpoint.commit=pause`: actions are
+/// `panic`, `pause`, `delay(<ms>)` and `error(<message>)`. The binary reads it from
+/// `SHARDBOX_FAILPOINTS` so crash tests can hold the real server at a chosen place.
+pub fn arm_from_spec(spec: &str) -> Result<(), String> {
+    for item in spec.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, action) = item
+            .split_once('=')
+            .ok_or_else(|| format!("failpoint `{item}`: expected name=action"))?;
+        let action = action.trim();
+        let parsed = if action == "panic" {
+            Action::Panic
+        } else if action == "pause" {
+            Action::Pause
+        } else if let Some(ms) = action
+            .strip_prefix("delay(")
+            .and_then(|a| a.strip_suffix(')'))
+        {
+            Action::Delay(Duration::from_millis(ms.parse().map_err(|_| {
+                format!("failpoint `{item}`: delay needs milliseconds")
+            })?))
+        } else if let Some(m) = action
+            .strip_prefix("error(")
+            .and_then(|a| a.strip_suffix(')'))
+        {
+            Action::Error(m.to_string())
+        } else {
+            return Err(format!(
+                "failpoint `{item}`: action must be panic, pause, delay(ms) or error(message)"
+            ));
+        };
+        set(name.trim(), parsed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_bad_ones_are_errors() {
+        arm_from_spec("t.a=delay(5); t.b=error(disk gone)").unwrap();
+        assert_eq!(get("t.a"), Some(Action::Delay(Duration::from_millis(5))));
+        assert!(hit("t.b").is_err());
+        clear("t.a");
+        clear("t.b");
+        assert_eq!(get("t.a"), None);
+        for bad in ["x", "x=sleep", "x=delay(z)"] {
+            assert!(arm_from_spec(bad).is_err(), "{bad}");
+        }
     }
 }

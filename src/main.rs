@@ -130,6 +130,11 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     }
     let config = resolve(&args.common, flags)?;
     init_logging(config.log_format);
+    // Fault injection for crash tests (see src/failpoint.rs); unset in normal use.
+    if let Ok(spec) = std::env::var("SHARDBOX_FAILPOINTS") {
+        shardbox::failpoint::arm_from_spec(&spec)?;
+        tracing::warn!(failpoints = %spec, "failpoints armed (testing only)");
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.worker_threads > 0 {
         builder.worker_threads(config.worker_threads);

@@ -164,6 +164,23 @@ pub fn render(engine: &crate::engine::Engine, open_connections: usize) -> String
             "gauge",
             engine.wal().durable_lsn().to_string(),
         ),
+        (
+            "shardbox_wal_replayed_records",
+            "Log records replayed into the shards when the store opened.",
+            "gauge",
+            engine
+                .replay_report()
+                .applied
+                .iter()
+                .sum::<u64>()
+                .to_string(),
+        ),
+        (
+            "shardbox_wal_replay_seconds",
+            "Time the last open spent reading and replaying the log.",
+            "gauge",
+            format!("{:.3}", engine.replay_report().millis as f64 / 1e3),
+        ),
     ] {
         let _ = writeln!(
             out,

@@ -266,6 +266,9 @@ impl Writer {
         });
         match result {
             Ok(()) => {
+                // Between the durable commit and the log learning of it a crash only means a
+                // replay of records the shard already has (idempotent).
+                let _ = crate::failpoint::hit("checkpoint.after_commit");
                 self.wal.checkpointed(self.shard);
                 self.dirty_since = None;
                 self.state.record_checkpoint(started.elapsed());

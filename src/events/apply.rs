@@ -308,14 +308,20 @@ pub fn trim(
             meta.bytes = meta.bytes.saturating_sub(*size);
             deleted += 1;
         }
-        st.min_ts = st.min_ts.max(before);
+        let min_ts = st.min_ts.max(before);
         drop(t);
-        ctx.table(EV_BUCKETS)?.insert(
-            bucket_key(stream, start).as_slice(),
-            model::encode(&st).as_slice(),
-        )?;
+        if !victims.is_empty() || min_ts != st.min_ts {
+            st.min_ts = min_ts;
+            ctx.table(EV_BUCKETS)?.insert(
+                bucket_key(stream, start).as_slice(),
+                model::encode(&st).as_slice(),
+            )?;
+        }
     }
-    save_meta(ctx, stream, &meta)?;
+    // Nothing to drop (the usual retention pass) writes nothing: no log record, no commit.
+    if dropped > 0 || deleted > 0 {
+        save_meta(ctx, stream, &meta)?;
+    }
     Ok(Ok((dropped, deleted, more)))
 }
 

@@ -250,6 +250,11 @@ impl Wal {
         self.shared.durable.load(Ordering::Acquire)
     }
 
+    /// Highest LSN written to the OS (at or above [`Wal::durable_lsn`]).
+    pub fn written_lsn(&self) -> u64 {
+        self.shared.written.load(Ordering::Acquire)
+    }
+
     pub fn stats(&self) -> &WalStats {
         &self.shared.stats
     }
