@@ -70,11 +70,13 @@ async fn the_readme_walk_runs_as_written() {
 
     let tmp = tempfile::tempdir().unwrap();
     let (mut child, addr) = spawn_shardbox(&tmp.path().join("data"), &[]).unwrap();
-    let log = tmp.path().join("requests.log");
-    // Every curl call appends "<status> <method> <url>" to the log; the script runs unchanged.
+    let log_dir = tmp.path().join("requests");
+    std::fs::create_dir(&log_dir).unwrap();
+    // Every curl call writes "<status> <method> <url>" to a file of its own (a call sent to the
+    // background must not interleave its line with the next one's); the script runs unchanged.
     let prelude = format!(
-        "curl() {{ command curl -sS --max-time 30 -w '%{{stderr}}@@ %{{http_code}} %{{method}} %{{url_effective}}\\n' \"$@\" 2>>{log}; }}\n",
-        log = log.display()
+        "curl() {{ command curl -sS --max-time 30 -w '%{{stderr}}@@ %{{http_code}} %{{method}} %{{url_effective}}\\n' \"$@\" 2>>\"{log}/$(date +%s%N).$BASHPID\"; }}\n",
+        log = log_dir.display()
     );
     let body = script.replace("B=http://127.0.0.1:7070", &format!("B=http://{addr}"));
     let out = tokio::task::spawn_blocking(move || {
@@ -87,7 +89,15 @@ async fn the_readme_walk_runs_as_written() {
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let mut files: Vec<_> = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let logged: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+        .collect();
     let calls: Vec<(u16, String, String)> = logged
         .lines()
         .filter_map(|l| {

@@ -2,7 +2,9 @@
 //! hit ratio of foyer's eviction policies on a Zipf(0.99) key stream.
 
 use crate::loadgen::{self, Conn, Op, Outcome, Proto};
-use crate::{key, peers, pick, row, set_ratio, settings, unavailable, wanted, Opts, Row};
+use crate::peers;
+use crate::report::{row, set_ratio, unavailable, Row};
+use crate::support::{key, pick, wanted, Opts};
 use std::time::Duration;
 
 /// Keys of the hit workload (all resident in every system).
@@ -75,7 +77,7 @@ pub async fn cache_suite(o: &Opts, rows: &mut Vec<Row>) {
             let label = if size == 100 { "100 B" } else { "4 KiB" };
             let first = rows.len();
             eprintln!("cache-get-hit {label}: shardbox …");
-            let sb = peers::shardbox(&settings(o, &[])).expect("start shardbox");
+            let sb = crate::support::start_shardbox(o, &[]).expect("start shardbox");
             preload_shardbox(sb.addr, HIT_KEYS, size).await;
             let before = stats(sb.addr).await;
             let out = measure(sb.addr, Proto::Http, o.connections, o).await;
@@ -109,7 +111,7 @@ pub async fn cache_suite(o: &Opts, rows: &mut Vec<Row>) {
             eprintln!("cache-get-hit {label}: redis …");
             match peers::redis(o.install) {
                 Ok(r) => {
-                    crate::preload_redis(r.addr, HIT_KEYS, &vec![b'c'; size])
+                    crate::support::preload_redis(r.addr, HIT_KEYS, &vec![b'c'; size])
                         .await
                         .expect("preload redis");
                     let out = measure(r.addr, Proto::Resp, o.connections, o).await;
@@ -134,14 +136,14 @@ pub async fn cache_suite(o: &Opts, rows: &mut Vec<Row>) {
         let keys = 16_384u64;
         for (io, conns) in [("psync", 16usize), ("uring", 16), ("psync", 4)] {
             eprintln!("cache-get-disk ({io}, {conns} connections) …");
-            let sb = match peers::shardbox(&settings(
+            let sb = match crate::support::start_shardbox(
                 o,
                 &[
                     ("cache_memory_bytes", "16777216"),
                     ("cache_disk_bytes", "268435456"),
                     ("cache_disk_io", io),
                 ],
-            )) {
+            ) {
                 Ok(sb) => sb,
                 Err(e) => {
                     rows.push(unavailable("cache-get-disk", io, &e));

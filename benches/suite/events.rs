@@ -34,11 +34,13 @@ fn ndjson_request(stream: &str, body: &[u8]) -> Vec<u8> {
 }
 
 /// `events-append`: `conns` closed loops, each sending `batch` events per request (shardbox:
-/// one NDJSON request; Redis: `batch` pipelined XADDs) to one of 8 streams. Counts events.
+/// one NDJSON request; Redis: `batch` pipelined XADDs) to one of `streams` streams. Counts
+/// events.
 pub async fn append(
     shardbox: bool,
     addr: SocketAddr,
     conns: usize,
+    streams: usize,
     batch: usize,
     duration: Duration,
 ) -> Outcome {
@@ -52,7 +54,7 @@ pub async fn append(
             let Ok(mut c) = Conn::connect(addr).await else {
                 return (h, 0, 1);
             };
-            let stream = format!("bench{}", i % 8);
+            let stream = format!("bench{}", i % streams.max(1));
             let body = ndjson(batch, |_| None);
             let mut pipeline = Vec::new();
             for _ in 0..batch {

@@ -16,6 +16,17 @@ pub struct Server {
 }
 
 impl Server {
+    /// The server process's id (for /proc/<pid>/io).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process with SIGKILL and waits for it (the directory stays until drop).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The server's own directory (shardbox's data dir is `data/` inside it).
     pub fn dir(&self) -> &Path {
         self._dir.path()
@@ -85,7 +96,8 @@ fn serve(
     Ok(server)
 }
 
-pub fn shardbox(settings: &[(&str, &str)]) -> Result<Server, String> {
+/// Starts shardbox (the binary at `bin`, or this build's) with `SHARDBOX_*` settings.
+pub fn shardbox(bin: Option<&Path>, settings: &[(&str, &str)]) -> Result<Server, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let env: Vec<(String, String)> = settings
         .iter()
@@ -96,7 +108,11 @@ pub fn shardbox(settings: &[(&str, &str)]) -> Result<Server, String> {
             )
         })
         .collect();
-    let (child, addr) = spawn::spawn_shardbox(&dir.path().join("data"), &env)?;
+    let data = dir.path().join("data");
+    let (child, addr) = match bin {
+        Some(b) => spawn::spawn_shardbox_bin(b, &data, &env)?,
+        None => spawn::spawn_shardbox(&data, &env)?,
+    };
     Ok(Server {
         addr,
         child,
@@ -200,4 +216,35 @@ pub fn memcached(allow_install: bool, memory_mb: u64) -> Result<Server, String> 
         cmd.args(["-u", "root"]);
     }
     serve(&mut cmd, port, dir, "memcached")
+}
+
+impl Server {
+    /// SIGKILLs shardbox and starts it again on the same data directory; returns the time from
+    /// spawning the new process to it listening (open, repair, replay included).
+    pub fn restart_shardbox(
+        &mut self,
+        bin: Option<&Path>,
+        settings: &[(&str, &str)],
+    ) -> Result<Duration, String> {
+        self.kill();
+        let env: Vec<(String, String)> = settings
+            .iter()
+            .map(|(k, v)| {
+                (
+                    format!("SHARDBOX_{}", k.to_ascii_uppercase()),
+                    v.to_string(),
+                )
+            })
+            .collect();
+        let data = self._dir.path().join("data");
+        let t = Instant::now();
+        let (child, addr) = match bin {
+            Some(b) => spawn::spawn_shardbox_bin(b, &data, &env)?,
+            None => spawn::spawn_shardbox(&data, &env)?,
+        };
+        let took = t.elapsed();
+        self.child = child;
+        self.addr = addr;
+        Ok(took)
+    }
 }

@@ -3,7 +3,10 @@
 //! shardbox, beanstalkd (binlog fsync on every write) and a Redis list queue
 //! (LPUSH + BLMOVE + LREM, appendfsync always).
 
-use crate::loadgen::{collect, hist, resp_command, Conn, Outcome};
+use crate::loadgen::{collect, hist, resp_command, Conn, Outcome, Proto};
+use crate::peers;
+use crate::report::{row, set_ratio, unavailable, Row};
+use crate::support::{server_stats, wanted, Opts};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -294,5 +297,74 @@ pub async fn latency(
         errors: 0,
         elapsed: duration,
         hist: total,
+    }
+}
+
+pub async fn queue_suite(o: &Opts, rows: &mut Vec<Row>) {
+    let systems: [(System, &str); 3] = [
+        (System::Shardbox, "shardbox queue"),
+        (System::Beanstalkd, "beanstalkd -f 0"),
+        (System::Redis, "redis list (LPUSH+BLMOVE+LREM)"),
+    ];
+    let start = |sys: System| -> Result<peers::Server, String> {
+        match sys {
+            System::Shardbox => crate::support::start_shardbox(o, &[]),
+            System::Beanstalkd => peers::beanstalkd(o.install),
+            System::Redis => peers::redis(o.install),
+        }
+    };
+    if wanted(o, "queue-cycle") {
+        let first = rows.len();
+        for (sys, name) in systems {
+            eprintln!("queue-cycle: {name} …");
+            match start(sys) {
+                Ok(server) => {
+                    let _ = cycle(sys, server.addr, 32, 32, Duration::from_secs(1)).await;
+                    let proto = if sys == System::Shardbox {
+                        Proto::Http
+                    } else {
+                        Proto::Resp
+                    };
+                    let before = server_stats(server.addr, proto).await;
+                    let out = cycle(sys, server.addr, 32, 32, o.duration).await;
+                    if let (Some(a), Some(b)) = (before, server_stats(server.addr, proto).await) {
+                        eprintln!("  {}", b.since(&a).describe());
+                    }
+                    rows.push(row(
+                        "queue-cycle",
+                        name,
+                        out,
+                        "32 producers + 32 workers, 200 B, durable",
+                    ));
+                }
+                Err(e) => rows.push(unavailable("queue-cycle", name, &e)),
+            }
+        }
+        let (ours, bean, redis) = (first, first + 1, first + 2);
+        set_ratio(rows, bean, ours, "");
+        set_ratio(rows, redis, ours, "");
+        for i in [bean, redis] {
+            if let Some((r, _)) = rows[i].ratio {
+                rows[i].ratio = Some((1.0 / r, "shardbox ÷ this row".into()));
+            }
+        }
+    }
+    if wanted(o, "queue-latency") {
+        for (sys, name) in systems {
+            eprintln!("queue-latency: {name} …");
+            match start(sys) {
+                Ok(server) => {
+                    let out =
+                        latency(sys, server.addr, 8, o.duration, Duration::from_millis(5)).await;
+                    rows.push(row(
+                        "queue-latency",
+                        name,
+                        out,
+                        "enqueue→claim, 8 long-polling workers, 1 job / 5 ms",
+                    ));
+                }
+                Err(e) => rows.push(unavailable("queue-latency", name, &e)),
+            }
+        }
     }
 }

@@ -8,7 +8,16 @@ use std::process::{Child, Command, Stdio};
 
 /// Starts `shardbox serve --data dir` with extra environment settings (`SHARDBOX_*`).
 pub fn spawn_shardbox(dir: &Path, env: &[(String, String)]) -> Result<(Child, SocketAddr), String> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardbox"));
+    spawn_shardbox_bin(Path::new(env!("CARGO_BIN_EXE_shardbox")), dir, env)
+}
+
+/// As [`spawn_shardbox`], running the binary at `bin`.
+pub fn spawn_shardbox_bin(
+    bin: &Path,
+    dir: &Path,
+    env: &[(String, String)],
+) -> Result<(Child, SocketAddr), String> {
+    let mut cmd = Command::new(bin);
     cmd.args([
         "serve",
         "--listen",

@@ -1,0 +1,257 @@
+//! KV workloads: `kv-get-hot` and `kv-put-durable` against Redis, the group-commit baseline,
+//! the connection sweep (`kv-put-scaling`, with its plot) and device bytes per write
+//! (`kv-put-bytes`).
+
+use crate::loadgen::Proto;
+use crate::peers;
+use crate::report::{row, set_ratio, svg_lines, unavailable, Row, Series};
+use crate::support::{
+    get_op, measure, measure_with, preload_redis, preload_shardbox, put_op, server_stats,
+    start_shardbox, value, wanted, Opts,
+};
+use std::time::Duration;
+
+pub async fn kv_suite(o: &Opts, rows: &mut Vec<Row>) {
+    if wanted(o, "kv-get-hot") {
+        get_hot(o, rows).await;
+    }
+    if wanted(o, "kv-get-nocache") {
+        get_nocache(o, rows).await;
+    }
+    if wanted(o, "kv-put-durable") {
+        put_durable(o, rows).await;
+    }
+    if wanted(o, "kv-put-scaling") {
+        put_scaling(o, rows).await;
+    }
+    if wanted(o, "kv-put-bytes") {
+        put_bytes(o, rows).await;
+    }
+}
+
+async fn get_hot(o: &Opts, rows: &mut Vec<Row>) {
+    let sb = start_shardbox(o, &[]).expect("start shardbox");
+    eprintln!("kv-get-hot: preloading {} keys …", o.keys);
+    preload_shardbox(sb.addr, o.keys)
+        .await
+        .expect("preload shardbox");
+    let ours = measure(sb.addr, Proto::Http, o, get_op(o.keys)).await;
+    rows.push(row(
+        "kv-get-hot",
+        "shardbox GET",
+        ours,
+        &format!("HTTP GET, 100 B, {} keys", o.keys),
+    ));
+    let i = rows.len() - 1;
+    drop(sb);
+    match peers::redis(o.install) {
+        Ok(r) => {
+            preload_redis(r.addr, o.keys, &value())
+                .await
+                .expect("preload redis");
+            let theirs = measure(r.addr, Proto::Resp, o, get_op(o.keys)).await;
+            rows.push(row("kv-get-hot", "redis GET", theirs, "RESP GET"));
+            set_ratio(rows, i, i + 1, "vs redis GET");
+        }
+        Err(e) => rows.push(unavailable("kv-get-hot", "redis GET", &e)),
+    }
+}
+
+async fn get_nocache(o: &Opts, rows: &mut Vec<Row>) {
+    eprintln!("kv-get-hot without the read cache …");
+    let off = start_shardbox(o, &[("kv_cache_bytes", "0")]).expect("start shardbox");
+    preload_shardbox(off.addr, o.keys)
+        .await
+        .expect("preload shardbox");
+    let before = measure(off.addr, Proto::Http, o, get_op(o.keys)).await;
+    rows.push(row(
+        "kv-get-nocache",
+        "shardbox GET, kv_cache_bytes=0",
+        before,
+        "every GET opens a redb read transaction",
+    ));
+    let j = rows.len() - 1;
+    if let Some(i) = rows
+        .iter()
+        .position(|r| r.workload == "kv-get-hot" && r.system == "shardbox GET")
+    {
+        if let (Some(a), Some(b)) = (&rows[i].outcome, &rows[j].outcome) {
+            let r = a.throughput() / b.throughput().max(1e-9);
+            rows[j].ratio = Some((r, "read cache on ÷ this row".into()));
+        }
+    }
+}
+
+async fn put_durable(o: &Opts, rows: &mut Vec<Row>) {
+    eprintln!("kv-put-durable …");
+    let sb = start_shardbox(o, &[]).expect("start shardbox");
+    let before = server_stats(sb.addr, Proto::Http).await;
+    let ours = measure(sb.addr, Proto::Http, o, put_op(o.keys)).await;
+    let per_sync = match (before, server_stats(sb.addr, Proto::Http).await) {
+        (Some(a), Some(b)) => format!(", {:.1} writes per fsync", b.since(&a).writes_per_sync()),
+        _ => String::new(),
+    };
+    drop(sb);
+    rows.push(row(
+        "kv-put-durable",
+        "shardbox PUT",
+        ours,
+        &format!("immediate: reply after the log fsync{per_sync}"),
+    ));
+    let i = rows.len() - 1;
+    match peers::redis(o.install) {
+        Ok(r) => {
+            let theirs = measure(r.addr, Proto::Resp, o, put_op(o.keys)).await;
+            rows.push(row(
+                "kv-put-durable",
+                "redis SET",
+                theirs,
+                "appendfsync always",
+            ));
+            set_ratio(rows, i, i + 1, "vs redis always-fsync");
+        }
+        Err(e) => rows.push(unavailable("kv-put-durable", "redis SET", &e)),
+    }
+    eprintln!("kv-put-durable with batch_ops_max=1 …");
+    let single = start_shardbox(o, &[("batch_ops_max", "1")]).expect("start shardbox");
+    let one = measure(single.addr, Proto::Http, o, put_op(o.keys)).await;
+    rows.push(row(
+        "kv-put-durable",
+        "shardbox PUT, batch_ops_max=1",
+        one,
+        "one writer batch per write (the log still groups syncs)",
+    ));
+    let j = rows.len() - 1;
+    set_ratio(rows, j, i, "");
+    if let Some((r, _)) = rows[j].ratio {
+        rows[j].ratio = Some((1.0 / r, "batching ÷ this row".into()));
+    }
+}
+
+/// Durable puts against Redis at 1, 4, 16, 64 and 256 connections; writes the plot.
+async fn put_scaling(o: &Opts, rows: &mut Vec<Row>) {
+    let steps = [1usize, 4, 16, 64, 256];
+    let mut ours = Series::new("shardbox PUT", "#1f77b4");
+    let mut theirs = Series::new("Redis SET always", "#d62728");
+    let mut ours_p99 = Series::new("shardbox PUT", "#1f77b4");
+    let mut theirs_p99 = Series::new("Redis SET always", "#d62728");
+    for conns in steps {
+        eprintln!("kv-put-scaling: {conns} connections …");
+        let sb = start_shardbox(o, &[]).expect("start shardbox");
+        let out = measure_with(sb.addr, Proto::Http, conns, o.duration, put_op(o.keys)).await;
+        drop(sb);
+        ours.push(out.throughput());
+        ours_p99.push(out.p(0.99));
+        rows.push(row(
+            "kv-put-scaling",
+            &format!("shardbox PUT, {conns} conns"),
+            out,
+            "",
+        ));
+        let i = rows.len() - 1;
+        match peers::redis(o.install) {
+            Ok(r) => {
+                let out =
+                    measure_with(r.addr, Proto::Resp, conns, o.duration, put_op(o.keys)).await;
+                theirs.push(out.throughput());
+                theirs_p99.push(out.p(0.99));
+                rows.push(row(
+                    "kv-put-scaling",
+                    &format!("redis SET, {conns} conns"),
+                    out,
+                    "appendfsync always",
+                ));
+                set_ratio(rows, i, i + 1, "vs redis");
+            }
+            Err(e) => rows.push(unavailable("kv-put-scaling", "redis SET", &e)),
+        }
+    }
+    let labels: Vec<String> = steps.iter().map(|c| c.to_string()).collect();
+    let top = svg_lines(
+        "durable writes: throughput vs connections",
+        "connections",
+        "writes/s",
+        &labels,
+        &[ours, theirs],
+        0.0,
+    );
+    let bottom = svg_lines(
+        "durable writes: p99 latency vs connections",
+        "connections",
+        "p99 (ms)",
+        &labels,
+        &[ours_p99, theirs_p99],
+        0.0,
+    );
+    let svg = crate::report::stack_svgs(&[top, bottom]);
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/shardbox-put-scaling.svg");
+    let _ = std::fs::write(&path, svg);
+    eprintln!("plot written to {}", path.display());
+}
+
+/// Bytes the process sent to the storage layer (`/proc/<pid>/io` write_bytes).
+fn write_bytes(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Device bytes per acknowledged 100-byte put over a 60 s run (at least `--duration`),
+/// checkpoints included, against Redis's AOF bytes per SET.
+async fn put_bytes(o: &Opts, rows: &mut Vec<Row>) {
+    let duration = o.duration.max(Duration::from_secs(60));
+    let mut per_write = Vec::new();
+    for shardbox in [true, false] {
+        let server = if shardbox {
+            start_shardbox(o, &[])
+        } else {
+            peers::redis(o.install)
+        };
+        let name = if shardbox {
+            "shardbox PUT"
+        } else {
+            "redis SET always"
+        };
+        eprintln!("kv-put-bytes: {name}, {} s …", duration.as_secs());
+        let server = match server {
+            Ok(s) => s,
+            Err(e) => {
+                rows.push(unavailable("kv-put-bytes", name, &e));
+                continue;
+            }
+        };
+        let proto = if shardbox { Proto::Http } else { Proto::Resp };
+        // Warm up, then measure the bytes over the run itself.
+        let _ = crate::loadgen::run(
+            server.addr,
+            proto,
+            o.connections,
+            Duration::from_secs(1),
+            put_op(o.keys),
+        )
+        .await;
+        let before = write_bytes(server.pid());
+        let out =
+            crate::loadgen::run(server.addr, proto, o.connections, duration, put_op(o.keys)).await;
+        let after = write_bytes(server.pid());
+        let note = match (before, after) {
+            (Some(a), Some(b)) => {
+                let per = (b - a) as f64 / out.ops.max(1) as f64;
+                per_write.push(per);
+                format!(
+                    "{per:.0} device bytes per acknowledged write ({} MiB in {} s)",
+                    (b - a) >> 20,
+                    duration.as_secs()
+                )
+            }
+            _ => "cannot read /proc/<pid>/io".into(),
+        };
+        rows.push(row("kv-put-bytes", name, out, &note));
+    }
+    if let [ours, theirs] = per_write[..] {
+        let n = rows.len();
+        rows[n - 2].ratio = Some((ours / theirs.max(1e-9), "bytes per write vs redis".into()));
+    }
+}
