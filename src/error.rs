@@ -161,7 +161,7 @@ pub struct ApiError {
     /// Seconds for a `Retry-After` header on 429/503.
     pub retry_after_s: Option<u64>,
     /// Methods for an `Allow` header on 405.
-    pub allow: Option<&'static str>,
+    pub allow: Option<String>,
 }
 
 impl ApiError {

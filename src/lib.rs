@@ -33,7 +33,23 @@ pub use engine::clock::{Clock, ManualClock, SystemClock};
 pub use error::{ApiError, CacheError, EngineError, KvError};
 
 use engine::Engine;
+use futures_util::future::BoxFuture;
 use std::sync::Arc;
+
+/// Every domain's tables and check, in the order their tables are created. Adding a domain is
+/// its folder plus one line here (and its route table in `http::router::TABLES`).
+pub const DOMAINS: &[&engine::DomainSpec] =
+    &[&kv::DOMAIN, &queue::DOMAIN, &events::DOMAIN, &cache::DOMAIN];
+
+/// The running side of a domain: what it does by itself and what it reports.
+pub trait Domain: Send + Sync {
+    /// Its tables and check.
+    fn spec(&self) -> &'static engine::DomainSpec;
+    /// Tasks that run by themselves (sweeps, timers, schedules, retention) until aborted.
+    fn background(self: Arc<Self>, config: &Config) -> Vec<BoxFuture<'static, ()>>;
+    /// Appends its Prometheus metrics.
+    fn render_metrics(&self, out: &mut String);
+}
 
 /// An open data directory with its domains.
 #[derive(Clone)]
@@ -43,6 +59,8 @@ pub struct Store {
     kv: kv::Kv,
     queues: Arc<queue::Queues>,
     events: Arc<events::Events>,
+    /// The same domains, as one list (background tasks, metrics).
+    domains: Vec<Arc<dyn Domain>>,
     /// Built on first use inside the tokio runtime (foyer needs one); see [`Store::cache`].
     cache: Arc<tokio::sync::OnceCell<Arc<cache::Cache>>>,
 }
@@ -56,16 +74,7 @@ impl Store {
     /// Opens with an injected clock (tests move time without sleeping).
     pub fn open_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Store, EngineError> {
         config.validate().map_err(EngineError::Open)?;
-        let engine = Arc::new(Engine::open(
-            &config,
-            clock,
-            &[
-                kv::init_tables,
-                queue::init_tables,
-                events::init_tables,
-                cache::init_tables,
-            ],
-        )?);
+        let engine = Arc::new(Engine::open(&config, clock, DOMAINS)?);
         let kv = kv::Kv::new(
             engine.clone(),
             kv::Limits {
@@ -108,12 +117,15 @@ impl Store {
                 trim_buckets_max: config.trim_buckets_max,
             },
         ));
+        let domains: Vec<Arc<dyn Domain>> =
+            vec![Arc::new(kv.clone()), queues.clone(), events.clone()];
         Ok(Store {
             config: Arc::new(config),
             engine,
             kv,
             queues,
             events,
+            domains,
             cache: Arc::new(tokio::sync::OnceCell::new()),
         })
     }
@@ -161,25 +173,18 @@ impl Store {
     /// retention — on the current tokio runtime. [`http::run`] calls it; an embedder that uses
     /// the store without HTTP calls it once. Abort the handles (or close the store) to stop.
     pub fn start_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        use std::time::Duration;
-        vec![
-            tokio::spawn(kv::sweep::run(
-                self.engine.clone(),
-                Duration::from_millis(self.config.sweep_interval_ms),
-                self.config.delete_batch_keys_max,
-            )),
-            tokio::spawn(
-                self.queues
-                    .clone()
-                    .run_timers(Duration::from_millis(self.config.queue_tick_max_ms)),
-            ),
-            tokio::spawn(self.queues.clone().run_schedules()),
-            tokio::spawn(
-                self.events
-                    .clone()
-                    .run_retention(Duration::from_millis(self.config.retention_interval_ms)),
-            ),
-        ]
+        self.domains
+            .iter()
+            .flat_map(|d| d.clone().background(&self.config))
+            .map(tokio::spawn)
+            .collect()
+    }
+
+    /// Every domain's Prometheus metrics.
+    pub fn render_domain_metrics(&self, out: &mut String) {
+        for d in &self.domains {
+            d.render_metrics(out);
+        }
     }
 
     /// Commits what the writers hold (fsync in periodic mode) and stops them. Further writes

@@ -271,3 +271,11 @@ pub fn render_kv_cache(out: &mut String, c: &crate::kv::cache::ReadCache) {
         );
     }
 }
+
+/// Appends one gauge with its help and type lines.
+pub fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}

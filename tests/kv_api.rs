@@ -713,3 +713,34 @@ async fn readyz_and_metrics() {
     assert!(r.text().contains("disk_free_bytes_min"));
     s.stop().await;
 }
+
+/// A misspelled query parameter is a 400 naming it and what the endpoint takes (it used to be
+/// ignored: `?tll=30s` stored a key that never expires), and nothing is written.
+#[tokio::test]
+async fn unknown_query_parameters_are_refused_by_name() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    let r = c
+        .send("PUT", "/v1/kv/app/session?tll=30s", &[], "token")
+        .await;
+    assert_eq!(r.status, 400);
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("`tll`") && msg.contains("ttl"), "{msg}");
+    assert_eq!(c.get("/v1/kv/app/session").await.status, 404);
+    let r = c.get("/v1/queues/emails/jobs?state=ready&limt=5").await;
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("`limt`"), "{}", r.text());
+    let r = c.get("/healthz?verbose=1").await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text().contains("takes no query parameters"),
+        "{}",
+        r.text()
+    );
+    // Known ones still work.
+    let r = c
+        .send("PUT", "/v1/kv/app/session?ttl=30s", &[], "token")
+        .await;
+    assert_eq!(r.status, 201);
+    s.stop().await;
+}

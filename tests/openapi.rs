@@ -1,35 +1,69 @@
-//! docs/openapi.json and the router agree: the same (method, path) pairs, and every one of them
-//! reaches a handler on a live server.
+//! docs/openapi.json and the router agree: the same (method, path) pairs with the same query
+//! parameters, and every route, called on a live server with real path values and a valid
+//! request, reaches its handler and answers a status its operation documents.
 
 mod common;
 
-use std::collections::BTreeSet;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
 
-fn spec_routes() -> BTreeSet<(String, String)> {
+fn spec() -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
-    let spec: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let spec: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
-    let mut out = BTreeSet::new();
+    spec
+}
+
+/// Resolves a `$ref` inside the spec.
+fn resolve<'a>(spec: &'a Value, v: &'a Value) -> &'a Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => r
+            .trim_start_matches("#/")
+            .split('/')
+            .fold(spec, |node, part| &node[part]),
+        None => v,
+    }
+}
+
+/// (METHOD, path) → (query parameter names, documented statuses).
+type Operations = BTreeMap<(String, String), (BTreeSet<String>, BTreeSet<u16>)>;
+
+fn spec_operations(spec: &Value) -> Operations {
+    let mut out = BTreeMap::new();
     for (path, item) in spec["paths"].as_object().unwrap() {
+        let common = item["parameters"].as_array().cloned().unwrap_or_default();
         for method in ["get", "head", "put", "post", "delete", "patch"] {
-            if item.get(method).is_some() {
-                out.insert((method.to_uppercase(), path.clone()));
-            }
+            let Some(op) = item.get(method) else { continue };
+            let own = op["parameters"].as_array().cloned().unwrap_or_default();
+            let query = common
+                .iter()
+                .chain(own.iter())
+                .map(|p| resolve(spec, p))
+                .filter(|p| p["in"] == "query")
+                .map(|p| p["name"].as_str().unwrap().to_string())
+                .collect();
+            let statuses = op["responses"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter_map(|k| k.parse().ok())
+                .collect();
+            out.insert((method.to_uppercase(), path.clone()), (query, statuses));
         }
     }
     out
 }
 
 #[test]
-fn spec_lists_exactly_the_router_routes() {
-    let router: BTreeSet<(String, String)> = shardbox::http::ROUTES
-        .iter()
-        .map(|(m, p)| (m.to_string(), p.to_string()))
+fn spec_lists_exactly_the_router_routes_and_their_query_parameters() {
+    let spec = spec();
+    let ops = spec_operations(&spec);
+    let router: BTreeSet<(String, String)> = shardbox::http::routes()
+        .map(|(m, p, _)| (m.to_string(), p.to_string()))
         .collect();
-    let spec = spec_routes();
-    let missing: Vec<_> = router.difference(&spec).collect();
-    let extra: Vec<_> = spec.difference(&router).collect();
+    let documented: BTreeSet<(String, String)> = ops.keys().cloned().collect();
+    let missing: Vec<_> = router.difference(&documented).collect();
+    let extra: Vec<_> = documented.difference(&router).collect();
     assert!(
         missing.is_empty(),
         "routes missing from docs/openapi.json: {missing:?}"
@@ -38,27 +72,127 @@ fn spec_lists_exactly_the_router_routes() {
         extra.is_empty(),
         "docs/openapi.json lists routes the router lacks: {extra:?}"
     );
+    for (method, path, query) in shardbox::http::routes() {
+        let served: BTreeSet<String> = query.iter().map(|q| q.to_string()).collect();
+        let (documented, _) = &ops[&(method.to_string(), path.to_string())];
+        assert_eq!(
+            &served, documented,
+            "{method} {path}: the query parameters the route takes vs the spec"
+        );
+    }
+}
+
+/// A valid request for each route: path values that exist and a body the handler accepts.
+fn request_for(method: &str, template: &str, job: &str) -> (String, String) {
+    let path = template
+        .replace("{ns}", "app")
+        .replace("{key}", "some/key")
+        .replace("{q}", "emails")
+        .replace("{id}", job)
+        .replace("{stream}", "clicks")
+        .replace("{name}", "nightly");
+    let body = match (method, template) {
+        ("PUT", "/v1/kv/{ns}/{key}") | ("PUT", "/v1/cache/{ns}/{key}") => "v",
+        ("POST", "/v1/kv/{ns}:incr") => r#"{"key":"n","by":1}"#,
+        ("POST", "/v1/kv/{ns}:batchGet") => r#"{"keys":["some/key"]}"#,
+        ("POST", "/v1/kv/{ns}:batchWrite") => {
+            r#"{"ops":[{"op":"put","key":"b","value_b64":"eA=="}]}"#
+        }
+        ("POST", "/v1/cache/{ns}:purge") => r#"{"all":true}"#,
+        ("POST", "/v1/cache/{ns}:fillError") => r#"{"key":"some/key","token":"0"}"#,
+        ("PUT", "/v1/queues/{q}") => r#"{"max_attempts":5}"#,
+        ("POST", "/v1/queues/{q}/jobs") => r#"{"payload":1}"#,
+        ("POST", "/v1/queues/{q}/claim") => r#"{"max":1}"#,
+        ("POST", t) if t.starts_with("/v1/queues/{q}/jobs/{id}/") => r#"{"lease_token":"00"}"#,
+        ("POST", "/v1/queues/{q}/dead:requeue") => r#"{"all":true}"#,
+        ("PUT", "/v1/streams/{stream}") => r#"{"bucket":"1h"}"#,
+        ("POST", "/v1/streams/{stream}/events") => r#"{"data":{"x":1}}"#,
+        ("PUT", "/v1/schedules/{name}") => r#"{"cron":"0 6 * * *","queue":"emails","payload":1}"#,
+        _ => "",
+    };
+    let query = match (method, template) {
+        ("GET", "/v1/streams/{stream}/counts") => "?from=0&step=30d",
+        ("DELETE", "/v1/streams/{stream}/events") => "?before=0",
+        ("DELETE", "/v1/kv/{ns}") => "?prefix=zz/",
+        ("PUT", "/v1/cache/{ns}/{key}") => "?ttl=60s",
+        ("GET", "/v1/queues/{q}/jobs") => "?state=ready",
+        ("DELETE", "/v1/queues/{q}/jobs") => "?state=dead",
+        _ => "",
+    };
+    (format!("{path}{query}"), body.to_string())
 }
 
 #[tokio::test]
-async fn every_route_reaches_a_handler() {
+async fn every_route_reaches_its_handler_with_a_documented_status() {
+    let spec = spec();
+    let ops = spec_operations(&spec);
     let s = common::TestServer::start().await;
     let mut c = s.client().await;
-    for (method, template) in shardbox::http::ROUTES {
-        let path = template.replace("{ns}", "app").replace("{key}", "some/key");
-        let body = if template.contains(':') { "{}" } else { "" };
-        let r = c.send(method, &path, &[], body.to_string()).await;
-        assert_ne!(r.status, 405, "{method} {path}");
-        if r.status == 404 && method != &"HEAD" {
-            let msg = r.json()["error"]["message"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            assert!(
-                !msg.starts_with("no such endpoint"),
-                "{method} {path}: {msg}"
-            );
+    // The resources the routes name exist.
+    let job = c
+        .send("POST", "/v1/queues/emails/jobs", &[], r#"{"payload":0}"#)
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (method, path, body) in [
+        ("PUT", "/v1/streams/clicks", r#"{"bucket":"1h"}"#),
+        ("PUT", "/v1/kv/app/some/key", "v"),
+        (
+            "PUT",
+            "/v1/schedules/nightly",
+            r#"{"cron":"0 6 * * *","queue":"emails","payload":1}"#,
+        ),
+    ] {
+        let r = c.send(method, path, &[], body).await;
+        assert!(r.status < 300, "{method} {path}: {}", r.status);
+    }
+    let mut deletes = Vec::new();
+    for (method, template, _) in shardbox::http::routes() {
+        // Deletes last, so they do not remove what other routes need.
+        if method == "DELETE" {
+            deletes.push((method, template));
+            continue;
         }
+        check(&mut c, &ops, method, template, &job).await;
+    }
+    for (method, template) in deletes {
+        check(&mut c, &ops, method, template, &job).await;
     }
     s.stop().await;
+}
+
+async fn check(c: &mut common::Client, ops: &Operations, method: &str, template: &str, job: &str) {
+    let (path, body) = request_for(method, template, job);
+    let ct = if body.starts_with('{') {
+        "application/json"
+    } else {
+        "text/plain"
+    };
+    let r = c
+        .send(method, &path, &[("content-type", ct)], body.clone())
+        .await;
+    let (_, documented) = &ops[&(method.to_string(), template.to_string())];
+    let detail = if method == "HEAD" {
+        String::new()
+    } else {
+        r.text()
+    };
+    assert!(
+        documented.contains(&r.status),
+        "{method} {path} {body} answered {} (documented: {documented:?}): {detail}",
+        r.status
+    );
+    assert!(
+        r.status < 400 || r.status == 409 || r.status == 404,
+        "{method} {path} {body}: a valid request answered {}: {detail}",
+        r.status
+    );
+    if r.status == 404 && method != "HEAD" {
+        assert!(
+            !detail.contains("no such endpoint"),
+            "{method} {path}: {detail}"
+        );
+    }
 }

@@ -190,12 +190,22 @@ async fn put_scaling(o: &Opts, rows: &mut Vec<Row>) {
     eprintln!("plot written to {}", path.display());
 }
 
-/// Bytes the process sent to the storage layer (`/proc/<pid>/io` write_bytes).
-fn write_bytes(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("write_bytes:"))
-        .and_then(|v| v.trim().parse().ok())
+/// Bytes written to the block device that holds `path` (`/proc/diskstats`, sectors written ×
+/// 512). `/proc/<pid>/io` `write_bytes` is not usable here: on ext4 it counted ~100× what the
+/// device received for a process that overwrites a preallocated, fdatasync'd file. The device
+/// counter includes every other writer on the machine, so run it on a quiet box.
+fn device_written(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let text = std::fs::read_to_string("/proc/diskstats").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 9 && f[0] == major.to_string() && f[1] == minor.to_string())
+            .then(|| f[9].parse::<u64>().ok().map(|s| s * 512))
+            .flatten()
+    })
 }
 
 /// Device bytes per acknowledged 100-byte put over a 60 s run (at least `--duration`),
@@ -232,10 +242,10 @@ async fn put_bytes(o: &Opts, rows: &mut Vec<Row>) {
             put_op(o.keys),
         )
         .await;
-        let before = write_bytes(server.pid());
+        let before = device_written(server.dir());
         let out =
             crate::loadgen::run(server.addr, proto, o.connections, duration, put_op(o.keys)).await;
-        let after = write_bytes(server.pid());
+        let after = device_written(server.dir());
         let note = match (before, after) {
             (Some(a), Some(b)) => {
                 let per = (b - a) as f64 / out.ops.max(1) as f64;
@@ -246,7 +256,7 @@ async fn put_bytes(o: &Opts, rows: &mut Vec<Row>) {
                     duration.as_secs()
                 )
             }
-            _ => "cannot read /proc/<pid>/io".into(),
+            _ => "cannot read /proc/diskstats for the temp dir's device".into(),
         };
         rows.push(row("kv-put-bytes", name, out, &note));
     }

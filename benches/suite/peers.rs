@@ -16,11 +16,6 @@ pub struct Server {
 }
 
 impl Server {
-    /// The server process's id (for /proc/<pid>/io).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Kills the process with SIGKILL and waits for it (the directory stays until drop).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -4,9 +4,11 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(path) = std::str::from_utf8(data) {
-        if let Ok(shardbox::http::Route::KvKey { ns, key }) = shardbox::http::parse_route(path) {
-            let _ = shardbox::kv::validate_namespace(ns);
-            let _ = shardbox::kv::validate_key(&key);
+        for (_, template, _) in shardbox::http::routes() {
+            if let Ok(shardbox::http::Match::Yes(p)) = shardbox::http::match_template(template, path) {
+                let _ = shardbox::kv::validate_namespace(p.get("ns"));
+                let _ = shardbox::kv::validate_key(p.get("key"));
+            }
         }
     }
 });

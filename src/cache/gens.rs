@@ -164,3 +164,25 @@ impl Generations {
             .await
     }
 }
+
+/// The cache domain as the engine sees it (its shard tables hold purge generations only).
+pub const DOMAIN: crate::engine::DomainSpec = crate::engine::DomainSpec {
+    name: "cache",
+    init_tables,
+    check,
+};
+
+/// `shardbox check` for the cache: the generation table is readable (its values are plain u64s).
+fn check(
+    txn: &redb::ReadTransaction,
+    _shard: usize,
+    c: &mut crate::engine::domain::Checked<'_>,
+) -> Result<(), redb::Error> {
+    if let Some(t) = crate::engine::domain::open(txn, CACHE_GENERATIONS)? {
+        for item in t.iter()? {
+            item?;
+            c.record();
+        }
+    }
+    Ok(())
+}

@@ -11,7 +11,7 @@ pub mod gens;
 mod registry;
 
 pub use entry::Entry;
-pub use gens::{init_tables, PurgeTarget};
+pub use gens::{init_tables, PurgeTarget, DOMAIN};
 
 use crate::engine::Engine;
 use crate::error::{CacheError, EngineError};

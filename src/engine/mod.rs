@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod codec;
+pub mod domain;
 pub mod manifest;
 pub mod redo;
 pub mod replay;
@@ -37,8 +38,7 @@ pub fn default_shards() -> u32 {
     cores.clamp(2, 16) as u32
 }
 
-/// Creates the tables a domain needs in a fresh or existing shard.
-pub type TableInit = fn(&redb::WriteTransaction) -> Result<(), redb::Error>;
+pub use domain::{DomainSpec, TableInit};
 
 pub struct Engine {
     data_dir: PathBuf,
@@ -60,7 +60,7 @@ impl Engine {
     pub fn open(
         config: &Config,
         clock: Arc<dyn Clock>,
-        init: &[TableInit],
+        domains: &[&DomainSpec],
     ) -> Result<Engine, EngineError> {
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(dir.join("shards"))
@@ -87,7 +87,7 @@ impl Engine {
                 .set_cache_size(config.shard_cache_bytes as usize)
                 .create(&path)
                 .map_err(|e| storage_err(e.into()))?;
-            init_tables(&db, init).map_err(storage_err)?;
+            init_tables(&db, domains).map_err(storage_err)?;
             let (next_revision, lsn) = writer::load_meta(&db).map_err(storage_err)?;
             dbs.push(Arc::new(db));
             revisions.push(next_revision);
@@ -357,11 +357,11 @@ pub fn shard_path(dir: &Path, id: usize) -> PathBuf {
     dir.join("shards").join(format!("{id:03}.redb"))
 }
 
-fn init_tables(db: &redb::Database, init: &[TableInit]) -> Result<(), redb::Error> {
+fn init_tables(db: &redb::Database, domains: &[&DomainSpec]) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
     txn.open_table(writer::META)?;
-    for f in init {
-        f(&txn)?;
+    for d in domains {
+        (d.init_tables)(&txn)?;
     }
     txn.commit()?;
     Ok(())

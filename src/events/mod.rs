@@ -18,6 +18,106 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
+/// The events domain as the engine sees it.
+pub const DOMAIN: crate::engine::DomainSpec = crate::engine::DomainSpec {
+    name: "events",
+    init_tables,
+    check,
+};
+
+/// `shardbox check` for streams (invariant 15): every stream, bucket and event record decodes,
+/// every event's key is well formed and lies in its bucket with valid JSON data, each bucket's
+/// counters equal its events, and each stream's total equals its buckets'.
+fn check(
+    txn: &redb::ReadTransaction,
+    shard: usize,
+    c: &mut crate::engine::domain::Checked<'_>,
+) -> Result<(), redb::Error> {
+    use crate::engine::domain::open;
+    let Some(streams) = open(txn, EV_STREAMS)? else {
+        return Ok(());
+    };
+    let buckets = open(txn, EV_BUCKETS)?;
+    for item in streams.iter()? {
+        let (k, v) = item?;
+        c.record();
+        let name = String::from_utf8_lossy(k.value()).into_owned();
+        let meta = match model::decode::<StreamMeta>(v.value()) {
+            Ok(m) => m,
+            Err(e) => {
+                c.problem(format!("shard {shard}: stream {name:?}: {e}"));
+                continue;
+            }
+        };
+        let Some(buckets) = &buckets else { continue };
+        let prefix = bucket_prefix(&name);
+        let mut stream_events = 0u64;
+        for b in buckets.range(prefix.as_slice()..)? {
+            let (bk, bv) = b?;
+            let Some(start) = bk
+                .value()
+                .strip_prefix(prefix.as_slice())
+                .and_then(|r| r.try_into().ok())
+                .map(u64::from_be_bytes)
+            else {
+                break;
+            };
+            c.record();
+            let stats: BucketStats = match model::decode(bv.value()) {
+                Ok(s) => s,
+                Err(e) => {
+                    c.problem(format!(
+                        "shard {shard}: stream {name:?} bucket {start}: {e}"
+                    ));
+                    continue;
+                }
+            };
+            stream_events += stats.events;
+            let table_name = bucket_table(&name, start);
+            let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&table_name);
+            let mut events = 0u64;
+            if let Some(t) = open(txn, def)? {
+                for e in t.iter()? {
+                    let (ek, ev) = e?;
+                    c.record();
+                    events += 1;
+                    match parse_event_key(ek.value()) {
+                        Some((ts, _)) if bucket_start(ts, meta.bucket_ms) == start => {}
+                        _ => c.problem(format!(
+                            "shard {shard}: {table_name}: event key {:?} does not belong in this bucket",
+                            ek.value()
+                        )),
+                    }
+                    match model::decode::<Event>(ev.value()) {
+                        Err(e) => c.problem(format!(
+                            "shard {shard}: {table_name}: event {:?}: {e}",
+                            parse_event_key(ek.value())
+                        )),
+                        Ok(event) => {
+                            if let Err(e) = crate::util::check_stored_json("data", &event.data) {
+                                c.problem(format!("shard {shard}: {table_name}: {e}"));
+                            }
+                        }
+                    }
+                }
+            }
+            if events != stats.events {
+                c.problem(format!(
+                    "shard {shard}: {table_name}: the bucket counts {} events but holds {events}",
+                    stats.events
+                ));
+            }
+        }
+        if stream_events != meta.events {
+            c.problem(format!(
+                "shard {shard}: stream {name:?} counts {} events but its buckets hold {stream_events}",
+                meta.events
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Creates the event tables in a shard.
 pub fn init_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
     txn.open_table(EV_STREAMS)?;
@@ -558,4 +658,19 @@ impl Events {
             .map(|(i, c)| (from + i as u64 * step, c))
             .collect())
     }
+}
+
+impl crate::Domain for Events {
+    fn spec(&self) -> &'static crate::engine::DomainSpec {
+        &DOMAIN
+    }
+    fn background(
+        self: Arc<Self>,
+        config: &crate::Config,
+    ) -> Vec<futures_util::future::BoxFuture<'static, ()>> {
+        vec![Box::pin(self.run_retention(
+            std::time::Duration::from_millis(config.retention_interval_ms),
+        ))]
+    }
+    fn render_metrics(&self, _out: &mut String) {}
 }

@@ -7,6 +7,7 @@
 use super::body;
 use super::kv::{duration_param, json_body, query};
 use super::response::{self, Resp};
+use super::routes::{route, RouteDef};
 use super::ServerState;
 use crate::cache::{Freshness, Lease, Lookup, PurgeTarget, PutOptions};
 use crate::error::ApiError;
@@ -16,6 +17,42 @@ use hyper::header::{HeaderName, HeaderValue, AGE, CONTENT_TYPE};
 use hyper::Request;
 use serde::Deserialize;
 use std::time::Duration;
+
+/// The cache routes.
+pub(super) const ROUTES: &[RouteDef] = &[
+    route!("GET", "/v1/cache/{ns}/{key}", ["wait"], |s, p, r| get(
+        &s,
+        p.get("ns"),
+        p.get("key"),
+        &r
+    )
+    .await),
+    route!(
+        "PUT",
+        "/v1/cache/{ns}/{key}",
+        ["ttl", "swr", "sie", "tags"],
+        |s, p, r| put(&s, p.get("ns"), p.get("key"), r).await
+    ),
+    route!("DELETE", "/v1/cache/{ns}/{key}", [], |s, p, r| delete(
+        &s,
+        p.get("ns"),
+        p.get("key")
+    )
+    .await),
+    route!("POST", "/v1/cache/{ns}:purge", [], |s, p, r| purge(
+        &s,
+        p.get("ns"),
+        r
+    )
+    .await),
+    route!("POST", "/v1/cache/{ns}:fillError", [], |s, p, r| {
+        fill_error(&s, p.get("ns"), r).await
+    }),
+    route!("GET", "/v1/cache/{ns}:stats", [], |s, p, r| {
+        namespace_stats(&s, p.get("ns")).await
+    }),
+    route!("GET", "/v1/cache:stats", [], |s, p, r| stats(&s).await),
+];
 
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 const X_CACHE_FILL: HeaderName = HeaderName::from_static("x-cache-fill");

@@ -2,6 +2,7 @@
 
 use super::kv::{duration, duration_param, json_body, json_items, query};
 use super::response::{self, Resp};
+use super::routes::{route, RouteDef};
 use super::ServerState;
 use crate::error::{ApiError, EventError};
 use crate::events::apply::NewEvent;
@@ -15,6 +16,48 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::time::Duration;
+
+/// The event stream routes.
+pub(super) const ROUTES: &[RouteDef] = &[
+    route!("GET", "/v1/streams", [], |s, p, r| list_streams(&s)),
+    route!("GET", "/v1/streams/{stream}", [], |s, p, r| get_stream(
+        &s,
+        p.get("stream")
+    )),
+    route!("PUT", "/v1/streams/{stream}", [], |s, p, r| put_stream(
+        &s,
+        p.get("stream"),
+        r
+    )
+    .await),
+    route!("DELETE", "/v1/streams/{stream}", [], |s, p, r| {
+        delete_stream(&s, p.get("stream")).await
+    }),
+    route!("POST", "/v1/streams/{stream}/events", [], |s, p, r| append(
+        &s,
+        p.get("stream"),
+        r
+    )
+    .await),
+    route!(
+        "GET",
+        "/v1/streams/{stream}/events",
+        ["from", "to", "type", "order", "limit", "after", "follow", "wait"],
+        |s, p, r| range(&s, p.get("stream"), &r).await
+    ),
+    route!(
+        "DELETE",
+        "/v1/streams/{stream}/events",
+        ["before"],
+        |s, p, r| trim(&s, p.get("stream"), &r).await
+    ),
+    route!(
+        "GET",
+        "/v1/streams/{stream}/counts",
+        ["from", "to", "step"],
+        |s, p, r| counts(&s, p.get("stream"), &r).await
+    ),
+];
 
 /// SSE heartbeat period: keeps idle connections (and proxies) alive.
 const HEARTBEAT: Duration = Duration::from_secs(15);

@@ -1,9 +1,19 @@
 //! `/healthz`, `/readyz` and `/metrics`.
 
 use super::response::{self, Resp};
+use super::routes::{route, RouteDef};
 use super::ServerState;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use std::sync::atomic::Ordering;
+
+/// The health and metrics routes.
+pub(super) const ROUTES: &[RouteDef] = &[
+    route!("GET", "/healthz", [], |s, p, r| Ok(healthz())),
+    route!("HEAD", "/healthz", [], |s, p, r| Ok(healthz())),
+    route!("GET", "/readyz", [], |s, p, r| Ok(readyz(&s))),
+    route!("HEAD", "/readyz", [], |s, p, r| Ok(readyz(&s))),
+    route!("GET", "/metrics", [], |s, p, r| Ok(metrics(&s))),
+];
 
 pub fn healthz() -> Resp {
     response::json(200, &serde_json::json!({"status": "ok"}))
@@ -55,32 +65,18 @@ pub fn metrics(state: &ServerState) -> Resp {
         state.store.engine(),
         state.open_connections.load(Ordering::Relaxed),
     );
-    if let Some(c) = state.store.kv().read_cache() {
-        crate::metrics::render_kv_cache(&mut text, c);
-    }
+    state.store.render_domain_metrics(&mut text);
     let followers = state.store.config().followers_max
         - state
             .followers
             .available_permits()
             .min(state.store.config().followers_max);
-    for (name, help, v) in [
-        (
-            "shardbox_queue_claims_waiting",
-            "Claims parked in a long poll.",
-            state.store.queues().claims_waiting(),
-        ),
-        (
-            "shardbox_stream_followers_open",
-            "Event stream followers (SSE) and long polls open.",
-            followers,
-        ),
-    ] {
-        use std::fmt::Write;
-        let _ = writeln!(
-            text,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}"
-        );
-    }
+    crate::metrics::gauge(
+        &mut text,
+        "shardbox_stream_followers_open",
+        "Event stream followers (SSE) and long polls open.",
+        followers as u64,
+    );
     let mut r = response::empty(200);
     *r.body_mut() = response::full(text);
     r.headers_mut().insert(

@@ -2,6 +2,7 @@
 
 use super::body;
 use super::response::{self, Resp};
+use super::routes::{route, RouteDef};
 use super::ServerState;
 use crate::error::{ApiError, KvError};
 use crate::kv::{self, BatchOp, BatchOpResult, Cond, PutOptions};
@@ -15,6 +16,65 @@ use hyper::{HeaderMap, Request};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::time::Duration;
+
+/// The KV routes.
+pub(super) const ROUTES: &[RouteDef] = &[
+    route!("GET", "/v1/kv/{ns}/{key}", [], |s, p, r| get(
+        &s,
+        p.get("ns"),
+        p.get("key"),
+        &r,
+        false
+    )),
+    route!("HEAD", "/v1/kv/{ns}/{key}", [], |s, p, r| get(
+        &s,
+        p.get("ns"),
+        p.get("key"),
+        &r,
+        true
+    )),
+    route!("PUT", "/v1/kv/{ns}/{key}", ["ttl"], |s, p, r| put(
+        &s,
+        p.get("ns"),
+        p.get("key"),
+        r
+    )
+    .await),
+    route!("DELETE", "/v1/kv/{ns}/{key}", [], |s, p, r| delete(
+        &s,
+        p.get("ns"),
+        p.get("key"),
+        &r
+    )
+    .await),
+    route!(
+        "GET",
+        "/v1/kv/{ns}",
+        ["prefix", "after", "limit"],
+        |s, p, r| list(&s, p.get("ns"), &r).await
+    ),
+    route!("DELETE", "/v1/kv/{ns}", ["prefix", "all"], |s, p, r| {
+        delete_prefix(&s, p.get("ns"), &r).await
+    }),
+    route!("POST", "/v1/kv/{ns}:incr", [], |s, p, r| incr(
+        &s,
+        p.get("ns"),
+        r
+    )
+    .await),
+    route!("POST", "/v1/kv/{ns}:batchGet", [], |s, p, r| batch_get(
+        &s,
+        p.get("ns"),
+        r
+    )
+    .await),
+    route!("POST", "/v1/kv/{ns}:batchWrite", [], |s, p, r| batch_write(
+        &s,
+        p.get("ns"),
+        r
+    )
+    .await),
+];
 
 const X_EXPIRES_AT: HeaderName = HeaderName::from_static("x-expires-at");
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;

@@ -10,8 +10,10 @@ mod kv;
 mod queue;
 pub mod response;
 mod router;
+mod routes;
 
-pub use router::{parse as parse_route, Route, ROUTES};
+pub use router::routes;
+pub use routes::{match_template, Match, Params};
 
 use crate::Store;
 use hyper::server::conn::http1;

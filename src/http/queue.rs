@@ -2,6 +2,7 @@
 
 use super::kv::{duration, json_body, json_items, query};
 use super::response::{self, Resp};
+use super::routes::{route, RouteDef};
 use super::ServerState;
 use crate::error::{ApiError, QueueError};
 use crate::queue::apply::Nack;
@@ -13,6 +14,91 @@ use hyper::Request;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::time::Duration;
+
+/// The queue and schedule routes.
+pub(super) const ROUTES: &[RouteDef] = &[
+    route!("GET", "/v1/queues", [], |s, p, r| list_queues(&s)),
+    route!("GET", "/v1/queues/{q}", [], |s, p, r| stats(&s, p.get("q"))),
+    route!("PUT", "/v1/queues/{q}", [], |s, p, r| configure(
+        &s,
+        p.get("q"),
+        r
+    )
+    .await),
+    route!("POST", "/v1/queues/{q}:pause", [], |s, p, r| pause(
+        &s,
+        p.get("q"),
+        true
+    )
+    .await),
+    route!("POST", "/v1/queues/{q}:resume", [], |s, p, r| pause(
+        &s,
+        p.get("q"),
+        false
+    )
+    .await),
+    route!("POST", "/v1/queues/{q}/jobs", [], |s, p, r| enqueue(
+        &s,
+        p.get("q"),
+        r
+    )
+    .await),
+    route!(
+        "GET",
+        "/v1/queues/{q}/jobs",
+        ["state", "limit", "after"],
+        |s, p, r| list_jobs(&s, p.get("q"), &r)
+    ),
+    route!("DELETE", "/v1/queues/{q}/jobs", ["state"], |s, p, r| purge(
+        &s,
+        p.get("q"),
+        &r
+    )
+    .await),
+    route!("POST", "/v1/queues/{q}/claim", [], |s, p, r| claim(
+        &s,
+        p.get("q"),
+        r
+    )
+    .await),
+    route!("GET", "/v1/queues/{q}/jobs/{id}", [], |s, p, r| get_job(
+        &s,
+        p.get("q"),
+        p.get("id")
+    )),
+    route!("DELETE", "/v1/queues/{q}/jobs/{id}", [], |s, p, r| cancel(
+        &s,
+        p.get("q"),
+        p.get("id")
+    )
+    .await),
+    route!("POST", "/v1/queues/{q}/jobs/{id}/ack", [], |s, p, r| {
+        job_action(&s, p.get("q"), p.get("id"), "ack", r).await
+    }),
+    route!("POST", "/v1/queues/{q}/jobs/{id}/nack", [], |s, p, r| {
+        job_action(&s, p.get("q"), p.get("id"), "nack", r).await
+    }),
+    route!("POST", "/v1/queues/{q}/jobs/{id}/extend", [], |s, p, r| {
+        job_action(&s, p.get("q"), p.get("id"), "extend", r).await
+    }),
+    route!("POST", "/v1/queues/{q}/dead:requeue", [], |s, p, r| {
+        requeue(&s, p.get("q"), r).await
+    }),
+    route!("GET", "/v1/schedules", [], |s, p, r| list_schedules(&s)),
+    route!("GET", "/v1/schedules/{name}", [], |s, p, r| get_schedule(
+        &s,
+        p.get("name")
+    )),
+    route!("PUT", "/v1/schedules/{name}", [], |s, p, r| put_schedule(
+        &s,
+        p.get("name"),
+        r
+    )
+    .await),
+    route!("DELETE", "/v1/schedules/{name}", [], |s, p, r| {
+        delete_schedule(&s, p.get("name")).await
+    }),
+];
 
 /// Default dedupe window when a job names a `dedupe_key` but no window.
 const DEDUPE_WINDOW_DEFAULT_MS: u64 = 5 * 60_000;

@@ -78,8 +78,12 @@ pub fn error(e: &ApiError) -> Resp {
     if let Some(s) = e.retry_after_s {
         h.insert(RETRY_AFTER, HeaderValue::from(s));
     }
-    if let Some(allow) = e.allow {
-        h.insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+    if let Some(allow) = e
+        .allow
+        .as_deref()
+        .and_then(|a| HeaderValue::from_str(a).ok())
+    {
+        h.insert(hyper::header::ALLOW, allow);
     }
     r
 }

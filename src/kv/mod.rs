@@ -11,7 +11,7 @@ pub mod sweep;
 use crate::engine::codec;
 use crate::engine::Engine;
 use crate::error::{EngineError, KvError};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -543,31 +543,71 @@ fn read_value(
     }))
 }
 
-/// Opens every shard read-only-ish (a read transaction) and checks each record's checksum.
-/// Used by `shardbox check`.
-pub fn verify_shard(
-    db: &impl ReadableDatabase,
+/// The KV domain as the engine sees it.
+pub const DOMAIN: crate::engine::DomainSpec = crate::engine::DomainSpec {
+    name: "kv",
+    init_tables,
+    check,
+};
+
+/// `shardbox check` for KV: every record's envelope and crc32, and the expiry index entry of
+/// every record that expires (invariant 7).
+fn check(
+    txn: &redb::ReadTransaction,
     shard: usize,
-    mut on_record: impl FnMut(),
-) -> Result<(u64, Vec<String>), EngineError> {
-    let txn = db.begin_read().map_err(|e| storage(shard, e))?;
-    let table = match txn.open_table(KV) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((0, vec![])),
-        Err(e) => return Err(storage(shard, e)),
+    c: &mut crate::engine::domain::Checked<'_>,
+) -> Result<(), redb::Error> {
+    use crate::engine::domain::open;
+    let Some(table) = open(txn, KV)? else {
+        return Ok(());
     };
-    let mut count = 0;
-    let mut damaged = Vec::new();
-    for item in table.iter().map_err(|e| storage(shard, e))? {
-        let (k, v) = item.map_err(|e| storage(shard, e))?;
-        count += 1;
-        on_record();
-        if let Err(e) = codec::decode(v.value()) {
-            damaged.push(format!(
-                "shard {shard}: key {:?}: {e}",
+    let expiry = open(txn, KV_EXPIRY)?;
+    for item in table.iter()? {
+        let (k, v) = item?;
+        c.record();
+        match codec::decode(v.value()) {
+            Err(e) => c.problem(format!(
+                "shard {shard}: kv key {:?}: {e}",
                 display_key(k.value())
-            ));
+            )),
+            Ok((header, _)) if header.expires_at_ms.is_some() => {
+                let at = header.expires_at_ms.unwrap_or_default();
+                let ek = apply::expiry_key(at, k.value());
+                let indexed = match &expiry {
+                    Some(t) => t.get(ek.as_slice())?.is_some(),
+                    None => false,
+                };
+                if !indexed {
+                    c.problem(format!(
+                        "shard {shard}: kv key {:?} expires at {} but kv_expiry has no entry for it (it would never be swept)",
+                        display_key(k.value()),
+                        at
+                    ));
+                }
+            }
+            Ok(_) => {}
         }
     }
-    Ok((count, damaged))
+    Ok(())
+}
+
+impl crate::Domain for Kv {
+    fn spec(&self) -> &'static crate::engine::DomainSpec {
+        &DOMAIN
+    }
+    fn background(
+        self: Arc<Self>,
+        config: &crate::Config,
+    ) -> Vec<futures_util::future::BoxFuture<'static, ()>> {
+        vec![Box::pin(sweep::run(
+            self.engine.clone(),
+            std::time::Duration::from_millis(config.sweep_interval_ms),
+            config.delete_batch_keys_max,
+        ))]
+    }
+    fn render_metrics(&self, out: &mut String) {
+        if let Some(c) = &self.cache {
+            crate::metrics::render_kv_cache(out, c);
+        }
+    }
 }

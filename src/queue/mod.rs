@@ -21,6 +21,134 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 
+/// The queue domain as the engine sees it.
+pub const DOMAIN: crate::engine::DomainSpec = crate::engine::DomainSpec {
+    name: "queue",
+    init_tables,
+    check,
+};
+
+/// `shardbox check` for queues (invariant 11): every job decodes, carries its key's id and a
+/// valid JSON payload, and has the index entry of its state; each queue's stored counts equal
+/// its jobs per state and its index has no other entries; every schedule decodes with a valid
+/// cron expression and payload.
+fn check(
+    txn: &redb::ReadTransaction,
+    shard: usize,
+    c: &mut crate::engine::domain::Checked<'_>,
+) -> Result<(), redb::Error> {
+    use crate::engine::domain::open;
+    use std::collections::BTreeMap;
+    let slot = |s: State| match s {
+        State::Ready => 0,
+        State::Delayed => 1,
+        State::InFlight => 2,
+        State::Dead => 3,
+    };
+    let index = open(txn, Q_INDEX)?;
+    let mut counted: BTreeMap<Vec<u8>, [u64; 4]> = BTreeMap::new();
+    if let Some(jobs) = open(txn, Q_JOBS)? {
+        for item in jobs.iter()? {
+            let (k, v) = item?;
+            c.record();
+            let key = k.value();
+            let Some(split) = key.len().checked_sub(9).filter(|&i| key[i] == 0) else {
+                c.problem(format!("shard {shard}: q_jobs key {key:?} is malformed"));
+                continue;
+            };
+            let q = String::from_utf8_lossy(&key[..split]).into_owned();
+            let id = u64::from_be_bytes(key[split + 1..].try_into().unwrap_or_default());
+            let job = match apply::decode_job(v.value()) {
+                Ok(j) => j,
+                Err(e) => {
+                    c.problem(format!("shard {shard}: queue {q:?} job {id}: {e}"));
+                    continue;
+                }
+            };
+            if job.id != id {
+                c.problem(format!(
+                    "shard {shard}: queue {q:?} job {id}: the record says id {}",
+                    job.id
+                ));
+            }
+            if let Err(e) = crate::util::check_stored_json("payload", &job.payload) {
+                c.problem(format!("shard {shard}: queue {q:?} job {id}: {e}"));
+            }
+            let indexed = match &index {
+                Some(t) => t.get(index_key(&q, &job).as_slice())?.is_some(),
+                None => false,
+            };
+            if !indexed {
+                c.problem(format!(
+                    "shard {shard}: queue {q:?} job {id} is {} but has no index entry for it",
+                    job.state.name()
+                ));
+            }
+            counted.entry(key[..split].to_vec()).or_default()[slot(job.state)] += 1;
+        }
+    }
+    if let Some(meta) = open(txn, Q_META)? {
+        for item in meta.iter()? {
+            let (k, v) = item?;
+            c.record();
+            let q = String::from_utf8_lossy(k.value()).into_owned();
+            match apply::decode_meta(v.value()) {
+                Err(e) => c.problem(format!("shard {shard}: queue {q:?}: {e}")),
+                Ok(m) => {
+                    let jobs = counted.remove(k.value()).unwrap_or_default();
+                    if m.counts != jobs {
+                        c.problem(format!(
+                            "shard {shard}: queue {q:?}: stored counts (ready, delayed, in flight, dead) {:?} but its jobs are {jobs:?}",
+                            m.counts
+                        ));
+                    }
+                    if let Some(t) = &index {
+                        let prefix = queue_prefix(&q);
+                        let entries = t
+                            .range(prefix.as_slice()..)?
+                            .take_while(|e| {
+                                e.as_ref()
+                                    .map_or(true, |(k, _)| k.value().starts_with(&prefix))
+                            })
+                            .count() as u64;
+                        if entries != jobs.iter().sum::<u64>() {
+                            c.problem(format!(
+                                "shard {shard}: queue {q:?}: {entries} index entries for {} jobs",
+                                jobs.iter().sum::<u64>()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (q, _) in counted {
+        c.problem(format!(
+            "shard {shard}: queue {:?} has jobs but no queue record",
+            String::from_utf8_lossy(&q)
+        ));
+    }
+    if let Some(sched) = open(txn, Q_SCHED)? {
+        for item in sched.iter()? {
+            let (k, v) = item?;
+            c.record();
+            let name = String::from_utf8_lossy(k.value()).into_owned();
+            match model::decode::<Schedule>(v.value()) {
+                Err(e) => c.problem(format!("shard {shard}: schedule {name:?}: {e}")),
+                Ok(s) => {
+                    if let Err(e) = cron::Cron::parse(&s.cron) {
+                        c.problem(format!("shard {shard}: schedule {name:?}: {e}"));
+                    }
+                    if let Err(e) = crate::util::check_stored_json("payload", &s.payload) {
+                        c.problem(format!("shard {shard}: schedule {name:?}: {e}"));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Creates the queue tables in a shard.
 pub fn init_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
     txn.open_table(Q_JOBS)?;
@@ -596,5 +724,31 @@ impl Queues {
             let sleep = Duration::from_millis(sleep_ms.max(1));
             let _ = tokio::time::timeout(sleep, self.timers_changed.notified()).await;
         }
+    }
+}
+
+impl crate::Domain for Queues {
+    fn spec(&self) -> &'static crate::engine::DomainSpec {
+        &DOMAIN
+    }
+    fn background(
+        self: Arc<Self>,
+        config: &crate::Config,
+    ) -> Vec<futures_util::future::BoxFuture<'static, ()>> {
+        vec![
+            Box::pin(
+                self.clone()
+                    .run_timers(Duration::from_millis(config.queue_tick_max_ms)),
+            ),
+            Box::pin(self.run_schedules()),
+        ]
+    }
+    fn render_metrics(&self, out: &mut String) {
+        crate::metrics::gauge(
+            out,
+            "shardbox_queue_claims_waiting",
+            "Claims parked in a long poll.",
+            self.claims_waiting() as u64,
+        );
     }
 }

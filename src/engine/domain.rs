@@ -1,0 +1,50 @@
+//! What the engine knows of a domain: its tables and how `shardbox check` verifies them.
+//!
+//! Every domain (KV, queue, events, cache) exports one [`DomainSpec`]; [`crate::DOMAINS`] lists
+//! them, and the store creates tables and `shardbox check` walks records from that one list, so a
+//! domain cannot be forgotten by either. The running side of a domain (background tasks,
+//! metrics) is [`crate::Domain`].
+
+/// Creates the tables a domain needs in a fresh or existing shard.
+pub type TableInit = fn(&redb::WriteTransaction) -> Result<(), redb::Error>;
+
+/// Verifies a domain's records in one shard (read-only, server stopped).
+pub type CheckFn = fn(&redb::ReadTransaction, usize, &mut Checked<'_>) -> Result<(), redb::Error>;
+
+/// A domain as the engine sees it.
+pub struct DomainSpec {
+    pub name: &'static str,
+    pub init_tables: TableInit,
+    pub check: CheckFn,
+}
+
+/// What a domain's check found in one shard.
+pub struct Checked<'a> {
+    pub records: u64,
+    /// One line per damaged record or broken invariant, naming shard, table and key.
+    pub problems: Vec<String>,
+    /// Called per record (progress display).
+    pub on_record: &'a mut dyn FnMut(),
+}
+
+impl Checked<'_> {
+    pub fn record(&mut self) {
+        self.records += 1;
+        (self.on_record)();
+    }
+    pub fn problem(&mut self, p: String) {
+        self.problems.push(p);
+    }
+}
+
+/// Opens a table for checking: `None` when the shard never created it.
+pub fn open<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    def: redb::TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, redb::Error> {
+    match txn.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
