@@ -25,6 +25,7 @@ pub mod failpoint;
 pub mod http;
 pub mod kv;
 pub mod metrics;
+pub mod names;
 pub mod queue;
 pub mod util;
 

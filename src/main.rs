@@ -26,7 +26,7 @@ enum Command {
 
 #[derive(Args)]
 struct Common {
-    /// Data directory (created if absent) [default: ./shardbox-data]
+    /// Data directory [default: ./shardbox-data] (`serve` creates it if absent; `check` needs an existing one)
     #[arg(long, env = "SHARDBOX_DATA_DIR")]
     data: Option<PathBuf>,
     /// TOML config file; flags and SHARDBOX_* variables override it.
@@ -110,7 +110,10 @@ fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        // Colours only for a terminal: journald and log files get plain text.
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
 }
 

@@ -89,6 +89,7 @@ async fn acknowledged_writes_survive_sigkill() {
     let dir = tmp.path().join("data");
     let acked = Acked::default();
     let mut total_checked = 0;
+    let mut rng = common::seeded_rng("acknowledged_writes_survive_sigkill");
     for cycle in 0..CYCLES {
         let (mut child, addr) = spawn_server(&dir);
         if cycle > 0 {
@@ -98,7 +99,7 @@ async fn acknowledged_writes_survive_sigkill() {
         for id in 0..WRITERS {
             tasks.push(tokio::spawn(writer(addr, id, cycle, acked.clone())));
         }
-        let delay = rand::rng().random_range(50..400);
+        let delay = rng.random_range(50..400);
         tokio::time::sleep(Duration::from_millis(delay)).await;
         child.kill().expect("SIGKILL");
         child.wait().unwrap();

@@ -372,7 +372,17 @@ async fn sse_follow_delivers_each_event_once_and_resumes() {
         c.get(&format!("/v1/streams/live/events?after={after}&wait=20s"))
             .await
     });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Once the long poll is parked beside the SSE follower (the gauge says 2), append.
+    common::eventually(10, "the long poll parks", || {
+        let addr = s.addr;
+        async move {
+            let mut m = Client::connect(addr).await;
+            let text = m.get("/metrics").await.text();
+            text.contains("shardbox_stream_followers_open 2")
+                .then_some(())
+        }
+    })
+    .await;
     let new = append_ndjson(&mut c, "live", &[json!({"data": "wake"})]).await;
     let r = waiter.await.unwrap();
     assert_eq!(ids(r.json()["events"].as_array().unwrap()), new);

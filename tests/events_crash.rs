@@ -85,6 +85,7 @@ async fn acknowledged_appends_survive_sigkill() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let acked = Arc::new(Mutex::new(Vec::new()));
+    let mut rng = common::seeded_rng("acknowledged_appends_survive_sigkill");
     for _ in 0..CYCLES {
         let (mut child, addr) = common::spawn::spawn_shardbox(&dir, &[]).unwrap();
         let stored = all_ids(addr).await;
@@ -102,7 +103,7 @@ async fn acknowledged_appends_survive_sigkill() {
         for _ in 0..4 {
             tasks.push(tokio::spawn(appender(addr, acked.clone())));
         }
-        tokio::time::sleep(Duration::from_millis(rand::rng().random_range(100..400))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
         child.kill().unwrap();
         child.wait().unwrap();
         for t in tasks {

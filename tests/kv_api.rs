@@ -744,3 +744,58 @@ async fn unknown_query_parameters_are_refused_by_name() {
     assert_eq!(r.status, 201);
     s.stop().await;
 }
+
+/// Sends raw bytes on a fresh connection and returns the whole answer (the server closes or the
+/// read times out).
+async fn raw(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .unwrap_or(Ok(0))
+        .unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// What hyper leaves to the application: `Host` (RFC 9112 §3.2), transfer codings other than
+/// chunked (501, never stored as is) and content codings (415).
+#[tokio::test]
+async fn host_and_codings_are_checked() {
+    let s = TestServer::start().await;
+    let no_host = raw(s.addr, "GET /healthz HTTP/1.1\r\n\r\n").await;
+    assert!(no_host.starts_with("HTTP/1.1 400"), "{no_host}");
+    assert!(no_host.contains("Host"), "{no_host}");
+    let two_hosts = raw(
+        s.addr,
+        "GET /healthz HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n",
+    )
+    .await;
+    assert!(two_hosts.starts_with("HTTP/1.1 400"), "{two_hosts}");
+    let http10 = raw(s.addr, "GET /healthz HTTP/1.0\r\n\r\n").await;
+    assert!(http10.starts_with("HTTP/1.0 200"), "{http10}");
+    let gzip_te = raw(
+        s.addr,
+        "PUT /v1/kv/app/te HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(gzip_te.starts_with("HTTP/1.1 501"), "{gzip_te}");
+    assert!(gzip_te.contains("not_implemented"), "{gzip_te}");
+    let gzip_ce = raw(
+        s.addr,
+        "PUT /v1/kv/app/ce HTTP/1.1\r\nhost: x\r\ncontent-encoding: gzip\r\ncontent-length: 3\r\n\r\nabc",
+    )
+    .await;
+    assert!(gzip_ce.starts_with("HTTP/1.1 415"), "{gzip_ce}");
+    let mut c = s.client().await;
+    assert_eq!(c.get("/v1/kv/app/te").await.status, 404);
+    assert_eq!(c.get("/v1/kv/app/ce").await.status, 404);
+    let ok = raw(
+        s.addr,
+        "PUT /v1/kv/app/ok HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 201"), "{ok}");
+    s.stop().await;
+}

@@ -399,8 +399,13 @@ async fn long_poll_claim_wakes_on_enqueue() {
         let mut c = Client::connect(addr).await;
         claim(&mut c, "lp", json!({"wait": "30s"})).await
     });
-    // Let the claim park, then enqueue.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Once the claim is parked (the gauge says so), enqueue.
+    let queues = s.store.queues().clone();
+    common::eventually(10, "the claim parks", || {
+        let n = queues.claims_waiting();
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
     let mut c = s.client().await;
     enqueue(&mut c, "lp", json!({"payload": "wake"})).await;
     // Woken by the enqueue: a claim that slept its whole wait would come back empty.

@@ -90,6 +90,7 @@ async fn no_job_is_lost_or_acked_by_a_stale_lease() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let rec = Arc::new(Mutex::new(Record::default()));
+    let mut rng = common::seeded_rng("no_job_is_lost_or_acked_by_a_stale_lease");
     for cycle in 0..CYCLES {
         let (mut child, addr) = common::spawn::spawn_shardbox(&dir, &[]).unwrap();
         if cycle == 0 {
@@ -109,7 +110,7 @@ async fn no_job_is_lost_or_acked_by_a_stale_lease() {
             tasks.push(tokio::spawn(producer(addr, rec.clone())));
             tasks.push(tokio::spawn(worker(addr, rec.clone(), false)));
         }
-        let delay = rand::rng().random_range(100..400);
+        let delay = rng.random_range(100..400);
         tokio::time::sleep(Duration::from_millis(delay)).await;
         child.kill().unwrap();
         child.wait().unwrap();

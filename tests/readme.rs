@@ -69,7 +69,16 @@ async fn the_readme_walk_runs_as_written() {
     assert!(script.contains("B=http://127.0.0.1:7070"));
 
     let tmp = tempfile::tempdir().unwrap();
-    let (mut child, addr) = spawn_shardbox(&tmp.path().join("data"), &[]).unwrap();
+    let (child, addr) = spawn_shardbox(&tmp.path().join("data"), &[]).unwrap();
+    // Killed however the test ends (a failed assertion must not leave a server running).
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = KillOnDrop(child);
     let log_dir = tmp.path().join("requests");
     std::fs::create_dir(&log_dir).unwrap();
     // Every curl call writes "<status> <method> <url>" to a file of its own (a call sent to the
@@ -152,6 +161,4 @@ async fn the_readme_walk_runs_as_written() {
         stdout.contains("filled"),
         "the waiting cache reader got the fill:\n{stdout}"
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
 }

@@ -61,9 +61,12 @@ impl Generations {
             let txn = s.read()?;
             let table = txn
                 .open_table(CACHE_GENERATIONS)
-                .map_err(|e| crate::kv::storage(shard, e))?;
-            for row in table.iter().map_err(|e| crate::kv::storage(shard, e))? {
-                let (k, v) = row.map_err(|e| crate::kv::storage(shard, e))?;
+                .map_err(|e| crate::engine::storage_error(shard, e))?;
+            for row in table
+                .iter()
+                .map_err(|e| crate::engine::storage_error(shard, e))?
+            {
+                let (k, v) = row.map_err(|e| crate::engine::storage_error(shard, e))?;
                 let k = k.value();
                 let Some(split) = k.iter().position(|b| *b == 0) else {
                     continue;

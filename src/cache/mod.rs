@@ -254,11 +254,7 @@ fn same_write(a: &Entry, b: &Entry) -> bool {
 
 /// The foyer key of `ns`/`key`.
 fn cache_key(ns: &str, key: &str) -> Vec<u8> {
-    crate::kv::stored_key(ns, key)
-}
-
-fn invalid(e: crate::error::KvError) -> CacheError {
-    CacheError::Invalid(e.to_string())
+    crate::names::stored_key(ns, key)
 }
 
 impl Cache {
@@ -487,8 +483,8 @@ impl Cache {
         key: &str,
         wait: Option<Duration>,
     ) -> Result<Lookup, CacheError> {
-        crate::kv::validate_namespace(ns).map_err(invalid)?;
-        crate::kv::validate_key(key).map_err(invalid)?;
+        crate::names::validate_name("namespace", ns).map_err(CacheError::Invalid)?;
+        crate::names::validate_key(key).map_err(CacheError::Invalid)?;
         let k = cache_key(ns, key);
         let first = self.lookup(ns, &k).await?;
         let Some(wait) = wait.filter(|w| !w.is_zero()) else {
@@ -675,8 +671,8 @@ impl Cache {
         value: Bytes,
         opts: PutOptions,
     ) -> Result<(), CacheError> {
-        crate::kv::validate_namespace(ns).map_err(invalid)?;
-        crate::kv::validate_key(key).map_err(invalid)?;
+        crate::names::validate_name("namespace", ns).map_err(CacheError::Invalid)?;
+        crate::names::validate_key(key).map_err(CacheError::Invalid)?;
         if value.len() > self.settings.value_bytes_max {
             return Err(CacheError::TooLarge(format!(
                 "value is {} bytes; the cache takes at most {} (cache_value_bytes_max)",
@@ -752,8 +748,8 @@ impl Cache {
 
     /// Removes `ns`/`key` from both tiers and cancels its pending fill.
     pub fn delete(&self, ns: &str, key: &str) -> Result<(), CacheError> {
-        crate::kv::validate_namespace(ns).map_err(invalid)?;
-        crate::kv::validate_key(key).map_err(invalid)?;
+        crate::names::validate_name("namespace", ns).map_err(CacheError::Invalid)?;
+        crate::names::validate_key(key).map_err(CacheError::Invalid)?;
         let k = cache_key(ns, key);
         {
             let _g = self.key_lock(&k);
@@ -767,8 +763,8 @@ impl Cache {
     /// A refresh failed: within its stale-if-error window the stale value keeps being served.
     /// Returns whether a stale value is being served.
     pub async fn fill_error(&self, ns: &str, key: &str, token: &str) -> Result<bool, CacheError> {
-        crate::kv::validate_namespace(ns).map_err(invalid)?;
-        crate::kv::validate_key(key).map_err(invalid)?;
+        crate::names::validate_name("namespace", ns).map_err(CacheError::Invalid)?;
+        crate::names::validate_key(key).map_err(CacheError::Invalid)?;
         let k = cache_key(ns, key);
         let now = self.now();
         if self.live_lease(&k, token, now).is_none() {
@@ -811,7 +807,7 @@ impl Cache {
 
     /// O(1) purge: bumps the namespace's or the tags' generations (persisted).
     pub async fn purge(&self, ns: &str, target: PurgeTarget) -> Result<(), CacheError> {
-        crate::kv::validate_namespace(ns).map_err(invalid)?;
+        crate::names::validate_name("namespace", ns).map_err(CacheError::Invalid)?;
         if let PurgeTarget::Tags(tags) = &target {
             if tags.is_empty() {
                 return Err(CacheError::Invalid(
@@ -832,7 +828,7 @@ impl Cache {
 
     /// Stats of one namespace.
     pub fn namespace_stats(&self, ns: &str) -> Result<serde_json::Value, CacheError> {
-        crate::kv::validate_namespace(ns).map_err(invalid)?;
+        crate::names::validate_name("namespace", ns).map_err(CacheError::Invalid)?;
         let map = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
         let counters = map
             .get(ns)

@@ -40,6 +40,14 @@ pub fn default_shards() -> u32 {
 
 pub use domain::{DomainSpec, TableInit};
 
+/// A redb failure on `shard`, as the error every domain reports (one helper for all of them).
+pub fn storage_error(shard: usize, e: impl Into<redb::Error>) -> EngineError {
+    EngineError::Storage {
+        shard,
+        message: e.into().to_string(),
+    }
+}
+
 pub struct Engine {
     data_dir: PathBuf,
     manifest: Manifest,

@@ -8,7 +8,7 @@ pub mod apply;
 pub mod model;
 
 use crate::engine::Engine;
-use crate::error::{EngineError, EventError};
+use crate::error::EventError;
 use apply::{AppendRules, NewEvent};
 use model::*;
 use redb::{ReadableTable, TableDefinition};
@@ -198,11 +198,7 @@ pub struct Events {
 }
 
 pub fn validate_name(stream: &str) -> Result<(), EventError> {
-    crate::kv::validate_namespace(stream).map_err(|_| {
-        EventError::Invalid(format!(
-            "stream name {stream:?}: use 1-64 of A-Z a-z 0-9 _ . -"
-        ))
-    })
+    crate::names::validate_name("stream name", stream).map_err(EventError::Invalid)
 }
 
 /// Parses a bucket width: `1h`, `1d`, `7d`, `30d`.
@@ -217,10 +213,7 @@ pub fn parse_bucket(text: &str) -> Result<u64, EventError> {
 }
 
 fn storage(shard: usize, e: impl Into<redb::Error>) -> EventError {
-    EventError::Engine(EngineError::Storage {
-        shard,
-        message: e.into().to_string(),
-    })
+    EventError::Engine(crate::engine::storage_error(shard, e))
 }
 
 fn routing_key(stream: &str) -> Vec<u8> {

@@ -5,7 +5,7 @@
 //! `collapsed` when the answer is another caller's fill this request waited for.
 
 use super::body;
-use super::kv::{duration_param, json_body, query};
+use super::input::{duration_param, json_body, query};
 use super::response::{self, Resp};
 use super::routes::{route, RouteDef};
 use super::ServerState;
@@ -136,8 +136,8 @@ pub async fn put(
     key: &str,
     req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
-    crate::kv::validate_namespace(ns)?;
-    crate::kv::validate_key(key)?;
+    crate::names::validate_name("namespace", ns).map_err(ApiError::bad_request)?;
+    crate::names::validate_key(key).map_err(ApiError::bad_request)?;
     let q = query(&req);
     let ttl_ms = duration_param(&q, "ttl")?;
     let swr_ms = duration_param(&q, "swr")?.unwrap_or(0);
@@ -222,7 +222,7 @@ pub async fn purge(
     ns: &str,
     req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
-    crate::kv::validate_namespace(ns)?;
+    crate::names::validate_name("namespace", ns).map_err(ApiError::bad_request)?;
     let body: PurgeReq = json_body(state, req).await?;
     let (target, label) = match (body.all, body.tags) {
         (true, None) => (PurgeTarget::Namespace, "namespace"),
@@ -252,7 +252,7 @@ pub async fn fill_error(
     ns: &str,
     req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
-    crate::kv::validate_namespace(ns)?;
+    crate::names::validate_name("namespace", ns).map_err(ApiError::bad_request)?;
     let body: FillErrorReq = json_body(state, req).await?;
     let serving = state
         .store

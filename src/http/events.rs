@@ -1,6 +1,6 @@
 //! Event stream handlers: parse the request, call the events domain, render or stream the answer.
 
-use super::kv::{duration, duration_param, json_body, json_items, query};
+use super::input::{duration, duration_param, json_body, json_items, query};
 use super::response::{self, Resp};
 use super::routes::{route, RouteDef};
 use super::ServerState;

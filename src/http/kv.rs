@@ -1,12 +1,12 @@
 //! KV handlers: parse the request, call the KV domain, render the answer.
 
 use super::body;
+use super::input::{duration, json_body, query};
 use super::response::{self, Resp};
 use super::routes::{route, RouteDef};
 use super::ServerState;
 use crate::error::{ApiError, KvError};
 use crate::kv::{self, BatchOp, BatchOpResult, Cond, PutOptions};
-use crate::util::parse_duration_ms;
 use base64::Engine as _;
 use hyper::body::Incoming;
 use hyper::header::{
@@ -78,26 +78,6 @@ pub(super) const ROUTES: &[RouteDef] = &[
 
 const X_EXPIRES_AT: HeaderName = HeaderName::from_static("x-expires-at");
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-/// A duration (`250ms`, `30s`, `5m`, …) in ms; a 400 naming `field` when it does not parse.
-pub(super) fn duration(field: &str, v: &str) -> Result<u64, ApiError> {
-    parse_duration_ms(v).map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
-}
-
-/// The query parameter `name` as a duration in ms, when present.
-pub(super) fn duration_param(
-    q: &HashMap<String, String>,
-    name: &str,
-) -> Result<Option<u64>, ApiError> {
-    q.get(name).map(|v| duration(name, v)).transpose()
-}
-
-pub(super) fn query(req: &Request<Incoming>) -> HashMap<String, String> {
-    req.uri()
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default()
-}
 
 fn etag(revision: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
@@ -298,26 +278,6 @@ pub async fn delete_prefix(
     ))
 }
 
-/// Reads a JSON body into `T` (bounded by `json_body_bytes_max`).
-pub(super) async fn json_body<T: serde::de::DeserializeOwned>(
-    state: &ServerState,
-    req: Request<Incoming>,
-) -> Result<T, ApiError> {
-    let cfg = state.store.config();
-    let (parts, body) = req.into_parts();
-    let body = body::read(
-        &parts.headers,
-        body,
-        cfg.json_body_bytes_max,
-        &state.body_budget,
-        Duration::from_millis(cfg.body_read_timeout_ms),
-        "the JSON body",
-    )
-    .await?;
-    serde_json::from_slice(&body.bytes)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct IncrReq {
@@ -449,54 +409,4 @@ pub async fn batch_write(
         200,
         &serde_json::json!({"applied": applied, "results": out}),
     ))
-}
-
-/// Reads a body that is one JSON object, or NDJSON (`Content-Type: application/x-ndjson`, one
-/// object per line, at most `items_max` — `what` names the bound in errors). Each object is
-/// parsed into `T` and converted with `convert`; a bad line rejects the whole body with a 400
-/// naming the line. Returns the items and whether the body was NDJSON.
-pub(super) async fn json_items<T, U>(
-    state: &ServerState,
-    req: Request<Incoming>,
-    items_max: usize,
-    what: &str,
-    convert: impl Fn(T) -> Result<U, ApiError>,
-) -> Result<(Vec<U>, bool), ApiError>
-where
-    T: serde::de::DeserializeOwned,
-{
-    let ndjson = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-ndjson"));
-    if !ndjson {
-        return Ok((vec![convert(json_body(state, req).await?)?], false));
-    }
-    let cfg = state.store.config();
-    let (parts, b) = req.into_parts();
-    let bytes = body::read(
-        &parts.headers,
-        b,
-        cfg.json_body_bytes_max,
-        &state.body_budget,
-        Duration::from_millis(cfg.body_read_timeout_ms),
-        "the request body",
-    )
-    .await?;
-    let mut items = Vec::new();
-    for (n, line) in bytes.bytes.split(|b| *b == b'\n').enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        if items.len() == items_max {
-            return Err(ApiError::bad_request(format!(
-                "more than {items_max} items in one request ({what})"
-            )));
-        }
-        let line_err = |m: String| ApiError::bad_request(format!("line {}: {m}", n + 1));
-        let t: T = serde_json::from_slice(line).map_err(|e| line_err(e.to_string()))?;
-        items.push(convert(t).map_err(|e| line_err(e.message))?);
-    }
-    Ok((items, true))
 }

@@ -6,6 +6,7 @@ pub mod body;
 mod cache;
 mod events;
 mod health;
+mod input;
 mod kv;
 mod queue;
 pub mod response;

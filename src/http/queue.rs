@@ -1,6 +1,6 @@
 //! Queue handlers: parse the request, call the queue domain, render the answer.
 
-use super::kv::{duration, json_body, json_items, query};
+use super::input::{duration, json_body, json_items, query};
 use super::response::{self, Resp};
 use super::routes::{route, RouteDef};
 use super::ServerState;

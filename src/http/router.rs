@@ -65,9 +65,48 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
 async fn dispatch(state: &Arc<ServerState>, req: Request<Incoming>) -> Result<Resp, ApiError> {
     crate::failpoint::hit("http.handler")
         .map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
+    check_framing(&req)?;
     let (route, params) = routes::find(TABLES, req.method().as_str(), req.uri().path())?;
     routes::check_query(route, req.uri().query())?;
     (route.handler)(state.clone(), params, req).await
+}
+
+/// What hyper leaves to the application (RFC 9112 §3.2, §6.1; RFC 9110 §8.4): exactly one
+/// `Host` on HTTP/1.1, no transfer coding but `chunked`, no content coding on a body (a stored
+/// value would be the compressed bytes).
+fn check_framing(req: &Request<Incoming>) -> Result<(), ApiError> {
+    use hyper::header::{CONTENT_ENCODING, HOST, TRANSFER_ENCODING};
+    let hosts = req.headers().get_all(HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && req.version() == hyper::Version::HTTP_11) {
+        return Err(ApiError::bad_request(format!(
+            "an HTTP/1.1 request needs exactly one Host header, got {hosts}"
+        )));
+    }
+    for te in req.headers().get_all(TRANSFER_ENCODING) {
+        let te = te.to_str().unwrap_or("?");
+        if te
+            .split(',')
+            .map(str::trim)
+            .any(|c| !c.eq_ignore_ascii_case("chunked"))
+        {
+            return Err(ApiError::new(
+                501,
+                "not_implemented",
+                format!("Transfer-Encoding `{te}`: only chunked is supported"),
+            ));
+        }
+    }
+    for ce in req.headers().get_all(CONTENT_ENCODING) {
+        let ce = ce.to_str().unwrap_or("?");
+        if !ce.trim().eq_ignore_ascii_case("identity") {
+            return Err(ApiError::new(
+                415,
+                "unsupported_media_type",
+                format!("Content-Encoding `{ce}` is not supported; send the body uncompressed"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

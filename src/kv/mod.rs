@@ -22,10 +22,7 @@ pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 /// Expiry index: `expires_at_ms (u64 BE) ‖ stored key` → (). The sweeper walks it in order.
 pub const KV_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("kv_expiry");
 
-/// Longest namespace, in bytes.
-pub const NAMESPACE_BYTES_MAX: usize = 64;
-/// Longest key, in bytes.
-pub const KEY_BYTES_MAX: usize = 1024;
+pub use crate::names::{KEY_BYTES_MAX, NAME_BYTES_MAX as NAMESPACE_BYTES_MAX};
 
 /// Creates the KV tables in a shard.
 pub fn init_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
@@ -117,21 +114,7 @@ pub enum BatchOpResult {
 
 /// Checks a namespace: 1–64 bytes of `[A-Za-z0-9_.-]`.
 pub fn validate_namespace(ns: &str) -> Result<(), KvError> {
-    if ns.is_empty() || ns.len() > NAMESPACE_BYTES_MAX {
-        return Err(KvError::Invalid(format!(
-            "namespace must be 1-{NAMESPACE_BYTES_MAX} characters, got {}",
-            ns.len()
-        )));
-    }
-    if let Some(c) = ns
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-    {
-        return Err(KvError::Invalid(format!(
-            "namespace {ns:?} contains {c:?}; use only A-Z a-z 0-9 _ . -"
-        )));
-    }
-    Ok(())
+    crate::names::validate_name("namespace", ns).map_err(KvError::Invalid)
 }
 
 /// Checks a TTL: 1 ms to [`crate::util::DURATION_MS_MAX`] (100 years), so every expiry the
@@ -146,30 +129,12 @@ pub fn validate_ttl(ttl_ms: Option<u64>) -> Result<(), KvError> {
     }
 }
 
-/// Checks a key: 1–1024 bytes of UTF-8 (UTF-8 is guaranteed by `&str`).
+/// Checks a key: 1–1024 bytes of UTF-8.
 pub fn validate_key(key: &str) -> Result<(), KvError> {
-    if key.is_empty() || key.len() > KEY_BYTES_MAX {
-        return Err(KvError::Invalid(format!(
-            "key must be 1-{KEY_BYTES_MAX} bytes, got {}",
-            key.len()
-        )));
-    }
-    Ok(())
+    crate::names::validate_key(key).map_err(KvError::Invalid)
 }
 
-/// The stored (and routing) key of `ns`/`key`.
-pub fn stored_key(ns: &str, key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(ns.len() + 1 + key.len());
-    k.extend_from_slice(ns.as_bytes());
-    k.push(0);
-    k.extend_from_slice(key.as_bytes());
-    k
-}
-
-/// The user key part of a stored key, for messages.
-pub(crate) fn display_key(stored: &[u8]) -> String {
-    String::from_utf8_lossy(stored).replace('\0', "/")
-}
+pub use crate::names::{display_key, stored_key};
 
 /// The KV domain over an engine.
 #[derive(Clone)]
@@ -506,12 +471,7 @@ impl Kv {
     }
 }
 
-pub(crate) fn storage(shard: usize, e: impl Into<redb::Error>) -> EngineError {
-    EngineError::Storage {
-        shard,
-        message: e.into().to_string(),
-    }
-}
+pub(crate) use crate::engine::storage_error as storage;
 
 /// Reads and verifies one value; expired values read as `None`.
 fn read_value(

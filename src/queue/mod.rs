@@ -11,7 +11,7 @@ pub mod model;
 pub mod schedules;
 
 use crate::engine::Engine;
-use crate::error::{EngineError, QueueError};
+use crate::error::QueueError;
 use apply::{Enqueued, Nack};
 use base64::Engine as _;
 use model::*;
@@ -218,9 +218,7 @@ pub struct Queues {
 
 /// Checks a queue name: 1–64 bytes of `[A-Za-z0-9_.-]`.
 pub fn validate_name(q: &str) -> Result<(), QueueError> {
-    crate::kv::validate_namespace(q).map_err(|_| {
-        QueueError::Invalid(format!("queue name {q:?}: use 1-64 of A-Z a-z 0-9 _ . -"))
-    })
+    crate::names::validate_name("queue name", q).map_err(QueueError::Invalid)
 }
 
 fn routing_key(q: &str) -> Vec<u8> {
@@ -230,10 +228,7 @@ fn routing_key(q: &str) -> Vec<u8> {
 }
 
 fn storage(shard: usize, e: impl Into<redb::Error>) -> QueueError {
-    QueueError::Engine(EngineError::Storage {
-        shard,
-        message: e.into().to_string(),
-    })
+    QueueError::Engine(crate::engine::storage_error(shard, e))
 }
 
 impl Queues {

@@ -6,7 +6,7 @@ use super::apply;
 use super::cron::Cron;
 use super::model::{self, Schedule, Q_SCHED, RECORD_VERSION};
 use super::{validate_name, Queues};
-use crate::error::{EngineError, QueueError};
+use crate::error::QueueError;
 use redb::ReadableTable;
 use std::time::Duration;
 
@@ -22,10 +22,7 @@ pub struct ScheduleSpec {
 }
 
 fn storage(shard: usize, e: impl Into<redb::Error>) -> QueueError {
-    QueueError::Engine(EngineError::Storage {
-        shard,
-        message: e.into().to_string(),
-    })
+    QueueError::Engine(crate::engine::storage_error(shard, e))
 }
 
 impl Queues {

@@ -248,3 +248,15 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A seeded random generator for a test's random choices (kill delays, workloads): the seed is
+/// `SHARDBOX_TEST_SEED` when set, else fresh, and is printed so a failure can be replayed.
+pub fn seeded_rng(test: &str) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    let seed = std::env::var("SHARDBOX_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("{test}: seed {seed} (replay with SHARDBOX_TEST_SEED={seed})");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
