@@ -149,7 +149,12 @@ fn check_shard(
         on_record,
     };
     for d in crate::DOMAINS {
-        (d.check)(&txn, shard, &mut checked)?;
+        // One domain that cannot be read does not hide what the others find.
+        if let Err(e) = (d.check)(&txn, shard, &mut checked) {
+            checked
+                .problems
+                .push(format!("shard {shard}: {}: cannot read: {e}", d.name));
+        }
     }
     Ok((checked.records, checked.problems))
 }

@@ -398,3 +398,47 @@ async fn check_verifies_every_domain() {
         "{text}"
     );
 }
+
+/// A stream delete is several commits (at most `trim_buckets_max` buckets each); one that stops
+/// between them (crash, shutdown, client gone) leaves the stream's totals equal to what its
+/// buckets still hold, so reads and `shardbox check` agree (invariant 15).
+#[tokio::test]
+async fn a_stream_delete_cut_short_leaves_consistent_totals() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    let t0 = common::T0_MS;
+    let r = c
+        .send("PUT", "/v1/streams/cut", &[], r#"{"bucket":"1h"}"#)
+        .await;
+    assert_eq!(r.status, 201);
+    let body: String = (1..=3)
+        .map(|h| format!("{{\"ts\":{},\"data\":{h}}}\n", t0 - h * 3_600_000))
+        .collect();
+    let r = c
+        .send(
+            "POST",
+            "/v1/streams/cut/events",
+            &[("content-type", "application/x-ndjson")],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    // One commit of the delete: one bucket of three.
+    let e = s.store.engine().clone();
+    let (dropped, more) = e
+        .write(e.shard_for(b"stream\0cut"), 0, |ctx| {
+            shardbox::events::apply::drop_stream(ctx, "cut", 1)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((dropped, more), (1, true));
+    drop(e);
+    let info = c.get("/v1/streams/cut").await.json();
+    assert_eq!(info["events"], 2, "{info}");
+    drop(c);
+    let dir = s.dir.clone();
+    let _tmp = s.stop().await;
+    let report = shardbox::check::run(&dir, false).unwrap();
+    assert!(report.is_clean(), "{}", report.summary());
+}

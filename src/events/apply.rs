@@ -332,16 +332,16 @@ pub fn drop_stream(
     stream: &str,
     buckets_max: usize,
 ) -> Res<(u64, bool)> {
-    if check!(load_meta(ctx, stream)).is_none() {
+    let Some(mut meta) = check!(load_meta(ctx, stream)) else {
         return Ok(Err(EventError::StreamNotFound(stream.to_string())));
-    }
+    };
     let prefix = bucket_prefix(stream);
     let mut starts = Vec::new();
     let mut more = false;
     {
         let buckets = ctx.table(EV_BUCKETS)?;
         for item in buckets.range(prefix.as_slice()..)? {
-            let (k, _) = item?;
+            let (k, v) = item?;
             let k = k.value();
             if !k.starts_with(&prefix) || k.len() != prefix.len() + 8 {
                 break;
@@ -353,6 +353,11 @@ pub fn drop_stream(
             starts.push(u64::from_be_bytes(
                 k[prefix.len()..].try_into().unwrap_or([0; 8]),
             ));
+            // The stream's totals follow its buckets, so a drop that stops between its commits
+            // (crash, shutdown, client gone) leaves a consistent stream (invariant 15).
+            let st: BucketStats = model::decode(v.value()).unwrap_or_default();
+            meta.events = meta.events.saturating_sub(st.events);
+            meta.bytes = meta.bytes.saturating_sub(st.bytes);
         }
     }
     for start in &starts {
@@ -360,7 +365,9 @@ pub fn drop_stream(
         ctx.table(EV_BUCKETS)?
             .remove(bucket_key(stream, *start).as_slice())?;
     }
-    if !more {
+    if more {
+        save_meta(ctx, stream, &meta)?;
+    } else {
         ctx.table(EV_STREAMS)?.remove(stream.as_bytes())?;
     }
     Ok(Ok((starts.len() as u64, more)))

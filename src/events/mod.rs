@@ -42,7 +42,13 @@ fn check(
         let (k, v) = item?;
         c.record();
         let name = String::from_utf8_lossy(k.value()).into_owned();
-        let meta = match model::decode::<StreamMeta>(v.value()) {
+        let meta = match model::decode::<StreamMeta>(v.value()).and_then(|m| {
+            if m.version == RECORD_VERSION {
+                Ok(m)
+            } else {
+                Err(format!("stream record version {}", m.version))
+            }
+        }) {
             Ok(m) => m,
             Err(e) => {
                 c.problem(format!("shard {shard}: stream {name:?}: {e}"));

@@ -72,8 +72,8 @@ async fn dispatch(state: &Arc<ServerState>, req: Request<Incoming>) -> Result<Re
 }
 
 /// What hyper leaves to the application (RFC 9112 §3.2, §6.1; RFC 9110 §8.4): exactly one
-/// `Host` on HTTP/1.1, no transfer coding but `chunked`, no content coding on a body (a stored
-/// value would be the compressed bytes).
+/// `Host` on HTTP/1.1, no transfer coding but `chunked`, no content coding on a request body (a
+/// stored value would be the compressed bytes).
 fn check_framing(req: &Request<Incoming>) -> Result<(), ApiError> {
     use hyper::header::{CONTENT_ENCODING, HOST, TRANSFER_ENCODING};
     let hosts = req.headers().get_all(HOST).iter().count();
@@ -96,7 +96,17 @@ fn check_framing(req: &Request<Incoming>) -> Result<(), ApiError> {
             ));
         }
     }
-    for ce in req.headers().get_all(CONTENT_ENCODING) {
+    let has_body = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || req.headers().contains_key(TRANSFER_ENCODING);
+    for ce in req
+        .headers()
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .filter(|_| has_body)
+    {
         let ce = ce.to_str().unwrap_or("?");
         if !ce.trim().eq_ignore_ascii_case("identity") {
             return Err(ApiError::new(

@@ -162,14 +162,24 @@ pub fn find<'r>(
     method: &str,
     path: &str,
 ) -> Result<(&'r RouteDef, Params), ApiError> {
+    let trimmed = path.strip_suffix('/').filter(|p| !p.is_empty());
+    // The request's own method first: a hit decodes its key once and looks at nothing else.
+    for attempt in std::iter::once(path).chain(trimmed) {
+        for route in tables.iter().flat_map(|t| t.iter()) {
+            if route.method == method {
+                if let Match::Yes(params) = match_template(route.path, attempt)? {
+                    return Ok((route, params));
+                }
+            }
+        }
+    }
+    // A miss: what the path does answer to, for the 405 or 404.
     let mut allow: Vec<&'static str> = Vec::new();
     let mut verbs: Vec<&'static str> = Vec::new();
     let mut other_verb = None;
-    let trimmed = path.strip_suffix('/').filter(|p| !p.is_empty());
     for attempt in std::iter::once(path).chain(trimmed) {
         for route in tables.iter().flat_map(|t| t.iter()) {
             match match_template(route.path, attempt)? {
-                Match::Yes(params) if route.method == method => return Ok((route, params)),
                 Match::Yes(_) => {
                     if !allow.contains(&route.method) {
                         allow.push(route.method);

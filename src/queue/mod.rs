@@ -46,6 +46,7 @@ fn check(
         State::Dead => 3,
     };
     let index = open(txn, Q_INDEX)?;
+    let timers = open(txn, Q_TIMERS)?;
     let mut counted: BTreeMap<Vec<u8>, [u64; 4]> = BTreeMap::new();
     if let Some(jobs) = open(txn, Q_JOBS)? {
         for item in jobs.iter()? {
@@ -84,6 +85,18 @@ fn check(
                     job.state.name()
                 ));
             }
+            if let Some(tk) = timer_key(&q, &job) {
+                let timed = match &timers {
+                    Some(t) => t.get(tk.as_slice())?.is_some(),
+                    None => false,
+                };
+                if !timed {
+                    c.problem(format!(
+                        "shard {shard}: queue {q:?} job {id} is {} but has no timer (it would never move on)",
+                        job.state.name()
+                    ));
+                }
+            }
             counted.entry(key[..split].to_vec()).or_default()[slot(job.state)] += 1;
         }
     }
@@ -92,10 +105,10 @@ fn check(
             let (k, v) = item?;
             c.record();
             let q = String::from_utf8_lossy(k.value()).into_owned();
+            let jobs = counted.remove(k.value()).unwrap_or_default();
             match apply::decode_meta(v.value()) {
                 Err(e) => c.problem(format!("shard {shard}: queue {q:?}: {e}")),
                 Ok(m) => {
-                    let jobs = counted.remove(k.value()).unwrap_or_default();
                     if m.counts != jobs {
                         c.problem(format!(
                             "shard {shard}: queue {q:?}: stored counts (ready, delayed, in flight, dead) {:?} but its jobs are {jobs:?}",
