@@ -9,8 +9,27 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Implements the string form of a typed setting: parsed once when the config is read (TOML,
+/// environment, flags all arrive as text), shown back the same way.
+macro_rules! text_setting {
+    ($t:ty) => {
+        impl TryFrom<String> for $t {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                <$t>::parse(&s)
+            }
+        }
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.to_string()
+            }
+        }
+    };
+}
+
 /// How a commit relates to the reply a client gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum DurabilityMode {
     /// The reply is sent after the commit holding the write has been fsync'd.
     Immediate,
@@ -45,6 +64,106 @@ impl DurabilityMode {
     }
 }
 
+impl std::fmt::Display for DurabilityMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Immediate => f.write_str("immediate"),
+            Self::Periodic { interval } => write!(f, "periodic:{}", interval.as_millis()),
+        }
+    }
+}
+text_setting!(DurabilityMode);
+
+/// The memory tier's (and the KV read cache's) eviction policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum EvictionPolicy {
+    S3Fifo,
+    /// Window TinyLFU.
+    Lfu,
+    Lru,
+}
+
+impl EvictionPolicy {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "s3fifo" | "s3-fifo" => Ok(Self::S3Fifo),
+            "lfu" | "w-tinylfu" | "tinylfu" => Ok(Self::Lfu),
+            "lru" => Ok(Self::Lru),
+            other => Err(format!(
+                "cache_eviction `{other}`: expected s3fifo, lfu (w-TinyLFU) or lru"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for EvictionPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::S3Fifo => "s3fifo",
+            Self::Lfu => "lfu",
+            Self::Lru => "lru",
+        })
+    }
+}
+text_setting!(EvictionPolicy);
+
+/// A stream bucket width: one of [`crate::util::BUCKET_WIDTHS`], in ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BucketWidth(pub u64);
+
+impl BucketWidth {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        crate::util::parse_bucket_ms(text)
+            .map(Self)
+            .map_err(|e| format!("default_bucket: {e}"))
+    }
+}
+
+impl std::fmt::Display for BucketWidth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match crate::util::BUCKET_WIDTHS
+            .iter()
+            .find(|(_, ms)| *ms == self.0)
+        {
+            Some((name, _)) => f.write_str(name),
+            None => write!(f, "{}ms", self.0),
+        }
+    }
+}
+text_setting!(BucketWidth);
+
+/// How the cache's disk tier does I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DiskIo {
+    /// pread/pwrite on blocking threads.
+    Psync,
+    /// io_uring.
+    Uring,
+}
+
+impl DiskIo {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "psync" => Ok(Self::Psync),
+            "uring" => Ok(Self::Uring),
+            other => Err(format!("cache_disk_io `{other}`: expected psync or uring")),
+        }
+    }
+}
+
+impl std::fmt::Display for DiskIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Psync => "psync",
+            Self::Uring => "uring",
+        })
+    }
+}
+text_setting!(DiskIo);
+
 /// The log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -70,7 +189,7 @@ pub struct Config {
     /// `immediate` (default: a reply means the write's log record is on disk) or
     /// `periodic:<ms>` (a reply means the record is written to the OS; the log is synced every
     /// `<ms>`, so a machine crash loses at most that window; a killed process loses nothing).
-    pub durability: String,
+    pub durability: DurabilityMode,
     /// `text` (default) or `json`.
     pub log_format: LogFormat,
     /// Async worker threads for HTTP; 0 (default) = one per CPU core.
@@ -160,7 +279,7 @@ pub struct Config {
     /// Appends further ahead of the server clock are rejected (400). Default 3600000 ms (1 h).
     pub future_skew_max_ms: u64,
     /// Bucket width of streams created on first append: 1h, 1d, 7d or 30d. Default 1d.
-    pub default_bucket: String,
+    pub default_bucket: BucketWidth,
     /// Retention of streams created on first append; 0 = forever. Default 30 days in ms.
     pub default_retention_ms: u64,
     /// How often retention runs. Default 60000 ms.
@@ -177,11 +296,11 @@ pub struct Config {
     /// Disk tier block size; an entry must fit in one block. Default 4 MiB.
     pub cache_disk_block_bytes: u64,
     /// Disk tier I/O: `psync` (pread/pwrite on blocking threads, default) or `uring` (io_uring).
-    pub cache_disk_io: String,
+    pub cache_disk_io: DiskIo,
     /// Largest cached value; larger PUTs get 413. Default 1 MiB.
     pub cache_value_bytes_max: usize,
     /// Memory-tier eviction: `s3fifo`, `lfu` (w-TinyLFU) or `lru`. Default `s3fifo`.
-    pub cache_eviction: String,
+    pub cache_eviction: EvictionPolicy,
     /// TTL of a cache PUT without `ttl`; 0 = `ttl` is required. Default 0.
     pub cache_default_ttl_ms: u64,
     /// How long a fill lease stays valid. Default 10000 ms.
@@ -206,7 +325,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./shardbox-data"),
             listen: "127.0.0.1:7070".to_string(),
             shards: 0,
-            durability: "immediate".to_string(),
+            durability: DurabilityMode::Immediate,
             log_format: LogFormat::Text,
             worker_threads: 0,
             shard_cache_bytes: 32 << 20,
@@ -244,7 +363,7 @@ impl Default for Config {
             append_events_max: 10_000,
             range_limit_max: 10_000,
             future_skew_max_ms: 3_600_000,
-            default_bucket: "1d".to_string(),
+            default_bucket: BucketWidth(86_400_000),
             default_retention_ms: 30 * 86_400_000,
             retention_interval_ms: 60_000,
             trim_buckets_max: 16,
@@ -252,9 +371,9 @@ impl Default for Config {
             cache_memory_bytes: 64 << 20,
             cache_disk_bytes: 256 << 20,
             cache_disk_block_bytes: 4 << 20,
-            cache_disk_io: "psync".to_string(),
+            cache_disk_io: DiskIo::Psync,
             cache_value_bytes_max: 1 << 20,
-            cache_eviction: "s3fifo".to_string(),
+            cache_eviction: EvictionPolicy::S3Fifo,
             cache_default_ttl_ms: 0,
             cache_fill_lease_ms: 10_000,
             cache_fill_leases_max: 65_536,
@@ -317,17 +436,6 @@ impl Config {
 
     /// Checks ranges so the server never starts with a limit that cannot work.
     pub fn validate(&self) -> Result<(), String> {
-        DurabilityMode::parse(&self.durability)?;
-        crate::events::parse_bucket(&self.default_bucket)
-            .map_err(|e| format!("default_bucket: {e}"))?;
-        crate::cache::Eviction::parse(&self.cache_eviction)
-            .map_err(|e| format!("cache_eviction: {e}"))?;
-        if !matches!(self.cache_disk_io.as_str(), "psync" | "uring") {
-            return Err(format!(
-                "cache_disk_io `{}`: expected psync or uring",
-                self.cache_disk_io
-            ));
-        }
         if !(0.0..=100.0).contains(&self.cache_xfetch_beta) {
             return Err(format!(
                 "cache_xfetch_beta = {}: must be in 0..=100",
@@ -490,9 +598,9 @@ impl Config {
         Ok(())
     }
 
-    /// The parsed durability mode (validated in `resolve`).
+    /// The durability mode.
     pub fn durability_mode(&self) -> DurabilityMode {
-        DurabilityMode::parse(&self.durability).unwrap_or(DurabilityMode::Immediate)
+        self.durability
     }
 
     /// A config for tests and embedding: defaults with the given data dir.

@@ -76,48 +76,9 @@ impl Store {
     pub fn open_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Store, EngineError> {
         config.validate().map_err(EngineError::Open)?;
         let engine = Arc::new(Engine::open(&config, clock, DOMAINS)?);
-        let kv = kv::Kv::new(
-            engine.clone(),
-            kv::Limits {
-                value_bytes_max: config.value_bytes_max,
-                batch_keys_max: config.batch_keys_max,
-                list_limit_max: config.list_limit_max,
-                delete_batch_keys_max: config.delete_batch_keys_max,
-            },
-        )
-        .with_read_cache(
-            config.kv_cache_bytes,
-            cache::Eviction::parse(&config.cache_eviction)
-                .map_err(EngineError::Open)?
-                .config(),
-        );
-        let queues = Arc::new(queue::Queues::new(
-            engine.clone(),
-            queue::Limits {
-                job_bytes_max: config.job_bytes_max,
-                enqueue_batch_max: config.enqueue_batch_max,
-                claim_max: config.claim_max,
-                lease_max_ms: config.lease_max_ms,
-                wait_max_ms: config.claim_wait_max_ms,
-                list_limit_max: config.list_limit_max,
-                delete_batch_max: config.delete_batch_keys_max,
-                waiters_max: config.claim_waiters_max,
-                schedules_max: config.schedules_max,
-            },
-        ));
-        let events = Arc::new(events::Events::new(
-            engine.clone(),
-            events::Limits {
-                event_bytes_max: config.event_bytes_max,
-                append_events_max: config.append_events_max,
-                range_limit_max: config.range_limit_max,
-                future_skew_max_ms: config.future_skew_max_ms,
-                default_bucket_ms: events::parse_bucket(&config.default_bucket)
-                    .map_err(|e| EngineError::Open(e.to_string()))?,
-                default_retention_ms: config.default_retention_ms,
-                trim_buckets_max: config.trim_buckets_max,
-            },
-        ));
+        let kv = kv::Kv::from_config(engine.clone(), &config);
+        let queues = Arc::new(queue::Queues::from_config(engine.clone(), &config));
+        let events = Arc::new(events::Events::from_config(engine.clone(), &config));
         let domains: Vec<Arc<dyn Domain>> =
             vec![Arc::new(kv.clone()), queues.clone(), events.clone()];
         Ok(Store {

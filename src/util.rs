@@ -176,6 +176,23 @@ fn parse_rfc3339_ms(t: &str) -> Option<u64> {
     u64::try_from(secs * 1000 + ms).ok()
 }
 
+/// Allowed stream bucket widths.
+pub const BUCKET_WIDTHS: [(&str, u64); 4] = [
+    ("1h", 3_600_000),
+    ("1d", 86_400_000),
+    ("7d", 7 * 86_400_000),
+    ("30d", 30 * 86_400_000),
+];
+
+/// Parses a bucket width: `1h`, `1d`, `7d`, `30d`, in ms.
+pub fn parse_bucket_ms(text: &str) -> Result<u64, String> {
+    BUCKET_WIDTHS
+        .iter()
+        .find(|(n, _)| *n == text)
+        .map(|(_, ms)| *ms)
+        .ok_or_else(|| format!("bucket must be 1h, 1d, 7d or 30d, got `{text}`"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -583,8 +583,9 @@ fn a_value_larger_than_a_disk_block_is_a_config_error() {
     assert!(e.contains("cache_disk_block_bytes"), "{e}");
     c.cache_disk_bytes = 0; // memory only: no block limit
     c.validate().unwrap();
-    c.cache_eviction = "fifo".into();
-    assert!(c.validate().unwrap_err().contains("cache_eviction"));
+    let flags = [("cache_eviction".to_string(), "fifo".to_string())];
+    let e = shardbox::Config::resolve(None, std::iter::empty(), &flags).unwrap_err();
+    assert!(e.contains("cache_eviction `fifo`"), "{e}");
 }
 
 #[tokio::test]

@@ -196,7 +196,10 @@ async fn shard_count_mismatch_and_double_open_are_clear_errors() {
 async fn periodic_durability_serves_and_persists_on_clean_shutdown() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
-    let s = TestServer::start_in(dir.clone(), |c| c.durability = "periodic:50".into()).await;
+    let s = TestServer::start_in(dir.clone(), |c| {
+        c.durability = shardbox::config::DurabilityMode::parse("periodic:50").unwrap()
+    })
+    .await;
     let mut c = s.client().await;
     for i in 0..100 {
         assert_eq!(c.put(&format!("/v1/kv/app/{i}"), "v").await.status, 201);

@@ -189,6 +189,21 @@ async fn check(c: &mut common::Client, ops: &Operations, method: &str, template:
         "{method} {path} {body}: a valid request answered {}: {detail}",
         r.status
     );
+    // Every operation refuses an unknown query parameter with a documented 400.
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let r2 = c
+        .send(
+            method,
+            &format!("{path}{sep}bogus=1"),
+            &[("content-type", ct)],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(r2.status, 400, "{method} {path} with ?bogus=1");
+    assert!(
+        documented.contains(&400),
+        "{method} {template}: 400 is not documented"
+    );
     if r.status == 404 && method != "HEAD" {
         assert!(
             !detail.contains("no such endpoint"),

@@ -8,10 +8,16 @@
 
 pub mod entry;
 pub mod gens;
+mod leases;
 mod registry;
+mod settings;
+mod stats;
 
 pub use entry::Entry;
 pub use gens::{init_tables, PurgeTarget, DOMAIN};
+use leases::{FillLease, WaiterSlot};
+pub use settings::{eviction_config, Eviction, Settings};
+pub use stats::Counters;
 
 use crate::engine::Engine;
 use crate::error::{CacheError, EngineError};
@@ -31,122 +37,6 @@ use std::time::Duration;
 pub const TAG_BYTES_MAX: usize = 128;
 /// Namespaces with their own stats; beyond this only the global stats count.
 pub const NAMESPACE_STATS_MAX: usize = 1024;
-
-/// The memory tier's eviction policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Eviction {
-    S3Fifo,
-    /// Window TinyLFU.
-    Lfu,
-    Lru,
-}
-
-impl Eviction {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        match text.trim().to_ascii_lowercase().as_str() {
-            "s3fifo" | "s3-fifo" => Ok(Self::S3Fifo),
-            "lfu" | "w-tinylfu" | "tinylfu" => Ok(Self::Lfu),
-            "lru" => Ok(Self::Lru),
-            other => Err(format!(
-                "`{other}`: expected s3fifo, lfu (w-TinyLFU) or lru"
-            )),
-        }
-    }
-
-    pub fn config(self) -> foyer::EvictionConfig {
-        match self {
-            Self::S3Fifo => S3FifoConfig::default().into(),
-            Self::Lfu => LfuConfig::default().into(),
-            Self::Lru => LruConfig::default().into(),
-        }
-    }
-}
-
-/// Cache settings (from [`crate::Config`]).
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub dir: PathBuf,
-    pub memory_bytes: u64,
-    pub disk_bytes: u64,
-    pub disk_block_bytes: u64,
-    pub value_bytes_max: usize,
-    pub eviction: Eviction,
-    pub default_ttl_ms: u64,
-    pub fill_lease_ms: u64,
-    pub fill_leases_max: usize,
-    pub wait_max_ms: u64,
-    pub waiters_max: usize,
-    pub xfetch_beta: f64,
-    pub tags_max: usize,
-    /// Disk tier I/O through io_uring instead of pread/pwrite on blocking threads.
-    pub disk_io_uring: bool,
-}
-
-impl Settings {
-    pub fn from_config(c: &crate::Config) -> Result<Self, String> {
-        Ok(Self {
-            dir: c.data_dir.join("cache"),
-            memory_bytes: c.cache_memory_bytes,
-            disk_bytes: c.cache_disk_bytes,
-            disk_block_bytes: c.cache_disk_block_bytes,
-            value_bytes_max: c.cache_value_bytes_max,
-            eviction: Eviction::parse(&c.cache_eviction)?,
-            default_ttl_ms: c.cache_default_ttl_ms,
-            fill_lease_ms: c.cache_fill_lease_ms,
-            fill_leases_max: c.cache_fill_leases_max,
-            wait_max_ms: c.cache_wait_max_ms,
-            waiters_max: c.cache_waiters_max,
-            xfetch_beta: c.cache_xfetch_beta,
-            tags_max: c.cache_tags_max,
-            // `Config::validate` allows only psync and uring.
-            disk_io_uring: c.cache_disk_io == "uring",
-        })
-    }
-}
-
-/// Counters of one namespace (or of the whole cache).
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub hits_memory: AtomicU64,
-    pub hits_disk: AtomicU64,
-    pub misses: AtomicU64,
-    pub stale_hits: AtomicU64,
-    pub fills_granted: AtomicU64,
-    pub fills_completed: AtomicU64,
-    pub fill_errors: AtomicU64,
-    pub early_refreshes: AtomicU64,
-    pub waits_served: AtomicU64,
-    pub waits_timed_out: AtomicU64,
-    pub puts: AtomicU64,
-    pub deletes: AtomicU64,
-    pub purges: AtomicU64,
-}
-
-impl Counters {
-    fn add(field: &AtomicU64) {
-        field.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn to_json(&self) -> serde_json::Value {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        serde_json::json!({
-            "hits": g(&self.hits_memory) + g(&self.hits_disk),
-            "hits_memory": g(&self.hits_memory),
-            "hits_disk": g(&self.hits_disk),
-            "misses": g(&self.misses),
-            "stale_hits": g(&self.stale_hits),
-            "fills_granted": g(&self.fills_granted),
-            "fills_completed": g(&self.fills_completed),
-            "fill_errors": g(&self.fill_errors),
-            "early_refreshes": g(&self.early_refreshes),
-            "waits_served": g(&self.waits_served),
-            "waits_timed_out": g(&self.waits_timed_out),
-            "puts": g(&self.puts),
-            "deletes": g(&self.deletes),
-            "purges": g(&self.purges),
-        })
-    }
-}
 
 /// Which tier answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,13 +108,6 @@ pub struct PutOptions {
     pub fill_token: Option<String>,
 }
 
-struct FillLease {
-    token: String,
-    granted_at_ms: u64,
-    expires_at_ms: u64,
-    done: Arc<tokio::sync::Notify>,
-}
-
 /// The hybrid cache with its bookkeeping.
 pub struct Cache {
     hybrid: HybridCache<Vec<u8>, Entry>,
@@ -273,7 +156,7 @@ impl Cache {
             .with_metrics_registry(Box::new(registry.clone()))
             .memory(memory)
             .with_shards(shards)
-            .with_eviction_config(settings.eviction.config())
+            .with_eviction_config(eviction_config(settings.eviction))
             .with_weighter(|k: &Vec<u8>, v: &Entry| k.len() + v.weight())
             .storage();
         let hybrid = if settings.disk_bytes > 0 {
@@ -340,32 +223,6 @@ impl Cache {
             .map_err(|e| CacheError::Unavailable(format!("closing the cache: {e}")))
     }
 
-    fn counters(&self, ns: &str) -> Option<Arc<Counters>> {
-        {
-            let map = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(c) = map.get(ns) {
-                return Some(c.clone());
-            }
-        }
-        let mut map = self.namespaces.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = map.get(ns) {
-            return Some(c.clone());
-        }
-        if map.len() >= NAMESPACE_STATS_MAX {
-            return None;
-        }
-        let c = Arc::new(Counters::default());
-        map.insert(ns.to_string(), c.clone());
-        Some(c)
-    }
-
-    fn count(&self, ns: &str, f: impl Fn(&Counters) -> &AtomicU64) {
-        Counters::add(f(&self.global));
-        if let Some(c) = self.counters(ns) {
-            Counters::add(f(&c));
-        }
-    }
-
     fn key_lock(&self, k: &[u8]) -> std::sync::MutexGuard<'_, ()> {
         let i = (xxhash_rust::xxh3::xxh3_64(k) as usize) % KEY_LOCKS;
         self.key_locks[i].lock().unwrap_or_else(|p| p.into_inner())
@@ -388,91 +245,6 @@ impl Cache {
 
     fn now(&self) -> u64 {
         self.engine.now_ms()
-    }
-
-    /// Grants the fill lease of `key` unless someone holds a live one. With `on_miss`, returns
-    /// `None` instead when the memory tier meanwhile holds a fresh value (checked under the
-    /// lease lock, which a write's end of lease also takes).
-    fn try_lease(&self, ns: &str, key: &[u8], now: u64, on_miss: bool) -> Option<Lease> {
-        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(l) = leases.get(key) {
-            if l.expires_at_ms > now {
-                return Some(Lease::Pending);
-            }
-            // Expired: whoever waited on it retries.
-            l.done.notify_waiters();
-            leases.remove(key);
-        }
-        if leases.len() >= self.settings.fill_leases_max {
-            // Sweep the full table only once its earliest lease can have expired, so a miss
-            // under overload costs O(1), not a walk of `fill_leases_max` entries.
-            if now < self.leases_swept_until.load(Ordering::Relaxed) {
-                return Some(Lease::Unavailable);
-            }
-            let mut earliest = u64::MAX;
-            leases.retain(|_, l| {
-                let live = l.expires_at_ms > now;
-                if live {
-                    earliest = earliest.min(l.expires_at_ms);
-                } else {
-                    l.done.notify_waiters();
-                }
-                live
-            });
-            if leases.len() >= self.settings.fill_leases_max {
-                self.leases_swept_until.store(earliest, Ordering::Relaxed);
-                return Some(Lease::Unavailable);
-            }
-        }
-        if on_miss {
-            if let Some(cur) = self.hybrid.memory().get(key) {
-                let e = cur.value();
-                if now < e.expires_at_ms
-                    && self.generations.is_current(ns, e.ns_generation, &e.tags)
-                {
-                    return None;
-                }
-            }
-        }
-        let token = new_token();
-        leases.insert(
-            key.to_vec(),
-            FillLease {
-                token: token.clone(),
-                granted_at_ms: now,
-                expires_at_ms: now + self.settings.fill_lease_ms,
-                done: Arc::new(tokio::sync::Notify::new()),
-            },
-        );
-        drop(leases);
-        self.count(ns, |c| &c.fills_granted);
-        Some(Lease::Granted(token))
-    }
-
-    /// Ends the lease of `key` (if `token` is given, only when it matches) and wakes its
-    /// waiters. Returns the lease's grant time when one was ended.
-    fn end_lease(&self, key: &[u8], token: Option<&str>) -> Option<u64> {
-        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        let matches = match (leases.get(key), token) {
-            (None, _) => false,
-            (Some(_), None) => true,
-            (Some(l), Some(t)) => l.token == t,
-        };
-        if !matches {
-            return None;
-        }
-        let l = leases.remove(key)?;
-        l.done.notify_waiters();
-        Some(l.granted_at_ms)
-    }
-
-    /// When `token` is the live lease of `key`, the time it was granted.
-    fn live_lease(&self, key: &[u8], token: &str, now: u64) -> Option<u64> {
-        let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-        leases
-            .get(key)
-            .filter(|l| l.token == token && l.expires_at_ms > now)
-            .map(|l| l.granted_at_ms)
     }
 
     /// Reads `ns`/`key`. On a miss or a stale hit one caller per key gets the fill lease. With
@@ -760,51 +532,6 @@ impl Cache {
         Ok(())
     }
 
-    /// A refresh failed: within its stale-if-error window the stale value keeps being served.
-    /// Returns whether a stale value is being served.
-    pub async fn fill_error(&self, ns: &str, key: &str, token: &str) -> Result<bool, CacheError> {
-        crate::names::validate_name("namespace", ns).map_err(CacheError::Invalid)?;
-        crate::names::validate_key(key).map_err(CacheError::Invalid)?;
-        let k = cache_key(ns, key);
-        let now = self.now();
-        if self.live_lease(&k, token, now).is_none() {
-            return Err(CacheError::LeaseInvalid(
-                "this fill lease is no longer valid (it expired, the key was deleted, or a value landed)".into(),
-            ));
-        }
-        self.count(ns, |c| &c.fill_errors);
-        let got = self
-            .hybrid
-            .get(&k)
-            .await
-            .map_err(|e| CacheError::Unavailable(format!("cache read failed: {e}")))?;
-        let mut serving = false;
-        if let Some(entry) = got {
-            if self
-                .generations
-                .is_current(ns, entry.ns_generation, &entry.tags)
-                && now < entry.stale_if_error_until_ms
-            {
-                let mut marked = entry.value().clone();
-                marked.refresh_failed = true;
-                let _g = self.key_lock(&k);
-                // Only mark the value the failed refresh was for, not one written since.
-                let unchanged = self
-                    .hybrid
-                    .memory()
-                    .get(&k)
-                    .is_some_and(|cur| same_write(cur.value(), entry.value()));
-                if unchanged {
-                    self.hybrid.insert(k.clone(), marked);
-                    serving = true;
-                }
-                drop(entry);
-            }
-        }
-        self.end_lease(&k, Some(token));
-        Ok(serving)
-    }
-
     /// O(1) purge: bumps the namespace's or the tags' generations (persisted).
     pub async fn purge(&self, ns: &str, target: PurgeTarget) -> Result<(), CacheError> {
         crate::names::validate_name("namespace", ns).map_err(CacheError::Invalid)?;
@@ -826,67 +553,9 @@ impl Cache {
         Ok(())
     }
 
-    /// Stats of one namespace.
-    pub fn namespace_stats(&self, ns: &str) -> Result<serde_json::Value, CacheError> {
-        crate::names::validate_name("namespace", ns).map_err(CacheError::Invalid)?;
-        let map = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
-        let counters = map
-            .get(ns)
-            .map(|c| c.to_json())
-            .unwrap_or_else(|| Counters::default().to_json());
-        let (generation, purged_tags) = self.generations.describe(ns);
-        Ok(serde_json::json!({
-            "namespace": ns,
-            "generation": generation,
-            "purged_tags": purged_tags,
-            "counters": counters,
-        }))
-    }
-
-    /// Stats of the whole cache, with foyer's own tier figures.
-    pub fn stats(&self) -> serde_json::Value {
-        let r = &self.registry;
-        let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner()).len();
-        serde_json::json!({
-            "counters": self.global.to_json(),
-            "evictions": r.get("foyer_memory_op_total/evict"),
-            "disk_dropped": r.get("foyer_storage_inner_op_total/buffer_overflow")
-                + r.get("foyer_storage_inner_op_total/channel_overflow"),
-            "memory": {
-                "bytes": self.hybrid.memory().usage(),
-                "capacity_bytes": self.hybrid.memory().capacity(),
-                "entries": r.get("foyer_memory_entries"),
-                "eviction": format!("{:?}", self.settings.eviction).to_lowercase(),
-            },
-            "disk": {
-                "enabled": self.hybrid.is_hybrid(),
-                "capacity_bytes": if self.hybrid.is_hybrid() { self.settings.disk_bytes } else { 0 },
-                // Blocks holding entries (being written, full, or being reclaimed) × block size.
-                "bytes": (r.get("foyer_storage_block_engine_block/writing")
-                    + r.get("foyer_storage_block_engine_block/evictable")
-                    + r.get("foyer_storage_block_engine_block/reclaiming"))
-                    * r.get("foyer_storage_block_engine_block_size_bytes"),
-                "written_bytes": r.get("foyer_storage_disk_io_bytes_total/write"),
-                "read_bytes": r.get("foyer_storage_disk_io_bytes_total/read"),
-                "hits": r.get("foyer_storage_op_total/hit"),
-                "misses": r.get("foyer_storage_op_total/miss"),
-                "enqueued": r.get("foyer_storage_op_total/enqueue"),
-            },
-            "fill_leases": leases,
-            "waiters": self.waiters.load(Ordering::Relaxed),
-        })
-    }
-
     /// Waits until the disk tier has written what it was handed (tests and benchmarks).
     pub async fn flush_disk(&self) {
         self.hybrid.storage().wait().await;
-    }
-}
-
-struct WaiterSlot<'a>(&'a AtomicUsize);
-impl Drop for WaiterSlot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -904,12 +573,6 @@ pub fn validate_tag(tag: &str) -> Result<(), CacheError> {
         )));
     }
     Ok(())
-}
-
-/// A 128-bit random lease token, hex.
-fn new_token() -> String {
-    let v: u128 = rand::random();
-    format!("{v:032x}")
 }
 
 impl From<EngineError> for CacheError {

@@ -209,13 +209,7 @@ pub fn validate_name(stream: &str) -> Result<(), EventError> {
 
 /// Parses a bucket width: `1h`, `1d`, `7d`, `30d`.
 pub fn parse_bucket(text: &str) -> Result<u64, EventError> {
-    BUCKET_WIDTHS
-        .iter()
-        .find(|(n, _)| *n == text)
-        .map(|(_, ms)| *ms)
-        .ok_or_else(|| {
-            EventError::Invalid(format!("bucket must be 1h, 1d, 7d or 30d, got `{text}`"))
-        })
+    crate::util::parse_bucket_ms(text).map_err(EventError::Invalid)
 }
 
 fn storage(shard: usize, e: impl Into<redb::Error>) -> EventError {
@@ -229,6 +223,22 @@ fn routing_key(stream: &str) -> Vec<u8> {
 }
 
 impl Events {
+    /// The events domain with its settings section of `config`.
+    pub fn from_config(engine: Arc<Engine>, config: &crate::Config) -> Events {
+        Events::new(
+            engine,
+            Limits {
+                event_bytes_max: config.event_bytes_max,
+                append_events_max: config.append_events_max,
+                range_limit_max: config.range_limit_max,
+                future_skew_max_ms: config.future_skew_max_ms,
+                default_bucket_ms: config.default_bucket.0,
+                default_retention_ms: config.default_retention_ms,
+                trim_buckets_max: config.trim_buckets_max,
+            },
+        )
+    }
+
     pub fn new(engine: Arc<Engine>, limits: Limits) -> Self {
         Self {
             engine,

@@ -17,13 +17,7 @@ pub const EV_BUCKETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ev_b
 
 pub const RECORD_VERSION: u8 = 1;
 
-/// Allowed bucket widths.
-pub const BUCKET_WIDTHS: [(&str, u64); 4] = [
-    ("1h", 3_600_000),
-    ("1d", 86_400_000),
-    ("7d", 7 * 86_400_000),
-    ("30d", 30 * 86_400_000),
-];
+pub use crate::util::BUCKET_WIDTHS;
 
 /// A stream's configuration and running totals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]

@@ -155,6 +155,23 @@ pub struct Limits {
 }
 
 impl Kv {
+    /// The KV domain with its settings section of `config` (limits and the read cache).
+    pub fn from_config(engine: Arc<Engine>, config: &crate::Config) -> Kv {
+        Kv::new(
+            engine,
+            Limits {
+                value_bytes_max: config.value_bytes_max,
+                batch_keys_max: config.batch_keys_max,
+                list_limit_max: config.list_limit_max,
+                delete_batch_keys_max: config.delete_batch_keys_max,
+            },
+        )
+        .with_read_cache(
+            config.kv_cache_bytes,
+            crate::cache::eviction_config(config.cache_eviction),
+        )
+    }
+
     pub fn new(engine: Arc<Engine>, limits: Limits) -> Self {
         Self {
             engine,

@@ -245,6 +245,24 @@ fn storage(shard: usize, e: impl Into<redb::Error>) -> QueueError {
 }
 
 impl Queues {
+    /// The queue domain with its settings section of `config`.
+    pub fn from_config(engine: Arc<Engine>, config: &crate::Config) -> Queues {
+        Queues::new(
+            engine,
+            Limits {
+                job_bytes_max: config.job_bytes_max,
+                enqueue_batch_max: config.enqueue_batch_max,
+                claim_max: config.claim_max,
+                lease_max_ms: config.lease_max_ms,
+                wait_max_ms: config.claim_wait_max_ms,
+                list_limit_max: config.list_limit_max,
+                delete_batch_max: config.delete_batch_keys_max,
+                waiters_max: config.claim_waiters_max,
+                schedules_max: config.schedules_max,
+            },
+        )
+    }
+
     pub fn new(engine: Arc<Engine>, limits: Limits) -> Self {
         Self {
             engine,

@@ -1,0 +1,56 @@
+//! The cache's settings section: eviction policy and the bounds it is built with.
+
+use super::*;
+
+pub use crate::config::EvictionPolicy as Eviction;
+
+/// foyer's configuration for an eviction policy.
+pub fn eviction_config(e: Eviction) -> foyer::EvictionConfig {
+    match e {
+        Eviction::S3Fifo => S3FifoConfig::default().into(),
+        Eviction::Lfu => LfuConfig::default().into(),
+        Eviction::Lru => LruConfig::default().into(),
+    }
+}
+
+/// Cache settings (from [`crate::Config`]).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub dir: PathBuf,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    pub disk_block_bytes: u64,
+    pub value_bytes_max: usize,
+    pub eviction: Eviction,
+    pub default_ttl_ms: u64,
+    pub fill_lease_ms: u64,
+    pub fill_leases_max: usize,
+    pub wait_max_ms: u64,
+    pub waiters_max: usize,
+    pub xfetch_beta: f64,
+    pub tags_max: usize,
+    /// Disk tier I/O through io_uring instead of pread/pwrite on blocking threads.
+    pub disk_io_uring: bool,
+}
+
+impl Settings {
+    pub fn from_config(c: &crate::Config) -> Result<Self, String> {
+        Ok(Self {
+            dir: c.data_dir.join("cache"),
+            memory_bytes: c.cache_memory_bytes,
+            disk_bytes: c.cache_disk_bytes,
+            disk_block_bytes: c.cache_disk_block_bytes,
+            value_bytes_max: c.cache_value_bytes_max,
+            eviction: c.cache_eviction,
+            default_ttl_ms: c.cache_default_ttl_ms,
+            fill_lease_ms: c.cache_fill_lease_ms,
+            fill_leases_max: c.cache_fill_leases_max,
+            wait_max_ms: c.cache_wait_max_ms,
+            waiters_max: c.cache_waiters_max,
+            xfetch_beta: c.cache_xfetch_beta,
+            tags_max: c.cache_tags_max,
+            // `Config::validate` allows only psync and uring.
+            disk_io_uring: c.cache_disk_io == crate::config::DiskIo::Uring,
+        })
+    }
+}
