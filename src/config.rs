@@ -236,8 +236,15 @@ pub struct Config {
     /// Keys deleted per commit by a prefix delete and by the TTL sweeper. Default 1000.
     pub delete_batch_keys_max: usize,
 
-    /// Open client connections; more are answered 503 and closed. Default 1024.
+    /// Open client connections. At the limit a new connection takes the place of the
+    /// longest-idle keep-alive connection; with none idle it is answered 503. Default 1024.
     pub connections_max: usize,
+    /// Open connections from one client IP address; beyond it the address's longest-idle
+    /// connection makes room, or the new one gets 503. Default 512.
+    pub connections_per_ip_max: usize,
+    /// A keep-alive connection with no request for this long is closed. Default 5000 ms
+    /// (shorter than `header_read_timeout_ms`).
+    pub idle_timeout_ms: u64,
     /// A client must send a whole request head within this time, and an idle keep-alive
     /// connection is closed after it. Default 10000 ms.
     pub header_read_timeout_ms: u64,
@@ -345,6 +352,8 @@ impl Default for Config {
             list_limit_max: 1000,
             delete_batch_keys_max: 1000,
             connections_max: 1024,
+            connections_per_ip_max: 512,
+            idle_timeout_ms: 5_000,
             header_read_timeout_ms: 10_000,
             header_bytes_max: 16 << 10,
             body_read_timeout_ms: 30_000,
@@ -456,7 +465,7 @@ impl Config {
                 self.cache_disk_bytes, self.cache_disk_block_bytes
             ));
         }
-        let checks: [(&str, u64, u64, u64); 36] = [
+        let checks: [(&str, u64, u64, u64); 38] = [
             (
                 "checkpoint_log_bytes",
                 self.checkpoint_log_bytes,
@@ -571,6 +580,13 @@ impl Config {
                 1 << 20,
             ),
             ("connections_max", self.connections_max as u64, 1, 1 << 20),
+            (
+                "connections_per_ip_max",
+                self.connections_per_ip_max as u64,
+                1,
+                1 << 20,
+            ),
+            ("idle_timeout_ms", self.idle_timeout_ms, 10, 3_600_000),
             (
                 "header_bytes_max",
                 self.header_bytes_max as u64,

@@ -37,6 +37,8 @@ pub static HTTP_4XX: Counter = Counter::new();
 pub static HTTP_5XX: Counter = Counter::new();
 /// Connections refused because `connections_max` were open.
 pub static CONNECTIONS_REFUSED: Counter = Counter::new();
+/// Idle keep-alive connections closed to make room for a new one.
+pub static CONNECTIONS_EVICTED: Counter = Counter::new();
 /// Requests refused because the in-flight body budget was exhausted.
 pub static BODY_BUDGET_REFUSED: Counter = Counter::new();
 
@@ -75,6 +77,12 @@ pub fn render(engine: &crate::engine::Engine, open_connections: usize) -> String
         "Connections refused at connections_max.",
         "counter",
         CONNECTIONS_REFUSED.get(),
+    );
+    line(
+        "shardbox_connections_evicted_total",
+        "Idle keep-alive connections closed to make room for a new connection.",
+        "counter",
+        CONNECTIONS_EVICTED.get(),
     );
     line(
         "shardbox_body_budget_refused_total",

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TestServer, T0_MS};
+use common::{Client, TestServer, T0_MS};
 use std::collections::BTreeSet;
 
 #[tokio::test]
@@ -574,20 +574,113 @@ async fn slow_header_is_cut_off() {
     s.stop().await;
 }
 
+/// Parks `n` claims (long polls) on an empty queue, each on its own connection: connections
+/// that are busy, not idle.
+async fn busy_connections(s: &TestServer, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let addr = s.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr).await;
+            let r = c
+                .send("POST", "/v1/queues/idle/claim", &[], r#"{"wait":"3s"}"#)
+                .await;
+            assert_eq!(r.status, 200);
+        }));
+    }
+    let queues = s.store.queues().clone();
+    common::eventually(10, "the claims park", || {
+        let parked = queues.claims_waiting();
+        async move { (parked == n).then_some(()) }
+    })
+    .await;
+    tasks
+}
+
 #[tokio::test]
-async fn connection_limit_answers_503() {
+async fn connection_limit_answers_503_when_nothing_is_idle() {
     let s = TestServer::start_with(|c| c.connections_max = 2).await;
-    let mut a = s.client().await;
-    let mut b = s.client().await;
-    assert_eq!(a.get("/healthz").await.status, 200);
-    assert_eq!(b.get("/healthz").await.status, 200);
+    let busy = busy_connections(&s, 2).await;
     let mut third = s.client().await;
     let r = third.get("/healthz").await;
     assert_eq!(r.status, 503);
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(r.error_code(), "too_many_connections");
-    drop(a);
-    drop(b);
+    for t in busy {
+        t.await.unwrap();
+    }
+    s.stop().await;
+}
+
+/// Idle keep-alive connections filling `connections_max` no longer lock everyone out: a new
+/// client takes the place of the longest-idle one (issue: 5,000 idle connections from one
+/// process made every other client wait for 503s).
+#[tokio::test]
+async fn idle_connections_make_room_for_a_new_client() {
+    let s = TestServer::start_with(|c| c.connections_max = 8).await;
+    let mut flood = Vec::new();
+    for _ in 0..8 {
+        let mut c = Client::connect(s.addr).await;
+        assert_eq!(c.get("/healthz").await.status, 200);
+        flood.push(c);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    for round in 0..3 {
+        let mut fresh = s.client().await;
+        assert_eq!(fresh.get("/healthz").await.status, 200, "round {round}");
+    }
+    let m = s.client().await.get("/metrics").await.text();
+    assert!(!m.contains("shardbox_connections_evicted_total 0\n"), "{m}");
+    drop(flood);
+    s.stop().await;
+}
+
+/// A keep-alive connection with no request for `idle_timeout_ms` is closed.
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start_with(|c| c.idle_timeout_ms = 300).await;
+    let mut stream = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("the idle connection is closed well before the header timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed, not answered");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+    s.stop().await;
+}
+
+/// One address gets at most `connections_per_ip_max` connections; another address is served.
+#[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    let s = TestServer::start_with(|c| c.connections_per_ip_max = 2).await;
+    let busy = busy_connections(&s, 2).await;
+    let same = raw(s.addr, "GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(same.starts_with("HTTP/1.1 503"), "{same}");
+    // Another loopback address (all of 127.0.0.0/8 is local on Linux).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = socket.connect(s.addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    other
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = other.read(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for t in busy {
+        t.await.unwrap();
+    }
     s.stop().await;
 }
 

@@ -4,6 +4,7 @@
 
 pub mod body;
 mod cache;
+mod conns;
 mod events;
 mod health;
 mod input;
@@ -87,6 +88,8 @@ pub async fn run(
     // is served: started here, so no way of serving can forget it.
     let background = state.store.start_background();
     let conn_limit = Arc::new(Semaphore::new(cfg.connections_max));
+    let conns = conns::Conns::new(cfg.connections_per_ip_max);
+    let idle_timeout = Duration::from_millis(cfg.idle_timeout_ms);
     let refusals = Arc::new(Semaphore::new(REFUSALS_MAX));
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let mut builder = http1::Builder::new();
@@ -97,7 +100,7 @@ pub async fn run(
         .keep_alive(true);
     tokio::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(s) => s,
@@ -110,32 +113,97 @@ pub async fn run(
             },
         };
         let _ = stream.set_nodelay(true);
-        let Ok(permit) = conn_limit.clone().try_acquire_owned() else {
+        // The address's share first: at it, its longest-idle connection makes room.
+        let Some(registered) = conns.register(peer.ip()) else {
             crate::metrics::CONNECTIONS_REFUSED.inc();
-            // Answer a bounded number of refused clients with a 503 (after reading their first
-            // bytes, so an HTTP client sees a response to its request); drop the rest at once.
             if let Ok(refusal) = refusals.clone().try_acquire_owned() {
                 tokio::spawn(refuse(stream, refusal));
             }
             continue;
         };
+        // At `connections_max`, the longest-idle connection makes room; with none idle, 503.
+        let permit = match conn_limit.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) if conns.evict_idle(None) => None,
+            Err(_) => {
+                crate::metrics::CONNECTIONS_REFUSED.inc();
+                // Answer a bounded number of refused clients with a 503 (after reading their
+                // first bytes, so an HTTP client sees a response to its request); drop the rest.
+                if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+                    tokio::spawn(refuse(stream, refusal));
+                }
+                continue;
+            }
+        };
         let state = state.clone();
         let builder = builder.clone();
         let mut stop_rx = stop_rx.clone();
         let done_tx = done_tx.clone();
+        let conn_limit = conn_limit.clone();
+        let refusals = refusals.clone();
         tokio::spawn(async move {
+            let permit = match permit {
+                Some(p) => p,
+                // Wait for the evicted connection to give its place back.
+                None => match tokio::time::timeout(
+                    Duration::from_millis(500),
+                    conn_limit.acquire_owned(),
+                )
+                .await
+                {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        crate::metrics::CONNECTIONS_REFUSED.inc();
+                        if let Ok(refusal) = refusals.try_acquire_owned() {
+                            refuse(stream, refusal).await;
+                        }
+                        return;
+                    }
+                },
+            };
             let _open = OpenConnection::new(state.clone());
             let st = state.clone();
-            let service = service_fn(move |req| router::handle(st.clone(), req));
+            let conn_info = registered.conn.clone();
+            let service = service_fn(move |req| {
+                let st = st.clone();
+                let c = conn_info.clone();
+                async move {
+                    c.begin();
+                    let r = router::handle(st, req).await;
+                    c.end();
+                    r
+                }
+            });
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
+            let me = registered.conn.clone();
+            let idle = async {
+                loop {
+                    let idle = Duration::from_millis(me.idle_ms());
+                    if idle >= idle_timeout {
+                        break;
+                    }
+                    tokio::time::sleep((idle_timeout - idle).max(Duration::from_millis(10))).await;
+                }
+            };
             tokio::select! {
                 _ = conn.as_mut() => {}
                 _ = async { let _ = stop_rx.wait_for(|s| *s).await.map(|_| ()); } => {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.as_mut().await;
                 }
+                // Idle too long, or asked to make room: hyper closes an idle connection at
+                // once and lets a request in progress finish first.
+                _ = idle => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.as_mut().await;
+                }
+                _ = registered.conn.evict.notified() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.as_mut().await;
+                }
             }
+            drop(registered);
             drop(permit);
             drop(done_tx);
         });

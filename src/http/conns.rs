@@ -1,0 +1,156 @@
+//! Open connections: how many, from which address, and which are idle — so idle keep-alive
+//! connections cannot starve clients that want to talk.
+//!
+//! Every connection is registered with its peer IP. A connection is *idle* while no request is
+//! being handled on it; it is closed once idle for `idle_timeout_ms`. When a new connection
+//! arrives at `connections_max` (or at `connections_per_ip_max` for its address), the
+//! longest-idle connection (of that address) is asked to close — hyper closes an idle
+//! connection at once, and lets a connection that is mid-request finish first — and the new
+//! connection takes its place. Only when nothing is idle is the new connection refused (503).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::Notify;
+
+/// One open connection, as the registry and the connection's task see it.
+pub struct Conn {
+    pub id: u64,
+    pub ip: IpAddr,
+    /// Milliseconds since the registry started at which the last request began or ended.
+    last_active_ms: AtomicU64,
+    in_flight: AtomicUsize,
+    /// Set when the connection is asked to make room; its task closes it.
+    pub evict: Notify,
+    evicting: std::sync::atomic::AtomicBool,
+    epoch: Instant,
+}
+
+impl Conn {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// A request starts on this connection.
+    pub fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.last_active_ms.store(self.now_ms(), Ordering::Release);
+    }
+
+    /// A request's handler returned (its response may still be streaming).
+    pub fn end(&self) {
+        self.last_active_ms.store(self.now_ms(), Ordering::Release);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// How long it has been idle (0 while a request is being handled).
+    pub fn idle_ms(&self) -> u64 {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return 0;
+        }
+        self.now_ms()
+            .saturating_sub(self.last_active_ms.load(Ordering::Acquire))
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    next_id: u64,
+    conns: HashMap<u64, Arc<Conn>>,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// The registry of open connections.
+pub struct Conns {
+    inner: Mutex<Inner>,
+    epoch: Instant,
+    per_ip_max: usize,
+}
+
+/// Removes a connection from the registry when its task ends (normally or unwinding).
+pub struct Registered {
+    conns: Arc<Conns>,
+    pub conn: Arc<Conn>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut g = self.conns.lock();
+        g.conns.remove(&self.conn.id);
+        if let Some(n) = g.per_ip.get_mut(&self.conn.ip) {
+            *n -= 1;
+            if *n == 0 {
+                g.per_ip.remove(&self.conn.ip);
+            }
+        }
+    }
+}
+
+impl Conns {
+    pub fn new(per_ip_max: usize) -> Arc<Conns> {
+        Arc::new(Conns {
+            inner: Mutex::new(Inner::default()),
+            epoch: Instant::now(),
+            per_ip_max,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a connection from `ip`. If the address is at its share, its longest-idle
+    /// connection is asked to close first; `None` when none of its connections is idle.
+    pub fn register(self: &Arc<Self>, ip: IpAddr) -> Option<Registered> {
+        let mut g = self.lock();
+        if g.per_ip.get(&ip).copied().unwrap_or(0) >= self.per_ip_max
+            && !self.evict_idle_locked(&g, Some(ip))
+        {
+            return None;
+        }
+        g.next_id += 1;
+        let conn = Arc::new(Conn {
+            id: g.next_id,
+            ip,
+            last_active_ms: AtomicU64::new(self.epoch.elapsed().as_millis() as u64),
+            in_flight: AtomicUsize::new(0),
+            evict: Notify::new(),
+            evicting: std::sync::atomic::AtomicBool::new(false),
+            epoch: self.epoch,
+        });
+        g.conns.insert(conn.id, conn.clone());
+        *g.per_ip.entry(ip).or_default() += 1;
+        Some(Registered {
+            conns: self.clone(),
+            conn,
+        })
+    }
+
+    /// Asks the longest-idle connection (of `ip`, or of anyone) to close. False when none is
+    /// idle.
+    pub fn evict_idle(&self, ip: Option<IpAddr>) -> bool {
+        let g = self.lock();
+        self.evict_idle_locked(&g, ip)
+    }
+
+    fn evict_idle_locked(&self, g: &Inner, ip: Option<IpAddr>) -> bool {
+        let victim = g
+            .conns
+            .values()
+            .filter(|c| ip.is_none_or(|ip| c.ip == ip) && !c.evicting.load(Ordering::Acquire))
+            .map(|c| (c.idle_ms(), c))
+            .filter(|(idle, _)| *idle > 0)
+            .max_by_key(|(idle, _)| *idle);
+        match victim {
+            Some((_, c)) => {
+                c.evicting.store(true, Ordering::Release);
+                c.evict.notify_one();
+                crate::metrics::CONNECTIONS_EVICTED.inc();
+                true
+            }
+            None => false,
+        }
+    }
+}
