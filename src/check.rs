@@ -161,12 +161,7 @@ fn check_shard(
 
 /// The LSN each shard's file holds (0 when unreadable: then every record counts as pending).
 fn applied_lsn(db: &redb::ReadOnlyDatabase) -> u64 {
-    use redb::ReadableDatabase;
-    db.begin_read()
-        .ok()
-        .and_then(|t| t.open_table(crate::engine::writer::META).ok())
-        .and_then(|m| m.get(crate::engine::writer::META_LSN).ok().flatten())
-        .map_or(0, |g| g.value())
+    crate::engine::writer::load_meta(db).map_or(0, |(_, lsn)| lsn)
 }
 
 /// Walks the write-ahead log: every frame's checksums, every redo payload, the torn-tail and

@@ -167,10 +167,22 @@ pub fn render(engine: &crate::engine::Engine, open_connections: usize) -> String
             load(&w.segments_recycled).to_string(),
         ),
         (
+            "shardbox_wal_segments_deleted_total",
+            "Log segments deleted (beyond wal_spare_segments_max spares).",
+            "counter",
+            load(&w.segments_deleted).to_string(),
+        ),
+        (
             "shardbox_wal_durable_lsn",
             "Highest log sequence number on disk.",
             "gauge",
             engine.wal().durable_lsn().to_string(),
+        ),
+        (
+            "shardbox_wal_written_lsn",
+            "Highest log sequence number written to the OS (ahead of the durable one only in periodic mode).",
+            "gauge",
+            engine.wal().written_lsn().to_string(),
         ),
         (
             "shardbox_wal_replayed_records",

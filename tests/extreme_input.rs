@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Client, TestServer};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use serde_json::{json, Value};
 
 /// JSON nested `depth` levels: `[[[…1…]]]`.
@@ -199,12 +199,7 @@ async fn ttls_are_bounded_at_the_door_and_long_ones_stay_readable() {
 /// Random accepted-but-extreme records through every read path, seeded (the seed is printed).
 #[tokio::test]
 async fn random_extreme_records_are_served_back_by_every_read_path() {
-    let seed: u64 = std::env::var("SHARDBOX_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("seed {seed} (rerun with SHARDBOX_TEST_SEED={seed})");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rng = common::seeded_rng("random_extreme_records_are_served_back_by_every_read_path");
     let s = TestServer::start().await;
     let mut c = s.client().await;
     let ns = "n".repeat(64);
@@ -229,11 +224,11 @@ async fn random_extreme_records_are_served_back_by_every_read_path() {
                 value.clone(),
             )
             .await;
-        assert_eq!(r.status, 201, "seed {seed}: {}", r.text());
+        assert_eq!(r.status, 201, "{}", r.text());
         let r = c.get(&format!("/v1/kv/{ns}/{enc}")).await;
         if ttl != "?ttl=1ms" {
-            assert_eq!(r.status, 200, "seed {seed}: {}", r.text());
-            assert_eq!(r.body.as_ref(), value.as_slice(), "seed {seed}");
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(r.body.as_ref(), value.as_slice());
             assert_eq!(r.header("content-type"), Some(ct.as_str()));
         } else {
             assert!(r.status == 200 || r.status == 404);
@@ -249,11 +244,11 @@ async fn random_extreme_records_are_served_back_by_every_read_path() {
                 json!({"payload": doc, "priority": rng.random_range(0..10)}),
             )
             .await;
-        assert_eq!(r.status, 201, "seed {seed}: {}", r.text());
+        assert_eq!(r.status, 201, "{}", r.text());
         let r = c
             .post_json("/v1/streams/x/events", json!({"type": "t", "data": doc}))
             .await;
-        assert_eq!(r.status, 201, "seed {seed}: {}", r.text());
+        assert_eq!(r.status, 201, "{}", r.text());
     }
     s.clock.advance_ms(10);
     let mut after: Option<String> = None;
@@ -264,7 +259,7 @@ async fn random_extreme_records_are_served_back_by_every_read_path() {
             None => format!("/v1/kv/{ns}?limit=7"),
         };
         let r = c.get(&path).await;
-        assert_eq!(r.status, 200, "seed {seed}: {}", r.text());
+        assert_eq!(r.status, 200, "{}", r.text());
         let page = r.json();
         listed += page["keys"].as_array().unwrap().len();
         match page["cursor"].as_str() {
@@ -272,10 +267,7 @@ async fn random_extreme_records_are_served_back_by_every_read_path() {
             None => break,
         }
     }
-    assert_eq!(
-        listed, lasting,
-        "seed {seed}: every unexpired key is listed once"
-    );
+    assert_eq!(listed, lasting, "every unexpired key is listed once");
     for path in [
         "/v1/queues/x/jobs?state=ready&limit=1000",
         "/v1/streams/x/events?limit=1000",
@@ -285,12 +277,12 @@ async fn random_extreme_records_are_served_back_by_every_read_path() {
         "/v1/streams/x",
     ] {
         let r = c.get(path).await;
-        assert_eq!(r.status, 200, "seed {seed} {path}: {}", r.text());
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
     }
     let r = c
         .post_json("/v1/queues/x/claim", json!({"max": 1000}))
         .await;
-    assert_eq!(r.status, 200, "seed {seed}: {}", r.text());
+    assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["jobs"].as_array().unwrap().len(), 40);
     drop(c);
     s.stop().await;

@@ -9,7 +9,7 @@
 mod common;
 
 use common::{Client, TestServer};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use serde_json::json;
 use shardbox::Clock;
 use std::path::Path;
@@ -151,12 +151,7 @@ async fn workload(c: &mut Client, s: &TestServer, rng: &mut rand::rngs::StdRng, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_the_log_alone_rebuilds_every_table() {
-    let seed: u64 = std::env::var("SHARDBOX_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("seed {seed} (rerun with SHARDBOX_TEST_SEED={seed})");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rng = common::seeded_rng("replaying_the_log_alone_rebuilds_every_table");
     let s = TestServer::start_with(|c| {
         c.checkpoint_interval_ms = 86_400_000;
         c.checkpoint_log_bytes = 1 << 40;
@@ -230,12 +225,8 @@ async fn replaying_the_log_alone_rebuilds_every_table() {
         assert_eq!(
             rebuilt.get(key),
             Some(rows),
-            "seed {seed}: table {key:?} differs after replay"
+            "table {key:?} differs after replay"
         );
     }
-    assert_eq!(
-        live.len(),
-        rebuilt.len(),
-        "seed {seed}: the same tables exist"
-    );
+    assert_eq!(live.len(), rebuilt.len(), "the same tables exist");
 }

@@ -94,6 +94,20 @@ fn serve(
 /// Starts shardbox (the binary at `bin`, or this build's) with `SHARDBOX_*` settings.
 pub fn shardbox(bin: Option<&Path>, settings: &[(&str, &str)]) -> Result<Server, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (child, addr) = spawn_in(bin, &dir.path().join("data"), settings)?;
+    Ok(Server {
+        addr,
+        child,
+        _dir: dir,
+    })
+}
+
+/// Spawns shardbox (the binary at `bin`, or this build's) on `data` with `SHARDBOX_*` settings.
+fn spawn_in(
+    bin: Option<&Path>,
+    data: &Path,
+    settings: &[(&str, &str)],
+) -> Result<(std::process::Child, std::net::SocketAddr), String> {
     let env: Vec<(String, String)> = settings
         .iter()
         .map(|(k, v)| {
@@ -103,16 +117,10 @@ pub fn shardbox(bin: Option<&Path>, settings: &[(&str, &str)]) -> Result<Server,
             )
         })
         .collect();
-    let data = dir.path().join("data");
-    let (child, addr) = match bin {
-        Some(b) => spawn::spawn_shardbox_bin(b, &data, &env)?,
-        None => spawn::spawn_shardbox(&data, &env)?,
-    };
-    Ok(Server {
-        addr,
-        child,
-        _dir: dir,
-    })
+    match bin {
+        Some(b) => spawn::spawn_shardbox_bin(b, data, &env),
+        None => spawn::spawn_shardbox(data, &env),
+    }
 }
 
 /// Finds a peer binary, installing its Debian package when missing and allowed.
@@ -222,21 +230,8 @@ impl Server {
         settings: &[(&str, &str)],
     ) -> Result<Duration, String> {
         self.kill();
-        let env: Vec<(String, String)> = settings
-            .iter()
-            .map(|(k, v)| {
-                (
-                    format!("SHARDBOX_{}", k.to_ascii_uppercase()),
-                    v.to_string(),
-                )
-            })
-            .collect();
-        let data = self._dir.path().join("data");
         let t = Instant::now();
-        let (child, addr) = match bin {
-            Some(b) => spawn::spawn_shardbox_bin(b, &data, &env)?,
-            None => spawn::spawn_shardbox(&data, &env)?,
-        };
+        let (child, addr) = spawn_in(bin, &self._dir.path().join("data"), settings)?;
         let took = t.elapsed();
         self.child = child;
         self.addr = addr;

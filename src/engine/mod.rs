@@ -15,7 +15,7 @@ pub mod shard;
 pub mod wal;
 pub mod writer;
 
-use crate::config::{Config, DurabilityMode};
+use crate::config::Config;
 use crate::error::EngineError;
 use clock::Clock;
 use manifest::{DirLock, Manifest, FORMAT_VERSION};
@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use wal::{SyncMode, Wal, WalConfig};
+use wal::{Wal, WalConfig};
 pub use writer::{ApplyCtx, Mutation};
 use writer::{Writer, WriterConfig};
 
@@ -106,7 +106,7 @@ impl Engine {
         let report = replay::replay(&wal_dir, &dbs, &mut applied)?;
         for (id, db) in dbs.iter().enumerate() {
             if report.applied[id] > 0 {
-                revisions[id] = writer::load_meta(db)
+                revisions[id] = writer::load_meta(db.as_ref())
                     .map_err(|e| EngineError::Open(format!("shard {id}: {e}")))?
                     .0;
             }
@@ -125,25 +125,13 @@ impl Engine {
             .max()
             .unwrap_or(1)
             .max(report.scan.next_lsn);
-        let old = report
-            .scan
-            .segments
-            .iter()
-            .map(|s| wal::OldSegment {
-                seq: s.seq,
-                path: s.path.clone(),
-                last_lsn: s.last_lsn,
-            })
-            .collect();
+        let old = report.scan.segments.clone();
         let wal = Arc::new(
             Wal::start(
                 WalConfig {
                     dir: wal_dir,
                     segment_bytes: config.wal_segment_bytes,
-                    mode: match config.durability_mode() {
-                        DurabilityMode::Immediate => SyncMode::Immediate,
-                        DurabilityMode::Periodic { interval } => SyncMode::Periodic(interval),
-                    },
+                    mode: config.durability,
                     spare_segments_max: config.wal_spare_segments_max,
                     shards: n,
                 },

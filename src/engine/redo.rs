@@ -47,6 +47,9 @@ impl Logged for u64 {
     const CODE: u8 = 4;
 }
 
+/// Buffer capacity a writer keeps between batches.
+pub const REDO_KEEP_BYTES: usize = 1 << 20;
+
 /// The redo bytes of the batch being applied.
 #[derive(Debug, Default)]
 pub struct Redo {
@@ -59,9 +62,11 @@ pub struct Redo {
 }
 
 impl Redo {
-    /// Starts a new record, keeping the buffer's capacity.
+    /// Starts a new record, keeping the buffer's capacity up to [`REDO_KEEP_BYTES`] (one huge
+    /// batch does not pin its size for the life of the writer).
     pub fn clear(&mut self) {
         self.bytes.clear();
+        self.bytes.shrink_to(REDO_KEEP_BYTES);
         self.open.clear();
         self.next_id = 0;
         self.changes = 0;
@@ -273,10 +278,10 @@ where
         key: impl Borrow<K::SelfType<'k>>,
     ) -> Result<Option<AccessGuard<'_, V>>, redb::Error> {
         let (id, redo) = (self.id, self.redo);
-        let bytes = K::as_bytes(key.borrow()).as_ref().to_vec();
-        let old = self.inner().remove(key)?;
+        let old = self.inner().remove(key.borrow())?;
         if old.is_some() {
-            redo.borrow_mut().del(id, &bytes);
+            redo.borrow_mut()
+                .del(id, K::as_bytes(key.borrow()).as_ref());
         }
         Ok(old)
     }
@@ -390,43 +395,92 @@ impl<'b> Reader<'b> {
     }
 }
 
-/// Checks that a redo payload decodes, without applying it (`shardbox check`, fuzzing).
-pub fn validate(payload: &[u8]) -> Result<u64, ReplayError> {
+/// One decoded redo operation; table ids resolved to the table's name and types.
+enum Op<'b> {
+    Open {
+        name: &'b str,
+        types: Types,
+    },
+    Put {
+        name: &'b str,
+        types: Types,
+        key: &'b [u8],
+        value: &'b [u8],
+    },
+    Del {
+        name: &'b str,
+        types: Types,
+        key: &'b [u8],
+    },
+    Drop {
+        name: &'b str,
+    },
+}
+
+/// Decodes a whole redo payload and checks it: known ops and table types, every table id
+/// opened earlier in the record, and bytes that redb's decoders can take (a u64 is 8 bytes, a
+/// str is UTF-8) — so applying it can only fail in storage, never half-way on bad bytes.
+fn decode(payload: &[u8]) -> Result<Vec<Op<'_>>, ReplayError> {
     let mut r = Reader { b: payload, at: 0 };
-    let mut ops = 0;
+    let mut tables: HashMap<u16, (&str, Types)> = HashMap::new();
+    let mut ops = Vec::new();
     while r.at < payload.len() {
-        match r.u8("op")? {
+        let bad = |at, what| ReplayError::Malformed { at, what };
+        let op = match r.u8("op")? {
             OP_OPEN => {
-                r.u16("table id")?;
+                let id = r.u16("table id")?;
                 let (k, v) = (r.u8("key type")?, r.u8("value type")?);
-                type_pair(k, v).ok_or(ReplayError::Malformed {
-                    at: r.at,
-                    what: "unknown table types",
-                })?;
-                r.name()?;
+                let types = type_pair(k, v).ok_or(bad(r.at, "unknown table types"))?;
+                let name = r.name()?;
+                tables.insert(id, (name, types));
+                Op::Open { name, types }
             }
             OP_PUT => {
-                r.u16("table id")?;
-                r.bytes("key")?;
-                r.bytes("value")?;
+                let id = r.u16("table id")?;
+                let (key, value) = (r.bytes("key")?, r.bytes("value")?);
+                let (name, types) = opened(&tables, id, r.at)?;
+                check_shape(types, key, Some(value)).map_err(|what| bad(r.at, what))?;
+                Op::Put {
+                    name,
+                    types,
+                    key,
+                    value,
+                }
             }
             OP_DEL => {
-                r.u16("table id")?;
-                r.bytes("key")?;
+                let id = r.u16("table id")?;
+                let key = r.bytes("key")?;
+                let (name, types) = opened(&tables, id, r.at)?;
+                check_shape(types, key, None).map_err(|what| bad(r.at, what))?;
+                Op::Del { name, types, key }
             }
             OP_DROP => {
-                r.name()?;
+                let name = r.name()?;
+                tables.retain(|_, (n, _)| *n != name);
+                Op::Drop { name }
             }
-            _ => {
-                return Err(ReplayError::Malformed {
-                    at: r.at - 1,
-                    what: "unknown op",
-                })
-            }
-        }
-        ops += 1;
+            _ => return Err(bad(r.at - 1, "unknown op")),
+        };
+        ops.push(op);
     }
     Ok(ops)
+}
+
+/// The table a record opened as `id`.
+fn opened<'b>(
+    tables: &HashMap<u16, (&'b str, Types)>,
+    id: u16,
+    at: usize,
+) -> Result<(&'b str, Types), ReplayError> {
+    tables.get(&id).copied().ok_or(ReplayError::Malformed {
+        at,
+        what: "op names a table the record did not open",
+    })
+}
+
+/// Checks that a redo payload decodes, without applying it (`shardbox check`, fuzzing).
+pub fn validate(payload: &[u8]) -> Result<u64, ReplayError> {
+    Ok(decode(payload)?.len() as u64)
 }
 
 /// The table kinds the log knows, by (key, value) type codes.
@@ -439,11 +493,15 @@ enum Types {
 }
 
 fn type_pair(k: u8, v: u8) -> Option<Types> {
+    const BYTES: u8 = <&[u8] as Logged>::CODE;
+    const STR: u8 = <&str as Logged>::CODE;
+    const UNIT: u8 = <() as Logged>::CODE;
+    const U64: u8 = <u64 as Logged>::CODE;
     match (k, v) {
-        (1, 1) => Some(Types::BytesBytes),
-        (1, 3) => Some(Types::BytesUnit),
-        (1, 4) => Some(Types::BytesU64),
-        (2, 4) => Some(Types::StrU64),
+        (BYTES, BYTES) => Some(Types::BytesBytes),
+        (BYTES, UNIT) => Some(Types::BytesUnit),
+        (BYTES, U64) => Some(Types::BytesU64),
+        (STR, U64) => Some(Types::StrU64),
         _ => None,
     }
 }
@@ -476,92 +534,53 @@ fn open_typed(txn: &WriteTransaction, name: &str, types: Types) -> Result<(), re
     Ok(())
 }
 
+/// redb's decoders assume well-formed bytes: a u64 is 8 bytes, a str is UTF-8.
+fn check_shape(types: Types, key: &[u8], value: Option<&[u8]>) -> Result<(), &'static str> {
+    if matches!(types, Types::BytesU64 | Types::StrU64) && value.is_some_and(|v| v.len() != 8) {
+        return Err("a u64 value is not 8 bytes");
+    }
+    if types == Types::StrU64 && std::str::from_utf8(key).is_err() {
+        return Err("a str key is not UTF-8");
+    }
+    Ok(())
+}
+
 fn write_typed(
     txn: &WriteTransaction,
     name: &str,
     types: Types,
     key: &[u8],
     value: Option<&[u8]>,
-    at: usize,
-) -> Result<(), ReplayError> {
-    // redb's decoders assume well-formed bytes (a u64 is 8 bytes, a str is UTF-8): check first,
-    // so a damaged record is an error, never a panic.
-    let bad = |what| ReplayError::Malformed { at, what };
+) -> Result<(), redb::Error> {
     match types {
-        Types::BytesBytes => put_typed::<&[u8], &[u8]>(txn, name, key, value)?,
-        Types::BytesUnit => put_typed::<&[u8], ()>(txn, name, key, value)?,
-        Types::BytesU64 => {
-            if value.is_some_and(|v| v.len() != 8) {
-                return Err(bad("a u64 value is not 8 bytes"));
-            }
-            put_typed::<&[u8], u64>(txn, name, key, value)?
-        }
-        Types::StrU64 => {
-            if std::str::from_utf8(key).is_err() {
-                return Err(bad("a str key is not UTF-8"));
-            }
-            if value.is_some_and(|v| v.len() != 8) {
-                return Err(bad("a u64 value is not 8 bytes"));
-            }
-            put_typed::<&str, u64>(txn, name, key, value)?
-        }
+        Types::BytesBytes => put_typed::<&[u8], &[u8]>(txn, name, key, value),
+        Types::BytesUnit => put_typed::<&[u8], ()>(txn, name, key, value),
+        Types::BytesU64 => put_typed::<&[u8], u64>(txn, name, key, value),
+        Types::StrU64 => put_typed::<&str, u64>(txn, name, key, value),
     }
-    Ok(())
 }
 
 /// Applies a redo payload to `txn`. The payload was checked by its record's crc; a malformed one
-/// is still an error, never a panic.
+/// is still an error, never a panic, and applies nothing (it is decoded whole first).
 pub fn apply(txn: &WriteTransaction, payload: &[u8]) -> Result<u64, ReplayError> {
-    // Validate first so a malformed payload applies nothing.
-    validate(payload)?;
-    let mut r = Reader { b: payload, at: 0 };
-    let mut tables: HashMap<u16, (&str, Types)> = HashMap::new();
-    let mut ops = 0;
-    let unknown = |at| ReplayError::Malformed {
-        at,
-        what: "op names a table the record did not open",
-    };
-    while r.at < payload.len() {
-        match r.u8("op")? {
-            OP_OPEN => {
-                let id = r.u16("table id")?;
-                let (k, v) = (r.u8("key type")?, r.u8("value type")?);
-                let types = type_pair(k, v).ok_or(ReplayError::Malformed {
-                    at: r.at,
-                    what: "unknown table types",
-                })?;
-                let name = r.name()?;
-                open_typed(txn, name, types)?;
-                tables.insert(id, (name, types));
-            }
-            OP_PUT => {
-                let id = r.u16("table id")?;
-                let (key, value) = (r.bytes("key")?, r.bytes("value")?);
-                let (name, types) = *tables.get(&id).ok_or_else(|| unknown(r.at))?;
-                write_typed(txn, name, types, key, Some(value), r.at)?;
-            }
-            OP_DEL => {
-                let id = r.u16("table id")?;
-                let key = r.bytes("key")?;
-                let (name, types) = *tables.get(&id).ok_or_else(|| unknown(r.at))?;
-                write_typed(txn, name, types, key, None, r.at)?;
-            }
-            OP_DROP => {
-                let name = r.name()?;
+    let ops = decode(payload)?;
+    for op in &ops {
+        match *op {
+            Op::Open { name, types } => open_typed(txn, name, types)?,
+            Op::Put {
+                name,
+                types,
+                key,
+                value,
+            } => write_typed(txn, name, types, key, Some(value))?,
+            Op::Del { name, types, key } => write_typed(txn, name, types, key, None)?,
+            Op::Drop { name } => {
                 txn.delete_table(TableDefinition::<&[u8], &[u8]>::new(name))
                     .map_err(redb::Error::from)?;
-                tables.retain(|_, (n, _)| *n != name);
-            }
-            _ => {
-                return Err(ReplayError::Malformed {
-                    at: r.at - 1,
-                    what: "unknown op",
-                })
             }
         }
-        ops += 1;
     }
-    Ok(ops)
+    Ok(ops.len() as u64)
 }
 
 #[cfg(test)]

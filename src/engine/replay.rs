@@ -19,6 +19,13 @@ use std::time::Instant;
 /// Records replayed into one transaction before it is committed (bounds redb's write buffer).
 const RECORDS_PER_TXN: u64 = 4096;
 
+/// Records in the shard's META the last LSN a replay transaction applied, and commits it.
+fn commit(txn: WriteTransaction, lsn: u64) -> Result<(), redb::Error> {
+    txn.open_table(META)?.insert(META_LSN, lsn)?;
+    txn.commit()?;
+    Ok(())
+}
+
 /// What replay did, for the log line and `check`.
 #[derive(Debug, Clone)]
 pub struct ReplayReport {
@@ -85,15 +92,11 @@ pub fn replay(
                 segment.display()
             ))
         })?;
-        txn.open_table(META)
-            .map_err(|e| storage(e.into()))?
-            .insert(META_LSN, h.lsn)
-            .map_err(|e| storage(e.into()))?;
         applied_lsn[s] = h.lsn;
         counts[s] += 1;
         if counts[s].is_multiple_of(RECORDS_PER_TXN) {
             if let Some(t) = txns[s].take() {
-                t.commit().map_err(|e| storage(e.into()))?;
+                commit(t, h.lsn).map_err(storage)?;
             }
         }
         Ok(())
@@ -106,7 +109,7 @@ pub fn replay(
             message: format!("checkpoint after replay: {e}"),
         };
         if let Some(t) = txns[s].take() {
-            t.commit().map_err(|e| storage(e.into()))?;
+            commit(t, applied_lsn[s]).map_err(storage)?;
         }
         if counts[s] > 0 {
             let mut t = db.begin_write().map_err(|e| storage(e.into()))?;

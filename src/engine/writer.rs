@@ -19,9 +19,9 @@
 use super::clock::Clock;
 use super::redo::{self, Cached, Logged, LoggedTable, Redo, TableCache};
 use super::shard::ShardState;
-use super::wal::{frame::Kind, Wal};
+use super::wal::{frame::Kind, Wal, WalError};
 use crate::error::EngineError;
-use redb::{Database, Durability, Key, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, Durability, Key, TableDefinition, WriteTransaction};
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -155,8 +155,11 @@ enum Next {
 
 /// How one batch ended.
 enum BatchError {
+    /// The shard's storage or the log failed: the shard stops taking writes.
     Storage(String),
-    Panic,
+    /// This batch alone is refused and rolled back (an operation panicked, or the batch cannot
+    /// be logged); the shard keeps going.
+    Rejected(String),
 }
 
 fn storage(e: impl Into<redb::Error>) -> BatchError {
@@ -277,7 +280,7 @@ impl Writer {
                 tracing::error!(shard = self.shard, %message, "checkpoint failed; shard stops accepting writes");
                 self.state.fail(format!("checkpoint failed: {message}"));
             }
-            Err(BatchError::Panic) => {}
+            Err(BatchError::Rejected(_)) => {}
         }
     }
 
@@ -321,14 +324,11 @@ impl Writer {
                     message,
                 }
             }
-            Err(BatchError::Panic) => {
-                tracing::error!(
-                    shard = self.shard,
-                    "an operation panicked; batch rolled back"
-                );
+            Err(BatchError::Rejected(message)) => {
+                tracing::error!(shard = self.shard, %message, "batch rolled back");
                 EngineError::Storage {
                     shard: self.shard,
-                    message: "internal error while applying the batch; nothing was written".into(),
+                    message,
                 }
             }
         };
@@ -363,7 +363,11 @@ impl Writer {
                 match catch_unwind(AssertUnwindSafe(|| op.apply(&mut ctx))) {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return Err(storage(e)),
-                    Err(_) => return Err(BatchError::Panic),
+                    Err(_) => {
+                        return Err(BatchError::Rejected(
+                            "internal error while applying the batch; nothing was written".into(),
+                        ))
+                    }
                 }
             }
             if *ctx.next_revision != start_revision {
@@ -383,7 +387,11 @@ impl Writer {
         let lsn = self
             .wal
             .append(self.shard, Kind::Redo, redo.bytes(), batch.len() as u64)
-            .map_err(|e| BatchError::Storage(e.to_string()))?;
+            .map_err(|e| match e {
+                // Nothing was logged: only this batch is refused.
+                WalError::TooLarge(_) => BatchError::Rejected(e.to_string()),
+                _ => BatchError::Storage(e.to_string()),
+            })?;
         drop(redo);
         {
             let mut meta = txn.open_table(META).map_err(storage)?;
@@ -411,15 +419,16 @@ impl Writer {
     }
 }
 
-/// Reads the persisted next revision and applied LSN of a shard (1 and 0 for a new shard).
-pub(crate) fn load_meta(db: &Database) -> Result<(u64, u64), redb::Error> {
-    let txn = db.begin_write()?;
-    let out = {
-        let meta = txn.open_table(META)?;
-        let next = meta.get(META_NEXT_REVISION)?.map(|g| g.value());
-        let lsn = meta.get(META_LSN)?.map(|g| g.value());
-        (next.unwrap_or(1), lsn.unwrap_or(0))
+/// Reads the persisted next revision and applied LSN of a shard (1 and 0 for a new shard),
+/// in a read transaction (also `shardbox check`, on a read-only database).
+pub(crate) fn load_meta(db: &impl redb::ReadableDatabase) -> Result<(u64, u64), redb::Error> {
+    let txn = db.begin_read()?;
+    let meta = match txn.open_table(META) {
+        Ok(m) => m,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((1, 0)),
+        Err(e) => return Err(e.into()),
     };
-    txn.commit()?;
-    Ok(out)
+    let next = meta.get(META_NEXT_REVISION)?.map(|g| g.value());
+    let lsn = meta.get(META_LSN)?.map(|g| g.value());
+    Ok((next.unwrap_or(1), lsn.unwrap_or(0)))
 }

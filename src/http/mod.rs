@@ -61,7 +61,20 @@ const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: appli
 /// Refused connections answered at once; beyond this they are closed without an answer.
 const REFUSALS_MAX: usize = 64;
 
-async fn refuse(mut stream: tokio::net::TcpStream, _permit: tokio::sync::OwnedSemaphorePermit) {
+/// Refuses a connection: counted, answered 503 (after reading its first bytes, so an HTTP
+/// client sees a response to its request) while fewer than `REFUSALS_MAX` refusals are being
+/// answered, else closed at once.
+async fn refuse(stream: tokio::net::TcpStream, refusals: &Arc<Semaphore>) {
+    crate::metrics::CONNECTIONS_REFUSED.inc();
+    if let Ok(permit) = refusals.clone().try_acquire_owned() {
+        answer_refused(stream, permit).await;
+    }
+}
+
+async fn answer_refused(
+    mut stream: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
     use tokio::io::AsyncReadExt;
     let mut buf = [0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await;
@@ -115,10 +128,8 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         // The address's share first: at it, its longest-idle connection makes room.
         let Some(registered) = conns.register(peer.ip()) else {
-            crate::metrics::CONNECTIONS_REFUSED.inc();
-            if let Ok(refusal) = refusals.clone().try_acquire_owned() {
-                tokio::spawn(refuse(stream, refusal));
-            }
+            let refusals = refusals.clone();
+            tokio::spawn(async move { refuse(stream, &refusals).await });
             continue;
         };
         // At `connections_max`, the longest-idle connection makes room; with none idle, 503.
@@ -126,12 +137,8 @@ pub async fn run(
             Ok(p) => Some(p),
             Err(_) if conns.evict_idle(None) => None,
             Err(_) => {
-                crate::metrics::CONNECTIONS_REFUSED.inc();
-                // Answer a bounded number of refused clients with a 503 (after reading their
-                // first bytes, so an HTTP client sees a response to its request); drop the rest.
-                if let Ok(refusal) = refusals.clone().try_acquire_owned() {
-                    tokio::spawn(refuse(stream, refusal));
-                }
+                let refusals = refusals.clone();
+                tokio::spawn(async move { refuse(stream, &refusals).await });
                 continue;
             }
         };
@@ -152,13 +159,7 @@ pub async fn run(
                 .await
                 {
                     Ok(Ok(p)) => p,
-                    _ => {
-                        crate::metrics::CONNECTIONS_REFUSED.inc();
-                        if let Ok(refusal) = refusals.try_acquire_owned() {
-                            refuse(stream, refusal).await;
-                        }
-                        return;
-                    }
+                    _ => return refuse(stream, &refusals).await,
                 },
             };
             let _open = OpenConnection::new(state.clone());

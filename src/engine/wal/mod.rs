@@ -24,16 +24,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// When a reply may be sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncMode {
-    /// After the record is on disk (`fdatasync`).
-    Immediate,
-    /// After the record is written to the OS; synced every interval.
-    Periodic(Duration),
-}
+/// When a reply may be sent: after the record is on disk (`Immediate`), or after it is written
+/// to the OS with a sync every interval (`Periodic`).
+pub use crate::config::DurabilityMode as SyncMode;
 
 /// Settings of the log.
 #[derive(Debug, Clone)]
@@ -107,13 +102,8 @@ pub struct Wal {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// A closed segment of an earlier run, with the last LSN it holds.
-#[derive(Debug, Clone)]
-pub struct OldSegment {
-    pub seq: u64,
-    pub path: PathBuf,
-    pub last_lsn: Option<u64>,
-}
+/// A closed segment (of this run or an earlier one) with the last LSN it holds.
+pub use recovery::SegmentInfo as OldSegment;
 
 fn lock(m: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -209,7 +199,7 @@ impl Wal {
         let sh = &self.shared;
         let mark = match sh.cfg.mode {
             SyncMode::Immediate => &sh.durable,
-            SyncMode::Periodic(_) => &sh.written,
+            SyncMode::Periodic { .. } => &sh.written,
         };
         if mark.load(Ordering::Acquire) >= lsn {
             return Ok(());
@@ -257,10 +247,6 @@ impl Wal {
 
     pub fn stats(&self) -> &WalStats {
         &self.shared.stats
-    }
-
-    pub fn mode(&self) -> SyncMode {
-        self.shared.cfg.mode
     }
 
     /// Why the log refuses writes, if it does.
@@ -319,11 +305,7 @@ struct Active {
     last_lsn: Option<u64>,
 }
 
-struct Closed {
-    seq: u64,
-    path: PathBuf,
-    last_lsn: Option<u64>,
-}
+type Closed = OldSegment;
 
 /// The log thread's files: the active segment, closed ones still needed, spares.
 struct LogFiles {
@@ -339,9 +321,7 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> String {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), String> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io("cannot sync directory", dir, e))
+    crate::engine::manifest::sync_dir(dir).map_err(|e| format!("cannot sync directory {e}"))
 }
 
 fn spare_name(seq: u64) -> String {
@@ -360,14 +340,7 @@ impl LogFiles {
             }
         }
         let seq = old.iter().map(|o| o.seq).max().map_or(1, |s| s + 1);
-        let mut closed: VecDeque<Closed> = old
-            .into_iter()
-            .map(|o| Closed {
-                seq: o.seq,
-                path: o.path,
-                last_lsn: o.last_lsn,
-            })
-            .collect();
+        let mut closed: VecDeque<Closed> = old.into();
         // Segments of earlier runs that every shard has checkpointed past become spares first,
         // so a restart reuses them instead of preallocating a new file.
         recycle_into(sh, &dir, &mut closed, &mut spares)?;
@@ -509,7 +482,7 @@ impl LogFiles {
                         return;
                     }
                     match sh.cfg.mode {
-                        SyncMode::Periodic(every) if unsynced => {
+                        SyncMode::Periodic { interval: every } if unsynced => {
                             let due = every.saturating_sub(self.last_sync.elapsed());
                             if due.is_zero() {
                                 drop(st);
@@ -537,7 +510,9 @@ impl LogFiles {
                 sh.written.store(last_lsn, Ordering::Release);
                 let sync_now = match sh.cfg.mode {
                     SyncMode::Immediate => true,
-                    SyncMode::Periodic(every) => stopping || self.last_sync.elapsed() >= every,
+                    SyncMode::Periodic { interval: every } => {
+                        stopping || self.last_sync.elapsed() >= every
+                    }
                 };
                 if sync_now {
                     self.sync(sh)?;
@@ -566,6 +541,7 @@ impl LogFiles {
                 return;
             }
             group.clear();
+            group.shrink_to(crate::engine::redo::REDO_KEEP_BYTES);
             spare = group;
         }
     }
@@ -686,8 +662,8 @@ fn stamp_group(group: &mut [u8], synced: u64) {
     }
 }
 
-/// Writes zeros over the whole file and syncs, so later writes never allocate blocks (and a
-/// data sync never has to update metadata).
+/// Writes zeros over the whole file, so later writes never allocate blocks (and a data sync
+/// never has to update metadata). The caller syncs the file once its header is in.
 fn zero_fill(f: &File, bytes: u64) -> std::io::Result<()> {
     let chunk = vec![0u8; 1 << 20];
     let mut at = 0;
@@ -696,5 +672,5 @@ fn zero_fill(f: &File, bytes: u64) -> std::io::Result<()> {
         f.write_all_at(&chunk[..n], at)?;
         at += n as u64;
     }
-    f.sync_all()
+    Ok(())
 }

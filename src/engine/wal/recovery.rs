@@ -19,11 +19,8 @@ use std::path::{Path, PathBuf};
 pub struct SegmentInfo {
     pub seq: u64,
     pub path: PathBuf,
-    pub first_lsn: u64,
     /// Last valid record in this segment, if any.
     pub last_lsn: Option<u64>,
-    /// Offset just past the last valid record.
-    pub end: u64,
 }
 
 /// How the log ended.
@@ -46,7 +43,6 @@ pub struct Scan {
     /// The LSN the next record will get (1 for an empty log).
     pub next_lsn: u64,
     pub records: u64,
-    pub bytes: u64,
     pub tail: Tail,
 }
 
@@ -95,7 +91,6 @@ pub fn scan<E>(
         segments: Vec::new(),
         next_lsn: 1,
         records: 0,
-        bytes: 0,
         tail: Tail::Clean,
     };
     let mut expected: Option<u64> = None;
@@ -131,6 +126,9 @@ pub fn scan<E>(
                 )));
             }
         }
+        // The log goes on past any tear in an earlier segment (a restart began this one): only
+        // a tear in the last segment is the end of the log.
+        out.tail = Tail::Clean;
         let mut next = header.first_lsn;
         let mut offset = SEGMENT_HEADER_BYTES;
         let mut last_lsn = None;
@@ -140,7 +138,6 @@ pub fn scan<E>(
                     let payload = &data[offset + frame::RECORD_HEADER_BYTES..][..h.len];
                     visit(&h, payload, path, offset as u64)?;
                     out.records += 1;
-                    out.bytes += h.frame_len() as u64;
                     last_lsn = Some(h.lsn);
                     next += 1;
                     offset += h.frame_len();
@@ -168,9 +165,7 @@ pub fn scan<E>(
         out.segments.push(SegmentInfo {
             seq: *seq,
             path: path.clone(),
-            first_lsn: header.first_lsn,
             last_lsn,
-            end: offset as u64,
         });
         expected = Some(next);
         out.next_lsn = next;
