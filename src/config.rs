@@ -108,12 +108,17 @@ impl std::fmt::Display for EvictionPolicy {
 }
 text_setting!(EvictionPolicy);
 
-/// A stream bucket width: one of [`crate::util::BUCKET_WIDTHS`], in ms.
+/// A stream bucket width: one of [`crate::util::BUCKET_WIDTHS`], in ms (only a parsed width
+/// can be built, so it always shows back as its name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct BucketWidth(pub u64);
+pub struct BucketWidth(u64);
 
 impl BucketWidth {
+    pub fn ms(self) -> u64 {
+        self.0
+    }
+
     pub fn parse(text: &str) -> Result<Self, String> {
         crate::util::parse_bucket_ms(text)
             .map(Self)
@@ -242,11 +247,11 @@ pub struct Config {
     /// Open connections from one client IP address; beyond it the address's longest-idle
     /// connection makes room, or the new one gets 503. Default 512.
     pub connections_per_ip_max: usize,
-    /// A keep-alive connection with no request for this long is closed. Default 5000 ms
-    /// (shorter than `header_read_timeout_ms`).
+    /// A keep-alive connection with no request for this long is closed. Default 5000 ms (a
+    /// connection that has not sent a whole request head is also closed after
+    /// `header_read_timeout_ms`, whichever comes first).
     pub idle_timeout_ms: u64,
-    /// A client must send a whole request head within this time, and an idle keep-alive
-    /// connection is closed after it. Default 10000 ms.
+    /// A client must send a whole request head within this time. Default 10000 ms.
     pub header_read_timeout_ms: u64,
     /// Largest request head (request line + headers). Default 16384 bytes (min 8192).
     pub header_bytes_max: usize,
@@ -372,7 +377,7 @@ impl Default for Config {
             append_events_max: 10_000,
             range_limit_max: 10_000,
             future_skew_max_ms: 3_600_000,
-            default_bucket: BucketWidth(86_400_000),
+            default_bucket: BucketWidth(crate::util::BUCKET_WIDTHS[1].1),
             default_retention_ms: 30 * 86_400_000,
             retention_interval_ms: 60_000,
             trim_buckets_max: 16,
@@ -612,11 +617,6 @@ impl Config {
             .parse::<std::net::SocketAddr>()
             .map_err(|e| format!("listen `{}`: {e}", self.listen))?;
         Ok(())
-    }
-
-    /// The durability mode.
-    pub fn durability_mode(&self) -> DurabilityMode {
-        self.durability
     }
 
     /// A config for tests and embedding: defaults with the given data dir.

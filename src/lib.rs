@@ -44,8 +44,6 @@ pub const DOMAINS: &[&engine::DomainSpec] =
 
 /// The running side of a domain: what it does by itself and what it reports.
 pub trait Domain: Send + Sync {
-    /// Its tables and check.
-    fn spec(&self) -> &'static engine::DomainSpec;
     /// Tasks that run by themselves (sweeps, timers, schedules, retention) until aborted.
     fn background(self: Arc<Self>, config: &Config) -> Vec<BoxFuture<'static, ()>>;
     /// Appends its Prometheus metrics.

@@ -14,6 +14,11 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
             name.len()
         ));
     }
+    if name == "." || name == ".." {
+        return Err(format!(
+            "{what} {name:?} is a path step: URL-normalising clients could never address it"
+        ));
+    }
     if let Some(c) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
@@ -58,6 +63,9 @@ mod tests {
     fn names_and_keys() {
         assert!(validate_name("namespace", "app-1.x_y").is_ok());
         assert!(validate_name("namespace", "").is_err());
+        assert!(validate_name("queue name", "..").is_err());
+        assert!(validate_name("queue name", ".").is_err());
+        assert!(validate_name("queue name", "...").is_ok());
         assert!(validate_name("namespace", &"a".repeat(65)).is_err());
         let e = validate_name("queue name", "a:b").unwrap_err();
         assert!(e.contains("queue name") && e.contains("':'"), "{e}");

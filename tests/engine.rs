@@ -222,7 +222,7 @@ async fn reads_the_v1_format_fixture() {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    copy_dir(&src, &dir);
+    common::copy_data_dir(&src, &dir);
     let report = shardbox::check::run(&dir, false).unwrap();
     assert!(report.is_clean(), "{}", report.summary());
     assert_eq!(report.records, 4);
@@ -297,19 +297,6 @@ async fn write_v1_fixture() {
     store.close();
     drop(store);
     let _ = std::fs::remove_file(dir.join("LOCK"));
-}
-
-fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for entry in std::fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        let to = dst.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to);
-        } else {
-            std::fs::copy(entry.path(), &to).unwrap();
-        }
-    }
 }
 
 /// `shardbox check` walks every domain (defect: it counted KV records only, so a store of jobs,

@@ -376,10 +376,8 @@ async fn sse_follow_delivers_each_event_once_and_resumes() {
     common::eventually(10, "the long poll parks", || {
         let addr = s.addr;
         async move {
-            let mut m = Client::connect(addr).await;
-            let text = m.get("/metrics").await.text();
-            text.contains("shardbox_stream_followers_open 2")
-                .then_some(())
+            let open = common::scrape(addr, "shardbox_stream_followers_open").await;
+            (open == 2.0).then_some(())
         }
     })
     .await;
@@ -501,5 +499,43 @@ async fn streams_survive_restart() {
     let all = c.get("/v1/streams").await.json();
     assert_eq!(all["streams"][0]["name"], "keep");
     drop(c);
+    s.stop().await;
+}
+
+/// Inputs a later read could not serve faithfully are refused at the door: a type with a
+/// newline would forge SSE fields (`id:`) for followers, and `ts: 0` collides with the id that
+/// marks an empty stream (two such events overwrote each other while both were counted).
+#[tokio::test]
+async fn unservable_event_inputs_are_refused() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    let r = c
+        .post_json(
+            "/v1/streams/sse/events",
+            json!({"type": "x\nid: 9-0", "data": 1}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("control characters"), "{}", r.text());
+    // A stream that keeps everything, so 1970 is inside its retention.
+    let r = c
+        .send("PUT", "/v1/streams/zero", &[], r#"{"retention":"0"}"#)
+        .await;
+    assert!(r.status < 300, "{}", r.text());
+    let r = c
+        .post_json("/v1/streams/zero/events", json!({"ts": 0, "data": 1}))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    for data in [1, 2] {
+        let r = c
+            .post_json("/v1/streams/zero/events", json!({"ts": 1, "data": data}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let got = c
+        .get("/v1/streams/zero/events?from=0&limit=10")
+        .await
+        .json();
+    assert_eq!(got["events"].as_array().unwrap().len(), 2, "{got}");
     s.stop().await;
 }

@@ -7,13 +7,6 @@ use common::{spawn::spawn_shardbox, Client, TestServer};
 use serde_json::json;
 use std::net::SocketAddr;
 
-async fn gauge(addr: SocketAddr, name: &str) -> u64 {
-    let text = Client::connect(addr).await.get("/metrics").await.text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
-}
-
 fn sigterm(child: &std::process::Child) {
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
@@ -38,7 +31,7 @@ async fn a_parked_claim_is_answered_at_shutdown() {
             .await
     });
     common::eventually(10, "the claim parks", || async move {
-        (gauge(addr, "shardbox_queue_claims_waiting").await == 1).then_some(())
+        (common::scrape(addr, "shardbox_queue_claims_waiting").await == 1.0).then_some(())
     })
     .await;
     sigterm(&child);
@@ -66,7 +59,7 @@ async fn a_parked_event_poll_is_answered_at_shutdown() {
             .await
     });
     common::eventually(10, "the poll parks", || async move {
-        (gauge(addr, "shardbox_stream_followers_open").await == 1).then_some(())
+        (common::scrape(addr, "shardbox_stream_followers_open").await == 1.0).then_some(())
     })
     .await;
     sigterm(&child);
@@ -97,12 +90,12 @@ async fn a_panicking_handler_answers_500_and_releases_its_connection() {
     let addr = s.addr;
     // Only the connection asking for the metrics is open.
     common::eventually(5, "connections_open returns to 1", || async move {
-        (gauge(addr, "shardbox_connections_open").await == 1).then_some(())
+        (common::scrape(addr, "shardbox_connections_open").await == 1.0).then_some(())
     })
     .await;
     s.stop().await;
 }
 
-async fn gauge_5xx(addr: SocketAddr) -> u64 {
-    gauge(addr, "shardbox_http_responses_total{class=\"5xx\"}").await
+async fn gauge_5xx(addr: SocketAddr) -> f64 {
+    common::scrape(addr, "shardbox_http_responses_total{class=\"5xx\"}").await
 }

@@ -39,7 +39,7 @@ fn allowed_4xx(script: &str, path: &str) -> BTreeSet<u16> {
     for (i, line) in lines.iter().enumerate() {
         let cmd = line.split(" # ").next().unwrap_or(line);
         let bare = path.split('?').next().unwrap_or(path);
-        if !cmd.contains(bare) && !cmd.replace("$B", "").contains(bare) {
+        if !mentions(cmd, bare) {
             continue;
         }
         let mut comments = vec![line.split_once('#').map_or("", |(_, c)| c)];
@@ -57,6 +57,27 @@ fn allowed_4xx(script: &str, path: &str) -> BTreeSet<u16> {
         }
     }
     allowed
+}
+
+/// Whether a command line names exactly `path` (not a longer path that starts with it):
+/// `/v1/kv/app` is not mentioned by `/v1/kv/app/user/42`. Shell variables stand for one segment.
+fn mentions(cmd: &str, path: &str) -> bool {
+    let segs: Vec<&str> = path.split('/').collect();
+    cmd.split(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '?'))
+        .filter_map(|word| {
+            word.find("/v1/")
+                .or(word.find("/readyz"))
+                .or(word.find("/metrics"))
+                .map(|i| &word[i..])
+        })
+        .any(|word| {
+            let ws: Vec<&str> = word.split('/').collect();
+            ws.len() == segs.len()
+                && ws
+                    .iter()
+                    .zip(&segs)
+                    .all(|(w, p)| w == p || w.starts_with('$') || w.contains("$("))
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

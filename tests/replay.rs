@@ -12,24 +12,7 @@ use common::{Client, TestServer};
 use rand::Rng;
 use serde_json::json;
 use shardbox::Clock;
-use std::path::Path;
 use std::time::Duration;
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let name = e.file_name();
-        if name == "cache" || name == "LOCK" {
-            continue;
-        }
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(&name));
-        } else {
-            std::fs::copy(e.path(), to.join(&name)).unwrap();
-        }
-    }
-}
 
 async fn workload(c: &mut Client, s: &TestServer, rng: &mut rand::rngs::StdRng, steps: usize) {
     let mut claimed: Vec<serde_json::Value> = Vec::new();
@@ -201,7 +184,7 @@ async fn replaying_the_log_alone_rebuilds_every_table() {
     assert!(last > 300, "only {last} log records");
     // The crash image, then a clean stop of the live store.
     let image = tempfile::tempdir().unwrap();
-    copy_dir(&s.dir, image.path());
+    common::copy_data_dir(&s.dir, image.path());
     drop(c);
     drop(engine);
     let dir = s.dir.clone();

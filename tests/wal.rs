@@ -77,13 +77,6 @@ async fn verify(addr: SocketAddr, acked: &Acked) -> usize {
     snapshot.len()
 }
 
-async fn metric(addr: SocketAddr, name: &str) -> f64 {
-    let text = Client::connect(addr).await.get("/metrics").await.text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_with_a_long_log_replays_every_acknowledged_write() {
     let tmp = tempfile::tempdir().unwrap();
@@ -98,7 +91,7 @@ async fn sigkill_with_a_long_log_replays_every_acknowledged_write() {
         if cycle > 0 {
             assert!(verify(addr, &acked).await > 0);
             assert!(
-                metric(addr, "shardbox_wal_replayed_records").await > 0.0,
+                common::scrape(addr, "shardbox_wal_replayed_records").await > 0.0,
                 "the restart replayed the log"
             );
         }
@@ -193,21 +186,6 @@ fn frames(dir: &Path) -> Vec<(PathBuf, u64, usize)> {
     out
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            if e.file_name() != "cache" {
-                copy_dir(&e.path(), &target);
-            }
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
-}
-
 fn patch(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
     let mut b = std::fs::read(path).unwrap();
     f(&mut b);
@@ -243,7 +221,7 @@ async fn a_torn_tail_at_any_offset_ends_the_log_cleanly() {
     for cut in start..start + len as u64 {
         let copy = tempfile::tempdir().unwrap();
         let wal = copy.path().join("wal");
-        copy_dir(&dir.join("wal"), &wal);
+        common::copy_data_dir(&dir.join("wal"), &wal);
         let seg_copy = wal.join(seg.file_name().unwrap());
         let mut changed = false;
         patch(&seg_copy, |b| {
@@ -277,7 +255,7 @@ async fn a_torn_tail_at_any_offset_ends_the_log_cleanly() {
         let at = start as usize + rng.random_range(0..len);
         let copy = tempfile::tempdir().unwrap();
         let wal = copy.path().join("wal");
-        copy_dir(&dir.join("wal"), &wal);
+        common::copy_data_dir(&dir.join("wal"), &wal);
         patch(&wal.join(seg.file_name().unwrap()), |b| {
             b[at] ^= 1 << rng.random_range(0..8)
         });
@@ -293,7 +271,7 @@ async fn a_torn_tail_at_any_offset_ends_the_log_cleanly() {
     }
     // The whole store: a torn last record opens with every earlier write and without the last.
     let copy = tempfile::tempdir().unwrap();
-    copy_dir(&dir, copy.path());
+    common::copy_data_dir(&dir, copy.path());
     patch(
         &copy.path().join("wal").join(seg.file_name().unwrap()),
         |b| b[start as usize + len / 2..start as usize + len].fill(0),
@@ -309,7 +287,7 @@ async fn a_torn_tail_at_any_offset_ends_the_log_cleanly() {
     );
     // And the untouched store has everything.
     let copy = tempfile::tempdir().unwrap();
-    copy_dir(&dir, copy.path());
+    common::copy_data_dir(&dir, copy.path());
     assert!(open_and_read(copy.path(), &written)
         .await
         .unwrap()
@@ -323,7 +301,7 @@ async fn damage_before_durable_records_is_refused_naming_segment_and_offset() {
     let all = frames(&dir);
     let (seg, start, len) = all[all.len() / 2].clone();
     let copy = tempfile::tempdir().unwrap();
-    copy_dir(&dir, copy.path());
+    common::copy_data_dir(&dir, copy.path());
     let seg_copy = copy.path().join("wal").join(seg.file_name().unwrap());
     // A flipped byte inside the payload of a middle record.
     patch(&seg_copy, |b| {
@@ -356,7 +334,7 @@ async fn damage_before_durable_records_is_refused_naming_segment_and_offset() {
     // The undamaged store checks clean (deep: redb first repairs the killed shards' allocator
     // state) and says what the next start will replay.
     let clean = tempfile::tempdir().unwrap();
-    copy_dir(&dir, clean.path());
+    common::copy_data_dir(&dir, clean.path());
     let report = shardbox::check::run_with(clean.path(), false, true).unwrap();
     assert!(report.is_clean(), "{}", report.summary());
     assert_eq!(

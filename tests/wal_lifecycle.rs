@@ -3,13 +3,7 @@
 
 mod common;
 
-use common::{eventually, TestServer};
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
-}
+use common::{eventually, metric, TestServer};
 
 fn wal_files(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir.join("wal")).unwrap().count()

@@ -38,18 +38,9 @@ pub fn load_meta(
     let got = t.get(stream.as_bytes())?;
     Ok(match got {
         None => Ok(None),
-        Some(g) => model::decode::<StreamMeta>(g.value())
-            .map_err(EventError::Corrupt)
-            .and_then(|m| {
-                if m.version == RECORD_VERSION {
-                    Ok(Some(m))
-                } else {
-                    Err(EventError::Corrupt(format!(
-                        "stream record version {}",
-                        m.version
-                    )))
-                }
-            }),
+        Some(g) => model::decode_meta(g.value())
+            .map(Some)
+            .map_err(EventError::Corrupt),
     })
 }
 

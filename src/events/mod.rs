@@ -42,13 +42,7 @@ fn check(
         let (k, v) = item?;
         c.record();
         let name = String::from_utf8_lossy(k.value()).into_owned();
-        let meta = match model::decode::<StreamMeta>(v.value()).and_then(|m| {
-            if m.version == RECORD_VERSION {
-                Ok(m)
-            } else {
-                Err(format!("stream record version {}", m.version))
-            }
-        }) {
+        let meta = match model::decode_meta(v.value()) {
             Ok(m) => m,
             Err(e) => {
                 c.problem(format!("shard {shard}: stream {name:?}: {e}"));
@@ -232,7 +226,7 @@ impl Events {
                 append_events_max: config.append_events_max,
                 range_limit_max: config.range_limit_max,
                 future_skew_max_ms: config.future_skew_max_ms,
-                default_bucket_ms: config.default_bucket.0,
+                default_bucket_ms: config.default_bucket.ms(),
                 default_retention_ms: config.default_retention_ms,
                 trim_buckets_max: config.trim_buckets_max,
             },
@@ -307,12 +301,20 @@ impl Events {
             }
             crate::util::check_stored_json(&format!("event {i}: data"), &e.data)
                 .map_err(EventError::Invalid)?;
+            // A type is written raw into SSE `event:` lines: no control characters (a newline
+            // would start another field, e.g. a forged `id:`).
             if e.kind
                 .as_ref()
-                .is_some_and(|k| k.is_empty() || k.len() > 64)
+                .is_some_and(|k| k.is_empty() || k.len() > 64 || k.chars().any(char::is_control))
             {
                 return Err(EventError::Invalid(format!(
-                    "event {i}: type must be 1-64 bytes"
+                    "event {i}: type must be 1-64 bytes without control characters"
+                )));
+            }
+            // Id 0-0 marks "no event yet" in the stream record: a timestamp of 0 would collide.
+            if e.ts == Some(0) {
+                return Err(EventError::Invalid(format!(
+                    "event {i}: ts must be after the Unix epoch (at least 1)"
                 )));
             }
             bytes += e.data.len();
@@ -403,13 +405,23 @@ impl Events {
 
     /// Applies every stream's retention once: drops the buckets entirely older than
     /// `now - retention`. Returns the buckets dropped.
+    /// One stream's damage does not stop retention for the others: it is logged and skipped.
     pub async fn apply_retention(&self) -> Result<u64, EventError> {
         let now = self.engine.now_ms();
         let mut dropped = 0;
-        for info in self.list()? {
-            if info.retention_ms > 0 {
-                let cutoff = now.saturating_sub(info.retention_ms);
-                dropped += self.trim(&info.name, cutoff, false).await?.0;
+        for name in self.names()? {
+            // Only the stream record is read here; trim opens just the buckets it drops.
+            let outcome = match self.read_meta(&name) {
+                Ok(Some((_, meta))) if meta.retention_ms > 0 => {
+                    let cutoff = now.saturating_sub(meta.retention_ms);
+                    self.trim(&name, cutoff, false).await.map(|(n, _)| n)
+                }
+                Ok(_) => Ok(0),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(n) => dropped += n,
+                Err(e) => tracing::warn!(stream = %name, error = %e, "event retention"),
             }
         }
         Ok(dropped)
@@ -440,7 +452,7 @@ impl Events {
             None => Ok(None),
             Some(g) => Ok(Some((
                 shard,
-                model::decode(g.value()).map_err(EventError::Corrupt)?,
+                model::decode_meta(g.value()).map_err(EventError::Corrupt)?,
             ))),
         }
     }
@@ -502,6 +514,17 @@ impl Events {
 
     /// Every stream with its stats.
     pub fn list(&self) -> Result<Vec<StreamInfo>, EventError> {
+        let mut out = Vec::new();
+        for n in self.names()? {
+            if let Some(i) = self.info(&n)? {
+                out.push(i);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every stream's name, sorted.
+    fn names(&self) -> Result<Vec<String>, EventError> {
         let mut names = Vec::new();
         for shard in self.engine.shards() {
             let txn = shard.read()?;
@@ -514,13 +537,7 @@ impl Events {
             }
         }
         names.sort();
-        let mut out = Vec::with_capacity(names.len());
-        for n in names {
-            if let Some(i) = self.info(&n)? {
-                out.push(i);
-            }
-        }
-        Ok(out)
+        Ok(names)
     }
 
     /// Events in [from, to) in the query's order, at most `limit`, and whether more follow.
@@ -670,9 +687,6 @@ impl Events {
 }
 
 impl crate::Domain for Events {
-    fn spec(&self) -> &'static crate::engine::DomainSpec {
-        &DOMAIN
-    }
     fn background(
         self: Arc<Self>,
         config: &crate::Config,

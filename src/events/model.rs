@@ -53,6 +53,15 @@ pub struct Event {
 
 pub use crate::engine::codec::{decode_record as decode, encode_record as encode};
 
+/// Decodes a stream record, refusing a record version this build does not write.
+pub fn decode_meta(bytes: &[u8]) -> Result<StreamMeta, String> {
+    let m: StreamMeta = decode(bytes)?;
+    if m.version != RECORD_VERSION {
+        return Err(format!("stream record version {}", m.version));
+    }
+    Ok(m)
+}
+
 pub fn bucket_start(ts: u64, bucket_ms: u64) -> u64 {
     ts - ts % bucket_ms.max(1)
 }

@@ -33,16 +33,9 @@ impl Conn {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// A request starts on this connection.
-    pub fn begin(&self) {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.last_active_ms.store(self.now_ms(), Ordering::Release);
-    }
-
-    /// A request's handler returned (its response may still be streaming).
-    pub fn end(&self) {
-        self.last_active_ms.store(self.now_ms(), Ordering::Release);
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    /// The connection is closing (idle too long, or asked to make room): never pick it again.
+    pub fn closing(&self) {
+        self.evicting.store(true, Ordering::Release);
     }
 
     /// How long it has been idle (0 while a request is being handled).
@@ -60,6 +53,44 @@ struct Inner {
     next_id: u64,
     conns: HashMap<u64, Arc<Conn>>,
     per_ip: HashMap<IpAddr, usize>,
+}
+
+/// A request in progress on a connection: from its start until its response is sent (a
+/// streamed body holds it until the stream ends), the connection is not idle.
+pub struct Busy(Arc<Conn>);
+
+impl Busy {
+    pub fn new(conn: Arc<Conn>) -> Busy {
+        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        conn.last_active_ms.store(conn.now_ms(), Ordering::Release);
+        Busy(conn)
+    }
+
+    /// Keeps the connection busy until `resp` is sent: at once for a body of known length,
+    /// when the body is dropped for a stream.
+    pub fn until_sent(self, resp: super::response::Resp) -> super::response::Resp {
+        use http_body_util::BodyExt;
+        use hyper::body::Body;
+        if resp.body().size_hint().exact().is_some() {
+            return resp;
+        }
+        resp.map(|b| {
+            b.map_frame(move |f| {
+                let _busy = &self;
+                f
+            })
+            .boxed()
+        })
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0
+            .last_active_ms
+            .store(self.0.now_ms(), Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The registry of open connections.
@@ -101,13 +132,18 @@ impl Conns {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Open connections.
+    pub fn len(&self) -> usize {
+        self.lock().conns.len()
+    }
+
     /// Registers a connection from `ip`. If the address is at its share, its longest-idle
-    /// connection is asked to close first; `None` when none of its connections is idle.
-    pub fn register(self: &Arc<Self>, ip: IpAddr) -> Option<Registered> {
+    /// connection is asked to close first (the flag says so); `None` when none of its
+    /// connections is idle.
+    pub fn register(self: &Arc<Self>, ip: IpAddr) -> Option<(Registered, bool)> {
         let mut g = self.lock();
-        if g.per_ip.get(&ip).copied().unwrap_or(0) >= self.per_ip_max
-            && !self.evict_idle_locked(&g, Some(ip))
-        {
+        let at_share = g.per_ip.get(&ip).copied().unwrap_or(0) >= self.per_ip_max;
+        if at_share && !self.evict_idle_locked(&g, Some(ip)) {
             return None;
         }
         g.next_id += 1;
@@ -122,10 +158,13 @@ impl Conns {
         });
         g.conns.insert(conn.id, conn.clone());
         *g.per_ip.entry(ip).or_default() += 1;
-        Some(Registered {
-            conns: self.clone(),
-            conn,
-        })
+        Some((
+            Registered {
+                conns: self.clone(),
+                conn,
+            },
+            at_share,
+        ))
     }
 
     /// Asks the longest-idle connection (of `ip`, or of anyone) to close. False when none is

@@ -1,6 +1,6 @@
 //! Event stream handlers: parse the request, call the events domain, render or stream the answer.
 
-use super::input::{duration, duration_param, json_body, json_items, query};
+use super::input::{duration, duration_param, json_body, json_items, limit_param, query};
 use super::response::{self, Resp};
 use super::routes::{route, RouteDef};
 use super::ServerState;
@@ -106,10 +106,7 @@ pub fn get_stream(state: &ServerState, stream: &str) -> Result<Resp, ApiError> {
         .events()
         .info(stream)?
         .ok_or_else(|| EventError::StreamNotFound(stream.to_string()))?;
-    Ok(response::json(
-        200,
-        &serde_json::to_value(info).unwrap_or_default(),
-    ))
+    Ok(response::json_of(200, &info))
 }
 
 pub fn list_streams(state: &ServerState) -> Result<Resp, ApiError> {
@@ -147,12 +144,12 @@ impl EventReq {
                 ))
             }
         };
-        // Keep stored JSON on one line so NDJSON and SSE output stay well-formed.
+        // Keep stored JSON on one line so NDJSON and SSE output stay well-formed. In valid
+        // JSON a raw CR or LF can only be whitespace (inside strings they are escaped), so
+        // replacing them changes nothing else: key order, duplicates and numbers stay as sent.
         let raw = self.data.get();
         let data = if raw.contains(['\n', '\r']) {
-            serde_json::from_str::<serde_json::Value>(raw)
-                .map(|v| v.to_string())
-                .unwrap_or_else(|_| raw.replace(['\n', '\r'], " "))
+            raw.replace(['\n', '\r'], " ")
         } else {
             raw.to_string()
         };
@@ -195,12 +192,7 @@ fn event_json(e: &EventOut) -> String {
 }
 
 fn range_query(q: &HashMap<String, String>) -> Result<RangeQuery, ApiError> {
-    let limit = match q.get("limit") {
-        None => 100,
-        Some(l) => l.parse().map_err(|_| {
-            ApiError::bad_request(format!("limit must be a whole number, got `{l}`"))
-        })?,
-    };
+    let limit = limit_param(q)?;
     let desc = match q.get("order").map(String::as_str) {
         None | Some("asc") => false,
         Some("desc") => true,
@@ -357,17 +349,35 @@ async fn follow(
         })?),
         None => None,
     };
-    let info = events
-        .info(stream)?
-        .ok_or_else(|| EventError::StreamNotFound(stream.to_string()))?;
+    if events.info(stream)?.is_none() {
+        return Err(EventError::StreamNotFound(stream.to_string()).into());
+    }
     let Ok(permit) = state.followers.clone().try_acquire_owned() else {
         return Err(ApiError::unavailable(
             "too_many_followers",
             "followers_max reached; retry",
         ));
     };
-    // From now: start after the newest event (ids never go below it for server times).
-    let mut pos = start.or_else(|| info.newest.map(|t| (t, u32::MAX)));
+    // From now: start after the newest event's id — not after its millisecond, which would skip
+    // events appended later in that same millisecond (the next sequence numbers).
+    let mut pos = match start {
+        Some(p) => Some(p),
+        None => {
+            let newest = RangeQuery {
+                desc: true,
+                limit: 1,
+                ..RangeQuery::default()
+            };
+            let ev = events.clone();
+            let name = stream.to_string();
+            tokio::task::spawn_blocking(move || ev.range(&name, &newest))
+                .await
+                .map_err(|e| ApiError::new(500, "internal", e.to_string()))??
+                .0
+                .first()
+                .map(|e| (e.ts, e.seq))
+        }
+    };
     let kind = q.get("type").cloned();
     let (resp, tx) = response::channel(200, "text/event-stream", 16);
     let name = stream.to_string();

@@ -4,7 +4,6 @@ use super::response::{self, Resp};
 use super::routes::{route, RouteDef};
 use super::ServerState;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
-use std::sync::atomic::Ordering;
 
 /// The health and metrics routes.
 pub(super) const ROUTES: &[RouteDef] = &[
@@ -61,10 +60,7 @@ fn free_bytes(path: &std::path::Path) -> Option<u64> {
 }
 
 pub fn metrics(state: &ServerState) -> Resp {
-    let mut text = crate::metrics::render(
-        state.store.engine(),
-        state.open_connections.load(Ordering::Relaxed),
-    );
+    let mut text = crate::metrics::render(state.store.engine(), state.conns.len());
     state.store.render_domain_metrics(&mut text);
     let followers = state.store.config().followers_max
         - state

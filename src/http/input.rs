@@ -24,6 +24,16 @@ pub(crate) fn duration_param(
     q.get(name).map(|v| duration(name, v)).transpose()
 }
 
+/// The `limit` query parameter: a whole number, 100 when absent (each caller bounds it).
+pub(crate) fn limit_param(q: &HashMap<String, String>) -> Result<usize, ApiError> {
+    match q.get("limit") {
+        None => Ok(100),
+        Some(l) => l
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("limit must be a whole number, got `{l}`"))),
+    }
+}
+
 pub(crate) fn query(req: &Request<Incoming>) -> HashMap<String, String> {
     req.uri()
         .query()

@@ -1,7 +1,7 @@
 //! KV handlers: parse the request, call the KV domain, render the answer.
 
 use super::body;
-use super::input::{duration, json_body, query};
+use super::input::{duration, json_body, limit_param, query};
 use super::response::{self, Resp};
 use super::routes::{route, RouteDef};
 use super::ServerState;
@@ -240,22 +240,14 @@ pub async fn list(
 ) -> Result<Resp, ApiError> {
     let q = query(req);
     let prefix = q.get("prefix").cloned().unwrap_or_default();
-    let limit = match q.get("limit") {
-        None => 100,
-        Some(l) => l.parse::<usize>().map_err(|_| {
-            ApiError::bad_request(format!("limit must be a whole number, got `{l}`"))
-        })?,
-    };
+    let limit = limit_param(&q)?;
     let after = match q.get("after") {
         None => None,
         Some(c) if c.is_empty() => None,
         Some(c) => Some(kv::list_cursor(c)?),
     };
     let page = state.store.kv().list(ns, &prefix, after, limit).await?;
-    Ok(response::json(
-        200,
-        &serde_json::to_value(page).unwrap_or_default(),
-    ))
+    Ok(response::json_of(200, &page))
 }
 
 pub async fn delete_prefix(

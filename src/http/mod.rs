@@ -22,7 +22,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -34,26 +33,10 @@ pub struct ServerState {
     pub store: Store,
     /// Budget of request body bytes buffered at once (`inflight_body_bytes_max`).
     pub body_budget: Arc<Semaphore>,
-    pub open_connections: AtomicUsize,
+    /// Open connections: addresses, idleness ([`conns`]).
+    pub conns: Arc<conns::Conns>,
     /// Open SSE and long-poll followers of event streams (`followers_max`).
     pub followers: Arc<Semaphore>,
-}
-
-/// Counts an open connection for as long as it lives; dropping it (normally or while
-/// unwinding) gives the count back.
-struct OpenConnection(Arc<ServerState>);
-
-impl OpenConnection {
-    fn new(state: Arc<ServerState>) -> Self {
-        state.open_connections.fetch_add(1, Ordering::Relaxed);
-        Self(state)
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 92\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"connections_max reached; retry shortly\"}}";
@@ -64,10 +47,10 @@ const REFUSALS_MAX: usize = 64;
 /// Refuses a connection: counted, answered 503 (after reading its first bytes, so an HTTP
 /// client sees a response to its request) while fewer than `REFUSALS_MAX` refusals are being
 /// answered, else closed at once.
-async fn refuse(stream: tokio::net::TcpStream, refusals: &Arc<Semaphore>) {
+fn refuse(stream: tokio::net::TcpStream, refusals: &Arc<Semaphore>) {
     crate::metrics::CONNECTIONS_REFUSED.inc();
     if let Ok(permit) = refusals.clone().try_acquire_owned() {
-        answer_refused(stream, permit).await;
+        tokio::spawn(answer_refused(stream, permit));
     }
 }
 
@@ -94,14 +77,14 @@ pub async fn run(
     let state = Arc::new(ServerState {
         body_budget: Arc::new(Semaphore::new(cfg.inflight_body_bytes_max)),
         store,
-        open_connections: AtomicUsize::new(0),
+        conns: conns::Conns::new(cfg.connections_per_ip_max),
         followers: Arc::new(Semaphore::new(cfg.followers_max)),
     });
     // Work that runs by itself (TTL sweep, queue timers, cron, retention) runs whenever the store
     // is served: started here, so no way of serving can forget it.
     let background = state.store.start_background();
     let conn_limit = Arc::new(Semaphore::new(cfg.connections_max));
-    let conns = conns::Conns::new(cfg.connections_per_ip_max);
+    let conns = state.conns.clone();
     let idle_timeout = Duration::from_millis(cfg.idle_timeout_ms);
     let refusals = Arc::new(Semaphore::new(REFUSALS_MAX));
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -127,18 +110,17 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         // The address's share first: at it, its longest-idle connection makes room.
-        let Some(registered) = conns.register(peer.ip()) else {
-            let refusals = refusals.clone();
-            tokio::spawn(async move { refuse(stream, &refusals).await });
+        let Some((registered, made_room)) = conns.register(peer.ip()) else {
+            refuse(stream, &refusals);
             continue;
         };
-        // At `connections_max`, the longest-idle connection makes room; with none idle, 503.
+        // At `connections_max`, the longest-idle connection makes room (unless the address's
+        // own already did); with none idle, 503.
         let permit = match conn_limit.clone().try_acquire_owned() {
             Ok(p) => Some(p),
-            Err(_) if conns.evict_idle(None) => None,
+            Err(_) if made_room || conns.evict_idle(None) => None,
             Err(_) => {
-                let refusals = refusals.clone();
-                tokio::spawn(async move { refuse(stream, &refusals).await });
+                refuse(stream, &refusals);
                 continue;
             }
         };
@@ -159,20 +141,18 @@ pub async fn run(
                 .await
                 {
                     Ok(Ok(p)) => p,
-                    _ => return refuse(stream, &refusals).await,
+                    _ => return refuse(stream, &refusals),
                 },
             };
-            let _open = OpenConnection::new(state.clone());
             let st = state.clone();
             let conn_info = registered.conn.clone();
             let service = service_fn(move |req| {
                 let st = st.clone();
-                let c = conn_info.clone();
+                let busy = conns::Busy::new(conn_info.clone());
                 async move {
-                    c.begin();
                     let r = router::handle(st, req).await;
-                    c.end();
-                    r
+                    // Busy until the response is sent: a streamed body (SSE, NDJSON) holds it.
+                    Ok::<_, std::convert::Infallible>(busy.until_sent(r?))
                 }
             });
             let conn = builder.serve_connection(TokioIo::new(stream), service);
@@ -196,6 +176,7 @@ pub async fn run(
                 // Idle too long, or asked to make room: hyper closes an idle connection at
                 // once and lets a request in progress finish first.
                 _ = idle => {
+                    registered.conn.closing();
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.as_mut().await;
                 }
@@ -218,7 +199,7 @@ pub async fn run(
     let grace = Duration::from_millis(cfg.shutdown_grace_ms);
     if tokio::time::timeout(grace, done_rx.recv()).await.is_err() {
         tracing::warn!(
-            open = state.open_connections.load(Ordering::Relaxed),
+            open = state.conns.len(),
             "shutdown grace period over; dropping remaining connections"
         );
     }

@@ -1,6 +1,6 @@
 //! Queue handlers: parse the request, call the queue domain, render the answer.
 
-use super::input::{duration, json_body, json_items, query};
+use super::input::{duration, json_body, json_items, limit_param, query};
 use super::response::{self, Resp};
 use super::routes::{route, RouteDef};
 use super::ServerState;
@@ -73,13 +73,13 @@ pub(super) const ROUTES: &[RouteDef] = &[
     )
     .await),
     route!("POST", "/v1/queues/{q}/jobs/{id}/ack", [], |s, p, r| {
-        job_action(&s, p.get("q"), p.get("id"), "ack", r).await
+        job_action(&s, p.get("q"), p.get("id"), JobAction::Ack, r).await
     }),
     route!("POST", "/v1/queues/{q}/jobs/{id}/nack", [], |s, p, r| {
-        job_action(&s, p.get("q"), p.get("id"), "nack", r).await
+        job_action(&s, p.get("q"), p.get("id"), JobAction::Nack, r).await
     }),
     route!("POST", "/v1/queues/{q}/jobs/{id}/extend", [], |s, p, r| {
-        job_action(&s, p.get("q"), p.get("id"), "extend", r).await
+        job_action(&s, p.get("q"), p.get("id"), JobAction::Extend, r).await
     }),
     route!("POST", "/v1/queues/{q}/dead:requeue", [], |s, p, r| {
         requeue(&s, p.get("q"), r).await
@@ -379,21 +379,34 @@ struct LeaseReq {
     lease: Option<String>,
 }
 
+/// What a worker does with its leased job.
+#[derive(Debug, Clone, Copy)]
+pub enum JobAction {
+    Ack,
+    Nack,
+    Extend,
+}
+
+impl JobAction {
+    fn name(self) -> &'static str {
+        match self {
+            JobAction::Ack => "ack",
+            JobAction::Nack => "nack",
+            JobAction::Extend => "extend",
+        }
+    }
+}
+
 /// `POST /v1/queues/{q}/jobs/{id}/ack|nack|extend`
 pub async fn job_action(
     state: &ServerState,
     q: &str,
     id: &str,
-    action: &str,
+    action: JobAction,
     req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
     validate_name(q)?;
     let id = job_id(id)?;
-    if !matches!(action, "ack" | "nack" | "extend") {
-        return Err(ApiError::not_found(format!(
-            "unknown job action `{action}`; use ack, nack or extend"
-        )));
-    }
     let r: LeaseReq = json_body(state, req).await?;
     let queues = state.store.queues();
     let only = |allowed: &[&str]| -> Result<(), ApiError> {
@@ -408,18 +421,19 @@ pub async fn job_action(
             .find(|(name, set)| *set && !allowed.contains(name))
         {
             Some((name, _)) => Err(ApiError::bad_request(format!(
-                "`{name}` does not apply to {action}"
+                "`{name}` does not apply to {}",
+                action.name()
             ))),
             None => Ok(()),
         }
     };
     match action {
-        "ack" => {
+        JobAction::Ack => {
             only(&[])?;
             queues.ack(q, id, &r.lease_token).await?;
             Ok(response::empty(204))
         }
-        "nack" => {
+        JobAction::Nack => {
             only(&["error", "delay", "dead"])?;
             let n = Nack {
                 error: r.error.clone(),
@@ -433,7 +447,7 @@ pub async fn job_action(
             queues.nack(q, id, &r.lease_token, n).await?;
             Ok(response::empty(204))
         }
-        _ => {
+        JobAction::Extend => {
             only(&["lease"])?;
             let lease = match r.lease.as_deref() {
                 Some(l) => duration("lease", l)?,
@@ -466,8 +480,10 @@ pub async fn cancel(state: &ServerState, q: &str, id: &str) -> Result<Resp, ApiE
     Ok(response::empty(204))
 }
 
-fn state_param(req: &Request<Incoming>, required: bool) -> Result<Option<State>, ApiError> {
-    let q = query(req);
+fn state_param(
+    q: &std::collections::HashMap<String, String>,
+    required: bool,
+) -> Result<Option<State>, ApiError> {
     match q.get("state") {
         Some(s) => State::parse(s).map(Some).ok_or_else(|| {
             ApiError::bad_request(format!(
@@ -483,14 +499,9 @@ fn state_param(req: &Request<Incoming>, required: bool) -> Result<Option<State>,
 
 /// `GET /v1/queues/{q}/jobs?state=&limit=&after=`
 pub fn list_jobs(state: &ServerState, q: &str, req: &Request<Incoming>) -> Result<Resp, ApiError> {
-    let st = state_param(req, true)?.unwrap_or(State::Ready);
     let params = query(req);
-    let limit = match params.get("limit") {
-        None => 100,
-        Some(l) => l.parse().map_err(|_| {
-            ApiError::bad_request(format!("limit must be a whole number, got `{l}`"))
-        })?,
-    };
+    let st = state_param(&params, true)?.unwrap_or(State::Ready);
+    let limit = limit_param(&params)?;
     let after = params
         .get("after")
         .map(String::as_str)
@@ -511,7 +522,7 @@ pub async fn purge(
     q: &str,
     req: &Request<Incoming>,
 ) -> Result<Resp, ApiError> {
-    let st = state_param(req, true)?.unwrap_or(State::Ready);
+    let st = state_param(&query(req), true)?.unwrap_or(State::Ready);
     let n = state.store.queues().purge(q, st).await?;
     Ok(response::json(200, &serde_json::json!({"purged": n})))
 }
@@ -620,10 +631,7 @@ pub fn stats(state: &ServerState, q: &str) -> Result<Resp, ApiError> {
         .queues()
         .stats(q)?
         .ok_or_else(|| ApiError::not_found(format!("queue {q} does not exist")))?;
-    Ok(response::json(
-        200,
-        &serde_json::to_value(s).unwrap_or_default(),
-    ))
+    Ok(response::json_of(200, &s))
 }
 
 /// `GET /v1/queues`

@@ -85,6 +85,32 @@ fn segment(s: &'static str, last: bool) -> Seg<'static> {
     }
 }
 
+/// Captures of a template still being matched, borrowed from the path (templates capture at
+/// most two segments besides a key).
+#[derive(Default)]
+struct Found<'p> {
+    items: [(&'static str, &'p str); 4],
+    n: usize,
+}
+
+impl<'p> Found<'p> {
+    fn push(&mut self, name: &'static str, value: &'p str) {
+        if let Some(slot) = self.items.get_mut(self.n) {
+            *slot = (name, value);
+            self.n += 1;
+        }
+    }
+
+    fn owned(&self) -> Params {
+        Params(
+            self.items[..self.n]
+                .iter()
+                .map(|(name, v)| (*name, v.to_string()))
+                .collect(),
+        )
+    }
+}
+
 /// How a path compares with a template.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Match {
@@ -100,7 +126,8 @@ pub fn match_template(template: &'static str, path: &str) -> Result<Match, ApiEr
     let Some(mut rest) = path.strip_prefix('/') else {
         return Ok(Match::No);
     };
-    let mut params = Params::default();
+    // Captures borrow the path until the whole template has matched: a miss allocates nothing.
+    let mut found = Found::default();
     let mut segs = template.trim_start_matches('/').split('/').peekable();
     while let Some(text) = segs.next() {
         let last = segs.peek().is_none();
@@ -110,6 +137,7 @@ pub fn match_template(template: &'static str, path: &str) -> Result<Match, ApiEr
                 .decode_utf8()
                 .map_err(|_| ApiError::bad_request("the key must be UTF-8 after percent-decoding"))?
                 .into_owned();
+            let mut params = found.owned();
             params.0.push((name, key));
             return Ok(Match::Yes(params));
         }
@@ -131,14 +159,10 @@ pub fn match_template(template: &'static str, path: &str) -> Result<Match, ApiEr
                     _ => Match::No,
                 });
             }
-            Seg::Cap(name) if !part.is_empty() && !part.contains(':') => {
-                params.0.push((name, part.to_string()))
-            }
+            Seg::Cap(name) if !part.is_empty() && !part.contains(':') => found.push(name, part),
             Seg::Cap(_) => return Ok(Match::No),
             Seg::CapVerb(name, verb) => match part.split_once(':') {
-                Some((cap, v)) if v == verb && !cap.is_empty() => {
-                    params.0.push((name, cap.to_string()))
-                }
+                Some((cap, v)) if v == verb && !cap.is_empty() => found.push(name, cap),
                 Some((cap, v)) if last && !cap.is_empty() && !cap.contains(':') => {
                     return Ok(Match::OtherVerb(v.to_string()))
                 }
@@ -148,7 +172,7 @@ pub fn match_template(template: &'static str, path: &str) -> Result<Match, ApiEr
         }
         match tail {
             Some(t) => rest = t,
-            None => return Ok(Match::Yes(params)),
+            None => return Ok(Match::Yes(found.owned())),
         }
     }
     Ok(Match::No)
@@ -222,11 +246,19 @@ pub fn find<'r>(
 }
 
 /// Refuses query parameters the route does not take (a misspelled `?tll=30s` would otherwise be
-/// ignored silently).
+/// ignored silently) and any given twice (one of the values would be ignored).
 pub fn check_query(route: &RouteDef, query: Option<&str>) -> Result<(), ApiError> {
     let Some(q) = query else { return Ok(()) };
+    let mut seen = 0u64;
     for (name, _) in form_urlencoded::parse(q.as_bytes()) {
-        if !route.query.contains(&name.as_ref()) {
+        if let Some(i) = route.query.iter().position(|known| *known == name.as_ref()) {
+            if seen & (1 << i) != 0 {
+                return Err(ApiError::bad_request(format!(
+                    "query parameter `{name}` given twice; give it once"
+                )));
+            }
+            seen |= 1 << i;
+        } else {
             let takes = if route.query.is_empty() {
                 "this endpoint takes no query parameters".to_string()
             } else {

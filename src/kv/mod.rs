@@ -569,9 +569,6 @@ fn check(
 }
 
 impl crate::Domain for Kv {
-    fn spec(&self) -> &'static crate::engine::DomainSpec {
-        &DOMAIN
-    }
     fn background(
         self: Arc<Self>,
         config: &crate::Config,

@@ -39,12 +39,6 @@ fn check(
 ) -> Result<(), redb::Error> {
     use crate::engine::domain::open;
     use std::collections::BTreeMap;
-    let slot = |s: State| match s {
-        State::Ready => 0,
-        State::Delayed => 1,
-        State::InFlight => 2,
-        State::Dead => 3,
-    };
     let index = open(txn, Q_INDEX)?;
     let timers = open(txn, Q_TIMERS)?;
     let mut counted: BTreeMap<Vec<u8>, [u64; 4]> = BTreeMap::new();
@@ -97,7 +91,7 @@ fn check(
                     ));
                 }
             }
-            counted.entry(key[..split].to_vec()).or_default()[slot(job.state)] += 1;
+            counted.entry(key[..split].to_vec()).or_default()[job.state.slot()] += 1;
         }
     }
     if let Some(meta) = open(txn, Q_META)? {
@@ -240,7 +234,7 @@ fn routing_key(q: &str) -> Vec<u8> {
     k
 }
 
-fn storage(shard: usize, e: impl Into<redb::Error>) -> QueueError {
+pub(crate) fn storage(shard: usize, e: impl Into<redb::Error>) -> QueueError {
     QueueError::Engine(crate::engine::storage_error(shard, e))
 }
 
@@ -754,9 +748,6 @@ impl Queues {
 }
 
 impl crate::Domain for Queues {
-    fn spec(&self) -> &'static crate::engine::DomainSpec {
-        &DOMAIN
-    }
     fn background(
         self: Arc<Self>,
         config: &crate::Config,

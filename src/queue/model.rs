@@ -63,7 +63,8 @@ impl State {
             _ => return None,
         })
     }
-    fn slot(self) -> usize {
+    /// Its index in per-state counts.
+    pub(crate) fn slot(self) -> usize {
         match self {
             State::Ready => 0,
             State::Delayed => 1,

@@ -5,7 +5,7 @@
 use super::apply;
 use super::cron::Cron;
 use super::model::{self, Schedule, Q_SCHED, RECORD_VERSION};
-use super::{validate_name, Queues};
+use super::{storage, validate_name, Queues};
 use crate::error::QueueError;
 use redb::ReadableTable;
 use std::time::Duration;
@@ -19,10 +19,6 @@ pub struct ScheduleSpec {
     pub payload: Vec<u8>,
     pub priority: u8,
     pub max_attempts: Option<u32>,
-}
-
-fn storage(shard: usize, e: impl Into<redb::Error>) -> QueueError {
-    QueueError::Engine(crate::engine::storage_error(shard, e))
 }
 
 impl Queues {
@@ -170,9 +166,5 @@ impl Queues {
 
 /// Schedule names follow the queue name rules.
 pub fn validate_schedule_name(name: &str) -> Result<(), QueueError> {
-    validate_name(name).map_err(|_| {
-        QueueError::Invalid(format!(
-            "schedule name {name:?}: use 1-64 of A-Z a-z 0-9 _ . -"
-        ))
-    })
+    crate::names::validate_name("schedule name", name).map_err(QueueError::Invalid)
 }

@@ -260,3 +260,36 @@ pub fn seeded_rng(test: &str) -> rand::rngs::StdRng {
     eprintln!("{test}: seed {seed} (replay with SHARDBOX_TEST_SEED={seed})");
     rand::rngs::StdRng::seed_from_u64(seed)
 }
+
+/// The value of metric `name` (the whole name, labels included) in Prometheus text.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+}
+
+/// Reads `/metrics` on a fresh connection and returns metric `name`.
+pub async fn scrape(addr: std::net::SocketAddr, name: &str) -> f64 {
+    metric(
+        &Client::connect(addr).await.get("/metrics").await.text(),
+        name,
+    )
+}
+
+/// Copies a data directory (a stopped server's, or a crash image of a live one) without the
+/// disposable cache tier and the lock file.
+pub fn copy_data_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        if name == "cache" || name == "LOCK" {
+            continue;
+        }
+        if e.file_type().unwrap().is_dir() {
+            copy_data_dir(&e.path(), &to.join(&name));
+        } else {
+            std::fs::copy(e.path(), to.join(&name)).unwrap();
+        }
+    }
+}
