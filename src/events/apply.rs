@@ -116,9 +116,9 @@ pub fn append(
         }
         let start = bucket_start(ts, meta.bucket_ms);
         let name = bucket_table(stream, start);
-        let record = model::encode(&Event {
-            kind: e.kind.clone(),
-            data: e.data.clone(),
+        let record = model::encode(&model::EventRef {
+            kind: e.kind.as_deref(),
+            data: &e.data,
         });
         ctx.table(table(&name))?
             .insert(event_key(ts, seq).as_slice(), record.as_slice())?;

@@ -55,12 +55,12 @@ impl<'c, 't> Tabs<'c, 't> {
         &mut self,
         q: &str,
         meta: &mut QueueMeta,
-        old: Option<&Job>,
+        old: Option<&Place>,
         new: Option<&Job>,
     ) -> Result<(), redb::Error> {
         if let Some(o) = old {
-            self.index.remove(index_key(q, o).as_slice())?;
-            if let Some(t) = timer_key(q, o) {
+            self.index.remove(o.index.as_slice())?;
+            if let Some(t) = &o.timer {
                 self.timers.remove(t.as_slice())?;
             }
             meta.add(o.state, -1);
@@ -82,6 +82,26 @@ impl<'c, 't> Tabs<'c, 't> {
             }
         }
         Ok(())
+    }
+}
+
+/// Where a stored job sits (its index entry, timer and state), taken before the job is changed
+/// in place, so a state change needs no copy of the job (and of its payload).
+struct Place {
+    id: u64,
+    state: State,
+    index: Vec<u8>,
+    timer: Option<Vec<u8>>,
+}
+
+impl Place {
+    fn of(q: &str, job: &Job) -> Place {
+        Place {
+            id: job.id,
+            state: job.state,
+            index: index_key(q, job),
+            timer: timer_key(q, job),
+        }
     }
 }
 
@@ -255,13 +275,14 @@ pub fn claim(ctx: &mut ApplyCtx<'_, '_>, q: &str, max: usize, lease_ms: u64) -> 
         let Some(old) = check!(t.job(q, id)) else {
             continue;
         };
-        let mut job = old.clone();
+        let was = Place::of(q, &old);
+        let mut job = old;
         job.state = State::InFlight;
         job.attempts = job.attempts.saturating_add(1);
         job.lease_token = Some(format!("{:032x}", rand::random::<u128>()));
         job.lease_until_ms = now.saturating_add(lease_ms);
         job.updated_ms = now;
-        t.replace(q, &mut meta, Some(&old), Some(&job))?;
+        t.replace(q, &mut meta, Some(&was), Some(&job))?;
         claimed.push(job);
     }
     if !claimed.is_empty() {
@@ -285,7 +306,7 @@ pub fn ack(ctx: &mut ApplyCtx<'_, '_>, q: &str, id: u64, token: &str) -> Res<()>
     let mut t = Tabs::open(ctx)?;
     let mut meta = check!(t.meta(q));
     let job = check!(leased(&t, q, id, token));
-    t.replace(q, &mut meta, Some(&job), None)?;
+    t.replace(q, &mut meta, Some(&Place::of(q, &job)), None)?;
     meta.totals.acked += 1;
     t.save_meta(q, &meta)?;
     Ok(Ok(()))
@@ -312,7 +333,8 @@ pub fn nack(
     let mut t = Tabs::open(ctx)?;
     let mut meta = check!(t.meta(q));
     let old = check!(leased(&t, q, id, token));
-    let mut job = old.clone();
+    let was = Place::of(q, &old);
+    let mut job = old;
     job.lease_token = None;
     job.lease_until_ms = 0;
     job.updated_ms = now;
@@ -332,7 +354,7 @@ pub fn nack(
             State::Delayed
         };
     }
-    t.replace(q, &mut meta, Some(&old), Some(&job))?;
+    t.replace(q, &mut meta, Some(&was), Some(&job))?;
     t.save_meta(q, &meta)?;
     Ok(Ok(job.state))
 }
@@ -349,10 +371,11 @@ pub fn extend(
     let mut t = Tabs::open(ctx)?;
     let mut meta = check!(t.meta(q));
     let old = check!(leased(&t, q, id, token));
-    let mut job = old.clone();
+    let was = Place::of(q, &old);
+    let mut job = old;
     job.lease_until_ms = now.saturating_add(lease_ms);
     job.updated_ms = now;
-    t.replace(q, &mut meta, Some(&old), Some(&job))?;
+    t.replace(q, &mut meta, Some(&was), Some(&job))?;
     t.save_meta(q, &meta)?;
     Ok(Ok(job.lease_until_ms))
 }
@@ -367,7 +390,7 @@ pub fn cancel(ctx: &mut ApplyCtx<'_, '_>, q: &str, id: u64) -> Res<()> {
     if job.state == State::InFlight {
         return Ok(Err(QueueError::InFlight(id)));
     }
-    t.replace(q, &mut meta, Some(&job), None)?;
+    t.replace(q, &mut meta, Some(&Place::of(q, &job)), None)?;
     t.save_meta(q, &meta)?;
     Ok(Ok(()))
 }
@@ -420,12 +443,13 @@ pub fn requeue(
         if old.state != State::Dead {
             continue;
         }
-        let mut job = old.clone();
+        let was = Place::of(q, &old);
+        let mut job = old;
         job.state = State::Ready;
         job.attempts = 0;
         job.run_at_ms = now;
         job.updated_ms = now;
-        t.replace(q, &mut meta, Some(&old), Some(&job))?;
+        t.replace(q, &mut meta, Some(&was), Some(&job))?;
         moved += 1;
     }
     t.save_meta(q, &meta)?;
@@ -445,7 +469,7 @@ pub fn purge(ctx: &mut ApplyCtx<'_, '_>, q: &str, state: State, max: usize) -> R
     let mut deleted = 0;
     for id in ids {
         if let Some(job) = check!(t.job(q, id)) {
-            t.replace(q, &mut meta, Some(&job), None)?;
+            t.replace(q, &mut meta, Some(&Place::of(q, &job)), None)?;
             deleted += 1;
         }
     }
@@ -528,9 +552,10 @@ pub fn promote(ctx: &mut ApplyCtx<'_, '_>, max: usize) -> Result<BTreeSet<String
                 metas.entry(q.to_string()).or_insert(m)
             }
         };
-        let mut job = old.clone();
+        let was = Place::of(q, &old);
+        let mut job = old;
         job.updated_ms = now;
-        if old.state == State::InFlight {
+        if was.state == State::InFlight {
             meta.totals.lease_expired += 1;
             job.lease_token = None;
             job.lease_until_ms = 0;
@@ -547,7 +572,7 @@ pub fn promote(ctx: &mut ApplyCtx<'_, '_>, max: usize) -> Result<BTreeSet<String
         }
         // `replace` needs the timer entry present to remove it; it was removed above, which is
         // harmless (remove of a missing key is a no-op).
-        t.replace(q, meta, Some(&old), Some(&job))?;
+        t.replace(q, meta, Some(&was), Some(&job))?;
         if job.state == State::Ready {
             woken.insert(q.to_string());
         }
