@@ -264,6 +264,14 @@ pub struct Config {
     pub sweep_interval_ms: u64,
     /// `/readyz` fails when the data directory's filesystem has less free space. Default 256 MiB.
     pub disk_free_bytes_min: u64,
+    /// Below this much free space, writes that add data get 507 `insufficient_storage`; deletes,
+    /// acks, purges and trims still run. Default 64 MiB.
+    pub disk_reserve_bytes: u64,
+    /// Size of the ballast file (`<data>/ballast`) released when the disk is nearly full, so that
+    /// deletes can commit; 0 for none. Keep it at least one `wal_segment_bytes`. Default 64 MiB.
+    pub disk_ballast_bytes: u64,
+    /// How often free disk space is sampled. Default 250 ms.
+    pub disk_check_interval_ms: u64,
 
     /// Largest job payload (JSON). Default 256 KiB.
     pub job_bytes_max: usize,
@@ -365,6 +373,9 @@ impl Default for Config {
             shutdown_grace_ms: 10_000,
             sweep_interval_ms: 1000,
             disk_free_bytes_min: 256 << 20,
+            disk_reserve_bytes: 64 << 20,
+            disk_ballast_bytes: 64 << 20,
+            disk_check_interval_ms: 250,
             job_bytes_max: 256 << 10,
             enqueue_batch_max: 10_000,
             claim_max: 1000,
@@ -470,7 +481,7 @@ impl Config {
                 self.cache_disk_bytes, self.cache_disk_block_bytes
             ));
         }
-        let checks: [(&str, u64, u64, u64); 38] = [
+        let checks: [(&str, u64, u64, u64); 39] = [
             (
                 "checkpoint_log_bytes",
                 self.checkpoint_log_bytes,
@@ -599,6 +610,12 @@ impl Config {
                 1 << 20,
             ),
             ("sweep_interval_ms", self.sweep_interval_ms, 10, 3_600_000),
+            (
+                "disk_check_interval_ms",
+                self.disk_check_interval_ms,
+                10,
+                60_000,
+            ),
         ];
         for (name, value, lo, hi) in checks {
             if value < lo || value > hi {

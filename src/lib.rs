@@ -22,6 +22,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod failpoint;
+pub mod fuzzing;
 pub mod http;
 pub mod kv;
 pub mod metrics;

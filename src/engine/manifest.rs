@@ -44,25 +44,26 @@ impl Manifest {
                 meta.len()
             )));
         }
-        let text = fs::read_to_string(&path).map_err(|e| open_err(&path, e))?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| {
-            EngineError::Open(format!("{} is not a valid MANIFEST: {e}", path.display()))
-        })?;
+        let text = fs::read(&path).map_err(|e| open_err(&path, e))?;
+        Self::parse(&text)
+            .map(Some)
+            .map_err(|e| EngineError::Open(format!("{}{e}", path.display())))
+    }
+
+    /// Decodes and checks a MANIFEST's bytes; the error text follows the file's path.
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
+        let m: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| format!(" is not a valid MANIFEST: {e}"))?;
         if m.format_version > FORMAT_VERSION {
-            return Err(EngineError::Open(format!(
-                "{} has format version {}, newer than this build ({FORMAT_VERSION}): upgrade shardbox",
-                path.display(),
+            return Err(format!(
+                " has format version {}, newer than this build ({FORMAT_VERSION}): upgrade shardbox",
                 m.format_version
-            )));
+            ));
         }
         if m.shards == 0 || m.shards > 1024 {
-            return Err(EngineError::Open(format!(
-                "{}: shard count {} is out of range",
-                path.display(),
-                m.shards
-            )));
+            return Err(format!(": shard count {} is out of range", m.shards));
         }
-        Ok(Some(m))
+        Ok(m)
     }
 
     /// Writes the MANIFEST atomically: temp file, fsync, rename, fsync the directory.

@@ -14,8 +14,8 @@ pub mod response;
 mod router;
 mod routes;
 
-pub use router::routes;
-pub use routes::{match_template, Match, Params};
+pub use router::{find_route, routes};
+pub use routes::{check_query, match_template, Match, Params, RouteDef};
 
 use crate::Store;
 use hyper::server::conn::http1;
@@ -65,6 +65,70 @@ async fn answer_refused(
     let _ = stream.shutdown().await;
 }
 
+impl ServerState {
+    /// The state of a server over `store`, its bounds taken from the store's config.
+    pub fn new(store: Store) -> Arc<Self> {
+        let cfg = store.config().clone();
+        Arc::new(ServerState {
+            body_budget: Arc::new(Semaphore::new(cfg.inflight_body_bytes_max)),
+            store,
+            conns: conns::Conns::new(cfg.connections_per_ip_max),
+            followers: Arc::new(Semaphore::new(cfg.followers_max)),
+        })
+    }
+}
+
+/// The HTTP/1.1 settings of every connection: header timeout and size bound, keep-alive.
+fn connection_builder(cfg: &crate::Config) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(cfg.header_read_timeout_ms))
+        .max_buf_size(cfg.header_bytes_max.max(8192))
+        .keep_alive(true);
+    builder
+}
+
+/// The service of one connection: routes each request, and marks the connection busy until
+/// the response is sent (a streamed body, SSE or NDJSON, holds it).
+fn service(
+    state: Arc<ServerState>,
+    conn: Arc<conns::Conn>,
+) -> impl hyper::service::HttpService<
+    hyper::body::Incoming,
+    ResBody = response::Body,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<response::Resp, std::convert::Infallible>> + Send,
+> {
+    service_fn(move |req| {
+        let st = state.clone();
+        let busy = conns::Busy::new(conn.clone());
+        async move {
+            let r = router::handle(st, req).await;
+            Ok(busy.until_sent(r?))
+        }
+    })
+}
+
+/// Serves one connection over any byte stream with exactly the service of [`run`] (the fuzz
+/// targets feed it an in-memory pipe). Returns when the connection closes; the peer's address
+/// counts as loopback. Half-closed input is served: a client may shut its side after writing.
+pub async fn serve_stream<IO>(state: &Arc<ServerState>, io: IO)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Some((registered, _)) = state.conns.register(std::net::Ipv4Addr::LOCALHOST.into()) else {
+        return;
+    };
+    let mut builder = connection_builder(state.store.config());
+    builder.half_close(true);
+    let conn = builder.serve_connection(
+        TokioIo::new(io),
+        service(state.clone(), registered.conn.clone()),
+    );
+    let _ = conn.await;
+}
+
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish (up to
 /// `shutdown_grace_ms`) and returns. The caller closes the store afterwards.
 pub async fn run(
@@ -74,12 +138,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let cfg = store.config().clone();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let state = Arc::new(ServerState {
-        body_budget: Arc::new(Semaphore::new(cfg.inflight_body_bytes_max)),
-        store,
-        conns: conns::Conns::new(cfg.connections_per_ip_max),
-        followers: Arc::new(Semaphore::new(cfg.followers_max)),
-    });
+    let state = ServerState::new(store);
     // Work that runs by itself (TTL sweep, queue timers, cron, retention) runs whenever the store
     // is served: started here, so no way of serving can forget it.
     let background = state.store.start_background();
@@ -88,12 +147,7 @@ pub async fn run(
     let idle_timeout = Duration::from_millis(cfg.idle_timeout_ms);
     let refusals = Arc::new(Semaphore::new(REFUSALS_MAX));
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(cfg.header_read_timeout_ms))
-        .max_buf_size(cfg.header_bytes_max.max(8192))
-        .keep_alive(true);
+    let builder = connection_builder(&cfg);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -144,18 +198,10 @@ pub async fn run(
                     _ => return refuse(stream, &refusals),
                 },
             };
-            let st = state.clone();
-            let conn_info = registered.conn.clone();
-            let service = service_fn(move |req| {
-                let st = st.clone();
-                let busy = conns::Busy::new(conn_info.clone());
-                async move {
-                    let r = router::handle(st, req).await;
-                    // Busy until the response is sent: a streamed body (SSE, NDJSON) holds it.
-                    Ok::<_, std::convert::Infallible>(busy.until_sent(r?))
-                }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let conn = builder.serve_connection(
+                TokioIo::new(stream),
+                service(state.clone(), registered.conn.clone()),
+            );
             tokio::pin!(conn);
             let me = registered.conn.clone();
             let idle = async {

@@ -19,6 +19,16 @@ pub(super) const TABLES: &[&[RouteDef]] = &[
     events::ROUTES,
 ];
 
+/// The route `method path` reaches, `Ok(None)` for a 404/405 and `Err` for a malformed path:
+/// the matching of [`handle`], for the fuzz targets.
+pub fn find_route(method: &str, path: &str) -> Result<Option<&'static RouteDef>, ApiError> {
+    match routes::find(TABLES, method, path) {
+        Ok((r, _)) => Ok(Some(r)),
+        Err(e) if e.status == 404 || e.status == 405 => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Every (method, path template, query parameters) the server serves. `docs/openapi.json` must
 /// list exactly these (a test checks), and a test sends each one to a live server.
 pub fn routes() -> impl Iterator<Item = (&'static str, &'static str, &'static [&'static str])> {

@@ -1,0 +1,210 @@
+//! Free disk space under the data directory, and what the store does when it runs low.
+//!
+//! - Below `disk_reserve_bytes` free, writes that add data are refused with 507
+//!   `insufficient_storage` before they reach a shard, so redb and the log never meet ENOSPC
+//!   from shardbox's own growth; writes that free space (deletes, acks, purges, trims) still run.
+//! - A ballast file (`<data>/ballast`, `disk_ballast_bytes`) holds space back for the case
+//!   where something else fills the disk: when the disk is nearly full (or a write met ENOSPC)
+//!   the ballast is deleted, which gives the log and the shards room to commit the deletes that
+//!   free space. It is made again once there is room for it and the reserve.
+//! - A thread samples free space every `disk_check_interval_ms`; writes are taken again by
+//!   themselves as soon as space is back. Nothing here is on the request path but one atomic load.
+
+use crate::error::EngineError;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// Name of the ballast file in the data directory.
+pub const BALLAST_FILE: &str = "ballast";
+
+/// The data directory's free space, as last sampled.
+pub struct DiskSpace {
+    dir: PathBuf,
+    reserve: u64,
+    ballast_bytes: u64,
+    free: AtomicU64,
+    low: AtomicBool,
+    ballast_present: AtomicBool,
+    /// Times writes were refused for want of space, and ballast releases.
+    pub refused: AtomicU64,
+    pub ballast_released: AtomicU64,
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+/// Free bytes for an unprivileged writer on the filesystem of `path`.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let s = rustix::fs::statvfs(path).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+/// Whether an I/O error (as text from redb, or an `io::Error`) means the disk is full.
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) || matches!(e.raw_os_error(), Some(28) | Some(122)) // ENOSPC, EDQUOT
+}
+
+/// The same test on an error already turned into text (redb's errors carry the io error's).
+pub fn message_is_disk_full(message: &str) -> bool {
+    message.contains("No space left on device")
+        || message.contains("Disk quota exceeded")
+        || message.contains("StorageFull")
+}
+
+impl DiskSpace {
+    /// Samples the disk and lays the ballast if there is room for it.
+    pub fn open(dir: &Path, reserve: u64, ballast_bytes: u64) -> Arc<Self> {
+        let s = Arc::new(DiskSpace {
+            dir: dir.to_path_buf(),
+            reserve,
+            ballast_bytes,
+            free: AtomicU64::new(u64::MAX),
+            low: AtomicBool::new(false),
+            ballast_present: AtomicBool::new(dir.join(BALLAST_FILE).exists()),
+            refused: AtomicU64::new(0),
+            ballast_released: AtomicU64::new(0),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        s.refresh();
+        s
+    }
+
+    /// Free bytes at the last sample (`u64::MAX` when the filesystem cannot tell).
+    pub fn free(&self) -> u64 {
+        self.free.load(Ordering::Relaxed)
+    }
+
+    /// Whether writes that add data are refused now.
+    pub fn is_low(&self) -> bool {
+        self.low.load(Ordering::Acquire)
+    }
+
+    /// Admits a write that adds data, or refuses it with 507 while space is low.
+    pub fn admit(&self) -> Result<(), EngineError> {
+        if !self.is_low() {
+            return Ok(());
+        }
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        Err(EngineError::InsufficientStorage {
+            message: format!(
+                "the disk holding {} has {} bytes free, under disk_reserve_bytes ({}); free space \
+                 (delete keys, ack or purge jobs, trim streams) or grow the disk",
+                self.dir.display(),
+                self.free(),
+                self.reserve
+            ),
+        })
+    }
+
+    /// The error for a write that met ENOSPC itself.
+    pub fn full_error(&self, detail: &str) -> EngineError {
+        EngineError::InsufficientStorage {
+            message: format!("the disk holding {} is full: {detail}", self.dir.display()),
+        }
+    }
+
+    /// A write met ENOSPC: refuse growth at once and release the ballast so that deletes can
+    /// commit.
+    pub fn on_full(&self) {
+        self.low.store(true, Ordering::Release);
+        self.release_ballast("a write met a full disk");
+    }
+
+    fn release_ballast(&self, why: &str) {
+        if self.ballast_present.swap(false, Ordering::AcqRel) {
+            match std::fs::remove_file(self.dir.join(BALLAST_FILE)) {
+                Ok(()) => {
+                    self.ballast_released.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        bytes = self.ballast_bytes,
+                        why,
+                        "released the disk ballast to leave room for deletes"
+                    );
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(error = %e, "cannot remove the disk ballast"),
+            }
+        }
+    }
+
+    fn lay_ballast(&self) {
+        if self.ballast_bytes == 0 || self.ballast_present.load(Ordering::Acquire) {
+            return;
+        }
+        let path = self.dir.join(BALLAST_FILE);
+        let made = std::fs::File::create(&path).and_then(|f| {
+            rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, self.ballast_bytes)
+                .map_err(std::io::Error::from)?;
+            f.sync_all()
+        });
+        match made {
+            Ok(()) => {
+                self.ballast_present.store(true, Ordering::Release);
+                tracing::info!(bytes = self.ballast_bytes, "laid the disk ballast");
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                tracing::debug!(error = %e, "cannot lay the disk ballast yet");
+            }
+        }
+    }
+
+    /// Samples free space; releases or lays the ballast; sets whether growth is refused.
+    pub fn refresh(&self) {
+        let Some(free) = free_bytes(&self.dir) else {
+            return;
+        };
+        self.free.store(free, Ordering::Relaxed);
+        // Nearly full (a quarter of the reserve left): the ballast goes, deletes need the room.
+        if free < self.reserve / 4 {
+            self.release_ballast("free space fell under a quarter of disk_reserve_bytes");
+        }
+        let present = self.ballast_present.load(Ordering::Acquire);
+        if !present && free >= self.reserve.saturating_add(self.ballast_bytes.saturating_mul(2)) {
+            self.lay_ballast();
+        }
+        let free = free_bytes(&self.dir).unwrap_or(free);
+        self.free.store(free, Ordering::Relaxed);
+        let was = self.low.swap(free < self.reserve, Ordering::AcqRel);
+        if was != (free < self.reserve) {
+            if was {
+                tracing::info!(free, "disk space is back: writes are taken again");
+            } else {
+                tracing::warn!(
+                    free,
+                    reserve = self.reserve,
+                    "disk space is low: writes that add data are refused (507)"
+                );
+            }
+        }
+    }
+
+    /// Samples every `every` until [`DiskSpace::stop`].
+    pub fn spawn(self: &Arc<Self>, every: Duration) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("shardbox-space".into())
+            .spawn(move || loop {
+                let stop = me.stop.lock().unwrap_or_else(|p| p.into_inner());
+                let (stop, _) = me
+                    .wake
+                    .wait_timeout(stop, every)
+                    .unwrap_or_else(|p| p.into_inner());
+                if *stop {
+                    return;
+                }
+                drop(stop);
+                me.refresh();
+            })
+    }
+
+    pub fn stop(&self) {
+        *self.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.wake.notify_all();
+    }
+}

@@ -1,0 +1,188 @@
+//! A full disk, for real: the real binary on a 64 MiB tmpfs. Writes that add data get 507
+//! `insufficient_storage` naming the disk, reads and deletes keep working (also when something
+//! else fills the disk to the last byte: the ballast makes room), writes come back by themselves
+//! once space is freed, nothing acknowledged is lost across a SIGKILL, and `check` is clean.
+//! Needs root to mount the tmpfs; skipped with a printed reason otherwise.
+
+mod common;
+
+use common::spawn::spawn_shardbox;
+use common::{eventually, Client};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(at: &Path, size: &str) -> Result<Mount, String> {
+        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed (root and CAP_SYS_ADMIN needed): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Mount(at.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn settings() -> Vec<(String, String)> {
+    [
+        ("SHARDBOX_SHARDS", "2"),
+        ("SHARDBOX_DISK_RESERVE_BYTES", "8388608"),
+        ("SHARDBOX_DISK_BALLAST_BYTES", "4194304"),
+        ("SHARDBOX_DISK_CHECK_INTERVAL_MS", "20"),
+        ("SHARDBOX_DISK_FREE_BYTES_MIN", "1048576"),
+        ("SHARDBOX_WAL_SEGMENT_BYTES", "1048576"),
+        ("SHARDBOX_WAL_SPARE_SEGMENTS_MAX", "2"),
+        ("SHARDBOX_CHECKPOINT_LOG_BYTES", "2097152"),
+        ("SHARDBOX_SHARD_CACHE_BYTES", "4194304"),
+        ("SHARDBOX_CACHE_DISK_BYTES", "0"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Fills the filesystem of `dir` with `file` until ENOSPC (or `limit` bytes).
+fn fill(file: &Path, limit: u64) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::File::create(file).expect("create filler");
+    let chunk = vec![7u8; 64 << 10];
+    let mut n = 0u64;
+    while n < limit {
+        match f.write(&chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k as u64,
+        }
+    }
+    let _ = f.sync_all();
+    n
+}
+
+fn value(i: usize) -> String {
+    format!("{i:08}-").repeat(4096) // 36 KiB
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_growth_keeps_reads_and_deletes_and_recovers_by_itself() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mnt = match Mount::tmpfs(&tmp.path().join("mnt"), "64m") {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("SKIPPED a_full_disk_…: {why}");
+            return;
+        }
+    };
+    let data = mnt.0.join("data");
+    let (mut child, addr) = spawn_shardbox(&data, &settings()).expect("start shardbox");
+    let mut c = Client::connect(addr).await;
+
+    // Something else takes most of the disk, then shardbox's own writes run into the reserve.
+    let filler = mnt.0.join("filler");
+    fill(&filler, 40 << 20);
+    let mut acked = Vec::new();
+    let refused = loop {
+        let i = acked.len();
+        assert!(i < 2000, "never refused: is free space sampled?");
+        let r = c.put(&format!("/v1/kv/fill/k{i}"), &value(i)).await;
+        match r.status {
+            201 | 200 => acked.push(i),
+            _ => break r,
+        }
+    };
+    assert_eq!(refused.status, 507, "{}", refused.text());
+    assert_eq!(refused.error_code(), "insufficient_storage");
+    assert!(
+        refused.text().contains(&*mnt.0.to_string_lossy()),
+        "the message names the disk: {}",
+        refused.text()
+    );
+    assert!(acked.len() > 10, "only {} writes before the reserve", acked.len());
+    // Every domain's growth is refused the same way; reads go on.
+    let q = c
+        .post_json("/v1/queues/q/jobs", serde_json::json!({"payload": 1}))
+        .await;
+    assert_eq!(q.status, 507, "{}", q.text());
+    let ev = c
+        .post_json("/v1/streams/s/events", serde_json::json!({"type": "t", "data": 1}))
+        .await;
+    assert_eq!(ev.status, 507, "{}", ev.text());
+    assert_eq!(c.get("/v1/kv/fill/k0").await.text(), value(0));
+    let ready = c.get("/readyz").await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+
+    // Then the disk is filled to its last byte by someone else: deletes still commit (the
+    // ballast makes room).
+    let filler2 = mnt.0.join("filler2");
+    fill(&filler2, u64::MAX);
+    let mut deleted = Vec::new();
+    for i in acked.iter().copied().filter(|i| i % 3 == 0) {
+        let r = c.delete(&format!("/v1/kv/fill/k{i}")).await;
+        assert!(r.status == 204 || r.status == 200, "delete k{i}: {} {}", r.status, r.text());
+        deleted.push(i);
+    }
+    assert_eq!(c.get("/v1/kv/fill/k1").await.text(), value(1));
+    let m = c.get("/metrics").await.text();
+    assert!(
+        common::metric(&m, "shardbox_disk_ballast_released_total") >= 1.0,
+        "the ballast was released"
+    );
+
+    // Space comes back: writes are taken again with no restart.
+    std::fs::remove_file(&filler2).expect("rm filler2");
+    std::fs::remove_file(&filler).expect("rm filler");
+    eventually(10, "writes taken again after space returned", || {
+        let addr = addr;
+        async move {
+            let mut c = Client::connect(addr).await;
+            let r = c.put("/v1/kv/after/x", "back").await;
+            (r.status == 201 || r.status == 200).then_some(())
+        }
+    })
+    .await;
+    let r = c
+        .post_json("/v1/queues/q/jobs", serde_json::json!({"payload": 2}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    // Nothing acknowledged is lost across a SIGKILL, and the stopped store checks clean.
+    child.kill().expect("kill");
+    let _ = child.wait();
+    let (mut child, addr) = spawn_shardbox(&data, &settings()).expect("restart shardbox");
+    let mut c = Client::connect(addr).await;
+    for i in &acked {
+        let r = c.get(&format!("/v1/kv/fill/k{i}")).await;
+        if deleted.contains(i) {
+            assert_eq!(r.status, 404, "k{i} was deleted");
+        } else {
+            assert_eq!(r.status, 200, "k{i} acknowledged, then lost");
+            assert_eq!(r.text(), value(*i));
+        }
+    }
+    assert_eq!(c.get("/v1/kv/after/x").await.text(), "back");
+    drop(c);
+    // SAFETY-free: SIGTERM for a clean stop, then check the files.
+    let _ = Command::new("kill")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    let out = Command::new(env!("CARGO_BIN_EXE_shardbox"))
+        .args(["check", "--data"])
+        .arg(&data)
+        .output()
+        .expect("run check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "check: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+}
