@@ -195,7 +195,7 @@ fn check_log(dir: &Path, report: &mut Report, applied: &[u64]) {
         Ok::<(), std::convert::Infallible>(())
     });
     match scanned {
-        Ok(Ok(scan)) => {
+        Ok(scan) => {
             report.log_records = scan.records;
             if let recovery::Tail::Torn {
                 segment,
@@ -209,8 +209,8 @@ fn check_log(dir: &Path, report: &mut Report, applied: &[u64]) {
                 ));
             }
         }
-        Ok(Err(e)) => problems.push(e.to_string()),
-        Err(never) => match never {},
+        Err(recovery::ScanFailure::Log(e)) => problems.push(e.to_string()),
+        Err(recovery::ScanFailure::Visit(never)) => match never {},
     }
     report.log_pending = pending;
     report.problems.extend(problems);

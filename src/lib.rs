@@ -112,8 +112,7 @@ impl Store {
     pub async fn cache(&self) -> Result<&Arc<cache::Cache>, CacheError> {
         self.cache
             .get_or_try_init(|| async {
-                let settings =
-                    cache::Settings::from_config(&self.config).map_err(CacheError::Invalid)?;
+                let settings = cache::Settings::from_config(&self.config);
                 cache::Cache::open(self.engine.clone(), settings)
                     .await
                     .map(Arc::new)

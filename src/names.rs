@@ -1,5 +1,7 @@
 //! Name rules and key building shared by every domain (core: no domain imports another).
 
+use crate::error::Invalid;
+
 /// Longest name (namespace, queue, stream), in bytes.
 pub const NAME_BYTES_MAX: usize = 64;
 /// Longest key, in bytes.
@@ -7,36 +9,36 @@ pub const KEY_BYTES_MAX: usize = 1024;
 
 /// Checks a name (`what`: "namespace", "queue name", "stream name"): 1–64 bytes of
 /// `[A-Za-z0-9_.-]`, so it never contains the 0x00 that separates it from a key.
-pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
+pub fn validate_name(what: &'static str, name: &str) -> Result<(), Invalid> {
     if name.is_empty() || name.len() > NAME_BYTES_MAX {
-        return Err(format!(
-            "{what} must be 1-{NAME_BYTES_MAX} characters, got {}",
-            name.len()
-        ));
+        return Err(Invalid::NameLength {
+            what,
+            len: name.len(),
+        });
     }
     if name == "." || name == ".." {
-        return Err(format!(
-            "{what} {name:?} is a path step: URL-normalising clients could never address it"
-        ));
+        return Err(Invalid::NamePathStep {
+            what,
+            name: name.to_string(),
+        });
     }
-    if let Some(c) = name
+    if let Some(ch) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
     {
-        return Err(format!(
-            "{what} {name:?} contains {c:?}; use only A-Z a-z 0-9 _ . -"
-        ));
+        return Err(Invalid::NameChar {
+            what,
+            name: name.to_string(),
+            ch,
+        });
     }
     Ok(())
 }
 
 /// Checks a key: 1–1024 bytes of UTF-8 (UTF-8 is guaranteed by `&str`).
-pub fn validate_key(key: &str) -> Result<(), String> {
+pub fn validate_key(key: &str) -> Result<(), Invalid> {
     if key.is_empty() || key.len() > KEY_BYTES_MAX {
-        return Err(format!(
-            "key must be 1-{KEY_BYTES_MAX} bytes, got {}",
-            key.len()
-        ));
+        return Err(Invalid::KeyLength { len: key.len() });
     }
     Ok(())
 }
@@ -67,8 +69,16 @@ mod tests {
         assert!(validate_name("queue name", ".").is_err());
         assert!(validate_name("queue name", "...").is_ok());
         assert!(validate_name("namespace", &"a".repeat(65)).is_err());
-        let e = validate_name("queue name", "a:b").unwrap_err();
+        let e = validate_name("queue name", "a:b").unwrap_err().to_string();
         assert!(e.contains("queue name") && e.contains("':'"), "{e}");
+        assert_eq!(
+            validate_name("namespace", "").unwrap_err().to_string(),
+            "namespace must be 1-64 characters, got 0"
+        );
+        assert_eq!(
+            validate_key("").unwrap_err().to_string(),
+            "key must be 1-1024 bytes, got 0"
+        );
         assert!(validate_key("a/b").is_ok());
         assert!(validate_key("").is_err());
         assert_eq!(stored_key("ns", "k"), b"ns\0k");

@@ -1,5 +1,7 @@
 //! Small parsers shared by the domains and the HTTP layer.
 
+use crate::error::Invalid;
+
 /// Longest duration accepted from outside (100 years, in ms). Every duration a client sends
 /// (TTLs, delays, leases, retention, waits) is bounded by it at the door, so every time derived
 /// from one (`now + ttl`) stays far inside what the read paths can render (an HTTP date ends at
@@ -71,20 +73,20 @@ pub fn json_depth(text: &[u8]) -> usize {
 /// Checks a JSON document a domain is about to store (job and schedule payloads, event data):
 /// valid JSON, at most [`JSON_DEPTH_MAX`] deep. The same rule the replies rely on to embed it
 /// verbatim; the error names `what`.
-pub fn check_stored_json(what: &str, text: &[u8]) -> Result<(), String> {
+pub fn check_stored_json(what: &'static str, text: &[u8]) -> Result<(), Invalid> {
     // IgnoredAny walks the document without recursion, so any depth is safe to validate.
-    serde_json::from_slice::<serde::de::IgnoredAny>(text)
-        .map_err(|e| format!("{what} is not valid JSON: {e}"))?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(text).map_err(|e| Invalid::Json {
+        what,
+        detail: e.to_string(),
+    })?;
     check_json_depth(what, text)
 }
 
 /// Checks that a stored JSON document stays within [`JSON_DEPTH_MAX`]; the error names `what`.
-pub fn check_json_depth(what: &str, text: &[u8]) -> Result<(), String> {
+pub fn check_json_depth(what: &'static str, text: &[u8]) -> Result<(), Invalid> {
     let depth = json_depth(text);
     if depth > JSON_DEPTH_MAX {
-        return Err(format!(
-            "{what} is nested {depth} levels deep; at most {JSON_DEPTH_MAX} are accepted"
-        ));
+        return Err(Invalid::JsonDepth { what, depth });
     }
     Ok(())
 }
@@ -185,12 +187,14 @@ pub const BUCKET_WIDTHS: [(&str, u64); 4] = [
 ];
 
 /// Parses a bucket width: `1h`, `1d`, `7d`, `30d`, in ms.
-pub fn parse_bucket_ms(text: &str) -> Result<u64, String> {
+pub fn parse_bucket_ms(text: &str) -> Result<u64, Invalid> {
     BUCKET_WIDTHS
         .iter()
         .find(|(n, _)| *n == text)
         .map(|(_, ms)| *ms)
-        .ok_or_else(|| format!("bucket must be 1h, 1d, 7d or 30d, got `{text}`"))
+        .ok_or_else(|| Invalid::BucketWidth {
+            got: text.to_string(),
+        })
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ mod common;
 
 use common::{spawn::spawn_shardbox, Client};
 use rand::{Rng, SeedableRng};
-use shardbox::engine::wal::recovery::{self, ScanError, Tail};
+use shardbox::engine::wal::recovery::{self, ScanError, ScanFailure, Tail};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -181,7 +181,6 @@ fn frames(dir: &Path) -> Vec<(PathBuf, u64, usize)> {
         out.push((seg.to_path_buf(), off, h.frame_len()));
         Ok::<(), ()>(())
     })
-    .unwrap()
     .unwrap();
     out
 }
@@ -234,8 +233,7 @@ async fn a_torn_tail_at_any_offset_ends_the_log_cleanly() {
             seen += 1;
             Ok::<(), ()>(())
         })
-        .unwrap()
-        .unwrap_or_else(|e| panic!("cut at {cut}: refused: {e}"));
+        .unwrap_or_else(|e| panic!("cut at {cut}: refused: {e:?}"));
         // Cutting off bytes that were zeros anyway (the record's padding, a little-endian
         // number's high bytes) leaves the record whole.
         let want = if changed { n - 1 } else { n };
@@ -264,8 +262,7 @@ async fn a_torn_tail_at_any_offset_ends_the_log_cleanly() {
             seen += 1;
             Ok::<(), ()>(())
         })
-        .unwrap()
-        .unwrap_or_else(|e| panic!("flip at {at}: refused: {e}"));
+        .unwrap_or_else(|e| panic!("flip at {at}: refused: {e:?}"));
         // A flip in the padding after the payload changes nothing that is checked.
         assert!(seen == n - 1 || seen == n, "flip at {at}: {seen} records");
     }
@@ -307,10 +304,10 @@ async fn damage_before_durable_records_is_refused_naming_segment_and_offset() {
     patch(&seg_copy, |b| {
         b[start as usize + 40 + (len - 40) / 2] ^= 0x10
     });
-    match recovery::scan(&copy.path().join("wal"), |_, _, _, _| Ok::<(), ()>(())).unwrap() {
-        Err(ScanError::Corrupt {
+    match recovery::scan(&copy.path().join("wal"), |_, _, _, _| Ok::<(), ()>(())) {
+        Err(ScanFailure::Log(ScanError::Corrupt {
             segment, offset, ..
-        }) => {
+        })) => {
             assert_eq!(segment, seg_copy);
             assert_eq!(offset, start);
         }

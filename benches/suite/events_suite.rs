@@ -405,7 +405,7 @@ pub async fn events_retention(rows: &mut Vec<Row>) {
                 for k in &keys {
                     tbl.remove(k.as_slice())?;
                 }
-                Ok(keys.len())
+                Ok::<_, shardbox::engine::OpError<shardbox::error::EngineError>>(keys.len())
             })
             .await
             .expect("delete rows");

@@ -112,14 +112,12 @@ impl Cache {
     /// A refresh failed: within its stale-if-error window the stale value keeps being served.
     /// Returns whether a stale value is being served.
     pub async fn fill_error(&self, ns: &str, key: &str, token: &str) -> Result<bool, CacheError> {
-        crate::names::validate_name("namespace", ns).map_err(CacheError::Invalid)?;
-        crate::names::validate_key(key).map_err(CacheError::Invalid)?;
+        crate::names::validate_name("namespace", ns)?;
+        crate::names::validate_key(key)?;
         let k = cache_key(ns, key);
         let now = self.now();
         if self.live_lease(&k, token, now).is_none() {
-            return Err(CacheError::LeaseInvalid(
-                "this fill lease is no longer valid (it expired, the key was deleted, or a value landed)".into(),
-            ));
+            return Err(CacheError::LeaseInvalid(LeaseUse::FillError));
         }
         self.count(ns, |c| &c.fill_errors);
         let got = self

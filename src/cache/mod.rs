@@ -20,7 +20,7 @@ pub use settings::{eviction_config, Eviction, Settings};
 pub use stats::Counters;
 
 use crate::engine::Engine;
-use crate::error::{CacheError, EngineError};
+use crate::error::{CacheError, EngineError, Invalid, LeaseUse};
 use bytes::Bytes;
 use foyer::{
     BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
@@ -255,8 +255,8 @@ impl Cache {
         key: &str,
         wait: Option<Duration>,
     ) -> Result<Lookup, CacheError> {
-        crate::names::validate_name("namespace", ns).map_err(CacheError::Invalid)?;
-        crate::names::validate_key(key).map_err(CacheError::Invalid)?;
+        crate::names::validate_name("namespace", ns)?;
+        crate::names::validate_key(key)?;
         let k = cache_key(ns, key);
         let first = self.lookup(ns, &k).await?;
         let Some(wait) = wait.filter(|w| !w.is_zero()) else {
@@ -443,55 +443,52 @@ impl Cache {
         value: Bytes,
         opts: PutOptions,
     ) -> Result<(), CacheError> {
-        crate::names::validate_name("namespace", ns).map_err(CacheError::Invalid)?;
-        crate::names::validate_key(key).map_err(CacheError::Invalid)?;
+        crate::names::validate_name("namespace", ns)?;
+        crate::names::validate_key(key)?;
         if value.len() > self.settings.value_bytes_max {
-            return Err(CacheError::TooLarge(format!(
-                "value is {} bytes; the cache takes at most {} (cache_value_bytes_max)",
-                value.len(),
-                self.settings.value_bytes_max
-            )));
+            return Err(CacheError::TooLarge {
+                len: value.len(),
+                max: self.settings.value_bytes_max,
+            });
         }
         let ttl_ms = match opts.ttl_ms {
             Some(t) => t,
             None if self.settings.default_ttl_ms > 0 => self.settings.default_ttl_ms,
-            None => {
-                return Err(CacheError::Invalid(
-                    "ttl is required (e.g. ?ttl=60s); no cache_default_ttl_ms is configured".into(),
-                ))
-            }
+            None => return Err(Invalid::TtlRequired.into()),
         };
         if ttl_ms == 0 {
-            return Err(CacheError::Invalid("ttl must be at least 1ms".into()));
+            return Err(Invalid::TtlZero.into());
         }
         if opts.tags.len() > self.settings.tags_max {
-            return Err(CacheError::Invalid(format!(
-                "{} tags; at most {} per entry (cache_tags_max)",
-                opts.tags.len(),
-                self.settings.tags_max
-            )));
+            return Err(Invalid::TooMany {
+                items: "tags",
+                got: opts.tags.len(),
+                max: self.settings.tags_max,
+                per: "entry",
+                setting: "cache_tags_max",
+            }
+            .into());
         }
         for t in &opts.tags {
             validate_tag(t)?;
         }
         if let Some(ct) = &opts.content_type {
             if ct.len() > crate::engine::codec::CONTENT_TYPE_BYTES_MAX {
-                return Err(CacheError::Invalid(format!(
-                    "content type is {} bytes; at most {}",
-                    ct.len(),
-                    crate::engine::codec::CONTENT_TYPE_BYTES_MAX
-                )));
+                return Err(Invalid::ContentTypeLength {
+                    len: ct.len(),
+                    max: crate::engine::codec::CONTENT_TYPE_BYTES_MAX,
+                }
+                .into());
             }
         }
         let k = cache_key(ns, key);
         let now = self.now();
         let granted = match &opts.fill_token {
             None => None,
-            Some(token) => Some(self.live_lease(&k, token, now).ok_or_else(|| {
-                CacheError::LeaseInvalid(
-                    "this fill lease is no longer valid (it expired, the key was deleted, or another write landed first); the value was not stored".into(),
-                )
-            })?),
+            Some(token) => Some(
+                self.live_lease(&k, token, now)
+                    .ok_or(CacheError::LeaseInvalid(LeaseUse::Put))?,
+            ),
         };
         let mut tags = opts.tags;
         tags.sort();
@@ -520,8 +517,8 @@ impl Cache {
 
     /// Removes `ns`/`key` from both tiers and cancels its pending fill.
     pub fn delete(&self, ns: &str, key: &str) -> Result<(), CacheError> {
-        crate::names::validate_name("namespace", ns).map_err(CacheError::Invalid)?;
-        crate::names::validate_key(key).map_err(CacheError::Invalid)?;
+        crate::names::validate_name("namespace", ns)?;
+        crate::names::validate_key(key)?;
         let k = cache_key(ns, key);
         {
             let _g = self.key_lock(&k);
@@ -534,15 +531,18 @@ impl Cache {
 
     /// O(1) purge: bumps the namespace's or the tags' generations (persisted).
     pub async fn purge(&self, ns: &str, target: PurgeTarget) -> Result<(), CacheError> {
-        crate::names::validate_name("namespace", ns).map_err(CacheError::Invalid)?;
+        crate::names::validate_name("namespace", ns)?;
         if let PurgeTarget::Tags(tags) = &target {
             if tags.is_empty() {
-                return Err(CacheError::Invalid(
-                    "give at least one tag, or {\"all\":true}".into(),
-                ));
+                return Err(Invalid::NoTags.into());
             }
             if tags.len() > 1000 {
-                return Err(CacheError::Invalid("at most 1000 tags per purge".into()));
+                return Err(Invalid::AtMost {
+                    items: "tags",
+                    max: 1000,
+                    per: "purge",
+                }
+                .into());
             }
             for t in tags {
                 validate_tag(t)?;
@@ -562,15 +562,18 @@ impl Cache {
 /// Checks a tag: 1–128 bytes of visible ASCII without `,`.
 pub fn validate_tag(tag: &str) -> Result<(), CacheError> {
     if tag.is_empty() || tag.len() > TAG_BYTES_MAX {
-        return Err(CacheError::Invalid(format!(
-            "tag must be 1-{TAG_BYTES_MAX} bytes, got {}",
-            tag.len()
-        )));
+        return Err(Invalid::TagLength {
+            len: tag.len(),
+            max: TAG_BYTES_MAX,
+        }
+        .into());
     }
-    if let Some(c) = tag.chars().find(|c| !c.is_ascii_graphic() || *c == ',') {
-        return Err(CacheError::Invalid(format!(
-            "tag {tag:?} contains {c:?}; use visible ASCII without commas"
-        )));
+    if let Some(ch) = tag.chars().find(|c| !c.is_ascii_graphic() || *c == ',') {
+        return Err(Invalid::TagChar {
+            tag: tag.to_string(),
+            ch,
+        }
+        .into());
     }
     Ok(())
 }

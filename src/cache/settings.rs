@@ -34,8 +34,8 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_config(c: &crate::Config) -> Result<Self, String> {
-        Ok(Self {
+    pub fn from_config(c: &crate::Config) -> Self {
+        Self {
             dir: c.data_dir.join("cache"),
             memory_bytes: c.cache_memory_bytes,
             disk_bytes: c.cache_disk_bytes,
@@ -51,6 +51,6 @@ impl Settings {
             tags_max: c.cache_tags_max,
             // `Config::validate` allows only psync and uring.
             disk_io_uring: c.cache_disk_io == crate::config::DiskIo::Uring,
-        })
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! [`Shard::read`] for a read transaction on the calling thread, and [`Engine::write`] to run a
 //! closure inside the shard writer's next group commit.
 
+mod apply_error;
 pub mod clock;
 pub mod codec;
 pub mod domain;
@@ -17,6 +18,7 @@ pub mod writer;
 
 use crate::config::Config;
 use crate::error::EngineError;
+pub use apply_error::OpError;
 use clock::Clock;
 use manifest::{DirLock, Manifest, FORMAT_VERSION};
 pub use redo::LoggedTable;
@@ -259,13 +261,18 @@ impl Engine {
 
     /// Runs `f` inside the next group commit of `shard` and returns its result once the commit
     /// holding it has returned. `bytes` is the payload size, for the batch byte bound.
-    pub async fn write<R, F>(&self, shard: usize, bytes: usize, f: F) -> Result<R, EngineError>
+    ///
+    /// `f`'s [`OpError::Rejected`] comes back as `Err(e)` to this caller alone, and the rest of
+    /// the batch commits; its [`OpError::Storage`] fails the whole batch (every caller in it gets
+    /// the [`EngineError`]) and the shard stops accepting writes.
+    pub async fn write<R, E, F>(&self, shard: usize, bytes: usize, f: F) -> Result<R, E>
     where
-        F: FnOnce(&mut ApplyCtx<'_, '_>) -> Result<R, redb::Error> + Send + 'static,
+        F: FnOnce(&mut ApplyCtx<'_, '_>) -> Result<R, OpError<E>> + Send + 'static,
         R: Send + 'static,
+        E: From<EngineError> + Send + 'static,
     {
         if self.closing.load(Ordering::Acquire) {
-            return Err(EngineError::ShuttingDown);
+            return Err(EngineError::ShuttingDown.into());
         }
         let s = &self.shards[shard];
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -278,7 +285,7 @@ impl Engine {
         s.submit(op).await?;
         match rx.await {
             Ok(r) => r,
-            Err(_) => Err(s.gone()),
+            Err(_) => Err(s.gone().into()),
         }
     }
 
@@ -292,7 +299,9 @@ impl Engine {
             return false;
         }
         let op: Box<dyn Mutation> = Box::new(Call {
-            f: Some(f),
+            f: Some(move |ctx: &mut ApplyCtx<'_, '_>| {
+                f(ctx).map_err(OpError::<EngineError>::Storage)
+            }),
             result: None,
             tx: None,
             bytes: 0,
@@ -363,33 +372,40 @@ fn init_tables(db: &redb::Database, domains: &[&DomainSpec]) -> Result<(), redb:
     Ok(())
 }
 
-/// A closure run by the writer, with a channel back to its caller.
-struct Call<F, R> {
+/// A closure run by the writer, with a channel back to its caller. `result` holds the
+/// closure's own outcome (its value or its rejection) until the batch's fate is known.
+struct Call<F, R, E> {
     f: Option<F>,
-    result: Option<R>,
-    tx: Option<tokio::sync::oneshot::Sender<Result<R, EngineError>>>,
+    result: Option<Result<R, E>>,
+    tx: Option<tokio::sync::oneshot::Sender<Result<R, E>>>,
     bytes: usize,
 }
 
-impl<F, R> Mutation for Call<F, R>
+impl<F, R, E> Mutation for Call<F, R, E>
 where
-    F: FnOnce(&mut ApplyCtx<'_, '_>) -> Result<R, redb::Error> + Send,
+    F: FnOnce(&mut ApplyCtx<'_, '_>) -> Result<R, OpError<E>> + Send,
     R: Send,
+    E: From<EngineError> + Send,
 {
     fn bytes(&self) -> usize {
         self.bytes
     }
     fn apply(&mut self, ctx: &mut ApplyCtx<'_, '_>) -> Result<(), redb::Error> {
         if let Some(f) = self.f.take() {
-            self.result = Some(f(ctx)?);
+            self.result = Some(match f(ctx) {
+                Ok(r) => Ok(r),
+                // Changed nothing: the batch goes on, the caller gets the refusal.
+                Err(OpError::Rejected(e)) => Err(e),
+                Err(OpError::Storage(e)) => return Err(e),
+            });
         }
         Ok(())
     }
     fn finish(mut self: Box<Self>, outcome: Result<(), EngineError>) {
         let reply = match (outcome, self.result.take()) {
-            (Ok(()), Some(r)) => Ok(r),
-            (Ok(()), None) => Err(EngineError::ShuttingDown),
-            (Err(e), _) => Err(e),
+            (Ok(()), Some(r)) => r,
+            (Ok(()), None) => Err(EngineError::ShuttingDown.into()),
+            (Err(e), _) => Err(e.into()),
         };
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(reply);

@@ -43,7 +43,10 @@ pub fn replay(
     applied_lsn: &mut [u64],
 ) -> Result<ReplayReport, EngineError> {
     let started = Instant::now();
-    let open_err = |e: recovery::ScanError| EngineError::Open(e.to_string());
+    let failed = |e: recovery::ScanFailure<EngineError>| match e {
+        recovery::ScanFailure::Log(e) => EngineError::Open(e.to_string()),
+        recovery::ScanFailure::Visit(e) => e,
+    };
     // Pass 1: which records never committed.
     let mut aborted: HashSet<(u32, u64)> = HashSet::new();
     recovery::scan(wal_dir, |h, payload, _, _| {
@@ -51,8 +54,8 @@ pub fn replay(
             aborted.insert(a);
         }
         Ok::<(), EngineError>(())
-    })?
-    .map_err(open_err)?;
+    })
+    .map_err(failed)?;
     // Pass 2: apply.
     let mut txns: Vec<Option<WriteTransaction>> = dbs.iter().map(|_| None).collect();
     let mut counts = vec![0u64; dbs.len()];
@@ -100,8 +103,8 @@ pub fn replay(
             }
         }
         Ok(())
-    })?
-    .map_err(open_err)?;
+    })
+    .map_err(failed)?;
     // Checkpoint every shard that moved: its file now holds what the log held for it.
     for (s, db) in dbs.iter().enumerate() {
         let storage = |e: redb::Error| EngineError::Storage {

@@ -1,12 +1,14 @@
-//! Event mutations as the shard writer applies them (check first, then mutate).
+//! Event mutations as the shard writer applies them (check first, then mutate: a rejection,
+//! [`OpError::Rejected`], is only returned before the first write; [`OpError::Storage`] aborts
+//! the batch).
 
 use super::model::{self, *};
-use crate::engine::ApplyCtx;
-use crate::error::EventError;
+use crate::engine::{ApplyCtx, OpError};
+use crate::error::{EventError, Invalid, ItemKind};
 use redb::{ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 
-pub type Res<T> = Result<Result<T, EventError>, redb::Error>;
+pub type Res<T> = Result<T, OpError<EventError>>;
 
 /// An event to append.
 #[derive(Debug, Clone)]
@@ -30,17 +32,12 @@ fn table(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
     TableDefinition::new(name)
 }
 
-pub fn load_meta(
-    ctx: &ApplyCtx<'_, '_>,
-    stream: &str,
-) -> Result<Result<Option<StreamMeta>, EventError>, redb::Error> {
+pub fn load_meta(ctx: &ApplyCtx<'_, '_>, stream: &str) -> Res<Option<StreamMeta>> {
     let t = ctx.table(EV_STREAMS)?;
     let got = t.get(stream.as_bytes())?;
     Ok(match got {
-        None => Ok(None),
-        Some(g) => model::decode_meta(g.value())
-            .map(Some)
-            .map_err(EventError::Corrupt),
+        None => None,
+        Some(g) => Some(model::decode_meta(g.value()).map_err(EventError::Corrupt)?),
     })
 }
 
@@ -48,15 +45,6 @@ fn save_meta(ctx: &ApplyCtx<'_, '_>, stream: &str, m: &StreamMeta) -> Result<(),
     ctx.table(EV_STREAMS)?
         .insert(stream.as_bytes(), model::encode(m).as_slice())?;
     Ok(())
-}
-
-macro_rules! check {
-    ($e:expr) => {
-        match $e? {
-            Ok(v) => v,
-            Err(e) => return Ok(Err(e)),
-        }
-    };
 }
 
 /// Appends events (creating the stream with the defaults if needed); all or nothing.
@@ -68,7 +56,7 @@ pub fn append(
     rules: AppendRules,
 ) -> Res<Vec<(u64, u32)>> {
     let now = ctx.now_ms;
-    let mut meta = check!(load_meta(ctx, stream)).unwrap_or(StreamMeta {
+    let mut meta = load_meta(ctx, stream)?.unwrap_or(StreamMeta {
         version: RECORD_VERSION,
         bucket_ms: rules.bucket_ms,
         retention_ms: rules.retention_ms,
@@ -81,15 +69,16 @@ pub fn append(
     for (i, e) in events.iter().enumerate() {
         if let Some(ts) = e.ts {
             if ts > now.saturating_add(rules.future_skew_max_ms) {
-                return Ok(Err(EventError::Invalid(format!(
-                    "event {i}: timestamp {ts} is more than future_skew_max_ms ({}) ahead of the server clock ({now})",
-                    rules.future_skew_max_ms
-                ))));
+                let e = Invalid::TsAhead {
+                    ts,
+                    skew_max_ms: rules.future_skew_max_ms,
+                    now,
+                };
+                return Err(EventError::Invalid(e.at(ItemKind::Event, i)).into());
             }
             if meta.retention_ms > 0 && ts < now.saturating_sub(meta.retention_ms) {
-                return Ok(Err(EventError::Invalid(format!(
-                    "event {i}: timestamp {ts} is older than the stream's retention"
-                ))));
+                let e = Invalid::TsBeforeRetention { ts };
+                return Err(EventError::Invalid(e.at(ItemKind::Event, i)).into());
             }
         }
     }
@@ -151,7 +140,7 @@ pub fn append(
     }
     drop(buckets);
     save_meta(ctx, stream, &meta)?;
-    Ok(Ok(ids))
+    Ok(ids)
 }
 
 fn load_bucket(
@@ -195,7 +184,7 @@ pub fn configure(
     retention_ms: Option<u64>,
     rules: AppendRules,
 ) -> Res<(bool, StreamMeta)> {
-    let existing = check!(load_meta(ctx, stream));
+    let existing = load_meta(ctx, stream)?;
     let created = existing.is_none();
     let mut meta = existing.unwrap_or(StreamMeta {
         version: RECORD_VERSION,
@@ -209,17 +198,18 @@ pub fn configure(
     });
     if let Some(b) = bucket_ms {
         if b != meta.bucket_ms {
-            return Ok(Err(EventError::Conflict(format!(
-                "the bucket width of stream {stream} is fixed at creation ({} ms); create a new stream to change it",
-                meta.bucket_ms
-            ))));
+            return Err(EventError::BucketFixed {
+                stream: stream.to_string(),
+                bucket_ms: meta.bucket_ms,
+            }
+            .into());
         }
     }
     if let Some(r) = retention_ms {
         meta.retention_ms = r;
     }
     save_meta(ctx, stream, &meta)?;
-    Ok(Ok((created, meta)))
+    Ok((created, meta))
 }
 
 /// Deletes events before `before`: whole buckets (at most `buckets_max`) by dropping their
@@ -233,8 +223,8 @@ pub fn trim(
     buckets_max: usize,
     events_max: usize,
 ) -> Res<(u64, u64, bool)> {
-    let Some(mut meta) = check!(load_meta(ctx, stream)) else {
-        return Ok(Err(EventError::StreamNotFound(stream.to_string())));
+    let Some(mut meta) = load_meta(ctx, stream)? else {
+        return Err(EventError::StreamNotFound(stream.to_string()).into());
     };
     let prefix = bucket_prefix(stream);
     let mut whole = Vec::new();
@@ -313,7 +303,7 @@ pub fn trim(
     if dropped > 0 || deleted > 0 {
         save_meta(ctx, stream, &meta)?;
     }
-    Ok(Ok((dropped, deleted, more)))
+    Ok((dropped, deleted, more))
 }
 
 /// Drops up to `buckets_max` bucket tables of a stream, and the stream itself once none are
@@ -323,8 +313,8 @@ pub fn drop_stream(
     stream: &str,
     buckets_max: usize,
 ) -> Res<(u64, bool)> {
-    let Some(mut meta) = check!(load_meta(ctx, stream)) else {
-        return Ok(Err(EventError::StreamNotFound(stream.to_string())));
+    let Some(mut meta) = load_meta(ctx, stream)? else {
+        return Err(EventError::StreamNotFound(stream.to_string()).into());
     };
     let prefix = bucket_prefix(stream);
     let mut starts = Vec::new();
@@ -361,5 +351,5 @@ pub fn drop_stream(
     } else {
         ctx.table(EV_STREAMS)?.remove(stream.as_bytes())?;
     }
-    Ok(Ok((starts.len() as u64, more)))
+    Ok((starts.len() as u64, more))
 }

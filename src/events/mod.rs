@@ -8,7 +8,7 @@ pub mod apply;
 pub mod model;
 
 use crate::engine::Engine;
-use crate::error::EventError;
+use crate::error::{EventError, Invalid, ItemKind};
 use apply::{AppendRules, NewEvent};
 use model::*;
 use redb::{ReadableTable, TableDefinition};
@@ -198,12 +198,12 @@ pub struct Events {
 }
 
 pub fn validate_name(stream: &str) -> Result<(), EventError> {
-    crate::names::validate_name("stream name", stream).map_err(EventError::Invalid)
+    Ok(crate::names::validate_name("stream name", stream)?)
 }
 
 /// Parses a bucket width: `1h`, `1d`, `7d`, `30d`.
 pub fn parse_bucket(text: &str) -> Result<u64, EventError> {
-    crate::util::parse_bucket_ms(text).map_err(EventError::Invalid)
+    Ok(crate::util::parse_bucket_ms(text)?)
 }
 
 fn storage(shard: usize, e: impl Into<redb::Error>) -> EventError {
@@ -284,38 +284,36 @@ impl Events {
     ) -> Result<Vec<String>, EventError> {
         validate_name(stream)?;
         if events.is_empty() || events.len() > self.limits.append_events_max {
-            return Err(EventError::Invalid(format!(
-                "a request appends 1-{} events, got {}",
-                self.limits.append_events_max,
-                events.len()
-            )));
+            return Err(Invalid::RequestSize {
+                verb: "appends",
+                items: "events",
+                max: self.limits.append_events_max,
+                got: events.len(),
+            }
+            .into());
         }
         let mut bytes = 0;
         for (i, e) in events.iter().enumerate() {
             if e.data.len() > self.limits.event_bytes_max {
-                return Err(EventError::TooLarge(format!(
-                    "event {i}: data is {} bytes; event_bytes_max is {}",
-                    e.data.len(),
-                    self.limits.event_bytes_max
-                )));
+                return Err(EventError::TooLarge {
+                    event: i,
+                    len: e.data.len(),
+                    max: self.limits.event_bytes_max,
+                });
             }
-            crate::util::check_stored_json(&format!("event {i}: data"), &e.data)
-                .map_err(EventError::Invalid)?;
+            crate::util::check_stored_json("data", &e.data)
+                .map_err(|err| err.at(ItemKind::Event, i))?;
             // A type is written raw into SSE `event:` lines: no control characters (a newline
             // would start another field, e.g. a forged `id:`).
             if e.kind
                 .as_ref()
                 .is_some_and(|k| k.is_empty() || k.len() > 64 || k.chars().any(char::is_control))
             {
-                return Err(EventError::Invalid(format!(
-                    "event {i}: type must be 1-64 bytes without control characters"
-                )));
+                return Err(Invalid::EventType.at(ItemKind::Event, i).into());
             }
             // Id 0-0 marks "no event yet" in the stream record: a timestamp of 0 would collide.
             if e.ts == Some(0) {
-                return Err(EventError::Invalid(format!(
-                    "event {i}: ts must be after the Unix epoch (at least 1)"
-                )));
+                return Err(Invalid::TsZero.at(ItemKind::Event, i).into());
             }
             bytes += e.data.len();
         }
@@ -325,12 +323,12 @@ impl Events {
             .engine
             .write(self.shard(stream), bytes, move |ctx| {
                 let ids = apply::append(ctx, &name, &events, rules);
-                if matches!(ids, Ok(Ok(_))) {
+                if ids.is_ok() {
                     ctx.after_commit(move || Self::wake(&followers, &name));
                 }
                 ids
             })
-            .await??;
+            .await?;
         Ok(ids.into_iter().map(|(t, s)| format_id(t, s)).collect())
     }
 
@@ -348,7 +346,7 @@ impl Events {
             .write(self.shard(stream), 0, move |ctx| {
                 apply::configure(ctx, &name, bucket_ms, retention_ms, rules)
             })
-            .await??;
+            .await?;
         let info = self
             .info(stream)?
             .ok_or_else(|| EventError::StreamNotFound(stream.to_string()))?;
@@ -366,7 +364,7 @@ impl Events {
                 .write(self.shard(stream), 0, move |ctx| {
                     apply::drop_stream(ctx, &name, max)
                 })
-                .await??;
+                .await?;
             if !more {
                 return Ok(());
             }
@@ -394,7 +392,7 @@ impl Events {
                 .write(self.shard(stream), 0, move |ctx| {
                     apply::trim(ctx, &name, before, partial, bmax, emax)
                 })
-                .await??;
+                .await?;
             dropped += d;
             deleted += e;
             if !more {
@@ -544,10 +542,12 @@ impl Events {
     /// Opens only the buckets that overlap the range.
     pub fn range(&self, stream: &str, q: &RangeQuery) -> Result<(Vec<EventOut>, bool), EventError> {
         if q.limit == 0 || q.limit > self.limits.range_limit_max {
-            return Err(EventError::Invalid(format!(
-                "limit must be 1-{}",
-                self.limits.range_limit_max
-            )));
+            return Err(Invalid::OutOfRange {
+                field: "limit",
+                min: 1,
+                max: self.limits.range_limit_max as u64,
+            }
+            .into());
         }
         let Some((shard, meta)) = self.read_meta(stream)? else {
             return Err(EventError::StreamNotFound(stream.to_string()));
@@ -644,13 +644,11 @@ impl Events {
             return Err(EventError::StreamNotFound(stream.to_string()));
         };
         if step == 0 || to <= from {
-            return Err(EventError::Invalid("need from < to and step > 0".into()));
+            return Err(Invalid::CountWindow.into());
         }
         let steps = (to - from).div_ceil(step);
         if steps > 10_000 {
-            return Err(EventError::Invalid(format!(
-                "{steps} steps; at most 10000 per query"
-            )));
+            return Err(Invalid::TooManySteps { steps, max: 10_000 }.into());
         }
         let mut counts = vec![0u64; steps as usize];
         let aligned = step.is_multiple_of(meta.bucket_ms) && from.is_multiple_of(meta.bucket_ms);

@@ -136,8 +136,8 @@ pub async fn put(
     key: &str,
     req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
-    crate::names::validate_name("namespace", ns).map_err(ApiError::bad_request)?;
-    crate::names::validate_key(key).map_err(ApiError::bad_request)?;
+    crate::names::validate_name("namespace", ns)?;
+    crate::names::validate_key(key)?;
     let q = query(&req);
     let ttl_ms = duration_param(&q, "ttl")?;
     let swr_ms = duration_param(&q, "swr")?.unwrap_or(0);
@@ -222,7 +222,7 @@ pub async fn purge(
     ns: &str,
     req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
-    crate::names::validate_name("namespace", ns).map_err(ApiError::bad_request)?;
+    crate::names::validate_name("namespace", ns)?;
     let body: PurgeReq = json_body(state, req).await?;
     let (target, label) = match (body.all, body.tags) {
         (true, None) => (PurgeTarget::Namespace, "namespace"),
@@ -252,7 +252,7 @@ pub async fn fill_error(
     ns: &str,
     req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
-    crate::names::validate_name("namespace", ns).map_err(ApiError::bad_request)?;
+    crate::names::validate_name("namespace", ns)?;
     let body: FillErrorReq = json_body(state, req).await?;
     let serving = state
         .store

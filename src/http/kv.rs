@@ -386,9 +386,9 @@ pub async fn batch_write(
         .map(|r| match r {
             BatchOpResult::Put(p) => serde_json::json!({"ok": true, "revision": p.revision, "created": p.created}),
             BatchOpResult::Deleted { existed } => serde_json::json!({"ok": true, "deleted": existed}),
-            BatchOpResult::PreconditionFailed(m) => {
+            BatchOpResult::PreconditionFailed { op, reason } => {
                 applied = false;
-                serde_json::json!({"ok": false, "error": {"code": "precondition_failed", "message": m}})
+                serde_json::json!({"ok": false, "error": {"code": "precondition_failed", "message": format!("ops[{op}]: {reason}")}})
             }
             BatchOpResult::Aborted => {
                 applied = false;

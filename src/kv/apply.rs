@@ -1,17 +1,18 @@
 //! KV mutations as the shard writer applies them.
 //!
 //! Every function checks its preconditions before it mutates anything, so a failed precondition
-//! leaves the batch's transaction untouched. The outer `Result` is a storage error (aborts the
-//! whole batch); the inner one is this operation's own outcome.
+//! leaves the batch's transaction untouched: an [`OpError::Rejected`] (a `?` on a [`KvError`])
+//! may only be returned before the first write. An [`OpError::Storage`] (a `?` on a redb error)
+//! aborts the whole batch; a rejection is this operation's own outcome and the batch goes on.
 
 use super::{display_key, BatchOp, BatchOpResult, Cond, PutOptions, PutResult, KV, KV_EXPIRY};
 use crate::engine::codec::{self, Header};
-use crate::engine::{ApplyCtx, LoggedTable};
-use crate::error::{EngineError, KvError};
+use crate::engine::{ApplyCtx, LoggedTable, OpError};
+use crate::error::{EngineError, KvError, Precondition};
 use redb::ReadableTable;
 use std::collections::HashMap;
 
-type Res<T> = Result<Result<T, KvError>, redb::Error>;
+type Res<T> = Result<T, OpError<KvError>>;
 type KvTable<'c, 't> = LoggedTable<'c, 't, &'static [u8], &'static [u8]>;
 type ExpiryTable<'c, 't> = LoggedTable<'c, 't, &'static [u8], ()>;
 
@@ -23,18 +24,14 @@ pub(super) fn expiry_key(expires_at_ms: u64, sk: &[u8]) -> Vec<u8> {
     k
 }
 
-/// The stored header of `sk`, expired or not; `Err` if the record is corrupt.
-fn header_of(
-    table: &KvTable<'_, '_>,
-    shard: usize,
-    sk: &[u8],
-) -> Result<Result<Option<Header>, KvError>, redb::Error> {
+/// The stored header of `sk`, expired or not; rejected if the record is corrupt.
+fn header_of(table: &KvTable<'_, '_>, shard: usize, sk: &[u8]) -> Res<Option<Header>> {
     let Some(guard) = table.get(sk)? else {
-        return Ok(Ok(None));
+        return Ok(None);
     };
-    Ok(codec::decode_header(guard.value())
-        .map(Some)
-        .map_err(|e| corrupt(shard, sk, e.to_string())))
+    let header =
+        codec::decode_header(guard.value()).map_err(|e| corrupt(shard, sk, e.to_string()))?;
+    Ok(Some(header))
 }
 
 fn corrupt(shard: usize, sk: &[u8], detail: String) -> KvError {
@@ -51,18 +48,20 @@ fn check(cond: Cond, live: Option<u64>) -> Result<(), KvError> {
     match (cond, live) {
         (Cond::None, _) => Ok(()),
         (Cond::IfRevision(want), Some(have)) if want == have => Ok(()),
-        (Cond::IfRevision(want), Some(have)) => Err(KvError::PreconditionFailed(format!(
-            "revision is {have}, not {want}"
-        ))),
-        (Cond::IfRevision(want), None) => Err(KvError::PreconditionFailed(format!(
-            "key does not exist (expected revision {want})"
-        ))),
+        (Cond::IfRevision(want), Some(have)) => Err(KvError::PreconditionFailed(
+            Precondition::RevisionMismatch { have, want },
+        )),
+        (Cond::IfRevision(want), None) => Err(KvError::PreconditionFailed(Precondition::Missing {
+            expected: Some(want),
+        })),
         (Cond::IfExists, Some(_)) => Ok(()),
-        (Cond::IfExists, None) => Err(KvError::PreconditionFailed("key does not exist".into())),
+        (Cond::IfExists, None) => Err(KvError::PreconditionFailed(Precondition::Missing {
+            expected: None,
+        })),
         (Cond::IfAbsent, None) => Ok(()),
-        (Cond::IfAbsent, Some(have)) => Err(KvError::PreconditionFailed(format!(
-            "key exists with revision {have}"
-        ))),
+        (Cond::IfAbsent, Some(have)) => {
+            Err(KvError::PreconditionFailed(Precondition::Exists { have }))
+        }
     }
 }
 
@@ -126,17 +125,12 @@ pub(super) fn put(
     let mut kv = ctx.table(KV)?;
     let mut exp = ctx.table(KV_EXPIRY)?;
     if opts.cond == Cond::None {
-        return put_unconditional(ctx, &mut kv, &mut exp, sk, value, opts).map(Ok);
+        return Ok(put_unconditional(ctx, &mut kv, &mut exp, sk, value, opts)?);
     }
-    let old = match header_of(&kv, ctx.shard, sk)? {
-        Ok(h) => h,
-        // No precondition can be judged against a corrupt record.
-        Err(e) => return Ok(Err(e)),
-    };
+    // No precondition can be judged against a corrupt record.
+    let old = header_of(&kv, ctx.shard, sk)?;
     let live = old.as_ref().filter(|h| !h.is_expired(ctx.now_ms));
-    if let Err(e) = check(opts.cond, live.map(|h| h.revision)) {
-        return Ok(Err(e));
-    }
+    check(opts.cond, live.map(|h| h.revision))?;
     let created = live.is_none();
     let expires = opts.ttl_ms.map(|t| ctx.now_ms.saturating_add(t));
     let revision = write_value(
@@ -149,7 +143,7 @@ pub(super) fn put(
         expires,
         opts.content_type.as_deref(),
     )?;
-    Ok(Ok(PutResult { revision, created }))
+    Ok(PutResult { revision, created })
 }
 
 /// A put without a precondition: one tree walk, the insert itself, which hands back the old
@@ -179,18 +173,13 @@ fn put_unconditional(
 pub(super) fn delete(ctx: &mut ApplyCtx<'_, '_>, sk: &[u8], cond: Cond) -> Res<u64> {
     let mut kv = ctx.table(KV)?;
     let mut exp = ctx.table(KV_EXPIRY)?;
-    let old = match header_of(&kv, ctx.shard, sk)? {
-        Ok(h) => h,
-        Err(e) => return Ok(Err(e)),
-    };
+    let old = header_of(&kv, ctx.shard, sk)?;
     let Some(live) = old.filter(|h| !h.is_expired(ctx.now_ms)) else {
-        return Ok(Err(KvError::NotFound));
+        return Err(KvError::NotFound.into());
     };
-    if let Err(e) = check(cond, Some(live.revision)) {
-        return Ok(Err(e));
-    }
+    check(cond, Some(live.revision))?;
     remove_value(&mut kv, &mut exp, sk, Some(&live))?;
-    Ok(Ok(live.revision))
+    Ok(live.revision)
 }
 
 pub(super) fn incr(
@@ -205,7 +194,7 @@ pub(super) fn incr(
         None => None,
         Some(guard) => match codec::decode(guard.value()) {
             Ok((h, payload)) => Some((h, payload.to_vec())),
-            Err(e) => return Ok(Err(corrupt(ctx.shard, sk, e.to_string()))),
+            Err(e) => return Err(corrupt(ctx.shard, sk, e.to_string()).into()),
         },
     };
     let (header, payload) = match current {
@@ -217,12 +206,10 @@ pub(super) fn incr(
         }
     };
     let Some(value) = parse_counter(&payload) else {
-        return Ok(Err(KvError::NotACounter));
+        return Err(KvError::NotACounter.into());
     };
     let Some(next) = value.checked_add(by) else {
-        return Ok(Err(KvError::Overflow(format!(
-            "{value} + {by} does not fit in a signed 64-bit integer"
-        ))));
+        return Err(KvError::Overflow { value, by }.into());
     };
     let revision = write_value(
         ctx,
@@ -234,7 +221,7 @@ pub(super) fn incr(
         header.expires_at_ms,
         header.content_type.as_deref(),
     )?;
-    Ok(Ok((next, revision)))
+    Ok((next, revision))
 }
 
 fn incr_create(
@@ -257,7 +244,7 @@ fn incr_create(
         expires,
         Some("text/plain"),
     )?;
-    Ok(Ok((by, revision)))
+    Ok((by, revision))
 }
 
 /// A counter is a value that is the ASCII decimal form of an i64.
@@ -286,14 +273,11 @@ pub(super) fn batch(
     // Phase 1: judge every precondition against the state the earlier ops would leave.
     let mut headers: HashMap<&[u8], Option<Header>> = HashMap::new();
     let mut seen: HashMap<&[u8], Seen> = HashMap::new();
-    let mut failures: Vec<Option<String>> = vec![None; group.len()];
+    let mut failures: Vec<Option<(usize, Precondition)>> = vec![None; group.len()];
     let mut any_failed = false;
     for (n, (i, sk, op)) in group.iter().enumerate() {
         if !headers.contains_key(sk.as_slice()) {
-            let h = match header_of(&kv, ctx.shard, sk)? {
-                Ok(h) => h,
-                Err(e) => return Ok(Err(e)),
-            };
+            let h = header_of(&kv, ctx.shard, sk)?;
             let state = match &h {
                 Some(h) if !h.is_expired(ctx.now_ms) => Seen::Present(h.revision),
                 _ => Seen::Absent,
@@ -302,7 +286,6 @@ pub(super) fn batch(
             headers.insert(sk.as_slice(), h);
         }
         let state = seen[sk.as_slice()];
-        let _ = i;
         let (if_revision, after) = match op {
             BatchOp::Put { if_revision, .. } => (*if_revision, Seen::Written),
             BatchOp::Delete { if_revision, .. } => (*if_revision, Seen::Absent),
@@ -310,26 +293,27 @@ pub(super) fn batch(
         if let Some(want) = if_revision {
             let ok = matches!(state, Seen::Present(have) if have == want);
             if !ok {
-                failures[n] = Some(match state {
-                    Seen::Present(have) => format!("ops[{i}]: revision is {have}, not {want}"),
-                    Seen::Absent => {
-                        format!("ops[{i}]: key does not exist (expected revision {want})")
-                    }
-                    Seen::Written => format!("ops[{i}]: key was written earlier in this batch"),
-                });
+                let reason = match state {
+                    Seen::Present(have) => Precondition::RevisionMismatch { have, want },
+                    Seen::Absent => Precondition::Missing {
+                        expected: Some(want),
+                    },
+                    Seen::Written => Precondition::WrittenInBatch,
+                };
+                failures[n] = Some((*i, reason));
                 any_failed = true;
             }
         }
         seen.insert(sk.as_slice(), after);
     }
     if any_failed {
-        return Ok(Ok(failures
+        return Ok(failures
             .into_iter()
             .map(|f| match f {
-                Some(msg) => BatchOpResult::PreconditionFailed(msg),
+                Some((op, reason)) => BatchOpResult::PreconditionFailed { op, reason },
                 None => BatchOpResult::Aborted,
             })
-            .collect()));
+            .collect());
     }
     // Phase 2: apply. `live` tracks the current header as earlier ops change it.
     let mut results = Vec::with_capacity(group.len());
@@ -373,7 +357,7 @@ pub(super) fn batch(
             }
         }
     }
-    Ok(Ok(results))
+    Ok(results)
 }
 
 /// Deletes up to `max` keys starting with `prefix`; returns (live keys deleted, more remain).
@@ -405,7 +389,7 @@ pub(super) fn delete_prefix(
         }
         remove_value(&mut kv, &mut exp, sk, header.as_ref())?;
     }
-    Ok(Ok((deleted, more)))
+    Ok((deleted, more))
 }
 
 /// Deletes up to `max` keys whose expiry has passed, walking the expiry index in time order.

@@ -3,7 +3,7 @@
 use super::{storage, stored_key, validate_key, KV};
 use crate::engine::codec;
 use crate::engine::Engine;
-use crate::error::{EngineError, KvError};
+use crate::error::{EngineError, Invalid, KvError};
 use base64::Engine as _;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -30,7 +30,7 @@ pub fn encode_cursor(key: &str) -> String {
 }
 
 pub fn decode_cursor(cursor: &str) -> Result<String, KvError> {
-    let bad = || KvError::Invalid("`after` must be a cursor returned by a previous listing".into());
+    let bad = || KvError::Invalid(Invalid::BadCursor);
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(cursor)
         .map_err(|_| bad())?;

@@ -10,7 +10,7 @@ pub mod sweep;
 
 use crate::engine::codec;
 use crate::engine::Engine;
-use crate::error::{EngineError, KvError};
+use crate::error::{EngineError, Invalid, ItemKind, KvError, Precondition};
 use redb::{ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -106,32 +106,34 @@ pub enum BatchOpResult {
     Deleted {
         existed: bool,
     },
-    /// This operation's precondition failed; no operation of its shard was applied.
-    PreconditionFailed(String),
+    /// The precondition of operation `op` (its index in the request) failed; no operation of
+    /// its shard was applied.
+    PreconditionFailed {
+        op: usize,
+        reason: Precondition,
+    },
     /// Another operation on the same shard failed its precondition, so this one was not applied.
     Aborted,
 }
 
 /// Checks a namespace: 1–64 bytes of `[A-Za-z0-9_.-]`.
 pub fn validate_namespace(ns: &str) -> Result<(), KvError> {
-    crate::names::validate_name("namespace", ns).map_err(KvError::Invalid)
+    Ok(crate::names::validate_name("namespace", ns)?)
 }
 
 /// Checks a TTL: 1 ms to [`crate::util::DURATION_MS_MAX`] (100 years), so every expiry the
 /// store holds can be rendered by every read path.
 pub fn validate_ttl(ttl_ms: Option<u64>) -> Result<(), KvError> {
     match ttl_ms {
-        Some(0) => Err(KvError::Invalid("ttl must be greater than zero".into())),
-        Some(t) if t > crate::util::DURATION_MS_MAX => Err(KvError::Invalid(format!(
-            "ttl of {t} ms is too long: at most 100 years"
-        ))),
+        Some(0) => Err(Invalid::TtlZero.into()),
+        Some(ms) if ms > crate::util::DURATION_MS_MAX => Err(Invalid::TtlTooLong { ms }.into()),
         _ => Ok(()),
     }
 }
 
 /// Checks a key: 1–1024 bytes of UTF-8.
 pub fn validate_key(key: &str) -> Result<(), KvError> {
-    crate::names::validate_key(key).map_err(KvError::Invalid)
+    Ok(crate::names::validate_key(key)?)
 }
 
 pub use crate::names::{display_key, stored_key};
@@ -201,11 +203,11 @@ impl Kv {
 
     fn check_value(&self, value: &[u8]) -> Result<(), KvError> {
         if value.len() > self.limits.value_bytes_max {
-            return Err(KvError::TooLarge(format!(
-                "value is {} bytes; the limit (value_bytes_max) is {}",
-                value.len(),
-                self.limits.value_bytes_max
-            )));
+            return Err(KvError::TooLarge {
+                op: None,
+                len: value.len(),
+                max: self.limits.value_bytes_max,
+            });
         }
         Ok(())
     }
@@ -235,11 +237,14 @@ impl Kv {
     pub fn batch_get(&self, ns: &str, keys: &[String]) -> Result<Vec<Option<Value>>, KvError> {
         validate_namespace(ns)?;
         if keys.len() > self.limits.batch_keys_max {
-            return Err(KvError::Invalid(format!(
-                "{} keys; at most {} per batch (batch_keys_max)",
-                keys.len(),
-                self.limits.batch_keys_max
-            )));
+            return Err(Invalid::TooMany {
+                items: "keys",
+                got: keys.len(),
+                max: self.limits.batch_keys_max,
+                per: "batch",
+                setting: "batch_keys_max",
+            }
+            .into());
         }
         let mut by_shard: BTreeMap<usize, Vec<(usize, Vec<u8>)>> = BTreeMap::new();
         for (i, key) in keys.iter().enumerate() {
@@ -293,11 +298,11 @@ impl Kv {
         self.check_value(&value)?;
         if let Some(ct) = &opts.content_type {
             if ct.len() > codec::CONTENT_TYPE_BYTES_MAX {
-                return Err(KvError::Invalid(format!(
-                    "content type is {} bytes; at most {}",
-                    ct.len(),
-                    codec::CONTENT_TYPE_BYTES_MAX
-                )));
+                return Err(Invalid::ContentTypeLength {
+                    len: ct.len(),
+                    max: codec::CONTENT_TYPE_BYTES_MAX,
+                }
+                .into());
             }
         }
         validate_ttl(opts.ttl_ms)?;
@@ -311,7 +316,7 @@ impl Kv {
                 cache::after_commit(ctx, &rc, vec![sk]);
                 r
             })
-            .await?
+            .await
     }
 
     /// Deletes a key; returns the revision it had.
@@ -327,7 +332,7 @@ impl Kv {
                 cache::after_commit(ctx, &rc, vec![sk]);
                 r
             })
-            .await?
+            .await
     }
 
     /// Adds `by` to an integer counter (created at 0). `ttl_ms` applies when the counter is
@@ -351,7 +356,7 @@ impl Kv {
                 cache::after_commit(ctx, &rc, vec![sk]);
                 r
             })
-            .await?
+            .await
     }
 
     /// Applies a batch of writes. Operations are grouped by shard; each shard's group is atomic
@@ -364,21 +369,30 @@ impl Kv {
     ) -> Result<Vec<BatchOpResult>, KvError> {
         validate_namespace(ns)?;
         if ops.len() > self.limits.batch_keys_max {
-            return Err(KvError::Invalid(format!(
-                "{} ops; at most {} per batch (batch_keys_max)",
-                ops.len(),
-                self.limits.batch_keys_max
-            )));
+            return Err(Invalid::TooMany {
+                items: "ops",
+                got: ops.len(),
+                max: self.limits.batch_keys_max,
+                per: "batch",
+                setting: "batch_keys_max",
+            }
+            .into());
         }
         let mut groups: BTreeMap<usize, Vec<(usize, Vec<u8>, BatchOp)>> = BTreeMap::new();
         for (i, op) in ops.into_iter().enumerate() {
-            validate_key(op.key()).map_err(|e| KvError::Invalid(format!("ops[{i}]: {e}")))?;
-            if let BatchOp::Put { ttl_ms, .. } = &op {
-                validate_ttl(*ttl_ms).map_err(|e| KvError::Invalid(format!("ops[{i}]: {e}")))?;
-            }
-            if let BatchOp::Put { value, .. } = &op {
-                self.check_value(value)
-                    .map_err(|e| KvError::TooLarge(format!("ops[{i}]: {e}")))?;
+            let at = |e: KvError| match e {
+                KvError::Invalid(e) => KvError::Invalid(e.at(ItemKind::Op, i)),
+                KvError::TooLarge { len, max, .. } => KvError::TooLarge {
+                    op: Some(i),
+                    len,
+                    max,
+                },
+                e => e,
+            };
+            validate_key(op.key()).map_err(at)?;
+            if let BatchOp::Put { ttl_ms, value, .. } = &op {
+                validate_ttl(*ttl_ms).map_err(at)?;
+                self.check_value(value).map_err(at)?;
             }
             let sk = stored_key(ns, op.key());
             groups
@@ -414,13 +428,12 @@ impl Kv {
                 continue;
             };
             match results {
-                Ok(Ok(rs)) => {
+                Ok(rs) => {
                     for (i, r) in idx.into_iter().zip(rs) {
                         out[i] = r;
                     }
                 }
-                Ok(Err(e)) => first_err = first_err.or(Some(e)),
-                Err(e) => first_err = first_err.or(Some(KvError::Engine(e))),
+                Err(e) => first_err = first_err.or(Some(e)),
             }
         }
         match first_err {
@@ -440,10 +453,12 @@ impl Kv {
     ) -> Result<ListPage, KvError> {
         validate_namespace(ns)?;
         if limit == 0 || limit > self.limits.list_limit_max {
-            return Err(KvError::Invalid(format!(
-                "limit must be 1-{}",
-                self.limits.list_limit_max
-            )));
+            return Err(Invalid::OutOfRange {
+                field: "limit",
+                min: 1,
+                max: self.limits.list_limit_max as u64,
+            }
+            .into());
         }
         let engine = self.engine.clone();
         let (ns, prefix) = (ns.to_string(), prefix.to_string());
@@ -477,7 +492,7 @@ impl Kv {
                         }
                         r
                     })
-                    .await??;
+                    .await?;
                 deleted += n;
                 if !more {
                     break;

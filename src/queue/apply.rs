@@ -1,14 +1,15 @@
-//! Queue mutations as the shard writer applies them. Each checks before it mutates; the outer
-//! `Result` is a storage error (aborts the batch), the inner one this operation's outcome.
+//! Queue mutations as the shard writer applies them. Each checks before it mutates: a rejection
+//! ([`OpError::Rejected`], a `?` on a [`QueueError`]) is this operation's outcome and is only
+//! returned before its first write; [`OpError::Storage`] (a `?` on a redb error) aborts the batch.
 
 use super::model::{self, *};
 use super::NewJob;
-use crate::engine::{ApplyCtx, LoggedTable};
-use crate::error::QueueError;
+use crate::engine::{ApplyCtx, LoggedTable, OpError};
+use crate::error::{Invalid, QueueError};
 use redb::ReadableTable;
 use std::collections::{BTreeSet, HashMap};
 
-pub type Res<T> = Result<Result<T, QueueError>, redb::Error>;
+pub type Res<T> = Result<T, OpError<QueueError>>;
 
 /// The queue tables, opened once per operation.
 pub struct Tabs<'c, 't> {
@@ -30,10 +31,10 @@ impl<'c, 't> Tabs<'c, 't> {
         })
     }
 
-    fn meta(&self, q: &str) -> Result<Result<QueueMeta, QueueError>, redb::Error> {
+    fn meta(&self, q: &str) -> Res<QueueMeta> {
         Ok(match self.meta.get(q.as_bytes())? {
-            None => Ok(QueueMeta::default()),
-            Some(g) => decode_meta(g.value()),
+            None => QueueMeta::default(),
+            Some(g) => decode_meta(g.value())?,
         })
     }
 
@@ -43,10 +44,10 @@ impl<'c, 't> Tabs<'c, 't> {
         Ok(())
     }
 
-    fn job(&self, q: &str, id: u64) -> Result<Result<Option<Job>, QueueError>, redb::Error> {
+    fn job(&self, q: &str, id: u64) -> Res<Option<Job>> {
         Ok(match self.jobs.get(job_key(q, id).as_slice())? {
-            None => Ok(None),
-            Some(g) => decode_job(g.value()).map(Some),
+            None => None,
+            Some(g) => Some(decode_job(g.value())?),
         })
     }
 
@@ -127,15 +128,6 @@ pub fn decode_meta(bytes: &[u8]) -> Result<QueueMeta, QueueError> {
     Ok(m)
 }
 
-macro_rules! check {
-    ($e:expr) => {
-        match $e? {
-            Ok(v) => v,
-            Err(e) => return Ok(Err(e)),
-        }
-    };
-}
-
 /// What an enqueue did for one job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Enqueued {
@@ -147,7 +139,7 @@ pub struct Enqueued {
 pub fn enqueue(ctx: &mut ApplyCtx<'_, '_>, q: &str, specs: &[NewJob]) -> Res<Vec<Enqueued>> {
     let now = ctx.now_ms;
     let mut t = Tabs::open(ctx)?;
-    let mut meta = check!(t.meta(q));
+    let mut meta = t.meta(q)?;
     // Check: dedupe (against the store and earlier jobs of this batch), then depth.
     enum Plan {
         New,
@@ -180,10 +172,11 @@ pub fn enqueue(ctx: &mut ApplyCtx<'_, '_>, q: &str, specs: &[NewJob]) -> Res<Vec
     let new_jobs = plan.iter().filter(|p| matches!(p, Plan::New)).count() as u64;
     let max = meta.config.max_depth;
     if max > 0 && meta.depth() + new_jobs > max {
-        return Ok(Err(QueueError::Full {
+        return Err(QueueError::Full {
             depth: meta.depth(),
             max,
-        }));
+        }
+        .into());
     }
     // Apply.
     let mut out: Vec<Enqueued> = Vec::with_capacity(specs.len());
@@ -247,16 +240,16 @@ pub fn enqueue(ctx: &mut ApplyCtx<'_, '_>, q: &str, specs: &[NewJob]) -> Res<Vec
         });
     }
     t.save_meta(q, &meta)?;
-    Ok(Ok(out))
+    Ok(out)
 }
 
 /// Claims up to `max` ready jobs in (priority, run-at, id) order, each with a fresh lease token.
 pub fn claim(ctx: &mut ApplyCtx<'_, '_>, q: &str, max: usize, lease_ms: u64) -> Res<Vec<Job>> {
     let now = ctx.now_ms;
     let mut t = Tabs::open(ctx)?;
-    let mut meta = check!(t.meta(q));
+    let mut meta = t.meta(q)?;
     if meta.paused || max == 0 {
-        return Ok(Ok(Vec::new()));
+        return Ok(Vec::new());
     }
     let prefix = index_prefix(q, State::Ready);
     let mut ids = Vec::with_capacity(max);
@@ -272,7 +265,7 @@ pub fn claim(ctx: &mut ApplyCtx<'_, '_>, q: &str, max: usize, lease_ms: u64) -> 
     }
     let mut claimed = Vec::with_capacity(ids.len());
     for id in ids {
-        let Some(old) = check!(t.job(q, id)) else {
+        let Some(old) = t.job(q, id)? else {
             continue;
         };
         let was = Place::of(q, &old);
@@ -288,28 +281,28 @@ pub fn claim(ctx: &mut ApplyCtx<'_, '_>, q: &str, max: usize, lease_ms: u64) -> 
     if !claimed.is_empty() {
         t.save_meta(q, &meta)?;
     }
-    Ok(Ok(claimed))
+    Ok(claimed)
 }
 
 /// Loads an in-flight job and checks the caller's lease token.
 fn leased(t: &Tabs<'_, '_>, q: &str, id: u64, token: &str) -> Res<Job> {
-    let Some(job) = check!(t.job(q, id)) else {
-        return Ok(Err(QueueError::JobNotFound(id)));
+    let Some(job) = t.job(q, id)? else {
+        return Err(QueueError::JobNotFound(id).into());
     };
     if job.state != State::InFlight || job.lease_token.as_deref() != Some(token) {
-        return Ok(Err(QueueError::StaleLease(id)));
+        return Err(QueueError::StaleLease(id).into());
     }
-    Ok(Ok(job))
+    Ok(job)
 }
 
 pub fn ack(ctx: &mut ApplyCtx<'_, '_>, q: &str, id: u64, token: &str) -> Res<()> {
     let mut t = Tabs::open(ctx)?;
-    let mut meta = check!(t.meta(q));
-    let job = check!(leased(&t, q, id, token));
+    let mut meta = t.meta(q)?;
+    let job = leased(&t, q, id, token)?;
     t.replace(q, &mut meta, Some(&Place::of(q, &job)), None)?;
     meta.totals.acked += 1;
     t.save_meta(q, &meta)?;
-    Ok(Ok(()))
+    Ok(())
 }
 
 /// How a nack wants the job handled.
@@ -331,8 +324,8 @@ pub fn nack(
 ) -> Res<State> {
     let now = ctx.now_ms;
     let mut t = Tabs::open(ctx)?;
-    let mut meta = check!(t.meta(q));
-    let old = check!(leased(&t, q, id, token));
+    let mut meta = t.meta(q)?;
+    let old = leased(&t, q, id, token)?;
     let was = Place::of(q, &old);
     let mut job = old;
     job.lease_token = None;
@@ -356,7 +349,7 @@ pub fn nack(
     }
     t.replace(q, &mut meta, Some(&was), Some(&job))?;
     t.save_meta(q, &meta)?;
-    Ok(Ok(job.state))
+    Ok(job.state)
 }
 
 /// Returns the new lease expiry.
@@ -369,30 +362,30 @@ pub fn extend(
 ) -> Res<u64> {
     let now = ctx.now_ms;
     let mut t = Tabs::open(ctx)?;
-    let mut meta = check!(t.meta(q));
-    let old = check!(leased(&t, q, id, token));
+    let mut meta = t.meta(q)?;
+    let old = leased(&t, q, id, token)?;
     let was = Place::of(q, &old);
     let mut job = old;
     job.lease_until_ms = now.saturating_add(lease_ms);
     job.updated_ms = now;
     t.replace(q, &mut meta, Some(&was), Some(&job))?;
     t.save_meta(q, &meta)?;
-    Ok(Ok(job.lease_until_ms))
+    Ok(job.lease_until_ms)
 }
 
 /// Deletes a job that is not in flight.
 pub fn cancel(ctx: &mut ApplyCtx<'_, '_>, q: &str, id: u64) -> Res<()> {
     let mut t = Tabs::open(ctx)?;
-    let mut meta = check!(t.meta(q));
-    let Some(job) = check!(t.job(q, id)) else {
-        return Ok(Err(QueueError::JobNotFound(id)));
+    let mut meta = t.meta(q)?;
+    let Some(job) = t.job(q, id)? else {
+        return Err(QueueError::JobNotFound(id).into());
     };
     if job.state == State::InFlight {
-        return Ok(Err(QueueError::InFlight(id)));
+        return Err(QueueError::InFlight(id).into());
     }
     t.replace(q, &mut meta, Some(&Place::of(q, &job)), None)?;
     t.save_meta(q, &meta)?;
-    Ok(Ok(()))
+    Ok(())
 }
 
 /// Up to `max` ids in a state, in index order.
@@ -430,14 +423,14 @@ pub fn requeue(
 ) -> Res<(u64, bool)> {
     let now = ctx.now_ms;
     let mut t = Tabs::open(ctx)?;
-    let mut meta = check!(t.meta(q));
+    let mut meta = t.meta(q)?;
     let (ids, more) = match ids {
         Some(ids) => (ids.to_vec(), false),
         None => ids_in(&t, q, State::Dead, max)?,
     };
     let mut moved = 0;
     for id in ids {
-        let Some(old) = check!(t.job(q, id)) else {
+        let Some(old) = t.job(q, id)? else {
             continue;
         };
         if old.state != State::Dead {
@@ -453,28 +446,26 @@ pub fn requeue(
         moved += 1;
     }
     t.save_meta(q, &meta)?;
-    Ok(Ok((moved, more)))
+    Ok((moved, more))
 }
 
 /// Deletes up to `max` jobs in a state (not in flight). Returns (deleted, more remain).
 pub fn purge(ctx: &mut ApplyCtx<'_, '_>, q: &str, state: State, max: usize) -> Res<(u64, bool)> {
     if state == State::InFlight {
-        return Ok(Err(QueueError::Invalid(
-            "in-flight jobs cannot be purged; ack or nack them, or let their leases expire".into(),
-        )));
+        return Err(QueueError::Invalid(Invalid::PurgeInFlight).into());
     }
     let mut t = Tabs::open(ctx)?;
-    let mut meta = check!(t.meta(q));
+    let mut meta = t.meta(q)?;
     let (ids, more) = ids_in(&t, q, state, max)?;
     let mut deleted = 0;
     for id in ids {
-        if let Some(job) = check!(t.job(q, id)) {
+        if let Some(job) = t.job(q, id)? {
             t.replace(q, &mut meta, Some(&Place::of(q, &job)), None)?;
             deleted += 1;
         }
     }
     t.save_meta(q, &meta)?;
-    Ok(Ok((deleted, more)))
+    Ok((deleted, more))
 }
 
 /// Updates a queue's config and pause flag; returns the stored meta.
@@ -485,7 +476,7 @@ pub fn configure(
     paused: Option<bool>,
 ) -> Res<QueueMeta> {
     let mut t = Tabs::open(ctx)?;
-    let mut meta = check!(t.meta(q));
+    let mut meta = t.meta(q)?;
     if let Some(c) = config {
         meta.config = c;
     }
@@ -493,13 +484,13 @@ pub fn configure(
         meta.paused = p;
     }
     t.save_meta(q, &meta)?;
-    Ok(Ok(meta))
+    Ok(meta)
 }
 
 /// Handles up to `max` due timers of the shard: delayed jobs become ready, expired leases go
 /// back to ready (or to dead after `max_attempts`), dedupe records expire. Returns the queues
 /// that gained ready jobs.
-pub fn promote(ctx: &mut ApplyCtx<'_, '_>, max: usize) -> Result<BTreeSet<String>, redb::Error> {
+pub fn promote(ctx: &mut ApplyCtx<'_, '_>, max: usize) -> Res<BTreeSet<String>> {
     let now = ctx.now_ms;
     let mut t = Tabs::open(ctx)?;
     let end = now.saturating_add(1).to_be_bytes();
@@ -530,8 +521,11 @@ pub fn promote(ctx: &mut ApplyCtx<'_, '_>, max: usize) -> Result<BTreeSet<String
         let Ok(q) = std::str::from_utf8(tail) else {
             continue;
         };
-        let Ok(Some(old)) = t.job(q, id)? else {
-            continue;
+        // A job or queue record that does not decode is left where it is.
+        let old = match t.job(q, id) {
+            Ok(Some(j)) => j,
+            Ok(None) | Err(OpError::Rejected(_)) => continue,
+            Err(e) => return Err(e),
         };
         // The timer must still describe the job: a later transition replaced it otherwise.
         let current = match (kind, old.state) {
@@ -545,9 +539,10 @@ pub fn promote(ctx: &mut ApplyCtx<'_, '_>, max: usize) -> Result<BTreeSet<String
         let meta = match metas.get_mut(q) {
             Some(m) => m,
             None => {
-                let m = match t.meta(q)? {
+                let m = match t.meta(q) {
                     Ok(m) => m,
-                    Err(_) => continue,
+                    Err(OpError::Rejected(_)) => continue,
+                    Err(e) => return Err(e),
                 };
                 metas.entry(q.to_string()).or_insert(m)
             }
@@ -589,21 +584,17 @@ pub fn put_schedule(ctx: &mut ApplyCtx<'_, '_>, mut s: Schedule) -> Res<(bool, S
     let old = t
         .get(s.name.as_bytes())?
         .map(|g| model::decode::<Schedule>(g.value()).map_err(QueueError::Corrupt))
-        .transpose();
-    let old = match old {
-        Ok(o) => o,
-        Err(e) => return Ok(Err(e)),
-    };
+        .transpose()?;
     if let Some(o) = &old {
         s.created_ms = o.created_ms;
         s.fired = o.fired;
         s.last_fire_ms = o.last_fire_ms;
     }
     t.insert(s.name.as_bytes(), model::encode(&s).as_slice())?;
-    Ok(Ok((old.is_none(), s)))
+    Ok((old.is_none(), s))
 }
 
-pub fn delete_schedule(ctx: &mut ApplyCtx<'_, '_>, name: &str) -> Result<bool, redb::Error> {
+pub fn delete_schedule(ctx: &mut ApplyCtx<'_, '_>, name: &str) -> Res<bool> {
     let mut t = ctx.table(Q_SCHED)?;
     let existed = t.remove(name.as_bytes())?.is_some();
     Ok(existed)
@@ -611,8 +602,8 @@ pub fn delete_schedule(ctx: &mut ApplyCtx<'_, '_>, name: &str) -> Result<bool, r
 
 /// Fires a due schedule: enqueues its job and records the tick in the same commit, so a tick
 /// enqueues at most once, restarts included. Ticks missed while stopped enqueue once. Returns
-/// the queue that got a job.
-pub fn fire(ctx: &mut ApplyCtx<'_, '_>, name: &str) -> Result<Option<String>, redb::Error> {
+/// the queue that got a job. A refused enqueue (a full queue) is recorded in the schedule.
+pub fn fire(ctx: &mut ApplyCtx<'_, '_>, name: &str) -> Res<Option<String>> {
     let now = ctx.now_ms;
     let sched = {
         let t = ctx.table(Q_SCHED)?;
@@ -631,7 +622,11 @@ pub fn fire(ctx: &mut ApplyCtx<'_, '_>, name: &str) -> Result<Option<String>, re
         max_attempts: sched.max_attempts,
         ..NewJob::default()
     };
-    let result = enqueue(ctx, &sched.queue, &[job])?;
+    let result = match enqueue(ctx, &sched.queue, &[job]) {
+        Ok(r) => Ok(r),
+        Err(OpError::Rejected(e)) => Err(e),
+        Err(e) => return Err(e),
+    };
     let mut s = sched;
     s.last_fire_ms = Some(due);
     s.next_fire_ms = super::cron::Cron::parse(&s.cron)

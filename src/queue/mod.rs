@@ -11,7 +11,7 @@ pub mod model;
 pub mod schedules;
 
 use crate::engine::Engine;
-use crate::error::QueueError;
+use crate::error::{Invalid, ItemKind, QueueError};
 use apply::{Enqueued, Nack};
 use base64::Engine as _;
 use model::*;
@@ -225,7 +225,7 @@ pub struct Queues {
 
 /// Checks a queue name: 1–64 bytes of `[A-Za-z0-9_.-]`.
 pub fn validate_name(q: &str) -> Result<(), QueueError> {
-    crate::names::validate_name("queue name", q).map_err(QueueError::Invalid)
+    Ok(crate::names::validate_name("queue name", q)?)
 }
 
 fn routing_key(q: &str) -> Vec<u8> {
@@ -285,7 +285,7 @@ impl Queues {
         F: FnOnce(&mut crate::engine::ApplyCtx<'_, '_>) -> apply::Res<R> + Send + 'static,
         R: Send + 'static,
     {
-        self.engine.write(self.shard(q), bytes, f).await?
+        self.engine.write(self.shard(q), bytes, f).await
     }
 
     /// The notifier claims on `q` wait on.
@@ -308,35 +308,45 @@ impl Queues {
     pub async fn enqueue(&self, q: &str, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, QueueError> {
         validate_name(q)?;
         if jobs.is_empty() || jobs.len() > self.limits.enqueue_batch_max {
-            return Err(QueueError::Invalid(format!(
-                "a request enqueues 1-{} jobs, got {}",
-                self.limits.enqueue_batch_max,
-                jobs.len()
-            )));
+            return Err(Invalid::RequestSize {
+                verb: "enqueues",
+                items: "jobs",
+                max: self.limits.enqueue_batch_max,
+                got: jobs.len(),
+            }
+            .into());
         }
         let mut bytes = 0;
         for (i, j) in jobs.iter().enumerate() {
             if j.payload.len() > self.limits.job_bytes_max {
-                return Err(QueueError::TooLarge(format!(
-                    "job {i}: payload is {} bytes; job_bytes_max is {}",
-                    j.payload.len(),
-                    self.limits.job_bytes_max
-                )));
+                return Err(QueueError::TooLarge {
+                    job: Some(i),
+                    len: j.payload.len(),
+                    max: self.limits.job_bytes_max,
+                });
             }
-            crate::util::check_stored_json(&format!("job {i}: payload"), &j.payload)
-                .map_err(QueueError::Invalid)?;
+            crate::util::check_stored_json("payload", &j.payload)
+                .map_err(|e| e.at(ItemKind::Job, i))?;
             if j.priority > 9 {
-                return Err(QueueError::Invalid(format!(
-                    "job {i}: priority must be 0-9"
-                )));
+                return Err(Invalid::OutOfRange {
+                    field: "priority",
+                    min: 0,
+                    max: 9,
+                }
+                .at(ItemKind::Job, i)
+                .into());
             }
             if j.dedupe_key
                 .as_ref()
                 .is_some_and(|k| k.is_empty() || k.len() > 512)
             {
-                return Err(QueueError::Invalid(format!(
-                    "job {i}: dedupe_key must be 1-512 bytes"
-                )));
+                return Err(Invalid::Length {
+                    field: "dedupe_key",
+                    min: 1,
+                    max: 512,
+                }
+                .at(ItemKind::Job, i)
+                .into());
             }
             bytes += j.payload.len();
         }
@@ -363,22 +373,26 @@ impl Queues {
     ) -> Result<Vec<Job>, QueueError> {
         validate_name(q)?;
         if max == 0 || max > self.limits.claim_max {
-            return Err(QueueError::Invalid(format!(
-                "max must be 1-{}",
-                self.limits.claim_max
-            )));
+            return Err(Invalid::OutOfRange {
+                field: "max",
+                min: 1,
+                max: self.limits.claim_max as u64,
+            }
+            .into());
         }
         if lease_ms == 0 || lease_ms > self.limits.lease_max_ms {
-            return Err(QueueError::Invalid(format!(
-                "lease must be between 1 ms and {} ms",
-                self.limits.lease_max_ms
-            )));
+            return Err(Invalid::DurationRange {
+                field: "lease",
+                max_ms: self.limits.lease_max_ms,
+            }
+            .into());
         }
         if wait.as_millis() as u64 > self.limits.wait_max_ms {
-            return Err(QueueError::Invalid(format!(
-                "wait must be at most {} ms",
-                self.limits.wait_max_ms
-            )));
+            return Err(Invalid::DurationTooLong {
+                field: "wait",
+                max_ms: self.limits.wait_max_ms,
+            }
+            .into());
         }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -425,9 +439,11 @@ impl Queues {
     pub async fn nack(&self, q: &str, id: u64, token: &str, n: Nack) -> Result<State, QueueError> {
         validate_name(q)?;
         if n.error.as_ref().is_some_and(|e| e.len() > 4096) {
-            return Err(QueueError::Invalid(
-                "error must be at most 4096 bytes".into(),
-            ));
+            return Err(Invalid::TooLong {
+                field: "error",
+                max: 4096,
+            }
+            .into());
         }
         let (name, token) = (q.to_string(), token.to_string());
         let jitter: f64 = rand::random();
@@ -453,10 +469,11 @@ impl Queues {
     ) -> Result<u64, QueueError> {
         validate_name(q)?;
         if lease_ms == 0 || lease_ms > self.limits.lease_max_ms {
-            return Err(QueueError::Invalid(format!(
-                "lease must be between 1 ms and {} ms",
-                self.limits.lease_max_ms
-            )));
+            return Err(Invalid::DurationRange {
+                field: "lease",
+                max_ms: self.limits.lease_max_ms,
+            }
+            .into());
         }
         let (name, token) = (q.to_string(), token.to_string());
         self.write(q, 0, move |ctx| {
@@ -477,9 +494,12 @@ impl Queues {
         validate_name(q)?;
         let max = self.limits.delete_batch_max;
         if ids.as_ref().is_some_and(|ids| ids.len() > max) {
-            return Err(QueueError::Invalid(format!(
-                "at most {max} ids per request"
-            )));
+            return Err(Invalid::AtMost {
+                items: "ids",
+                max,
+                per: "request",
+            }
+            .into());
         }
         let mut total = 0;
         loop {
@@ -559,10 +579,12 @@ impl Queues {
     ) -> Result<(Vec<Job>, Option<String>), QueueError> {
         validate_name(q)?;
         if limit == 0 || limit > self.limits.list_limit_max {
-            return Err(QueueError::Invalid(format!(
-                "limit must be 1-{}",
-                self.limits.list_limit_max
-            )));
+            return Err(Invalid::OutOfRange {
+                field: "limit",
+                min: 1,
+                max: self.limits.list_limit_max as u64,
+            }
+            .into());
         }
         let prefix = index_prefix(q, state);
         let start = match after {
@@ -571,11 +593,7 @@ impl Queues {
                 .decode(c)
                 .ok()
                 .filter(|k| k.starts_with(&prefix))
-                .ok_or_else(|| {
-                    QueueError::Invalid(
-                        "`after` must be a cursor from a previous listing of this state".into(),
-                    )
-                })?,
+                .ok_or(QueueError::Invalid(Invalid::BadStateCursor))?,
         };
         let shard = self.shard(q);
         let txn = self.engine.shards()[shard].read()?;

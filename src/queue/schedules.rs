@@ -6,7 +6,7 @@ use super::apply;
 use super::cron::Cron;
 use super::model::{self, Schedule, Q_SCHED, RECORD_VERSION};
 use super::{storage, validate_name, Queues};
-use crate::error::QueueError;
+use crate::error::{Invalid, QueueError};
 use redb::ReadableTable;
 use std::time::Duration;
 
@@ -59,26 +59,28 @@ impl Queues {
     ) -> Result<(bool, Schedule), QueueError> {
         validate_schedule_name(name)?;
         validate_name(&spec.queue)?;
-        let cron = Cron::parse(&spec.cron).map_err(QueueError::Invalid)?;
+        let cron = Cron::parse(&spec.cron).map_err(Invalid::Cron)?;
         if spec.payload.len() > self.limits.job_bytes_max {
-            return Err(QueueError::TooLarge(format!(
-                "payload is {} bytes; job_bytes_max is {}",
-                spec.payload.len(),
-                self.limits.job_bytes_max
-            )));
+            return Err(QueueError::TooLarge {
+                job: None,
+                len: spec.payload.len(),
+                max: self.limits.job_bytes_max,
+            });
         }
-        crate::util::check_stored_json("payload", &spec.payload).map_err(QueueError::Invalid)?;
+        crate::util::check_stored_json("payload", &spec.payload)?;
         if spec.priority > 9 {
-            return Err(QueueError::Invalid("priority must be 0-9".into()));
+            return Err(Invalid::OutOfRange {
+                field: "priority",
+                min: 0,
+                max: 9,
+            }
+            .into());
         }
         let all = self.scan_schedules()?;
         let target = self.shard(&spec.queue);
         let existing = all.iter().find(|(_, s)| s.name == name);
         if existing.is_none() && all.len() >= self.limits.schedules_max {
-            return Err(QueueError::Invalid(format!(
-                "there are already {} schedules (schedules_max)",
-                all.len()
-            )));
+            return Err(Invalid::ScheduleLimit { count: all.len() }.into());
         }
         // Moving to another queue's shard: remove it from the old one first.
         if let Some((shard, _)) = existing.filter(|(shard, _)| *shard != target) {
@@ -107,7 +109,7 @@ impl Queues {
         let (created, stored) = self
             .engine
             .write(target, bytes, move |ctx| apply::put_schedule(ctx, sched))
-            .await??;
+            .await?;
         self.timers_changed.notify_one();
         Ok((created && existing.is_none(), stored))
     }
@@ -122,10 +124,9 @@ impl Queues {
             return Ok(false);
         };
         let n = name.to_string();
-        Ok(self
-            .engine
+        self.engine
             .write(shard, 0, move |ctx| apply::delete_schedule(ctx, &n))
-            .await?)
+            .await
     }
 
     /// Fires every due schedule once; returns how many enqueued.
@@ -166,5 +167,5 @@ impl Queues {
 
 /// Schedule names follow the queue name rules.
 pub fn validate_schedule_name(name: &str) -> Result<(), QueueError> {
-    crate::names::validate_name("schedule name", name).map_err(QueueError::Invalid)
+    Ok(crate::names::validate_name("schedule name", name)?)
 }

@@ -59,6 +59,28 @@ pub enum ScanError {
     Io(String),
 }
 
+/// Why [`scan`] stopped: the log itself, or the caller's `visit` (its error, passed through).
+#[derive(Debug, Clone)]
+pub enum ScanFailure<E> {
+    Log(ScanError),
+    Visit(E),
+}
+
+impl<E> From<ScanError> for ScanFailure<E> {
+    fn from(e: ScanError) -> Self {
+        ScanFailure::Log(e)
+    }
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for ScanFailure<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScanFailure::Log(e) => e.fmt(f),
+            ScanFailure::Visit(e) => e.fmt(f),
+        }
+    }
+}
+
 /// Lists the segment files of `dir` in sequence order (other files are ignored).
 pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, ScanError> {
     let mut out = Vec::new();
@@ -82,11 +104,8 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, ScanError> {
 pub fn scan<E>(
     dir: &Path,
     mut visit: impl FnMut(&RecordHeader, &[u8], &Path, u64) -> Result<(), E>,
-) -> Result<Result<Scan, ScanError>, E> {
-    let files = match list_segments(dir) {
-        Ok(f) => f,
-        Err(e) => return Ok(Err(e)),
-    };
+) -> Result<Scan, ScanFailure<E>> {
+    let files = list_segments(dir)?;
     let mut out = Scan {
         segments: Vec::new(),
         next_lsn: 1,
@@ -98,24 +117,22 @@ pub fn scan<E>(
         let last_file = i + 1 == files.len();
         let data = match std::fs::read(path) {
             Ok(d) => d,
-            Err(e) => return Ok(Err(ScanError::Io(format!("{}: {e}", path.display())))),
+            Err(e) => return Err(ScanError::Io(format!("{}: {e}", path.display())).into()),
         };
         let header = match frame::parse_segment_header(&data) {
             Ok(h) if h.seq == *seq => h,
             // A segment being created or recycled when the process stopped: the end of the log.
             Ok(_) | Err(_) if last_file => break,
             Ok(h) => {
-                return Ok(Err(corrupt(
-                    path,
-                    0,
-                    format!("segment header names sequence {}", h.seq),
-                )))
+                return Err(
+                    corrupt(path, 0, format!("segment header names sequence {}", h.seq)).into(),
+                )
             }
-            Err(e) => return Ok(Err(corrupt(path, 0, e.to_string()))),
+            Err(e) => return Err(corrupt(path, 0, e.to_string()).into()),
         };
         if let Some(e) = expected {
             if header.first_lsn != e {
-                return Ok(Err(corrupt(
+                return Err(corrupt(
                     path,
                     0,
                     format!(
@@ -123,7 +140,8 @@ pub fn scan<E>(
                         header.first_lsn,
                         e.saturating_sub(1)
                     ),
-                )));
+                )
+                .into());
             }
         }
         // The log goes on past any tear in an earlier segment (a restart began this one): only
@@ -136,7 +154,7 @@ pub fn scan<E>(
             match read_frame(&data, offset, next) {
                 Frame::Valid(h) => {
                     let payload = &data[offset + frame::RECORD_HEADER_BYTES..][..h.len];
-                    visit(&h, payload, path, offset as u64)?;
+                    visit(&h, payload, path, offset as u64).map_err(ScanFailure::Visit)?;
                     out.records += 1;
                     last_lsn = Some(h.lsn);
                     next += 1;
@@ -145,13 +163,14 @@ pub fn scan<E>(
                 Frame::End => break,
                 Frame::Bad(detail) => {
                     if let Some(proof) = durable_after(&data, offset, next) {
-                        return Ok(Err(corrupt(
+                        return Err(corrupt(
                             path,
                             offset as u64,
                             format!(
                                 "{detail} (expected LSN {next}); the record at offset {proof} was written after LSN {next} was durable"
                             ),
-                        )));
+                        )
+                        .into());
                     }
                     out.tail = Tail::Torn {
                         segment: path.clone(),
@@ -170,7 +189,7 @@ pub fn scan<E>(
         expected = Some(next);
         out.next_lsn = next;
     }
-    Ok(Ok(out))
+    Ok(out)
 }
 
 fn corrupt(path: &Path, offset: u64, detail: String) -> ScanError {
