@@ -27,6 +27,9 @@ pub enum EngineError {
         key: String,
         detail: String,
     },
+    /// The disk under the data directory is (nearly) full: the write was not applied.
+    #[error("{message}")]
+    InsufficientStorage { message: String },
     /// The data directory cannot be opened as asked (manifest mismatch, in use, bad files).
     #[error("{0}")]
     Open(String),
@@ -450,6 +453,10 @@ impl From<EngineError> for ApiError {
             EngineError::ShuttingDown => ApiError::unavailable("shutting_down", message),
             EngineError::Corrupt { .. } => ApiError::new(500, "corrupt_record", message),
             EngineError::Open(_) => ApiError::new(500, "internal", message),
+            EngineError::InsufficientStorage { .. } => ApiError {
+                retry_after_s: Some(5),
+                ..ApiError::new(507, "insufficient_storage", message)
+            },
         }
     }
 }

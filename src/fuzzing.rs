@@ -15,8 +15,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A fuzz target: arbitrary bytes in, a panic only on a defect.
+pub type Target = fn(&[u8]);
+
 /// Every target by name: its corpus is `fuzz/corpus/<name>/`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("http_raw", http_raw),
     ("http_body", http_body),
     ("inputs", inputs),
@@ -180,16 +183,27 @@ pub fn inputs(data: &[u8]) {
     let _ = crate::config::DurabilityMode::parse(text);
     if let Ok(key) = crate::kv::list_cursor(text) {
         // A cursor names the key it continues after: encoding it again gives the same cursor.
-        assert_eq!(crate::kv::list_cursor(&crate::kv::encode_cursor(&key)).ok(), Some(key));
+        assert_eq!(
+            crate::kv::list_cursor(&crate::kv::encode_cursor(&key)).ok(),
+            Some(key)
+        );
     }
     if crate::names::validate_name("name", text).is_ok() {
         assert!(!text.is_empty() && text != "." && text != "..");
     }
     if crate::names::validate_key(text).is_ok() {
         let sk = crate::names::stored_key("ns", text);
-        assert_eq!(crate::names::display_key(&sk), format!("ns/{text}"));
+        assert_eq!(&sk[..3], b"ns\0");
+        assert_eq!(&sk[3..], text.as_bytes());
+        let shown = crate::names::display_key(&sk);
+        assert!(
+            shown.starts_with("ns/") && !shown.chars().any(char::is_control),
+            "{shown:?}"
+        );
     }
-    let (path, query) = text.split_once('?').map_or((text, None), |(p, q)| (p, Some(q)));
+    let (path, query) = text
+        .split_once('?')
+        .map_or((text, None), |(p, q)| (p, Some(q)));
     for method in ["GET", "PUT", "POST", "DELETE", "HEAD"] {
         if let Ok(Some(found)) = crate::http::find_route(method, path) {
             let _ = crate::http::check_query(found, query);
@@ -206,8 +220,12 @@ pub fn records(data: &[u8]) {
     match pick % 8 {
         0 => {
             if let Ok((h, payload)) = codec::decode(bytes) {
-                let again =
-                    codec::encode(h.revision, h.expires_at_ms, h.content_type.as_deref(), payload);
+                let again = codec::encode(
+                    h.revision,
+                    h.expires_at_ms,
+                    h.content_type.as_deref(),
+                    payload,
+                );
                 assert_eq!(again, bytes, "a decoded envelope re-encodes to its bytes");
             }
             let _ = codec::decode_header(bytes);
@@ -235,7 +253,11 @@ pub fn records(data: &[u8]) {
             if let Ok(entry) = crate::cache::entry::Entry::decode(&mut &bytes[..]) {
                 let mut again = Vec::new();
                 let _ = entry.encode(&mut again);
-                assert_eq!(again, bytes[..again.len()], "a cache entry re-encodes to its bytes");
+                assert_eq!(
+                    again,
+                    bytes[..again.len()],
+                    "a cache entry re-encodes to its bytes"
+                );
             }
         }
         _ => {
@@ -282,7 +304,10 @@ pub fn cron(data: &[u8]) {
     if let Ok(c) = crate::queue::cron::Cron::parse(text) {
         for after in [0, 1_700_000_000_000, 4_102_444_800_000, u64::MAX / 2] {
             if let Some(next) = c.next_after(after) {
-                assert!(next > after, "{text:?}: next tick {next} is not after {after}");
+                assert!(
+                    next > after,
+                    "{text:?}: next tick {next} is not after {after}"
+                );
             }
         }
     }

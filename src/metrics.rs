@@ -185,6 +185,30 @@ pub fn render(engine: &crate::engine::Engine, open_connections: usize) -> String
             engine.wal().written_lsn().to_string(),
         ),
         (
+            "shardbox_disk_free_bytes",
+            "Free bytes on the data directory's filesystem, as last sampled.",
+            "gauge",
+            engine.space().free().to_string(),
+        ),
+        (
+            "shardbox_disk_low",
+            "1 while free disk space is under disk_reserve_bytes and writes that add data get 507.",
+            "gauge",
+            u8::from(engine.space().is_low()).to_string(),
+        ),
+        (
+            "shardbox_disk_writes_refused_total",
+            "Writes refused with 507 insufficient_storage.",
+            "counter",
+            load(&engine.space().refused).to_string(),
+        ),
+        (
+            "shardbox_disk_ballast_released_total",
+            "Times the disk ballast was released to make room for deletes.",
+            "counter",
+            load(&engine.space().ballast_released).to_string(),
+        ),
+        (
             "shardbox_wal_replayed_records",
             "Log records replayed into the shards when the store opened.",
             "gauge",

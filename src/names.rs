@@ -53,8 +53,22 @@ pub fn stored_key(ns: &str, key: &str) -> Vec<u8> {
 }
 
 /// The user-facing form of a stored key, for messages.
+/// `ns/key`, with control characters of the key escaped (a key may hold any UTF-8, NUL
+/// included, and a message must neither hide nor fake them).
 pub fn display_key(stored: &[u8]) -> String {
-    String::from_utf8_lossy(stored).replace('\0', "/")
+    let text = String::from_utf8_lossy(stored);
+    let (ns, key) = text.split_once('\0').unwrap_or(("", &text));
+    let mut out = String::with_capacity(stored.len() + 1);
+    out.push_str(ns);
+    out.push('/');
+    for c in key.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

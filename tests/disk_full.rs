@@ -109,14 +109,22 @@ async fn a_full_disk_refuses_growth_keeps_reads_and_deletes_and_recovers_by_itse
         "the message names the disk: {}",
         refused.text()
     );
-    assert!(acked.len() > 10, "only {} writes before the reserve", acked.len());
+    assert!(
+        acked.len() > 10,
+        "only {} writes before the reserve",
+        acked.len()
+    );
+    eprintln!("{} puts of 36 KiB acknowledged before the 507", acked.len());
     // Every domain's growth is refused the same way; reads go on.
     let q = c
         .post_json("/v1/queues/q/jobs", serde_json::json!({"payload": 1}))
         .await;
     assert_eq!(q.status, 507, "{}", q.text());
     let ev = c
-        .post_json("/v1/streams/s/events", serde_json::json!({"type": "t", "data": 1}))
+        .post_json(
+            "/v1/streams/s/events",
+            serde_json::json!({"type": "t", "data": 1}),
+        )
         .await;
     assert_eq!(ev.status, 507, "{}", ev.text());
     assert_eq!(c.get("/v1/kv/fill/k0").await.text(), value(0));
@@ -130,10 +138,19 @@ async fn a_full_disk_refuses_growth_keeps_reads_and_deletes_and_recovers_by_itse
     let mut deleted = Vec::new();
     for i in acked.iter().copied().filter(|i| i % 3 == 0) {
         let r = c.delete(&format!("/v1/kv/fill/k{i}")).await;
-        assert!(r.status == 204 || r.status == 200, "delete k{i}: {} {}", r.status, r.text());
+        assert!(
+            r.status == 204 || r.status == 200,
+            "delete k{i}: {} {}",
+            r.status,
+            r.text()
+        );
         deleted.push(i);
     }
     assert_eq!(c.get("/v1/kv/fill/k1").await.text(), value(1));
+    eprintln!(
+        "{} deletes on a disk filled to its last byte",
+        deleted.len()
+    );
     let m = c.get("/metrics").await.text();
     assert!(
         common::metric(&m, "shardbox_disk_ballast_released_total") >= 1.0,
@@ -143,14 +160,15 @@ async fn a_full_disk_refuses_growth_keeps_reads_and_deletes_and_recovers_by_itse
     // Space comes back: writes are taken again with no restart.
     std::fs::remove_file(&filler2).expect("rm filler2");
     std::fs::remove_file(&filler).expect("rm filler");
-    eventually(10, "writes taken again after space returned", || {
-        let addr = addr;
-        async move {
+    eventually(
+        10,
+        "writes taken again after space returned",
+        || async move {
             let mut c = Client::connect(addr).await;
             let r = c.put("/v1/kv/after/x", "back").await;
             (r.status == 201 || r.status == 200).then_some(())
-        }
-    })
+        },
+    )
     .await;
     let r = c
         .post_json("/v1/queues/q/jobs", serde_json::json!({"payload": 2}))
@@ -173,10 +191,8 @@ async fn a_full_disk_refuses_growth_keeps_reads_and_deletes_and_recovers_by_itse
     }
     assert_eq!(c.get("/v1/kv/after/x").await.text(), "back");
     drop(c);
-    // SAFETY-free: SIGTERM for a clean stop, then check the files.
-    let _ = Command::new("kill")
-        .arg(child.id().to_string())
-        .status();
+    // SIGTERM for a clean stop, then check the files.
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
     let _ = child.wait();
     let out = Command::new(env!("CARGO_BIN_EXE_shardbox"))
         .args(["check", "--data"])
@@ -184,5 +200,9 @@ async fn a_full_disk_refuses_growth_keeps_reads_and_deletes_and_recovers_by_itse
         .output()
         .expect("run check");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "check: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "check: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

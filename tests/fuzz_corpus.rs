@@ -39,14 +39,18 @@ fn every_corpus_file_replays_through_its_target() {
             "fuzz/corpus/{name} has no target in shardbox::fuzzing::TARGETS"
         );
     }
-    eprintln!("replayed {total} corpus files over {} targets", TARGETS.len());
+    eprintln!(
+        "replayed {total} corpus files over {} targets",
+        TARGETS.len()
+    );
 }
 
 /// Every fuzz target has its cargo-fuzz binary.
 #[test]
 fn every_target_is_a_cargo_fuzz_binary() {
-    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/Cargo.toml"))
-        .expect("fuzz/Cargo.toml");
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/Cargo.toml"))
+            .expect("fuzz/Cargo.toml");
     for (name, _) in TARGETS {
         assert!(
             manifest.contains(&format!("name = \"{name}\"")),
@@ -60,7 +64,13 @@ fn write(target: &str, name: &str, data: &[u8]) {
     std::fs::create_dir_all(&dir).expect("create corpus dir");
     let name: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     std::fs::write(dir.join(format!("seed-{name}")), data).expect("write seed");
 }
@@ -143,17 +153,32 @@ fn write_seeds() {
         ("cache-fillerror", ("POST", "/v1/cache/fz:fillError", json), r#"{"key":"k","lease":"00"}"#.into()),
     ];
     for (name, (m, p, c), body) in &bodies {
-        let pick = fuzzing::body_route(m, p, c).unwrap_or_else(|| panic!("no body route {m} {p} {c}"));
+        let pick =
+            fuzzing::body_route(m, p, c).unwrap_or_else(|| panic!("no body route {m} {p} {c}"));
         let mut data = vec![pick];
         data.extend_from_slice(body.as_bytes());
         fuzzing::http_body(&data);
         write("http_body", name, &data);
     }
     let inputs = [
-        "30s", "250ms", "1h30m", "7d", "3000000d", "2026-01-01T00:00:00Z", "1700000000000",
-        "dXNlcjox", "user:1", "a/b/c", "..", "ready", "periodic:100", "1777-0",
-        "/v1/kv/app/key?ttl=30s", "/v1/queues/q/jobs?state=ready&limit=5",
-        "/v1/streams/s/events?from=0&to=1&type=a&limit=1", "/v1/kv/app:batchGet",
+        "30s",
+        "250ms",
+        "1h30m",
+        "7d",
+        "3000000d",
+        "2026-01-01T00:00:00Z",
+        "1700000000000",
+        "dXNlcjox",
+        "user:1",
+        "a/b/c",
+        "..",
+        "ready",
+        "periodic:100",
+        "1777-0",
+        "/v1/kv/app/key?ttl=30s",
+        "/v1/queues/q/jobs?state=ready&limit=5",
+        "/v1/streams/s/events?from=0&to=1&type=a&limit=1",
+        "/v1/kv/app:batchGet",
     ];
     for (i, t) in inputs.iter().enumerate() {
         fuzzing::inputs(t.as_bytes());
@@ -174,12 +199,17 @@ fn write_seeds() {
                 n if n.starts_with("ev") => 5,
                 _ => continue,
             };
-            let Ok(table) = txn.open_table(redb::TableDefinition::<&[u8], &[u8]>::new(&name)) else {
+            let Ok(table) = txn.open_table(redb::TableDefinition::<&[u8], &[u8]>::new(&name))
+            else {
                 continue;
             };
             for row in table.iter().expect("iter").take(3) {
                 let (k, v) = row.expect("row");
-                let bytes = if matches!(name.as_str(), "q_timers" | "q_index") { k.value() } else { v.value() };
+                let bytes = if matches!(name.as_str(), "q_timers" | "q_index") {
+                    k.value()
+                } else {
+                    v.value()
+                };
                 let mut data = vec![pick];
                 data.extend_from_slice(bytes);
                 fuzzing::records(&data);
@@ -205,7 +235,10 @@ fn write_seeds() {
     entry.encode(&mut data).expect("encode entry");
     write("records", "cache-entry", &data);
     // The harness's log: its first segment, cut after its first records.
-    let wal_dir = shardbox::fuzzing::harness_store().config().data_dir.join("wal");
+    let wal_dir = shardbox::fuzzing::harness_store()
+        .config()
+        .data_dir
+        .join("wal");
     let mut segs: Vec<PathBuf> = std::fs::read_dir(&wal_dir)
         .expect("wal dir")
         .map(|e| e.expect("entry").path())
@@ -218,12 +251,23 @@ fn write_seeds() {
         fuzzing::wal_segment(data);
         write("wal_segment", &i.to_string(), data);
     }
-    let manifest = std::fs::read(shardbox::fuzzing::harness_store().config().data_dir.join("MANIFEST"))
-        .expect("manifest");
+    let manifest = std::fs::read(
+        shardbox::fuzzing::harness_store()
+            .config()
+            .data_dir
+            .join("MANIFEST"),
+    )
+    .expect("manifest");
     write("manifest", "real", &manifest);
-    for (i, c) in ["* * * * *", "0 3 * * 1-5", "*/15 9-17 * * mon-fri", "0 0 29 2 *", "5,10 0 1 1,7 *"]
-        .iter()
-        .enumerate()
+    for (i, c) in [
+        "* * * * *",
+        "0 3 * * 1-5",
+        "*/15 9-17 * * mon-fri",
+        "0 0 29 2 *",
+        "5,10 0 1 1,7 *",
+    ]
+    .iter()
+    .enumerate()
     {
         fuzzing::cron(c.as_bytes());
         write("cron", &i.to_string(), c.as_bytes());

@@ -137,7 +137,7 @@ impl Generations {
             PurgeTarget::Tags(t) => t.iter().map(|t| ns.len() + t.len()).sum(),
         };
         engine
-            .write(shard, bytes, move |ctx| {
+            .write_freeing(shard, bytes, move |ctx| {
                 let mut table = ctx.table(CACHE_GENERATIONS)?;
                 let names: Vec<Option<String>> = match &target {
                     PurgeTarget::Namespace => vec![None],

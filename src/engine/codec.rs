@@ -138,6 +138,14 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, CodecError> {
     }
     let (raw, len): (RawHeader, usize) = bincode::decode_from_slice(bytes, config())
         .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    // No flag is defined: a set bit is damage or a newer format, never something to ignore
+    // (found by the `records` fuzz target: the decoder took any flags byte).
+    if raw.flags != 0 {
+        return Err(CodecError::Malformed(format!(
+            "flags byte is {:#04x}; this version writes 0",
+            raw.flags
+        )));
+    }
     if raw.content_type.len() > CONTENT_TYPE_BYTES_MAX {
         return Err(CodecError::Malformed("content type too long".into()));
     }

@@ -52,8 +52,8 @@ impl Manifest {
 
     /// Decodes and checks a MANIFEST's bytes; the error text follows the file's path.
     pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
-        let m: Manifest = serde_json::from_slice(bytes)
-            .map_err(|e| format!(" is not a valid MANIFEST: {e}"))?;
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| format!(" is not a valid MANIFEST: {e}"))?;
         if m.format_version > FORMAT_VERSION {
             return Err(format!(
                 " has format version {}, newer than this build ({FORMAT_VERSION}): upgrade shardbox",

@@ -13,6 +13,7 @@ pub mod redo;
 pub mod replay;
 pub mod router;
 pub mod shard;
+pub mod space;
 pub mod wal;
 pub mod writer;
 
@@ -62,6 +63,9 @@ pub struct Engine {
     /// Becomes true when shutdown starts (before writes stop), so long-polls and followers
     /// answer at once instead of holding up the drain.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Free disk space and the ballast ([`space`]).
+    space: Arc<space::DiskSpace>,
+    space_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     _lock: DirLock,
 }
 
@@ -76,6 +80,8 @@ impl Engine {
         std::fs::create_dir_all(dir.join("shards"))
             .map_err(|e| EngineError::Open(format!("cannot create {}: {e}", dir.display())))?;
         let lock = DirLock::acquire(&dir)?;
+        let space =
+            space::DiskSpace::open(&dir, config.disk_reserve_bytes, config.disk_ballast_bytes);
         let manifest = Self::load_or_create_manifest(&dir, config, clock.as_ref())?;
         let writer_cfg = WriterConfig {
             batch_ops_max: config.batch_ops_max,
@@ -136,6 +142,7 @@ impl Engine {
                     mode: config.durability,
                     spare_segments_max: config.wal_spare_segments_max,
                     shards: n,
+                    space: Some(space.clone()),
                 },
                 next_lsn,
                 old,
@@ -154,6 +161,7 @@ impl Engine {
                 cfg: writer_cfg,
                 clock: clock.clone(),
                 wal: wal.clone(),
+                space: space.clone(),
                 next_revision: revisions[id],
                 redo: Default::default(),
                 dirty_since: None,
@@ -171,7 +179,12 @@ impl Engine {
                 thread,
             ));
         }
+        let space_thread = space
+            .spawn(Duration::from_millis(config.disk_check_interval_ms))
+            .map_err(|e| EngineError::Open(format!("cannot start the disk space sampler: {e}")))?;
         Ok(Engine {
+            space,
+            space_thread: std::sync::Mutex::new(Some(space_thread)),
             data_dir: dir,
             manifest,
             shards,
@@ -265,7 +278,23 @@ impl Engine {
     /// `f`'s [`OpError::Rejected`] comes back as `Err(e)` to this caller alone, and the rest of
     /// the batch commits; its [`OpError::Storage`] fails the whole batch (every caller in it gets
     /// the [`EngineError`]) and the shard stops accepting writes.
+    ///
+    /// This is for writes that add data: while the disk is low ([`space`]) they are refused with
+    /// [`EngineError::InsufficientStorage`] before reaching the shard. Writes that free space or
+    /// leave it about level go through [`Engine::write_freeing`].
     pub async fn write<R, E, F>(&self, shard: usize, bytes: usize, f: F) -> Result<R, E>
+    where
+        F: FnOnce(&mut ApplyCtx<'_, '_>) -> Result<R, OpError<E>> + Send + 'static,
+        R: Send + 'static,
+        E: From<EngineError> + Send + 'static,
+    {
+        self.space.admit()?;
+        self.write_freeing(shard, bytes, f).await
+    }
+
+    /// As [`Engine::write`], for a write that frees space or leaves it about level (delete, ack,
+    /// claim, purge, trim): taken while the disk is low, so space can be freed through the API.
+    pub async fn write_freeing<R, E, F>(&self, shard: usize, bytes: usize, f: F) -> Result<R, E>
     where
         F: FnOnce(&mut ApplyCtx<'_, '_>) -> Result<R, OpError<E>> + Send + 'static,
         R: Send + 'static,
@@ -335,6 +364,20 @@ impl Engine {
         }
         // Every writer has checkpointed; the log syncs what it holds and stops.
         self.wal.stop();
+        self.space.stop();
+        let t = self
+            .space_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = t {
+            let _ = t.join();
+        }
+    }
+
+    /// Free disk space under the data directory, as last sampled.
+    pub fn space(&self) -> &Arc<space::DiskSpace> {
+        &self.space
     }
 
     pub fn is_closing(&self) -> bool {

@@ -20,6 +20,7 @@ use std::time::Duration;
 pub const BALLAST_FILE: &str = "ballast";
 
 /// The data directory's free space, as last sampled.
+#[derive(Debug)]
 pub struct DiskSpace {
     dir: PathBuf,
     reserve: u64,
@@ -138,8 +139,13 @@ impl DiskSpace {
         }
         let path = self.dir.join(BALLAST_FILE);
         let made = std::fs::File::create(&path).and_then(|f| {
-            rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, self.ballast_bytes)
-                .map_err(std::io::Error::from)?;
+            rustix::fs::fallocate(
+                &f,
+                rustix::fs::FallocateFlags::empty(),
+                0,
+                self.ballast_bytes,
+            )
+            .map_err(std::io::Error::from)?;
             f.sync_all()
         });
         match made {
@@ -165,7 +171,12 @@ impl DiskSpace {
             self.release_ballast("free space fell under a quarter of disk_reserve_bytes");
         }
         let present = self.ballast_present.load(Ordering::Acquire);
-        if !present && free >= self.reserve.saturating_add(self.ballast_bytes.saturating_mul(2)) {
+        if !present
+            && free
+                >= self
+                    .reserve
+                    .saturating_add(self.ballast_bytes.saturating_mul(2))
+        {
             self.lay_ballast();
         }
         let free = free_bytes(&self.dir).unwrap_or(free);
@@ -185,7 +196,10 @@ impl DiskSpace {
     }
 
     /// Samples every `every` until [`DiskSpace::stop`].
-    pub fn spawn(self: &Arc<Self>, every: Duration) -> std::io::Result<std::thread::JoinHandle<()>> {
+    pub fn spawn(
+        self: &Arc<Self>,
+        every: Duration,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let me = self.clone();
         std::thread::Builder::new()
             .name("shardbox-space".into())

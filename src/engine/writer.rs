@@ -126,6 +126,7 @@ pub(crate) struct Writer {
     pub db: Arc<Database>,
     pub rx: flume::Receiver<Msg>,
     pub state: Arc<ShardState>,
+    pub space: Arc<super::space::DiskSpace>,
     pub cfg: WriterConfig,
     pub clock: Arc<dyn Clock>,
     pub wal: Arc<Wal>,
@@ -277,6 +278,9 @@ impl Writer {
                 self.state.record_checkpoint(started.elapsed());
             }
             Err(BatchError::Storage(message)) => {
+                if super::space::message_is_disk_full(&message) {
+                    self.space.on_full();
+                }
                 tracing::error!(shard = self.shard, %message, "checkpoint failed; shard stops accepting writes");
                 self.state.fail(format!("checkpoint failed: {message}"));
             }
@@ -315,6 +319,15 @@ impl Writer {
                     op.finish(Ok(()));
                 }
                 return;
+            }
+            Err(BatchError::Storage(message)) if super::space::message_is_disk_full(&message) => {
+                // redb fails every later operation after an I/O error: the shard needs a
+                // restart (nothing acknowledged is lost; the log holds it). Growth is refused
+                // from now on so the other shards do not follow.
+                self.space.on_full();
+                tracing::error!(shard = self.shard, %message, "disk full in a commit; shard stops accepting writes until restart");
+                self.state.fail(format!("disk full: {message}"));
+                self.space.full_error(&message)
             }
             Err(BatchError::Storage(message)) => {
                 tracing::error!(shard = self.shard, %message, "storage error; shard stops accepting writes");

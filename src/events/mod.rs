@@ -361,7 +361,7 @@ impl Events {
             let name = stream.to_string();
             let (_, more) = self
                 .engine
-                .write(self.shard(stream), 0, move |ctx| {
+                .write_freeing(self.shard(stream), 0, move |ctx| {
                     apply::drop_stream(ctx, &name, max)
                 })
                 .await?;
@@ -389,7 +389,7 @@ impl Events {
             let name = stream.to_string();
             let (d, e, more) = self
                 .engine
-                .write(self.shard(stream), 0, move |ctx| {
+                .write_freeing(self.shard(stream), 0, move |ctx| {
                     apply::trim(ctx, &name, before, partial, bmax, emax)
                 })
                 .await?;

@@ -34,6 +34,11 @@ pub fn readyz(state: &ServerState) -> Resp {
         None => problems.push(serde_json::json!({"disk": "cannot read free space of the data directory"})),
         _ => {}
     }
+    if engine.space().is_low() {
+        problems.push(serde_json::json!({
+            "disk": format!("{} bytes free, under disk_reserve_bytes: writes that add data get 507", engine.space().free())
+        }));
+    }
     if engine.is_closing() {
         problems.push(serde_json::json!({"shutdown": "shutting down"}));
     }

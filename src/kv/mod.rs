@@ -327,7 +327,7 @@ impl Kv {
         let shard = self.engine.shard_for(&sk);
         let rc = self.cache.clone();
         self.engine
-            .write(shard, sk.len(), move |ctx| {
+            .write_freeing(shard, sk.len(), move |ctx| {
                 let r = apply::delete(ctx, &sk, cond);
                 cache::after_commit(ctx, &rc, vec![sk]);
                 r
@@ -485,7 +485,7 @@ impl Kv {
                 let rc = self.cache.clone();
                 let (n, more) = self
                     .engine
-                    .write(shard, max * 64, move |ctx| {
+                    .write_freeing(shard, max * 64, move |ctx| {
                         let r = apply::delete_prefix(ctx, &p, max);
                         if let Some(c) = rc {
                             ctx.after_commit(move || c.invalidate_all());

@@ -288,6 +288,16 @@ impl Queues {
         self.engine.write(self.shard(q), bytes, f).await
     }
 
+    /// As `write`, for a change that frees space or leaves it level (claim, ack, purge, …):
+    /// taken while the disk is low, so queues can be drained.
+    async fn write_freeing<R, F>(&self, q: &str, bytes: usize, f: F) -> Result<R, QueueError>
+    where
+        F: FnOnce(&mut crate::engine::ApplyCtx<'_, '_>) -> apply::Res<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.engine.write_freeing(self.shard(q), bytes, f).await
+    }
+
     /// The notifier claims on `q` wait on.
     fn waiter(&self, q: &str) -> Arc<Notify> {
         let mut map = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
@@ -402,7 +412,7 @@ impl Queues {
             notified.as_mut().enable();
             let name = q.to_string();
             let jobs = self
-                .write(q, 64, move |ctx| apply::claim(ctx, &name, max, lease_ms))
+                .write_freeing(q, 64, move |ctx| apply::claim(ctx, &name, max, lease_ms))
                 .await?;
             if !jobs.is_empty() {
                 self.timers_changed.notify_one();
@@ -432,7 +442,7 @@ impl Queues {
     pub async fn ack(&self, q: &str, id: u64, token: &str) -> Result<(), QueueError> {
         validate_name(q)?;
         let (name, token) = (q.to_string(), token.to_string());
-        self.write(q, 0, move |ctx| apply::ack(ctx, &name, id, &token))
+        self.write_freeing(q, 0, move |ctx| apply::ack(ctx, &name, id, &token))
             .await
     }
 
@@ -448,7 +458,7 @@ impl Queues {
         let (name, token) = (q.to_string(), token.to_string());
         let jitter: f64 = rand::random();
         let state = self
-            .write(q, 0, move |ctx| {
+            .write_freeing(q, 0, move |ctx| {
                 apply::nack(ctx, &name, id, &token, &n, jitter)
             })
             .await?;
@@ -476,7 +486,7 @@ impl Queues {
             .into());
         }
         let (name, token) = (q.to_string(), token.to_string());
-        self.write(q, 0, move |ctx| {
+        self.write_freeing(q, 0, move |ctx| {
             apply::extend(ctx, &name, id, &token, lease_ms)
         })
         .await
@@ -485,7 +495,7 @@ impl Queues {
     pub async fn cancel(&self, q: &str, id: u64) -> Result<(), QueueError> {
         validate_name(q)?;
         let name = q.to_string();
-        self.write(q, 0, move |ctx| apply::cancel(ctx, &name, id))
+        self.write_freeing(q, 0, move |ctx| apply::cancel(ctx, &name, id))
             .await
     }
 
@@ -505,7 +515,7 @@ impl Queues {
         loop {
             let (name, ids) = (q.to_string(), ids.clone());
             let (n, more) = self
-                .write(q, 0, move |ctx| {
+                .write_freeing(q, 0, move |ctx| {
                     apply::requeue(ctx, &name, ids.as_deref(), max)
                 })
                 .await?;
@@ -528,7 +538,7 @@ impl Queues {
         loop {
             let name = q.to_string();
             let (n, more) = self
-                .write(q, 0, move |ctx| apply::purge(ctx, &name, state, max))
+                .write_freeing(q, 0, move |ctx| apply::purge(ctx, &name, state, max))
                 .await?;
             total += n;
             if !more {
@@ -723,7 +733,7 @@ impl Queues {
             {
                 let queues = self
                     .engine
-                    .write(shard, 0, |ctx| apply::promote(ctx, 1000))
+                    .write_freeing(shard, 0, |ctx| apply::promote(ctx, 1000))
                     .await?;
                 for q in &queues {
                     self.wake(q);

@@ -125,7 +125,7 @@ impl Queues {
         };
         let n = name.to_string();
         self.engine
-            .write(shard, 0, move |ctx| apply::delete_schedule(ctx, &n))
+            .write_freeing(shard, 0, move |ctx| apply::delete_schedule(ctx, &n))
             .await
     }
 

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// When a reply may be sent: after the record is on disk (`Immediate`), or after it is written
 /// to the OS with a sync every interval (`Periodic`).
@@ -39,6 +39,8 @@ pub struct WalConfig {
     /// Recycled segments kept ready for reuse; more are deleted.
     pub spare_segments_max: usize,
     pub shards: usize,
+    /// Told when the disk is full (releases the ballast); `None` in tools that only read.
+    pub space: Option<Arc<crate::engine::space::DiskSpace>>,
 }
 
 /// Why the log did not take or keep a record.
@@ -316,6 +318,9 @@ struct LogFiles {
     last_sync: Instant,
 }
 
+/// How long a group waits for disk space to start a new segment before the log fails.
+const DISK_FULL_WAIT: Duration = Duration::from_secs(60);
+
 fn io(what: &str, path: &Path, e: std::io::Error) -> String {
     format!("{what} {}: {e}", path.display())
 }
@@ -362,6 +367,28 @@ impl LogFiles {
     }
 
     /// Closes the active segment (durably) and starts the next one at `first_lsn`.
+    /// Starts the next segment; on a full disk, releases the ballast and retries for up to
+    /// [`DISK_FULL_WAIT`] (the group waits, nothing is dropped), then fails the log.
+    fn roll_when_room(&mut self, sh: &Shared, first_lsn: u64) -> Result<(), String> {
+        let started = Instant::now();
+        loop {
+            match self.roll(sh, first_lsn) {
+                Err(message)
+                    if crate::engine::space::message_is_disk_full(&message)
+                        && started.elapsed() < DISK_FULL_WAIT =>
+                {
+                    if let Some(space) = &sh.cfg.space {
+                        space.on_full();
+                    }
+                    tracing::warn!(%message, "the log cannot start a segment: the disk is full; retrying");
+                    let _ = self.recycle(sh);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn roll(&mut self, sh: &Shared, first_lsn: u64) -> Result<(), String> {
         let path = self.dir.join(frame::segment_name(self.active.seq));
         self.active
@@ -417,7 +444,7 @@ impl LogFiles {
                 let Some(h) = frame::parse_header(&group[start..]) else {
                     return Err("internal: a pending record does not parse".into());
                 };
-                self.roll(sh, h.lsn)?;
+                self.roll_when_room(sh, h.lsn)?;
                 continue;
             }
             let path = || self.dir.join(frame::segment_name(self.active.seq));
@@ -625,7 +652,12 @@ fn new_segment(
                 .truncate(true)
                 .open(&path)
                 .map_err(|e| io("cannot create", &path, e))?;
-            zero_fill(&f, sh.cfg.segment_bytes).map_err(|e| io("cannot preallocate", &path, e))?;
+            if let Err(e) = zero_fill(&f, sh.cfg.segment_bytes) {
+                // A half-made segment would hold space a full disk needs back.
+                drop(f);
+                let _ = std::fs::remove_file(&path);
+                return Err(io("cannot preallocate", &path, e));
+            }
             sh.stats.segments_created.fetch_add(1, Ordering::Relaxed);
             f
         }
