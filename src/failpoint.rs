@@ -22,6 +22,9 @@ pub enum Action {
     Pause,
     /// Return an I/O error carrying this message, where the point can fail.
     Error(String),
+    /// Pass this many more hits, then return errors like [`Action::Error`] (an I/O fault that
+    /// strikes the Nth write or sync).
+    ErrorAfter(u64, String),
 }
 
 static ANY_ARMED: AtomicBool = AtomicBool::new(false);
@@ -55,9 +58,33 @@ pub fn get(name: &str) -> Option<Action> {
     p.as_ref().and_then(|m| m.get(name).cloned())
 }
 
+/// Runs the point `name` for one instance (a shard): `name@index` when armed, else `name`.
+pub fn hit_at(name: &str, index: usize) -> Result<(), std::io::Error> {
+    if !ANY_ARMED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let own = format!("{name}@{index}");
+    if get(&own).is_some() {
+        hit(&own)
+    } else {
+        hit(name)
+    }
+}
+
 /// Runs the point `name`: panics or sleeps when armed so; returns the error to fail with when
-/// armed with [`Action::Error`].
+/// armed with [`Action::Error`] (or [`Action::ErrorAfter`], once its passes are used up).
 pub fn hit(name: &str) -> Result<(), std::io::Error> {
+    if let Some(Action::ErrorAfter(..)) = get(name) {
+        let mut p = POINTS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(Action::ErrorAfter(left, message)) = p.as_mut().and_then(|m| m.get_mut(name)) {
+            if *left > 0 {
+                *left -= 1;
+                return Ok(());
+            }
+            return Err(std::io::Error::other(message.clone()));
+        }
+        return Ok(());
+    }
     match get(name) {
         None => Ok(()),
         Some(Action::Panic) => panic!("failpoint {name}"),
@@ -71,7 +98,9 @@ pub fn hit(name: &str) -> Result<(), std::io::Error> {
             }
             Ok(())
         }
-        Some(Action::Error(message)) => Err(std::io::Error::other(message)),
+        Some(Action::Error(message)) | Some(Action::ErrorAfter(_, message)) => {
+            Err(std::io::Error::other(message))
+        }
     }
 }
 
@@ -100,9 +129,18 @@ pub fn arm_from_spec(spec: &str) -> Result<(), String> {
             .and_then(|a| a.strip_suffix(')'))
         {
             Action::Error(m.to_string())
+        } else if let Some(args) = action
+            .strip_prefix("error_after(")
+            .and_then(|a| a.strip_suffix(')'))
+        {
+            let (n, m) = args.split_once(',').unwrap_or((args, "injected I/O error"));
+            let n = n.trim().parse().map_err(|_| {
+                format!("failpoint `{item}`: error_after needs a count: error_after(N,message)")
+            })?;
+            Action::ErrorAfter(n, m.trim().to_string())
         } else {
             return Err(format!(
-                "failpoint `{item}`: action must be panic, pause, delay(ms) or error(message)"
+                "failpoint `{item}`: action must be panic, pause, delay(ms), error(message) or error_after(N,message)"
             ));
         };
         set(name.trim(), parsed);
@@ -122,6 +160,11 @@ mod tests {
         clear("t.a");
         clear("t.b");
         assert_eq!(get("t.a"), None);
+        arm_from_spec("t.c@2=error_after(2,boom)").unwrap();
+        assert!(hit_at("t.c", 1).is_ok(), "another instance is not armed");
+        assert!(hit_at("t.c", 2).is_ok() && hit_at("t.c", 2).is_ok());
+        assert!(hit_at("t.c", 2).is_err() && hit_at("t.c", 2).is_err());
+        clear("t.c@2");
         for bad in ["x", "x=sleep", "x=delay(z)"] {
             assert!(arm_from_spec(bad).is_err(), "{bad}");
         }

@@ -4,7 +4,7 @@
 //! `cargo bench --bench suite` runs the quick workloads (a few minutes); `-- --full` adds the
 //! long ones (connection sweep, device bytes per write, restart times, 50M-event ranges, disk
 //! cache, hit ratios). `-- --list` names them; `--only a,b` picks some; `--duration`,
-//! `--connections`, `--keys`, `--set key=value`, `--no-install`, `--shardbox-bin PATH`.
+//! `--connections`, `--keys`, `--restart-gib 1,10`, `--soak-secs`, `--set key=value`, `--no-install`, `--shardbox-bin PATH`.
 //! Results also go to `target/shardbox-bench.md`.
 
 mod cache;
@@ -16,6 +16,7 @@ mod peers;
 mod queue;
 mod report;
 mod restart;
+mod soak;
 mod support;
 
 use support::{parse_opts, wanted};
@@ -67,7 +68,7 @@ pub const WORKLOADS: &[(&str, bool, &str)] = &[
     (
         "restart-time",
         false,
-        "restart after SIGKILL with a full log to replay, and at 1 GiB",
+        "restart after SIGKILL with a full log to replay, and at --restart-gib GiB (1)",
     ),
     (
         "queue-latency",
@@ -94,6 +95,11 @@ pub const WORKLOADS: &[(&str, bool, &str)] = &[
         false,
         "eviction policies' hit ratio on a Zipf workload",
     ),
+    (
+        "soak",
+        false,
+        "mixed load for --soak-secs (1800): RSS, files, latency over time (SVG); only with --only soak",
+    ),
 ];
 
 fn main() {
@@ -108,6 +114,7 @@ fn main() {
     rt.block_on(events_suite::events_suite(&o, &mut rows));
     rt.block_on(cache::cache_suite(&o, &mut rows));
     rt.block_on(restart::restart_suite(&o, &mut rows));
+    rt.block_on(soak::soak(&o));
     let mut table = report::render(&o, &rows);
     if wanted(&o, "cache-hit-ratio") {
         eprintln!("cache-hit-ratio: Zipf(0.99), 1M keys, 4M requests …");

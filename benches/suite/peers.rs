@@ -22,6 +22,11 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server's own directory (shardbox's data dir is `data/` inside it).
     pub fn dir(&self) -> &Path {
         self._dir.path()

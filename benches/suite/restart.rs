@@ -84,12 +84,16 @@ pub async fn restart_suite(o: &Opts, rows: &mut Vec<Row>) {
         &format!("p50 = spawn to listening; {replayed:.0} records replayed in {replay_s:.2} s"),
     ));
     drop(sb);
-    // 2. 1 GiB of data, quick repair on (default) and off.
-    for quick in ["true", "false"] {
+    // 2. N GiB of data (`--restart-gib`), quick repair on (default) and off.
+    for (gib, quick) in o
+        .restart_gib
+        .iter()
+        .flat_map(|g| [(*g, "true"), (*g, "false")])
+    {
         let extra = [("quick_repair", quick)];
         let mut sb = start_shardbox(o, &extra).expect("start shardbox");
-        eprintln!("restart-time: loading 1 GiB (quick_repair={quick}) …");
-        load_gib(sb.addr).await;
+        eprintln!("restart-time: loading {gib} GiB (quick_repair={quick}) …");
+        load_gib(sb.addr, gib).await;
         // Some writes after the last checkpoint, so the kill leaves both repair and replay.
         let _ = loadgen::run(sb.addr, Proto::Http, 32, Duration::from_secs(2), kib_put).await;
         let size: u64 = std::fs::read_dir(sb.dir().join("data/shards"))
@@ -115,17 +119,18 @@ pub async fn restart_suite(o: &Opts, rows: &mut Vec<Row>) {
     }
 }
 
-/// 1M keys of 1 KiB through :batchWrite (1,000 per request, 4 connections).
-async fn load_gib(addr: std::net::SocketAddr) {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(vec![b'g'; 1024]);
+/// `gib` GiB as 16 KiB values through :batchWrite (64 per request, 4 connections).
+async fn load_gib(addr: std::net::SocketAddr, gib: u64) {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(vec![b'g'; 16 << 10]);
+    let requests = gib * 1024; // 64 × 16 KiB = 1 MiB each
     let mut tasks = Vec::new();
     for part in 0..4u64 {
         let b64 = b64.clone();
         tasks.push(tokio::spawn(async move {
             let mut c = loadgen::Conn::connect(addr).await.expect("connect");
-            for chunk in (part * 250..(part + 1) * 250).map(|c| c * 1000) {
-                let ops: Vec<serde_json::Value> = (chunk..chunk + 1000)
-                    .map(|n| serde_json::json!({"op": "put", "key": format!("g{n:07}"), "value_b64": b64}))
+            for chunk in (part * requests / 4..(part + 1) * requests / 4).map(|c| c * 64) {
+                let ops: Vec<serde_json::Value> = (chunk..chunk + 64)
+                    .map(|n| serde_json::json!({"op": "put", "key": format!("g{n:09}"), "value_b64": b64}))
                     .collect();
                 let body = serde_json::json!({ "ops": ops }).to_string();
                 let (status, _) = c

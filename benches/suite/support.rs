@@ -22,6 +22,10 @@ pub struct Opts {
     /// The shardbox binary to run (`--shardbox-bin`, default: this build's), e.g. an older
     /// release built elsewhere, to measure before and after on the same machine.
     pub shardbox_bin: Option<std::path::PathBuf>,
+    /// Data sizes (GiB) of `restart-time`'s repair measurements (`--restart-gib 1,10`).
+    pub restart_gib: Vec<u64>,
+    /// How long `soak` runs (`--soak-secs`, default 1800).
+    pub soak_secs: u64,
 }
 
 pub fn parse_opts() -> Opts {
@@ -35,6 +39,8 @@ pub fn parse_opts() -> Opts {
         events_large: 50_000_000,
         full: false,
         shardbox_bin: None,
+        restart_gib: vec![1],
+        soak_secs: 1800,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -70,6 +76,17 @@ pub fn parse_opts() -> Opts {
             }
             "--shardbox-bin" => {
                 o.shardbox_bin = Some(next.clone().into());
+                i += 1;
+            }
+            "--soak-secs" => {
+                o.soak_secs = next.parse().expect("--soak-secs N");
+                i += 1;
+            }
+            "--restart-gib" => {
+                o.restart_gib = next
+                    .split(',')
+                    .map(|g| g.parse().expect("--restart-gib N[,N…]"))
+                    .collect();
                 i += 1;
             }
             "--events-large" => {
@@ -303,9 +320,10 @@ pub fn wanted(o: &Opts, name: &str) -> bool {
         Some(only) => only
             .split(',')
             .any(|w| !w.is_empty() && name.starts_with(w)),
+        // The soak runs only when named.
         None => crate::WORKLOADS
             .iter()
-            .any(|(n, quick, _)| *n == name && (*quick || o.full)),
+            .any(|(n, quick, _)| *n == name && (*quick || (o.full && name != "soak"))),
     }
 }
 

@@ -143,6 +143,11 @@ impl foyer::Code for Entry {
         let fill_ms = read_u64(r)?;
         let mut flags = [0u8; 1];
         r.read_exact(&mut flags).map_err(foyer::Error::io_error)?;
+        // Undefined bits mean damage or a newer format: a miss, never a guess (found by the
+        // `records` fuzz target).
+        if flags[0] & !0b11 != 0 {
+            return Err(io_err("cache entry: unknown flag bits"));
+        }
         let content_type = if flags[0] & 2 != 0 {
             let n = read_u16(r)? as usize;
             Some(read_string(r, n)?)

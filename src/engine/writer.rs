@@ -264,7 +264,7 @@ impl Writer {
             txn.set_durability(Durability::Immediate)
                 .map_err(|e| BatchError::Storage(e.to_string()))?;
             txn.set_quick_repair(self.cfg.quick_repair);
-            crate::failpoint::hit("checkpoint.commit")
+            crate::failpoint::hit_at("checkpoint.commit", self.shard)
                 .map_err(|e| BatchError::Storage(e.to_string()))?;
             txn.commit().map_err(storage)
         });
@@ -414,7 +414,7 @@ impl Writer {
         self.wal
             .wait(lsn)
             .map_err(|e| BatchError::Storage(e.to_string()))?;
-        let committed = crate::failpoint::hit("writer.commit")
+        let committed = crate::failpoint::hit_at("writer.commit", self.shard)
             .map_err(|e| BatchError::Storage(e.to_string()))
             .and_then(|()| txn.commit().map_err(storage));
         if let Err(e) = committed {
