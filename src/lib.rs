@@ -35,31 +35,23 @@ pub use engine::clock::{Clock, ManualClock, SystemClock};
 pub use error::{ApiError, CacheError, EngineError, KvError};
 
 use engine::Engine;
-use futures_util::future::BoxFuture;
 use std::sync::Arc;
 
-/// Every domain's tables and check, in the order their tables are created. Adding a domain is
-/// its folder plus one line here (and its route table in `http::router::TABLES`).
+/// Every domain: its tables, its check and how it opens. Adding a domain is its folder plus one
+/// line here (and, to serve it over HTTP, its route table in `http::router::TABLES`); the store
+/// opens, starts, checks and renders the metrics of every domain from this list, and
+/// [`Store::domain`] reaches any of them by type.
 pub const DOMAINS: &[&engine::DomainSpec] =
     &[&kv::DOMAIN, &queue::DOMAIN, &events::DOMAIN, &cache::DOMAIN];
 
-/// The running side of a domain: what it does by itself and what it reports.
-pub trait Domain: Send + Sync {
-    /// Tasks that run by themselves (sweeps, timers, schedules, retention) until aborted.
-    fn background(self: Arc<Self>, config: &Config) -> Vec<BoxFuture<'static, ()>>;
-    /// Appends its Prometheus metrics.
-    fn render_metrics(&self, out: &mut String);
-}
+pub use engine::Domain;
 
 /// An open data directory with its domains.
 #[derive(Clone)]
 pub struct Store {
     config: Arc<Config>,
     engine: Arc<Engine>,
-    kv: kv::Kv,
-    queues: Arc<queue::Queues>,
-    events: Arc<events::Events>,
-    /// The same domains, as one list (background tasks, metrics).
+    /// Every domain opened from [`DOMAINS`] (background tasks, metrics, typed access).
     domains: Vec<Arc<dyn Domain>>,
     /// Built on first use inside the tokio runtime (foyer needs one); see [`Store::cache`].
     cache: Arc<tokio::sync::OnceCell<Arc<cache::Cache>>>,
@@ -75,17 +67,14 @@ impl Store {
     pub fn open_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Store, EngineError> {
         config.validate().map_err(EngineError::Open)?;
         let engine = Arc::new(Engine::open(&config, clock, DOMAINS)?);
-        let kv = kv::Kv::from_config(engine.clone(), &config);
-        let queues = Arc::new(queue::Queues::from_config(engine.clone(), &config));
-        let events = Arc::new(events::Events::from_config(engine.clone(), &config));
-        let domains: Vec<Arc<dyn Domain>> =
-            vec![Arc::new(kv.clone()), queues.clone(), events.clone()];
+        let domains = DOMAINS
+            .iter()
+            .filter_map(|d| d.open)
+            .map(|open| open(engine.clone(), &config))
+            .collect();
         Ok(Store {
             config: Arc::new(config),
             engine,
-            kv,
-            queues,
-            events,
             domains,
             cache: Arc::new(tokio::sync::OnceCell::new()),
         })
@@ -97,14 +86,32 @@ impl Store {
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
     }
-    pub fn kv(&self) -> &kv::Kv {
-        &self.kv
+    /// The open domain of type `T`, if [`DOMAINS`] has it.
+    pub fn domain<T: Domain>(&self) -> Option<Arc<T>> {
+        self.domains.iter().find_map(|d| {
+            let any: Arc<dyn std::any::Any + Send + Sync> = d.clone();
+            any.downcast::<T>().ok()
+        })
     }
-    pub fn queues(&self) -> &Arc<queue::Queues> {
-        &self.queues
+
+    /// A domain every build registers in [`DOMAINS`] (a test checks each is reachable).
+    fn registered<T: Domain>(&self) -> Arc<T> {
+        match self.domain::<T>() {
+            Some(d) => d,
+            None => unreachable!(
+                "{} is not registered in DOMAINS",
+                std::any::type_name::<T>()
+            ),
+        }
     }
-    pub fn events(&self) -> &Arc<events::Events> {
-        &self.events
+    pub fn kv(&self) -> Arc<kv::Kv> {
+        self.registered()
+    }
+    pub fn queues(&self) -> Arc<queue::Queues> {
+        self.registered()
+    }
+    pub fn events(&self) -> Arc<events::Events> {
+        self.registered()
     }
 
     /// The hybrid cache, opened on first call (inside the tokio runtime). `serve` opens it at

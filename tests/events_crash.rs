@@ -54,30 +54,7 @@ async fn appender(addr: SocketAddr, acked: Arc<Mutex<Vec<String>>>) {
 
 async fn all_ids(addr: SocketAddr) -> Vec<String> {
     let mut c = Client::connect(addr).await;
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let path = match &after {
-            None => "/v1/streams/crash/events?limit=10000".to_string(),
-            Some(a) => format!("/v1/streams/crash/events?limit=10000&after={a}"),
-        };
-        let r = c.get(&path).await;
-        if r.status == 404 {
-            return out;
-        }
-        let j = r.json();
-        out.extend(
-            j["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["id"].as_str().unwrap().to_string()),
-        );
-        match j["next"].as_str() {
-            Some(n) => after = Some(n.to_string()),
-            None => return out,
-        }
-    }
+    common::stream_ids(&mut c, "crash").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -251,33 +251,6 @@ async fn cache_task(addr: SocketAddr, cycle: usize, ledger: Arc<Mutex<Ledger>>) 
     }
 }
 
-async fn all_event_ids(c: &mut Client) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let path = match &after {
-            None => "/v1/streams/h/events?limit=10000".to_string(),
-            Some(a) => format!("/v1/streams/h/events?limit=10000&after={a}"),
-        };
-        let r = c.get(&path).await;
-        if r.status == 404 {
-            return out;
-        }
-        let j = r.json();
-        out.extend(
-            j["events"]
-                .as_array()
-                .expect("events")
-                .iter()
-                .map(|e| e["id"].as_str().expect("id").to_string()),
-        );
-        match j["next"].as_str() {
-            Some(n) => after = Some(n.to_string()),
-            None => return out,
-        }
-    }
-}
-
 /// Checks every promise against the restarted server; returns how many facts it checked.
 async fn verify(addr: SocketAddr, ledger: &mut Ledger, seed: u64, cycle: usize) -> usize {
     let mut c = Client::connect(addr).await;
@@ -349,7 +322,7 @@ async fn verify(addr: SocketAddr, ledger: &mut Ledger, seed: u64, cycle: usize) 
             ledger.jobs_acked.insert(id);
         }
     }
-    let ids = all_event_ids(&mut c).await;
+    let ids = common::stream_ids(&mut c, "h").await;
     let have: HashSet<&String> = ids.iter().collect();
     for id in &ledger.events {
         assert!(have.contains(id), "{ctx}: event {id} acknowledged and lost");

@@ -624,16 +624,34 @@ async fn idle_connections_make_room_for_a_new_client() {
         assert_eq!(c.get("/healthz").await.status, 200);
         flood.push(c);
     }
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // Idle long enough to be taken for idle (a client between requests is not: 250 ms).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Each fresh client stays connected, so each must take an idle one's place.
+    let mut fresh_ones = Vec::new();
     for round in 0..3 {
         let mut fresh = s.client().await;
         assert_eq!(fresh.get("/healthz").await.status, 200, "round {round}");
+        fresh_ones.push(fresh);
     }
     let evicted = common::scrape(s.addr, "shardbox_connections_evicted_total").await;
     assert!(
         evicted >= 3.0,
         "each fresh client took an idle one's place: {evicted}"
     );
+    // A client that just made a request is busy, not idle: a newcomer is refused instead of
+    // evicting it (no reconnect churn under a connection flood).
+    let mut flood = Vec::new();
+    for _ in 0..8 {
+        let mut c = Client::connect(s.addr).await;
+        if c.try_send("GET", "/healthz", &[], "")
+            .await
+            .is_ok_and(|r| r.status == 200)
+        {
+            flood.push(c);
+        }
+    }
+    let refused = raw(s.addr, "GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
     drop(flood);
     s.stop().await;
 }
@@ -666,10 +684,10 @@ async fn a_streaming_follower_is_not_taken_for_idle() {
     let n = sse.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     // The follower has been streaming longest; the other connection went idle after it.
-    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let mut idle = s.client().await;
     assert_eq!(idle.get("/healthz").await.status, 200);
-    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let mut fresh = s.client().await;
     assert_eq!(
         fresh.get("/healthz").await.status,
@@ -978,5 +996,46 @@ async fn host_and_codings_are_checked() {
     )
     .await;
     assert!(ok.starts_with("HTTP/1.1 201"), "{ok}");
+    s.stop().await;
+}
+
+/// Requests hyper rejects before any handler runs (a head over `header_bytes_max`, two
+/// `Content-Length`s, a broken header line) get the same JSON error body as every other error.
+#[tokio::test]
+async fn errors_raised_by_the_http_parser_have_json_bodies() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start().await;
+    let big = format!(
+        "GET /v1/kv/a/b HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(40 << 10)
+    );
+    let cases: [(&[u8], &str, &str); 3] = [
+        (big.as_bytes(), "431", "request_header_fields_too_large"),
+        (
+            b"PUT /v1/kv/a/b HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nxy",
+            "400",
+            "bad_request",
+        ),
+        (b"GET /v1/kv/a/b HTTP/1.1\r\nhost: x\r\nno colon\r\n\r\n", "400", "bad_request"),
+    ];
+    for (raw, status, code) in cases {
+        let mut stream = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        stream.write_all(raw).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read_to_end(&mut out),
+        )
+        .await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let v: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+        assert_eq!(v["error"]["code"], code, "{body}");
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
     s.stop().await;
 }

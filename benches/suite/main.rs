@@ -7,6 +7,7 @@
 //! `--connections`, `--keys`, `--restart-gib 1,10`, `--soak-secs`, `--set key=value`, `--no-install`, `--shardbox-bin PATH`.
 //! Results also go to `target/shardbox-bench.md`.
 
+mod abuse;
 mod cache;
 mod events;
 mod events_suite;
@@ -96,6 +97,16 @@ pub const WORKLOADS: &[(&str, bool, &str)] = &[
         "eviction policies' hit ratio on a Zipf workload",
     ),
     (
+        "overload",
+        false,
+        "durable PUT at 64 connections, then 10x the connections: shed, p99, peak RSS",
+    ),
+    (
+        "hostile",
+        false,
+        "slowloris, huge headers and bodies, deep JSON, bad paths: answer, time, RSS",
+    ),
+    (
         "soak",
         false,
         "mixed load for --soak-secs (1800): RSS, files, latency over time (SVG); only with --only soak",
@@ -114,6 +125,8 @@ fn main() {
     rt.block_on(events_suite::events_suite(&o, &mut rows));
     rt.block_on(cache::cache_suite(&o, &mut rows));
     rt.block_on(restart::restart_suite(&o, &mut rows));
+    rt.block_on(abuse::overload(&o, &mut rows));
+    rt.block_on(abuse::hostile(&o, &mut rows));
     rt.block_on(soak::soak(&o));
     let mut table = report::render(&o, &rows);
     if wanted(&o, "cache-hit-ratio") {

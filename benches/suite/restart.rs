@@ -114,7 +114,10 @@ pub async fn restart_suite(o: &Opts, rows: &mut Vec<Row>) {
                 size as f64 / (1u64 << 30) as f64
             ),
             single(took),
-            "p50 = spawn to listening (repair + replay)",
+            &format!(
+                "spawn to listening (repair + replay): {:.2} s",
+                took.as_secs_f64()
+            ),
         ));
     }
 }

@@ -173,6 +173,8 @@ pub const DOMAIN: crate::engine::DomainSpec = crate::engine::DomainSpec {
     name: "cache",
     init_tables,
     check,
+    // Opened by `Store::cache` inside the tokio runtime (foyer needs one).
+    open: None,
 };
 
 /// `shardbox check` for the cache: the generation table is readable (its values are plain u64s).

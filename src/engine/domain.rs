@@ -5,17 +5,36 @@
 //! domain cannot be forgotten by either. The running side of a domain (background tasks,
 //! metrics) is [`crate::Domain`].
 
+use std::sync::Arc;
+
 /// Creates the tables a domain needs in a fresh or existing shard.
 pub type TableInit = fn(&redb::WriteTransaction) -> Result<(), redb::Error>;
 
 /// Verifies a domain's records in one shard (read-only, server stopped).
 pub type CheckFn = fn(&redb::ReadTransaction, usize, &mut Checked<'_>) -> Result<(), redb::Error>;
 
+/// Opens a domain's running side over the engine, from its settings section.
+pub type OpenFn = fn(Arc<super::Engine>, &crate::Config) -> Arc<dyn Domain>;
+
 /// A domain as the engine sees it.
 pub struct DomainSpec {
     pub name: &'static str,
     pub init_tables: TableInit,
     pub check: CheckFn,
+    /// Its running side; `None` for one the store opens itself (the cache needs the runtime).
+    pub open: Option<OpenFn>,
+}
+
+/// The running side of a domain: what it does by itself and what it reports. The store holds
+/// every domain as one of these; [`crate::Store::domain`] hands back the typed one.
+pub trait Domain: std::any::Any + Send + Sync {
+    /// Tasks that run by themselves (sweeps, timers, schedules, retention) until aborted.
+    fn background(
+        self: Arc<Self>,
+        config: &crate::Config,
+    ) -> Vec<futures_util::future::BoxFuture<'static, ()>>;
+    /// Appends its Prometheus metrics.
+    fn render_metrics(&self, out: &mut String);
 }
 
 /// What a domain's check found in one shard.

@@ -41,7 +41,7 @@ pub fn default_shards() -> u32 {
     cores.clamp(2, 16) as u32
 }
 
-pub use domain::{DomainSpec, TableInit};
+pub use domain::{Domain, DomainSpec, TableInit};
 
 /// A redb failure on `shard`, as the error every domain reports (one helper for all of them).
 pub fn storage_error(shard: usize, e: impl Into<redb::Error>) -> EngineError {

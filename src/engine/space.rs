@@ -109,6 +109,16 @@ impl DiskSpace {
         }
     }
 
+    /// Called by a writer before it commits or checkpoints: while space is low, samples again
+    /// (one `statvfs`) so that a disk filled by someone else since the last sample releases the
+    /// ballast *before* redb needs the room — redb fails every later operation after an I/O
+    /// error, so the room must be there first.
+    pub fn before_commit(&self) {
+        if self.is_low() {
+            self.refresh();
+        }
+    }
+
     /// A write met ENOSPC: refuse growth at once and release the ballast so that deletes can
     /// commit.
     pub fn on_full(&self) {

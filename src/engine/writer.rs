@@ -259,6 +259,7 @@ impl Writer {
         if self.state.failure().is_some() {
             return;
         }
+        self.space.before_commit();
         let started = Instant::now();
         let result = self.db.begin_write().map_err(storage).and_then(|mut txn| {
             txn.set_durability(Durability::Immediate)
@@ -300,6 +301,7 @@ impl Writer {
             }
             return;
         }
+        self.space.before_commit();
         let started = Instant::now();
         let mut next_revision = self.next_revision;
         let mut hooks = Vec::new();

@@ -23,6 +23,7 @@ pub const DOMAIN: crate::engine::DomainSpec = crate::engine::DomainSpec {
     name: "events",
     init_tables,
     check,
+    open: Some(|engine, config| std::sync::Arc::new(Events::from_config(engine, config))),
 };
 
 /// `shardbox check` for streams (invariant 15): every stream, bucket and event record decodes,

@@ -100,6 +100,9 @@ pub struct Conns {
     per_ip_max: usize,
 }
 
+/// How long a connection must have been idle before a newcomer may take its place.
+pub const EVICTABLE_IDLE_MS: u64 = 250;
+
 /// Removes a connection from the registry when its task ends (normally or unwinding).
 pub struct Registered {
     conns: Arc<Conns>,
@@ -180,7 +183,9 @@ impl Conns {
             .values()
             .filter(|c| ip.is_none_or(|ip| c.ip == ip) && !c.evicting.load(Ordering::Acquire))
             .map(|c| (c.idle_ms(), c))
-            .filter(|(idle, _)| *idle > 0)
+            // A client between two requests is not idle: evicting it would only make it
+            // reconnect and evict another (churn that halved goodput under a connection flood).
+            .filter(|(idle, _)| *idle >= EVICTABLE_IDLE_MS)
             .max_by_key(|(idle, _)| *idle);
         match victim {
             Some((_, c)) => {

@@ -7,6 +7,7 @@ mod cache;
 mod conns;
 mod events;
 mod health;
+mod hyper_errors;
 mod input;
 mod kv;
 mod queue;
@@ -85,6 +86,9 @@ fn connection_builder(cfg: &crate::Config) -> http1::Builder {
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(cfg.header_read_timeout_ms))
         .max_buf_size(cfg.header_bytes_max.max(8192))
+        // A client that shuts its side after sending (`nc -N`, some scripts) still gets its
+        // answer; an idle half-closed connection ends at idle_timeout_ms like any other.
+        .half_close(true)
         .keep_alive(true);
     builder
 }
@@ -112,7 +116,7 @@ fn service(
 
 /// Serves one connection over any byte stream with exactly the service of [`run`] (the fuzz
 /// targets feed it an in-memory pipe). Returns when the connection closes; the peer's address
-/// counts as loopback. Half-closed input is served: a client may shut its side after writing.
+/// counts as loopback.
 pub async fn serve_stream<IO>(state: &Arc<ServerState>, io: IO)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -120,10 +124,9 @@ where
     let Some((registered, _)) = state.conns.register(std::net::Ipv4Addr::LOCALHOST.into()) else {
         return;
     };
-    let mut builder = connection_builder(state.store.config());
-    builder.half_close(true);
+    let builder = connection_builder(state.store.config());
     let conn = builder.serve_connection(
-        TokioIo::new(io),
+        TokioIo::new(hyper_errors::JsonErrors::new(io)),
         service(state.clone(), registered.conn.clone()),
     );
     let _ = conn.await;
@@ -199,7 +202,7 @@ pub async fn run(
                 },
             };
             let conn = builder.serve_connection(
-                TokioIo::new(stream),
+                TokioIo::new(hyper_errors::JsonErrors::new(stream)),
                 service(state.clone(), registered.conn.clone()),
             );
             tokio::pin!(conn);

@@ -540,6 +540,7 @@ pub const DOMAIN: crate::engine::DomainSpec = crate::engine::DomainSpec {
     name: "kv",
     init_tables,
     check,
+    open: Some(|engine, config| std::sync::Arc::new(Kv::from_config(engine, config))),
 };
 
 /// `shardbox check` for KV: every record's envelope and crc32, and the expiry index entry of

@@ -26,6 +26,7 @@ pub const DOMAIN: crate::engine::DomainSpec = crate::engine::DomainSpec {
     name: "queue",
     init_tables,
     check,
+    open: Some(|engine, config| std::sync::Arc::new(Queues::from_config(engine, config))),
 };
 
 /// `shardbox check` for queues (invariant 11): every job decodes, carries its key's id and a

@@ -293,3 +293,32 @@ pub fn copy_data_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// Every event id of `stream`, oldest first, following `next` cursors (empty if the stream does
+/// not exist).
+pub async fn stream_ids(c: &mut Client, stream: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            None => format!("/v1/streams/{stream}/events?limit=10000"),
+            Some(a) => format!("/v1/streams/{stream}/events?limit=10000&after={a}"),
+        };
+        let r = c.get(&path).await;
+        if r.status == 404 {
+            return out;
+        }
+        let j = r.json();
+        out.extend(
+            j["events"]
+                .as_array()
+                .expect("events")
+                .iter()
+                .map(|e| e["id"].as_str().expect("id").to_string()),
+        );
+        match j["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => return out,
+        }
+    }
+}
