@@ -240,10 +240,12 @@ pub fn records(data: &[u8]) {
             let _ = crate::queue::model::decode::<crate::queue::model::Schedule>(bytes);
             let _ = crate::queue::model::parse_timer(bytes);
             let _ = crate::queue::model::id_of_index_key(bytes);
+            let _ = crate::queue::model::decode::<crate::queue::model::Dedupe>(bytes);
         }
         4 => {
             let _ = crate::events::model::decode_meta(bytes);
             let _ = crate::events::model::parse_event_key(bytes);
+            let _ = crate::events::model::decode::<crate::events::model::BucketStats>(bytes);
         }
         5 => {
             let _ = crate::events::model::decode::<crate::events::model::Event>(bytes);
