@@ -11,6 +11,7 @@
 //!   themselves as soon as space is back. Nothing here is on the request path but one atomic load.
 
 use crate::error::EngineError;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 /// Name of the ballast file in the data directory.
 pub const BALLAST_FILE: &str = "ballast";
+const BALLAST_TMP: &str = "ballast.tmp";
 
 /// The data directory's free space, as last sampled.
 #[derive(Debug)]
@@ -28,6 +30,11 @@ pub struct DiskSpace {
     free: AtomicU64,
     low: AtomicBool,
     ballast_present: AtomicBool,
+    /// The ballast was released and not laid again yet: growth stays refused until there is
+    /// room for the reserve and the ballast (else a release would just make room for puts).
+    released: AtomicBool,
+    /// Laying and releasing the ballast, one thread at a time (the sampler and the writers).
+    ballast_lock: Mutex<()>,
     /// Times writes were refused for want of space, and ballast releases.
     pub refused: AtomicU64,
     pub ballast_released: AtomicU64,
@@ -39,6 +46,21 @@ pub struct DiskSpace {
 pub fn free_bytes(path: &Path) -> Option<u64> {
     let s = rustix::fs::statvfs(path).ok()?;
     Some(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+/// Whether `dir` holds a whole ballast (a partial one, left by a crash while it was laid, or one
+/// of another size is removed so it can be laid again).
+fn ballast_ok(dir: &Path, bytes: u64) -> bool {
+    let _ = std::fs::remove_file(dir.join(BALLAST_TMP));
+    let path = dir.join(BALLAST_FILE);
+    match std::fs::metadata(&path) {
+        Ok(m) if bytes > 0 && m.len() == bytes && m.blocks() * 512 >= bytes => true,
+        Ok(_) => {
+            let _ = std::fs::remove_file(&path);
+            false
+        }
+        Err(_) => false,
+    }
 }
 
 /// Whether an I/O error (as text from redb, or an `io::Error`) means the disk is full.
@@ -65,7 +87,9 @@ impl DiskSpace {
             ballast_bytes,
             free: AtomicU64::new(u64::MAX),
             low: AtomicBool::new(false),
-            ballast_present: AtomicBool::new(dir.join(BALLAST_FILE).exists()),
+            ballast_present: AtomicBool::new(ballast_ok(dir, ballast_bytes)),
+            released: AtomicBool::new(false),
+            ballast_lock: Mutex::new(()),
             refused: AtomicU64::new(0),
             ballast_released: AtomicU64::new(0),
             stop: Mutex::new(false),
@@ -127,7 +151,9 @@ impl DiskSpace {
     }
 
     fn release_ballast(&self, why: &str) {
+        let _one = self.ballast_lock.lock().unwrap_or_else(|p| p.into_inner());
         if self.ballast_present.swap(false, Ordering::AcqRel) {
+            self.released.store(true, Ordering::Release);
             match std::fs::remove_file(self.dir.join(BALLAST_FILE)) {
                 Ok(()) => {
                     self.ballast_released.fetch_add(1, Ordering::Relaxed);
@@ -144,11 +170,14 @@ impl DiskSpace {
     }
 
     fn lay_ballast(&self) {
+        let _one = self.ballast_lock.lock().unwrap_or_else(|p| p.into_inner());
         if self.ballast_bytes == 0 || self.ballast_present.load(Ordering::Acquire) {
             return;
         }
-        let path = self.dir.join(BALLAST_FILE);
-        let made = std::fs::File::create(&path).and_then(|f| {
+        // Laid under a temporary name and renamed: a crash never leaves a partial ballast that
+        // would be taken for a whole one.
+        let tmp = self.dir.join(BALLAST_TMP);
+        let made = std::fs::File::create(&tmp).and_then(|f| {
             rustix::fs::fallocate(
                 &f,
                 rustix::fs::FallocateFlags::empty(),
@@ -156,15 +185,17 @@ impl DiskSpace {
                 self.ballast_bytes,
             )
             .map_err(std::io::Error::from)?;
-            f.sync_all()
+            f.sync_all()?;
+            std::fs::rename(&tmp, self.dir.join(BALLAST_FILE))
         });
         match made {
             Ok(()) => {
                 self.ballast_present.store(true, Ordering::Release);
+                self.released.store(false, Ordering::Release);
                 tracing::info!(bytes = self.ballast_bytes, "laid the disk ballast");
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(&tmp);
                 tracing::debug!(error = %e, "cannot lay the disk ballast yet");
             }
         }
@@ -191,8 +222,14 @@ impl DiskSpace {
         }
         let free = free_bytes(&self.dir).unwrap_or(free);
         self.free.store(free, Ordering::Relaxed);
-        let was = self.low.swap(free < self.reserve, Ordering::AcqRel);
-        if was != (free < self.reserve) {
+        let need = if self.released.load(Ordering::Acquire) {
+            self.reserve.saturating_add(self.ballast_bytes)
+        } else {
+            self.reserve
+        };
+        let low = free < need;
+        let was = self.low.swap(low, Ordering::AcqRel);
+        if was != low {
             if was {
                 tracing::info!(free, "disk space is back: writes are taken again");
             } else {
@@ -215,6 +252,10 @@ impl DiskSpace {
             .name("shardbox-space".into())
             .spawn(move || loop {
                 let stop = me.stop.lock().unwrap_or_else(|p| p.into_inner());
+                // Checked before waiting too: a stop() while refresh() ran is not missed.
+                if *stop {
+                    return;
+                }
                 let (stop, _) = me
                     .wake
                     .wait_timeout(stop, every)

@@ -53,6 +53,10 @@ pub fn rewrite(buf: &[u8]) -> Option<Vec<u8>> {
             "request_header_fields_too_large",
             "the request head is larger than header_bytes_max: send fewer or smaller headers",
         ),
+        414 => (
+            "uri_too_long",
+            "the request target is longer than hyper accepts: shorten the path and query",
+        ),
         400 => (
             "bad_request",
             "malformed HTTP/1.1 request: check the request line, the header syntax and that Content-Length is given once",

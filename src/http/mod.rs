@@ -188,6 +188,8 @@ pub async fn run(
         let conn_limit = conn_limit.clone();
         let refusals = refusals.clone();
         tokio::spawn(async move {
+            // Not idle while it waits for its place: it must not be taken to make room.
+            let waiting = conns::Busy::new(registered.conn.clone());
             let permit = match permit {
                 Some(p) => p,
                 // Wait for the evicted connection to give its place back.
@@ -201,6 +203,7 @@ pub async fn run(
                     _ => return refuse(stream, &refusals),
                 },
             };
+            drop(waiting);
             let conn = builder.serve_connection(
                 TokioIo::new(hyper_errors::JsonErrors::new(stream)),
                 service(state.clone(), registered.conn.clone()),

@@ -366,16 +366,24 @@ impl LogFiles {
         sh.stats.segment_files.store(n as u64, Ordering::Relaxed);
     }
 
-    /// Closes the active segment (durably) and starts the next one at `first_lsn`.
-    /// Starts the next segment; on a full disk, releases the ballast and retries for up to
-    /// [`DISK_FULL_WAIT`] (the group waits, nothing is dropped), then fails the log.
-    fn roll_when_room(&mut self, sh: &Shared, first_lsn: u64) -> Result<(), String> {
+    /// Closes the active segment (durably) and starts the next one at `first_lsn`. The old
+    /// segment is synced once: a failed fsync is never retried (Linux may drop the dirty pages
+    /// and report a later fsync clean). Creating the next segment on a full disk releases the
+    /// ballast and retries for up to [`DISK_FULL_WAIT`] (the group waits, nothing is dropped or
+    /// reordered), unless the log is stopping; then the log fails.
+    fn roll(&mut self, sh: &Shared, first_lsn: u64) -> Result<(), String> {
+        let path = self.dir.join(frame::segment_name(self.active.seq));
+        self.active
+            .file
+            .sync_data()
+            .map_err(|e| io("cannot sync", &path, e))?;
         let started = Instant::now();
-        loop {
-            match self.roll(sh, first_lsn) {
+        let next = loop {
+            match new_segment(sh, &mut self.spares, self.active.seq + 1, first_lsn) {
                 Err(message)
                     if crate::engine::space::message_is_disk_full(&message)
-                        && started.elapsed() < DISK_FULL_WAIT =>
+                        && started.elapsed() < DISK_FULL_WAIT
+                        && !lock(&sh.state).stop =>
                 {
                     if let Some(space) = &sh.cfg.space {
                         space.on_full();
@@ -384,18 +392,9 @@ impl LogFiles {
                     let _ = self.recycle(sh);
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                other => return other,
+                other => break other?,
             }
-        }
-    }
-
-    fn roll(&mut self, sh: &Shared, first_lsn: u64) -> Result<(), String> {
-        let path = self.dir.join(frame::segment_name(self.active.seq));
-        self.active
-            .file
-            .sync_data()
-            .map_err(|e| io("cannot sync", &path, e))?;
-        let next = new_segment(sh, &mut self.spares, self.active.seq + 1, first_lsn)?;
+        };
         let old = std::mem::replace(&mut self.active, next);
         self.closed.push_back(Closed {
             seq: old.seq,
@@ -444,7 +443,7 @@ impl LogFiles {
                 let Some(h) = frame::parse_header(&group[start..]) else {
                     return Err("internal: a pending record does not parse".into());
                 };
-                self.roll_when_room(sh, h.lsn)?;
+                self.roll(sh, h.lsn)?;
                 continue;
             }
             let path = || self.dir.join(frame::segment_name(self.active.seq));
