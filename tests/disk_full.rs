@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::spawn::spawn_shardbox;
+use common::spawn::{spawn_shardbox, KillOnDrop};
 use common::{eventually, Client};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -86,7 +86,8 @@ async fn a_full_disk_refuses_growth_keeps_reads_and_deletes_and_recovers_by_itse
         }
     };
     let data = mnt.0.join("data");
-    let (mut child, addr) = spawn_shardbox(&data, &settings()).expect("start shardbox");
+    let (child, addr) = spawn_shardbox(&data, &settings()).expect("start shardbox");
+    let mut child = KillOnDrop(child);
     let mut c = Client::connect(addr).await;
 
     // Something else takes most of the disk, then shardbox's own writes run into the reserve.
@@ -178,7 +179,8 @@ async fn a_full_disk_refuses_growth_keeps_reads_and_deletes_and_recovers_by_itse
     // Nothing acknowledged is lost across a SIGKILL, and the stopped store checks clean.
     child.kill().expect("kill");
     let _ = child.wait();
-    let (mut child, addr) = spawn_shardbox(&data, &settings()).expect("restart shardbox");
+    let (child, addr) = spawn_shardbox(&data, &settings()).expect("restart shardbox");
+    let mut child = KillOnDrop(child);
     let mut c = Client::connect(addr).await;
     for i in &acked {
         let r = c.get(&format!("/v1/kv/fill/k{i}")).await;

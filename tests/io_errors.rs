@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::spawn::spawn_shardbox;
+use common::spawn::{spawn_shardbox, KillOnDrop};
 use common::Client;
 
 fn settings(fault: bool) -> Vec<(String, String)> {
@@ -24,7 +24,8 @@ fn settings(fault: bool) -> Vec<(String, String)> {
 async fn an_io_error_stops_one_shard_and_loses_nothing() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
-    let (mut child, addr) = spawn_shardbox(&dir, &settings(true)).expect("start");
+    let (child, addr) = spawn_shardbox(&dir, &settings(true)).expect("start");
+    let mut child = KillOnDrop(child);
     let mut c = Client::connect(addr).await;
     let (mut acked, mut refused) = (Vec::new(), Vec::new());
     let mut served_after_fault = 0;
@@ -76,7 +77,8 @@ async fn an_io_error_stops_one_shard_and_loses_nothing() {
     child.kill().expect("kill");
     let _ = child.wait();
 
-    let (mut child, addr) = spawn_shardbox(&dir, &settings(false)).expect("restart");
+    let (child, addr) = spawn_shardbox(&dir, &settings(false)).expect("restart");
+    let mut child = KillOnDrop(child);
     let mut c = Client::connect(addr).await;
     for i in &acked {
         let r = c.get(&format!("/v1/kv/io/k{i}")).await;

@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::spawn::spawn_shardbox;
+use common::spawn::{spawn_shardbox, KillOnDrop};
 use common::Client;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -367,7 +367,8 @@ async fn kill_nine_under_a_mixed_workload_loses_nothing_acknowledged() {
     let mut ledger = Ledger::default();
     let mut facts = 0;
     for cycle in 0..cycles {
-        let (mut child, addr) = spawn_shardbox(&dir, &settings()).expect("start shardbox");
+        let (child, addr) = spawn_shardbox(&dir, &settings()).expect("start shardbox");
+        let mut child = KillOnDrop(child);
         if cycle > 0 {
             facts += verify(addr, &mut ledger, seed, cycle).await;
         }
@@ -398,7 +399,8 @@ async fn kill_nine_under_a_mixed_workload_loses_nothing_acknowledged() {
             .into_inner()
             .unwrap();
     }
-    let (mut child, addr) = spawn_shardbox(&dir, &settings()).expect("final start");
+    let (child, addr) = spawn_shardbox(&dir, &settings()).expect("final start");
+    let mut child = KillOnDrop(child);
     facts += verify(addr, &mut ledger, seed, cycles).await;
     child.kill().expect("kill");
     let _ = child.wait();

@@ -50,3 +50,28 @@ pub fn spawn_shardbox_bin(
     std::thread::spawn(move || for _ in lines {});
     Ok((child, addr))
 }
+
+/// A spawned server that is killed when dropped, so a failing test (a panic unwinds) leaves no
+/// server behind.
+#[allow(dead_code)] // the bench suite shares this file and does not use it
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
