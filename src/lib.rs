@@ -46,6 +46,24 @@ pub const DOMAINS: &[&engine::DomainSpec] =
 
 pub use engine::Domain;
 
+fn find_domain<T: Domain>(domains: &[Arc<dyn Domain>]) -> Option<Arc<T>> {
+    domains.iter().find_map(|d| {
+        let any: Arc<dyn std::any::Any + Send + Sync> = d.clone();
+        any.downcast::<T>().ok()
+    })
+}
+
+/// A domain every build registers in [`DOMAINS`] (every test that opens a store reaches it).
+fn registered<T: Domain>(domains: &[Arc<dyn Domain>]) -> Arc<T> {
+    match find_domain(domains) {
+        Some(d) => d,
+        None => unreachable!(
+            "{} is not registered in DOMAINS",
+            std::any::type_name::<T>()
+        ),
+    }
+}
+
 /// An open data directory with its domains.
 #[derive(Clone)]
 pub struct Store {
@@ -53,6 +71,10 @@ pub struct Store {
     engine: Arc<Engine>,
     /// Every domain opened from [`DOMAINS`] (background tasks, metrics, typed access).
     domains: Vec<Arc<dyn Domain>>,
+    /// The shorthands' handles, looked up in `domains` once at open (not per request).
+    kv: Arc<kv::Kv>,
+    queues: Arc<queue::Queues>,
+    events: Arc<events::Events>,
     /// Built on first use inside the tokio runtime (foyer needs one); see [`Store::cache`].
     cache: Arc<tokio::sync::OnceCell<Arc<cache::Cache>>>,
 }
@@ -67,12 +89,15 @@ impl Store {
     pub fn open_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Store, EngineError> {
         config.validate().map_err(EngineError::Open)?;
         let engine = Arc::new(Engine::open(&config, clock, DOMAINS)?);
-        let domains = DOMAINS
+        let domains: Vec<Arc<dyn Domain>> = DOMAINS
             .iter()
             .filter_map(|d| d.open)
             .map(|open| open(engine.clone(), &config))
             .collect();
         Ok(Store {
+            kv: registered(&domains),
+            queues: registered(&domains),
+            events: registered(&domains),
             config: Arc::new(config),
             engine,
             domains,
@@ -88,30 +113,16 @@ impl Store {
     }
     /// The open domain of type `T`, if [`DOMAINS`] has it.
     pub fn domain<T: Domain>(&self) -> Option<Arc<T>> {
-        self.domains.iter().find_map(|d| {
-            let any: Arc<dyn std::any::Any + Send + Sync> = d.clone();
-            any.downcast::<T>().ok()
-        })
+        find_domain(&self.domains)
     }
-
-    /// A domain every build registers in [`DOMAINS`] (a test checks each is reachable).
-    fn registered<T: Domain>(&self) -> Arc<T> {
-        match self.domain::<T>() {
-            Some(d) => d,
-            None => unreachable!(
-                "{} is not registered in DOMAINS",
-                std::any::type_name::<T>()
-            ),
-        }
+    pub fn kv(&self) -> &Arc<kv::Kv> {
+        &self.kv
     }
-    pub fn kv(&self) -> Arc<kv::Kv> {
-        self.registered()
+    pub fn queues(&self) -> &Arc<queue::Queues> {
+        &self.queues
     }
-    pub fn queues(&self) -> Arc<queue::Queues> {
-        self.registered()
-    }
-    pub fn events(&self) -> Arc<events::Events> {
-        self.registered()
+    pub fn events(&self) -> &Arc<events::Events> {
+        &self.events
     }
 
     /// The hybrid cache, opened on first call (inside the tokio runtime). `serve` opens it at

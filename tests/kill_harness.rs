@@ -48,17 +48,14 @@ struct Ledger {
 }
 
 fn settings() -> Vec<(String, String)> {
-    [
+    common::env(&[
         ("SHARDBOX_SHARDS", "4"),
         ("SHARDBOX_CHECKPOINT_LOG_BYTES", "1048576"),
         ("SHARDBOX_CHECKPOINT_INTERVAL_MS", "300"),
         ("SHARDBOX_WAL_SEGMENT_BYTES", "1048576"),
         ("SHARDBOX_CACHE_DISK_BYTES", "16777216"),
         ("SHARDBOX_CACHE_MEMORY_BYTES", "4194304"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
+    ])
 }
 
 async fn kv_task(addr: SocketAddr, t: usize, cycle: usize, seed: u64, ledger: Arc<Mutex<Ledger>>) {

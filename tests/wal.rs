@@ -14,12 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
+use common::env;
 
 /// Checkpoints off (in practice): everything after the start stays in the log only.
 fn no_checkpoints() -> Vec<(String, String)> {

@@ -11,21 +11,9 @@
 
 use crate::loadgen::{self, Conn, Proto};
 use crate::report::Row;
-use crate::support::{put_op, start_shardbox, wanted, Opts};
+use crate::support::{process_bytes as status_of, put_op, start_shardbox, wanted, Opts};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn status_of(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map(|kib| kib * 1024)
-        .unwrap_or(0)
-}
 
 fn mib(b: u64) -> f64 {
     b as f64 / 1048576.0

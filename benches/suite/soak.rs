@@ -20,15 +20,7 @@ const RATE_PER_CONN: u64 = 250;
 const CONNS: usize = 8;
 
 fn rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map(|kib| kib * 1024)
-        .unwrap_or(0)
+    crate::support::process_bytes(pid, "VmRSS:")
 }
 
 fn dir_bytes(dir: &std::path::Path) -> u64 {

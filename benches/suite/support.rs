@@ -366,3 +366,17 @@ pub async fn warm(dir: std::path::PathBuf) {
 }
 
 pub const EVENT_BYTES: &[u8] = b"\"pppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp\"";
+
+/// A memory figure of process `pid` from `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`) in bytes; 0
+/// when it cannot be read.
+pub fn process_bytes(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024)
+        .unwrap_or(0)
+}

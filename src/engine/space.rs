@@ -63,15 +63,8 @@ fn ballast_ok(dir: &Path, bytes: u64) -> bool {
     }
 }
 
-/// Whether an I/O error (as text from redb, or an `io::Error`) means the disk is full.
-pub fn is_disk_full(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-    ) || matches!(e.raw_os_error(), Some(28) | Some(122)) // ENOSPC, EDQUOT
-}
-
-/// The same test on an error already turned into text (redb's errors carry the io error's).
+/// Whether a storage error, as the writers and the log carry it (text: redb's errors and ours
+/// embed the `io::Error`'s), means the disk is full (ENOSPC, EDQUOT).
 pub fn message_is_disk_full(message: &str) -> bool {
     message.contains("No space left on device")
         || message.contains("Disk quota exceeded")

@@ -26,7 +26,7 @@ pub fn readyz(state: &ServerState) -> Resp {
         problems.push(serde_json::json!({"shard": shard, "reason": reason}));
     }
     let floor = state.store.config().disk_free_bytes_min;
-    let free = free_bytes(engine.data_dir());
+    let free = crate::engine::space::free_bytes(engine.data_dir());
     match free {
         Some(free) if free < floor => problems.push(serde_json::json!({
             "disk": format!("{} bytes free under the data directory, below disk_free_bytes_min ({floor})", free)
@@ -57,11 +57,6 @@ pub fn readyz(state: &ServerState) -> Resp {
             .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
         r
     }
-}
-
-fn free_bytes(path: &std::path::Path) -> Option<u64> {
-    let s = rustix::fs::statvfs(path).ok()?;
-    Some(s.f_bavail.saturating_mul(s.f_frsize))
 }
 
 pub fn metrics(state: &ServerState) -> Resp {

@@ -322,3 +322,11 @@ pub async fn stream_ids(c: &mut Client, stream: &str) -> Vec<String> {
         }
     }
 }
+
+/// `SHARDBOX_*` settings for a spawned server, from string pairs.
+pub fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
