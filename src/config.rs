@@ -337,6 +337,32 @@ pub struct Config {
     pub cache_tags_max: usize,
     /// Memory for caching KV reads (0 = off). Default 64 MiB.
     pub kv_cache_bytes: u64,
+
+    /// Bearer tokens (`[[tokens]]` tables; `shardbox token new` prints one). With none, every
+    /// request is allowed, and the server refuses to listen beyond loopback unless
+    /// `allow_unauthenticated` is set. Default none.
+    pub tokens: Vec<crate::auth::TokenConfig>,
+    /// Serve without tokens on a non-loopback address. Default false.
+    pub allow_unauthenticated: bool,
+    /// PEM certificate chain for TLS; with `tls_key`, the server speaks HTTPS only. Default
+    /// none.
+    pub tls_cert: PathBuf,
+    /// PEM private key for TLS; must not be readable by other users. Default none.
+    pub tls_key: PathBuf,
+    /// Reads (GET/HEAD, `:batchGet`) per second per token (per client IP without tokens);
+    /// 0 = unlimited. Default 0.
+    pub rate_limit_reads_per_s: u64,
+    /// Writes per second per token (per client IP without tokens); 0 = unlimited. Default 0.
+    pub rate_limit_writes_per_s: u64,
+    /// Requests a client may send at once above its rate (the bucket size); 0 = one second's
+    /// worth. Default 0.
+    pub rate_limit_burst: u64,
+    /// Clients whose limiter state is kept; past it, new clients share one bucket until idle
+    /// ones are forgotten. Default 65536.
+    pub rate_limit_clients_max: usize,
+    /// How long a response stored for an `Idempotency-Key` is replayed. Default 86400000 ms
+    /// (24 h).
+    pub idempotency_ttl_ms: u64,
 }
 
 impl Default for Config {
@@ -407,6 +433,15 @@ impl Default for Config {
             cache_xfetch_beta: 1.0,
             cache_tags_max: 16,
             kv_cache_bytes: 64 << 20,
+            tokens: Vec::new(),
+            allow_unauthenticated: false,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            rate_limit_reads_per_s: 0,
+            rate_limit_writes_per_s: 0,
+            rate_limit_burst: 0,
+            rate_limit_clients_max: 65_536,
+            idempotency_ttl_ms: 86_400_000,
         }
     }
 }
@@ -461,6 +496,16 @@ impl Config {
 
     /// Checks ranges so the server never starts with a limit that cannot work.
     pub fn validate(&self) -> Result<(), String> {
+        let mut names = std::collections::BTreeSet::new();
+        for t in &self.tokens {
+            t.validate()?;
+            if !names.insert(t.name.as_str()) {
+                return Err(format!("token name `{}` is used twice", t.name));
+            }
+        }
+        if self.tls_cert.as_os_str().is_empty() != self.tls_key.as_os_str().is_empty() {
+            return Err("tls_cert and tls_key go together: give both for HTTPS, or neither".into());
+        }
         if !(0.0..=100.0).contains(&self.cache_xfetch_beta) {
             return Err(format!(
                 "cache_xfetch_beta = {}: must be in 0..=100",
@@ -481,7 +526,32 @@ impl Config {
                 self.cache_disk_bytes, self.cache_disk_block_bytes
             ));
         }
-        let checks: [(&str, u64, u64, u64); 39] = [
+        let checks: [(&str, u64, u64, u64); 44] = [
+            (
+                "rate_limit_reads_per_s",
+                self.rate_limit_reads_per_s,
+                0,
+                1 << 30,
+            ),
+            (
+                "rate_limit_writes_per_s",
+                self.rate_limit_writes_per_s,
+                0,
+                1 << 30,
+            ),
+            ("rate_limit_burst", self.rate_limit_burst, 0, 1 << 30),
+            (
+                "rate_limit_clients_max",
+                self.rate_limit_clients_max as u64,
+                1,
+                1 << 24,
+            ),
+            (
+                "idempotency_ttl_ms",
+                self.idempotency_ttl_ms,
+                1000,
+                30 * 86_400_000,
+            ),
             (
                 "checkpoint_log_bytes",
                 self.checkpoint_log_bytes,
@@ -636,6 +706,25 @@ impl Config {
         Ok(())
     }
 
+    /// Refuses to serve a non-loopback address with no tokens unless `allow_unauthenticated`
+    /// says so: anyone on the network could read and delete everything.
+    pub fn check_exposure(&self) -> Result<(), String> {
+        let addr: std::net::SocketAddr = self
+            .listen
+            .parse()
+            .map_err(|e| format!("listen `{}`: {e}", self.listen))?;
+        if addr.ip().is_loopback() || !self.tokens.is_empty() || self.allow_unauthenticated {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to listen on {addr} without authentication: anyone who can reach it could \
+             read and delete all data.\n  Add a token: run `shardbox token new --name NAME \
+             --scopes read,write`, paste the [[tokens]] lines it prints into the config file \
+             and pass --config FILE;\n  or, on a network you trust, pass \
+             --allow-unauthenticated (or set allow_unauthenticated = true)."
+        ))
+    }
+
     /// A config for tests and embedding: defaults with the given data dir.
     pub fn with_data_dir(dir: impl Into<PathBuf>) -> Self {
         Self {
@@ -661,6 +750,12 @@ fn set_field(table: &mut toml::Table, field: &str, text: &str) -> Result<(), Str
                 .parse()
                 .map_err(|_| format!("`{field}` needs a number, got `{text}`"))?,
         ),
+        // `SHARDBOX_TOKENS='[{name = "a", sha256 = "…", scopes = ["read"]}]'`
+        toml::Value::Array(_) => format!("v = {text}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .ok_or_else(|| format!("`{field}` needs a TOML array, e.g. [{{...}}], got `{text}`"))?,
         toml::Value::Boolean(_) => toml::Value::Boolean(
             text.trim()
                 .parse()

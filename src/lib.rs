@@ -15,6 +15,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
+pub mod backup;
 pub mod cache;
 pub mod check;
 pub mod config;
@@ -27,6 +29,7 @@ pub mod http;
 pub mod kv;
 pub mod metrics;
 pub mod names;
+pub mod progress;
 pub mod queue;
 pub mod util;
 

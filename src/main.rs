@@ -22,6 +22,62 @@ enum Command {
     Serve(ServeArgs),
     /// Verify every shard and record checksum; exits non-zero on any damage.
     Check(CheckArgs),
+    /// Copy every shard consistently into a new directory, while the server runs (through its
+    /// admin socket) or not.
+    Backup(BackupArgs),
+    /// Verify a backup's checksums and restore it into a data directory.
+    Restore(RestoreArgs),
+    /// Give the free space inside stopped shard files back to the filesystem.
+    Compact(CompactArgs),
+    /// Manage bearer tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Args)]
+struct BackupArgs {
+    #[command(flatten)]
+    common: Common,
+    /// A new or empty directory for the backup.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// The backup directory (with SHA256SUMS).
+    #[arg(long)]
+    from: PathBuf,
+    /// The data directory to restore into.
+    #[arg(long)]
+    data: PathBuf,
+    /// Replace the data of a non-empty data directory.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct CompactArgs {
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a fresh token (shown once) and the [[tokens]] lines to paste into the config file.
+    New(TokenNewArgs),
+    /// Print the sha256 line for an existing token read from stdin.
+    Hash,
+}
+
+#[derive(Args)]
+struct TokenNewArgs {
+    /// Name shown in logs and used as the rate-limit key.
+    #[arg(long)]
+    name: String,
+    /// Comma-separated scopes: read, write, admin.
+    #[arg(long, default_value = "read,write", value_delimiter = ',')]
+    scopes: Vec<String>,
 }
 
 #[derive(Args)]
@@ -53,6 +109,15 @@ struct ServeArgs {
     /// `text` or `json` [default: text]
     #[arg(long)]
     log_format: Option<String>,
+    /// Serve a non-loopback address without tokens (only on a network you trust).
+    #[arg(long)]
+    allow_unauthenticated: bool,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert (not readable by other users).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -70,6 +135,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(args),
+        Command::Backup(args) => backup(args),
+        Command::Restore(args) => restore(args),
+        Command::Compact(args) => compact(args),
+        Command::Token(TokenCommand::New(args)) => token_new(args),
+        Command::Token(TokenCommand::Hash) => token_hash(),
     };
     match result {
         Ok(code) => code,
@@ -131,7 +201,19 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     if let Some(v) = args.log_format {
         flags.push(("log_format".into(), v));
     }
+    if args.allow_unauthenticated {
+        flags.push(("allow_unauthenticated".into(), "true".into()));
+    }
+    if let Some(v) = args.tls_cert {
+        flags.push(("tls_cert".into(), v.display().to_string()));
+    }
+    if let Some(v) = args.tls_key {
+        flags.push(("tls_key".into(), v.display().to_string()));
+    }
     let config = resolve(&args.common, flags)?;
+    config.check_exposure()?;
+    // A bad certificate or key is reported before anything is opened.
+    let tls = shardbox::http::tls::acceptor(&config)?.is_some();
     init_logging(config.log_format);
     // Fault injection for crash tests (see src/failpoint.rs); unset in normal use.
     if let Ok(spec) = std::env::var("SHARDBOX_FAILPOINTS") {
@@ -161,13 +243,23 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
             address = %addr,
             data_dir = %config.data_dir.display(),
             shards = store.engine().shards().len(),
+            tls,
+            tokens = config.tokens.len(),
             durability = %config.durability,
             version = env!("CARGO_PKG_VERSION"),
             "shardbox listening"
         );
-        shardbox::http::run(listener, store.clone(), shutdown_signal())
-            .await
-            .map_err(|e| e.to_string())?;
+        // Under systemd (Type=notify): ready once every shard is open and the socket listens.
+        // Without NOTIFY_SOCKET this does nothing.
+        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+            tracing::warn!(error = %e, "cannot report readiness to systemd");
+        }
+        shardbox::http::run(listener, store.clone(), async {
+            shutdown_signal().await;
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        })
+        .await
+        .map_err(|e| e.to_string())?;
         store.close_cache().await;
         let s = store.clone();
         tokio::task::spawn_blocking(move || s.close())
@@ -191,6 +283,154 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         _ = term.recv() => tracing::info!("SIGTERM received"),
     }
+}
+
+fn backup(args: BackupArgs) -> Result<ExitCode, String> {
+    let config = resolve(&args.common, Vec::new())?;
+    let out = std::path::absolute(&args.out).map_err(|e| format!("--out: {e}"))?;
+    shardbox::backup::check_target(&out)?;
+    let socket = shardbox::http::admin_socket_path(&config.data_dir);
+    if socket.exists() {
+        if let Some(reply) = backup_through_socket(&socket, &out)? {
+            println!("{reply}");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    if !config.data_dir.join("MANIFEST").exists() {
+        return Err(format!(
+            "{} has no MANIFEST: not a shardbox data directory",
+            config.data_dir.display()
+        ));
+    }
+    // No server runs on the directory: open it here (replaying its log) and copy.
+    let store = shardbox::Store::open(config).map_err(|e| e.to_string())?;
+    let progress = shardbox::progress::Progress::for_stderr("backup: shards");
+    let report = shardbox::backup::backup(store.engine(), &out, &progress);
+    store.close();
+    let report = report?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the running server for a backup over its admin socket; `None` when no server answers
+/// (a socket file left behind).
+fn backup_through_socket(
+    socket: &std::path::Path,
+    out: &std::path::Path,
+) -> Result<Option<String>, String> {
+    use http_body_util::{BodyExt, Full};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let Ok(stream) = tokio::net::UnixStream::connect(socket).await else {
+            return Ok(None);
+        };
+        eprintln!("backup: the server is running; asking it for the backup (online)");
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("admin socket: {e}"))?;
+        tokio::spawn(conn);
+        let body = serde_json::json!({ "out": out }).to_string();
+        let req = hyper::Request::post("/v1/admin/backup")
+            .header("host", "localhost")
+            .header("content-type", "application/json")
+            .body(Full::new(bytes::Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("admin socket: {e}"))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("admin socket: {e}"))?
+            .to_bytes();
+        let text = String::from_utf8_lossy(&body).into_owned();
+        if !status.is_success() {
+            return Err(format!("the server refused the backup ({status}): {text}"));
+        }
+        Ok(Some(text))
+    })
+}
+
+fn restore(args: RestoreArgs) -> Result<ExitCode, String> {
+    let progress = shardbox::progress::Progress::for_stderr("restore: bytes");
+    let bytes = shardbox::backup::restore(&args.from, &args.data, args.force, &progress)?;
+    println!(
+        "restored {bytes} bytes from {} into {} (checksums verified)",
+        args.from.display(),
+        args.data.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn compact(args: CompactArgs) -> Result<ExitCode, String> {
+    let config = resolve(&args.common, Vec::new())?;
+    let progress = shardbox::progress::Progress::for_stderr("compact: shards");
+    let (before, after) = shardbox::backup::compact(&config.data_dir, &progress)?;
+    println!(
+        "compacted {}: {before} -> {after} bytes ({} freed)",
+        config.data_dir.display(),
+        before.saturating_sub(after)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn token_new(args: TokenNewArgs) -> Result<ExitCode, String> {
+    use shardbox::auth::{Scope, TokenConfig};
+    let scopes = args
+        .scopes
+        .iter()
+        .map(|s| match s.trim() {
+            "read" => Ok(Scope::Read),
+            "write" => Ok(Scope::Write),
+            "admin" => Ok(Scope::Admin),
+            other => Err(format!(
+                "--scopes: `{other}` is not one of read, write, admin"
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let token = shardbox::auth::new_token();
+    let entry = TokenConfig {
+        name: args.name.clone(),
+        sha256: shardbox::auth::hash_token(&token),
+        scopes: scopes.clone(),
+        namespaces: None,
+        streams: None,
+        queues: None,
+    };
+    entry.validate()?;
+    eprintln!(
+        "The token (shown only now; give it to the client as `Authorization: Bearer <token>`):"
+    );
+    println!("{token}");
+    eprintln!("\nPaste into the config file (it holds only the hash):\n");
+    eprintln!(
+        "{}",
+        shardbox::auth::config_snippet(&token, &args.name, &scopes)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn token_hash() -> Result<ExitCode, String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the token from stdin: {e}"))?;
+    let token = line.trim();
+    if token.is_empty() {
+        return Err("no token on stdin".into());
+    }
+    println!("sha256 = \"{}\"", shardbox::auth::hash_token(token));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(args: CheckArgs) -> Result<ExitCode, String> {

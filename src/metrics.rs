@@ -42,6 +42,13 @@ pub static CONNECTIONS_EVICTED: Counter = Counter::new();
 /// Requests refused because the in-flight body budget was exhausted.
 pub static BODY_BUDGET_REFUSED: Counter = Counter::new();
 
+/// Requests refused 429 by the rate limiter.
+pub static RATE_LIMITED: Counter = Counter::new();
+/// Requests refused 401 (no or unknown token).
+pub static UNAUTHORIZED: Counter = Counter::new();
+/// Requests refused 403 (scope or name prefix).
+pub static FORBIDDEN: Counter = Counter::new();
+
 pub fn record_status(status: u16) {
     match status {
         200..=299 => HTTP_2XX.inc(),
@@ -65,6 +72,24 @@ pub fn render(engine: &crate::engine::Engine, open_connections: usize) -> String
         "Records that failed verification on read.",
         "counter",
         CORRUPT_RECORDS.get(),
+    );
+    line(
+        "shardbox_rate_limited_total",
+        "Requests refused 429 by the rate limiter.",
+        "counter",
+        RATE_LIMITED.get(),
+    );
+    line(
+        "shardbox_unauthorized_total",
+        "Requests refused 401 for a missing or unknown token.",
+        "counter",
+        UNAUTHORIZED.get(),
+    );
+    line(
+        "shardbox_forbidden_total",
+        "Requests refused 403: the token's scope or name prefixes do not cover them.",
+        "counter",
+        FORBIDDEN.get(),
     );
     line(
         "shardbox_connections_open",

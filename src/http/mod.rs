@@ -2,6 +2,8 @@
 //!
 //! `run(listener, store, shutdown)` takes a bound listener, so tests bind `127.0.0.1:0`.
 
+mod access;
+mod admin;
 pub mod body;
 mod cache;
 mod conns;
@@ -14,6 +16,7 @@ mod queue;
 pub mod response;
 mod router;
 mod routes;
+pub mod tls;
 
 pub use router::{find_route, routes};
 pub use routes::{check_query, match_template, Match, Params, RouteDef};
@@ -38,6 +41,8 @@ pub struct ServerState {
     pub conns: Arc<conns::Conns>,
     /// Open SSE and long-poll followers of event streams (`followers_max`).
     pub followers: Arc<Semaphore>,
+    /// Tokens and rate limits ([`access`]).
+    pub access: access::Access,
 }
 
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 92\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"connections_max reached; retry shortly\"}}";
@@ -48,8 +53,12 @@ const REFUSALS_MAX: usize = 64;
 /// Refuses a connection: counted, answered 503 (after reading its first bytes, so an HTTP
 /// client sees a response to its request) while fewer than `REFUSALS_MAX` refusals are being
 /// answered, else closed at once.
-fn refuse(stream: tokio::net::TcpStream, refusals: &Arc<Semaphore>) {
+fn refuse(stream: tokio::net::TcpStream, refusals: &Arc<Semaphore>, plain: bool) {
     crate::metrics::CONNECTIONS_REFUSED.inc();
+    // A TLS client cannot read a plain-text answer: it is closed at once.
+    if !plain {
+        return;
+    }
     if let Ok(permit) = refusals.clone().try_acquire_owned() {
         tokio::spawn(answer_refused(stream, permit));
     }
@@ -75,6 +84,7 @@ impl ServerState {
             store,
             conns: conns::Conns::new(cfg.connections_per_ip_max),
             followers: Arc::new(Semaphore::new(cfg.followers_max)),
+            access: access::Access::new(&cfg),
         })
     }
 }
@@ -98,13 +108,18 @@ fn connection_builder(cfg: &crate::Config) -> http1::Builder {
 fn service(
     state: Arc<ServerState>,
     conn: Arc<conns::Conn>,
+    local: bool,
 ) -> impl hyper::service::HttpService<
     hyper::body::Incoming,
     ResBody = response::Body,
     Error = std::convert::Infallible,
     Future = impl Future<Output = Result<response::Resp, std::convert::Infallible>> + Send,
 > {
-    service_fn(move |req| {
+    service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(access::Peer(conn.ip));
+        if local {
+            req.extensions_mut().insert(access::LocalAdmin);
+        }
         let st = state.clone();
         let busy = conns::Busy::new(conn.clone());
         async move {
@@ -127,9 +142,125 @@ where
     let builder = connection_builder(state.store.config());
     let conn = builder.serve_connection(
         TokioIo::new(hyper_errors::JsonErrors::new(io)),
-        service(state.clone(), registered.conn.clone()),
+        service(state.clone(), registered.conn.clone(), false),
     );
     let _ = conn.await;
+}
+
+/// The admin socket's path in a data directory.
+pub fn admin_socket_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("admin.sock")
+}
+
+/// Connections served at once on the admin socket.
+const ADMIN_CONNECTIONS_MAX: usize = 16;
+
+/// Serves the API on `<data>/admin.sock` (mode 0600) with admin rights: whoever may open the
+/// file may administer the server (`shardbox backup` uses it). `None` when it cannot bind
+/// (path too long for a socket, read-only directory): a warning, not a failure.
+fn serve_admin_socket(
+    state: Arc<ServerState>,
+    stop_rx: watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = admin_socket_path(&state.store.config().data_dir);
+    // A socket left by a killed server: the store's LOCK says none runs now.
+    let _ = std::fs::remove_file(&path);
+    let listener = match tokio::net::UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "no admin socket");
+            return None;
+        }
+    };
+    if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot restrict the admin socket");
+        let _ = std::fs::remove_file(&path);
+        return None;
+    }
+    let limit = Arc::new(Semaphore::new(ADMIN_CONNECTIONS_MAX));
+    let builder = connection_builder(state.store.config());
+    Some(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                continue;
+            };
+            let Some((registered, _)) = state.conns.register(std::net::Ipv4Addr::LOCALHOST.into())
+            else {
+                continue;
+            };
+            let state = state.clone();
+            let builder = builder.clone();
+            let mut stop_rx = stop_rx.clone();
+            tokio::spawn(async move {
+                let conn = builder.serve_connection(
+                    TokioIo::new(hyper_errors::JsonErrors::new(stream)),
+                    service(state.clone(), registered.conn.clone(), true),
+                );
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = async { let _ = stop_rx.wait_for(|s| *s).await.map(|_| ()); } => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.as_mut().await;
+                    }
+                }
+                drop(registered);
+                drop(permit);
+            });
+        }
+    }))
+}
+
+/// Serves one accepted connection (plain or TLS) until it ends, idles out, is asked to make
+/// room, or the server stops.
+async fn serve_conn<IO>(
+    io: IO,
+    state: &Arc<ServerState>,
+    builder: &http1::Builder,
+    registered: &conns::Registered,
+    mut stop_rx: watch::Receiver<bool>,
+    idle_timeout: Duration,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = builder.serve_connection(
+        TokioIo::new(hyper_errors::JsonErrors::new(io)),
+        service(state.clone(), registered.conn.clone(), false),
+    );
+    tokio::pin!(conn);
+    let me = registered.conn.clone();
+    let idle = async {
+        loop {
+            let idle = Duration::from_millis(me.idle_ms());
+            if idle >= idle_timeout {
+                break;
+            }
+            tokio::time::sleep((idle_timeout - idle).max(Duration::from_millis(10))).await;
+        }
+    };
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = async { let _ = stop_rx.wait_for(|s| *s).await.map(|_| ()); } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.as_mut().await;
+        }
+        // Idle too long, or asked to make room: hyper closes an idle connection at
+        // once and lets a request in progress finish first.
+        _ = idle => {
+            registered.conn.closing();
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.as_mut().await;
+        }
+        _ = registered.conn.evict.notified() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.as_mut().await;
+        }
+    }
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish (up to
@@ -144,13 +275,24 @@ pub async fn run(
     let state = ServerState::new(store);
     // Work that runs by itself (TTL sweep, queue timers, cron, retention) runs whenever the store
     // is served: started here, so no way of serving can forget it.
-    let background = state.store.start_background();
+    let mut background = state.store.start_background();
+    // Rate-limiter memory follows the clients active in the last seconds.
+    let pruned = state.clone();
+    background.push(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            pruned.access.prune();
+        }
+    }));
     let conn_limit = Arc::new(Semaphore::new(cfg.connections_max));
     let conns = state.conns.clone();
     let idle_timeout = Duration::from_millis(cfg.idle_timeout_ms);
     let refusals = Arc::new(Semaphore::new(REFUSALS_MAX));
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let admin_socket = serve_admin_socket(state.clone(), stop_rx.clone());
     let builder = connection_builder(&cfg);
+    let tls = tls::acceptor(&cfg).map_err(std::io::Error::other)?;
+    let header_timeout = Duration::from_millis(cfg.header_read_timeout_ms);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -168,7 +310,7 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         // The address's share first: at it, its longest-idle connection makes room.
         let Some((registered, made_room)) = conns.register(peer.ip()) else {
-            refuse(stream, &refusals);
+            refuse(stream, &refusals, tls.is_none());
             continue;
         };
         // At `connections_max`, the longest-idle connection makes room (unless the address's
@@ -177,13 +319,14 @@ pub async fn run(
             Ok(p) => Some(p),
             Err(_) if made_room || conns.evict_idle(None) => None,
             Err(_) => {
-                refuse(stream, &refusals);
+                refuse(stream, &refusals, tls.is_none());
                 continue;
             }
         };
         let state = state.clone();
         let builder = builder.clone();
-        let mut stop_rx = stop_rx.clone();
+        let stop_rx = stop_rx.clone();
+        let tls = tls.clone();
         let done_tx = done_tx.clone();
         let conn_limit = conn_limit.clone();
         let refusals = refusals.clone();
@@ -200,41 +343,32 @@ pub async fn run(
                 .await
                 {
                     Ok(Ok(p)) => p,
-                    _ => return refuse(stream, &refusals),
+                    _ => return refuse(stream, &refusals, tls.is_none()),
                 },
             };
             drop(waiting);
-            let conn = builder.serve_connection(
-                TokioIo::new(hyper_errors::JsonErrors::new(stream)),
-                service(state.clone(), registered.conn.clone()),
-            );
-            tokio::pin!(conn);
-            let me = registered.conn.clone();
-            let idle = async {
-                loop {
-                    let idle = Duration::from_millis(me.idle_ms());
-                    if idle >= idle_timeout {
-                        break;
+            match tls {
+                None => {
+                    serve_conn(stream, &state, &builder, &registered, stop_rx, idle_timeout).await
+                }
+                Some(acceptor) => {
+                    // The handshake is part of the request head: same deadline.
+                    let hs = tokio::time::timeout(header_timeout, acceptor.accept(stream)).await;
+                    match hs {
+                        Ok(Ok(tls_stream)) => {
+                            serve_conn(
+                                tls_stream,
+                                &state,
+                                &builder,
+                                &registered,
+                                stop_rx,
+                                idle_timeout,
+                            )
+                            .await
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
-                    tokio::time::sleep((idle_timeout - idle).max(Duration::from_millis(10))).await;
-                }
-            };
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = async { let _ = stop_rx.wait_for(|s| *s).await.map(|_| ()); } => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.as_mut().await;
-                }
-                // Idle too long, or asked to make room: hyper closes an idle connection at
-                // once and lets a request in progress finish first.
-                _ = idle => {
-                    registered.conn.closing();
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.as_mut().await;
-                }
-                _ = registered.conn.evict.notified() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.as_mut().await;
                 }
             }
             drop(registered);
@@ -257,6 +391,10 @@ pub async fn run(
     }
     for task in background {
         task.abort();
+    }
+    if let Some(task) = admin_socket {
+        task.abort();
+        let _ = std::fs::remove_file(admin_socket_path(&cfg.data_dir));
     }
     Ok(())
 }

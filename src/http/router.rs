@@ -2,7 +2,7 @@
 
 use super::response::{self, Resp};
 use super::routes::{self, RouteDef};
-use super::{cache, events, health, kv, queue, ServerState};
+use super::{access, admin, cache, events, health, kv, queue, ServerState};
 use crate::error::ApiError;
 use hyper::body::Incoming;
 use hyper::Request;
@@ -17,6 +17,7 @@ pub(super) const TABLES: &[&[RouteDef]] = &[
     cache::ROUTES,
     queue::ROUTES,
     events::ROUTES,
+    admin::ROUTES,
 ];
 
 /// The route `method path` reaches, `Ok(None)` for a 404/405 and `Err` for a malformed path:
@@ -41,43 +42,68 @@ pub fn routes() -> impl Iterator<Item = (&'static str, &'static str, &'static [&
 /// The service function: never fails, every error is a JSON response.
 pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<Resp, Infallible> {
     use futures_util::FutureExt;
+    use tracing::Instrument;
+    // Every log line of the request carries its id.
+    let id = access::request_id(req.headers());
+    let span = tracing::info_span!(
+        "request",
+        id = %String::from_utf8_lossy(id.as_bytes()),
+        method = %req.method(),
+        path = %req.uri().path(),
+        caller = tracing::field::Empty
+    );
+    let mut headers = hyper::HeaderMap::new();
     // A handler that panics answers a JSON 500 like any other failure (and is counted); the
     // connection and everything it holds are released normally.
-    let outcome = std::panic::AssertUnwindSafe(dispatch(&state, req))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(panic = %what, "a request handler panicked");
-            Err(ApiError::new(
-                500,
-                "internal",
-                "internal error while handling the request (see the server log)",
-            ))
-        });
-    let resp = match outcome {
+    let outcome =
+        std::panic::AssertUnwindSafe(dispatch(&state, req, &mut headers).instrument(span.clone()))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %what, "a request handler panicked");
+                Err(ApiError::new(
+                    500,
+                    "internal",
+                    "internal error while handling the request (see the server log)",
+                ))
+            });
+    let mut resp = match outcome {
         Ok(r) => r,
         Err(e) => {
             if e.status >= 500 {
-                tracing::warn!(status = e.status, code = e.code, message = %e.message, "request failed");
+                span.in_scope(|| {
+                    tracing::warn!(status = e.status, code = e.code, message = %e.message, "request failed")
+                });
             }
             response::error(&e)
         }
     };
+    let h = resp.headers_mut();
+    h.extend(headers);
+    h.insert("x-request-id", id);
     crate::metrics::record_status(resp.status().as_u16());
     Ok(resp)
 }
 
-async fn dispatch(state: &Arc<ServerState>, req: Request<Incoming>) -> Result<Resp, ApiError> {
+async fn dispatch(
+    state: &Arc<ServerState>,
+    mut req: Request<Incoming>,
+    headers: &mut hyper::HeaderMap,
+) -> Result<Resp, ApiError> {
     crate::failpoint::hit("http.handler")
         .map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
     check_framing(&req)?;
     let (route, params) = routes::find(TABLES, req.method().as_str(), req.uri().path())?;
     routes::check_query(route, req.uri().query())?;
+    state.access.admit(route, &params, &mut req, headers)?;
+    if let Some(access::Caller(Some(name))) = req.extensions().get() {
+        tracing::Span::current().record("caller", name.as_str());
+    }
     (route.handler)(state.clone(), params, req).await
 }
 

@@ -277,13 +277,13 @@ pub async fn scrape(addr: std::net::SocketAddr, name: &str) -> f64 {
 }
 
 /// Copies a data directory (a stopped server's, or a crash image of a live one) without the
-/// disposable cache tier and the lock file.
+/// disposable cache tier, the lock file and the admin socket.
 pub fn copy_data_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
         let name = e.file_name();
-        if name == "cache" || name == "LOCK" {
+        if name == "cache" || name == "LOCK" || name == "admin.sock" {
             continue;
         }
         if e.file_type().unwrap().is_dir() {

@@ -1,0 +1,363 @@
+//! What runs before every handler, for every domain's routes alike: the request id, the
+//! token check (401/403), and the rate limit (429). A route's scope and the name it touches
+//! are derived here from its table entry, so a new route is covered without a line here.
+
+use super::routes::{Params, RouteDef};
+use crate::auth::{Denied, Kind, Scope, Tokens};
+use crate::error::ApiError;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+/// The client's address, put in each request's extensions by the connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub IpAddr);
+
+/// A request that came in on the admin socket: the file's permissions were the check.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalAdmin;
+
+/// Who sent a request, put in its extensions once admitted: the token's name, or `None` when
+/// no tokens are configured.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Option<String>);
+
+/// What a request touches, for the prefix limits of a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// One named namespace, stream or queue.
+    Named(Kind, &'a str),
+    /// Every name of a kind (a list, cache-wide stats, schedules).
+    AllOf(Kind),
+    /// The whole server (metrics, the status page, admin).
+    Everything,
+}
+
+/// The scope a route needs; `None` for the probes, which are open to all.
+pub fn scope_of(route: &RouteDef) -> Option<Scope> {
+    match (route.method, route.path) {
+        (_, "/healthz" | "/readyz") => None,
+        (_, p) if p.starts_with("/v1/admin") => Some(Scope::Admin),
+        // Mass deletes: a whole namespace, a queue's jobs.
+        ("DELETE", "/v1/kv/{ns}" | "/v1/queues/{q}/jobs") => Some(Scope::Admin),
+        ("GET" | "HEAD", _) => Some(Scope::Read),
+        (_, p) if p.ends_with(":batchGet") => Some(Scope::Read),
+        _ => Some(Scope::Write),
+    }
+}
+
+/// The name a route touches, from its captures.
+pub fn target_of<'p>(route: &RouteDef, params: &'p Params) -> Target<'p> {
+    let p = route.path;
+    if p.starts_with("/v1/schedules") {
+        // A schedule's body names the queue it feeds.
+        Target::AllOf(Kind::Queue)
+    } else if p.contains("{ns}") {
+        Target::Named(Kind::Namespace, params.get("ns"))
+    } else if p.contains("{stream}") {
+        Target::Named(Kind::Stream, params.get("stream"))
+    } else if p.contains("{q}") {
+        Target::Named(Kind::Queue, params.get("q"))
+    } else if p.starts_with("/v1/cache") {
+        Target::AllOf(Kind::Namespace)
+    } else if p.starts_with("/v1/streams") {
+        Target::AllOf(Kind::Stream)
+    } else if p.starts_with("/v1/queues") {
+        Target::AllOf(Kind::Queue)
+    } else {
+        Target::Everything
+    }
+}
+
+type Limiter = RateLimiter<
+    ClientKey,
+    DefaultKeyedStateStore<ClientKey>,
+    DefaultClock,
+    StateInformationMiddleware,
+>;
+
+/// Whose bucket a request draws from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ClientKey {
+    Token(String),
+    /// An IPv4 address, or an IPv6 /64 (one host usually holds a whole /64).
+    Ip(IpAddr),
+    /// Everyone beyond `rate_limit_clients_max`, until idle clients are forgotten.
+    Overflow,
+}
+
+fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+struct Limit {
+    limiter: Limiter,
+    burst: u32,
+    per_cell: Duration,
+}
+
+impl Limit {
+    fn new(per_s: u64, burst: u64) -> Option<Self> {
+        let rate = NonZeroU32::new(u32::try_from(per_s).ok()?)?;
+        let burst = NonZeroU32::new(u32::try_from(burst).unwrap_or(u32::MAX)).unwrap_or(rate);
+        let quota = Quota::per_second(rate).allow_burst(burst);
+        Some(Limit {
+            limiter: RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
+            burst: burst.get(),
+            per_cell: quota.replenish_interval(),
+        })
+    }
+}
+
+/// The admission state of a server: tokens and rate limiters.
+pub struct Access {
+    tokens: Tokens,
+    reads: Option<Limit>,
+    writes: Option<Limit>,
+    clients_max: usize,
+}
+
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+impl Access {
+    pub fn new(cfg: &crate::Config) -> Self {
+        Access {
+            tokens: Tokens::new(&cfg.tokens),
+            reads: Limit::new(cfg.rate_limit_reads_per_s, cfg.rate_limit_burst),
+            writes: Limit::new(cfg.rate_limit_writes_per_s, cfg.rate_limit_burst),
+            clients_max: cfg.rate_limit_clients_max,
+        }
+    }
+
+    /// Forgets clients whose buckets are full again, so limiter memory follows the clients
+    /// active in the last few seconds. Run every few seconds.
+    pub fn prune(&self) {
+        for l in [&self.reads, &self.writes].into_iter().flatten() {
+            l.limiter.retain_recent();
+            l.limiter.shrink_to_fit();
+        }
+    }
+
+    /// Lets a request through or says why not. Headers for the response (the rate-limit
+    /// state, `WWW-Authenticate`) go into `headers` either way.
+    pub fn admit(
+        &self,
+        route: &RouteDef,
+        params: &Params,
+        req: &mut hyper::Request<hyper::body::Incoming>,
+        headers: &mut HeaderMap,
+    ) -> Result<(), ApiError> {
+        let Some(need) = scope_of(route) else {
+            return Ok(());
+        };
+        if req.extensions().get::<LocalAdmin>().is_some() {
+            req.extensions_mut()
+                .insert(Caller(Some("admin.sock".to_string())));
+            return Ok(());
+        }
+        let caller = if self.tokens.is_open() {
+            None
+        } else {
+            let principal = self
+                .tokens
+                .authenticate(req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes))
+                .map_err(|d| denied(d, headers))?;
+            let target = target_of(route, params);
+            let allowed = match target {
+                Target::Named(kind, name) => principal.allows(need, Some((kind, name))),
+                Target::AllOf(kind) => principal.allows(need, None).or_else(|d| match d {
+                    Denied::Limited if principal.unlimited_in(kind) => Ok(()),
+                    d => Err(d),
+                }),
+                Target::Everything => principal.allows(need, None),
+            };
+            allowed.map_err(|d| denied(d, headers))?;
+            Some(principal.name.clone())
+        };
+        let limit = if need == Scope::Read {
+            &self.reads
+        } else {
+            &self.writes
+        };
+        if let Some(limit) = limit {
+            let key = match &caller {
+                Some(name) => ClientKey::Token(name.clone()),
+                None => match req.extensions().get::<Peer>() {
+                    Some(Peer(ip)) if limit.limiter.len() < self.clients_max => {
+                        ClientKey::Ip(ip_key(*ip))
+                    }
+                    _ => ClientKey::Overflow,
+                },
+            };
+            let (remaining, reset) = match limit.limiter.check_key(&key) {
+                Ok(snapshot) => {
+                    let remaining = snapshot.remaining_burst_capacity();
+                    let empty = limit.burst.saturating_sub(remaining);
+                    (remaining, limit.per_cell * empty)
+                }
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(limit.limiter.clock().now());
+                    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                    rate_headers(headers, limit.burst, 0, secs);
+                    crate::metrics::RATE_LIMITED.inc();
+                    let mut e = ApiError::new(
+                        429,
+                        "rate_limited",
+                        format!(
+                            "over the {} limit of {}; retry after {secs} s",
+                            if need == Scope::Read { "read" } else { "write" },
+                            describe(limit),
+                        ),
+                    );
+                    e.retry_after_s = Some(secs.max(1));
+                    return Err(e);
+                }
+            };
+            let secs = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
+            rate_headers(headers, limit.burst, remaining, secs);
+        }
+        req.extensions_mut().insert(Caller(caller));
+        Ok(())
+    }
+}
+
+fn describe(limit: &Limit) -> String {
+    let per_s = Duration::from_secs(1).as_nanos() / limit.per_cell.as_nanos().max(1);
+    format!("{per_s}/s (burst {})", limit.burst)
+}
+
+fn rate_headers(h: &mut HeaderMap, limit: u32, remaining: u32, reset_s: u64) {
+    h.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(limit));
+    h.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining));
+    h.insert(RATELIMIT_RESET.clone(), HeaderValue::from(reset_s));
+}
+
+fn denied(d: Denied, headers: &mut HeaderMap) -> ApiError {
+    let unknown = d == Denied::Unknown;
+    let (status, code, message) = match d {
+        Denied::Missing => (
+            401,
+            "unauthorized",
+            "this server needs a token: send `Authorization: Bearer <token>`".to_string(),
+        ),
+        Denied::Unknown => (
+            401,
+            "unauthorized",
+            "the bearer token matches no configured token".to_string(),
+        ),
+        Denied::Scope(s) => (
+            403,
+            "forbidden",
+            format!(
+                "the token lacks the `{}` scope this request needs",
+                s.as_str()
+            ),
+        ),
+        Denied::Name(kind, name) => (
+            403,
+            "forbidden",
+            format!(
+                "the token may not touch {} `{}`: it is limited to other name prefixes",
+                kind.as_str(),
+                crate::names::display_key(name.as_bytes())
+            ),
+        ),
+        Denied::Limited => (
+            403,
+            "forbidden",
+            "this request spans every name, and the token is limited to name prefixes".to_string(),
+        ),
+    };
+    if status == 401 {
+        crate::metrics::UNAUTHORIZED.inc();
+        let value = if unknown {
+            "Bearer realm=\"shardbox\", error=\"invalid_token\""
+        } else {
+            "Bearer realm=\"shardbox\""
+        };
+        headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(value));
+    } else {
+        crate::metrics::FORBIDDEN.inc();
+    }
+    ApiError::new(status, code, message)
+}
+
+/// The request's id: the client's `X-Request-Id` when it is 1-128 visible ASCII characters,
+/// else a fresh one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get("x-request-id") {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    let id: u128 = rand::random();
+    HeaderValue::from_str(&format!("{:032x}", id)).unwrap_or(HeaderValue::from_static("-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_has_a_scope_and_a_target() {
+        let mut admin = Vec::new();
+        for t in super::super::router::TABLES {
+            for r in t.iter() {
+                let scope = scope_of(r);
+                if r.path == "/healthz" || r.path == "/readyz" {
+                    assert_eq!(scope, None);
+                    continue;
+                }
+                let scope = scope.expect("every other route needs a scope");
+                if matches!(r.method, "GET" | "HEAD") {
+                    assert_eq!(scope, Scope::Read, "{} {}", r.method, r.path);
+                }
+                if scope == Scope::Admin {
+                    admin.push(r.path);
+                }
+                let p = Params::default();
+                let t = target_of(r, &p);
+                if r.path.contains("{ns}") {
+                    assert_eq!(t, Target::Named(Kind::Namespace, ""));
+                }
+            }
+        }
+        assert!(admin.contains(&"/v1/kv/{ns}"), "{admin:?}");
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_slash_64() {
+        let a: IpAddr = "2001:db8:1:2:3:4:5:6".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
+        assert_eq!(ip_key(a), ip_key(b));
+        let m: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(ip_key(m), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn request_ids_are_kept_or_made() {
+        let mut h = HeaderMap::new();
+        assert_eq!(request_id(&h).len(), 32);
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert("x-request-id", HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&h), "has space");
+    }
+}
