@@ -41,7 +41,8 @@ pub enum Target<'a> {
 /// The scope a route needs; `None` for the probes, which are open to all.
 pub fn scope_of(route: &RouteDef) -> Option<Scope> {
     match (route.method, route.path) {
-        (_, "/healthz" | "/readyz") => None,
+        // The probes, and the status page's HTML (its data comes from /v1/status).
+        (_, "/healthz" | "/readyz" | "/") => None,
         (_, p) if p.starts_with("/v1/admin") => Some(Scope::Admin),
         // Mass deletes: a whole namespace, a queue's jobs.
         ("DELETE", "/v1/kv/{ns}" | "/v1/queues/{q}/jobs") => Some(Scope::Admin),
@@ -321,7 +322,7 @@ mod tests {
         for t in super::super::router::TABLES {
             for r in t.iter() {
                 let scope = scope_of(r);
-                if r.path == "/healthz" || r.path == "/readyz" {
+                if r.path == "/healthz" || r.path == "/readyz" || r.path == "/" {
                     assert_eq!(scope, None);
                     continue;
                 }

@@ -16,6 +16,7 @@ mod queue;
 pub mod response;
 mod router;
 mod routes;
+mod status;
 pub mod tls;
 
 pub use router::{find_route, routes};
@@ -43,6 +44,10 @@ pub struct ServerState {
     pub followers: Arc<Semaphore>,
     /// Tokens and rate limits ([`access`]).
     pub access: access::Access,
+    /// When the server started (the status page's uptime).
+    pub started: std::time::Instant,
+    /// The last server errors and 429s, for the status page.
+    pub recent_errors: status::RecentErrors,
 }
 
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 92\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"connections_max reached; retry shortly\"}}";
@@ -85,6 +90,8 @@ impl ServerState {
             conns: conns::Conns::new(cfg.connections_per_ip_max),
             followers: Arc::new(Semaphore::new(cfg.followers_max)),
             access: access::Access::new(&cfg),
+            started: std::time::Instant::now(),
+            recent_errors: status::RecentErrors::default(),
         })
     }
 }

@@ -2,7 +2,7 @@
 
 use super::response::{self, Resp};
 use super::routes::{self, RouteDef};
-use super::{access, admin, cache, events, health, kv, queue, ServerState};
+use super::{access, admin, cache, events, health, kv, queue, status, ServerState};
 use crate::error::ApiError;
 use hyper::body::Incoming;
 use hyper::Request;
@@ -18,6 +18,7 @@ pub(super) const TABLES: &[&[RouteDef]] = &[
     queue::ROUTES,
     events::ROUTES,
     admin::ROUTES,
+    status::ROUTES,
 ];
 
 /// The route `method path` reaches, `Ok(None)` for a 404/405 and `Err` for a malformed path:
@@ -53,6 +54,7 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
         caller = tracing::field::Empty
     );
     let mut headers = hyper::HeaderMap::new();
+    let (method, uri) = (req.method().clone(), req.uri().clone());
     // A handler that panics answers a JSON 500 like any other failure (and is counted); the
     // connection and everything it holds are released normally.
     let outcome =
@@ -78,6 +80,17 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
             if e.status >= 500 {
                 span.in_scope(|| {
                     tracing::warn!(status = e.status, code = e.code, message = %e.message, "request failed")
+                });
+            }
+            if e.status >= 500 || e.status == 429 {
+                state.recent_errors.push(status::RecentError {
+                    at_ms: state.store.engine().now_ms(),
+                    status: e.status,
+                    code: e.code.to_string(),
+                    method: method.to_string(),
+                    path: uri.path().chars().take(256).collect(),
+                    message: e.message.chars().take(512).collect(),
+                    request_id: String::from_utf8_lossy(id.as_bytes()).into_owned(),
                 });
             }
             response::error(&e)
