@@ -316,7 +316,9 @@ impl Writer {
         let err = match result {
             Ok(()) => {
                 self.next_revision = next_revision;
-                self.state.record_commit(n, started.elapsed());
+                let took = started.elapsed();
+                self.state.record_commit(n, took);
+                crate::metrics::families::record_commit(self.shard, n, took);
                 for op in batch {
                     op.finish(Ok(()));
                 }

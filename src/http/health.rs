@@ -11,7 +11,7 @@ pub(super) const ROUTES: &[RouteDef] = &[
     route!("HEAD", "/healthz", [], |s, p, r| Ok(healthz())),
     route!("GET", "/readyz", [], |s, p, r| Ok(readyz(&s))),
     route!("HEAD", "/readyz", [], |s, p, r| Ok(readyz(&s))),
-    route!("GET", "/metrics", [], |s, p, r| Ok(metrics(&s))),
+    route!("GET", "/metrics", [], |s, p, r| metrics(&s).await),
 ];
 
 pub fn healthz() -> Resp {
@@ -59,8 +59,10 @@ pub fn readyz(state: &ServerState) -> Resp {
     }
 }
 
-pub fn metrics(state: &ServerState) -> Resp {
+pub async fn metrics(state: &ServerState) -> Result<Resp, crate::error::ApiError> {
+    scrape_gauges(state).await;
     let mut text = crate::metrics::render(state.store.engine(), state.conns.len());
+    crate::metrics::families::render(&mut text);
     state.store.render_domain_metrics(&mut text);
     let followers = state.store.config().followers_max
         - state
@@ -79,5 +81,77 @@ pub fn metrics(state: &ServerState) -> Resp {
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
-    r
+    Ok(r)
+}
+
+/// Sets the gauges read at each scrape: shard files, queues, streams, cache tiers.
+async fn scrape_gauges(state: &ServerState) {
+    use crate::metrics::families::{get, NAMES_MAX};
+    let f = get();
+    let engine = state.store.engine();
+    for s in engine.shards() {
+        let len = std::fs::metadata(crate::engine::shard_path(engine.data_dir(), s.id))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        f.shard_file_bytes
+            .get_or_create(&vec![("shard", s.id.to_string())])
+            .set(len as i64);
+    }
+    if let Ok(queues) = state.store.queues().all_stats() {
+        f.queue_jobs.clear();
+        f.queue_oldest_ready_seconds.clear();
+        for q in queues.iter().take(NAMES_MAX) {
+            for (st, n) in [
+                ("ready", q.ready),
+                ("delayed", q.delayed),
+                ("in_flight", q.in_flight),
+                ("dead", q.dead),
+            ] {
+                f.queue_jobs
+                    .get_or_create(&vec![("queue", q.name.clone()), ("state", st.to_string())])
+                    .set(n as i64);
+            }
+            f.queue_oldest_ready_seconds
+                .get_or_create(&vec![("queue", q.name.clone())])
+                .set(q.oldest_ready_age_ms.unwrap_or(0) as f64 / 1000.0);
+        }
+        f.names_left_out
+            .get_or_create(&vec![("kind", "queue".to_string())])
+            .set(queues.len().saturating_sub(NAMES_MAX) as i64);
+    }
+    if let Ok(streams) = state.store.events().list() {
+        f.stream_events.clear();
+        f.stream_buckets.clear();
+        for s in streams.iter().take(NAMES_MAX) {
+            let l = vec![("stream", s.name.clone())];
+            f.stream_events.get_or_create(&l).set(s.events as i64);
+            f.stream_buckets.get_or_create(&l).set(s.buckets as i64);
+        }
+        f.names_left_out
+            .get_or_create(&vec![("kind", "stream".to_string())])
+            .set(streams.len().saturating_sub(NAMES_MAX) as i64);
+    }
+    if let Ok(cache) = state.store.cache().await {
+        let s = cache.stats();
+        let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as i64;
+        let c = &s["counters"];
+        for (tier, result, v) in [
+            ("memory", "hit", n(&c["hits_memory"])),
+            ("disk", "hit", n(&c["hits_disk"])),
+            ("any", "stale_hit", n(&c["stale_hits"])),
+            ("any", "miss", n(&c["misses"])),
+        ] {
+            f.cache_requests
+                .get_or_create(&vec![
+                    ("tier", tier.to_string()),
+                    ("result", result.to_string()),
+                ])
+                .set(v);
+        }
+        for tier in ["memory", "disk"] {
+            f.cache_bytes
+                .get_or_create(&vec![("tier", tier.to_string())])
+                .set(n(&s[tier]["bytes"]));
+        }
+    }
 }

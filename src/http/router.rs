@@ -55,25 +55,29 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
     );
     let mut headers = hyper::HeaderMap::new();
     let (method, uri) = (req.method().clone(), req.uri().clone());
+    let started = std::time::Instant::now();
+    // The route template once matched: the label of the request metrics.
+    let mut route_name: &'static str = "unmatched";
     // A handler that panics answers a JSON 500 like any other failure (and is counted); the
     // connection and everything it holds are released normally.
-    let outcome =
-        std::panic::AssertUnwindSafe(dispatch(&state, req, &mut headers).instrument(span.clone()))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                tracing::error!(panic = %what, "a request handler panicked");
-                Err(ApiError::new(
-                    500,
-                    "internal",
-                    "internal error while handling the request (see the server log)",
-                ))
-            });
+    let outcome = std::panic::AssertUnwindSafe(
+        dispatch(&state, req, &mut headers, &mut route_name).instrument(span.clone()),
+    )
+    .catch_unwind()
+    .await
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(panic = %what, "a request handler panicked");
+        Err(ApiError::new(
+            500,
+            "internal",
+            "internal error while handling the request (see the server log)",
+        ))
+    });
     let mut resp = match outcome {
         Ok(r) => r,
         Err(e) => {
@@ -100,6 +104,17 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
     h.extend(headers);
     h.insert("x-request-id", id);
     crate::metrics::record_status(resp.status().as_u16());
+    crate::metrics::families::record_request(
+        route_name,
+        // An unmatched request's method is whatever the client sent: not a label.
+        if route_name == "unmatched" {
+            "-"
+        } else {
+            method.as_str()
+        },
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
     Ok(resp)
 }
 
@@ -107,11 +122,13 @@ async fn dispatch(
     state: &Arc<ServerState>,
     mut req: Request<Incoming>,
     headers: &mut hyper::HeaderMap,
+    route_name: &mut &'static str,
 ) -> Result<Resp, ApiError> {
     crate::failpoint::hit("http.handler")
         .map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
     check_framing(&req)?;
     let (route, params) = routes::find(TABLES, req.method().as_str(), req.uri().path())?;
+    *route_name = route.path;
     routes::check_query(route, req.uri().query())?;
     state.access.admit(route, &params, &mut req, headers)?;
     if let Some(access::Caller(Some(name))) = req.extensions().get() {

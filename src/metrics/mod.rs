@@ -1,5 +1,7 @@
 //! Process-wide counters, rendered in the Prometheus text format at `GET /metrics`.
 
+pub mod families;
+
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 

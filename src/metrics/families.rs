@@ -1,0 +1,210 @@
+//! Labelled metrics and histograms, kept with the `prometheus-client` crate: HTTP requests by
+//! route template, method and status with latency histograms; each shard's batch sizes and
+//! commit latencies; and the per-name gauges (queues, streams) and per-tier cache figures set
+//! at each scrape. Labels are route templates, shard numbers, tiers, states and queue or stream
+//! names (at most [`NAMES_MAX`] of each), never keys, so cardinality is bounded.
+
+use prometheus_client::encoding::text::encode_registry;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::sync::OnceLock;
+
+/// Queues and streams given their own series; more are left out of the per-name gauges (the
+/// count of names left out is itself a gauge).
+pub const NAMES_MAX: usize = 256;
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Clone)]
+struct Buckets(&'static [f64]);
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+/// 100 µs to ~52 s, doubling.
+static SECONDS: OnceLock<Vec<f64>> = OnceLock::new();
+/// 1 to 4096 operations, doubling.
+static OPS: OnceLock<Vec<f64>> = OnceLock::new();
+
+fn seconds() -> &'static [f64] {
+    SECONDS.get_or_init(|| exponential_buckets(0.0001, 2.0, 20).collect())
+}
+fn ops() -> &'static [f64] {
+    OPS.get_or_init(|| exponential_buckets(1.0, 2.0, 13).collect())
+}
+
+pub struct Families {
+    registry: Registry,
+    pub requests: Family<Labels, Counter>,
+    request_seconds: Family<Labels, Histogram, Buckets>,
+    batch_ops: Family<Labels, Histogram, Buckets>,
+    commit_seconds: Family<Labels, Histogram, Buckets>,
+    pub shard_file_bytes: Family<Labels, Gauge>,
+    pub queue_jobs: Family<Labels, Gauge>,
+    pub queue_oldest_ready_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub stream_events: Family<Labels, Gauge>,
+    pub stream_buckets: Family<Labels, Gauge>,
+    pub names_left_out: Family<Labels, Gauge>,
+    pub cache_requests: Family<Labels, Gauge>,
+    pub cache_bytes: Family<Labels, Gauge>,
+}
+
+static FAMILIES: OnceLock<Families> = OnceLock::new();
+
+/// The process's families (made on first use).
+pub fn get() -> &'static Families {
+    FAMILIES.get_or_init(|| {
+        let mut registry = Registry::default();
+        let requests = Family::<Labels, Counter>::default();
+        let request_seconds = Family::new_with_constructor(Buckets(seconds()));
+        let batch_ops = Family::new_with_constructor(Buckets(ops()));
+        let commit_seconds = Family::new_with_constructor(Buckets(seconds()));
+        let f = Families {
+            requests,
+            request_seconds,
+            batch_ops,
+            commit_seconds,
+            shard_file_bytes: Family::default(),
+            queue_jobs: Family::default(),
+            queue_oldest_ready_seconds: Family::default(),
+            stream_events: Family::default(),
+            stream_buckets: Family::default(),
+            names_left_out: Family::default(),
+            cache_requests: Family::default(),
+            cache_bytes: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "shardbox_http_requests",
+            "HTTP requests by route template, method and status.",
+            f.requests.clone(),
+        );
+        registry.register(
+            "shardbox_http_request_duration_seconds",
+            "Time from a request's head to its response's head, by route template and method.",
+            f.request_seconds.clone(),
+        );
+        registry.register(
+            "shardbox_shard_batch_ops",
+            "Operations per group commit, by shard.",
+            f.batch_ops.clone(),
+        );
+        registry.register(
+            "shardbox_shard_commit_duration_seconds",
+            "Time to apply and commit one batch, by shard.",
+            f.commit_seconds.clone(),
+        );
+        registry.register(
+            "shardbox_shard_file_bytes",
+            "Size of each shard's redb file.",
+            f.shard_file_bytes.clone(),
+        );
+        registry.register(
+            "shardbox_queue_jobs",
+            "Jobs by queue and state (ready, delayed, in_flight, dead).",
+            f.queue_jobs.clone(),
+        );
+        registry.register(
+            "shardbox_queue_oldest_ready_age_seconds",
+            "Age of the oldest ready job, by queue (0 when none is ready).",
+            f.queue_oldest_ready_seconds.clone(),
+        );
+        registry.register(
+            "shardbox_stream_events",
+            "Events held, by stream.",
+            f.stream_events.clone(),
+        );
+        registry.register(
+            "shardbox_stream_buckets",
+            "Time buckets held, by stream.",
+            f.stream_buckets.clone(),
+        );
+        registry.register(
+            "shardbox_metrics_names_left_out",
+            "Queues or streams beyond the per-name series limit, by kind.",
+            f.names_left_out.clone(),
+        );
+        registry.register(
+            "shardbox_cache_lookups",
+            "Cache lookups by tier and result (hit in memory, hit on disk, stale hit, miss).",
+            f.cache_requests.clone(),
+        );
+        registry.register(
+            "shardbox_cache_bytes",
+            "Bytes held by each cache tier.",
+            f.cache_bytes.clone(),
+        );
+        Families { registry, ..f }
+    })
+}
+
+/// Records one answered request.
+pub fn record_request(route: &'static str, method: &str, status: u16, took: std::time::Duration) {
+    let f = get();
+    f.requests
+        .get_or_create(&vec![
+            ("route", route.to_string()),
+            ("method", method.to_string()),
+            ("status", status.to_string()),
+        ])
+        .inc();
+    f.request_seconds
+        .get_or_create(&vec![
+            ("route", route.to_string()),
+            ("method", method.to_string()),
+        ])
+        .observe(took.as_secs_f64());
+}
+
+/// Records one group commit of a shard.
+pub fn record_commit(shard: usize, ops: u64, took: std::time::Duration) {
+    let f = get();
+    let l = vec![("shard", shard.to_string())];
+    f.batch_ops.get_or_create(&l).observe(ops as f64);
+    f.commit_seconds
+        .get_or_create(&l)
+        .observe(took.as_secs_f64());
+}
+
+/// Appends the families in the Prometheus text format (0.0.4): the crate writes OpenMetrics,
+/// whose counters are typed under their name without `_total` and which has `# UNIT` and
+/// `# EOF` lines; those are adjusted so one scrape is one consistent format.
+pub fn render(out: &mut String) {
+    let mut text = String::new();
+    if encode_registry(&mut text, &get().registry).is_err() {
+        return;
+    }
+    let counters: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .map(str::to_string)
+        .collect();
+    for line in text.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let fixed = counters.iter().find_map(|c| {
+            for prefix in ["# TYPE ", "# HELP "] {
+                if let Some(rest) = line
+                    .strip_prefix(prefix)
+                    .and_then(|r| r.strip_prefix(c.as_str()))
+                {
+                    if rest.starts_with(' ') {
+                        return Some(format!("{prefix}{c}_total{rest}"));
+                    }
+                }
+            }
+            None
+        });
+        out.push_str(fixed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+}
