@@ -9,9 +9,9 @@
 //! Scopes: `read` (GET/HEAD and `:batchGet`), `write` (everything else that changes data), and
 //! `admin` (backups and mass deletes; implies the other two). `namespaces`, `streams` and
 //! `queues` limit a token to names with one of the listed prefixes; absent means any name. A
-//! token limited in any way reaches only routes that name one thing (lists and server-wide
-//! pages need an unlimited token), and a token limited in `queues` cannot manage schedules (a
-//! schedule's body names the queue it feeds).
+//! route over every name of a kind (a list, cache-wide stats, schedules — a schedule's body
+//! names the queue it feeds) needs a token without a limit of that kind; server-wide routes
+//! (metrics, status, admin) need a token without any limit.
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -121,13 +121,9 @@ fn decode_hash(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The hex SHA-256 of a token, as the config stores it.
 pub fn hash_token(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
+    crate::util::hex(&Sha256::digest(token.as_bytes()))
 }
 
 /// A fresh random token (`sbx_` + 43 base64url characters).
@@ -142,7 +138,8 @@ pub fn new_token() -> String {
 /// A token as the server holds it.
 #[derive(Debug)]
 pub struct Principal {
-    pub name: String,
+    /// Shared, so a request's caller and rate-limit key are a reference count, not a copy.
+    pub name: std::sync::Arc<str>,
     hash: [u8; 32],
     scopes: Vec<Scope>,
     namespaces: Option<Vec<String>>,
@@ -214,7 +211,7 @@ impl Tokens {
                 .iter()
                 .filter_map(|c| {
                     Some(Principal {
-                        name: c.name.clone(),
+                        name: c.name.as_str().into(),
                         hash: decode_hash(&c.sha256)?,
                         scopes: c.scopes.clone(),
                         namespaces: c.namespaces.clone(),
@@ -286,7 +283,7 @@ mod tests {
     fn a_new_token_authenticates_and_others_do_not() {
         let (token, t) = tokens("");
         let header = format!("Bearer {token}");
-        assert_eq!(t.authenticate(Some(header.as_bytes())).unwrap().name, "t");
+        assert_eq!(&*t.authenticate(Some(header.as_bytes())).unwrap().name, "t");
         let wrong = format!("Bearer {}", new_token());
         assert_eq!(
             t.authenticate(Some(wrong.as_bytes())).unwrap_err(),

@@ -75,7 +75,9 @@ pub fn backup(engine: &Engine, out: &Path, progress: &Progress) -> Result<Report
     std::fs::create_dir_all(out.join("shards")).map_err(|e| err(out, e))?;
     let manifest_from = Manifest::path(engine.data_dir());
     let manifest_to = Manifest::path(out);
-    std::fs::copy(&manifest_from, &manifest_to).map_err(|e| err(&manifest_to, e))?;
+    std::fs::copy(&manifest_from, &manifest_to)
+        .and_then(|_| std::fs::File::open(&manifest_to)?.sync_all())
+        .map_err(|e| err(&manifest_to, e))?;
     let mut files = vec![sum_file(out, &manifest_to)?];
     let mut rows = 0;
     progress.set_total(engine.shards().len() as u64);
@@ -179,34 +181,36 @@ impl Copier<'_> {
             Err(redb::TableError::TableTypeMismatch { .. }) => return Ok(false),
             Err(e) => return Err(format!("table `{name}`: {e}")),
         };
-        let mut wtxn = self.take_txn()?;
-        // The table exists in the copy even when empty.
-        drop(wtxn.open_table(def).map_err(|e| e.to_string())?);
         use redb::ReadableTable;
-        for row in src.iter().map_err(|e| e.to_string())? {
-            let (k, v) = row.map_err(|e| format!("table `{name}`: {e}"))?;
+        let mut rows = src.iter().map_err(|e| e.to_string())?;
+        loop {
+            let mut wtxn = self.take_txn()?;
+            let mut done = false;
             {
+                // Opened once per commit (and so made even when the table is empty).
                 let mut dst = wtxn.open_table(def).map_err(|e| e.to_string())?;
-                dst.insert(k.value(), v.value())
-                    .map_err(|e| format!("table `{name}`: {e}"))?;
+                while self.pending < ROWS_PER_COMMIT {
+                    let Some(row) = rows.next() else {
+                        done = true;
+                        break;
+                    };
+                    let (k, v) = row.map_err(|e| format!("table `{name}`: {e}"))?;
+                    dst.insert(k.value(), v.value())
+                        .map_err(|e| format!("table `{name}`: {e}"))?;
+                    self.rows += 1;
+                    self.pending += 1;
+                }
             }
-            self.rows += 1;
-            self.pending += 1;
-            if self.pending >= ROWS_PER_COMMIT {
-                wtxn.set_durability(Durability::None)
-                    .map_err(|e| e.to_string())?;
-                wtxn.commit().map_err(|e| e.to_string())?;
-                wtxn = self.db.begin_write().map_err(|e| e.to_string())?;
-                self.pending = 0;
+            if done {
+                self.txn = Some(wtxn);
+                return Ok(true);
             }
+            wtxn.set_durability(Durability::None)
+                .map_err(|e| e.to_string())?;
+            wtxn.commit().map_err(|e| e.to_string())?;
+            self.pending = 0;
         }
-        self.txn = Some(wtxn);
-        Ok(true)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The SHA-256 of a file and its size.
@@ -223,7 +227,7 @@ fn hash_file(path: &Path) -> Result<(String, u64), String> {
         h.update(&buf[..got]);
         n += got as u64;
     }
-    Ok((hex(&h.finalize()), n))
+    Ok((crate::util::hex(&h.finalize()), n))
 }
 
 fn sum_file(root: &Path, path: &Path) -> Result<FileSum, String> {
@@ -249,9 +253,10 @@ fn write_sums(out: &Path, files: &[FileSum]) -> Result<(), String> {
     f.sync_all().map_err(|e| err(&path, e))
 }
 
-/// Reads `SHA256SUMS` and checks every file it names; returns the list. Refuses a backup whose
-/// MANIFEST or any shard it promises is missing or differs.
-pub fn verify(from: &Path) -> Result<Vec<FileSum>, String> {
+/// Reads `SHA256SUMS`: the files a backup promises and their sums. Only `MANIFEST` and
+/// `shards/NNN.redb` may be named, each once, and the MANIFEST and every shard it counts must
+/// be; the sums themselves are checked while the files are copied ([`restore`]).
+pub fn read_sums(from: &Path) -> Result<Vec<(String, String)>, String> {
     let sums = from.join(SUMS);
     let text = std::fs::read_to_string(&sums).map_err(|e| {
         err(
@@ -259,56 +264,72 @@ pub fn verify(from: &Path) -> Result<Vec<FileSum>, String> {
             format!("{e} (is {} a shardbox backup?)", from.display()),
         )
     })?;
+    let manifest = Manifest::read(from)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{} has no MANIFEST", from.display()))?;
+    let expected: Vec<String> = std::iter::once("MANIFEST".to_string())
+        .chain((0..manifest.shards as usize).map(|id| format!("shards/{id:03}.redb")))
+        .collect();
     let mut files = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let (sum, rel) = line
             .split_once("  ")
             .ok_or_else(|| format!("{SUMS} line {}: expected `<sha256>  <path>`", i + 1))?;
-        let rel_path = Path::new(rel);
-        if rel_path.is_absolute()
-            || rel_path
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
+        if !expected.iter().any(|e| e == rel) || files.iter().any(|(_, r)| r == rel) {
             return Err(format!(
-                "{SUMS} line {}: path `{rel}` leaves the backup",
-                i + 1
-            ));
-        }
-        let (got, bytes) = hash_file(&from.join(rel_path))?;
-        if got != sum {
-            return Err(format!(
-                "{rel}: checksum mismatch (expected {sum}, file has {got}): the backup is damaged"
-            ));
-        }
-        files.push(FileSum {
-            path: rel.to_string(),
-            bytes,
-            sha256: got,
-        });
-    }
-    let manifest = Manifest::read(from)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{} has no MANIFEST", from.display()))?;
-    if !files.iter().any(|f| f.path == "MANIFEST") {
-        return Err(format!("{SUMS} does not cover the MANIFEST"));
-    }
-    for id in 0..manifest.shards as usize {
-        let rel = format!("shards/{id:03}.redb");
-        if !files.iter().any(|f| f.path == rel) {
-            return Err(format!(
-                "{rel} is missing from the backup (the MANIFEST has {} shards)",
+                "{SUMS} line {}: `{rel}` is not a file of a backup with {} shards (or is named twice)",
+                i + 1,
                 manifest.shards
             ));
         }
+        files.push((sum.to_string(), rel.to_string()));
+    }
+    if let Some(missing) = expected
+        .iter()
+        .find(|e| !files.iter().any(|(_, r)| r == *e))
+    {
+        return Err(format!(
+            "{missing} is missing from {SUMS} (the MANIFEST has {} shards)",
+            manifest.shards
+        ));
     }
     Ok(files)
 }
 
-/// Restores the backup at `from` into `data`. Verifies every checksum first; a non-empty
-/// `data` needs `force` (its shards, log, cache and MANIFEST are then replaced).
+/// Copies `src` to `dst` (fsync'd), hashing what it reads; `Err` unless the hash is `sum`.
+fn copy_checked(src: &Path, dst: &Path, sum: &str, progress: &Progress) -> Result<u64, String> {
+    let mut from = std::fs::File::open(src).map_err(|e| err(src, e))?;
+    let mut to = std::fs::File::create(dst).map_err(|e| err(dst, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let got = from.read(&mut buf).map_err(|e| err(src, e))?;
+        if got == 0 {
+            break;
+        }
+        h.update(&buf[..got]);
+        to.write_all(&buf[..got]).map_err(|e| err(dst, e))?;
+        n += got as u64;
+        progress.inc(got as u64);
+    }
+    to.sync_all().map_err(|e| err(dst, e))?;
+    let got = crate::util::hex(&h.finalize());
+    if got != sum {
+        return Err(format!(
+            "{}: checksum mismatch (expected {sum}, file has {got}): the backup is damaged",
+            src.display()
+        ));
+    }
+    Ok(n)
+}
+
+/// Restores the backup at `from` into `data`. Every file is copied into `data/restore.tmp`
+/// and checked against its sum first; only when all are there and right is the old data (of a
+/// non-empty `data`, which needs `force` and must be a shardbox directory) removed and the new
+/// renamed into place, the MANIFEST last. A failure before that leaves `data` as it was.
 pub fn restore(from: &Path, data: &Path, force: bool, progress: &Progress) -> Result<u64, String> {
-    let files = verify(from)?;
+    let files = read_sums(from)?;
     let non_empty = std::fs::read_dir(data)
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
@@ -318,43 +339,56 @@ pub fn restore(from: &Path, data: &Path, force: bool, progress: &Progress) -> Re
             data.display()
         ));
     }
+    if non_empty && !Manifest::path(data).exists() {
+        return Err(format!(
+            "{} is not empty and has no MANIFEST: not a shardbox data directory, not replacing it",
+            data.display()
+        ));
+    }
     std::fs::create_dir_all(data).map_err(|e| err(data, e))?;
     // No server may run on it meanwhile.
     let _lock = DirLock::acquire(data).map_err(|e| e.to_string())?;
-    if non_empty {
-        for sub in ["shards", "wal", "cache"] {
-            let p = data.join(sub);
-            if p.exists() {
-                std::fs::remove_dir_all(&p).map_err(|e| err(&p, e))?;
-            }
-        }
-        for f in ["MANIFEST", "ballast"] {
-            let p = data.join(f);
-            if p.exists() {
-                std::fs::remove_file(&p).map_err(|e| err(&p, e))?;
-            }
-        }
+    let staging = data.join("restore.tmp");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|e| err(&staging, e))?;
     }
-    std::fs::create_dir_all(data.join("shards")).map_err(|e| err(data, e))?;
-    progress.set_total(files.iter().map(|f| f.bytes).sum());
+    std::fs::create_dir_all(staging.join("shards")).map_err(|e| err(&staging, e))?;
+    progress.set_total(
+        files
+            .iter()
+            .map(|(_, rel)| std::fs::metadata(from.join(rel)).map_or(0, |m| m.len()))
+            .sum(),
+    );
     let mut total = 0;
-    // Shards first, the MANIFEST last: a restore cut short leaves no MANIFEST, so nothing
-    // starts on half a restore.
-    let mut ordered: Vec<&FileSum> = files.iter().filter(|f| f.path != "MANIFEST").collect();
-    ordered.extend(files.iter().filter(|f| f.path == "MANIFEST"));
-    for f in ordered {
-        let src = from.join(&f.path);
-        let dst = data.join(&f.path);
-        let tmp = dst.with_extension("restore.tmp");
-        std::fs::copy(&src, &tmp).map_err(|e| err(&tmp, e))?;
-        std::fs::File::open(&tmp)
-            .and_then(|h| h.sync_all())
-            .map_err(|e| err(&tmp, e))?;
-        std::fs::rename(&tmp, &dst).map_err(|e| err(&dst, e))?;
-        total += f.bytes;
-        progress.inc(f.bytes);
+    let copied = (|| {
+        for (sum, rel) in &files {
+            total += copy_checked(&from.join(rel), &staging.join(rel), sum, progress)?;
+        }
+        sync_dir(&staging.join("shards")).map_err(|e| e.to_string())?;
+        sync_dir(&staging).map_err(|e| e.to_string())
+    })();
+    if let Err(e) = copied {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
     }
-    sync_dir(&data.join("shards")).map_err(|e| e.to_string())?;
+    // Everything is here and checked: replace. The MANIFEST goes first and comes back last, so
+    // a crash in between leaves a directory nothing starts on.
+    for f in ["MANIFEST", "ballast"] {
+        let p = data.join(f);
+        if p.exists() {
+            std::fs::remove_file(&p).map_err(|e| err(&p, e))?;
+        }
+    }
+    for sub in ["shards", "wal", "cache"] {
+        let p = data.join(sub);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).map_err(|e| err(&p, e))?;
+        }
+    }
+    std::fs::rename(staging.join("shards"), data.join("shards")).map_err(|e| err(data, e))?;
+    sync_dir(data).map_err(|e| e.to_string())?;
+    std::fs::rename(staging.join("MANIFEST"), Manifest::path(data)).map_err(|e| err(data, e))?;
+    std::fs::remove_dir(&staging).map_err(|e| err(&staging, e))?;
     sync_dir(data).map_err(|e| e.to_string())?;
     progress.finish();
     Ok(total)

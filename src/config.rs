@@ -360,9 +360,6 @@ pub struct Config {
     /// Clients whose limiter state is kept; past it, new clients share one bucket until idle
     /// ones are forgotten. Default 65536.
     pub rate_limit_clients_max: usize,
-    /// How long a response stored for an `Idempotency-Key` is replayed. Default 86400000 ms
-    /// (24 h).
-    pub idempotency_ttl_ms: u64,
 }
 
 impl Default for Config {
@@ -441,7 +438,6 @@ impl Default for Config {
             rate_limit_writes_per_s: 0,
             rate_limit_burst: 0,
             rate_limit_clients_max: 65_536,
-            idempotency_ttl_ms: 86_400_000,
         }
     }
 }
@@ -526,7 +522,7 @@ impl Config {
                 self.cache_disk_bytes, self.cache_disk_block_bytes
             ));
         }
-        let checks: [(&str, u64, u64, u64); 44] = [
+        let checks: [(&str, u64, u64, u64); 43] = [
             (
                 "rate_limit_reads_per_s",
                 self.rate_limit_reads_per_s,
@@ -545,12 +541,6 @@ impl Config {
                 self.rate_limit_clients_max as u64,
                 1,
                 1 << 24,
-            ),
-            (
-                "idempotency_ttl_ms",
-                self.idempotency_ttl_ms,
-                1000,
-                30 * 86_400_000,
             ),
             (
                 "checkpoint_log_bytes",

@@ -35,10 +35,32 @@ struct Harness {
     state: Arc<ServerState>,
 }
 
+/// Removes the temporary directories (`<prefix>-<pid>-<ms>`) of fuzz processes that are gone:
+/// a harness lives as long as its process and is never dropped, so its directory is left
+/// behind; the next run clears it.
+fn sweep_stale(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// One store and server state per process, in a fresh temporary directory.
 fn harness() -> &'static Harness {
     static H: OnceLock<Harness> = OnceLock::new();
     H.get_or_init(|| {
+        sweep_stale("shardbox-fuzz");
         let dir = std::env::temp_dir().join(format!(
             "shardbox-fuzz-{}-{}",
             std::process::id(),
@@ -56,6 +78,8 @@ fn harness() -> &'static Harness {
         cfg.body_read_timeout_ms = 200;
         cfg.claim_wait_max_ms = 20;
         cfg.cache_wait_max_ms = 20;
+        // No 64 MiB ballast per fuzz process.
+        cfg.disk_ballast_bytes = 0;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -275,6 +299,7 @@ pub fn records(data: &[u8]) {
 pub fn wal_segment(data: &[u8]) {
     static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
+        sweep_stale("shardbox-fuzz-wal");
         let d = std::env::temp_dir().join(format!(
             "shardbox-fuzz-wal-{}-{}",
             std::process::id(),

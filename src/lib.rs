@@ -142,6 +142,11 @@ impl Store {
     }
 
     /// Closes the cache if it was opened (foyer finishes its flushes and stops its tasks).
+    /// The cache if it is open; never opens it (for metrics and status, which must not).
+    pub fn cache_if_open(&self) -> Option<&Arc<cache::Cache>> {
+        self.cache.get()
+    }
+
     pub async fn close_cache(&self) {
         if let Some(c) = self.cache.get() {
             if let Err(e) = c.close().await {

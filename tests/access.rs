@@ -5,7 +5,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{Client, TestServer};
-use shardbox::auth::{config_snippet, new_token, Scope, TokenConfig};
+use shardbox::auth::{new_token, Scope, TokenConfig};
 use std::time::Duration;
 
 struct Creds {
@@ -231,7 +231,6 @@ async fn a_token_from_token_new_works_end_to_end() {
     let c = shardbox::Config::resolve(None, vec![("SHARDBOX_TOKENS".to_string(), env_tokens)], &[])
         .expect("tokens from the environment");
     assert_eq!(c.tokens[0].name, "e");
-    let _ = config_snippet;
     s.stop().await;
 }
 
@@ -409,6 +408,31 @@ async fn a_burst_over_the_write_limit_gets_429s_with_headers() {
             .any(|l| l.starts_with("shardbox_rate_limited_total ") && !l.ends_with(" 0")),
         "not counted"
     );
+    s.stop().await;
+}
+
+/// The limiter forgets idle clients by itself (the server's prune task, every 10 s).
+#[tokio::test]
+async fn idle_clients_are_forgotten_by_the_running_server() {
+    let s = TestServer::start_with(|c| c.rate_limit_writes_per_s = 100).await;
+    let mut c = s.client().await;
+    let clients = |m: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix("shardbox_rate_limit_clients "))
+            .and_then(|v| v.parse().ok())
+            .expect("shardbox_rate_limit_clients")
+    };
+    assert_eq!(clients(&c.get("/metrics").await.text()), 0);
+    assert!(c.put("/v1/kv/app/a", "v").await.status < 300);
+    assert_eq!(clients(&c.get("/metrics").await.text()), 1);
+    common::eventually(25, "the idle client is forgotten", || {
+        let addr = s.addr;
+        async move {
+            let mut c = Client::connect(addr).await;
+            (clients(&c.get("/metrics").await.text()) == 0).then_some(())
+        }
+    })
+    .await;
     s.stop().await;
 }
 

@@ -140,6 +140,8 @@ async fn the_cli_backs_up_a_running_server_and_restore_refuses_what_it_should() 
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("online"), "{stderr}");
     assert!(stdout.contains("\"rows\""), "{stdout}");
+    // Written after the backup: a restore --force must take it away.
+    assert!(c.put("/v1/kv/app/after-backup", "x").await.status < 300);
     let dir = s.dir.clone();
     // Keeps the stopped server's directory.
     let _keep = s.stop().await;
@@ -154,6 +156,31 @@ async fn the_cli_backs_up_a_running_server_and_restore_refuses_what_it_should() 
         "restore --force",
     );
     assert!(ok(&shardbox(&["check", "--data", p(&dir)]), "check").contains("OK"));
+    {
+        let s = TestServer::start_in(dir.clone(), |_| {}).await;
+        let mut c = s.client().await;
+        assert_eq!(c.get("/v1/kv/app/k49").await.status, 200);
+        assert_eq!(
+            c.get("/v1/kv/app/after-backup").await.status,
+            404,
+            "restore --force kept data newer than the backup"
+        );
+        s.stop().await;
+    }
+    // A non-empty directory that is not a data directory is never replaced.
+    let stranger = tmp.path().join("stranger");
+    std::fs::create_dir(&stranger).unwrap();
+    std::fs::write(stranger.join("notes.txt"), "mine").unwrap();
+    let r = shardbox(&[
+        "restore",
+        "--from",
+        p(&out),
+        "--data",
+        p(&stranger),
+        "--force",
+    ]);
+    assert!(!r.status.success());
+    assert!(stranger.join("notes.txt").exists());
 
     // A damaged backup is refused before anything is touched.
     let shard = out.join("shards/000.redb");
@@ -167,6 +194,11 @@ async fn the_cli_backs_up_a_running_server_and_restore_refuses_what_it_should() 
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(err.contains("checksum mismatch"), "{err}");
     assert!(!target.join("MANIFEST").exists());
+    // Nor is a damaged backup allowed to replace data: the old data stays.
+    let r = shardbox(&["restore", "--from", p(&out), "--data", p(&dir), "--force"]);
+    assert!(!r.status.success());
+    assert!(ok(&shardbox(&["check", "--data", p(&dir)]), "check").contains("OK"));
+    assert!(!dir.join("restore.tmp").exists());
 
     // Offline: no server runs, the CLI opens the directory itself.
     let out2 = tmp.path().join("b2");

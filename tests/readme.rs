@@ -92,14 +92,7 @@ async fn the_readme_walk_runs_as_written() {
     let tmp = tempfile::tempdir().unwrap();
     let (child, addr) = spawn_shardbox(&tmp.path().join("data"), &[]).unwrap();
     // Killed however the test ends (a failed assertion must not leave a server running).
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _child = KillOnDrop(child);
+    let _child = common::spawn::KillOnDrop(child);
     let log_dir = tmp.path().join("requests");
     std::fs::create_dir(&log_dir).unwrap();
     // Every curl call writes "<status> <method> <url>" to a file of its own (a call sent to the

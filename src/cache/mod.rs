@@ -17,7 +17,7 @@ pub use entry::Entry;
 pub use gens::{init_tables, PurgeTarget, DOMAIN};
 use leases::{FillLease, WaiterSlot};
 pub use settings::{eviction_config, Eviction, Settings};
-pub use stats::Counters;
+pub use stats::{Counters, Summary};
 
 use crate::engine::Engine;
 use crate::error::{CacheError, EngineError, Invalid, LeaseUse};

@@ -2,6 +2,17 @@
 
 use super::*;
 
+/// See [`Cache::summary`].
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Summary {
+    pub hits_memory: u64,
+    pub hits_disk: u64,
+    pub misses: u64,
+    pub stale_hits: u64,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+}
+
 /// Counters of one namespace (or of the whole cache).
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -90,6 +101,31 @@ impl Cache {
         }))
     }
 
+    /// Bytes held by the disk tier: blocks holding entries (being written, full, or being
+    /// reclaimed) × block size.
+    fn disk_bytes(&self) -> u64 {
+        let r = &self.registry;
+        (r.get("foyer_storage_block_engine_block/writing")
+            + r.get("foyer_storage_block_engine_block/evictable")
+            + r.get("foyer_storage_block_engine_block/reclaiming"))
+            * r.get("foyer_storage_block_engine_block_size_bytes")
+    }
+
+    /// The figures the status page and the metrics show: lookups by tier and result, bytes
+    /// per tier.
+    pub fn summary(&self) -> Summary {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let c = &self.global;
+        Summary {
+            hits_memory: g(&c.hits_memory),
+            hits_disk: g(&c.hits_disk),
+            misses: g(&c.misses),
+            stale_hits: g(&c.stale_hits),
+            memory_bytes: self.hybrid.memory().usage() as u64,
+            disk_bytes: self.disk_bytes(),
+        }
+    }
+
     /// Stats of the whole cache, with foyer's own tier figures.
     pub fn stats(&self) -> serde_json::Value {
         let r = &self.registry;
@@ -108,11 +144,7 @@ impl Cache {
             "disk": {
                 "enabled": self.hybrid.is_hybrid(),
                 "capacity_bytes": if self.hybrid.is_hybrid() { self.settings.disk_bytes } else { 0 },
-                // Blocks holding entries (being written, full, or being reclaimed) × block size.
-                "bytes": (r.get("foyer_storage_block_engine_block/writing")
-                    + r.get("foyer_storage_block_engine_block/evictable")
-                    + r.get("foyer_storage_block_engine_block/reclaiming"))
-                    * r.get("foyer_storage_block_engine_block_size_bytes"),
+                "bytes": self.disk_bytes(),
                 "written_bytes": r.get("foyer_storage_disk_io_bytes_total/write"),
                 "read_bytes": r.get("foyer_storage_disk_io_bytes_total/read"),
                 "hits": r.get("foyer_storage_op_total/hit"),

@@ -243,6 +243,11 @@ impl Engine {
         Ok(m)
     }
 
+    /// Size of shard `id`'s redb file (0 if it cannot be read).
+    pub fn shard_file_bytes(&self, id: usize) -> u64 {
+        std::fs::metadata(shard_path(&self.data_dir, id)).map_or(0, |m| m.len())
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }

@@ -30,9 +30,6 @@ pub struct DiskSpace {
     free: AtomicU64,
     low: AtomicBool,
     ballast_present: AtomicBool,
-    /// The ballast was released and not laid again yet: growth stays refused until there is
-    /// room for the reserve and the ballast (else a release would just make room for puts).
-    released: AtomicBool,
     /// Laying and releasing the ballast, one thread at a time (the sampler and the writers).
     ballast_lock: Mutex<()>,
     /// Times writes were refused for want of space, and ballast releases.
@@ -81,7 +78,6 @@ impl DiskSpace {
             free: AtomicU64::new(u64::MAX),
             low: AtomicBool::new(false),
             ballast_present: AtomicBool::new(ballast_ok(dir, ballast_bytes)),
-            released: AtomicBool::new(false),
             ballast_lock: Mutex::new(()),
             refused: AtomicU64::new(0),
             ballast_released: AtomicU64::new(0),
@@ -146,7 +142,6 @@ impl DiskSpace {
     fn release_ballast(&self, why: &str) {
         let _one = self.ballast_lock.lock().unwrap_or_else(|p| p.into_inner());
         if self.ballast_present.swap(false, Ordering::AcqRel) {
-            self.released.store(true, Ordering::Release);
             match std::fs::remove_file(self.dir.join(BALLAST_FILE)) {
                 Ok(()) => {
                     self.ballast_released.fetch_add(1, Ordering::Relaxed);
@@ -162,10 +157,11 @@ impl DiskSpace {
         }
     }
 
-    fn lay_ballast(&self) {
+    /// Lays the ballast; true if it laid one now.
+    fn lay_ballast(&self) -> bool {
         let _one = self.ballast_lock.lock().unwrap_or_else(|p| p.into_inner());
         if self.ballast_bytes == 0 || self.ballast_present.load(Ordering::Acquire) {
-            return;
+            return false;
         }
         // Laid under a temporary name and renamed: a crash never leaves a partial ballast that
         // would be taken for a whole one.
@@ -184,12 +180,13 @@ impl DiskSpace {
         match made {
             Ok(()) => {
                 self.ballast_present.store(true, Ordering::Release);
-                self.released.store(false, Ordering::Release);
                 tracing::info!(bytes = self.ballast_bytes, "laid the disk ballast");
+                true
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 tracing::debug!(error = %e, "cannot lay the disk ballast yet");
+                false
             }
         }
     }
@@ -205,17 +202,22 @@ impl DiskSpace {
             self.release_ballast("free space fell under a quarter of disk_reserve_bytes");
         }
         let present = self.ballast_present.load(Ordering::Acquire);
-        if !present
+        let laid = !present
             && free
                 >= self
                     .reserve
                     .saturating_add(self.ballast_bytes.saturating_mul(2))
-        {
-            self.lay_ballast();
-        }
-        let free = free_bytes(&self.dir).unwrap_or(free);
+            && self.lay_ballast();
+        let free = if laid {
+            free_bytes(&self.dir).unwrap_or(free)
+        } else {
+            free
+        };
         self.free.store(free, Ordering::Relaxed);
-        let need = if self.released.load(Ordering::Acquire) {
+        // Without its ballast (released, or never laid, also across a restart) growth stays
+        // refused until there is room for the reserve and the ballast: else a release would
+        // just make room for more puts.
+        let need = if self.ballast_bytes > 0 && !self.ballast_present.load(Ordering::Acquire) {
             self.reserve.saturating_add(self.ballast_bytes)
         } else {
             self.reserve

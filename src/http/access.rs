@@ -25,7 +25,7 @@ pub struct LocalAdmin;
 /// Who sent a request, put in its extensions once admitted: the token's name, or `None` when
 /// no tokens are configured.
 #[derive(Debug, Clone)]
-pub struct Caller(pub Option<String>);
+pub struct Caller(pub Option<std::sync::Arc<str>>);
 
 /// What a request touches, for the prefix limits of a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +85,7 @@ type Limiter = RateLimiter<
 /// Whose bucket a request draws from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum ClientKey {
-    Token(String),
+    Token(std::sync::Arc<str>),
     /// An IPv4 address, or an IPv6 /64 (one host usually holds a whole /64).
     Ip(IpAddr),
     /// Everyone beyond `rate_limit_clients_max`, until idle clients are forgotten.
@@ -155,6 +155,15 @@ impl Access {
         }
     }
 
+    /// Clients with limiter state now (reads and writes counted apart).
+    pub fn clients(&self) -> usize {
+        [&self.reads, &self.writes]
+            .into_iter()
+            .flatten()
+            .map(|l| l.limiter.len())
+            .sum()
+    }
+
     /// Lets a request through or says why not. Headers for the response (the rate-limit
     /// state, `WWW-Authenticate`) go into `headers` either way.
     pub fn admit(
@@ -169,7 +178,7 @@ impl Access {
         };
         if req.extensions().get::<LocalAdmin>().is_some() {
             req.extensions_mut()
-                .insert(Caller(Some("admin.sock".to_string())));
+                .insert(Caller(Some("admin.sock".into())));
             return Ok(());
         }
         let caller = if self.tokens.is_open() {
@@ -308,8 +317,14 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
+    // 128 random bits in hex, written in place (no intermediate String).
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let id: u128 = rand::random();
-    HeaderValue::from_str(&format!("{:032x}", id)).unwrap_or(HeaderValue::from_static("-"))
+    let mut buf = [0u8; 32];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("-"))
 }
 
 #[cfg(test)]

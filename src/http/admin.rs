@@ -35,8 +35,17 @@ async fn backup(state: &ServerState, req: Request<Incoming>) -> Result<Resp, Api
             r.out
         )));
     }
+    let data = state.store.config().data_dir.clone();
+    let data = std::fs::canonicalize(&data).unwrap_or(data);
+    if out.starts_with(&data) {
+        return Err(ApiError::bad_request(format!(
+            "out `{}` is inside the data directory {}: back up somewhere else",
+            r.out,
+            data.display()
+        )));
+    }
     crate::backup::check_target(&out).map_err(|e| ApiError::new(409, "conflict", e))?;
-    let Ok(_running) = RUNNING.try_lock() else {
+    let Ok(running) = RUNNING.try_lock() else {
         let mut e = ApiError::new(
             409,
             "backup_running",
@@ -47,7 +56,10 @@ async fn backup(state: &ServerState, req: Request<Incoming>) -> Result<Resp, Api
     };
     let engine = state.store.engine().clone();
     tracing::info!(out = %out.display(), "backup started");
+    // The guard goes with the copy: a client that hangs up does not free the slot while the
+    // copy still runs.
     let report = tokio::task::spawn_blocking(move || {
+        let _running = running;
         crate::backup::backup(&engine, &out, &crate::progress::Progress::quiet())
     })
     .await

@@ -75,6 +75,12 @@ pub async fn metrics(state: &ServerState) -> Result<Resp, crate::error::ApiError
         "Event stream followers (SSE) and long polls open.",
         followers as u64,
     );
+    crate::metrics::gauge(
+        &mut text,
+        "shardbox_rate_limit_clients",
+        "Clients (tokens or addresses) with rate-limiter state; idle ones are forgotten every 10 s.",
+        state.access.clients() as u64,
+    );
     let mut r = response::empty(200);
     *r.body_mut() = response::full(text);
     r.headers_mut().insert(
@@ -90,9 +96,7 @@ async fn scrape_gauges(state: &ServerState) {
     let f = get();
     let engine = state.store.engine();
     for s in engine.shards() {
-        let len = std::fs::metadata(crate::engine::shard_path(engine.data_dir(), s.id))
-            .map(|m| m.len())
-            .unwrap_or(0);
+        let len = engine.shard_file_bytes(s.id);
         f.shard_file_bytes
             .get_or_create(&vec![("shard", s.id.to_string())])
             .set(len as i64);
@@ -131,27 +135,25 @@ async fn scrape_gauges(state: &ServerState) {
             .get_or_create(&vec![("kind", "stream".to_string())])
             .set(streams.len().saturating_sub(NAMES_MAX) as i64);
     }
-    if let Ok(cache) = state.store.cache().await {
-        let s = cache.stats();
-        let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as i64;
-        let c = &s["counters"];
+    if let Some(cache) = state.store.cache_if_open() {
+        let s = cache.summary();
         for (tier, result, v) in [
-            ("memory", "hit", n(&c["hits_memory"])),
-            ("disk", "hit", n(&c["hits_disk"])),
-            ("any", "stale_hit", n(&c["stale_hits"])),
-            ("any", "miss", n(&c["misses"])),
+            ("memory", "hit", s.hits_memory),
+            ("disk", "hit", s.hits_disk),
+            ("any", "stale_hit", s.stale_hits),
+            ("any", "miss", s.misses),
         ] {
             f.cache_requests
                 .get_or_create(&vec![
                     ("tier", tier.to_string()),
                     ("result", result.to_string()),
                 ])
-                .set(v);
+                .set(v as i64);
         }
-        for tier in ["memory", "disk"] {
+        for (tier, bytes) in [("memory", s.memory_bytes), ("disk", s.disk_bytes)] {
             f.cache_bytes
                 .get_or_create(&vec![("tier", tier.to_string())])
-                .set(n(&s[tier]["bytes"]));
+                .set(bytes as i64);
         }
     }
 }

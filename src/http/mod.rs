@@ -185,15 +185,37 @@ fn serve_admin_socket(
         let _ = std::fs::remove_file(&path);
         return None;
     }
+    // The server's own user: it owns the socket file it just made.
+    let owner = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&path).map(|m| m.uid()).unwrap_or(0)
+    };
     let limit = Arc::new(Semaphore::new(ADMIN_CONNECTIONS_MAX));
     let builder = connection_builder(state.store.config());
     Some(tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin socket: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             };
+            // Only this user (or root): the file's mode is the check, and a connection queued
+            // before the mode was set must not get admin rights.
+            match stream.peer_cred() {
+                Ok(c) if c.uid() == owner || c.uid() == 0 => {}
+                _ => {
+                    tracing::warn!("admin socket: a connection from another user refused");
+                    continue;
+                }
+            }
             let Ok(permit) = limit.clone().try_acquire_owned() else {
+                tracing::warn!(
+                    max = ADMIN_CONNECTIONS_MAX,
+                    "admin socket: too many connections"
+                );
                 continue;
             };
             let Some((registered, _)) = state.conns.register(std::net::Ipv4Addr::LOCALHOST.into())
@@ -202,20 +224,20 @@ fn serve_admin_socket(
             };
             let state = state.clone();
             let builder = builder.clone();
-            let mut stop_rx = stop_rx.clone();
+            let stop_rx = stop_rx.clone();
+            let idle_timeout = Duration::from_millis(state.store.config().idle_timeout_ms);
             tokio::spawn(async move {
-                let conn = builder.serve_connection(
-                    TokioIo::new(hyper_errors::JsonErrors::new(stream)),
-                    service(state.clone(), registered.conn.clone(), true),
-                );
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = async { let _ = stop_rx.wait_for(|s| *s).await.map(|_| ()); } => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.as_mut().await;
-                    }
-                }
+                // Idle timeout, eviction and shutdown as for any connection.
+                serve_conn(
+                    stream,
+                    &state,
+                    &builder,
+                    &registered,
+                    stop_rx,
+                    idle_timeout,
+                    true,
+                )
+                .await;
                 drop(registered);
                 drop(permit);
             });
@@ -232,12 +254,13 @@ async fn serve_conn<IO>(
     registered: &conns::Registered,
     mut stop_rx: watch::Receiver<bool>,
     idle_timeout: Duration,
+    local: bool,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let conn = builder.serve_connection(
         TokioIo::new(hyper_errors::JsonErrors::new(io)),
-        service(state.clone(), registered.conn.clone(), false),
+        service(state.clone(), registered.conn.clone(), local),
     );
     tokio::pin!(conn);
     let me = registered.conn.clone();
@@ -278,6 +301,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let cfg = store.config().clone();
+    // A bad certificate fails here, before anything is started.
+    let tls = tls::acceptor(&cfg).map_err(std::io::Error::other)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = ServerState::new(store);
     // Work that runs by itself (TTL sweep, queue timers, cron, retention) runs whenever the store
@@ -298,7 +323,6 @@ pub async fn run(
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let admin_socket = serve_admin_socket(state.clone(), stop_rx.clone());
     let builder = connection_builder(&cfg);
-    let tls = tls::acceptor(&cfg).map_err(std::io::Error::other)?;
     let header_timeout = Duration::from_millis(cfg.header_read_timeout_ms);
     tokio::pin!(shutdown);
     loop {
@@ -356,7 +380,16 @@ pub async fn run(
             drop(waiting);
             match tls {
                 None => {
-                    serve_conn(stream, &state, &builder, &registered, stop_rx, idle_timeout).await
+                    serve_conn(
+                        stream,
+                        &state,
+                        &builder,
+                        &registered,
+                        stop_rx,
+                        idle_timeout,
+                        false,
+                    )
+                    .await
                 }
                 Some(acceptor) => {
                     // The handshake is part of the request head: same deadline.
@@ -370,6 +403,7 @@ pub async fn run(
                                 &registered,
                                 stop_rx,
                                 idle_timeout,
+                                false,
                             )
                             .await
                         }

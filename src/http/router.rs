@@ -56,12 +56,12 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
     let mut headers = hyper::HeaderMap::new();
     let (method, uri) = (req.method().clone(), req.uri().clone());
     let started = std::time::Instant::now();
-    // The route template once matched: the label of the request metrics.
-    let mut route_name: &'static str = "unmatched";
+    // The route once matched: the labels of the request metrics.
+    let mut matched: Option<&'static RouteDef> = None;
     // A handler that panics answers a JSON 500 like any other failure (and is counted); the
     // connection and everything it holds are released normally.
     let outcome = std::panic::AssertUnwindSafe(
-        dispatch(&state, req, &mut headers, &mut route_name).instrument(span.clone()),
+        dispatch(&state, req, &mut headers, &mut matched).instrument(span.clone()),
     )
     .catch_unwind()
     .await
@@ -105,13 +105,9 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
     h.insert("x-request-id", id);
     crate::metrics::record_status(resp.status().as_u16());
     crate::metrics::families::record_request(
-        route_name,
+        matched.map_or("unmatched", |r| r.path),
         // An unmatched request's method is whatever the client sent: not a label.
-        if route_name == "unmatched" {
-            "-"
-        } else {
-            method.as_str()
-        },
+        matched.map_or("-", |r| r.method),
         resp.status().as_u16(),
         started.elapsed(),
     );
@@ -122,17 +118,17 @@ async fn dispatch(
     state: &Arc<ServerState>,
     mut req: Request<Incoming>,
     headers: &mut hyper::HeaderMap,
-    route_name: &mut &'static str,
+    matched: &mut Option<&'static RouteDef>,
 ) -> Result<Resp, ApiError> {
     crate::failpoint::hit("http.handler")
         .map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
     check_framing(&req)?;
     let (route, params) = routes::find(TABLES, req.method().as_str(), req.uri().path())?;
-    *route_name = route.path;
+    *matched = Some(route);
     routes::check_query(route, req.uri().query())?;
     state.access.admit(route, &params, &mut req, headers)?;
     if let Some(access::Caller(Some(name))) = req.extensions().get() {
-        tracing::Span::current().record("caller", name.as_str());
+        tracing::Span::current().record("caller", &**name);
     }
     (route.handler)(state.clone(), params, req).await
 }

@@ -17,6 +17,9 @@ pub(super) const ROUTES: &[RouteDef] = &[
     route!("GET", "/v1/status", [], |s, p, r| status(&s).await),
 ];
 
+/// Queues and streams the page lists (the first by name).
+const LIST_MAX: usize = crate::metrics::families::NAMES_MAX;
+
 /// Errors kept for the page.
 const RECENT_ERRORS_MAX: usize = 32;
 
@@ -72,10 +75,9 @@ async fn status(state: &ServerState) -> Result<Resp, ApiError> {
         .shards()
         .iter()
         .map(|s| {
-            let path = crate::engine::shard_path(engine.data_dir(), s.id);
             serde_json::json!({
                 "id": s.id,
-                "file_bytes": std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+                "file_bytes": engine.shard_file_bytes(s.id),
                 "healthy": !failed.contains_key(&s.id),
                 "failure": failed.get(&s.id),
                 "commits": s.state.commits.load(std::sync::atomic::Ordering::Relaxed),
@@ -83,28 +85,27 @@ async fn status(state: &ServerState) -> Result<Resp, ApiError> {
             })
         })
         .collect();
-    let cache = match state.store.cache().await {
-        Ok(c) => {
-            let s = c.stats();
-            let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
-            let hits = n(&s["counters"]["hits"]);
-            let misses = n(&s["counters"]["misses"]);
+    let cache = match state.store.cache_if_open() {
+        Some(c) => {
+            let s = c.summary();
+            let (hits, misses) = (s.hits_memory + s.hits_disk, s.misses);
             serde_json::json!({
                 "hits": hits,
                 "misses": misses,
-                "stale_hits": s["counters"]["stale_hits"],
-                "hit_ratio": if hits + misses == 0 { None } else { Some(hits as f64 / (hits + misses) as f64) },
-                "memory_bytes": s["memory"]["bytes"],
-                "disk_bytes": s["disk"]["bytes"],
+                "stale_hits": s.stale_hits,
+                "hit_ratio": (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
+                "memory_bytes": s.memory_bytes,
+                "disk_bytes": s.disk_bytes,
             })
         }
-        Err(_) => serde_json::Value::Null,
+        None => serde_json::Value::Null,
     };
     let queues: Vec<_> = state
         .store
         .queues()
         .all_stats()?
         .into_iter()
+        .take(LIST_MAX)
         .map(|q| {
             serde_json::json!({
                 "name": q.name, "ready": q.ready, "delayed": q.delayed, "in_flight": q.in_flight,
@@ -117,6 +118,7 @@ async fn status(state: &ServerState) -> Result<Resp, ApiError> {
         .events()
         .list()?
         .into_iter()
+        .take(LIST_MAX)
         .map(|s| {
             serde_json::json!({
                 "name": s.name, "events": s.events, "buckets": s.buckets, "newest": s.newest,

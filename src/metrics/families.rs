@@ -5,6 +5,7 @@
 //! names (at most [`NAMES_MAX`] of each), never keys, so cardinality is bounded.
 
 use prometheus_client::encoding::text::encode_registry;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
@@ -18,6 +19,25 @@ use std::sync::OnceLock;
 pub const NAMES_MAX: usize = 256;
 
 type Labels = Vec<(&'static str, String)>;
+
+/// The labels of a request: all static or a number, so recording one allocates nothing.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    route: &'static str,
+    method: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    route: &'static str,
+    method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabels {
+    shard: u32,
+}
 
 #[derive(Clone)]
 struct Buckets(&'static [f64]);
@@ -42,10 +62,10 @@ fn ops() -> &'static [f64] {
 
 pub struct Families {
     registry: Registry,
-    pub requests: Family<Labels, Counter>,
-    request_seconds: Family<Labels, Histogram, Buckets>,
-    batch_ops: Family<Labels, Histogram, Buckets>,
-    commit_seconds: Family<Labels, Histogram, Buckets>,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: Family<RouteLabels, Histogram, Buckets>,
+    batch_ops: Family<ShardLabels, Histogram, Buckets>,
+    commit_seconds: Family<ShardLabels, Histogram, Buckets>,
     pub shard_file_bytes: Family<Labels, Gauge>,
     pub queue_jobs: Family<Labels, Gauge>,
     pub queue_oldest_ready_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
@@ -62,7 +82,7 @@ static FAMILIES: OnceLock<Families> = OnceLock::new();
 pub fn get() -> &'static Families {
     FAMILIES.get_or_init(|| {
         let mut registry = Registry::default();
-        let requests = Family::<Labels, Counter>::default();
+        let requests = Family::<RequestLabels, Counter>::default();
         let request_seconds = Family::new_with_constructor(Buckets(seconds()));
         let batch_ops = Family::new_with_constructor(Buckets(ops()));
         let commit_seconds = Family::new_with_constructor(Buckets(seconds()));
@@ -145,28 +165,33 @@ pub fn get() -> &'static Families {
     })
 }
 
-/// Records one answered request.
-pub fn record_request(route: &'static str, method: &str, status: u16, took: std::time::Duration) {
+/// Records one answered request: `route` and `method` are the matched route's template and
+/// method (`"-"` for a request that matched none: its method is whatever the client sent).
+pub fn record_request(
+    route: &'static str,
+    method: &'static str,
+    status: u16,
+    took: std::time::Duration,
+) {
     let f = get();
     f.requests
-        .get_or_create(&vec![
-            ("route", route.to_string()),
-            ("method", method.to_string()),
-            ("status", status.to_string()),
-        ])
+        .get_or_create(&RequestLabels {
+            route,
+            method,
+            status,
+        })
         .inc();
     f.request_seconds
-        .get_or_create(&vec![
-            ("route", route.to_string()),
-            ("method", method.to_string()),
-        ])
+        .get_or_create(&RouteLabels { route, method })
         .observe(took.as_secs_f64());
 }
 
 /// Records one group commit of a shard.
 pub fn record_commit(shard: usize, ops: u64, took: std::time::Duration) {
     let f = get();
-    let l = vec![("shard", shard.to_string())];
+    let l = ShardLabels {
+        shard: shard as u32,
+    };
     f.batch_ops.get_or_create(&l).observe(ops as f64);
     f.commit_seconds
         .get_or_create(&l)
@@ -174,8 +199,9 @@ pub fn record_commit(shard: usize, ops: u64, took: std::time::Duration) {
 }
 
 /// Appends the families in the Prometheus text format (0.0.4): the crate writes OpenMetrics,
-/// whose counters are typed under their name without `_total` and which has `# UNIT` and
-/// `# EOF` lines; those are adjusted so one scrape is one consistent format.
+/// whose counters are typed under their name without `_total`; those lines are renamed so one
+/// scrape is one consistent format (`encode_registry` writes no `# EOF`, and no family here
+/// has a unit).
 pub fn render(out: &mut String) {
     let mut text = String::new();
     if encode_registry(&mut text, &get().registry).is_err() {
@@ -188,9 +214,6 @@ pub fn render(out: &mut String) {
         .map(str::to_string)
         .collect();
     for line in text.lines() {
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
         let fixed = counters.iter().find_map(|c| {
             for prefix in ["# TYPE ", "# HELP "] {
                 if let Some(rest) = line

@@ -178,6 +178,8 @@ impl TestServer {
         let mut config = Config::with_data_dir(&dir);
         config.listen = "127.0.0.1:0".into();
         config.shards = 0;
+        // No 64 MiB ballast laid per test server (tests/disk_full.rs tests it in the binary).
+        config.disk_ballast_bytes = 0;
         tweak(&mut config);
         let clock = Arc::new(ManualClock::new(T0_MS));
         let store = Store::open_with_clock(config, clock.clone()).expect("open store");
@@ -283,7 +285,7 @@ pub fn copy_data_dir(from: &std::path::Path, to: &std::path::Path) {
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
         let name = e.file_name();
-        if name == "cache" || name == "LOCK" || name == "admin.sock" {
+        if name == "cache" || name == "LOCK" || name == "admin.sock" || name == "ballast" {
             continue;
         }
         if e.file_type().unwrap().is_dir() {
