@@ -360,6 +360,9 @@ pub struct Config {
     /// Clients whose limiter state is kept; past it, new clients share one bucket until idle
     /// ones are forgotten. Default 65536.
     pub rate_limit_clients_max: usize,
+    /// How long the first response to a request with an `Idempotency-Key` is kept and replayed
+    /// to retries. Default 86400000 ms (24 h).
+    pub idempotency_ttl_ms: u64,
 }
 
 impl Default for Config {
@@ -437,6 +440,7 @@ impl Default for Config {
             rate_limit_reads_per_s: 0,
             rate_limit_writes_per_s: 0,
             rate_limit_burst: 0,
+            idempotency_ttl_ms: 86_400_000,
             rate_limit_clients_max: 65_536,
         }
     }
@@ -522,7 +526,13 @@ impl Config {
                 self.cache_disk_bytes, self.cache_disk_block_bytes
             ));
         }
-        let checks: [(&str, u64, u64, u64); 43] = [
+        let checks: [(&str, u64, u64, u64); 44] = [
+            (
+                "idempotency_ttl_ms",
+                self.idempotency_ttl_ms,
+                1000,
+                30 * 86_400_000,
+            ),
             (
                 "rate_limit_reads_per_s",
                 self.rate_limit_reads_per_s,

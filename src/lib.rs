@@ -26,6 +26,7 @@ pub mod events;
 pub mod failpoint;
 pub mod fuzzing;
 pub mod http;
+pub mod idempotency;
 pub mod kv;
 pub mod metrics;
 pub mod names;
@@ -44,8 +45,13 @@ use std::sync::Arc;
 /// line here (and, to serve it over HTTP, its route table in `http::router::TABLES`); the store
 /// opens, starts, checks and renders the metrics of every domain from this list, and
 /// [`Store::domain`] reaches any of them by type.
-pub const DOMAINS: &[&engine::DomainSpec] =
-    &[&kv::DOMAIN, &queue::DOMAIN, &events::DOMAIN, &cache::DOMAIN];
+pub const DOMAINS: &[&engine::DomainSpec] = &[
+    &kv::DOMAIN,
+    &queue::DOMAIN,
+    &events::DOMAIN,
+    &cache::DOMAIN,
+    &idempotency::DOMAIN,
+];
 
 pub use engine::Domain;
 
@@ -78,6 +84,7 @@ pub struct Store {
     kv: Arc<kv::Kv>,
     queues: Arc<queue::Queues>,
     events: Arc<events::Events>,
+    idempotency: Arc<idempotency::Idempotency>,
     /// Built on first use inside the tokio runtime (foyer needs one); see [`Store::cache`].
     cache: Arc<tokio::sync::OnceCell<Arc<cache::Cache>>>,
 }
@@ -101,6 +108,7 @@ impl Store {
             kv: registered(&domains),
             queues: registered(&domains),
             events: registered(&domains),
+            idempotency: registered(&domains),
             config: Arc::new(config),
             engine,
             domains,
@@ -126,6 +134,9 @@ impl Store {
     }
     pub fn events(&self) -> &Arc<events::Events> {
         &self.events
+    }
+    pub fn idempotency(&self) -> &Arc<idempotency::Idempotency> {
+        &self.idempotency
     }
 
     /// The hybrid cache, opened on first call (inside the tokio runtime). `serve` opens it at

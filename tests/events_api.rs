@@ -364,6 +364,16 @@ async fn sse_follow_delivers_each_event_once_and_resumes() {
         .await;
     let mut body = resp.into_body();
     assert_eq!(sse_ids(&mut body, 3).await, missed);
+    // The dropped follower is released once the server's write to it fails (at the latest at
+    // its 15 s heartbeat); until then the gauge counts it too.
+    common::eventually(20, "the dropped follower is released", || {
+        let addr = s.addr;
+        async move {
+            let open = common::scrape(addr, "shardbox_stream_followers_open").await;
+            (open == 1.0).then_some(())
+        }
+    })
+    .await;
     // Long poll for plain HTTP clients wakes on append.
     let addr = s.addr;
     let after = missed[2].clone();

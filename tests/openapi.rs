@@ -102,6 +102,37 @@ fn every_operation_documents_the_auth_and_rate_limit_answers() {
     }
 }
 
+#[test]
+fn idempotency_key_is_documented_exactly_on_the_routes_that_take_it() {
+    let spec = spec();
+    let takes_key = |op: &Value| {
+        op["parameters"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .map(|p| resolve(&spec, p))
+                .any(|p| p["in"] == "header" && p["name"] == "Idempotency-Key")
+        })
+    };
+    let mut documented = BTreeSet::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if takes_key(op) {
+                documented.insert((method.to_uppercase(), path.clone()));
+                for s in ["409", "422"] {
+                    assert!(
+                        op["responses"].get(s).is_some(),
+                        "{method} {path}: {s} undocumented"
+                    );
+                }
+            }
+        }
+    }
+    let served: BTreeSet<(String, String)> = shardbox::http::idempotent_routes()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(served.len(), 4, "enqueue, append, batch write, incr");
+    assert_eq!(documented, served);
+}
+
 /// A valid request for each route: path values that exist and a body the handler accepts.
 fn request_for(method: &str, template: &str, job: &str) -> (String, String) {
     let path = template

@@ -50,7 +50,18 @@ async fn workload(c: &mut Client, s: &TestServer, rng: &mut rand::rngs::StdRng, 
                     "{{{delay}\"payload\":{{\"n\":{step}}},\"priority\":{},\"max_attempts\":2}}",
                     k % 10
                 );
-                c.send("POST", &format!("/v1/queues/q{}/jobs", k % 2), &[], body)
+                // Every third enqueue carries an idempotency key (kept responses, replays and
+                // the expiry sweeper are logged like any write).
+                let key = format!("e{}", k % 7);
+                let (h, body) = if step % 3 == 0 {
+                    (
+                        vec![("idempotency-key", key.as_str())],
+                        format!("{{\"payload\":{}}}", k % 7),
+                    )
+                } else {
+                    (vec![], body)
+                };
+                c.send("POST", &format!("/v1/queues/q{}/jobs", k % 2), &h, body)
                     .await
             }
             10 => {
@@ -142,6 +153,7 @@ async fn replaying_the_log_alone_rebuilds_every_table() {
         c.sweep_interval_ms = 50;
         c.retention_interval_ms = 100;
         c.queue_tick_max_ms = 50;
+        c.idempotency_ttl_ms = 20_000;
     })
     .await;
     let mut c = s.client().await;

@@ -170,7 +170,7 @@ impl Access {
         &self,
         route: &RouteDef,
         params: &Params,
-        req: &mut hyper::Request<hyper::body::Incoming>,
+        req: &mut hyper::Request<super::body::ReqBody>,
         headers: &mut HeaderMap,
     ) -> Result<(), ApiError> {
         let Some(need) = scope_of(route) else {

@@ -1,12 +1,12 @@
 //! Admin routes (scope `admin`; open on the data directory's `admin.sock` to whoever may
 //! open that file): online backup.
 
+use super::body::ReqBody;
 use super::input::json_body;
 use super::response::{self, Resp};
 use super::routes::{route, RouteDef};
 use super::ServerState;
 use crate::error::ApiError;
-use hyper::body::Incoming;
 use hyper::Request;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -26,7 +26,7 @@ struct BackupReq {
 /// One backup at a time per process.
 static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn backup(state: &ServerState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+async fn backup(state: &ServerState, req: Request<ReqBody>) -> Result<Resp, ApiError> {
     let r: BackupReq = json_body(state, req).await?;
     let out = PathBuf::from(&r.out);
     if !out.is_absolute() {

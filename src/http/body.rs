@@ -21,15 +21,30 @@ pub struct BodyBytes {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+/// A request's body as a handler gets it: still on the connection, or already read by a layer
+/// in front of the handler (idempotency keys hash the body before the handler runs). Either
+/// way a handler reads it with [`read`], under the same bounds.
+pub enum ReqBody {
+    Stream(Incoming),
+    Buffered(BodyBytes),
+}
+
 /// Reads the whole body; 413 past `max_bytes`, 408 past `timeout`, 503 without budget.
 pub async fn read(
     headers: &HeaderMap,
-    body: Incoming,
+    body: ReqBody,
     max_bytes: usize,
     budget: &Arc<Semaphore>,
     timeout: Duration,
     what: &str,
 ) -> Result<BodyBytes, ApiError> {
+    let body = match body {
+        ReqBody::Stream(b) => b,
+        ReqBody::Buffered(b) if b.bytes.len() > max_bytes => {
+            return Err(too_large(what, b.bytes.len() as u64, max_bytes))
+        }
+        ReqBody::Buffered(b) => return Ok(b),
+    };
     let declared = match headers.get(CONTENT_LENGTH) {
         Some(v) => Some(
             v.to_str()

@@ -5,6 +5,7 @@
 //! `collapsed` when the answer is another caller's fill this request waited for.
 
 use super::body;
+use super::body::ReqBody;
 use super::input::{duration_param, json_body, query};
 use super::response::{self, Resp};
 use super::routes::{route, RouteDef};
@@ -12,7 +13,6 @@ use super::ServerState;
 use crate::cache::{Freshness, Lease, Lookup, PurgeTarget, PutOptions};
 use crate::error::ApiError;
 use bytes::Bytes;
-use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, AGE, CONTENT_TYPE};
 use hyper::Request;
 use serde::Deserialize;
@@ -70,7 +70,7 @@ pub async fn get(
     state: &ServerState,
     ns: &str,
     key: &str,
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
 ) -> Result<Resp, ApiError> {
     let q = query(req);
     let wait = duration_param(&q, "wait")?.map(Duration::from_millis);
@@ -134,7 +134,7 @@ pub async fn put(
     state: &ServerState,
     ns: &str,
     key: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Resp, ApiError> {
     crate::names::validate_name("namespace", ns)?;
     crate::names::validate_key(key)?;
@@ -217,11 +217,7 @@ struct PurgeReq {
     all: bool,
 }
 
-pub async fn purge(
-    state: &ServerState,
-    ns: &str,
-    req: Request<Incoming>,
-) -> Result<Resp, ApiError> {
+pub async fn purge(state: &ServerState, ns: &str, req: Request<ReqBody>) -> Result<Resp, ApiError> {
     crate::names::validate_name("namespace", ns)?;
     let body: PurgeReq = json_body(state, req).await?;
     let (target, label) = match (body.all, body.tags) {
@@ -250,7 +246,7 @@ struct FillErrorReq {
 pub async fn fill_error(
     state: &ServerState,
     ns: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Resp, ApiError> {
     crate::names::validate_name("namespace", ns)?;
     let body: FillErrorReq = json_body(state, req).await?;

@@ -1,5 +1,6 @@
 //! Event stream handlers: parse the request, call the events domain, render or stream the answer.
 
+use super::body::ReqBody;
 use super::input::{duration, duration_param, json_body, json_items, limit_param, query};
 use super::response::{self, Resp};
 use super::routes::{route, RouteDef};
@@ -9,7 +10,6 @@ use crate::events::apply::NewEvent;
 use crate::events::{model, parse_bucket, validate_name, EventOut, RangeQuery};
 use crate::util::parse_time_ms;
 use bytes::Bytes;
-use hyper::body::Incoming;
 use hyper::header::{ACCEPT, CONTENT_TYPE};
 use hyper::Request;
 use serde::Deserialize;
@@ -33,7 +33,7 @@ pub(super) const ROUTES: &[RouteDef] = &[
     route!("DELETE", "/v1/streams/{stream}", [], |s, p, r| {
         delete_stream(&s, p.get("stream")).await
     }),
-    route!("POST", "/v1/streams/{stream}/events", [], |s, p, r| append(
+    route!(idempotent "POST", "/v1/streams/{stream}/events", [], |s, p, r| append(
         &s,
         p.get("stream"),
         r
@@ -79,7 +79,7 @@ struct StreamReq {
 pub async fn put_stream(
     state: &ServerState,
     stream: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Resp, ApiError> {
     validate_name(stream)?;
     let r: StreamReq = json_body(state, req).await?;
@@ -165,7 +165,7 @@ impl EventReq {
 pub async fn append(
     state: &ServerState,
     stream: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Resp, ApiError> {
     validate_name(stream)?;
     let max = state.store.config().append_events_max;
@@ -236,7 +236,7 @@ async fn run_range(
 pub async fn range(
     state: &ServerState,
     stream: &str,
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
 ) -> Result<Resp, ApiError> {
     validate_name(stream)?;
     let q = query(req);
@@ -451,7 +451,7 @@ async fn follow(
 pub async fn counts(
     state: &ServerState,
     stream: &str,
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
 ) -> Result<Resp, ApiError> {
     validate_name(stream)?;
     let q = query(req);
@@ -477,7 +477,7 @@ pub async fn counts(
 pub async fn trim(
     state: &ServerState,
     stream: &str,
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
 ) -> Result<Resp, ApiError> {
     validate_name(stream)?;
     let q = query(req);

@@ -2,10 +2,10 @@
 //! and NDJSON bodies (bounded by `json_body_bytes_max` and the in-flight body budget).
 
 use super::body;
+use super::body::ReqBody;
 use super::ServerState;
 use crate::error::ApiError;
 use crate::util::parse_duration_ms;
-use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 use hyper::Request;
 use std::collections::HashMap;
@@ -34,7 +34,7 @@ pub(crate) fn limit_param(q: &HashMap<String, String>) -> Result<usize, ApiError
     }
 }
 
-pub(crate) fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+pub(crate) fn query(req: &Request<ReqBody>) -> HashMap<String, String> {
     req.uri()
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
@@ -44,7 +44,7 @@ pub(crate) fn query(req: &Request<Incoming>) -> HashMap<String, String> {
 /// Reads a JSON body into `T` (bounded by `json_body_bytes_max`).
 pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
     state: &ServerState,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<T, ApiError> {
     let cfg = state.store.config();
     let (parts, body) = req.into_parts();
@@ -67,7 +67,7 @@ pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
 /// naming the line. Returns the items and whether the body was NDJSON.
 pub(crate) async fn json_items<T, U>(
     state: &ServerState,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
     items_max: usize,
     what: &str,
     convert: impl Fn(T) -> Result<U, ApiError>,

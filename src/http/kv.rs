@@ -1,6 +1,7 @@
 //! KV handlers: parse the request, call the KV domain, render the answer.
 
 use super::body;
+use super::body::ReqBody;
 use super::input::{duration, json_body, limit_param, query};
 use super::response::{self, Resp};
 use super::routes::{route, RouteDef};
@@ -8,7 +9,6 @@ use super::ServerState;
 use crate::error::{ApiError, KvError};
 use crate::kv::{self, BatchOp, BatchOpResult, Cond, PutOptions};
 use base64::Engine as _;
-use hyper::body::Incoming;
 use hyper::header::{
     HeaderName, HeaderValue, CONTENT_TYPE, ETAG, EXPIRES, IF_MATCH, IF_NONE_MATCH,
 };
@@ -56,7 +56,7 @@ pub(super) const ROUTES: &[RouteDef] = &[
     route!("DELETE", "/v1/kv/{ns}", ["prefix", "all"], |s, p, r| {
         delete_prefix(&s, p.get("ns"), &r).await
     }),
-    route!("POST", "/v1/kv/{ns}:incr", [], |s, p, r| incr(
+    route!(idempotent "POST", "/v1/kv/{ns}:incr", [], |s, p, r| incr(
         &s,
         p.get("ns"),
         r
@@ -68,7 +68,7 @@ pub(super) const ROUTES: &[RouteDef] = &[
         r
     )
     .await),
-    route!("POST", "/v1/kv/{ns}:batchWrite", [], |s, p, r| batch_write(
+    route!(idempotent "POST", "/v1/kv/{ns}:batchWrite", [], |s, p, r| batch_write(
         &s,
         p.get("ns"),
         r
@@ -140,7 +140,7 @@ pub fn get(
     state: &ServerState,
     ns: &str,
     key: &str,
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
     head: bool,
 ) -> Result<Resp, ApiError> {
     let value = state.store.kv().get(ns, key)?.ok_or(KvError::NotFound)?;
@@ -173,7 +173,7 @@ pub async fn put(
     state: &ServerState,
     ns: &str,
     key: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Resp, ApiError> {
     // Validate everything cheap before reading the body.
     kv::validate_namespace(ns)?;
@@ -221,7 +221,7 @@ pub async fn delete(
     state: &ServerState,
     ns: &str,
     key: &str,
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
 ) -> Result<Resp, ApiError> {
     let cond = write_cond(req.headers())?;
     if cond == Cond::IfAbsent {
@@ -233,11 +233,7 @@ pub async fn delete(
     Ok(response::empty(204))
 }
 
-pub async fn list(
-    state: &ServerState,
-    ns: &str,
-    req: &Request<Incoming>,
-) -> Result<Resp, ApiError> {
+pub async fn list(state: &ServerState, ns: &str, req: &Request<ReqBody>) -> Result<Resp, ApiError> {
     let q = query(req);
     let prefix = q.get("prefix").cloned().unwrap_or_default();
     let limit = limit_param(&q)?;
@@ -253,7 +249,7 @@ pub async fn list(
 pub async fn delete_prefix(
     state: &ServerState,
     ns: &str,
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
 ) -> Result<Resp, ApiError> {
     let q = query(req);
     let prefix = q.get("prefix").cloned().unwrap_or_default();
@@ -283,7 +279,7 @@ fn one() -> i64 {
     1
 }
 
-pub async fn incr(state: &ServerState, ns: &str, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn incr(state: &ServerState, ns: &str, req: Request<ReqBody>) -> Result<Resp, ApiError> {
     kv::validate_namespace(ns)?;
     let r: IncrReq = json_body(state, req).await?;
     let ttl = r.ttl.as_deref().map(ttl_value).transpose()?;
@@ -305,7 +301,7 @@ struct BatchGetReq {
 pub async fn batch_get(
     state: &ServerState,
     ns: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Resp, ApiError> {
     kv::validate_namespace(ns)?;
     let r: BatchGetReq = json_body(state, req).await?;
@@ -349,7 +345,7 @@ enum BatchWriteOp {
 pub async fn batch_write(
     state: &ServerState,
     ns: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Resp, ApiError> {
     kv::validate_namespace(ns)?;
     let r: BatchWriteReq = json_body(state, req).await?;

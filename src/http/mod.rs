@@ -10,6 +10,7 @@ mod conns;
 mod events;
 mod health;
 mod hyper_errors;
+mod idempotent;
 mod input;
 mod kv;
 mod queue;
@@ -19,7 +20,7 @@ mod routes;
 mod status;
 pub mod tls;
 
-pub use router::{find_route, routes};
+pub use router::{find_route, idempotent_routes, routes};
 pub use routes::{check_query, match_template, Match, Params, RouteDef};
 
 use crate::Store;
@@ -122,7 +123,8 @@ fn service(
     Error = std::convert::Infallible,
     Future = impl Future<Output = Result<response::Resp, std::convert::Infallible>> + Send,
 > {
-    service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+    service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let mut req = req.map(body::ReqBody::Stream);
         req.extensions_mut().insert(access::Peer(conn.ip));
         if local {
             req.extensions_mut().insert(access::LocalAdmin);

@@ -1,5 +1,6 @@
 //! Queue handlers: parse the request, call the queue domain, render the answer.
 
+use super::body::ReqBody;
 use super::input::{duration, json_body, json_items, limit_param, query};
 use super::response::{self, Resp};
 use super::routes::{route, RouteDef};
@@ -9,7 +10,6 @@ use crate::queue::apply::Nack;
 use crate::queue::model::{Backoff, Job, QueueConfig, State};
 use crate::queue::{validate_name, NewJob};
 use crate::util::parse_time_ms;
-use hyper::body::Incoming;
 use hyper::Request;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -37,7 +37,7 @@ pub(super) const ROUTES: &[RouteDef] = &[
         false
     )
     .await),
-    route!("POST", "/v1/queues/{q}/jobs", [], |s, p, r| enqueue(
+    route!(idempotent "POST", "/v1/queues/{q}/jobs", [], |s, p, r| enqueue(
         &s,
         p.get("q"),
         r
@@ -197,7 +197,7 @@ impl EnqueueReq {
 pub async fn enqueue(
     state: &ServerState,
     q: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Resp, ApiError> {
     validate_name(q)?;
     let now = state.store.engine().now_ms();
@@ -322,7 +322,7 @@ struct JobsOut<T> {
 }
 
 /// `POST /v1/queues/{q}/claim`
-pub async fn claim(state: &ServerState, q: &str, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn claim(state: &ServerState, q: &str, req: Request<ReqBody>) -> Result<Resp, ApiError> {
     validate_name(q)?;
     let empty = req
         .headers()
@@ -403,7 +403,7 @@ pub async fn job_action(
     q: &str,
     id: &str,
     action: JobAction,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Resp, ApiError> {
     validate_name(q)?;
     let id = job_id(id)?;
@@ -498,7 +498,7 @@ fn state_param(
 }
 
 /// `GET /v1/queues/{q}/jobs?state=&limit=&after=`
-pub fn list_jobs(state: &ServerState, q: &str, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+pub fn list_jobs(state: &ServerState, q: &str, req: &Request<ReqBody>) -> Result<Resp, ApiError> {
     let params = query(req);
     let st = state_param(&params, true)?.unwrap_or(State::Ready);
     let limit = limit_param(&params)?;
@@ -517,11 +517,7 @@ pub fn list_jobs(state: &ServerState, q: &str, req: &Request<Incoming>) -> Resul
 }
 
 /// `DELETE /v1/queues/{q}/jobs?state=`
-pub async fn purge(
-    state: &ServerState,
-    q: &str,
-    req: &Request<Incoming>,
-) -> Result<Resp, ApiError> {
+pub async fn purge(state: &ServerState, q: &str, req: &Request<ReqBody>) -> Result<Resp, ApiError> {
     let st = state_param(&query(req), true)?.unwrap_or(State::Ready);
     let n = state.store.queues().purge(q, st).await?;
     Ok(response::json(200, &serde_json::json!({"purged": n})))
@@ -538,7 +534,7 @@ struct RequeueReq {
 pub async fn requeue(
     state: &ServerState,
     q: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Resp, ApiError> {
     validate_name(q)?;
     let r: RequeueReq = json_body(state, req).await?;
@@ -582,7 +578,7 @@ struct ConfigReq {
 pub async fn configure(
     state: &ServerState,
     q: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Resp, ApiError> {
     validate_name(q)?;
     let r: ConfigReq = json_body(state, req).await?;
@@ -688,7 +684,7 @@ fn schedule_out(s: &crate::queue::model::Schedule) -> ScheduleOut<'_> {
 pub async fn put_schedule(
     state: &ServerState,
     name: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Resp, ApiError> {
     crate::queue::schedules::validate_schedule_name(name)?;
     let r: ScheduleReq = json_body(state, req).await?;

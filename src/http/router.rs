@@ -1,10 +1,10 @@
 //! Request routing: the domains' route tables, and the one place errors become responses.
 
+use super::body::ReqBody;
 use super::response::{self, Resp};
 use super::routes::{self, RouteDef};
-use super::{access, admin, cache, events, health, kv, queue, status, ServerState};
+use super::{access, admin, cache, events, health, idempotent, kv, queue, status, ServerState};
 use crate::error::ApiError;
-use hyper::body::Incoming;
 use hyper::Request;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -40,8 +40,17 @@ pub fn routes() -> impl Iterator<Item = (&'static str, &'static str, &'static [&
         .map(|r| (r.method, r.path, r.query))
 }
 
+/// The (method, path template) of every route that takes an `Idempotency-Key`.
+pub fn idempotent_routes() -> impl Iterator<Item = (&'static str, &'static str)> {
+    TABLES
+        .iter()
+        .flat_map(|t| t.iter())
+        .filter(|r| r.idempotent)
+        .map(|r| (r.method, r.path))
+}
+
 /// The service function: never fails, every error is a JSON response.
-pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+pub async fn handle(state: Arc<ServerState>, req: Request<ReqBody>) -> Result<Resp, Infallible> {
     use futures_util::FutureExt;
     use tracing::Instrument;
     // Every log line of the request carries its id.
@@ -116,7 +125,7 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<R
 
 async fn dispatch(
     state: &Arc<ServerState>,
-    mut req: Request<Incoming>,
+    mut req: Request<ReqBody>,
     headers: &mut hyper::HeaderMap,
     matched: &mut Option<&'static RouteDef>,
 ) -> Result<Resp, ApiError> {
@@ -130,13 +139,18 @@ async fn dispatch(
     if let Some(access::Caller(Some(name))) = req.extensions().get() {
         tracing::Span::current().record("caller", &**name);
     }
+    if route.idempotent {
+        if let Some(key) = req.headers().get(idempotent::HEADER).cloned() {
+            return idempotent::run(state, route, params, req, &key).await;
+        }
+    }
     (route.handler)(state.clone(), params, req).await
 }
 
 /// What hyper leaves to the application (RFC 9112 §3.2, §6.1; RFC 9110 §8.4): exactly one
 /// `Host` on HTTP/1.1, no transfer coding but `chunked`, no content coding on a request body (a
 /// stored value would be the compressed bytes).
-fn check_framing(req: &Request<Incoming>) -> Result<(), ApiError> {
+fn check_framing(req: &Request<ReqBody>) -> Result<(), ApiError> {
     use hyper::header::{CONTENT_ENCODING, HOST, TRANSFER_ENCODING};
     let hosts = req.headers().get_all(HOST).iter().count();
     if hosts > 1 || (hosts == 0 && req.version() == hyper::Version::HTTP_11) {

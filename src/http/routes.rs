@@ -9,10 +9,10 @@
 //! - `{name}:verb`: one segment that ends in `:verb`, the capture is the text before it,
 //! - `{key}` as the last segment: the rest of the path, `/`s included, percent-decoded.
 
+use super::body::ReqBody;
 use super::response::Resp;
 use super::ServerState;
 use crate::error::ApiError;
-use hyper::body::Incoming;
 use hyper::Request;
 use std::future::Future;
 use std::pin::Pin;
@@ -22,7 +22,7 @@ use std::sync::Arc;
 pub type Reply = Pin<Box<dyn Future<Output = Result<Resp, ApiError>> + Send>>;
 
 /// A route's handler.
-pub type Handler = fn(Arc<ServerState>, Params, Request<Incoming>) -> Reply;
+pub type Handler = fn(Arc<ServerState>, Params, Request<ReqBody>) -> Reply;
 
 /// One route: a method on a path template.
 pub struct RouteDef {
@@ -31,11 +31,21 @@ pub struct RouteDef {
     /// The query parameters it reads; any other is a 400 naming it.
     pub query: &'static [&'static str],
     pub handler: Handler,
+    /// Takes an `Idempotency-Key` (a POST that creates something): its first response is kept
+    /// and replayed to retries ([`super::idempotent`]).
+    pub idempotent: bool,
 }
 
 /// Builds a [`RouteDef`] whose handler body is an expression over the named
-/// `Arc<ServerState>`, `Params` and `Request<Incoming>`.
+/// `Arc<ServerState>`, `Params` and `Request<ReqBody>`.
+/// `route!(idempotent "POST", …)` marks a route that takes an `Idempotency-Key`.
 macro_rules! route {
+    (idempotent $method:literal, $path:literal, [$($q:literal),* $(,)?], |$s:ident, $p:ident, $r:ident| $body:expr) => {
+        $crate::http::routes::RouteDef {
+            idempotent: true,
+            ..$crate::http::routes::route!($method, $path, [$($q),*], |$s, $p, $r| $body)
+        }
+    };
     ($method:literal, $path:literal, [$($q:literal),* $(,)?], |$s:ident, $p:ident, $r:ident| $body:expr) => {
         $crate::http::routes::RouteDef {
             method: $method,
@@ -47,6 +57,7 @@ macro_rules! route {
                     $body
                 })
             },
+            idempotent: false,
         }
     };
 }

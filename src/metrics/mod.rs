@@ -51,6 +51,13 @@ pub static UNAUTHORIZED: Counter = Counter::new();
 /// Requests refused 403 (scope or name prefix).
 pub static FORBIDDEN: Counter = Counter::new();
 
+/// Responses replayed for a retry carrying a kept `Idempotency-Key`.
+pub static IDEMPOTENT_REPLAYS: Counter = Counter::new();
+/// Retries refused 409 while the key's first request was running.
+pub static IDEMPOTENT_IN_PROGRESS: Counter = Counter::new();
+/// Requests refused 422: their key was first used with a different request.
+pub static IDEMPOTENT_MISMATCHES: Counter = Counter::new();
+
 pub fn record_status(status: u16) {
     match status {
         200..=299 => HTTP_2XX.inc(),
@@ -92,6 +99,24 @@ pub fn render(engine: &crate::engine::Engine, open_connections: usize) -> String
         "Requests refused 403: the token's scope or name prefixes do not cover them.",
         "counter",
         FORBIDDEN.get(),
+    );
+    line(
+        "shardbox_idempotency_replays_total",
+        "Kept responses replayed to a retry with the same Idempotency-Key and request.",
+        "counter",
+        IDEMPOTENT_REPLAYS.get(),
+    );
+    line(
+        "shardbox_idempotency_in_progress_total",
+        "Requests refused 409: their Idempotency-Key's first request was still running.",
+        "counter",
+        IDEMPOTENT_IN_PROGRESS.get(),
+    );
+    line(
+        "shardbox_idempotency_mismatches_total",
+        "Requests refused 422: their Idempotency-Key was first used with a different request.",
+        "counter",
+        IDEMPOTENT_MISMATCHES.get(),
     );
     line(
         "shardbox_connections_open",

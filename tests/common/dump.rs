@@ -8,14 +8,18 @@ use std::path::Path;
 /// (shard, table) → every (key, value), as bytes.
 pub type Dump = BTreeMap<(usize, String), Vec<(Vec<u8>, Vec<u8>)>>;
 
+/// The rows of `name` if its key and value types are `K`, `V`.
 fn rows<K: redb::Key + 'static, V: redb::Value + 'static>(
     txn: &redb::ReadTransaction,
     name: &str,
-) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let t = txn
-        .open_table(TableDefinition::<K, V>::new(name))
-        .unwrap_or_else(|e| panic!("open {name}: {e}"));
-    t.iter()
+) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let t = match txn.open_table(TableDefinition::<K, V>::new(name)) {
+        Ok(t) => t,
+        Err(redb::TableError::TableTypeMismatch { .. }) => return None,
+        Err(e) => panic!("open {name}: {e}"),
+    };
+    let rows = t
+        .iter()
         .unwrap()
         .map(|r| {
             let (k, v) = r.unwrap();
@@ -24,7 +28,8 @@ fn rows<K: redb::Key + 'static, V: redb::Value + 'static>(
             let vb = V::as_bytes(&vv).as_ref().to_vec();
             (kb, vb)
         })
-        .collect()
+        .collect();
+    Some(rows)
 }
 
 /// Every table of every shard file under `dir/shards`. `skip_meta_lsn` leaves out the META
@@ -43,12 +48,12 @@ pub fn dump(dir: &Path, skip_meta_lsn: bool) -> Dump {
         let txn = db.begin_read().unwrap();
         for h in txn.list_tables().unwrap() {
             let name = h.name().to_string();
-            let mut r = match name.as_str() {
-                "meta" => rows::<&str, u64>(&txn, &name),
-                "cache_generations" => rows::<&[u8], u64>(&txn, &name),
-                "kv_expiry" | "q_index" | "q_timers" => rows::<&[u8], ()>(&txn, &name),
-                _ => rows::<&[u8], &[u8]>(&txn, &name),
-            };
+            // Every (key, value) type pair shardbox's tables use, tried in turn.
+            let mut r = rows::<&[u8], &[u8]>(&txn, &name)
+                .or_else(|| rows::<&[u8], ()>(&txn, &name))
+                .or_else(|| rows::<&[u8], u64>(&txn, &name))
+                .or_else(|| rows::<&str, u64>(&txn, &name))
+                .unwrap_or_else(|| panic!("table {name} has a type pair the dump does not know"));
             if skip_meta_lsn && name == "meta" {
                 r.retain(|(k, _)| k.as_slice() != b"lsn");
             }
