@@ -23,6 +23,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod export;
 pub mod failpoint;
 pub mod fuzzing;
 pub mod http;

@@ -29,6 +29,12 @@ enum Command {
     Restore(RestoreArgs),
     /// Give the free space inside stopped shard files back to the filesystem.
     Compact(CompactArgs),
+    /// Write every KV value, stream, event, queue, job and schedule as NDJSON (the portable
+    /// format), from the running server (through its admin socket) or a stopped directory.
+    Export(ExportArgs),
+    /// Load an NDJSON export into a stopped data directory (created if absent), through the
+    /// same checks as the HTTP API.
+    Import(ImportArgs),
     /// Manage bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -54,6 +60,24 @@ struct RestoreArgs {
     /// Replace the data of a non-empty data directory.
     #[arg(long)]
     force: bool,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The file to write (`-` for stdout); refuses an existing file.
+    #[arg(long, default_value = "-")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The export file to read.
+    #[arg(long = "in")]
+    input: PathBuf,
 }
 
 #[derive(Args)]
@@ -138,6 +162,8 @@ fn main() -> ExitCode {
         Command::Backup(args) => backup(args),
         Command::Restore(args) => restore(args),
         Command::Compact(args) => compact(args),
+        Command::Export(args) => export(args),
+        Command::Import(args) => import(args),
         Command::Token(TokenCommand::New(args)) => token_new(args),
         Command::Token(TokenCommand::Hash) => token_hash(),
     };
@@ -368,6 +394,149 @@ fn restore(args: RestoreArgs) -> Result<ExitCode, String> {
         "restored {bytes} bytes from {} into {} (checksums verified)",
         args.from.display(),
         args.data.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export(args: ExportArgs) -> Result<ExitCode, String> {
+    use std::io::Write;
+    let config = resolve(&args.common, Vec::new())?;
+    let to_stdout = args.out.as_os_str() == "-";
+    // A new file only: an export is never written over something.
+    let mut out: Box<dyn Write> = if to_stdout {
+        Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
+    } else {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&args.out)
+            .map_err(|e| format!("--out {}: {e}", args.out.display()))?;
+        Box::new(std::io::BufWriter::new(f))
+    };
+    let done = |what: &str| {
+        if !to_stdout {
+            eprintln!("export: {what} written to {}", args.out.display());
+        }
+    };
+    let socket = shardbox::http::admin_socket_path(&config.data_dir);
+    if socket.exists() && export_through_socket(&socket, &mut out)? {
+        out.flush()
+            .map_err(|e| format!("writing the export: {e}"))?;
+        done("the running server's records");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !config.data_dir.join("MANIFEST").exists() {
+        return Err(format!(
+            "{} has no MANIFEST: not a shardbox data directory",
+            config.data_dir.display()
+        ));
+    }
+    let store = shardbox::Store::open(config).map_err(|e| e.to_string())?;
+    let progress = shardbox::progress::Progress::for_stderr("export: records");
+    let counts = shardbox::export::export(&store, &mut out, &progress);
+    store.close();
+    let counts = counts?;
+    out.flush()
+        .map_err(|e| format!("writing the export: {e}"))?;
+    eprintln!(
+        "export: {}",
+        serde_json::to_string(&counts).map_err(|e| e.to_string())?
+    );
+    done("every record");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Streams `GET /v1/admin/export` from the running server into `out`; false when no server
+/// answers on the socket (a file left behind).
+fn export_through_socket(
+    socket: &std::path::Path,
+    out: &mut dyn std::io::Write,
+) -> Result<bool, String> {
+    use http_body_util::{BodyExt, Empty};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let Ok(stream) = tokio::net::UnixStream::connect(socket).await else {
+            return Ok(false);
+        };
+        eprintln!("export: the server is running; exporting through it (online)");
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("admin socket: {e}"))?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get("/v1/admin/export")
+            .header("host", "localhost")
+            .body(Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("admin socket: {e}"))?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let text = body
+                .collect()
+                .await
+                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                .unwrap_or_default();
+            return Err(format!("the server refused the export ({status}): {text}"));
+        }
+        let progress = shardbox::progress::Progress::for_stderr("export: bytes");
+        let mut tail = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("admin socket: {e}"))?;
+            if let Ok(data) = frame.into_data() {
+                out.write_all(&data)
+                    .map_err(|e| format!("writing the export: {e}"))?;
+                progress.inc(data.len() as u64);
+                // Keep the last line's start to check the end marker.
+                tail.extend_from_slice(&data);
+                if tail.len() > 4096 {
+                    tail.drain(..tail.len() - 4096);
+                }
+            }
+        }
+        progress.finish();
+        let last = tail
+            .trim_ascii_end()
+            .rsplit(|b| *b == b'\n')
+            .next()
+            .unwrap_or_default();
+        if !last.starts_with(br#"{"type":"end""#) {
+            return Err(
+                "the server's export stopped before its end (see the server log); the file is incomplete".into(),
+            );
+        }
+        Ok(true)
+    })
+}
+
+fn import(args: ImportArgs) -> Result<ExitCode, String> {
+    let config = resolve(&args.common, Vec::new())?;
+    let open = || {
+        std::fs::File::open(&args.input)
+            .map(std::io::BufReader::new)
+            .map_err(|e| format!("--in {}: {e}", args.input.display()))
+    };
+    let records = shardbox::export::verify(&mut open()?)
+        .map_err(|e| format!("{}: {e}", args.input.display()))?;
+    let store = shardbox::Store::open(config).map_err(|e| e.to_string())?;
+    let progress = shardbox::progress::Progress::for_stderr("import: records");
+    progress.set_total(records + 2);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let counts = rt.block_on(shardbox::export::import(&store, &mut open()?, &progress));
+    store.close();
+    let counts = counts.map_err(|e| format!("{}: {e}", args.input.display()))?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&counts).map_err(|e| e.to_string())?
     );
     Ok(ExitCode::SUCCESS)
 }

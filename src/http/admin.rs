@@ -1,5 +1,5 @@
 //! Admin routes (scope `admin`; open on the data directory's `admin.sock` to whoever may
-//! open that file): online backup.
+//! open that file): online backup and export.
 
 use super::body::ReqBody;
 use super::input::json_body;
@@ -11,10 +11,68 @@ use hyper::Request;
 use serde::Deserialize;
 use std::path::PathBuf;
 
-pub(super) const ROUTES: &[RouteDef] = &[route!("POST", "/v1/admin/backup", [], |s, p, r| backup(
-    &s, r
-)
-.await)];
+pub(super) const ROUTES: &[RouteDef] = &[
+    route!("POST", "/v1/admin/backup", [], |s, p, r| backup(&s, r)
+        .await),
+    route!("GET", "/v1/admin/export", [], |s, p, r| export(&s).await),
+];
+
+/// One export at a time per process (each holds read transactions open while it streams).
+static EXPORTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Streams every record as NDJSON ([`crate::export`]), read from read transactions while the
+/// server runs. A slow reader slows the export (the channel is bounded); one that hangs up
+/// stops it. A failure midway ends the body without the `end` line, which import refuses.
+async fn export(state: &ServerState) -> Result<Resp, ApiError> {
+    let Ok(running) = EXPORTING.try_lock() else {
+        let mut e = ApiError::new(
+            409,
+            "export_running",
+            "an export is already running; retry when it is done",
+        );
+        e.retry_after_s = Some(5);
+        return Err(e);
+    };
+    let (resp, tx) = response::channel(200, "application/x-ndjson", 16);
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let _running = running;
+        let mut w = ChannelWriter {
+            tx,
+            buf: Vec::new(),
+        };
+        match crate::export::export(&store, &mut w, &crate::progress::Progress::quiet()) {
+            Ok(n) => tracing::info!(kv = n.kv, events = n.events, jobs = n.jobs, "export done"),
+            Err(e) => tracing::warn!(error = %e, "export stopped"),
+        }
+    });
+    Ok(resp)
+}
+
+/// Writes into a streamed response in 64 KiB chunks, waiting while the client is behind.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= 64 << 10 {
+            self.flush()?;
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = bytes::Bytes::from(std::mem::take(&mut self.buf));
+        self.tx.blocking_send(chunk).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+        })
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
