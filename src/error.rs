@@ -412,6 +412,15 @@ impl ApiError {
             allow: None,
         }
     }
+    /// A 500 for a failure the client cannot act on (a panic, a task that died); the details
+    /// go to the server log, not the client.
+    pub fn internal() -> Self {
+        Self::new(
+            500,
+            "internal",
+            "internal error while handling the request (see the server log)",
+        )
+    }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "bad_request", message)
     }

@@ -184,11 +184,16 @@ pub struct Counts {
     pub schedules: u64,
     /// Dead jobs in the file that import left out.
     pub dead_jobs_skipped: u64,
+    /// Values that expired, and events older than their stream's retention, since the export.
+    pub expired_skipped: u64,
 }
 
+/// Stored JSON as it goes into a line: verbatim, on one line (a job payload is stored as it
+/// was sent, pretty-printed ones included).
 fn raw(what: &str, json: Vec<u8>) -> Result<Box<RawValue>, String> {
     String::from_utf8(json)
         .ok()
+        .map(|s| crate::util::one_line(&s).into_owned())
         .and_then(|s| RawValue::from_string(s).ok())
         .ok_or_else(|| format!("{what}: the stored JSON is damaged (run shardbox check)"))
 }
@@ -274,7 +279,12 @@ pub fn export(store: &Store, out: &mut dyn Write, progress: &Progress) -> Result
                 after,
                 ..RangeQuery::default()
             };
-            let (batch, more) = events.range(&s.name, &q).map_err(|e| err(&e))?;
+            let (batch, more) = match events.range(&s.name, &q) {
+                Ok(r) => r,
+                // Dropped while the export ran: it is simply not in it.
+                Err(crate::error::EventError::StreamNotFound(_)) => break,
+                Err(e) => return Err(err(&e)),
+            };
             for e in &batch {
                 w.line(&Line::Event(Event {
                     stream: s.name.clone(),
@@ -380,49 +390,126 @@ fn next_line(input: &mut dyn BufRead, buf: &mut Vec<u8>) -> Result<Option<()>, S
     Ok(Some(()))
 }
 
-/// Parses every line of `input` and checks the header and the `end` count; writes nothing.
-/// Returns the number of records.
-pub fn verify(input: &mut dyn BufRead) -> Result<u64, String> {
-    let mut buf = Vec::new();
-    let mut n: u64 = 0;
-    let mut ended = false;
-    while next_line(input, &mut buf)?.is_some() {
-        n += 1;
+/// A KV line's value bytes: exactly one of `value` and `value_b64`.
+fn kv_value(kv: &Kv) -> Result<Vec<u8>, String> {
+    match (&kv.value, &kv.value_b64) {
+        (Some(v), None) => Ok(v.clone().into_bytes()),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map_err(|e| format!("value_b64: {e}")),
+        _ => Err("a kv line needs exactly one of value and value_b64".into()),
+    }
+}
+
+fn job_state(state: &str) -> Result<State, String> {
+    State::parse(state)
+        .ok_or_else(|| format!("state `{state}`: one of ready, delayed, in_flight, dead"))
+}
+
+/// The shape of a file, line by line: a header first, an `end` line last counting every line,
+/// nothing after it; every record converts (base64, job states). Both passes of an import run
+/// it, so a file that changed between them is caught too.
+#[derive(Default)]
+struct Shape {
+    lines: u64,
+    ended: bool,
+}
+
+impl Shape {
+    /// Parses line `buf` (the next one) and checks it in its place.
+    fn line(&mut self, buf: &[u8]) -> Result<Line, String> {
+        self.lines += 1;
+        let n = self.lines;
+        if self.ended {
+            return Err(format!("line {n}: data after the end line"));
+        }
         if buf.iter().all(u8::is_ascii_whitespace) {
             return Err(format!("line {n}: empty"));
         }
-        if ended {
-            return Err(format!("line {n}: data after the end line"));
-        }
-        let line = parse_line(&buf).map_err(|e| format!("line {n}: {e}"))?;
-        match line {
-            Line::Header(Header {
-                format, version, ..
-            }) if n == 1 && (format != FORMAT || version != VERSION) => {
+        let line = parse_line(buf).map_err(|e| format!("line {n}: {e}"))?;
+        match &line {
+            Line::Header(h) if n == 1 && (h.format != FORMAT || h.version != VERSION) => {
                 return Err(format!(
-                    "line 1: a {format} version {version} file; this shardbox reads {FORMAT} version {VERSION}"
+                    "line 1: a {} version {} file; this shardbox reads {FORMAT} version {VERSION}",
+                    h.format, h.version
                 ));
             }
             Line::Header(_) if n == 1 => {}
             _ if n == 1 => return Err("line 1: not a shardbox export header".into()),
-            Line::Header(Header { .. }) => return Err(format!("line {n}: a second header")),
-            Line::End(End { lines }) => {
-                if lines != n {
-                    return Err(format!(
-                        "line {n}: the end line counts {lines} lines, the file has {n}"
-                    ));
-                }
-                ended = true;
+            Line::Header(_) => return Err(format!("line {n}: a second header")),
+            Line::End(End { lines }) if *lines != n => {
+                return Err(format!(
+                    "line {n}: the end line counts {lines} lines, the file has {n}"
+                ))
+            }
+            Line::End(_) => self.ended = true,
+            Line::Kv(kv) => {
+                kv_value(kv).map_err(|e| format!("line {n}: {e}"))?;
+            }
+            Line::Job(j) => {
+                job_state(&j.state).map_err(|e| format!("line {n}: {e}"))?;
             }
             _ => {}
         }
+        Ok(line)
     }
-    if !ended {
-        return Err(format!(
-            "the file ends after {n} lines without its end line: it is truncated; nothing was imported"
-        ));
+
+    fn finish(&self) -> Result<(), String> {
+        if !self.ended {
+            return Err(format!(
+                "the file ends after {} lines without its end line: it is truncated",
+                self.lines
+            ));
+        }
+        Ok(())
     }
-    Ok(n.saturating_sub(2))
+}
+
+/// Checks a whole file (every line parsed and converted, the header and the `end` count);
+/// writes nothing. Returns the number of records.
+pub fn verify(input: &mut dyn BufRead) -> Result<u64, String> {
+    let mut buf = Vec::new();
+    let mut shape = Shape::default();
+    while next_line(input, &mut buf)?.is_some() {
+        shape.line(&buf)?;
+    }
+    shape
+        .finish()
+        .map_err(|e| format!("{e}; nothing was imported"))?;
+    Ok(shape.lines.saturating_sub(2))
+}
+
+/// Checks, as it streams by, that an export ends with its `end` line and that the line counts
+/// agree (the CLI writing an online export to stdout, where it cannot read it back).
+#[derive(Default)]
+pub struct EndCheck {
+    lines: u64,
+    last: Vec<u8>,
+}
+
+impl EndCheck {
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while let Some(i) = data.iter().position(|b| *b == b'\n') {
+            self.lines += 1;
+            self.last.clear();
+            self.last.extend_from_slice(&data[..i]);
+            data = &data[i + 1..];
+        }
+        // A partial line: kept until its newline arrives (bounded: an end line is short).
+        if !data.is_empty() && self.last.len() < 4096 {
+            self.last.extend_from_slice(data);
+        }
+    }
+
+    pub fn finish(&self) -> Result<(), String> {
+        match parse_line(&self.last) {
+            Ok(Line::End(End { lines })) if lines == self.lines => Ok(()),
+            _ => Err(format!(
+                "the export stopped after {} lines, before its end line: it is incomplete",
+                self.lines
+            )),
+        }
+    }
 }
 
 /// Events or jobs gathered for one append or enqueue, from consecutive lines starting at the
@@ -444,234 +531,207 @@ fn lines_of(first: u64, n: usize) -> String {
     }
 }
 
-/// Imports a file that [`verify`] accepted (reading it again from the start). Stops at the
-/// first record the store refuses, naming its line; what came before it stays imported.
+/// A put waiting to be sent: (line, namespace, key, value, options).
+type Put = (u64, String, String, Vec<u8>, PutOptions);
+
+/// Puts sent at once (the shard writers commit them in groups).
+const PUTS_AT_ONCE: usize = 256;
+
+/// Sends buffered puts, [`PUTS_AT_ONCE`] at a time. On a refusal, puts of nearby lines may have
+/// been applied too; the error names the refused line.
+async fn flush_puts(store: &Store, puts: &mut Vec<Put>) -> Result<(), String> {
+    use futures_util::StreamExt;
+    let kv = store.kv();
+    let mut results = futures_util::stream::iter(puts.drain(..).map(
+        |(line, ns, key, value, opts)| async move {
+            kv.put(&ns, &key, value, opts)
+                .await
+                .map_err(|e| format!("line {line}: kv {ns}/{key}: {e}"))
+        },
+    ))
+    .buffer_unordered(PUTS_AT_ONCE);
+    while let Some(r) = results.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+/// Sends the pending append or enqueue.
+async fn flush(store: &Store, pending: &mut Pending) -> Result<(), String> {
+    match std::mem::replace(pending, Pending::None) {
+        Pending::None => Ok(()),
+        Pending::Events(s, evs, first) => {
+            let at = lines_of(first, evs.len());
+            store
+                .events()
+                .append(&s, evs)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{at}: stream {s}: {e}"))
+        }
+        Pending::Jobs(q, jobs, first) => {
+            let at = lines_of(first, jobs.len());
+            store
+                .queues()
+                .enqueue(&q, jobs)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{at}: queue {q}: {e}"))
+        }
+    }
+}
+
+/// Imports a file that [`verify`] accepted (reading it again from the start, checking its
+/// shape again). Stops at the first record the store refuses, naming its line; what came before
+/// it stays imported. Memory is bounded by `json_body_bytes_max` per group of puts, events or
+/// jobs (and the API's batch sizes).
 pub async fn import(
     store: &Store,
     input: &mut dyn BufRead,
     progress: &Progress,
 ) -> Result<Counts, String> {
-    use futures_util::StreamExt;
     let mut n = Counts::default();
     let mut buf = Vec::new();
-    let mut lineno: u64 = 0;
+    let mut shape = Shape::default();
     let mut pending = Pending::None;
-    let mut puts: Vec<(u64, String, String, Vec<u8>, PutOptions)> = Vec::new();
+    let mut pending_bytes = 0usize;
+    let mut puts: Vec<Put> = Vec::new();
+    let mut put_bytes = 0usize;
+    let bytes_max = store.config().json_body_bytes_max;
     let append_max = store.events().limits().append_events_max;
     let enqueue_max = store.queues().limits().enqueue_batch_max;
+    // Streams' retention as the file sets it: older events are skipped, as expired values are.
+    let mut retention: std::collections::HashMap<String, u64> = Default::default();
     let now = store.engine().now_ms();
 
-    // Puts run concurrently so the shard writers can commit them in groups.
-    async fn flush_puts(
-        store: &Store,
-        puts: &mut Vec<(u64, String, String, Vec<u8>, PutOptions)>,
-    ) -> Result<(), String> {
-        let kv = store.kv();
-        let mut results = futures_util::stream::iter(puts.drain(..).map(
-            |(line, ns, key, value, opts)| async move {
-                kv.put(&ns, &key, value, opts)
-                    .await
-                    .map_err(|e| format!("line {line}: kv {ns}/{key}: {e}"))
-            },
-        ))
-        .buffer_unordered(256);
-        while let Some(r) = results.next().await {
-            r?;
-        }
-        Ok(())
-    }
-    async fn flush(store: &Store, pending: &mut Pending) -> Result<(), String> {
-        match std::mem::replace(pending, Pending::None) {
-            Pending::None => Ok(()),
-            Pending::Events(s, evs, first) => {
-                let at = lines_of(first, evs.len());
-                store
-                    .events()
-                    .append(&s, evs)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("{at}: stream {s}: {e}"))
-            }
-            Pending::Jobs(q, jobs, first) => {
-                let at = lines_of(first, jobs.len());
-                store
-                    .queues()
-                    .enqueue(&q, jobs)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("{at}: queue {q}: {e}"))
-            }
-        }
-    }
-
     while next_line(input, &mut buf)?.is_some() {
-        lineno += 1;
-        let line = parse_line(&buf).map_err(|e| format!("line {lineno}: {e}"))?;
-        // A line of another kind (or another stream or queue) ends the pending group.
+        let line = shape.line(&buf)?;
+        let lineno = shape.lines;
+        progress.inc(1);
+        let size = buf.len();
+        // A line of another kind (or another stream or queue), a full group, or a dead job
+        // (skipped: it must not shift the line numbers of a group) ends the pending group.
         let same_group = match (&pending, &line) {
-            (Pending::Events(s, v, _), Line::Event(Event { stream, .. })) => {
-                s == stream && v.len() < append_max
-            }
-            (Pending::Jobs(q, v, _), Line::Job(Job { queue, .. })) => {
-                q == queue && v.len() < enqueue_max
-            }
             (Pending::None, _) => true,
+            (Pending::Events(s, v, _), Line::Event(e)) => s == &e.stream && v.len() < append_max,
+            (Pending::Jobs(q, v, _), Line::Job(j)) => {
+                q == &j.queue && v.len() < enqueue_max && j.state != "dead"
+            }
             _ => false,
         };
-        if !same_group {
+        if !same_group || pending_bytes + size > bytes_max {
             flush(store, &mut pending).await?;
+            pending_bytes = 0;
         }
-        if !matches!(line, Line::Kv(Kv { .. })) && !puts.is_empty() {
+        if (!matches!(line, Line::Kv(_)) && !puts.is_empty()) || put_bytes + size > bytes_max {
             flush_puts(store, &mut puts).await?;
+            put_bytes = 0;
         }
         match line {
-            Line::Header(Header { .. }) | Line::End(End { .. }) => {}
-            Line::Kv(Kv {
-                ns,
-                key,
-                value,
-                value_b64,
-                content_type,
-                expires_at_ms,
-            }) => {
-                let bytes = match (value, value_b64) {
-                    (Some(v), None) => v.into_bytes(),
-                    (None, Some(b)) => base64::engine::general_purpose::STANDARD
-                        .decode(b)
-                        .map_err(|e| format!("line {lineno}: value_b64: {e}"))?,
-                    _ => {
-                        return Err(format!(
-                            "line {lineno}: a kv line needs exactly one of value and value_b64"
-                        ))
+            Line::Header(_) | Line::End(_) => {}
+            Line::Kv(kv) => {
+                let bytes = kv_value(&kv).map_err(|e| format!("line {lineno}: {e}"))?;
+                let ttl_ms = match kv.expires_at_ms {
+                    Some(at) if at <= now => {
+                        n.expired_skipped += 1;
+                        continue;
                     }
-                };
-                let ttl_ms = match expires_at_ms {
-                    Some(at) if at <= now => continue, // expired since the export
                     Some(at) => Some(at - now),
                     None => None,
                 };
                 let opts = PutOptions {
                     ttl_ms,
-                    content_type,
+                    content_type: kv.content_type,
                     ..PutOptions::default()
                 };
-                puts.push((lineno, ns, key, bytes, opts));
+                puts.push((lineno, kv.ns, kv.key, bytes, opts));
+                put_bytes += size;
                 n.kv += 1;
-                if puts.len() >= 4096 {
-                    flush_puts(store, &mut puts).await?;
-                }
             }
-            Line::Stream(Stream {
-                name,
-                bucket_ms,
-                retention_ms,
-            }) => {
+            Line::Stream(s) => {
                 store
                     .events()
-                    .configure(&name, Some(bucket_ms), Some(retention_ms))
+                    .configure(&s.name, Some(s.bucket_ms), Some(s.retention_ms))
                     .await
-                    .map_err(|e| format!("line {lineno}: stream {name}: {e}"))?;
+                    .map_err(|e| format!("line {lineno}: stream {}: {e}", s.name))?;
+                retention.insert(s.name, s.retention_ms);
                 n.streams += 1;
             }
-            Line::Event(Event {
-                stream,
-                ts,
-                kind,
-                data,
-                ..
-            }) => {
-                let e = NewEvent {
-                    ts: Some(ts),
-                    kind,
-                    data: data.get().as_bytes().to_vec(),
+            Line::Event(e) => {
+                let keep = retention.get(&e.stream).copied().unwrap_or(0);
+                if keep > 0 && e.ts < now.saturating_sub(keep) {
+                    n.expired_skipped += 1;
+                    continue;
+                }
+                let ev = NewEvent {
+                    ts: Some(e.ts),
+                    kind: e.kind,
+                    data: e.data.get().as_bytes().to_vec(),
                 };
                 match &mut pending {
-                    Pending::Events(_, v, _) => v.push(e),
-                    p => *p = Pending::Events(stream, vec![e], lineno),
+                    Pending::Events(_, v, _) => v.push(ev),
+                    p => *p = Pending::Events(e.stream, vec![ev], lineno),
                 }
+                pending_bytes += size;
                 n.events += 1;
             }
-            Line::Queue(Queue {
-                name,
-                paused,
-                max_depth,
-                default_lease_ms,
-                max_attempts,
-                backoff,
-            }) => {
+            Line::Queue(q) => {
                 let config = QueueConfig {
-                    max_depth,
-                    default_lease_ms,
-                    max_attempts,
-                    backoff,
+                    max_depth: q.max_depth,
+                    default_lease_ms: q.default_lease_ms,
+                    max_attempts: q.max_attempts,
+                    backoff: q.backoff,
                 };
                 store
                     .queues()
-                    .configure(&name, Some(config), Some(paused))
+                    .configure(&q.name, Some(config), Some(q.paused))
                     .await
-                    .map_err(|e| format!("line {lineno}: queue {name}: {e}"))?;
+                    .map_err(|e| format!("line {lineno}: queue {}: {e}", q.name))?;
                 n.queues += 1;
             }
-            Line::Job(Job {
-                queue,
-                state,
-                payload,
-                priority,
-                run_at_ms,
-                max_attempts,
-                backoff,
-                ..
-            }) => {
-                let state = State::parse(&state).ok_or_else(|| {
-                    format!(
-                        "line {lineno}: state `{state}`: one of ready, delayed, in_flight, dead"
-                    )
-                })?;
+            Line::Job(j) => {
+                let state = job_state(&j.state).map_err(|e| format!("line {lineno}: {e}"))?;
                 if state == State::Dead {
                     n.dead_jobs_skipped += 1;
                     continue;
                 }
                 let job = NewJob {
-                    payload: payload.get().as_bytes().to_vec(),
-                    priority,
-                    run_at_ms: (state == State::Delayed).then_some(run_at_ms),
-                    max_attempts: Some(max_attempts),
-                    backoff: Some(backoff),
+                    payload: j.payload.get().as_bytes().to_vec(),
+                    priority: j.priority,
+                    run_at_ms: (state == State::Delayed).then_some(j.run_at_ms),
+                    max_attempts: Some(j.max_attempts),
+                    backoff: Some(j.backoff),
                     ..NewJob::default()
                 };
                 match &mut pending {
                     Pending::Jobs(_, v, _) => v.push(job),
-                    p => *p = Pending::Jobs(queue, vec![job], lineno),
+                    p => *p = Pending::Jobs(j.queue, vec![job], lineno),
                 }
+                pending_bytes += size;
                 n.jobs += 1;
             }
-            Line::Schedule(Schedule {
-                name,
-                cron,
-                queue,
-                payload,
-                priority,
-                max_attempts,
-            }) => {
+            Line::Schedule(s) => {
                 let spec = ScheduleSpec {
-                    cron,
-                    queue,
-                    payload: payload.get().as_bytes().to_vec(),
-                    priority,
-                    max_attempts,
+                    cron: s.cron,
+                    queue: s.queue,
+                    payload: s.payload.get().as_bytes().to_vec(),
+                    priority: s.priority,
+                    max_attempts: s.max_attempts,
                 };
                 store
                     .queues()
-                    .put_schedule(&name, spec)
+                    .put_schedule(&s.name, spec)
                     .await
-                    .map_err(|e| format!("line {lineno}: schedule {name}: {e}"))?;
+                    .map_err(|e| format!("line {lineno}: schedule {}: {e}", s.name))?;
                 n.schedules += 1;
             }
         }
-        progress.inc(1);
     }
     flush(store, &mut pending).await?;
     flush_puts(store, &mut puts).await?;
+    shape
+        .finish()
+        .map_err(|e| format!("{e} (the file changed after it was verified?)"))?;
     progress.finish();
     Ok(n)
 }

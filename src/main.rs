@@ -75,9 +75,13 @@ struct ExportArgs {
 struct ImportArgs {
     #[command(flatten)]
     common: Common,
-    /// The export file to read.
+    /// The export file to read (a file: it is read twice, to verify and then to load).
     #[arg(long = "in")]
     input: PathBuf,
+    /// Add to a data directory that already holds data (importing the same file twice adds
+    /// its events and jobs twice).
+    #[arg(long)]
+    merge: bool,
 }
 
 #[derive(Args)]
@@ -486,37 +490,40 @@ fn export_through_socket(
             return Err(format!("the server refused the export ({status}): {text}"));
         }
         let progress = shardbox::progress::Progress::for_stderr("export: bytes");
-        let mut tail = Vec::new();
+        let mut end = shardbox::export::EndCheck::default();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| format!("admin socket: {e}"))?;
             if let Ok(data) = frame.into_data() {
                 out.write_all(&data)
                     .map_err(|e| format!("writing the export: {e}"))?;
                 progress.inc(data.len() as u64);
-                // Keep the last line's start to check the end marker.
-                tail.extend_from_slice(&data);
-                if tail.len() > 4096 {
-                    tail.drain(..tail.len() - 4096);
-                }
+                end.feed(&data);
             }
         }
         progress.finish();
-        let last = tail
-            .trim_ascii_end()
-            .rsplit(|b| *b == b'\n')
-            .next()
-            .unwrap_or_default();
-        if !last.starts_with(br#"{"type":"end""#) {
-            return Err(
-                "the server's export stopped before its end (see the server log); the file is incomplete".into(),
-            );
-        }
+        end.finish()
+            .map_err(|e| format!("{e} (see the server log)"))?;
         Ok(true)
     })
 }
 
 fn import(args: ImportArgs) -> Result<ExitCode, String> {
     let config = resolve(&args.common, Vec::new())?;
+    if !std::fs::metadata(&args.input).is_ok_and(|m| m.is_file()) {
+        return Err(format!(
+            "--in {}: give a file (import reads it twice: once to verify it, once to load it)",
+            args.input.display()
+        ));
+    }
+    let has_data = std::fs::read_dir(&config.data_dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if has_data && !args.merge {
+        return Err(format!(
+            "{} is not empty: import into a new directory, or pass --merge to add to it",
+            config.data_dir.display()
+        ));
+    }
     let open = || {
         std::fs::File::open(&args.input)
             .map(std::io::BufReader::new)

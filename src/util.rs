@@ -82,6 +82,17 @@ pub fn check_stored_json(what: &'static str, text: &[u8]) -> Result<(), Invalid>
     check_json_depth(what, text)
 }
 
+/// JSON text on one line, so NDJSON and SSE output stay well-formed. In valid JSON a raw CR or
+/// LF can only be whitespace (inside strings they are escaped), so replacing them with spaces
+/// changes nothing else: key order, duplicates and numbers stay as sent.
+pub fn one_line(json: &str) -> std::borrow::Cow<'_, str> {
+    if json.contains(['\n', '\r']) {
+        std::borrow::Cow::Owned(json.replace(['\n', '\r'], " "))
+    } else {
+        std::borrow::Cow::Borrowed(json)
+    }
+}
+
 /// Checks that a stored JSON document stays within [`JSON_DEPTH_MAX`]; the error names `what`.
 pub fn check_json_depth(what: &'static str, text: &[u8]) -> Result<(), Invalid> {
     let depth = json_depth(text);

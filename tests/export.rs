@@ -125,10 +125,15 @@ async fn fill(c: &mut Client) {
             .await;
         assert_eq!(r.status, 201, "{}", r.text());
     }
+    // Stored as sent, line breaks and all: the export must still be one line per record.
+    let pretty =
+        "{\n  \"payload\": {\n    \"to\": [\n      \"x\"\n    ]\n  },\n  \"delay\": \"1h\"\n}";
     let r = c
-        .post_json(
+        .send(
+            "POST",
             "/v1/queues/mail/jobs",
-            json!({"payload": "later", "delay": "1h"}),
+            &[("content-type", "application/json")],
+            pretty,
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
@@ -202,6 +207,11 @@ async fn export_online_equals_offline_and_round_trips_through_import() {
     assert_eq!(of_type(&off, "kv").len(), 4);
     assert_eq!(of_type(&off, "event").len(), 4);
     assert_eq!(of_type(&off, "job").len(), 5);
+    let delayed = of_type(&off, "job")
+        .into_iter()
+        .find(|j| j["state"] == "delayed")
+        .unwrap();
+    assert_eq!(delayed["payload"], json!({"to": ["x"]}));
     let bin = of_type(&off, "kv")
         .into_iter()
         .find(|l| l["key"] == "bin")
@@ -218,8 +228,12 @@ async fn export_online_equals_offline_and_round_trips_through_import() {
     assert_eq!(
         report,
         json!({"kv": 4, "streams": 1, "events": 4, "queues": 2, "jobs": 4, "schedules": 1,
-               "dead_jobs_skipped": 1})
+               "dead_jobs_skipped": 1, "expired_skipped": 0})
     );
+    // The same file again into the now non-empty directory: refused without --merge.
+    let again = shardbox(&["import", "--data", p(&b), "--in", p(&offline)]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--merge"));
     ok(
         &shardbox(&["check", "--data", p(&b)]),
         "check of the import",
@@ -313,6 +327,41 @@ fn a_truncated_or_refused_file_is_reported_by_line() {
         );
         assert!(!dir.exists(), "{name} wrote");
     }
+    // Records that cannot be converted are found before anything is written.
+    for (name, bad) in [
+        (
+            "b64",
+            json!({"type": "kv", "ns": "a", "key": "k", "value_b64": "!!"}).to_string(),
+        ),
+        (
+            "both",
+            json!({"type": "kv", "ns": "a", "key": "k", "value": "x", "value_b64": "eA=="})
+                .to_string(),
+        ),
+        (
+            "state",
+            json!({"type": "job", "queue": "q", "id": "1", "state": "zombie", "payload": 1,
+            "priority": 0, "run_at_ms": 0, "attempts": 0, "max_attempts": 1,
+            "backoff": {"base_ms": 1, "factor": 1.0, "max_ms": 1}, "enqueued_ms": 0})
+            .to_string(),
+        ),
+    ] {
+        let f = file(
+            &format!("{name}.ndjson"),
+            &[header.clone(), kv("a"), bad, end(4)],
+        );
+        let out = shardbox(&["import", "--data", p(&dir), "--in", p(&f)]);
+        assert!(!out.status.success(), "{name} imported");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("line 3"),
+            "{name}"
+        );
+        assert!(!dir.exists(), "{name} wrote");
+    }
+    // Import reads its file twice: a pipe is refused with a message, not imported as nothing.
+    let out = shardbox(&["import", "--data", p(&dir), "--in", "/dev/stdin"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give a file"));
     // A well-formed file with a record the API refuses (a key past 1024 bytes, a payload nested
     // too deep): the import stops there and names the line.
     let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
@@ -329,6 +378,7 @@ fn a_truncated_or_refused_file_is_reported_by_line() {
             &format!("{name}.ndjson"),
             &[header.clone(), kv("ok"), bad, end(4)],
         );
+        let dir = tmp.path().join(name);
         let out = shardbox(&["import", "--data", p(&dir), "--in", p(&f)]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{name} imported");

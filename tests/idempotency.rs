@@ -200,7 +200,9 @@ async fn retries_replay_the_first_response_on_every_creating_route_and_after_a_r
 
 #[tokio::test]
 async fn a_retry_while_the_first_runs_gets_409_and_a_client_that_hangs_up_still_gets_one_job() {
-    let s = TestServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let s = TestServer::start_in(dir.clone(), |_| {}).await;
     let mut c = s.client().await;
     let job = json!({"payload": "slow"});
     shardbox::failpoint::set(
@@ -249,6 +251,30 @@ async fn a_retry_while_the_first_runs_gets_409_and_a_client_that_hangs_up_still_
     assert_eq!(ready(&mut c, "slow").await, 2);
     let m = c.get("/metrics").await.text();
     assert!(common::metric(&m, "shardbox_idempotency_in_progress_total") >= 1.0);
+
+    // The server stops while a hung-up keyed request is still in the writer: shutdown waits
+    // for it to keep its response, so after a restart the retry replays it.
+    shardbox::failpoint::set(
+        "wal.sync",
+        shardbox::failpoint::Action::Delay(Duration::from_millis(1000)),
+    );
+    let job4 = json!({"payload": "stopping"});
+    let j = job4.clone();
+    let hung = tokio::spawn(async move {
+        let mut c = Client::connect(addr).await;
+        post(&mut c, "/v1/queues/slow/jobs", Some("k3"), &j).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hung.abort();
+    let _ = hung.await;
+    drop(c);
+    s.stop().await;
+    shardbox::failpoint::clear("wal.sync");
+    let s = TestServer::start_in(dir, |_| {}).await;
+    let mut c = s.client().await;
+    let r = post(&mut c, "/v1/queues/slow/jobs", Some("k3"), &job4).await;
+    assert!(r.status == 201 && replayed(&r), "{} {}", r.status, r.text());
+    assert_eq!(ready(&mut c, "slow").await, 3);
     drop(c);
     s.stop().await;
 }

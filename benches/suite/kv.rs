@@ -21,6 +21,9 @@ pub async fn kv_suite(o: &Opts, rows: &mut Vec<Row>) {
     if wanted(o, "kv-put-durable") {
         put_durable(o, rows).await;
     }
+    if wanted(o, "access-overhead") {
+        access_overhead(o, rows).await;
+    }
     if wanted(o, "kv-put-scaling") {
         put_scaling(o, rows).await;
     }
@@ -54,6 +57,73 @@ async fn get_hot(o: &Opts, rows: &mut Vec<Row>) {
             set_ratio(rows, i, i + 1, "vs redis GET");
         }
         Err(e) => rows.push(unavailable("kv-get-hot", "redis GET", &e)),
+    }
+}
+
+/// What a bearer token and the rate limiter cost on the hottest path: kv-get-hot with no
+/// tokens, with a token checked on every request, and with a token plus read/write limits set
+/// too high to refuse anything (the GCRA check runs, nothing is shed); Redis GET beside it
+/// (Redis's AUTH is once per connection, so plain GET is its per-request cost either way).
+async fn access_overhead(o: &Opts, rows: &mut Vec<Row>) {
+    let token = shardbox::auth::new_token();
+    let tokens = format!(
+        "[{{name = \"bench\", sha256 = \"{}\", scopes = [\"read\", \"write\"]}}]",
+        shardbox::auth::hash_token(&token)
+    );
+    let limit = (1u64 << 30).to_string();
+    // (row, settings, bearer token sent)
+    type Run<'a> = (&'a str, Vec<(&'a str, &'a str)>, Option<&'a str>);
+    let runs: [Run; 3] = [
+        ("shardbox GET, no tokens", vec![], None),
+        (
+            "shardbox GET, bearer token",
+            vec![("tokens", tokens.as_str())],
+            Some(token.as_str()),
+        ),
+        (
+            "shardbox GET, token + rate limits",
+            vec![
+                ("tokens", tokens.as_str()),
+                ("rate_limit_reads_per_s", limit.as_str()),
+                ("rate_limit_writes_per_s", limit.as_str()),
+            ],
+            Some(token.as_str()),
+        ),
+    ];
+    let first = rows.len();
+    for (system, settings, bearer) in runs {
+        eprintln!("access-overhead: {system} …");
+        crate::loadgen::set_bearer(bearer);
+        let sb = start_shardbox(o, &settings).expect("start shardbox");
+        preload_shardbox(sb.addr, o.keys)
+            .await
+            .expect("preload shardbox");
+        let out = measure(sb.addr, Proto::Http, o, get_op(o.keys)).await;
+        rows.push(row("access-overhead", system, out, "HTTP GET, 100 B"));
+        if rows.len() > first + 1 {
+            let i = rows.len() - 1;
+            set_ratio(rows, i, first, "÷ no tokens");
+        }
+    }
+    crate::loadgen::set_bearer(None);
+    match peers::redis(o.install) {
+        Ok(r) => {
+            preload_redis(r.addr, o.keys, &value())
+                .await
+                .expect("preload redis");
+            let theirs = measure(r.addr, Proto::Resp, o, get_op(o.keys)).await;
+            rows.push(row("access-overhead", "redis GET", theirs, "RESP GET"));
+            let j = rows.len() - 1;
+            set_ratio(rows, first, j, "vs redis GET");
+            // The token runs carry their ratio against the peer in their note.
+            for i in first + 1..j {
+                if let (Some(a), Some(b)) = (&rows[i].outcome, &rows[j].outcome) {
+                    let r = a.throughput() / b.throughput().max(1e-9);
+                    rows[i].note = format!("HTTP GET, 100 B; {r:.2}× redis GET");
+                }
+            }
+        }
+        Err(e) => rows.push(unavailable("access-overhead", "redis GET", &e)),
     }
 }
 

@@ -130,8 +130,22 @@ pub async fn collect(
 }
 
 /// A connection with its own read buffer.
+/// The `authorization` header line every new HTTP connection sends (empty: none); set by
+/// [`set_bearer`] for the workloads that measure token checking.
+static AUTH: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+/// Makes connections opened from now on send `Authorization: Bearer <token>` (or nothing).
+pub fn set_bearer(token: Option<&str>) {
+    let line = token.map_or(Vec::new(), |t| {
+        format!("authorization: Bearer {t}\r\n").into_bytes()
+    });
+    *AUTH.lock().unwrap_or_else(|e| e.into_inner()) = line;
+}
+
 pub struct Conn {
     stream: TcpStream,
+    /// The header line of [`set_bearer`] when this connection opened.
+    auth: Vec<u8>,
     buf: Vec<u8>,
     /// Bytes of `buf` holding data not yet consumed.
     filled: usize,
@@ -144,6 +158,7 @@ impl Conn {
         stream.set_nodelay(true)?;
         Ok(Conn {
             stream,
+            auth: AUTH.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             buf: vec![0; 64 * 1024],
             filled: 0,
             out: Vec::with_capacity(4096),
@@ -154,7 +169,7 @@ impl Conn {
     pub async fn call(&mut self, proto: Proto, op: &Op) -> std::io::Result<bool> {
         self.out.clear();
         match proto {
-            Proto::Http => encode_http(&mut self.out, op),
+            Proto::Http => encode_http(&mut self.out, op, &self.auth),
             Proto::Resp => encode_resp(&mut self.out, op),
             Proto::Memcached => encode_memcached(&mut self.out, op),
         }
@@ -202,7 +217,8 @@ impl Conn {
         self.out.clear();
         self.out.extend_from_slice(
             format!(
-                "{method} {path} HTTP/1.1\r\nhost: bench\r\ncontent-length: {}\r\n\r\n",
+                "{method} {path} HTTP/1.1\r\nhost: bench\r\n{}content-length: {}\r\n\r\n",
+                String::from_utf8_lossy(&self.auth),
                 body.len()
             )
             .as_bytes(),
@@ -377,12 +393,14 @@ fn parse_resp(b: &[u8]) -> std::io::Result<Option<(usize, bool)>> {
     }
 }
 
-fn encode_http(out: &mut Vec<u8>, op: &Op) {
+fn encode_http(out: &mut Vec<u8>, op: &Op, auth: &[u8]) {
     match op {
         Op::Put { key, value } => {
             out.extend_from_slice(b"PUT /v1/kv/bench/");
             out.extend_from_slice(key.as_bytes());
-            out.extend_from_slice(b" HTTP/1.1\r\nhost: bench\r\ncontent-length: ");
+            out.extend_from_slice(b" HTTP/1.1\r\nhost: bench\r\n");
+            out.extend_from_slice(auth);
+            out.extend_from_slice(b"content-length: ");
             out.extend_from_slice(value.len().to_string().as_bytes());
             out.extend_from_slice(b"\r\n\r\n");
             out.extend_from_slice(value);
@@ -390,12 +408,16 @@ fn encode_http(out: &mut Vec<u8>, op: &Op) {
         Op::Get { key } => {
             out.extend_from_slice(b"GET /v1/kv/bench/");
             out.extend_from_slice(key.as_bytes());
-            out.extend_from_slice(b" HTTP/1.1\r\nhost: bench\r\n\r\n");
+            out.extend_from_slice(b" HTTP/1.1\r\nhost: bench\r\n");
+            out.extend_from_slice(auth);
+            out.extend_from_slice(b"\r\n");
         }
         Op::CacheGet { key } => {
             out.extend_from_slice(b"GET /v1/cache/bench/");
             out.extend_from_slice(key.as_bytes());
-            out.extend_from_slice(b" HTTP/1.1\r\nhost: bench\r\n\r\n");
+            out.extend_from_slice(b" HTTP/1.1\r\nhost: bench\r\n");
+            out.extend_from_slice(auth);
+            out.extend_from_slice(b"\r\n");
         }
     }
 }

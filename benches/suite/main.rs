@@ -31,6 +31,11 @@ pub const WORKLOADS: &[(&str, bool, &str)] = &[
         "durable PUT vs Redis SET appendfsync always, and one commit per write",
     ),
     (
+        "access-overhead",
+        false,
+        "kv-get-hot with no tokens, a bearer token, token + rate limits; and Redis GET",
+    ),
+    (
         "queue-cycle",
         true,
         "enqueue+claim+ack on one queue vs beanstalkd -f 0 and a Redis list",

@@ -22,6 +22,9 @@ pub struct Peer(pub IpAddr);
 #[derive(Debug, Clone, Copy)]
 pub struct LocalAdmin;
 
+/// The caller name of requests on the admin socket.
+pub const ADMIN_SOCKET_CALLER: &str = "#admin-socket";
+
 /// Who sent a request, put in its extensions once admitted: the token's name, or `None` when
 /// no tokens are configured.
 #[derive(Debug, Clone)]
@@ -177,8 +180,10 @@ impl Access {
             return Ok(());
         };
         if req.extensions().get::<LocalAdmin>().is_some() {
+            // `#` is never in a token name: the socket's caller cannot be mistaken for a token
+            // (idempotency keys and limits are per caller).
             req.extensions_mut()
-                .insert(Caller(Some("admin.sock".into())));
+                .insert(Caller(Some(ADMIN_SOCKET_CALLER.into())));
             return Ok(());
         }
         let caller = if self.tokens.is_open() {
@@ -342,8 +347,14 @@ mod tests {
                     continue;
                 }
                 let scope = scope.expect("every other route needs a scope");
+                // Reads need `read`, except the admin ones (an export reads everything).
                 if matches!(r.method, "GET" | "HEAD") {
-                    assert_eq!(scope, Scope::Read, "{} {}", r.method, r.path);
+                    let want = if r.path.starts_with("/v1/admin/") {
+                        Scope::Admin
+                    } else {
+                        Scope::Read
+                    };
+                    assert_eq!(scope, want, "{} {}", r.method, r.path);
                 }
                 if scope == Scope::Admin {
                     admin.push(r.path);
@@ -356,6 +367,7 @@ mod tests {
             }
         }
         assert!(admin.contains(&"/v1/kv/{ns}"), "{admin:?}");
+        assert!(admin.contains(&"/v1/admin/export"), "{admin:?}");
     }
 
     #[test]

@@ -24,21 +24,15 @@ static EXPORTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// server runs. A slow reader slows the export (the channel is bounded); one that hangs up
 /// stops it. A failure midway ends the body without the `end` line, which import refuses.
 async fn export(state: &ServerState) -> Result<Resp, ApiError> {
-    let Ok(running) = EXPORTING.try_lock() else {
-        let mut e = ApiError::new(
-            409,
-            "export_running",
-            "an export is already running; retry when it is done",
-        );
-        e.retry_after_s = Some(5);
-        return Err(e);
-    };
+    let running = one_at_a_time(&EXPORTING, "export_running", "an export")?;
     let (resp, tx) = response::channel(200, "application/x-ndjson", 16);
     let store = state.store.clone();
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let _running = running;
         let mut w = ChannelWriter {
             tx,
+            runtime,
             buf: Vec::new(),
         };
         match crate::export::export(&store, &mut w, &crate::progress::Progress::quiet()) {
@@ -49,9 +43,33 @@ async fn export(state: &ServerState) -> Result<Resp, ApiError> {
     Ok(resp)
 }
 
-/// Writes into a streamed response in 64 KiB chunks, waiting while the client is behind.
+/// The guard of a job that runs one at a time, or 409 `code` with `Retry-After` while `what`
+/// runs.
+fn one_at_a_time(
+    lock: &'static tokio::sync::Mutex<()>,
+    code: &'static str,
+    what: &str,
+) -> Result<tokio::sync::MutexGuard<'static, ()>, ApiError> {
+    lock.try_lock().map_err(|_| {
+        let mut e = ApiError::new(
+            409,
+            code,
+            format!("{what} is already running; retry when it is done"),
+        );
+        e.retry_after_s = Some(5);
+        e
+    })
+}
+
+/// A reader that takes nothing for this long ends its export (which holds read transactions,
+/// the export slot and a thread while it waits).
+const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Writes into a streamed response in 64 KiB chunks, waiting while the client is behind (at
+/// most [`EXPORT_STALL`]).
 struct ChannelWriter {
     tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    runtime: tokio::runtime::Handle,
     buf: Vec<u8>,
 }
 
@@ -68,9 +86,20 @@ impl std::io::Write for ChannelWriter {
             return Ok(());
         }
         let chunk = bytes::Bytes::from(std::mem::take(&mut self.buf));
-        self.tx.blocking_send(chunk).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
-        })
+        match self
+            .runtime
+            .block_on(tokio::time::timeout(EXPORT_STALL, self.tx.send(chunk)))
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the client went away",
+            )),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client read nothing for 60 s",
+            )),
+        }
     }
 }
 
@@ -103,15 +132,7 @@ async fn backup(state: &ServerState, req: Request<ReqBody>) -> Result<Resp, ApiE
         )));
     }
     crate::backup::check_target(&out).map_err(|e| ApiError::new(409, "conflict", e))?;
-    let Ok(running) = RUNNING.try_lock() else {
-        let mut e = ApiError::new(
-            409,
-            "backup_running",
-            "a backup is already running; retry when it is done",
-        );
-        e.retry_after_s = Some(5);
-        return Err(e);
-    };
+    let running = one_at_a_time(&RUNNING, "backup_running", "a backup")?;
     let engine = state.store.engine().clone();
     tracing::info!(out = %out.display(), "backup started");
     // The guard goes with the copy: a client that hangs up does not free the slot while the

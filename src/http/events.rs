@@ -144,15 +144,8 @@ impl EventReq {
                 ))
             }
         };
-        // Keep stored JSON on one line so NDJSON and SSE output stay well-formed. In valid
-        // JSON a raw CR or LF can only be whitespace (inside strings they are escaped), so
-        // replacing them changes nothing else: key order, duplicates and numbers stay as sent.
-        let raw = self.data.get();
-        let data = if raw.contains(['\n', '\r']) {
-            raw.replace(['\n', '\r'], " ")
-        } else {
-            raw.to_string()
-        };
+        // Stored on one line, so NDJSON and SSE output stay well-formed.
+        let data = crate::util::one_line(self.data.get()).into_owned();
         Ok(NewEvent {
             ts,
             kind: self.kind,

@@ -12,10 +12,10 @@
 //! body is read, the first request runs to the end and its response is kept even if the client
 //! hangs up, so a retry after a dropped connection finds it.
 
-use super::body::{self, ReqBody};
+use super::body::ReqBody;
 use super::response::{self, Resp};
 use super::routes::{Params, RouteDef};
-use super::{access, ServerState};
+use super::{access, input, ServerState};
 use crate::error::ApiError;
 use crate::idempotency::{self, Stored, KEY_BYTES_MAX};
 use http_body_util::BodyExt;
@@ -23,7 +23,6 @@ use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use std::time::Duration;
 use tracing::Instrument;
 
 pub const HEADER: &str = "idempotency-key";
@@ -43,22 +42,21 @@ pub(super) async fn run(
         .get::<access::Caller>()
         .and_then(|c| c.0.clone());
     let record = idempotency::record_key(caller.as_deref().unwrap_or(""), key);
-    let cfg = state.store.config();
     let (parts, b) = req.into_parts();
-    let body = body::read(
-        &parts.headers,
-        b,
-        cfg.json_body_bytes_max,
-        &state.body_budget,
-        Duration::from_millis(cfg.body_read_timeout_ms),
-        "the request body",
-    )
-    .await?;
+    let body = input::json_bytes(state, &parts.headers, b).await?;
     let fingerprint = fingerprint(&parts, &body.bytes);
     let idem = state.store.idempotency();
     if let Some(kept) = idem.get(&record)? {
         return replay(kept, &fingerprint, key);
     }
+    // The first runs of keyed requests are tasks of their own: bounded (a client that sends
+    // and hangs up in a loop cannot pile them up), and waited for at shutdown.
+    let Ok(task_permit) = state.idempotent_tasks.clone().try_acquire_owned() else {
+        return Err(ApiError::unavailable(
+            "overloaded",
+            "too many Idempotency-Key requests are running (connections_max); retry",
+        ));
+    };
     let Some(running) = idem.begin(record.clone()) else {
         crate::metrics::IDEMPOTENT_IN_PROGRESS.inc();
         let mut e = ApiError::new(
@@ -80,6 +78,7 @@ pub(super) async fn run(
     let task = tokio::spawn(
         async move {
             let _running = running;
+            let _permit = task_permit;
             let resp = (route.handler)(state.clone(), params, req).await?;
             if !resp.status().is_success() {
                 return Ok(resp);
@@ -104,7 +103,8 @@ pub(super) async fn run(
                 bytes.to_vec(),
             );
             if let Err(e) = idem.save(record, kept).await {
-                // The effect happened; answering it is right. A retry would run it again.
+                // The effect happened; answering it is right. A retry would run it again
+                // (documented: the disk filled, or the shard failed, between the two commits).
                 tracing::warn!(error = %e, "the response to an Idempotency-Key request could not be kept");
             }
             Ok(Response::from_parts(parts, response::full(bytes)))
@@ -115,11 +115,7 @@ pub(super) async fn run(
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "an Idempotency-Key request's task failed");
-            Err(ApiError::new(
-                500,
-                "internal",
-                "internal error while handling the request (see the server log)",
-            ))
+            Err(ApiError::internal())
         }
     }
 }

@@ -41,22 +41,32 @@ pub(crate) fn query(req: &Request<ReqBody>) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
+/// Reads a JSON or NDJSON request's body whole, within `json_body_bytes_max`, the body budget
+/// and `body_read_timeout_ms`.
+pub(crate) async fn json_bytes(
+    state: &ServerState,
+    headers: &hyper::HeaderMap,
+    body: ReqBody,
+) -> Result<body::BodyBytes, ApiError> {
+    let cfg = state.store.config();
+    body::read(
+        headers,
+        body,
+        cfg.json_body_bytes_max,
+        &state.body_budget,
+        Duration::from_millis(cfg.body_read_timeout_ms),
+        "the request body",
+    )
+    .await
+}
+
 /// Reads a JSON body into `T` (bounded by `json_body_bytes_max`).
 pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
     state: &ServerState,
     req: Request<ReqBody>,
 ) -> Result<T, ApiError> {
-    let cfg = state.store.config();
     let (parts, body) = req.into_parts();
-    let body = body::read(
-        &parts.headers,
-        body,
-        cfg.json_body_bytes_max,
-        &state.body_budget,
-        Duration::from_millis(cfg.body_read_timeout_ms),
-        "the JSON body",
-    )
-    .await?;
+    let body = json_bytes(state, &parts.headers, body).await?;
     serde_json::from_slice(&body.bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
@@ -83,17 +93,8 @@ where
     if !ndjson {
         return Ok((vec![convert(json_body(state, req).await?)?], false));
     }
-    let cfg = state.store.config();
     let (parts, b) = req.into_parts();
-    let bytes = body::read(
-        &parts.headers,
-        b,
-        cfg.json_body_bytes_max,
-        &state.body_budget,
-        Duration::from_millis(cfg.body_read_timeout_ms),
-        "the request body",
-    )
-    .await?;
+    let bytes = json_bytes(state, &parts.headers, b).await?;
     let mut items = Vec::new();
     for (n, line) in bytes.bytes.split(|b| *b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {

@@ -49,6 +49,9 @@ pub struct ServerState {
     pub started: std::time::Instant,
     /// The last server errors and 429s, for the status page.
     pub recent_errors: status::RecentErrors,
+    /// Permits for the first runs of `Idempotency-Key` requests, which run as tasks of their
+    /// own (`connections_max` of them); shutdown waits until every permit is back.
+    pub idempotent_tasks: Arc<Semaphore>,
 }
 
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 92\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"connections_max reached; retry shortly\"}}";
@@ -93,6 +96,7 @@ impl ServerState {
             access: access::Access::new(&cfg),
             started: std::time::Instant::now(),
             recent_errors: status::RecentErrors::default(),
+            idempotent_tasks: Arc::new(Semaphore::new(cfg.connections_max)),
         })
     }
 }
@@ -426,11 +430,24 @@ pub async fn run(
     let _ = stop_tx.send(true);
     drop(done_tx);
     let grace = Duration::from_millis(cfg.shutdown_grace_ms);
-    if tokio::time::timeout(grace, done_rx.recv()).await.is_err() {
+    let deadline = tokio::time::Instant::now() + grace;
+    if tokio::time::timeout_at(deadline, done_rx.recv())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             open = state.conns.len(),
             "shutdown grace period over; dropping remaining connections"
         );
+    }
+    // Keyed requests whose client hung up still run: they finish (and keep their response)
+    // before the store closes.
+    let all = u32::try_from(cfg.connections_max).unwrap_or(u32::MAX);
+    if tokio::time::timeout_at(deadline, state.idempotent_tasks.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace period over with Idempotency-Key requests still running");
     }
     for task in background {
         task.abort();

@@ -81,11 +81,7 @@ pub async fn handle(state: Arc<ServerState>, req: Request<ReqBody>) -> Result<Re
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_default();
         tracing::error!(panic = %what, "a request handler panicked");
-        Err(ApiError::new(
-            500,
-            "internal",
-            "internal error while handling the request (see the server log)",
-        ))
+        Err(ApiError::internal())
     });
     let mut resp = match outcome {
         Ok(r) => r,
