@@ -11,6 +11,7 @@ mod abuse;
 mod cache;
 mod events;
 mod events_suite;
+mod keeping;
 mod kv;
 mod loadgen;
 mod peers;
@@ -34,6 +35,11 @@ pub const WORKLOADS: &[(&str, bool, &str)] = &[
         "access-overhead",
         false,
         "kv-get-hot with no tokens, a bearer token, token + rate limits; and Redis GET",
+    ),
+    (
+        "keeping-data",
+        false,
+        "online backup, NDJSON export and import of --keys keys vs redis-cli --rdb and --pipe",
     ),
     (
         "queue-cycle",
@@ -130,6 +136,9 @@ fn main() {
     rt.block_on(events_suite::events_suite(&o, &mut rows));
     rt.block_on(cache::cache_suite(&o, &mut rows));
     rt.block_on(restart::restart_suite(&o, &mut rows));
+    if wanted(&o, "keeping-data") {
+        rt.block_on(keeping::keeping_data(&o, &mut rows));
+    }
     rt.block_on(abuse::overload(&o, &mut rows));
     rt.block_on(abuse::hostile(&o, &mut rows));
     rt.block_on(soak::soak(&o));
