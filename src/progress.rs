@@ -72,9 +72,14 @@ impl Progress {
     }
 
     fn line(&self, done: u64) {
-        let total = self.total.load(Ordering::Relaxed);
-        let pct = (done * 100).checked_div(total).unwrap_or(100);
-        eprintln!("{}: {done}/{total} ({pct}%)", self.what);
+        match self.total.load(Ordering::Relaxed) {
+            // Unknown total (an export streamed from the server): the count alone.
+            0 => eprintln!("{}: {done}", self.what),
+            total => {
+                let pct = done * 100 / total;
+                eprintln!("{}: {done}/{total} ({pct}%)", self.what);
+            }
+        }
     }
 
     pub fn finish(&self) {

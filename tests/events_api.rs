@@ -374,6 +374,8 @@ async fn sse_follow_delivers_each_event_once_and_resumes() {
         }
     })
     .await;
+    // That wait can outlast idle_timeout_ms: the writer's keep-alive connection is opened anew.
+    let mut c = s.client().await;
     // Long poll for plain HTTP clients wakes on append.
     let addr = s.addr;
     let after = missed[2].clone();
