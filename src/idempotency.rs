@@ -212,45 +212,6 @@ fn sweep(ctx: &mut ApplyCtx<'_, '_>, max: usize) -> Result<usize, redb::Error> {
     Ok(due.len())
 }
 
-/// Every `interval`, queues a sweep on each shard whose oldest record has expired (never
-/// waiting for room in a busy writer). Runs until the engine closes.
-async fn run_sweeper(engine: Arc<Engine>, interval: Duration, batch_max: usize) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if engine.is_closing() {
-            return;
-        }
-        let e = engine.clone();
-        let _ = tokio::task::spawn_blocking(move || sweep_once(&e, batch_max)).await;
-    }
-}
-
-/// Queues one sweep on every shard with expired records; returns how many were queued.
-pub fn sweep_once(engine: &Engine, batch_max: usize) -> usize {
-    let now = engine.now_ms();
-    let mut queued = 0;
-    for shard in engine.shards() {
-        let due = shard.read().ok().and_then(|txn| {
-            let t = txn.open_table(IDEM_EXPIRY).ok()?;
-            let first = t.first().ok()??;
-            let at = first
-                .0
-                .value()
-                .first_chunk::<8>()
-                .map(|b| u64::from_be_bytes(*b));
-            Some(at.is_none_or(|at| at <= now))
-        });
-        if due == Some(true)
-            && engine.try_write(shard.id, move |ctx| sweep(ctx, batch_max).map(|_| ()))
-        {
-            queued += 1;
-        }
-    }
-    queued
-}
-
 pub const DOMAIN: crate::engine::DomainSpec = crate::engine::DomainSpec {
     name: "idempotency",
     init_tables,
@@ -323,9 +284,11 @@ impl crate::Domain for Idempotency {
         self: Arc<Self>,
         config: &crate::Config,
     ) -> Vec<futures_util::future::BoxFuture<'static, ()>> {
-        vec![Box::pin(run_sweeper(
+        vec![Box::pin(crate::engine::expiry::run(
             self.engine.clone(),
             Duration::from_millis(config.sweep_interval_ms),
+            IDEM_EXPIRY,
+            sweep,
             config.delete_batch_keys_max,
         ))]
     }

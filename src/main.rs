@@ -326,14 +326,7 @@ fn backup(args: BackupArgs) -> Result<ExitCode, String> {
             return Ok(ExitCode::SUCCESS);
         }
     }
-    if !config.data_dir.join("MANIFEST").exists() {
-        return Err(format!(
-            "{} has no MANIFEST: not a shardbox data directory",
-            config.data_dir.display()
-        ));
-    }
-    // No server runs on the directory: open it here (replaying its log) and copy.
-    let store = shardbox::Store::open(config).map_err(|e| e.to_string())?;
+    let store = open_existing(config)?;
     let progress = shardbox::progress::Progress::for_stderr("backup: shards");
     let report = shardbox::backup::backup(store.engine(), &out, &progress);
     store.close();
@@ -347,11 +340,61 @@ fn backup(args: BackupArgs) -> Result<ExitCode, String> {
 
 /// Asks the running server for a backup over its admin socket; `None` when no server answers
 /// (a socket file left behind).
+/// Opens an existing data directory no server runs on (replaying its log), for a command that
+/// reads it: never creates one.
+fn open_existing(config: Config) -> Result<shardbox::Store, String> {
+    if !config.data_dir.join("MANIFEST").exists() {
+        return Err(format!(
+            "{} has no MANIFEST: not a shardbox data directory",
+            config.data_dir.display()
+        ));
+    }
+    shardbox::Store::open(config).map_err(|e| e.to_string())
+}
+
 fn backup_through_socket(
     socket: &std::path::Path,
     out: &std::path::Path,
 ) -> Result<Option<String>, String> {
-    use http_body_util::{BodyExt, Full};
+    use http_body_util::BodyExt;
+    let body = serde_json::json!({ "out": out }).to_string();
+    with_admin_socket(
+        socket,
+        "POST",
+        "/v1/admin/backup",
+        body,
+        |resp| async move {
+            eprintln!("backup: the server is running; it takes the backup (online)");
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("admin socket: {e}"))?
+                .to_bytes();
+            let text = String::from_utf8_lossy(&body).into_owned();
+            if !status.is_success() {
+                return Err(format!("the server refused the backup ({status}): {text}"));
+            }
+            Ok(text)
+        },
+    )
+}
+
+/// Sends one request to the running server over its admin socket and hands the response to
+/// `then`; `Ok(None)` when no server answers on the socket (a file left behind by a crash).
+fn with_admin_socket<T, F, Fut>(
+    socket: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: String,
+    then: F,
+) -> Result<Option<T>, String>
+where
+    F: FnOnce(hyper::Response<hyper::body::Incoming>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    use http_body_util::Full;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -360,14 +403,14 @@ fn backup_through_socket(
         let Ok(stream) = tokio::net::UnixStream::connect(socket).await else {
             return Ok(None);
         };
-        eprintln!("backup: the server is running; asking it for the backup (online)");
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
                 .map_err(|e| format!("admin socket: {e}"))?;
         tokio::spawn(conn);
-        let body = serde_json::json!({ "out": out }).to_string();
-        let req = hyper::Request::post("/v1/admin/backup")
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
             .header("host", "localhost")
             .header("content-type", "application/json")
             .body(Full::new(bytes::Bytes::from(body)))
@@ -376,18 +419,7 @@ fn backup_through_socket(
             .send_request(req)
             .await
             .map_err(|e| format!("admin socket: {e}"))?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("admin socket: {e}"))?
-            .to_bytes();
-        let text = String::from_utf8_lossy(&body).into_owned();
-        if !status.is_success() {
-            return Err(format!("the server refused the backup ({status}): {text}"));
-        }
-        Ok(Some(text))
+        then(resp).await.map(Some)
     })
 }
 
@@ -429,13 +461,7 @@ fn export(args: ExportArgs) -> Result<ExitCode, String> {
         done("the running server's records");
         return Ok(ExitCode::SUCCESS);
     }
-    if !config.data_dir.join("MANIFEST").exists() {
-        return Err(format!(
-            "{} has no MANIFEST: not a shardbox data directory",
-            config.data_dir.display()
-        ));
-    }
-    let store = shardbox::Store::open(config).map_err(|e| e.to_string())?;
+    let store = open_existing(config)?;
     let progress = shardbox::progress::Progress::for_stderr("export: records");
     let counts = shardbox::export::export(&store, &mut out, &progress);
     store.close();
@@ -456,55 +482,41 @@ fn export_through_socket(
     socket: &std::path::Path,
     out: &mut dyn std::io::Write,
 ) -> Result<bool, String> {
-    use http_body_util::{BodyExt, Empty};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let Ok(stream) = tokio::net::UnixStream::connect(socket).await else {
-            return Ok(false);
-        };
-        eprintln!("export: the server is running; exporting through it (online)");
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("admin socket: {e}"))?;
-        tokio::spawn(conn);
-        let req = hyper::Request::get("/v1/admin/export")
-            .header("host", "localhost")
-            .body(Empty::<bytes::Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("admin socket: {e}"))?;
-        let status = resp.status();
-        let mut body = resp.into_body();
-        if !status.is_success() {
-            let text = body
-                .collect()
-                .await
-                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-                .unwrap_or_default();
-            return Err(format!("the server refused the export ({status}): {text}"));
-        }
-        let progress = shardbox::progress::Progress::for_stderr("export: bytes");
-        let mut end = shardbox::export::EndCheck::default();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| format!("admin socket: {e}"))?;
-            if let Ok(data) = frame.into_data() {
-                out.write_all(&data)
-                    .map_err(|e| format!("writing the export: {e}"))?;
-                progress.inc(data.len() as u64);
-                end.feed(&data);
+    use http_body_util::BodyExt;
+    let done = with_admin_socket(
+        socket,
+        "GET",
+        "/v1/admin/export",
+        String::new(),
+        |resp| async move {
+            eprintln!("export: the server is running; exporting through it (online)");
+            let status = resp.status();
+            let mut body = resp.into_body();
+            if !status.is_success() {
+                let text = body
+                    .collect()
+                    .await
+                    .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                    .unwrap_or_default();
+                return Err(format!("the server refused the export ({status}): {text}"));
             }
-        }
-        progress.finish();
-        end.finish()
-            .map_err(|e| format!("{e} (see the server log)"))?;
-        Ok(true)
-    })
+            let progress = shardbox::progress::Progress::for_stderr("export: bytes");
+            let mut end = shardbox::export::EndCheck::default();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| format!("admin socket: {e}"))?;
+                if let Ok(data) = frame.into_data() {
+                    out.write_all(&data)
+                        .map_err(|e| format!("writing the export: {e}"))?;
+                    progress.inc(data.len() as u64);
+                    end.feed(&data);
+                }
+            }
+            progress.finish();
+            end.finish()
+                .map_err(|e| format!("{e} (see the server log)"))
+        },
+    )?;
+    Ok(done.is_some())
 }
 
 fn import(args: ImportArgs) -> Result<ExitCode, String> {

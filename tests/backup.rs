@@ -3,33 +3,11 @@
 
 mod common;
 
+use common::cli::{ok, p, shardbox};
 use common::{Client, TestServer};
 use serde_json::json;
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-
-fn shardbox(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_shardbox"))
-        .args(args)
-        .output()
-        .expect("run shardbox")
-}
-
-fn ok(out: &std::process::Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_taken_under_writes_restores_every_acknowledged_write() {

@@ -5,32 +5,11 @@
 
 mod common;
 
+use common::cli::{ok, p, shardbox};
 use common::spawn::{spawn_shardbox, KillOnDrop};
 use common::Client;
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn shardbox(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shardbox"))
-        .args(args)
-        .output()
-        .expect("run shardbox")
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 fn lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)

@@ -8,6 +8,7 @@ mod apply_error;
 pub mod clock;
 pub mod codec;
 pub mod domain;
+pub mod expiry;
 pub mod manifest;
 pub mod redo;
 pub mod replay;

@@ -1,6 +1,7 @@
 //! Test helpers: a real shardbox server on 127.0.0.1:0 and a small HTTP/1.1 client.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod dump;
 pub mod spawn;
 
