@@ -231,10 +231,11 @@ impl Tokens {
     /// The principal an `Authorization` header value names.
     pub fn authenticate(&self, header: Option<&[u8]>) -> Result<&Principal, Denied> {
         let header = header.ok_or(Denied::Missing)?;
-        let token = header
-            .strip_prefix(b"Bearer ")
-            .or_else(|| header.strip_prefix(b"bearer "))
-            .ok_or(Denied::Missing)?;
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        let token = match header.split_at_checked(7) {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"bearer ") => token,
+            _ => return Err(Denied::Missing),
+        };
         let presented: [u8; 32] = Sha256::digest(token.trim_ascii()).into();
         // Every hash is compared, found or not.
         let mut found = None;

@@ -421,6 +421,11 @@ impl ApiError {
             "internal error while handling the request (see the server log)",
         )
     }
+    /// A 500 for a task that died (panicked or was cancelled): the error is logged, not sent.
+    pub fn task_failed(what: &str, e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "{what} failed");
+        Self::internal()
+    }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "bad_request", message)
     }

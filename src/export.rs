@@ -602,6 +602,8 @@ pub async fn import(
     let enqueue_max = store.queues().limits().enqueue_batch_max;
     // Streams' retention as the file sets it: older events are skipped, as expired values are.
     let mut retention: std::collections::HashMap<String, u64> = Default::default();
+    // Queues whose max_depth is set once their jobs are in: (line, name, config).
+    let mut bounded: Vec<(u64, String, QueueConfig)> = Vec::new();
     let now = store.engine().now_ms();
 
     while next_line(input, &mut buf)?.is_some() {
@@ -660,6 +662,9 @@ pub async fn import(
             Line::Event(e) => {
                 let keep = retention.get(&e.stream).copied().unwrap_or(0);
                 if keep > 0 && e.ts < now.saturating_sub(keep) {
+                    // Ends the group, so its line numbers hold.
+                    flush(store, &mut pending).await?;
+                    pending_bytes = 0;
                     n.expired_skipped += 1;
                     continue;
                 }
@@ -682,11 +687,20 @@ pub async fn import(
                     max_attempts: q.max_attempts,
                     backoff: q.backoff,
                 };
+                // Its jobs go in first with no depth bound (a max_depth lowered below the jobs
+                // a queue holds must not stop the import); the bound is set after them.
+                let open = QueueConfig {
+                    max_depth: 0,
+                    ..config
+                };
                 store
                     .queues()
-                    .configure(&q.name, Some(config), Some(q.paused))
+                    .configure(&q.name, Some(open), Some(q.paused))
                     .await
                     .map_err(|e| format!("line {lineno}: queue {}: {e}", q.name))?;
+                if q.max_depth > 0 {
+                    bounded.push((lineno, q.name, config));
+                }
                 n.queues += 1;
             }
             Line::Job(j) => {
@@ -729,6 +743,13 @@ pub async fn import(
     }
     flush(store, &mut pending).await?;
     flush_puts(store, &mut puts).await?;
+    for (line, name, config) in bounded {
+        store
+            .queues()
+            .configure(&name, Some(config), None)
+            .await
+            .map_err(|e| format!("line {line}: queue {name}: {e}"))?;
+    }
     shape
         .finish()
         .map_err(|e| format!("{e} (the file changed after it was verified?)"))?;

@@ -71,12 +71,7 @@ pub fn record_key(caller: &str, key: &str) -> Vec<u8> {
     k
 }
 
-fn expiry_key(at_ms: u64, record_key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + record_key.len());
-    k.extend_from_slice(&at_ms.to_be_bytes());
-    k.extend_from_slice(record_key);
-    k
-}
+use crate::engine::expiry::key as expiry_key;
 
 pub fn init_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
     txn.open_table(IDEM)?;
@@ -102,9 +97,8 @@ pub struct Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Ok(mut r) = self.idem.running.lock() {
-            r.remove(&self.key);
-        }
+        let mut r = self.idem.running.lock().unwrap_or_else(|p| p.into_inner());
+        r.remove(&self.key);
     }
 }
 
@@ -136,7 +130,7 @@ impl Idempotency {
         };
         let s: Stored = decode_record(v.value()).map_err(|detail| EngineError::Corrupt {
             shard,
-            key: String::from_utf8_lossy(key).replace('\0', "/"),
+            key: crate::names::display_key(key),
             detail,
         })?;
         Ok((s.expires_at_ms > self.engine.now_ms()).then_some(s))
@@ -144,7 +138,7 @@ impl Idempotency {
 
     /// Marks `key`'s first request as running; `None` when one already is.
     pub fn begin(self: &Arc<Self>, key: Vec<u8>) -> Option<Running> {
-        let mut r = self.running.lock().ok()?;
+        let mut r = self.running.lock().unwrap_or_else(|p| p.into_inner());
         if !r.insert(key.clone()) {
             return None;
         }
@@ -230,7 +224,7 @@ fn check(
     let (Some(table), exp) = (open(txn, IDEM)?, open(txn, IDEM_EXPIRY)?) else {
         return Ok(());
     };
-    let shown = |k: &[u8]| String::from_utf8_lossy(k).replace('\0', "/");
+    let shown = crate::names::display_key;
     for item in table.iter()? {
         let (k, v) = item?;
         c.record();
@@ -294,7 +288,7 @@ impl crate::Domain for Idempotency {
     }
 
     fn render_metrics(&self, out: &mut String) {
-        let running = self.running.lock().map_or(0, |r| r.len());
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner()).len();
         out.push_str(
             "# HELP shardbox_idempotency_running Requests with an Idempotency-Key whose first run is in progress.\n# TYPE shardbox_idempotency_running gauge\n",
         );

@@ -44,8 +44,7 @@ use std::sync::Arc;
 
 /// Every domain: its tables, its check and how it opens. Adding a domain is its folder plus one
 /// line here (and, to serve it over HTTP, its route table in `http::router::TABLES`); the store
-/// opens, starts, checks and renders the metrics of every domain from this list, and
-/// [`Store::domain`] reaches any of them by type.
+/// opens, starts, checks and renders the metrics of every domain from this list.
 pub const DOMAINS: &[&engine::DomainSpec] = &[
     &kv::DOMAIN,
     &queue::DOMAIN,
@@ -122,10 +121,6 @@ impl Store {
     }
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
-    }
-    /// The open domain of type `T`, if [`DOMAINS`] has it.
-    pub fn domain<T: Domain>(&self) -> Option<Arc<T>> {
-        find_domain(&self.domains)
     }
     pub fn kv(&self) -> &Arc<kv::Kv> {
         &self.kv

@@ -343,7 +343,7 @@ fn backup(args: BackupArgs) -> Result<ExitCode, String> {
 /// Opens an existing data directory no server runs on (replaying its log), for a command that
 /// reads it: never creates one.
 fn open_existing(config: Config) -> Result<shardbox::Store, String> {
-    if !config.data_dir.join("MANIFEST").exists() {
+    if !shardbox::engine::manifest::Manifest::path(&config.data_dir).exists() {
         return Err(format!(
             "{} has no MANIFEST: not a shardbox data directory",
             config.data_dir.display()

@@ -120,6 +120,17 @@ async fn fill(c: &mut Client) {
         .post_json("/v1/queues/mail/claim", json!({"max": 1, "lease": "10m"}))
         .await;
     assert_eq!(r.json()["jobs"].as_array().unwrap().len(), 1);
+    // A depth bound lowered below what the queue holds (3 ready and delayed): the import must
+    // still bring every job in, then set the bound.
+    let r = c
+        .send(
+            "PUT",
+            "/v1/queues/mail",
+            &[],
+            json!({"max_depth": 2}).to_string(),
+        )
+        .await;
+    assert!(r.status < 300, "{}", r.text());
     // One dead job in another queue, which is paused.
     c.post_json(
         "/v1/queues/dl/jobs",
@@ -344,7 +355,17 @@ fn a_truncated_or_refused_file_is_reported_by_line() {
     // A well-formed file with a record the API refuses (a key past 1024 bytes, a payload nested
     // too deep): the import stops there and names the line.
     let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    // A queue whose lease is 0 or a stream with a 1 ms bucket is refused like over the API.
+    let queue = |lease: u64| {
+        json!({"type": "queue", "name": "q", "paused": false, "max_depth": 0,
+               "default_lease_ms": lease, "max_attempts": 3,
+               "backoff": {"base_ms": 1000, "factor": 2.0, "max_ms": 60000}})
+        .to_string()
+    };
+    let stream = json!({"type": "stream", "name": "s", "bucket_ms": 1, "retention_ms": 0});
     for (name, bad) in [
+        ("lease", queue(0)),
+        ("bucket", stream.to_string()),
         ("key", kv(&"k".repeat(2000))),
         (
             "deep",

@@ -605,3 +605,29 @@ async fn cron_fires_on_its_own_once_per_tick_across_restarts() {
     drop(queues);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn configs_and_jobs_a_queue_cannot_run_are_refused() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    for body in [
+        json!({"default_lease": "0s"}),
+        json!({"max_attempts": 0}),
+        json!({"backoff": {"factor": 0.5}}),
+    ] {
+        let r = c.send("PUT", "/v1/queues/q", &[], body.to_string()).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+    }
+    for job in [
+        json!({"payload": 1, "max_attempts": 0}),
+        json!({"payload": 1, "backoff": {"factor": 1000}}),
+    ] {
+        let r = c.post_json("/v1/queues/q/jobs", job.clone()).await;
+        assert_eq!(r.status, 400, "{job}: {}", r.text());
+        assert!(r.text().contains("job 0"), "{}", r.text());
+    }
+    // Nothing was created or changed by the refusals.
+    assert_eq!(c.get("/v1/queues/q").await.status, 404);
+    drop(c);
+    s.stop().await;
+}

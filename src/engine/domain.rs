@@ -26,7 +26,7 @@ pub struct DomainSpec {
 }
 
 /// The running side of a domain: what it does by itself and what it reports. The store holds
-/// every domain as one of these; [`crate::Store::domain`] hands back the typed one.
+/// every domain as one of these; its shorthands (`Store::kv`, …) hand back the typed ones.
 pub trait Domain: std::any::Any + Send + Sync {
     /// Tasks that run by themselves (sweeps, timers, schedules, retention) until aborted.
     fn background(

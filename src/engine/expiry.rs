@@ -15,6 +15,14 @@ use std::time::Duration;
 /// An expiry index: `be(expires_at_ms) ‖ record key` → ().
 pub type Index = TableDefinition<'static, &'static [u8], ()>;
 
+/// The index key of `record_key` expiring at `at_ms` (entries sort by expiry time).
+pub fn key(at_ms: u64, record_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + record_key.len());
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(record_key);
+    k
+}
+
 /// A domain's sweep: deletes up to `batch_max` due records in one batch; returns how many index
 /// entries it read.
 pub type SweepFn = fn(&mut ApplyCtx<'_, '_>, usize) -> Result<usize, redb::Error>;

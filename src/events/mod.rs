@@ -341,6 +341,14 @@ impl Events {
         retention_ms: Option<u64>,
     ) -> Result<(bool, StreamInfo), EventError> {
         validate_name(stream)?;
+        if let Some(b) = bucket_ms {
+            if !crate::util::BUCKET_WIDTHS.iter().any(|(_, ms)| *ms == b) {
+                return Err(Invalid::BucketWidth {
+                    got: format!("{b} ms"),
+                }
+                .into());
+            }
+        }
         let (name, rules) = (stream.to_string(), self.rules());
         let (created, _) = self
             .engine

@@ -290,7 +290,7 @@ fn denied(d: Denied, headers: &mut HeaderMap) -> ApiError {
             format!(
                 "the token may not touch {} `{}`: it is limited to other name prefixes",
                 kind.as_str(),
-                crate::names::display_key(name.as_bytes())
+                name.escape_debug()
             ),
         ),
         Denied::Limited => (

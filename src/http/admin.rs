@@ -142,7 +142,7 @@ async fn backup(state: &ServerState, req: Request<ReqBody>) -> Result<Resp, ApiE
         crate::backup::backup(&engine, &out, &crate::progress::Progress::quiet())
     })
     .await
-    .map_err(|e| ApiError::new(500, "internal", format!("backup task: {e}")))?
+    .map_err(|e| ApiError::task_failed("the backup task", e))?
     .map_err(|e| {
         tracing::warn!(error = %e, "backup failed");
         ApiError::new(500, "backup_failed", e)

@@ -221,7 +221,7 @@ async fn run_range(
     let name = stream.to_string();
     tokio::task::spawn_blocking(move || events.range(&name, &q))
         .await
-        .map_err(|e| ApiError::new(500, "internal", format!("range task failed: {e}")))?
+        .map_err(|e| ApiError::task_failed("a range task", e))?
         .map_err(ApiError::from)
 }
 
@@ -365,7 +365,7 @@ async fn follow(
             let name = stream.to_string();
             tokio::task::spawn_blocking(move || ev.range(&name, &newest))
                 .await
-                .map_err(|e| ApiError::new(500, "internal", e.to_string()))??
+                .map_err(|e| ApiError::task_failed("a range task", e))??
                 .0
                 .first()
                 .map(|e| (e.ts, e.seq))
@@ -455,7 +455,7 @@ pub async fn counts(
     let name = stream.to_string();
     let counts = tokio::task::spawn_blocking(move || events.counts(&name, from, to, step))
         .await
-        .map_err(|e| ApiError::new(500, "internal", format!("counts task failed: {e}")))??;
+        .map_err(|e| ApiError::task_failed("a counts task", e))??;
     let items: Vec<_> = counts
         .iter()
         .map(|(start, n)| serde_json::json!({"start": start, "count": n}))

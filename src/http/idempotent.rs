@@ -113,10 +113,10 @@ pub(super) async fn run(
     );
     match task.await {
         Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "an Idempotency-Key request's task failed");
-            Err(ApiError::internal())
-        }
+        Err(e) => Err(ApiError::task_failed(
+            "an Idempotency-Key request's task",
+            e,
+        )),
     }
 }
 

@@ -128,11 +128,7 @@ impl BackoffReq {
                 .transpose()?
                 .unwrap_or(default.max_ms),
         };
-        if !(1.0..=100.0).contains(&b.factor) {
-            return Err(ApiError::bad_request(
-                "backoff.factor must be between 1 and 100",
-            ));
-        }
+        // Its range is the domain's rule (Backoff::validate), checked at enqueue and configure.
         Ok(b)
     }
 }
@@ -170,9 +166,6 @@ impl EnqueueReq {
             }
             (None, None) => None,
         };
-        if self.max_attempts == Some(0) {
-            return Err(ApiError::bad_request("max_attempts must be at least 1"));
-        }
         Ok(NewJob {
             payload: self.payload.get().as_bytes().to_vec(),
             priority: self.priority.unwrap_or(0),
@@ -594,19 +587,11 @@ pub async fn configure(
     if let Some(d) = r.max_depth {
         c.max_depth = d;
     }
+    // Ranges are the domain's rule (QueueConfig::validate), checked in configure.
     if let Some(l) = r.default_lease.as_deref() {
         c.default_lease_ms = duration("default_lease", l)?;
-        if c.default_lease_ms == 0 || c.default_lease_ms > queues.limits().lease_max_ms {
-            return Err(ApiError::bad_request(format!(
-                "default_lease must be between 1 ms and {} ms",
-                queues.limits().lease_max_ms
-            )));
-        }
     }
     if let Some(m) = r.max_attempts {
-        if m == 0 {
-            return Err(ApiError::bad_request("max_attempts must be at least 1"));
-        }
         c.max_attempts = m;
     }
     if let Some(b) = r.backoff {

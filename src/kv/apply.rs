@@ -17,12 +17,7 @@ type KvTable<'c, 't> = LoggedTable<'c, 't, &'static [u8], &'static [u8]>;
 type ExpiryTable<'c, 't> = LoggedTable<'c, 't, &'static [u8], ()>;
 
 /// Key of the expiry index: `expires_at_ms` big-endian (so the index sorts by time) then the key.
-pub(super) fn expiry_key(expires_at_ms: u64, sk: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + sk.len());
-    k.extend_from_slice(&expires_at_ms.to_be_bytes());
-    k.extend_from_slice(sk);
-    k
-}
+pub(super) use crate::engine::expiry::key as expiry_key;
 
 /// The stored header of `sk`, expired or not; rejected if the record is corrupt.
 fn header_of(table: &KvTable<'_, '_>, shard: usize, sk: &[u8]) -> Res<Option<Header>> {

@@ -347,6 +347,18 @@ impl Queues {
                 .at(ItemKind::Job, i)
                 .into());
             }
+            if j.max_attempts == Some(0) {
+                return Err(Invalid::OutOfRange {
+                    field: "max_attempts",
+                    min: 1,
+                    max: u32::MAX as u64,
+                }
+                .at(ItemKind::Job, i)
+                .into());
+            }
+            if let Some(b) = &j.backoff {
+                b.validate().map_err(|e| e.at(ItemKind::Job, i))?;
+            }
             if j.dedupe_key
                 .as_ref()
                 .is_some_and(|k| k.is_empty() || k.len() > 512)
@@ -556,6 +568,9 @@ impl Queues {
         paused: Option<bool>,
     ) -> Result<QueueMeta, QueueError> {
         validate_name(q)?;
+        if let Some(c) = &config {
+            c.validate(self.limits.lease_max_ms)?;
+        }
         let name = q.to_string();
         let meta = self
             .write(q, 0, move |ctx| {

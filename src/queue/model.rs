@@ -94,6 +94,18 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// A backoff the queue can run: a factor of 1–100.
+    pub fn validate(&self) -> Result<(), crate::error::Invalid> {
+        if !(1.0..=100.0).contains(&self.factor) {
+            return Err(crate::error::Invalid::OutOfRange {
+                field: "backoff.factor",
+                min: 1,
+                max: 100,
+            });
+        }
+        Ok(())
+    }
+
     /// The delay before retry number `attempt` (1 = after the first failure).
     pub fn delay_ms(&self, attempt: u32, jitter: f64) -> u64 {
         let exp = self
@@ -138,6 +150,30 @@ pub struct QueueConfig {
     pub default_lease_ms: u64,
     pub max_attempts: u32,
     pub backoff: Backoff,
+}
+
+impl QueueConfig {
+    /// A config claims and retries can run with: a default lease of 1 ms–`lease_max_ms`, at
+    /// least one attempt, a valid backoff. Checked by the domain, so every way in (the API, an
+    /// import, an embedder) meets the same rule.
+    pub fn validate(&self, lease_max_ms: u64) -> Result<(), crate::error::Invalid> {
+        use crate::error::Invalid;
+        if self.default_lease_ms == 0 || self.default_lease_ms > lease_max_ms {
+            return Err(Invalid::OutOfRange {
+                field: "default_lease (ms)",
+                min: 1,
+                max: lease_max_ms,
+            });
+        }
+        if self.max_attempts == 0 {
+            return Err(Invalid::OutOfRange {
+                field: "max_attempts",
+                min: 1,
+                max: u32::MAX as u64,
+            });
+        }
+        self.backoff.validate()
+    }
 }
 
 impl Default for QueueConfig {
