@@ -329,9 +329,25 @@ fn copy_checked(src: &Path, dst: &Path, sum: &str, progress: &Progress) -> Resul
 /// non-empty `data`, which needs `force` and must be a shardbox directory) removed and the new
 /// renamed into place, the MANIFEST last. A failure before that leaves `data` as it was.
 pub fn restore(from: &Path, data: &Path, force: bool, progress: &Progress) -> Result<u64, String> {
+    let staging = staging_dir(data);
+    if staging.join(STAGED).exists() {
+        // A restore that was checked and complete, interrupted while replacing: finish it.
+        let _lock = DirLock::acquire(data).map_err(|e| e.to_string())?;
+        let was = std::fs::read_to_string(staging.join(STAGED)).unwrap_or_default();
+        swap_in(data, &staging)?;
+        return Err(format!(
+            "an interrupted restore into {} (from {was}) was finished; run restore again (with --force) to restore {} instead",
+            data.display(),
+            from.display()
+        ));
+    }
     let files = read_sums(from)?;
+    // A LOCK, and the staging of a restore that stopped while copying, are not data.
     let non_empty = std::fs::read_dir(data)
-        .map(|mut d| d.next().is_some())
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name() != "LOCK" && e.file_name() != "restore.tmp")
+        })
         .unwrap_or(false);
     if non_empty && !force {
         return Err(format!(
@@ -348,7 +364,6 @@ pub fn restore(from: &Path, data: &Path, force: bool, progress: &Progress) -> Re
     std::fs::create_dir_all(data).map_err(|e| err(data, e))?;
     // No server may run on it meanwhile.
     let _lock = DirLock::acquire(data).map_err(|e| e.to_string())?;
-    let staging = data.join("restore.tmp");
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(|e| err(&staging, e))?;
     }
@@ -371,27 +386,61 @@ pub fn restore(from: &Path, data: &Path, force: bool, progress: &Progress) -> Re
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
     }
-    // Everything is here and checked: replace. The MANIFEST goes first and comes back last, so
-    // a crash in between leaves a directory nothing starts on.
-    for f in ["MANIFEST", "ballast"] {
-        let p = data.join(f);
-        if p.exists() {
-            std::fs::remove_file(&p).map_err(|e| err(&p, e))?;
-        }
-    }
-    for sub in ["shards", "wal", "cache"] {
-        let p = data.join(sub);
-        if p.exists() {
-            std::fs::remove_dir_all(&p).map_err(|e| err(&p, e))?;
-        }
-    }
-    std::fs::rename(staging.join("shards"), data.join("shards")).map_err(|e| err(data, e))?;
-    sync_dir(data).map_err(|e| e.to_string())?;
-    std::fs::rename(staging.join("MANIFEST"), Manifest::path(data)).map_err(|e| err(data, e))?;
-    std::fs::remove_dir(&staging).map_err(|e| err(&staging, e))?;
-    sync_dir(data).map_err(|e| e.to_string())?;
+    // Everything is here and checked: mark it so, durably. From here on the staged copy is
+    // the data: a crash while replacing leaves a directory the server refuses to open and the
+    // next restore finishes (`swap_in` can be run again from any point).
+    let marker = staging.join(STAGED);
+    std::fs::write(&marker, from.display().to_string()).map_err(|e| err(&marker, e))?;
+    std::fs::File::open(&marker)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| err(&marker, e))?;
+    sync_dir(&staging).map_err(|e| e.to_string())?;
+    swap_in(data, &staging)?;
     progress.finish();
     Ok(total)
+}
+
+/// Where a restore stages its copy, inside the data directory.
+pub fn staging_dir(data: &Path) -> PathBuf {
+    data.join("restore.tmp")
+}
+
+/// In the staging directory: the copy is complete and checked (holds the backup's path).
+const STAGED: &str = "STAGED";
+
+/// Whether a staging directory holds a complete, checked copy (its swap may have begun).
+pub fn is_staged(staging: &Path) -> bool {
+    staging.join(STAGED).exists()
+}
+
+/// Replaces `data`'s MANIFEST and shards with the staged ones. Every step checks what is
+/// still to do, so after a crash at any point running it again completes the swap.
+fn swap_in(data: &Path, staging: &Path) -> Result<(), String> {
+    crate::failpoint::hit("restore.swap").map_err(|e| e.to_string())?;
+    if staging.join("shards").exists() {
+        // The old data goes (its MANIFEST first), then the staged shards take its place.
+        for f in ["MANIFEST", "ballast"] {
+            let p = data.join(f);
+            if p.exists() {
+                std::fs::remove_file(&p).map_err(|e| err(&p, e))?;
+            }
+        }
+        crate::failpoint::hit("restore.swap.removing").map_err(|e| e.to_string())?;
+        for sub in ["shards", "wal", "cache"] {
+            let p = data.join(sub);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).map_err(|e| err(&p, e))?;
+            }
+        }
+        std::fs::rename(staging.join("shards"), data.join("shards")).map_err(|e| err(data, e))?;
+        sync_dir(data).map_err(|e| e.to_string())?;
+    }
+    let manifest = staging.join("MANIFEST");
+    if manifest.exists() {
+        std::fs::rename(&manifest, Manifest::path(data)).map_err(|e| err(data, e))?;
+    }
+    std::fs::remove_dir_all(staging).map_err(|e| err(staging, e))?;
+    sync_dir(data).map_err(|e| e.to_string())
 }
 
 /// Rewrites every shard of a stopped data directory compactly (redb's compaction): free pages

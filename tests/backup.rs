@@ -223,3 +223,52 @@ async fn compact_gives_space_back_and_keeps_the_data() {
     assert_eq!(c.get("/v1/kv/app/k5").await.status, 404);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_restore_stopped_while_replacing_is_refused_by_the_server_and_finished_by_the_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let s = TestServer::start_in(dir.clone(), |_| {}).await;
+    let mut c = s.client().await;
+    assert!(c.put("/v1/kv/app/k1", "old").await.status < 300);
+    drop(c);
+    s.stop().await;
+    let out = tmp.path().join("b");
+    ok(
+        &shardbox(&["backup", "--data", p(&dir), "--out", p(&out)]),
+        "backup",
+    );
+    let s = TestServer::start_in(dir.clone(), |_| {}).await;
+    let mut c = s.client().await;
+    assert!(c.put("/v1/kv/app/k1", "newer").await.status < 300);
+    assert!(c.put("/v1/kv/app/k2", "newer").await.status < 300);
+    drop(c);
+    s.stop().await;
+
+    // The restore stops (a crash) after the old MANIFEST is gone, before the new shards are in.
+    shardbox::failpoint::set(
+        "restore.swap.removing",
+        shardbox::failpoint::Action::Error("crash".into()),
+    );
+    let r = shardbox::backup::restore(&out, &dir, true, &shardbox::progress::Progress::quiet());
+    shardbox::failpoint::clear("restore.swap.removing");
+    assert!(r.is_err());
+    assert!(!dir.join("MANIFEST").exists());
+    // The server does not build a store over what is left.
+    let e = shardbox::Store::open(shardbox::Config::with_data_dir(&dir))
+        .err()
+        .expect("opening a half-restored directory must fail")
+        .to_string();
+    assert!(e.contains("run `shardbox restore` again"), "{e}");
+    // The next restore finishes the interrupted one, and says so.
+    let r = shardbox(&["restore", "--from", p(&out), "--data", p(&dir), "--force"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("was finished"), "{err}");
+    assert!(ok(&shardbox(&["check", "--data", p(&dir)]), "check").contains("OK"));
+    let s = TestServer::start_in(dir, |_| {}).await;
+    let mut c = s.client().await;
+    assert_eq!(c.get("/v1/kv/app/k1").await.text(), "old");
+    assert_eq!(c.get("/v1/kv/app/k2").await.status, 404);
+    drop(c);
+    s.stop().await;
+}

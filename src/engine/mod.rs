@@ -81,6 +81,20 @@ impl Engine {
         std::fs::create_dir_all(dir.join("shards"))
             .map_err(|e| EngineError::Open(format!("cannot create {}: {e}", dir.display())))?;
         let lock = DirLock::acquire(&dir)?;
+        // A restore stopped half-way: its staged copy (or, while copying, the old data) is the
+        // truth, and opening would build a store over half of it.
+        let staging = crate::backup::staging_dir(&dir);
+        if staging.exists() {
+            let what = if crate::backup::is_staged(&staging) {
+                "a restore was replacing the data when it stopped: run `shardbox restore` again to finish it"
+            } else {
+                "a restore stopped while copying (the data is as it was): remove restore.tmp, or run `shardbox restore` again"
+            };
+            return Err(EngineError::Open(format!(
+                "{} holds an unfinished restore (restore.tmp): {what}",
+                dir.display()
+            )));
+        }
         let space =
             space::DiskSpace::open(&dir, config.disk_reserve_bytes, config.disk_ballast_bytes);
         let manifest = Self::load_or_create_manifest(&dir, config, clock.as_ref())?;
