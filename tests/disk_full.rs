@@ -212,15 +212,8 @@ async fn a_full_disk_refuses_growth_keeps_reads_and_deletes_and_recovers_by_itse
     // SIGTERM for a clean stop, then check the files.
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let _ = child.wait();
-    let out = Command::new(env!("CARGO_BIN_EXE_shardbox"))
-        .args(["check", "--data"])
-        .arg(&data)
-        .output()
-        .expect("run check");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "check: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::cli::ok(
+        &common::cli::shardbox(&["check", "--data", common::cli::p(&data)]),
+        "check",
     );
 }

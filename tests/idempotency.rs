@@ -39,6 +39,15 @@ async fn ready(c: &mut Client, q: &str) -> u64 {
     r.json()["ready"].as_u64().expect("ready")
 }
 
+/// Waits until a keyed request's first run is in the server (the gauge says so), not for a
+/// guessed time.
+async fn running(addr: std::net::SocketAddr) {
+    eventually(10, "a keyed request to be running", || async move {
+        (common::scrape(addr, "shardbox_idempotency_running").await >= 1.0).then_some(())
+    })
+    .await;
+}
+
 fn replayed(r: &Resp) -> bool {
     r.header("idempotent-replayed") == Some("true")
 }
@@ -217,7 +226,7 @@ async fn a_retry_while_the_first_runs_gets_409_and_a_client_that_hangs_up_still_
         let mut c = Client::connect(addr).await;
         post(&mut c, "/v1/queues/slow/jobs", Some("k1"), &job2).await
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    running(addr).await;
     let busy = post(&mut c, "/v1/queues/slow/jobs", Some("k1"), &job).await;
     assert_eq!(busy.status, 409, "{}", busy.text());
     assert_eq!(busy.error_code(), "idempotency_key_in_use");
@@ -233,7 +242,7 @@ async fn a_retry_while_the_first_runs_gets_409_and_a_client_that_hangs_up_still_
         let mut c = Client::connect(addr).await;
         post(&mut c, "/v1/queues/slow/jobs", Some("k2"), &j).await
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    running(addr).await;
     hung.abort();
     let _ = hung.await;
     shardbox::failpoint::clear("wal.sync");
@@ -264,7 +273,7 @@ async fn a_retry_while_the_first_runs_gets_409_and_a_client_that_hangs_up_still_
         let mut c = Client::connect(addr).await;
         post(&mut c, "/v1/queues/slow/jobs", Some("k3"), &j).await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    running(addr).await;
     hung.abort();
     let _ = hung.await;
     drop(c);

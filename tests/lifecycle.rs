@@ -99,3 +99,28 @@ async fn a_panicking_handler_answers_500_and_releases_its_connection() {
 async fn gauge_5xx(addr: SocketAddr) -> f64 {
     common::scrape(addr, "shardbox_http_responses_total{class=\"5xx\"}").await
 }
+
+/// Under systemd (`Type=notify`, dist/shardbox.service) the server says READY=1 once it
+/// listens, and STOPPING=1 on SIGTERM, on the socket systemd names in NOTIFY_SOCKET.
+#[test]
+fn readiness_and_stopping_are_told_to_systemd() {
+    use std::os::unix::net::UnixDatagram;
+    let tmp = tempfile::tempdir().unwrap();
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let env = vec![("NOTIFY_SOCKET".to_string(), sock_path.display().to_string())];
+    let (mut child, addr) = spawn_shardbox(&tmp.path().join("data"), &env).unwrap();
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("a READY message");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.contains("READY=1"), "{msg}");
+    // Ready means serving.
+    assert!(std::net::TcpStream::connect(addr).is_ok());
+    sigterm(&child);
+    let n = sock.recv(&mut buf).expect("a STOPPING message");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.contains("STOPPING=1"), "{msg}");
+    assert!(child.wait().unwrap().success());
+}
