@@ -8,7 +8,9 @@
 //! - every acknowledged enqueue is a job the store still holds, unless its ack was acknowledged;
 //!   an acknowledged ack never comes back (no job is lost, none is acked twice);
 //! - every acknowledged event is in its stream, ids increasing;
-//! - a cache entry whose delete was acknowledged is never served again, restarts included.
+//! - a cache entry whose delete was acknowledged is not served by the running server right
+//!   after; after a restart none is (the disk tier is not recovered, so every restart starts
+//!   the cache empty; the check guards that choice).
 //!
 //! `cargo test` runs a few cycles. The long run (and the replay of a failure):
 //! `KILL_HARNESS_CYCLES=100 KILL_HARNESS_SEED=<seed> cargo test --release --test kill_harness -- --nocapture`
@@ -238,10 +240,15 @@ async fn cache_task(addr: SocketAddr, cycle: usize, ledger: Arc<Mutex<Ledger>>) 
             match c.try_send("DELETE", &path, &[], "").await {
                 Ok(r) if r.status < 300 || r.status == 404 => {
                     let mut l = ledger.lock().unwrap();
-                    l.cache_deleted.insert(path);
+                    l.cache_deleted.insert(path.clone());
                     l.acknowledged += 1;
                 }
                 Ok(r) => panic!("cache delete: {} {}", r.status, r.text()),
+                Err(_) => return,
+            }
+            // In the running server, under the load of the other tasks: gone at once.
+            match c.try_send("GET", &path, &[], "").await {
+                Ok(r) => assert_ne!(r.status, 200, "deleted cache entry {path} served"),
                 Err(_) => return,
             }
         }
