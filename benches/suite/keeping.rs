@@ -30,21 +30,41 @@ fn timed(d: Duration, ops: u64) -> Outcome {
     }
 }
 
-/// Runs a command and times it; `None` (logged) when it fails.
+/// Longest any one command may take before it is killed (the suite stops by itself).
+const COMMAND_MAX: Duration = Duration::from_secs(600);
+
+/// Runs a command and times it; `None` (logged) when it fails or runs past [`COMMAND_MAX`].
 fn run(what: &str, cmd: &mut Command) -> Option<Duration> {
     let t = Instant::now();
-    match cmd.output() {
-        Ok(out) if out.status.success() => Some(t.elapsed()),
-        Ok(out) => {
-            eprintln!(
-                "  {what} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            None
-        }
+    let mut child = match cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("  {what}: {e}");
-            None
+            return None;
+        }
+    };
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Some(t.elapsed()),
+            Ok(Some(status)) => {
+                eprintln!("  {what} failed: {status}");
+                return None;
+            }
+            Ok(None) if t.elapsed() > COMMAND_MAX => {
+                let _ = child.kill();
+                let _ = child.wait();
+                eprintln!("  {what}: killed after {} s", COMMAND_MAX.as_secs());
+                return None;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => {
+                eprintln!("  {what}: {e}");
+                return None;
+            }
         }
     }
 }
@@ -177,13 +197,18 @@ pub async fn keeping_data(o: &Opts, rows: &mut Vec<Row>) {
     drop(r);
     // The same keys as SET commands, for a load into an empty Redis.
     let cmds = tmp.path().join("load.resp");
-    let mut buf = Vec::with_capacity(keys as usize * 150);
-    let v = value();
-    for n in 0..keys {
-        resp_command(&mut buf, &[b"SET", key(n).as_bytes(), &v]);
+    {
+        use std::io::Write;
+        let mut file =
+            std::io::BufWriter::new(std::fs::File::create(&cmds).expect("create load.resp"));
+        let (v, mut buf) = (value(), Vec::with_capacity(256));
+        for n in 0..keys {
+            buf.clear();
+            resp_command(&mut buf, &[b"SET", key(n).as_bytes(), &v]);
+            file.write_all(&buf).expect("write load.resp");
+        }
+        file.flush().expect("write load.resp");
     }
-    std::fs::write(&cmds, &buf).expect("write load.resp");
-    drop(buf);
     let load = match peers::redis(o.install) {
         Ok(r) => {
             let port = r.addr.port().to_string();
