@@ -269,6 +269,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
             .await
             .map_err(|e| format!("cannot open the cache: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        // Handlers first: a SIGTERM that comes right after "listening" or READY=1 must stop
+        // the server cleanly, not kill it with the default action.
+        let signals = Signals::install().map_err(|e| format!("cannot handle signals: {e}"))?;
         tracing::info!(
             address = %addr,
             data_dir = %config.data_dir.display(),
@@ -285,7 +288,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
             tracing::warn!(error = %e, "cannot report readiness to systemd");
         }
         shardbox::http::run(listener, store.clone(), async {
-            shutdown_signal().await;
+            signals.recv().await;
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         })
         .await
@@ -300,18 +303,27 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     })
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGTERM and SIGINT, handled from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// The first of them to arrive.
+    async fn recv(mut self) {
+        tokio::select! {
+            _ = self.int.recv() => tracing::info!("SIGINT received"),
+            _ = self.term.recv() => tracing::info!("SIGTERM received"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        _ = term.recv() => tracing::info!("SIGTERM received"),
     }
 }
 
