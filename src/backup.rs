@@ -12,6 +12,7 @@
 //! without `force`, and writes each file under a temporary name, fsyncs and renames it.
 
 use crate::engine::manifest::{sync_dir, DirLock, Manifest};
+use crate::engine::private;
 use crate::engine::{shard_path, Engine};
 use crate::progress::Progress;
 use redb::{
@@ -51,6 +52,67 @@ fn err(path: &Path, e: impl std::fmt::Display) -> String {
     format!("{}: {e}", path.display())
 }
 
+/// `path` made absolute and resolved as the filesystem would: its longest existing ancestor
+/// canonicalized (symlinks, `/proc/self/root`, `..` through them), the rest (which does not
+/// exist yet) appended with `.` and `..` applied.
+pub fn resolve_path(path: &Path) -> Result<PathBuf, String> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| format!("the current directory: {e}"))?
+            .join(path)
+    };
+    let mut rest = Vec::new();
+    let mut base = abs.as_path();
+    let mut resolved = loop {
+        match std::fs::canonicalize(base) {
+            Ok(p) => break p,
+            Err(_) => match (base.parent(), base.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_os_string());
+                    base = parent;
+                }
+                // A last component of `..` or `.`: kept for the lexical pass below.
+                (Some(parent), None) => {
+                    rest.push(base.components().next_back().map_or_else(
+                        || std::ffi::OsString::from("."),
+                        |c| c.as_os_str().to_os_string(),
+                    ));
+                    base = parent;
+                }
+                (None, _) => break PathBuf::from("/"),
+            },
+        }
+    };
+    for part in rest.iter().rev() {
+        match part.to_str() {
+            Some(".") => {}
+            Some("..") => {
+                resolved.pop();
+            }
+            _ => resolved.push(part),
+        }
+    }
+    Ok(resolved)
+}
+
+/// Refuses a backup destination inside the data directory, however it is spelled (symlinks,
+/// `..`, `/proc/self/root`): a backup there would be copied into itself, and one in
+/// `restore.tmp` would make the next start refuse the directory.
+pub fn refuse_inside(data: &Path, out: &Path) -> Result<(), String> {
+    let data_r = resolve_path(data)?;
+    let out_r = resolve_path(out)?;
+    if out_r.starts_with(&data_r) || data_r.starts_with(&out_r) {
+        return Err(format!(
+            "out `{}` is inside the data directory {} (or holds it): back up somewhere else",
+            out.display(),
+            data_r.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Checks that `out` can take a backup: absent, or an empty directory.
 pub fn check_target(out: &Path) -> Result<(), String> {
     match std::fs::read_dir(out) {
@@ -72,11 +134,20 @@ pub fn check_target(out: &Path) -> Result<(), String> {
 pub fn backup(engine: &Engine, out: &Path, progress: &Progress) -> Result<Report, String> {
     let started = Instant::now();
     check_target(out)?;
-    std::fs::create_dir_all(out.join("shards")).map_err(|e| err(out, e))?;
+    refuse_inside(engine.data_dir(), out)?;
+    private::create_dir_all(out)
+        .and_then(|_| private::create_dir_all(&out.join("shards")))
+        .map_err(|e| err(out, e))?;
+    // Made now: checked again, so a symlink swapped in meanwhile cannot lead into the data.
+    refuse_inside(engine.data_dir(), out)?;
     let manifest_from = Manifest::path(engine.data_dir());
     let manifest_to = Manifest::path(out);
-    std::fs::copy(&manifest_from, &manifest_to)
-        .and_then(|_| std::fs::File::open(&manifest_to)?.sync_all())
+    std::fs::read(&manifest_from)
+        .and_then(|text| {
+            let mut f = private::create_file(&manifest_to)?;
+            f.write_all(&text)?;
+            f.sync_all()
+        })
         .map_err(|e| err(&manifest_to, e))?;
     let mut files = vec![sum_file(out, &manifest_to)?];
     let mut rows = 0;
@@ -114,6 +185,7 @@ fn copy_shard(txn: &ReadTransaction, path: &Path) -> Result<u64, String> {
         .set_cache_size(16 << 20)
         .create(&tmp)
         .map_err(|e| err(&tmp, e))?;
+    private::restrict(&tmp, private::FILE_MODE).map_err(|e| err(&tmp, e))?;
     let mut copier = Copier {
         db: &db,
         txn: None,
@@ -246,7 +318,7 @@ fn sum_file(root: &Path, path: &Path) -> Result<FileSum, String> {
 
 fn write_sums(out: &Path, files: &[FileSum]) -> Result<(), String> {
     let path = out.join(SUMS);
-    let mut f = std::fs::File::create(&path).map_err(|e| err(&path, e))?;
+    let mut f = private::create_file(&path).map_err(|e| err(&path, e))?;
     for s in files {
         writeln!(f, "{}  {}", s.sha256, s.path).map_err(|e| err(&path, e))?;
     }
@@ -299,7 +371,7 @@ pub fn read_sums(from: &Path) -> Result<Vec<(String, String)>, String> {
 /// Copies `src` to `dst` (fsync'd), hashing what it reads; `Err` unless the hash is `sum`.
 fn copy_checked(src: &Path, dst: &Path, sum: &str, progress: &Progress) -> Result<u64, String> {
     let mut from = std::fs::File::open(src).map_err(|e| err(src, e))?;
-    let mut to = std::fs::File::create(dst).map_err(|e| err(dst, e))?;
+    let mut to = private::create_file(dst).map_err(|e| err(dst, e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
@@ -361,13 +433,13 @@ pub fn restore(from: &Path, data: &Path, force: bool, progress: &Progress) -> Re
             data.display()
         ));
     }
-    std::fs::create_dir_all(data).map_err(|e| err(data, e))?;
+    private::create_dir_all(data).map_err(|e| err(data, e))?;
     // No server may run on it meanwhile.
     let _lock = DirLock::acquire(data).map_err(|e| e.to_string())?;
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(|e| err(&staging, e))?;
     }
-    std::fs::create_dir_all(staging.join("shards")).map_err(|e| err(&staging, e))?;
+    private::create_dir_all(&staging.join("shards")).map_err(|e| err(&staging, e))?;
     progress.set_total(
         files
             .iter()
@@ -390,7 +462,9 @@ pub fn restore(from: &Path, data: &Path, force: bool, progress: &Progress) -> Re
     // the data: a crash while replacing leaves a directory the server refuses to open and the
     // next restore finishes (`swap_in` can be run again from any point).
     let marker = staging.join(STAGED);
-    std::fs::write(&marker, from.display().to_string()).map_err(|e| err(&marker, e))?;
+    private::create_file(&marker)
+        .and_then(|mut f| f.write_all(from.display().to_string().as_bytes()))
+        .map_err(|e| err(&marker, e))?;
     std::fs::File::open(&marker)
         .and_then(|f| f.sync_all())
         .map_err(|e| err(&marker, e))?;
@@ -405,8 +479,56 @@ pub fn staging_dir(data: &Path) -> PathBuf {
     data.join("restore.tmp")
 }
 
+/// Where an import builds the new state of a data directory, inside it: the data directory
+/// changes only when the import is complete, all at once ([`swap_in`]).
+pub fn import_staging_dir(data: &Path) -> PathBuf {
+    data.join("import.tmp")
+}
+
 /// In the staging directory: the copy is complete and checked (holds the backup's path).
 const STAGED: &str = "STAGED";
+
+/// Marks a staging directory complete, durably: from here on it is the data, and a crash while
+/// it replaces the old is finished by running [`swap_in`] again.
+pub fn mark_staged(staging: &Path, what: &str) -> Result<(), String> {
+    let marker = staging.join(STAGED);
+    private::create_file(&marker)
+        .and_then(|mut f| {
+            f.write_all(what.as_bytes())?;
+            f.sync_all()
+        })
+        .map_err(|e| err(&marker, e))?;
+    sync_dir(staging).map_err(|e| e.to_string())
+}
+
+/// Copies the MANIFEST and every shard of a stopped, checkpointed data directory into
+/// `staging` (owner-only, fsynced): the starting point of an import that merges.
+pub fn copy_stopped(data: &Path, staging: &Path) -> Result<(), String> {
+    let manifest = Manifest::read(data)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{} has no MANIFEST", data.display()))?;
+    private::create_dir_all(&staging.join("shards")).map_err(|e| err(staging, e))?;
+    let copy = |from: &Path, to: &Path| -> Result<(), String> {
+        let mut src = std::fs::File::open(from).map_err(|e| err(from, e))?;
+        let mut dst = private::create_file(to).map_err(|e| err(to, e))?;
+        std::io::copy(&mut src, &mut dst)
+            .and_then(|_| dst.sync_all())
+            .map_err(|e| err(to, e))
+    };
+    copy(&Manifest::path(data), &Manifest::path(staging))?;
+    for id in 0..manifest.shards as usize {
+        copy(&shard_path(data, id), &shard_path(staging, id))?;
+    }
+    sync_dir(&staging.join("shards")).map_err(|e| e.to_string())?;
+    sync_dir(staging).map_err(|e| e.to_string())
+}
+
+/// Puts a complete staged state (see [`mark_staged`]) in place of `data`'s, under the data
+/// directory's lock.
+pub fn finish_staged(data: &Path, staging: &Path) -> Result<(), String> {
+    let _lock = DirLock::acquire(data).map_err(|e| e.to_string())?;
+    swap_in(data, staging)
+}
 
 /// Whether a staging directory holds a complete, checked copy (its swap may have begun).
 pub fn is_staged(staging: &Path) -> bool {
@@ -415,7 +537,7 @@ pub fn is_staged(staging: &Path) -> bool {
 
 /// Replaces `data`'s MANIFEST and shards with the staged ones. Every step checks what is
 /// still to do, so after a crash at any point running it again completes the swap.
-fn swap_in(data: &Path, staging: &Path) -> Result<(), String> {
+pub fn swap_in(data: &Path, staging: &Path) -> Result<(), String> {
     crate::failpoint::hit("restore.swap").map_err(|e| e.to_string())?;
     if staging.join("shards").exists() {
         // The old data goes (its MANIFEST first), then the staged shards take its place.
@@ -439,8 +561,34 @@ fn swap_in(data: &Path, staging: &Path) -> Result<(), String> {
     if manifest.exists() {
         std::fs::rename(&manifest, Manifest::path(data)).map_err(|e| err(data, e))?;
     }
-    std::fs::remove_dir_all(staging).map_err(|e| err(staging, e))?;
+    // The staging directory goes in one rename, then is deleted: a crash while deleting it
+    // leaves `*.done` (removed at the next open), never a half-deleted staging directory that
+    // would be taken for an unfinished copy.
+    let done = done_dir(staging);
+    if done.exists() {
+        std::fs::remove_dir_all(&done).map_err(|e| err(&done, e))?;
+    }
+    std::fs::rename(staging, &done).map_err(|e| err(staging, e))?;
+    sync_dir(data).map_err(|e| e.to_string())?;
+    crate::failpoint::hit("restore.cleanup").map_err(|e| e.to_string())?;
+    std::fs::remove_dir_all(&done).map_err(|e| err(&done, e))?;
     sync_dir(data).map_err(|e| e.to_string())
+}
+
+/// Where a finished staging directory is deleted from.
+fn done_dir(staging: &Path) -> PathBuf {
+    staging.with_extension("done")
+}
+
+/// Removes what a crash while deleting a finished staging directory left in `data`.
+pub fn remove_finished_staging(data: &Path) -> std::io::Result<()> {
+    for staging in [staging_dir(data), import_staging_dir(data)] {
+        let done = done_dir(&staging);
+        if done.exists() {
+            std::fs::remove_dir_all(&done)?;
+        }
+    }
+    Ok(())
 }
 
 /// Rewrites every shard of a stopped data directory compactly (redb's compaction): free pages

@@ -449,6 +449,90 @@ impl Default for Config {
 /// Environment variable prefix: `SHARDBOX_BATCH_OPS_MAX=64` sets `batch_ops_max`.
 pub const ENV_PREFIX: &str = "SHARDBOX_";
 
+/// Disk settings whose defaults are for a server with room to spare: on a smaller filesystem
+/// each default is scaled to a share of it (a setting given explicitly, with another value,
+/// is kept and checked instead). `(name, default, share of the filesystem as 1/n)`.
+const DISK_DEFAULTS: &[(&str, u64, u64)] = &[
+    ("wal_segment_bytes", 32 << 20, 32),
+    ("checkpoint_log_bytes", 64 << 20, 16),
+    ("disk_reserve_bytes", 64 << 20, 16),
+    ("disk_ballast_bytes", 64 << 20, 16),
+    ("disk_free_bytes_min", 256 << 20, 8),
+    ("cache_disk_bytes", 256 << 20, 8),
+];
+
+/// Total bytes of the filesystem that holds `path` (or would: its nearest existing ancestor).
+pub fn filesystem_bytes(path: &std::path::Path) -> Option<u64> {
+    let mut p = Some(path);
+    while let Some(dir) = p {
+        if let Ok(s) = rustix::fs::statvfs(dir) {
+            return Some(s.f_blocks.saturating_mul(s.f_frsize));
+        }
+        p = dir.parent();
+    }
+    None
+}
+
+impl Config {
+    fn disk_field(&mut self, name: &str) -> &mut u64 {
+        match name {
+            "wal_segment_bytes" => &mut self.wal_segment_bytes,
+            "checkpoint_log_bytes" => &mut self.checkpoint_log_bytes,
+            "disk_reserve_bytes" => &mut self.disk_reserve_bytes,
+            "disk_ballast_bytes" => &mut self.disk_ballast_bytes,
+            "disk_free_bytes_min" => &mut self.disk_free_bytes_min,
+            _ => &mut self.cache_disk_bytes,
+        }
+    }
+
+    /// Scales the disk settings left at their defaults to a filesystem of `fs_bytes` (see
+    /// `DISK_DEFAULTS`), then refuses a configuration that could never take a write there.
+    /// Returns what was scaled, `name = value`, for the start-up log.
+    pub fn fit_to_disk(&mut self, fs_bytes: u64) -> Result<Vec<String>, String> {
+        let mut scaled = Vec::new();
+        for &(name, default, share) in DISK_DEFAULTS {
+            let field = self.disk_field(name);
+            if *field != default || fs_bytes / share >= default {
+                continue;
+            }
+            // Whole 64 KiB units (segments are preallocated in them), at least one.
+            let v = (fs_bytes / share / (64 << 10)).max(1) * (64 << 10);
+            *field = v;
+            scaled.push(format!("{name} = {v}"));
+        }
+        if self.cache_disk_bytes > 0
+            && self.cache_disk_bytes < 4 * self.cache_disk_block_bytes
+            && scaled.iter().any(|s| s.starts_with("cache_disk_bytes"))
+        {
+            // Too small a disk for a disk tier: the cache stays in memory.
+            self.cache_disk_bytes = 0;
+            scaled.retain(|s| !s.starts_with("cache_disk_bytes"));
+            scaled.push("cache_disk_bytes = 0".into());
+        }
+        if self.disk_ballast_bytes > 0 && self.disk_ballast_bytes < self.wal_segment_bytes {
+            self.disk_ballast_bytes = self.wal_segment_bytes;
+        }
+        // What must fit before the first write is taken: the reserve kept free, the ballast,
+        // the log's segment and a spare, and the cache's disk tier.
+        let needed = self
+            .disk_reserve_bytes
+            .saturating_add(self.disk_ballast_bytes)
+            .saturating_add(self.wal_segment_bytes.saturating_mul(2))
+            .saturating_add(self.cache_disk_bytes);
+        if needed >= fs_bytes {
+            return Err(format!(
+                "the filesystem of {} holds {fs_bytes} bytes, and disk_reserve_bytes ({}) + disk_ballast_bytes ({}) + 2 x wal_segment_bytes ({}) + cache_disk_bytes ({}) = {needed} leave no room for any data: lower them (their defaults scale to the disk by themselves)",
+                self.data_dir.display(),
+                self.disk_reserve_bytes,
+                self.disk_ballast_bytes,
+                self.wal_segment_bytes,
+                self.cache_disk_bytes,
+            ));
+        }
+        Ok(scaled)
+    }
+}
+
 impl Config {
     /// Builds a config from layers. `file` is the TOML text of `--config` (if any), `env` the
     /// process environment, and `overrides` the command-line values as `(field, value)` pairs,

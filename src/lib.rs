@@ -96,7 +96,21 @@ impl Store {
     }
 
     /// Opens with an injected clock (tests move time without sleeping).
-    pub fn open_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Store, EngineError> {
+    pub fn open_with_clock(
+        mut config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Store, EngineError> {
+        // Defaults for the smallest box: disk settings scale to the filesystem they find.
+        if let Some(fs) = config::filesystem_bytes(&config.data_dir) {
+            let scaled = config.fit_to_disk(fs).map_err(EngineError::Open)?;
+            if !scaled.is_empty() {
+                tracing::info!(
+                    filesystem_bytes = fs,
+                    scaled = %scaled.join(", "),
+                    "disk settings scaled to a small filesystem"
+                );
+            }
+        }
         config.validate().map_err(EngineError::Open)?;
         let engine = Arc::new(Engine::open(&config, clock, DOMAINS)?);
         let domains: Vec<Arc<dyn Domain>> = DOMAINS

@@ -159,6 +159,11 @@ struct CheckArgs {
 }
 
 fn main() -> ExitCode {
+    // Everything this binary writes — data, log, cache, backups, exports, import staging — is
+    // its users' data: owner-only whatever umask it was started with (operations.md). The
+    // library makes its own files owner-only too (engine::private); this also covers what
+    // redb and foyer create.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
@@ -454,7 +459,7 @@ fn export(args: ExportArgs) -> Result<ExitCode, String> {
     let mut out: Box<dyn Write> = if to_stdout {
         Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
     } else {
-        let f = std::fs::OpenOptions::new()
+        let f = shardbox::engine::private::file_options()
             .write(true)
             .create_new(true)
             .open(&args.out)
@@ -539,8 +544,23 @@ fn import(args: ImportArgs) -> Result<ExitCode, String> {
             args.input.display()
         ));
     }
-    let has_data = std::fs::read_dir(&config.data_dir)
-        .map(|mut d| d.next().is_some())
+    let data = config.data_dir.clone();
+    let staging = shardbox::backup::import_staging_dir(&data);
+    // An import killed while it replaced the data: finish that one first.
+    if shardbox::backup::is_staged(&staging) {
+        shardbox::backup::finish_staged(&data, &staging)?;
+        eprintln!(
+            "import: an earlier import was stopped while it replaced the data; it was finished (run `shardbox check`, then import anything else)"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let has_data = std::fs::read_dir(&data)
+        .map(|d| {
+            d.filter_map(Result::ok).any(|e| {
+                !["import.tmp", "import.done", "LOCK"]
+                    .contains(&e.file_name().to_str().unwrap_or(""))
+            })
+        })
         .unwrap_or(false);
     if has_data && !args.merge {
         return Err(format!(
@@ -555,16 +575,47 @@ fn import(args: ImportArgs) -> Result<ExitCode, String> {
     };
     let records = shardbox::export::verify(&mut open()?)
         .map_err(|e| format!("{}: {e}", args.input.display()))?;
-    let store = shardbox::Store::open(config).map_err(|e| e.to_string())?;
-    let progress = shardbox::progress::Progress::for_stderr("import: records");
-    progress.set_total(records + 2);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let counts = rt.block_on(shardbox::export::import(&store, &mut open()?, &progress));
-    store.close();
-    let counts = counts.map_err(|e| format!("{}: {e}", args.input.display()))?;
+    // All or nothing across a crash: the import builds the new state in <data>/import.tmp
+    // (a copy of the data when merging), marks it complete, then puts it in place at once. A
+    // killed import leaves the data as it was, and a server refuses the directory until the
+    // staging copy is removed or the import is run again.
+    let staged = (|| {
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+        }
+        shardbox::engine::private::create_dir_all(&data)
+            .map_err(|e| format!("{}: {e}", data.display()))?;
+        if has_data {
+            // Opened and closed first: the log's last records are checkpointed into the shards.
+            let existing = shardbox::Store::open(config.clone()).map_err(|e| e.to_string())?;
+            existing.close();
+            drop(existing);
+            shardbox::backup::copy_stopped(&data, &staging)?;
+        }
+        let mut staged_config = config.clone();
+        staged_config.data_dir = staging.clone();
+        let store = shardbox::Store::open(staged_config).map_err(|e| e.to_string())?;
+        let progress = shardbox::progress::Progress::for_stderr("import: records");
+        progress.set_total(records + 2);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let counts = rt.block_on(shardbox::export::import(&store, &mut open()?, &progress));
+        store.close();
+        drop(store);
+        let counts = counts.map_err(|e| format!("{}: {e}", args.input.display()))?;
+        shardbox::backup::mark_staged(&staging, &args.input.display().to_string())?;
+        Ok::<_, String>(counts)
+    })();
+    let counts = match staged {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    shardbox::backup::finish_staged(&data, &staging)?;
     println!(
         "{}",
         serde_json::to_string_pretty(&counts).map_err(|e| e.to_string())?

@@ -49,7 +49,7 @@ fn settings() -> Vec<(String, String)> {
         // No checkpoint runs by itself during the test: one in flight at the instant another
         // process takes the last byte is the case the ballast cannot cover (docs/design.md,
         // "What is still fatal"); checkpoints under a low disk are covered by the restart.
-        ("SHARDBOX_CHECKPOINT_LOG_BYTES", "67108864"),
+        ("SHARDBOX_CHECKPOINT_LOG_BYTES", "1073741824"),
         ("SHARDBOX_CHECKPOINT_INTERVAL_MS", "3600000"),
         ("SHARDBOX_SHARD_CACHE_BYTES", "4194304"),
         ("SHARDBOX_CACHE_DISK_BYTES", "0"),
@@ -215,5 +215,103 @@ async fn a_full_disk_refuses_growth_keeps_reads_and_deletes_and_recovers_by_itse
     common::cli::ok(
         &common::cli::shardbox(&["check", "--data", common::cli::p(&data)]),
         "check",
+    );
+}
+
+/// Defaults for the smallest box (issue 19, item 6): on a 64 MiB filesystem with no disk
+/// setting given, the server scales its reserve, ballast, log segment and readiness floor to
+/// the disk (and says so), takes writes until the disk is really full, then keeps the
+/// disk-full promises: 507, reads and deletes work, writes resume by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_64_mib_disk_with_default_settings_takes_writes_until_it_is_really_full() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mnt = match Mount::tmpfs(&tmp.path().join("mnt"), "64m") {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("SKIPPED a_64_mib_disk_…: {why}");
+            return;
+        }
+    };
+    let data = mnt.0.join("data");
+    let (child, addr) = spawn_shardbox(&data, &[]).expect("start shardbox with defaults");
+    let _child = KillOnDrop(child);
+    let mut c = Client::connect(addr).await;
+    let ready = c.get("/readyz").await;
+    assert_eq!(
+        ready.status,
+        200,
+        "ready on an empty 64 MiB disk: {}",
+        ready.text()
+    );
+    // The box's other files (logs, an update) take a quarter of the disk.
+    let filler = mnt.0.join("filler");
+    fill(&filler, 16 << 20);
+    let mut acked = Vec::new();
+    let refused = loop {
+        let i = acked.len();
+        assert!(i < 4000, "never refused on a 64 MiB disk");
+        let r = c.put(&format!("/v1/kv/fill/k{i}"), &value(i)).await;
+        match r.status {
+            201 | 200 => acked.push(i),
+            _ => break r,
+        }
+    };
+    assert_eq!(refused.status, 507, "{}", refused.text());
+    let taken = acked.len() as u64 * 36 * 1024;
+    eprintln!(
+        "{} puts of 36 KiB ({} MiB) acknowledged on a 64 MiB disk before the 507",
+        acked.len(),
+        taken >> 20
+    );
+    // Most of what was left went to data (before: the very first write got 507).
+    assert!(taken > 16 << 20, "only {} MiB taken", taken >> 20);
+    assert_eq!(c.get("/v1/kv/fill/k0").await.text(), value(0));
+    for i in acked.iter().copied().filter(|i| i % 2 == 0) {
+        let r = c.delete(&format!("/v1/kv/fill/k{i}")).await;
+        assert!(
+            r.status == 204 || r.status == 200,
+            "delete k{i}: {}",
+            r.text()
+        );
+    }
+    // The other files go: writes come back by themselves.
+    std::fs::remove_file(&filler).expect("rm filler");
+    eventually(
+        15,
+        "writes taken again after space returned",
+        || async move {
+            let mut c = Client::connect(addr).await;
+            let r = c.put("/v1/kv/after/x", "back").await;
+            (r.status == 201 || r.status == 200).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(c.get("/v1/kv/fill/k1").await.text(), value(1));
+}
+
+/// A configuration that could never take a write on its disk is refused at start, naming the
+/// settings.
+#[test]
+fn a_disk_setting_that_leaves_no_room_is_refused_at_start() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mnt = match Mount::tmpfs(&tmp.path().join("mnt"), "64m") {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("SKIPPED a_disk_setting_…: {why}");
+            return;
+        }
+    };
+    let data = mnt.0.join("data");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardbox"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .env("SHARDBOX_DISK_RESERVE_BYTES", "100000000")
+        .output()
+        .expect("run shardbox");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("disk_reserve_bytes") && text.contains("leave no room"),
+        "{text}"
     );
 }

@@ -168,7 +168,7 @@ impl Cache {
                     ))
                 })?;
             }
-            std::fs::create_dir_all(&settings.dir).map_err(|e| {
+            crate::engine::private::create_dir_all(&settings.dir).map_err(|e| {
                 CacheError::Unavailable(format!(
                     "cannot create the cache directory {}: {e}",
                     settings.dir.display()

@@ -6,7 +6,7 @@
 
 use crate::error::EngineError;
 use serde::{Deserialize, Serialize};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -72,7 +72,7 @@ impl Manifest {
         let tmp = data_dir.join("MANIFEST.tmp");
         let text = serde_json::to_string_pretty(self)
             .map_err(|e| EngineError::Open(format!("cannot encode MANIFEST: {e}")))?;
-        let mut f = File::create(&tmp).map_err(|e| open_err(&tmp, e))?;
+        let mut f = crate::engine::private::create_file(&tmp).map_err(|e| open_err(&tmp, e))?;
         f.write_all(text.as_bytes())
             .and_then(|_| f.write_all(b"\n"))
             .and_then(|_| f.sync_all())
@@ -104,7 +104,7 @@ impl DirLock {
     /// Takes `<data_dir>/LOCK`; a second process gets a clear "already in use" error.
     pub fn acquire(data_dir: &Path) -> Result<DirLock, EngineError> {
         let path = data_dir.join("LOCK");
-        let file = OpenOptions::new()
+        let file = crate::engine::private::file_options()
             .create(true)
             .truncate(false)
             .write(true)

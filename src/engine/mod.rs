@@ -7,9 +7,11 @@
 mod apply_error;
 pub mod clock;
 pub mod codec;
+pub mod departure;
 pub mod domain;
 pub mod expiry;
 pub mod manifest;
+pub mod private;
 pub mod redo;
 pub mod replay;
 pub mod router;
@@ -78,7 +80,7 @@ impl Engine {
         domains: &[&DomainSpec],
     ) -> Result<Engine, EngineError> {
         let dir = config.data_dir.clone();
-        std::fs::create_dir_all(dir.join("shards"))
+        private::create_dir_all(&dir)
             .map_err(|e| EngineError::Open(format!("cannot create {}: {e}", dir.display())))?;
         let lock = DirLock::acquire(&dir)?;
         // A restore stopped half-way: its staged copy (or, while copying, the old data) is the
@@ -95,6 +97,22 @@ impl Engine {
                 dir.display()
             )));
         }
+        crate::backup::remove_finished_staging(&dir)
+            .map_err(|e| EngineError::Open(format!("{}: {e}", dir.display())))?;
+        let importing = crate::backup::import_staging_dir(&dir);
+        if importing.exists() {
+            let what = if crate::backup::is_staged(&importing) {
+                "an import was replacing the data when it stopped: run the same `shardbox import` again to finish it"
+            } else {
+                "an import stopped before it finished (the data is as it was before it): remove import.tmp, or run the import again"
+            };
+            return Err(EngineError::Open(format!(
+                "{} holds an unfinished import (import.tmp): {what}",
+                dir.display()
+            )));
+        }
+        private::create_dir_all(&dir.join("shards"))
+            .map_err(|e| EngineError::Open(format!("cannot create {}: {e}", dir.display())))?;
         let space =
             space::DiskSpace::open(&dir, config.disk_reserve_bytes, config.disk_ballast_bytes);
         let manifest = Self::load_or_create_manifest(&dir, config, clock.as_ref())?;
@@ -118,6 +136,8 @@ impl Engine {
                 .set_cache_size(config.shard_cache_bytes as usize)
                 .create(&path)
                 .map_err(|e| storage_err(e.into()))?;
+            private::restrict(&path, private::FILE_MODE)
+                .map_err(|e| EngineError::Open(format!("{}: {e}", path.display())))?;
             init_tables(&db, domains).map_err(storage_err)?;
             let (next_revision, lsn) = writer::load_meta(&db).map_err(storage_err)?;
             dbs.push(Arc::new(db));

@@ -166,7 +166,7 @@ impl DiskSpace {
         // Laid under a temporary name and renamed: a crash never leaves a partial ballast that
         // would be taken for a whole one.
         let tmp = self.dir.join(BALLAST_TMP);
-        let made = std::fs::File::create(&tmp).and_then(|f| {
+        let made = crate::engine::private::create_file(&tmp).and_then(|f| {
             rustix::fs::fallocate(
                 &f,
                 rustix::fs::FallocateFlags::empty(),

@@ -14,9 +14,30 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-/// The client's address, put in each request's extensions by the connection.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub IpAddr);
+/// The client's address and its connection, put in each request's extensions by the
+/// connection.
+#[derive(Clone)]
+pub struct Peer(pub IpAddr, pub std::sync::Arc<super::conns::Conn>);
+
+impl Peer {
+    /// The peer of `req` (every request served over a connection has one).
+    pub fn of<B>(req: &hyper::Request<B>) -> Option<Peer> {
+        req.extensions().get::<Peer>().cloned()
+    }
+
+    /// A watch on the client's socket, for a request that waits ([`super::peer`]).
+    pub fn watch(&self) -> Option<super::peer::Watch> {
+        super::peer::Watch::of(&self.1.socket)
+    }
+
+    /// The caller of a request as a domain's wait sees it.
+    pub fn departure(peer: Option<&Peer>) -> crate::engine::departure::Departure {
+        match peer.and_then(Peer::watch) {
+            Some(w) => crate::engine::departure::Departure::watching(std::sync::Arc::new(w)),
+            None => crate::engine::departure::Departure::never(),
+        }
+    }
+}
 
 /// A request that came in on the admin socket: the file's permissions were the check.
 #[derive(Debug, Clone, Copy)]
@@ -214,7 +235,7 @@ impl Access {
             let key = match &caller {
                 Some(name) => ClientKey::Token(name.clone()),
                 None => match req.extensions().get::<Peer>() {
-                    Some(Peer(ip)) if limit.limiter.len() < self.clients_max => {
+                    Some(Peer(ip, _)) if limit.limiter.len() < self.clients_max => {
                         ClientKey::Ip(ip_key(*ip))
                     }
                     _ => ClientKey::Overflow,

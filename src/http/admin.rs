@@ -122,15 +122,8 @@ async fn backup(state: &ServerState, req: Request<ReqBody>) -> Result<Resp, ApiE
             r.out
         )));
     }
-    let data = state.store.config().data_dir.clone();
-    let data = std::fs::canonicalize(&data).unwrap_or(data);
-    if out.starts_with(&data) {
-        return Err(ApiError::bad_request(format!(
-            "out `{}` is inside the data directory {}: back up somewhere else",
-            r.out,
-            data.display()
-        )));
-    }
+    crate::backup::refuse_inside(&state.store.config().data_dir, &out)
+        .map_err(ApiError::bad_request)?;
     crate::backup::check_target(&out).map_err(|e| ApiError::new(409, "conflict", e))?;
     let running = one_at_a_time(&RUNNING, "backup_running", "a backup")?;
     let engine = state.store.engine().clone();

@@ -26,6 +26,8 @@ pub struct Conn {
     pub evict: Notify,
     evicting: std::sync::atomic::AtomicBool,
     epoch: Instant,
+    /// Its socket, for requests that wait to watch their client ([`super::peer`]).
+    pub socket: super::peer::SocketFd,
 }
 
 impl Conn {
@@ -158,6 +160,7 @@ impl Conns {
             evict: Notify::new(),
             evicting: std::sync::atomic::AtomicBool::new(false),
             epoch: self.epoch,
+            socket: super::peer::SocketFd::default(),
         });
         g.conns.insert(conn.id, conn.clone());
         *g.per_ip.entry(ip).or_default() += 1;

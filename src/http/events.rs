@@ -244,7 +244,8 @@ pub async fn range(
             .get("last-event-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        return follow(state, stream, &q, last_event_id).await;
+        let watch = super::access::Peer::of(req).and_then(|p| p.watch());
+        return follow(state, stream, &q, last_event_id, watch).await;
     }
     let rq = range_query(&q)?;
     let wait = duration_param(&q, "wait")?.unwrap_or(0);
@@ -252,6 +253,12 @@ pub async fn range(
     if events.is_empty() && wait > 0 {
         // Long poll: wait for the next append (bounded), then look once more.
         let wait = wait.min(state.store.config().claim_wait_max_ms);
+        let Some(_parked) = state.long_poll() else {
+            return Err(ApiError::unavailable(
+                "too_many_followers",
+                "followers_max reached; retry",
+            ));
+        };
         let Ok(_permit) = state.followers.clone().try_acquire_owned() else {
             return Err(ApiError::unavailable(
                 "too_many_followers",
@@ -264,12 +271,21 @@ pub async fn range(
         notified.as_mut().enable();
         (events, more) = run_range(state, stream, rq.clone()).await?;
         if events.is_empty() {
-            // Shutdown answers a parked poll at once, with what there is (nothing).
+            let watch = super::access::Peer::of(req).and_then(|p| p.watch());
+            let client_closed = async {
+                match &watch {
+                    Some(w) => w.closed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            // Shutdown answers a parked poll at once, with what there is (nothing); so does a
+            // client that hung up (its slot is free at once).
             tokio::select! {
                 _ = tokio::time::timeout(Duration::from_millis(wait), notified) => {
                     (events, more) = run_range(state, stream, rq).await?;
                 }
                 _ = state.store.engine().stopping() => {}
+                _ = client_closed => {}
             }
         }
     }
@@ -331,6 +347,7 @@ async fn follow(
     stream: &str,
     q: &HashMap<String, String>,
     last_event_id: Option<String>,
+    watch: Option<super::peer::Watch>,
 ) -> Result<Resp, ApiError> {
     let events = state.store.events().clone();
     let start = match last_event_id
@@ -345,7 +362,10 @@ async fn follow(
     if events.info(stream)?.is_none() {
         return Err(EventError::StreamNotFound(stream.to_string()).into());
     }
-    let Ok(permit) = state.followers.clone().try_acquire_owned() else {
+    let (Some(parked), Ok(permit)) = (
+        state.long_poll(),
+        state.followers.clone().try_acquire_owned(),
+    ) else {
         return Err(ApiError::unavailable(
             "too_many_followers",
             "followers_max reached; retry",
@@ -376,7 +396,8 @@ async fn follow(
     let name = stream.to_string();
     let engine = state.store.engine().clone();
     tokio::spawn(async move {
-        let _permit = permit;
+        let _permits = (permit, parked);
+        let mut watch = watch;
         let notify = events.follower(&name);
         if tx
             .send(Bytes::from_static(b": connected\n\n"))
@@ -422,10 +443,27 @@ async fn follow(
             if more {
                 continue;
             }
+            let client_closed = async {
+                match &watch {
+                    Some(w) => w.closed().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = engine.stopping() => return,
                 tick = tokio::time::timeout(HEARTBEAT, notified) => {
                     if tick.is_err() && tx.send(Bytes::from_static(b": heartbeat\n\n")).await.is_err() {
+                        return;
+                    }
+                }
+                // The client closed its side: a heartbeat now tells one that left entirely
+                // (its reset comes back at once) from one that still reads.
+                _ = client_closed => {
+                    if tx.send(Bytes::from_static(b": heartbeat\n\n")).await.is_err() {
+                        return;
+                    }
+                    let Some(w) = watch.take() else { return };
+                    if w.reset_within(Duration::from_millis(500)).await {
                         return;
                     }
                 }

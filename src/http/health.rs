@@ -64,11 +64,8 @@ pub async fn metrics(state: &ServerState) -> Result<Resp, crate::error::ApiError
     let mut text = crate::metrics::render(state.store.engine(), state.conns.len());
     crate::metrics::families::render(&mut text);
     state.store.render_domain_metrics(&mut text);
-    let followers = state.store.config().followers_max
-        - state
-            .followers
-            .available_permits()
-            .min(state.store.config().followers_max);
+    let followers =
+        state.followers_max - state.followers.available_permits().min(state.followers_max);
     crate::metrics::gauge(
         &mut text,
         "shardbox_stream_followers_open",

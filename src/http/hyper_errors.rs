@@ -17,6 +17,9 @@ pub struct JsonErrors<S> {
     inner: S,
     /// A rewritten reply being written: bytes and how many went out.
     pending: Option<(Vec<u8>, usize)>,
+    /// The connection whose socket this is: told before the socket closes, so nothing watches
+    /// a descriptor number that may be reused ([`super::peer::SocketFd`]).
+    conn: Option<std::sync::Arc<super::conns::Conn>>,
 }
 
 impl<S> JsonErrors<S> {
@@ -24,6 +27,25 @@ impl<S> JsonErrors<S> {
         JsonErrors {
             inner,
             pending: None,
+            conn: None,
+        }
+    }
+
+    /// As `new`, for the stream of `conn` (whose socket it forgets as the stream is dropped).
+    pub fn of_conn(inner: S, conn: std::sync::Arc<super::conns::Conn>) -> Self {
+        JsonErrors {
+            inner,
+            pending: None,
+            conn: Some(conn),
+        }
+    }
+}
+
+impl<S> Drop for JsonErrors<S> {
+    fn drop(&mut self) {
+        // Runs before `inner` (and its descriptor) is dropped.
+        if let Some(c) = &self.conn {
+            c.socket.closing();
         }
     }
 }

@@ -13,6 +13,7 @@ mod hyper_errors;
 mod idempotent;
 mod input;
 mod kv;
+mod peer;
 mod queue;
 pub mod response;
 mod router;
@@ -41,8 +42,15 @@ pub struct ServerState {
     pub body_budget: Arc<Semaphore>,
     /// Open connections: addresses, idleness ([`conns`]).
     pub conns: Arc<conns::Conns>,
-    /// Open SSE and long-poll followers of event streams (`followers_max`).
+    /// Open SSE and long-poll followers of event streams (`followers_max`, at most
+    /// [`long_polls_max`]).
     pub followers: Arc<Semaphore>,
+    /// The size of `followers`.
+    pub followers_max: usize,
+    /// Requests that wait or stream without end (followers, long-poll claims and ranges, cache
+    /// waits): [`long_polls_max`] of them at once, so ordinary requests and health checks keep
+    /// a quarter of `connections_max` whatever the waiters do.
+    pub long_polls: Arc<Semaphore>,
     /// Tokens and rate limits ([`access`]).
     pub access: access::Access,
     /// When the server started (the status page's uptime).
@@ -84,15 +92,32 @@ async fn answer_refused(
     let _ = stream.shutdown().await;
 }
 
+/// How many requests may wait or stream at once (followers, long polls): three quarters of
+/// `connections_max`. The rest is kept for requests that answer at once — a bound on waiters
+/// equal to the connection bound would let them lock out every other client, health checks
+/// included.
+pub fn long_polls_max(connections_max: usize) -> usize {
+    connections_max - (connections_max / 4).max(1).min(connections_max)
+}
+
 impl ServerState {
+    /// A permit to wait or stream; `None` when [`long_polls_max`] requests already do.
+    pub fn long_poll(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.long_polls.clone().try_acquire_owned().ok()
+    }
+
     /// The state of a server over `store`, its bounds taken from the store's config.
     pub fn new(store: Store) -> Arc<Self> {
         let cfg = store.config().clone();
+        let long_polls = long_polls_max(cfg.connections_max);
+        let followers_max = cfg.followers_max.min(long_polls);
         Arc::new(ServerState {
             body_budget: Arc::new(Semaphore::new(cfg.inflight_body_bytes_max)),
             store,
             conns: conns::Conns::new(cfg.connections_per_ip_max),
-            followers: Arc::new(Semaphore::new(cfg.followers_max)),
+            followers: Arc::new(Semaphore::new(followers_max)),
+            followers_max,
+            long_polls: Arc::new(Semaphore::new(long_polls)),
             access: access::Access::new(&cfg),
             started: std::time::Instant::now(),
             recent_errors: status::RecentErrors::default(),
@@ -129,7 +154,8 @@ fn service(
 > {
     service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let mut req = req.map(body::ReqBody::Stream);
-        req.extensions_mut().insert(access::Peer(conn.ip));
+        req.extensions_mut()
+            .insert(access::Peer(conn.ip, conn.clone()));
         if local {
             req.extensions_mut().insert(access::LocalAdmin);
         }
@@ -265,7 +291,10 @@ async fn serve_conn<IO>(
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let conn = builder.serve_connection(
-        TokioIo::new(hyper_errors::JsonErrors::new(io)),
+        TokioIo::new(hyper_errors::JsonErrors::of_conn(
+            io,
+            registered.conn.clone(),
+        )),
         service(state.clone(), registered.conn.clone(), local),
     );
     tokio::pin!(conn);
@@ -384,8 +413,13 @@ pub async fn run(
                 },
             };
             drop(waiting);
+            let fd = {
+                use std::os::fd::AsRawFd;
+                Some(stream.as_raw_fd())
+            };
             match tls {
                 None => {
+                    registered.conn.socket.set(fd);
                     serve_conn(
                         stream,
                         &state,
@@ -402,6 +436,7 @@ pub async fn run(
                     let hs = tokio::time::timeout(header_timeout, acceptor.accept(stream)).await;
                     match hs {
                         Ok(Ok(tls_stream)) => {
+                            registered.conn.socket.set(fd);
                             serve_conn(
                                 tls_stream,
                                 &state,

@@ -387,12 +387,16 @@ impl Queues {
     }
 
     /// Claims up to `max` jobs, waiting up to `wait` for one to become ready.
+    /// Claims up to `max` ready jobs with a lease of `lease_ms`, waiting up to `wait` for one.
+    /// A caller that leaves while it waits (`caller`) takes nothing: the wait ends with no jobs,
+    /// and no claim is made for it after it left.
     pub async fn claim(
         &self,
         q: &str,
         max: usize,
         lease_ms: u64,
         wait: Duration,
+        caller: &crate::engine::departure::Departure,
     ) -> Result<Vec<Job>, QueueError> {
         validate_name(q)?;
         if max == 0 || max > self.limits.claim_max {
@@ -418,11 +422,19 @@ impl Queues {
             .into());
         }
         let deadline = tokio::time::Instant::now() + wait;
+        let mut waited = false;
         loop {
             let notify = self.waiter(q);
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // What is ready when the claim arrives is the caller's (a client that closed only
+            // its sending side still reads its answer); after a wait, a caller that left gets
+            // nothing.
+            if waited && caller.gone() {
+                return Ok(Vec::new());
+            }
+            waited = true;
             let name = q.to_string();
             let jobs = self
                 .write_freeing(q, 64, move |ctx| apply::claim(ctx, &name, max, lease_ms))
@@ -444,6 +456,8 @@ impl Queues {
                 _ = tokio::time::timeout_at(deadline, notified) => false,
                 // Shutdown answers a parked claim at once, with what there is (nothing).
                 _ = self.engine.stopping() => true,
+                // A caller that left takes nothing.
+                _ = caller.left() => true,
             };
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             if stopping {

@@ -115,7 +115,7 @@ impl Wal {
     /// Starts the log: a new segment after `old` (segments of earlier runs, all checkpointed),
     /// its first record getting `next_lsn`.
     pub fn start(cfg: WalConfig, next_lsn: u64, old: Vec<OldSegment>) -> Result<Wal, String> {
-        std::fs::create_dir_all(&cfg.dir)
+        crate::engine::private::create_dir_all(&cfg.dir)
             .map_err(|e| format!("cannot create {}: {e}", cfg.dir.display()))?;
         let shards = cfg.shards;
         let shared = Arc::new(Shared {
@@ -644,7 +644,7 @@ fn new_segment(
                 .map_err(|e| io("cannot open", &path, e))?
         }
         None => {
-            let f = OpenOptions::new()
+            let f = crate::engine::private::file_options()
                 .read(true)
                 .write(true)
                 .create(true)
