@@ -106,6 +106,9 @@ pub enum Invalid {
     TooLong { field: &'static str, max: usize },
     #[error("content type is {len} bytes; at most {max}")]
     ContentTypeLength { len: usize, max: usize },
+    /// A content type that no HTTP header can carry (it could never be served back).
+    #[error("content type must be visible ASCII (no control characters)")]
+    ContentTypeChars,
     /// A duration outside 1 ms–`max_ms`.
     #[error("{field} must be between 1 ms and {max_ms} ms")]
     DurationRange { field: &'static str, max_ms: u64 },

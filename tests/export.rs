@@ -363,7 +363,15 @@ fn a_truncated_or_refused_file_is_reported_by_line() {
         .to_string()
     };
     let stream = json!({"type": "stream", "name": "s", "bucket_ms": 1, "retention_ms": 0});
+    // Refused over the API too (issue 19): a retention past 100 years, a content type no
+    // header can carry.
+    let forever = json!({"type": "stream", "name": "s", "bucket_ms": 3_600_000u64,
+                         "retention_ms": u64::MAX});
+    let crlf = json!({"type": "kv", "ns": "app", "key": "ct", "value": "v",
+                      "content_type": "text/plain\r\nx-evil: 1"});
     for (name, bad) in [
+        ("retention", forever.to_string()),
+        ("content_type", crlf.to_string()),
         ("lease", queue(0)),
         ("bucket", stream.to_string()),
         ("key", kv(&"k".repeat(2000))),

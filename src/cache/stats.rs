@@ -129,7 +129,20 @@ impl Cache {
     /// Stats of the whole cache, with foyer's own tier figures.
     pub fn stats(&self) -> serde_json::Value {
         let r = &self.registry;
-        let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner()).len();
+        // Live leases only: expired ones (their holder never filled) are dropped here, their
+        // waiters told to retry, so the figure is what is held now.
+        let leases = {
+            let now = self.now();
+            let mut l = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            l.retain(|_, lease| {
+                let live = lease.expires_at_ms > now;
+                if !live {
+                    lease.done.notify_waiters();
+                }
+                live
+            });
+            l.len()
+        };
         serde_json::json!({
             "counters": self.global.to_json(),
             "evictions": r.get("foyer_memory_op_total/evict"),

@@ -341,6 +341,14 @@ impl Events {
         retention_ms: Option<u64>,
     ) -> Result<(bool, StreamInfo), EventError> {
         validate_name(stream)?;
+        // The API's duration bound, for every caller (import included).
+        if retention_ms.is_some_and(|r| r > crate::util::DURATION_MS_MAX) {
+            return Err(Invalid::DurationTooLong {
+                field: "retention",
+                max_ms: crate::util::DURATION_MS_MAX,
+            }
+            .into());
+        }
         if let Some(b) = bucket_ms {
             if !crate::util::BUCKET_WIDTHS.iter().any(|(_, ms)| *ms == b) {
                 return Err(Invalid::BucketWidth {

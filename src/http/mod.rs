@@ -302,8 +302,13 @@ async fn serve_conn<IO>(
     let idle = async {
         loop {
             let idle = Duration::from_millis(me.idle_ms());
-            if idle >= idle_timeout {
+            // A request that has arrived is answered: not idle while its bytes wait for hyper.
+            if idle >= idle_timeout && !me.socket.has_pending_input() {
                 break;
+            }
+            if idle >= idle_timeout {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
             }
             tokio::time::sleep((idle_timeout - idle).max(Duration::from_millis(10))).await;
         }

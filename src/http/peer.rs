@@ -35,6 +35,22 @@ impl SocketFd {
         self.set(None);
     }
 
+    /// Whether bytes of a request have arrived that hyper has not read yet: a connection found
+    /// idle with these is not closed (after a stall — a stopped process, a swapped-out box —
+    /// the idle timer can fire before hyper reads what came in meanwhile, and closing then
+    /// would drop a request the client already sent).
+    pub fn has_pending_input(&self) -> bool {
+        let g = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let Some(fd) = *g else { return false };
+        // SAFETY: as in `duplicate`: the descriptor stays open while the read lock is held.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        use rustix::net::RecvFlags;
+        matches!(
+            rustix::net::recv(borrowed, &mut [0u8; 1], RecvFlags::PEEK | RecvFlags::DONTWAIT),
+            Ok((n, _)) if n > 0
+        )
+    }
+
     /// A duplicate of the socket, or `None` when the connection has none (a pipe, a Unix
     /// socket) or is closing.
     fn duplicate(&self) -> Option<OwnedFd> {

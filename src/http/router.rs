@@ -154,17 +154,44 @@ fn check_framing(req: &Request<ReqBody>) -> Result<(), ApiError> {
             "an HTTP/1.1 request needs exactly one Host header, got {hosts}"
         )));
     }
+    // Framing a proxy in front may read differently is refused (request smuggling): chunked
+    // applied twice, or Content-Length given twice even with one value.
+    let mut chunked = 0;
     for te in req.headers().get_all(TRANSFER_ENCODING) {
         let te = te.to_str().unwrap_or("?");
-        if te
-            .split(',')
-            .map(str::trim)
-            .any(|c| !c.eq_ignore_ascii_case("chunked"))
-        {
+        for c in te.split(',').map(str::trim) {
+            if !c.eq_ignore_ascii_case("chunked") {
+                return Err(ApiError::new(
+                    501,
+                    "not_implemented",
+                    format!("Transfer-Encoding `{te}`: only chunked is supported"),
+                ));
+            }
+            chunked += 1;
+        }
+    }
+    if chunked > 1 {
+        return Err(ApiError::bad_request(
+            "Transfer-Encoding names chunked more than once: send it once",
+        ));
+    }
+    if req
+        .headers()
+        .get_all(hyper::header::CONTENT_LENGTH)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(ApiError::bad_request(
+            "Content-Length is given more than once: send it once",
+        ));
+    }
+    if let Some(expect) = req.headers().get(hyper::header::EXPECT) {
+        if !expect.as_bytes().eq_ignore_ascii_case(b"100-continue") {
             return Err(ApiError::new(
-                501,
-                "not_implemented",
-                format!("Transfer-Encoding `{te}`: only chunked is supported"),
+                417,
+                "expectation_failed",
+                "only `Expect: 100-continue` is supported",
             ));
         }
     }

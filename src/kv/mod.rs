@@ -304,6 +304,10 @@ impl Kv {
                 }
                 .into());
             }
+            // The same rule as an HTTP header value: what is stored can be served back.
+            if !ct.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+                return Err(Invalid::ContentTypeChars.into());
+            }
         }
         validate_ttl(opts.ttl_ms)?;
         let sk = stored_key(ns, key);
