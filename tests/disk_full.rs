@@ -76,6 +76,20 @@ fn value(i: usize) -> String {
     format!("{i:08}-").repeat(4096) // 36 KiB
 }
 
+/// PUTs `fill/k<i>` (36 KiB each) until one is refused: the acknowledged `i`s and the refusal.
+async fn put_until_refused(c: &mut Client, max: usize) -> (Vec<usize>, common::Resp) {
+    let mut acked = Vec::new();
+    loop {
+        let i = acked.len();
+        assert!(i < max, "never refused: is free space sampled?");
+        let r = c.put(&format!("/v1/kv/fill/k{i}"), &value(i)).await;
+        match r.status {
+            201 | 200 => acked.push(i),
+            _ => return (acked, r),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_growth_keeps_reads_and_deletes_and_recovers_by_itself() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -97,16 +111,7 @@ async fn a_full_disk_refuses_growth_keeps_reads_and_deletes_and_recovers_by_itse
     // Something else takes most of the disk, then shardbox's own writes run into the reserve.
     let filler = mnt.0.join("filler");
     fill(&filler, 40 << 20);
-    let mut acked = Vec::new();
-    let refused = loop {
-        let i = acked.len();
-        assert!(i < 2000, "never refused: is free space sampled?");
-        let r = c.put(&format!("/v1/kv/fill/k{i}"), &value(i)).await;
-        match r.status {
-            201 | 200 => acked.push(i),
-            _ => break r,
-        }
-    };
+    let (acked, refused) = put_until_refused(&mut c, 2000).await;
     assert_eq!(refused.status, 507, "{}", refused.text());
     assert_eq!(refused.error_code(), "insufficient_storage");
     assert!(
@@ -246,16 +251,7 @@ async fn a_64_mib_disk_with_default_settings_takes_writes_until_it_is_really_ful
     // The box's other files (logs, an update) take a quarter of the disk.
     let filler = mnt.0.join("filler");
     fill(&filler, 16 << 20);
-    let mut acked = Vec::new();
-    let refused = loop {
-        let i = acked.len();
-        assert!(i < 4000, "never refused on a 64 MiB disk");
-        let r = c.put(&format!("/v1/kv/fill/k{i}"), &value(i)).await;
-        match r.status {
-            201 | 200 => acked.push(i),
-            _ => break r,
-        }
-    };
+    let (acked, refused) = put_until_refused(&mut c, 4000).await;
     assert_eq!(refused.status, 507, "{}", refused.text());
     let taken = acked.len() as u64 * 36 * 1024;
     eprintln!(

@@ -83,33 +83,35 @@ impl Engine {
         private::create_dir_all(&dir)
             .map_err(|e| EngineError::Open(format!("cannot create {}: {e}", dir.display())))?;
         let lock = DirLock::acquire(&dir)?;
-        // A restore stopped half-way: its staged copy (or, while copying, the old data) is the
-        // truth, and opening would build a store over half of it.
-        let staging = crate::backup::staging_dir(&dir);
-        if staging.exists() {
-            let what = if crate::backup::is_staged(&staging) {
-                "a restore was replacing the data when it stopped: run `shardbox restore` again to finish it"
-            } else {
-                "a restore stopped while copying (the data is as it was): remove restore.tmp, or run `shardbox restore` again"
-            };
-            return Err(EngineError::Open(format!(
-                "{} holds an unfinished restore (restore.tmp): {what}",
-                dir.display()
-            )));
-        }
+        // A restore or import stopped half-way: its staged copy (or, while copying, the old
+        // data) is the truth, and opening would build a store over half of it.
         crate::backup::remove_finished_staging(&dir)
             .map_err(|e| EngineError::Open(format!("{}: {e}", dir.display())))?;
-        let importing = crate::backup::import_staging_dir(&dir);
-        if importing.exists() {
-            let what = if crate::backup::is_staged(&importing) {
-                "an import was replacing the data when it stopped: run the same `shardbox import` again to finish it"
-            } else {
-                "an import stopped before it finished (the data is as it was before it): remove import.tmp, or run the import again"
-            };
-            return Err(EngineError::Open(format!(
-                "{} holds an unfinished import (import.tmp): {what}",
-                dir.display()
-            )));
+        for (staging, what, staged, unstaged) in [
+            (
+                crate::backup::staging_dir(&dir),
+                "restore (restore.tmp)",
+                "a restore was replacing the data when it stopped: run `shardbox restore` again to finish it",
+                "a restore stopped while copying (the data is as it was): remove restore.tmp, or run `shardbox restore` again",
+            ),
+            (
+                crate::backup::import_staging_dir(&dir),
+                "import (import.tmp)",
+                "an import was replacing the data when it stopped: run the same `shardbox import` again to finish it",
+                "an import stopped before it finished (the data is as it was before it): remove import.tmp, or run the import again",
+            ),
+        ] {
+            if staging.exists() {
+                let how = if crate::backup::is_staged(&staging) {
+                    staged
+                } else {
+                    unstaged
+                };
+                return Err(EngineError::Open(format!(
+                    "{} holds an unfinished {what}: {how}",
+                    dir.display()
+                )));
+            }
         }
         private::create_dir_all(&dir.join("shards"))
             .map_err(|e| EngineError::Open(format!("cannot create {}: {e}", dir.display())))?;
