@@ -462,3 +462,57 @@ async fn request_ids_are_echoed_or_made() {
     assert_ne!(a, b);
     s.stop().await;
 }
+
+/// Sends `PUT path` from local address `from` on a new connection; returns the status line.
+async fn put_from(addr: std::net::SocketAddr, from: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    s.write_all(format!("PUT {path} HTTP/1.1\r\nhost: t\r\ncontent-length: 1\r\n\r\nv").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Past `rate_limit_clients_max` buckets a new address shares its network's bucket (/24), not
+/// one bucket with every other newcomer (issue 19: 20 of 20 fresh addresses got 429 because
+/// one client had used up the shared bucket).
+#[tokio::test]
+async fn past_the_client_bound_addresses_share_their_networks_bucket_not_everyones() {
+    let s = TestServer::start_with(|c| {
+        c.rate_limit_writes_per_s = 1;
+        c.rate_limit_burst = 2;
+        c.rate_limit_clients_max = 2;
+    })
+    .await;
+    // Two addresses take the two buckets.
+    for from in ["127.0.0.1", "127.0.0.2"] {
+        assert!(
+            put_from(s.addr, from, "/v1/kv/a/k").await.contains("20"),
+            "{from}"
+        );
+    }
+    // A third spends its network's bucket.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(put_from(s.addr, "127.0.0.3", "/v1/kv/a/k").await);
+    }
+    assert!(statuses.iter().any(|l| l.contains("429")), "{statuses:?}");
+    // Its neighbour in the same /24 shares that bucket …
+    assert!(put_from(s.addr, "127.0.0.4", "/v1/kv/a/k")
+        .await
+        .contains("429"));
+    // … while fresh addresses of other networks are served.
+    for from in ["127.0.1.5", "127.0.2.6"] {
+        let line = put_from(s.addr, from, "/v1/kv/a/k").await;
+        assert!(line.contains("20"), "{from}: {line}");
+    }
+    s.stop().await;
+}

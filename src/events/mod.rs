@@ -529,13 +529,30 @@ impl Events {
 
     /// Every stream with its stats.
     pub fn list(&self) -> Result<Vec<StreamInfo>, EventError> {
+        Ok(self.page(None, usize::MAX)?.0)
+    }
+
+    /// At most `limit` streams in name order after `after`, and the cursor of the next page
+    /// (the last name) when more follow. Only the page's streams are read.
+    pub fn page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<StreamInfo>, Option<String>), EventError> {
+        let after = after.unwrap_or("");
         let mut out = Vec::new();
-        for n in self.names()? {
+        let mut more = false;
+        for n in self.names()?.into_iter().filter(|n| n.as_str() > after) {
+            if out.len() == limit {
+                more = true;
+                break;
+            }
             if let Some(i) = self.info(&n)? {
                 out.push(i);
             }
         }
-        Ok(out)
+        let next = more.then(|| out.last().map(|s| s.name.clone())).flatten();
+        Ok((out, next))
     }
 
     /// Every stream's name, sorted.

@@ -112,8 +112,27 @@ enum ClientKey {
     Token(std::sync::Arc<str>),
     /// An IPv4 address, or an IPv6 /64 (one host usually holds a whole /64).
     Ip(IpAddr),
-    /// Everyone beyond `rate_limit_clients_max`, until idle clients are forgotten.
+    /// Past `rate_limit_clients_max` buckets, an address shares the bucket of its network (an
+    /// IPv4 /24, an IPv6 /48) until idle clients are forgotten: one client cannot push every
+    /// newcomer into one shared bucket by cycling addresses.
+    Prefix(IpAddr),
+    /// Past twice `rate_limit_clients_max` buckets, everyone else, until idle clients are
+    /// forgotten (the memory bound).
     Overflow,
+}
+
+/// The network an address shares a bucket with past `rate_limit_clients_max`.
+fn prefix_key(ip: IpAddr) -> IpAddr {
+    match ip_key(ip) {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            IpAddr::V4(std::net::Ipv4Addr::new(o[0], o[1], o[2], 0))
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0))
+        }
+    }
 }
 
 fn ip_key(ip: IpAddr) -> IpAddr {
@@ -235,10 +254,17 @@ impl Access {
             let key = match &caller {
                 Some(name) => ClientKey::Token(name.clone()),
                 None => match req.extensions().get::<Peer>() {
-                    Some(Peer(ip, _)) if limit.limiter.len() < self.clients_max => {
-                        ClientKey::Ip(ip_key(*ip))
+                    Some(Peer(ip, _)) => {
+                        let held = limit.limiter.len();
+                        if held < self.clients_max {
+                            ClientKey::Ip(ip_key(*ip))
+                        } else if held < self.clients_max.saturating_mul(2) {
+                            ClientKey::Prefix(prefix_key(*ip))
+                        } else {
+                            ClientKey::Overflow
+                        }
                     }
-                    _ => ClientKey::Overflow,
+                    None => ClientKey::Overflow,
                 },
             };
             let (remaining, reset) = match limit.limiter.check_key(&key) {

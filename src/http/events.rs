@@ -19,7 +19,9 @@ use std::time::Duration;
 
 /// The event stream routes.
 pub(super) const ROUTES: &[RouteDef] = &[
-    route!("GET", "/v1/streams", [], |s, p, r| list_streams(&s)),
+    route!("GET", "/v1/streams", ["limit", "after"], |s, p, r| {
+        list_streams(&s, &r)
+    }),
     route!("GET", "/v1/streams/{stream}", [], |s, p, r| get_stream(
         &s,
         p.get("stream")
@@ -109,9 +111,14 @@ pub fn get_stream(state: &ServerState, stream: &str) -> Result<Resp, ApiError> {
     Ok(response::json_of(200, &info))
 }
 
-pub fn list_streams(state: &ServerState) -> Result<Resp, ApiError> {
-    let all = state.store.events().list()?;
-    Ok(response::json(200, &serde_json::json!({"streams": all})))
+/// `GET /v1/streams?limit=&after=`: a page of streams by name (`next` is the cursor).
+pub fn list_streams(state: &ServerState, req: &Request<ReqBody>) -> Result<Resp, ApiError> {
+    let (limit, after) = super::input::name_page(&query(req), state.store.config().list_limit_max)?;
+    let (page, next) = state.store.events().page(after.as_deref(), limit)?;
+    Ok(response::json(
+        200,
+        &serde_json::json!({"streams": page, "next": next}),
+    ))
 }
 
 pub async fn delete_stream(state: &ServerState, stream: &str) -> Result<Resp, ApiError> {

@@ -34,6 +34,24 @@ pub(crate) fn limit_param(q: &HashMap<String, String>) -> Result<usize, ApiError
     }
 }
 
+/// `limit` (1 to `max`, default `max`) and `after` of a listing of names.
+pub(crate) fn name_page(
+    q: &HashMap<String, String>,
+    max: usize,
+) -> Result<(usize, Option<String>), ApiError> {
+    let limit = match q.get("limit") {
+        None => max,
+        Some(l) => l
+            .parse()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("limit must be a whole number 1-{max}, got `{l}`"))
+            })?,
+    };
+    Ok((limit, q.get("after").cloned()))
+}
+
 pub(crate) fn query(req: &Request<ReqBody>) -> HashMap<String, String> {
     req.uri()
         .query()

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 /// The queue and schedule routes.
 pub(super) const ROUTES: &[RouteDef] = &[
-    route!("GET", "/v1/queues", [], |s, p, r| list_queues(&s)),
+    route!("GET", "/v1/queues", ["limit", "after"], |s, p, r| {
+        list_queues(&s, &r)
+    }),
     route!("GET", "/v1/queues/{q}", [], |s, p, r| stats(&s, p.get("q"))),
     route!("PUT", "/v1/queues/{q}", [], |s, p, r| configure(
         &s,
@@ -637,9 +639,14 @@ pub fn stats(state: &ServerState, q: &str) -> Result<Resp, ApiError> {
 }
 
 /// `GET /v1/queues`
-pub fn list_queues(state: &ServerState) -> Result<Resp, ApiError> {
-    let all = state.store.queues().all_stats()?;
-    Ok(response::json(200, &serde_json::json!({"queues": all})))
+/// `GET /v1/queues?limit=&after=`: a page of queues by name (`next` is the cursor).
+pub fn list_queues(state: &ServerState, req: &Request<ReqBody>) -> Result<Resp, ApiError> {
+    let (limit, after) = super::input::name_page(&query(req), state.store.config().list_limit_max)?;
+    let (page, next) = state.store.queues().page_stats(after.as_deref(), limit)?;
+    Ok(response::json(
+        200,
+        &serde_json::json!({"queues": page, "next": next}),
+    ))
 }
 
 #[derive(Deserialize)]

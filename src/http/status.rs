@@ -103,9 +103,9 @@ async fn status(state: &ServerState) -> Result<Resp, ApiError> {
     let queues: Vec<_> = state
         .store
         .queues()
-        .all_stats()?
+        .page_stats(None, LIST_MAX)?
+        .0
         .into_iter()
-        .take(LIST_MAX)
         .map(|q| {
             serde_json::json!({
                 "name": q.name, "ready": q.ready, "delayed": q.delayed, "in_flight": q.in_flight,
@@ -116,9 +116,9 @@ async fn status(state: &ServerState) -> Result<Resp, ApiError> {
     let streams: Vec<_> = state
         .store
         .events()
-        .list()?
+        .page(None, LIST_MAX)?
+        .0
         .into_iter()
-        .take(LIST_MAX)
         .map(|s| {
             serde_json::json!({
                 "name": s.name, "events": s.events, "buckets": s.buckets, "newest": s.newest,

@@ -726,6 +726,16 @@ impl Queues {
 
     /// Every queue's stats, by name.
     pub fn all_stats(&self) -> Result<Vec<QueueStats>, QueueError> {
+        Ok(self.page_stats(None, usize::MAX)?.0)
+    }
+
+    /// Stats of at most `limit` queues in name order after `after`, and the cursor of the next
+    /// page (the last name) when more follow. Only the page's queues are read.
+    pub fn page_stats(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<QueueStats>, Option<String>), QueueError> {
         let mut names = Vec::new();
         for shard in self.engine.shards() {
             let txn = shard.read()?;
@@ -736,13 +746,20 @@ impl Queues {
             }
         }
         names.sort();
-        let mut out = Vec::with_capacity(names.len());
-        for n in names {
+        let after = after.unwrap_or("");
+        let mut out = Vec::new();
+        let mut more = false;
+        for n in names.into_iter().filter(|n| n.as_str() > after) {
+            if out.len() == limit {
+                more = true;
+                break;
+            }
             if let Some(s) = self.stats(&n)? {
                 out.push(s);
             }
         }
-        Ok(out)
+        let next = more.then(|| out.last().map(|s| s.name.clone())).flatten();
+        Ok((out, next))
     }
 
     /// The queue's configured default lease.
