@@ -301,6 +301,7 @@ pub async fn events_range_store(o: &Opts, rows: &mut Vec<Row>) {
                 errors: 0,
                 elapsed: t0.elapsed(),
                 hist: h,
+                cpu_us_per_op: None,
             }
         })
     };
@@ -424,6 +425,7 @@ pub async fn events_retention(rows: &mut Vec<Row>) {
             let _ = h.record(d.as_micros().max(1) as u64);
             h
         },
+        cpu_us_per_op: None,
     };
     let i = rows.len();
     rows.push(row(

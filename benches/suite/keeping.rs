@@ -27,6 +27,7 @@ fn timed(d: Duration, ops: u64) -> Outcome {
         errors: 0,
         elapsed: d,
         hist,
+        cpu_us_per_op: None,
     }
 }
 

@@ -4,7 +4,7 @@
 
 use crate::loadgen::Proto;
 use crate::peers;
-use crate::report::{row, set_ratio, svg_lines, unavailable, Row, Series};
+use crate::report::{note_ratio, row, set_ratio, svg_lines, unavailable, Row, Series};
 use crate::support::{
     get_op, measure, measure_with, preload_redis, preload_shardbox, put_op, server_stats,
     start_shardbox, value, wanted, Opts,
@@ -57,6 +57,29 @@ async fn get_hot(o: &Opts, rows: &mut Vec<Row>) {
             set_ratio(rows, i, i + 1, "vs redis GET");
         }
         Err(e) => rows.push(unavailable("kv-get-hot", "redis GET", &e)),
+    }
+    ceiling_row(o, rows, "kv-get-hot", i, get_op(o.keys)).await;
+}
+
+/// Measures the HTTP ceiling ([`crate::ceiling`]) with the same load as row `ours`, adds its
+/// row and notes `ours ÷ ceiling` (throughput and server CPU per request) on `ours`.
+pub async fn ceiling_row<F>(o: &Opts, rows: &mut Vec<Row>, workload: &str, ours: usize, f: F)
+where
+    F: Fn(usize, u64) -> crate::loadgen::Op + Send + Sync + Clone + 'static,
+{
+    match peers::ceiling() {
+        Ok(c) => {
+            let out = measure(c.addr, Proto::Http, o, f).await;
+            rows.push(row(
+                workload,
+                "HTTP ceiling (bare hyper)",
+                out,
+                "100 fixed bytes, no storage",
+            ));
+            let j = rows.len() - 1;
+            note_ratio(rows, ours, j, "÷ ceiling");
+        }
+        Err(e) => rows.push(unavailable(workload, "HTTP ceiling (bare hyper)", &e)),
     }
 }
 
@@ -182,6 +205,7 @@ async fn put_durable(o: &Opts, rows: &mut Vec<Row>) {
         }
         Err(e) => rows.push(unavailable("kv-put-durable", "redis SET", &e)),
     }
+    ceiling_row(o, rows, "kv-put-durable", i, put_op(o.keys)).await;
     eprintln!("kv-put-durable with batch_ops_max=1 …");
     let single = start_shardbox(o, &[("batch_ops_max", "1")]).expect("start shardbox");
     let one = measure(single.addr, Proto::Http, o, put_op(o.keys)).await;

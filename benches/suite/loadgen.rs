@@ -42,6 +42,9 @@ pub struct Outcome {
     pub errors: u64,
     pub elapsed: Duration,
     pub hist: Histogram<u64>,
+    /// The server process's CPU time (user + system, all threads, from /proc/PID/stat) per
+    /// operation over the measured run, in µs; `None` when the server's process is not known.
+    pub cpu_us_per_op: Option<f64>,
 }
 
 impl Outcome {
@@ -126,6 +129,7 @@ pub async fn collect(
         errors,
         elapsed: started.elapsed(),
         hist: total,
+        cpu_us_per_op: None,
     }
 }
 

@@ -5,10 +5,12 @@
 //! long ones (connection sweep, device bytes per write, restart times, 50M-event ranges, disk
 //! cache, hit ratios). `-- --list` names them; `--only a,b` picks some; `--duration`,
 //! `--connections`, `--keys`, `--restart-gib 1,10`, `--soak-secs`, `--set key=value`, `--no-install`, `--shardbox-bin PATH`.
-//! Results also go to `target/shardbox-bench.md`.
+//! Results also go to `shardbox-bench.md` in the target directory (`CARGO_TARGET_DIR` or
+//! `target/`).
 
 mod abuse;
 mod cache;
+mod ceiling;
 mod events;
 mod events_suite;
 mod keeping;
@@ -125,6 +127,8 @@ pub const WORKLOADS: &[(&str, bool, &str)] = &[
 ];
 
 fn main() {
+    // Started by the suite itself as the HTTP ceiling's process.
+    ceiling::serve_if_asked();
     let o = parse_opts();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -149,7 +153,13 @@ fn main() {
         table.push_str(&cache::hit_ratio_table());
     }
     println!("\n{table}");
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/shardbox-bench.md");
-    let _ = std::fs::write(&out, &table);
-    eprintln!("written to {}", out.display());
+    // Beside the build: CARGO_TARGET_DIR when set, else the project's target/.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let out = target.join("shardbox-bench.md");
+    match std::fs::write(&out, &table) {
+        Ok(()) => eprintln!("written to {}", out.display()),
+        Err(e) => eprintln!("cannot write {}: {e}", out.display()),
+    }
 }

@@ -51,6 +51,35 @@ impl Drop for Server {
     }
 }
 
+/// The process serving each address, so a measurement can read the server's CPU time.
+static PIDS: std::sync::Mutex<Vec<(SocketAddr, u32)>> = std::sync::Mutex::new(Vec::new());
+
+/// Notes that `pid` serves `addr` (a later server on the same address replaces it).
+pub fn register(addr: SocketAddr, pid: u32) {
+    let mut p = PIDS.lock().unwrap_or_else(|e| e.into_inner());
+    p.retain(|(a, _)| *a != addr);
+    p.push((addr, pid));
+}
+
+/// The process serving `addr`, if one of ours.
+pub fn pid_of(addr: SocketAddr) -> Option<u32> {
+    let p = PIDS.lock().unwrap_or_else(|e| e.into_inner());
+    p.iter().find(|(a, _)| *a == addr).map(|(_, pid)| *pid)
+}
+
+/// User + system CPU time of process `pid` (all its threads) so far.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Some(Duration::from_micros(ticks * 1_000_000 / hz))
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -85,6 +114,7 @@ fn serve(
     let addr: SocketAddr = format!("127.0.0.1:{port}")
         .parse()
         .map_err(|e| format!("{e}"))?;
+    register(addr, child.id());
     let server = Server {
         addr,
         child,
@@ -96,10 +126,24 @@ fn serve(
     Ok(server)
 }
 
+/// Starts the HTTP ceiling ([`crate::ceiling`]): this binary, serving 100 fixed bytes.
+pub fn ceiling() -> Result<Server, String> {
+    let port = free_port();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    serve(
+        Command::new(exe).args(["--ceiling-server", &port.to_string()]),
+        port,
+        dir,
+        "the HTTP ceiling",
+    )
+}
+
 /// Starts shardbox (the binary at `bin`, or this build's) with `SHARDBOX_*` settings.
 pub fn shardbox(bin: Option<&Path>, settings: &[(&str, &str)]) -> Result<Server, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let (child, addr) = spawn_in(bin, &dir.path().join("data"), settings)?;
+    register(addr, child.id());
     Ok(Server {
         addr,
         child,

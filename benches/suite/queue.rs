@@ -297,6 +297,7 @@ pub async fn latency(
         errors: 0,
         elapsed: duration,
         hist: total,
+        cpu_us_per_op: None,
     }
 }
 

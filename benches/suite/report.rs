@@ -44,6 +44,28 @@ pub fn set_ratio(rows: &mut [Row], ours: usize, theirs: usize, label: &str) {
     }
 }
 
+/// Adds to `ours`'s note its throughput and server CPU per operation against `theirs` (the
+/// HTTP ceiling, or a second peer): `0.59× ÷ ceiling, CPU 1.75×`.
+pub fn note_ratio(rows: &mut [Row], ours: usize, theirs: usize, label: &str) {
+    let (Some(a), Some(b)) = (&rows[ours].outcome, &rows[theirs].outcome) else {
+        return;
+    };
+    if b.throughput() <= 0.0 {
+        return;
+    }
+    let mut text = format!("**{:.2}×** {label}", a.throughput() / b.throughput());
+    if let (Some(ca), Some(cb)) = (a.cpu_us_per_op, b.cpu_us_per_op) {
+        if cb > 0.0 {
+            text.push_str(&format!(", CPU/op {:.2}×", ca / cb));
+        }
+    }
+    let note = &mut rows[ours].note;
+    if !note.is_empty() {
+        note.push_str("; ");
+    }
+    note.push_str(&text);
+}
+
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -73,9 +95,9 @@ pub fn render(o: &Opts, rows: &[Row]) -> String {
     );
     let _ = writeln!(
         s,
-        "| workload | system | ops/s | p50 ms | p99 ms | p99.9 ms | errors | ratio | notes |"
+        "| workload | system | ops/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU µs/op | ratio | notes |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---|---|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---|---|");
     for r in rows {
         match &r.outcome {
             Some(out) => {
@@ -84,9 +106,13 @@ pub fn render(o: &Opts, rows: &[Row]) -> String {
                     .as_ref()
                     .map(|(x, l)| format!("**{x:.2}×** {l}"))
                     .unwrap_or_default();
+                let cpu = out
+                    .cpu_us_per_op
+                    .map(|c| format!("{c:.1}"))
+                    .unwrap_or_else(|| "–".into());
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
+                    "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
                     r.workload,
                     r.system,
                     out.throughput(),
@@ -94,6 +120,7 @@ pub fn render(o: &Opts, rows: &[Row]) -> String {
                     out.p(0.99),
                     out.p(0.999),
                     out.errors,
+                    cpu,
                     ratio,
                     r.note
                 );
@@ -101,7 +128,7 @@ pub fn render(o: &Opts, rows: &[Row]) -> String {
             None => {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | – | – | – | – | – | – | {} |",
+                    "| {} | {} | – | – | – | – | – | – | – | {} |",
                     r.workload, r.system, r.note
                 );
             }

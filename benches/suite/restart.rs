@@ -17,6 +17,7 @@ fn single(d: Duration) -> Outcome {
         errors: 0,
         elapsed: d,
         hist: h,
+        cpu_us_per_op: None,
     }
 }
 

@@ -144,7 +144,15 @@ where
     // Warm up (connections, caches, allocator), then measure.
     let _ = loadgen::run(addr, proto, connections, Duration::from_secs(1), f.clone()).await;
     let before = server_stats(addr, proto).await;
-    let out = loadgen::run(addr, proto, connections, duration, f).await;
+    let pid = crate::peers::pid_of(addr);
+    let cpu_before = pid.and_then(crate::peers::cpu_time);
+    let mut out = loadgen::run(addr, proto, connections, duration, f).await;
+    let cpu_after = pid.and_then(crate::peers::cpu_time);
+    if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+        if out.ops > 0 {
+            out.cpu_us_per_op = Some((b - a).as_secs_f64() * 1e6 / out.ops as f64);
+        }
+    }
     if let (Some(a), Some(b)) = (before, server_stats(addr, proto).await) {
         eprintln!("  {}", b.since(&a).describe());
     }

@@ -19,10 +19,41 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct Peer(pub IpAddr, pub std::sync::Arc<super::conns::Conn>);
 
+tokio::task_local! {
+    /// The connection a request came in on, for the task that serves the connection (its
+    /// requests' futures run inside it): set once per connection instead of an extension per
+    /// request (an extension map and its boxes are allocations every request would pay).
+    static CONNECTION: ConnCtx;
+}
+
+/// What a request may need of its connection.
+#[derive(Clone)]
+pub struct ConnCtx {
+    pub conn: std::sync::Arc<super::conns::Conn>,
+    /// On the admin socket: the file's permissions were the check.
+    pub local: bool,
+}
+
+impl ConnCtx {
+    /// Runs `f` (a connection's future) with `self` as its requests' connection.
+    pub async fn scope<F: std::future::Future>(self, f: F) -> F::Output {
+        CONNECTION.scope(self, f).await
+    }
+
+    /// Whether the request being served came in on the admin socket.
+    fn is_local() -> bool {
+        CONNECTION.try_with(|c| c.local).unwrap_or(false)
+    }
+}
+
 impl Peer {
-    /// The peer of `req` (every request served over a connection has one).
+    /// The peer of the request being served (every request served over a connection has
+    /// one; `req` names which request is meant).
     pub fn of<B>(req: &hyper::Request<B>) -> Option<Peer> {
-        req.extensions().get::<Peer>().cloned()
+        let _ = req;
+        CONNECTION
+            .try_with(|c| Peer(c.conn.ip, c.conn.clone()))
+            .ok()
     }
 
     /// A watch on the client's socket, for a request that waits ([`super::peer`]).
@@ -38,10 +69,6 @@ impl Peer {
         }
     }
 }
-
-/// A request that came in on the admin socket: the file's permissions were the check.
-#[derive(Debug, Clone, Copy)]
-pub struct LocalAdmin;
 
 /// The caller name of requests on the admin socket.
 pub const ADMIN_SOCKET_CALLER: &str = "#admin-socket";
@@ -219,7 +246,7 @@ impl Access {
         let Some(need) = scope_of(route) else {
             return Ok(());
         };
-        if req.extensions().get::<LocalAdmin>().is_some() {
+        if ConnCtx::is_local() {
             // `#` is never in a token name: the socket's caller cannot be mistaken for a token
             // (idempotency keys and limits are per caller).
             req.extensions_mut()
@@ -253,13 +280,13 @@ impl Access {
         if let Some(limit) = limit {
             let key = match &caller {
                 Some(name) => ClientKey::Token(name.clone()),
-                None => match req.extensions().get::<Peer>() {
+                None => match Peer::of(req) {
                     Some(Peer(ip, _)) => {
                         let held = limit.limiter.len();
                         if held < self.clients_max {
-                            ClientKey::Ip(ip_key(*ip))
+                            ClientKey::Ip(ip_key(ip))
                         } else if held < self.clients_max.saturating_mul(2) {
-                            ClientKey::Prefix(prefix_key(*ip))
+                            ClientKey::Prefix(prefix_key(ip))
                         } else {
                             ClientKey::Overflow
                         }
@@ -294,7 +321,11 @@ impl Access {
             let secs = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
             rate_headers(headers, limit.burst, remaining, secs);
         }
-        req.extensions_mut().insert(Caller(caller));
+        // Only a named caller is put in the extensions (none is the common case, and costs no
+        // allocation).
+        if caller.is_some() {
+            req.extensions_mut().insert(Caller(caller));
+        }
         Ok(())
     }
 }

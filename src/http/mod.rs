@@ -13,6 +13,7 @@ mod hyper_errors;
 mod idempotent;
 mod input;
 mod kv;
+mod lanes;
 mod peer;
 mod queue;
 pub mod response;
@@ -145,7 +146,6 @@ fn connection_builder(cfg: &crate::Config) -> http1::Builder {
 fn service(
     state: Arc<ServerState>,
     conn: Arc<conns::Conn>,
-    local: bool,
 ) -> impl hyper::service::HttpService<
     hyper::body::Incoming,
     ResBody = response::Body,
@@ -153,12 +153,7 @@ fn service(
     Future = impl Future<Output = Result<response::Resp, std::convert::Infallible>> + Send,
 > {
     service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let mut req = req.map(body::ReqBody::Stream);
-        req.extensions_mut()
-            .insert(access::Peer(conn.ip, conn.clone()));
-        if local {
-            req.extensions_mut().insert(access::LocalAdmin);
-        }
+        let req = req.map(body::ReqBody::Stream);
         let st = state.clone();
         let busy = conns::Busy::new(conn.clone());
         async move {
@@ -181,9 +176,13 @@ where
     let builder = connection_builder(state.store.config());
     let conn = builder.serve_connection(
         TokioIo::new(hyper_errors::JsonErrors::new(io)),
-        service(state.clone(), registered.conn.clone(), false),
+        service(state.clone(), registered.conn.clone()),
     );
-    let _ = conn.await;
+    let ctx = access::ConnCtx {
+        conn: registered.conn.clone(),
+        local: false,
+    };
+    let _ = ctx.scope(conn).await;
 }
 
 /// The admin socket's path in a data directory.
@@ -295,41 +294,143 @@ async fn serve_conn<IO>(
             io,
             registered.conn.clone(),
         )),
-        service(state.clone(), registered.conn.clone(), local),
+        service(state.clone(), registered.conn.clone()),
     );
-    tokio::pin!(conn);
-    let me = registered.conn.clone();
-    let idle = async {
-        loop {
-            let idle = Duration::from_millis(me.idle_ms());
-            // A request that has arrived is answered: not idle while its bytes wait for hyper.
-            if idle >= idle_timeout && !me.socket.has_pending_input() {
-                break;
-            }
-            if idle >= idle_timeout {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-            tokio::time::sleep((idle_timeout - idle).max(Duration::from_millis(10))).await;
-        }
+    // The connection's requests run inside its future: they find it there ([`access::ConnCtx`]).
+    let ctx = access::ConnCtx {
+        conn: registered.conn.clone(),
+        local,
     };
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = async { let _ = stop_rx.wait_for(|s| *s).await.map(|_| ()); } => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.as_mut().await;
+    ctx.scope(async move {
+        tokio::pin!(conn);
+        let me = registered.conn.clone();
+        let idle = async {
+            loop {
+                let idle = Duration::from_millis(me.idle_ms());
+                // A request that has arrived is answered: not idle while its bytes wait for
+                // hyper.
+                if idle >= idle_timeout && !me.socket.has_pending_input() {
+                    break;
+                }
+                if idle >= idle_timeout {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                tokio::time::sleep((idle_timeout - idle).max(Duration::from_millis(10))).await;
+            }
+        };
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = async { let _ = stop_rx.wait_for(|s| *s).await.map(|_| ()); } => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.as_mut().await;
+            }
+            // Idle too long, or asked to make room: hyper closes an idle connection at
+            // once and lets a request in progress finish first.
+            _ = idle => {
+                registered.conn.closing();
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.as_mut().await;
+            }
+            _ = registered.conn.evict.notified() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.as_mut().await;
+            }
         }
-        // Idle too long, or asked to make room: hyper closes an idle connection at
-        // once and lets a request in progress finish first.
-        _ = idle => {
-            registered.conn.closing();
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.as_mut().await;
+    })
+    .await
+}
+
+/// An accepted connection with everything its task needs.
+struct Accepted {
+    state: Arc<ServerState>,
+    builder: http1::Builder,
+    stop_rx: watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    done_tx: mpsc::Sender<()>,
+    conn_limit: Arc<Semaphore>,
+    refusals: Arc<Semaphore>,
+    registered: conns::Registered,
+    /// Its place among `connections_max`, or `None` while an evicted connection gives one back.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    idle_timeout: Duration,
+    header_timeout: Duration,
+}
+
+impl Accepted {
+    /// Serves the connection to its end (TLS handshake first when configured).
+    async fn serve(self, stream: tokio::net::TcpStream) {
+        let Accepted {
+            state,
+            builder,
+            stop_rx,
+            tls,
+            done_tx,
+            conn_limit,
+            refusals,
+            registered,
+            permit,
+            idle_timeout,
+            header_timeout,
+        } = self;
+        // Not idle while it waits for its place: it must not be taken to make room.
+        let waiting = conns::Busy::new(registered.conn.clone());
+        let permit = match permit {
+            Some(p) => p,
+            // Wait for the evicted connection to give its place back.
+            None => {
+                match tokio::time::timeout(Duration::from_millis(500), conn_limit.acquire_owned())
+                    .await
+                {
+                    Ok(Ok(p)) => p,
+                    _ => return refuse(stream, &refusals, tls.is_none()),
+                }
+            }
+        };
+        drop(waiting);
+        let fd = {
+            use std::os::fd::AsRawFd;
+            Some(stream.as_raw_fd())
+        };
+        match tls {
+            None => {
+                registered.conn.socket.set(fd);
+                serve_conn(
+                    stream,
+                    &state,
+                    &builder,
+                    &registered,
+                    stop_rx,
+                    idle_timeout,
+                    false,
+                )
+                .await
+            }
+            Some(acceptor) => {
+                // The handshake is part of the request head: same deadline.
+                let hs = tokio::time::timeout(header_timeout, acceptor.accept(stream)).await;
+                match hs {
+                    Ok(Ok(tls_stream)) => {
+                        registered.conn.socket.set(fd);
+                        serve_conn(
+                            tls_stream,
+                            &state,
+                            &builder,
+                            &registered,
+                            stop_rx,
+                            idle_timeout,
+                            false,
+                        )
+                        .await
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            }
         }
-        _ = registered.conn.evict.notified() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.as_mut().await;
-        }
+        drop(registered);
+        drop(permit);
+        drop(done_tx);
     }
 }
 
@@ -364,6 +465,10 @@ pub async fn run(
     let admin_socket = serve_admin_socket(state.clone(), stop_rx.clone());
     let builder = connection_builder(&cfg);
     let header_timeout = Duration::from_millis(cfg.header_read_timeout_ms);
+    let lanes = match cfg.http_threads {
+        0 => None,
+        n => Some(lanes::Lanes::start(n)?),
+    };
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -394,74 +499,36 @@ pub async fn run(
                 continue;
             }
         };
-        let state = state.clone();
-        let builder = builder.clone();
-        let stop_rx = stop_rx.clone();
-        let tls = tls.clone();
-        let done_tx = done_tx.clone();
-        let conn_limit = conn_limit.clone();
-        let refusals = refusals.clone();
-        tokio::spawn(async move {
-            // Not idle while it waits for its place: it must not be taken to make room.
-            let waiting = conns::Busy::new(registered.conn.clone());
-            let permit = match permit {
-                Some(p) => p,
-                // Wait for the evicted connection to give its place back.
-                None => match tokio::time::timeout(
-                    Duration::from_millis(500),
-                    conn_limit.acquire_owned(),
-                )
-                .await
-                {
-                    Ok(Ok(p)) => p,
-                    _ => return refuse(stream, &refusals, tls.is_none()),
-                },
-            };
-            drop(waiting);
-            let fd = {
-                use std::os::fd::AsRawFd;
-                Some(stream.as_raw_fd())
-            };
-            match tls {
-                None => {
-                    registered.conn.socket.set(fd);
-                    serve_conn(
-                        stream,
-                        &state,
-                        &builder,
-                        &registered,
-                        stop_rx,
-                        idle_timeout,
-                        false,
-                    )
-                    .await
-                }
-                Some(acceptor) => {
-                    // The handshake is part of the request head: same deadline.
-                    let hs = tokio::time::timeout(header_timeout, acceptor.accept(stream)).await;
-                    match hs {
-                        Ok(Ok(tls_stream)) => {
-                            registered.conn.socket.set(fd);
-                            serve_conn(
-                                tls_stream,
-                                &state,
-                                &builder,
-                                &registered,
-                                stop_rx,
-                                idle_timeout,
-                                false,
-                            )
-                            .await
-                        }
-                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
-                    }
-                }
+        let job = Accepted {
+            state: state.clone(),
+            builder: builder.clone(),
+            stop_rx: stop_rx.clone(),
+            tls: tls.clone(),
+            done_tx: done_tx.clone(),
+            conn_limit: conn_limit.clone(),
+            refusals: refusals.clone(),
+            registered,
+            permit,
+            idle_timeout,
+            header_timeout,
+        };
+        match &lanes {
+            None => {
+                tokio::spawn(job.serve(stream));
             }
-            drop(registered);
-            drop(permit);
-            drop(done_tx);
-        });
+            // Moved to the lane's own reactor: deregistered here, registered there.
+            Some(lanes) => match stream.into_std() {
+                Ok(std_stream) => lanes.spawn(Box::pin(async move {
+                    match tokio::net::TcpStream::from_std(std_stream) {
+                        Ok(stream) => job.serve(stream).await,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot move a connection to its thread")
+                        }
+                    }
+                })),
+                Err(e) => tracing::warn!(error = %e, "cannot move a connection to its thread"),
+            },
+        }
     }
     drop(listener);
     tracing::info!("shutting down: no longer accepting connections");
@@ -488,6 +555,9 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("shutdown grace period over with Idempotency-Key requests still running");
+    }
+    if let Some(lanes) = lanes {
+        lanes.stop().await;
     }
     for task in background {
         task.abort();

@@ -53,15 +53,8 @@ pub fn idempotent_routes() -> impl Iterator<Item = (&'static str, &'static str)>
 pub async fn handle(state: Arc<ServerState>, req: Request<ReqBody>) -> Result<Resp, Infallible> {
     use futures_util::FutureExt;
     use tracing::Instrument;
-    // Every log line of the request carries its id.
     let id = access::request_id(req.headers());
-    let span = tracing::info_span!(
-        "request",
-        id = %String::from_utf8_lossy(id.as_bytes()),
-        method = %req.method(),
-        path = %req.uri().path(),
-        caller = tracing::field::Empty
-    );
+    let span = request_span(&id, &req);
     let mut headers = hyper::HeaderMap::new();
     let (method, uri) = (req.method().clone(), req.uri().clone());
     let started = std::time::Instant::now();
@@ -87,9 +80,16 @@ pub async fn handle(state: Arc<ServerState>, req: Request<ReqBody>) -> Result<Re
         Ok(r) => r,
         Err(e) => {
             if e.status >= 500 {
-                span.in_scope(|| {
-                    tracing::warn!(status = e.status, code = e.code, message = %e.message, "request failed")
-                });
+                // The line names the request itself: most requests carry no span.
+                tracing::warn!(
+                    id = %String::from_utf8_lossy(id.as_bytes()),
+                    method = %method,
+                    path = %uri.path(),
+                    status = e.status,
+                    code = e.code,
+                    message = %e.message,
+                    "request failed"
+                );
             }
             if e.status >= 500 || e.status == 429 {
                 state.recent_errors.push(status::RecentError {
@@ -117,6 +117,27 @@ pub async fn handle(state: Arc<ServerState>, req: Request<ReqBody>) -> Result<Re
         started.elapsed(),
     );
     Ok(resp)
+}
+
+/// The `request` span (id, method, path, caller) over a request's handling — made only where a
+/// line it would carry can be written: for every request when `shardbox=debug` (or finer) is
+/// on, else only for the admin routes and `Idempotency-Key` runs, which log their work at info
+/// and warn. Anywhere else a span would be formatted on every request for lines that are never
+/// written (≈ 1.5 µs of a hot GET's 16 µs); a failure's own line names the request instead.
+fn request_span(id: &hyper::header::HeaderValue, req: &Request<ReqBody>) -> tracing::Span {
+    let wanted = tracing::enabled!(target: "shardbox::request", tracing::Level::DEBUG)
+        || req.uri().path().starts_with("/v1/admin")
+        || req.headers().contains_key(idempotent::HEADER);
+    if !wanted {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "request",
+        id = %String::from_utf8_lossy(id.as_bytes()),
+        method = %req.method(),
+        path = %req.uri().path(),
+        caller = tracing::field::Empty
+    )
 }
 
 async fn dispatch(
