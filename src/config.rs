@@ -615,7 +615,7 @@ impl Config {
                 self.cache_disk_bytes, self.cache_disk_block_bytes
             ));
         }
-        let checks: [(&str, u64, u64, u64); 44] = [
+        let checks: [(&str, u64, u64, u64); 45] = [
             (
                 "idempotency_ttl_ms",
                 self.idempotency_ttl_ms,
