@@ -199,10 +199,6 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Async worker threads for HTTP; 0 (default) = one per CPU core.
     pub worker_threads: usize,
-    /// Threads that serve HTTP connections, each with its own current-thread runtime (a
-    /// connection stays on one from accept to close); 0 serves them on the shared runtime of
-    /// `worker_threads`. Default 0.
-    pub http_threads: usize,
 
     /// redb page cache per shard. Default 32 MiB (8 shards = 256 MiB, fits a 1 GiB box).
     pub shard_cache_bytes: u64,
@@ -378,7 +374,6 @@ impl Default for Config {
             durability: DurabilityMode::Immediate,
             log_format: LogFormat::Text,
             worker_threads: 0,
-            http_threads: 0,
             shard_cache_bytes: 32 << 20,
             quick_repair: true,
             checkpoint_log_bytes: 64 << 20,
@@ -615,7 +610,7 @@ impl Config {
                 self.cache_disk_bytes, self.cache_disk_block_bytes
             ));
         }
-        let checks: [(&str, u64, u64, u64); 45] = [
+        let checks: [(&str, u64, u64, u64); 44] = [
             (
                 "idempotency_ttl_ms",
                 self.idempotency_ttl_ms,
@@ -755,7 +750,6 @@ impl Config {
                 1 << 20,
             ),
             ("connections_max", self.connections_max as u64, 1, 1 << 20),
-            ("http_threads", self.http_threads as u64, 0, 256),
             (
                 "connections_per_ip_max",
                 self.connections_per_ip_max as u64,

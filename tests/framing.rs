@@ -120,3 +120,45 @@ async fn a_request_sent_during_a_stall_longer_than_the_idle_timeout_is_answered(
     }
     drop(child);
 }
+
+/// Pipelined HTTP/1.1 requests (all written before any answer is read) get their answers
+/// complete and in order, writes and reads mixed.
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let srv = TestServer::start().await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let mut batch = String::new();
+    for i in 0..20 {
+        batch.push_str(&format!(
+            "PUT /v1/kv/p/k{i} HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\nv{i}",
+            format!("v{i}").len()
+        ));
+        batch.push_str(&format!("GET /v1/kv/p/k{i} HTTP/1.1\r\nhost: t\r\n\r\n"));
+    }
+    batch.push_str("GET /v1/kv/p/missing HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n");
+    s.write_all(batch.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("every answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    let mut want = Vec::new();
+    for _ in 0..20 {
+        want.extend(["201", "200"]);
+    }
+    want.push("404");
+    assert_eq!(statuses, want);
+    // Each GET's body is its own key's value, in order.
+    let mut at = 0;
+    for i in 0..20 {
+        let v = format!("\r\n\r\nv{i}");
+        let found = text[at..].find(&v).map(|p| p + at).expect("value in order");
+        at = found + v.len();
+    }
+    srv.stop().await;
+}

@@ -13,7 +13,6 @@ mod hyper_errors;
 mod idempotent;
 mod input;
 mod kv;
-mod lanes;
 mod peer;
 mod queue;
 pub mod response;
@@ -465,10 +464,6 @@ pub async fn run(
     let admin_socket = serve_admin_socket(state.clone(), stop_rx.clone());
     let builder = connection_builder(&cfg);
     let header_timeout = Duration::from_millis(cfg.header_read_timeout_ms);
-    let lanes = match cfg.http_threads {
-        0 => None,
-        n => Some(lanes::Lanes::start(n)?),
-    };
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -512,23 +507,7 @@ pub async fn run(
             idle_timeout,
             header_timeout,
         };
-        match &lanes {
-            None => {
-                tokio::spawn(job.serve(stream));
-            }
-            // Moved to the lane's own reactor: deregistered here, registered there.
-            Some(lanes) => match stream.into_std() {
-                Ok(std_stream) => lanes.spawn(Box::pin(async move {
-                    match tokio::net::TcpStream::from_std(std_stream) {
-                        Ok(stream) => job.serve(stream).await,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot move a connection to its thread")
-                        }
-                    }
-                })),
-                Err(e) => tracing::warn!(error = %e, "cannot move a connection to its thread"),
-            },
-        }
+        tokio::spawn(job.serve(stream));
     }
     drop(listener);
     tracing::info!("shutting down: no longer accepting connections");
@@ -555,9 +534,6 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("shutdown grace period over with Idempotency-Key requests still running");
-    }
-    if let Some(lanes) = lanes {
-        lanes.stop().await;
     }
     for task in background {
         task.abort();
