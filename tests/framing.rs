@@ -52,6 +52,15 @@ async fn ambiguous_framing_and_unknown_expectations_are_refused() {
             "PUT /v1/kv/a/k HTTP/1.1\r\nhost: t\r\nexpect: 200-ok\r\ncontent-length: 2\r\n\r\nhi",
             "417",
         ),
+        // Bare LF line ends, anywhere in the head (a proxy may read other boundaries).
+        (
+            "PUT /v1/kv/a/k HTTP/1.1\nhost: t\ncontent-length: 2\n\nhi",
+            "400",
+        ),
+        (
+            "PUT /v1/kv/a/k HTTP/1.1\r\nhost: t\r\ncontent-length: 2\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+            "400",
+        ),
     ] {
         let got = exchange(srv.addr, raw).await;
         assert!(

@@ -40,6 +40,11 @@ impl Conn {
         self.evicting.store(true, Ordering::Release);
     }
 
+    /// Whether no request is being handled on it (the next bytes start a request head).
+    pub fn between_requests(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
     /// How long it has been idle (0 while a request is being handled).
     pub fn idle_ms(&self) -> u64 {
         if self.in_flight.load(Ordering::Acquire) > 0 {

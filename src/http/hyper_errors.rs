@@ -20,6 +20,7 @@ pub struct JsonErrors<S> {
     /// The connection whose socket this is: told before the socket closes, so nothing watches
     /// a descriptor number that may be reused ([`super::peer::SocketFd`]).
     conn: Option<std::sync::Arc<super::conns::Conn>>,
+    scan: HeadScan,
 }
 
 impl<S> JsonErrors<S> {
@@ -28,6 +29,7 @@ impl<S> JsonErrors<S> {
             inner,
             pending: None,
             conn: None,
+            scan: HeadScan::default(),
         }
     }
 
@@ -37,6 +39,7 @@ impl<S> JsonErrors<S> {
             inner,
             pending: None,
             conn: Some(conn),
+            scan: HeadScan::default(),
         }
     }
 }
@@ -109,13 +112,83 @@ pub fn rewrite(buf: &[u8]) -> Option<Vec<u8>> {
     Some(out.into_bytes())
 }
 
+/// What replaces a request head with a bare LF in it: a request line hyper refuses (400,
+/// then the connection closes).
+const MALFORMED: &[u8] = b"BARE LF\r\n\r\n";
+
+/// Where the bare-LF check is in a request head that arrives over several reads.
+#[derive(Default)]
+struct HeadScan {
+    in_head: bool,
+    /// Bytes of the current line, line ends aside.
+    line_len: usize,
+    prev_cr: bool,
+}
+
+impl HeadScan {
+    /// Reads head bytes; true at a line ended by LF alone. hyper (httparse) takes a lone LF
+    /// as a line end, as RFC 9112 §2.2 allows; a proxy in front that does not would read other
+    /// header boundaries than hyper does (request smuggling), so such a head is refused. Stops
+    /// at the head's end: the body is not looked at.
+    fn bare_lf(&mut self, bytes: &[u8]) -> bool {
+        if !self.in_head {
+            *self = HeadScan {
+                in_head: true,
+                ..HeadScan::default()
+            };
+        }
+        for &b in bytes {
+            match b {
+                b'\n' if !self.prev_cr => {
+                    self.in_head = false;
+                    return true;
+                }
+                b'\n' if self.line_len == 0 => {
+                    self.in_head = false;
+                    return false;
+                }
+                b'\n' => {
+                    self.line_len = 0;
+                    self.prev_cr = false;
+                }
+                b'\r' => self.prev_cr = true,
+                _ => {
+                    self.prev_cr = false;
+                    self.line_len += 1;
+                }
+            }
+        }
+        false
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for JsonErrors<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
+        // A head starts when no request is in progress on the connection (pipelined heads
+        // behind a body are not looked at).
+        let Some(conn) = &this.conn else {
+            return Poll::Ready(Ok(()));
+        };
+        let got = &buf.filled()[before..];
+        if !got.is_empty()
+            && (this.scan.in_head || conn.between_requests())
+            && this.scan.bare_lf(got)
+        {
+            buf.set_filled(before);
+            let n = MALFORMED.len().min(buf.remaining());
+            buf.put_slice(&MALFORMED[..n]);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
