@@ -31,6 +31,17 @@ impl Mount {
     }
 }
 
+/// A 64 MiB tmpfs under `dir`, or `None` (with the reason printed) where it cannot be mounted.
+fn tmpfs_64m(dir: &Path, test: &str) -> Option<Mount> {
+    match Mount::tmpfs(&dir.join("mnt"), "64m") {
+        Ok(m) => Some(m),
+        Err(why) => {
+            eprintln!("SKIPPED {test}…: {why}");
+            None
+        }
+    }
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
@@ -93,12 +104,8 @@ async fn put_until_refused(c: &mut Client, max: usize) -> (Vec<usize>, common::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_growth_keeps_reads_and_deletes_and_recovers_by_itself() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mnt = match Mount::tmpfs(&tmp.path().join("mnt"), "64m") {
-        Ok(m) => m,
-        Err(why) => {
-            eprintln!("SKIPPED a_full_disk_…: {why}");
-            return;
-        }
+    let Some(mnt) = tmpfs_64m(tmp.path(), "a_full_disk_") else {
+        return;
     };
     let data = mnt.0.join("data");
     let (child, addr) = spawn_shardbox(&data, &settings()).expect("start shardbox");
@@ -230,12 +237,8 @@ async fn a_full_disk_refuses_growth_keeps_reads_and_deletes_and_recovers_by_itse
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_64_mib_disk_with_default_settings_takes_writes_until_it_is_really_full() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mnt = match Mount::tmpfs(&tmp.path().join("mnt"), "64m") {
-        Ok(m) => m,
-        Err(why) => {
-            eprintln!("SKIPPED a_64_mib_disk_…: {why}");
-            return;
-        }
+    let Some(mnt) = tmpfs_64m(tmp.path(), "a_64_mib_disk_") else {
+        return;
     };
     let data = mnt.0.join("data");
     let (child, addr) = spawn_shardbox(&data, &[]).expect("start shardbox with defaults");
@@ -290,22 +293,37 @@ async fn a_64_mib_disk_with_default_settings_takes_writes_until_it_is_really_ful
 #[test]
 fn a_disk_setting_that_leaves_no_room_is_refused_at_start() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mnt = match Mount::tmpfs(&tmp.path().join("mnt"), "64m") {
-        Ok(m) => m,
-        Err(why) => {
-            eprintln!("SKIPPED a_disk_setting_…: {why}");
-            return;
-        }
+    let Some(mnt) = tmpfs_64m(tmp.path(), "a_disk_setting_") else {
+        return;
     };
     let data = mnt.0.join("data");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardbox"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_shardbox"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(&data)
         .env("SHARDBOX_DISK_RESERVE_BYTES", "100000000")
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run shardbox");
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let mut child = KillOnDrop(child);
+    // A server that starts anyway would serve forever: it gets 20 s to refuse.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shardbox started with a reserve larger than its disk"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut text = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut text);
+    }
+    assert!(!status.success());
     assert!(
         text.contains("disk_reserve_bytes") && text.contains("leave no room"),
         "{text}"
