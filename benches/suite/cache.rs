@@ -68,7 +68,11 @@ async fn measure(addr: std::net::SocketAddr, proto: Proto, conns: usize, o: &Opt
         cache_get(HIT_KEYS),
     )
     .await;
-    loadgen::run(addr, proto, conns, o.duration, cache_get(HIT_KEYS)).await
+    crate::support::with_server_cpu(
+        addr,
+        loadgen::run(addr, proto, conns, o.duration, cache_get(HIT_KEYS)),
+    )
+    .await
 }
 
 pub async fn cache_suite(o: &Opts, rows: &mut Vec<Row>) {
@@ -128,6 +132,9 @@ pub async fn cache_suite(o: &Opts, rows: &mut Vec<Row>) {
                     }
                 }
                 Err(e) => rows.push(unavailable("cache-get-hit", "redis", &e)),
+            }
+            if size == 100 {
+                crate::kv::ceiling_row(o, rows, "cache-get-hit", first, cache_get(HIT_KEYS)).await;
             }
         }
     }

@@ -35,7 +35,11 @@ async fn append_vs_xadd(o: &Opts, rows: &mut Vec<Row>, name: &str, streams: usiz
     let c = o.connections;
     let _ = events::append(true, sb.addr, c, streams, 100, Duration::from_secs(1)).await;
     let before = crate::support::server_stats(sb.addr, crate::loadgen::Proto::Http).await;
-    let out = events::append(true, sb.addr, c, streams, 100, o.duration).await;
+    let out = crate::support::with_server_cpu(
+        sb.addr,
+        events::append(true, sb.addr, c, streams, 100, o.duration),
+    )
+    .await;
     if let (Some(a), Some(b)) = (
         before,
         crate::support::server_stats(sb.addr, crate::loadgen::Proto::Http).await,
@@ -52,7 +56,11 @@ async fn append_vs_xadd(o: &Opts, rows: &mut Vec<Row>, name: &str, streams: usiz
     match peers::redis(o.install) {
         Ok(r) => {
             let _ = events::append(false, r.addr, c, streams, 100, Duration::from_secs(1)).await;
-            let out = events::append(false, r.addr, c, streams, 100, o.duration).await;
+            let out = crate::support::with_server_cpu(
+                r.addr,
+                events::append(false, r.addr, c, streams, 100, o.duration),
+            )
+            .await;
             rows.push(row(
                 name,
                 "redis XADD ×100 pipelined",

@@ -327,7 +327,11 @@ pub async fn queue_suite(o: &Opts, rows: &mut Vec<Row>) {
                         Proto::Resp
                     };
                     let before = server_stats(server.addr, proto).await;
-                    let out = cycle(sys, server.addr, 32, 32, o.duration).await;
+                    let out = crate::support::with_server_cpu(
+                        server.addr,
+                        cycle(sys, server.addr, 32, 32, o.duration),
+                    )
+                    .await;
                     if let (Some(a), Some(b)) = (before, server_stats(server.addr, proto).await) {
                         eprintln!("  {}", b.since(&a).describe());
                     }

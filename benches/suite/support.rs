@@ -144,17 +144,26 @@ where
     // Warm up (connections, caches, allocator), then measure.
     let _ = loadgen::run(addr, proto, connections, Duration::from_secs(1), f.clone()).await;
     let before = server_stats(addr, proto).await;
+    let out = with_server_cpu(addr, loadgen::run(addr, proto, connections, duration, f)).await;
+    if let (Some(a), Some(b)) = (before, server_stats(addr, proto).await) {
+        eprintln!("  {}", b.since(&a).describe());
+    }
+    out
+}
+
+/// Runs `run` (a measurement against the server at `addr`) and sets its server CPU time per
+/// operation from the server's /proc/PID/stat before and after.
+pub async fn with_server_cpu(
+    addr: SocketAddr,
+    run: impl std::future::Future<Output = Outcome>,
+) -> Outcome {
     let pid = crate::peers::pid_of(addr);
-    let cpu_before = pid.and_then(crate::peers::cpu_time);
-    let mut out = loadgen::run(addr, proto, connections, duration, f).await;
-    let cpu_after = pid.and_then(crate::peers::cpu_time);
-    if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+    let before = pid.and_then(crate::peers::cpu_time);
+    let mut out = run.await;
+    if let (Some(a), Some(b)) = (before, pid.and_then(crate::peers::cpu_time)) {
         if out.ops > 0 {
             out.cpu_us_per_op = Some((b - a).as_secs_f64() * 1e6 / out.ops as f64);
         }
-    }
-    if let (Some(a), Some(b)) = (before, server_stats(addr, proto).await) {
-        eprintln!("  {}", b.since(&a).describe());
     }
     out
 }
