@@ -549,7 +549,10 @@ impl Config {
                 toml::from_str(text).map_err(|e| format!("config file: {e}"))?;
             for (k, v) in from_file {
                 if !table.contains_key(&k) {
-                    return Err(format!("config file: unknown setting `{k}`"));
+                    return Err(format!(
+                        "config file: unknown setting `{k}`{}",
+                        did_you_mean(&table, &k)
+                    ));
                 }
                 table.insert(k, v);
             }
@@ -563,7 +566,10 @@ impl Config {
                 continue; // handled by the CLI itself
             }
             if !table.contains_key(&field) {
-                return Err(format!("environment: `{name}` is not a shardbox setting"));
+                return Err(format!(
+                    "environment: `{name}` is not a shardbox setting{}",
+                    did_you_mean(&table, &field)
+                ));
             }
             set_field(&mut table, &field, &value)
                 .map_err(|e| format!("environment {name}: {e}"))?;
@@ -818,11 +824,40 @@ impl Config {
     }
 }
 
+/// `; did you mean `x`?` for the setting nearest to `name` (at most 3 edits away), else "".
+fn did_you_mean(table: &toml::Table, name: &str) -> String {
+    let near = table
+        .keys()
+        .map(|k| (edit_distance(k, name), k))
+        .filter(|(d, _)| *d <= 3)
+        .min();
+    match near {
+        Some((_, k)) => format!("; did you mean `{k}`?"),
+        None => String::new(),
+    }
+}
+
+/// Levenshtein distance between two short names (bytes).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 /// Sets one field from text, typed after the default's type.
 fn set_field(table: &mut toml::Table, field: &str, text: &str) -> Result<(), String> {
     let current = table
         .get(field)
-        .ok_or_else(|| format!("unknown setting `{field}`"))?;
+        .ok_or_else(|| format!("unknown setting `{field}`{}", did_you_mean(table, field)))?;
     let value = match current {
         toml::Value::Integer(_) => toml::Value::Integer(
             text.trim()
@@ -854,6 +889,18 @@ fn set_field(table: &mut toml::Table, field: &str, text: &str) -> Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_setting_names_the_nearest_one() {
+        let e = Config::resolve(Some("shard_cach_bytes = 1\n"), Vec::new(), &[]).unwrap_err();
+        assert!(e.contains("did you mean `shard_cache_bytes`?"), "{e}");
+        let env = vec![("SHARDBOX_CONECTIONS_MAX".to_string(), "5".to_string())];
+        let e = Config::resolve(None, env, &[]).unwrap_err();
+        assert!(e.contains("did you mean `connections_max`?"), "{e}");
+        // Nothing near: no guess.
+        let e = Config::resolve(Some("frobnicate_everything = 1\n"), Vec::new(), &[]).unwrap_err();
+        assert!(!e.contains("did you mean"), "{e}");
+    }
 
     #[test]
     fn precedence_is_flag_env_file_default() {

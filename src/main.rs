@@ -209,7 +209,10 @@ fn resolve(common: &Common, mut flags: Vec<(String, String)>) -> Result<Config, 
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHARDBOX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // foyer logs its own start-up at info on every start: warnings and up only.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,foyer=warn,foyer_storage=warn")
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
