@@ -142,13 +142,7 @@ pub fn backup(engine: &Engine, out: &Path, progress: &Progress) -> Result<Report
     refuse_inside(engine.data_dir(), out)?;
     let manifest_from = Manifest::path(engine.data_dir());
     let manifest_to = Manifest::path(out);
-    std::fs::read(&manifest_from)
-        .and_then(|text| {
-            let mut f = private::create_file(&manifest_to)?;
-            f.write_all(&text)?;
-            f.sync_all()
-        })
-        .map_err(|e| err(&manifest_to, e))?;
+    private::copy_file(&manifest_from, &manifest_to).map_err(|e| err(&manifest_to, e))?;
     let mut files = vec![sum_file(out, &manifest_to)?];
     let mut rows = 0;
     progress.set_total(engine.shards().len() as u64);
@@ -461,14 +455,7 @@ pub fn restore(from: &Path, data: &Path, force: bool, progress: &Progress) -> Re
     // Everything is here and checked: mark it so, durably. From here on the staged copy is
     // the data: a crash while replacing leaves a directory the server refuses to open and the
     // next restore finishes (`swap_in` can be run again from any point).
-    let marker = staging.join(STAGED);
-    private::create_file(&marker)
-        .and_then(|mut f| f.write_all(from.display().to_string().as_bytes()))
-        .map_err(|e| err(&marker, e))?;
-    std::fs::File::open(&marker)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| err(&marker, e))?;
-    sync_dir(&staging).map_err(|e| e.to_string())?;
+    mark_staged(&staging, &from.display().to_string())?;
     swap_in(data, &staging)?;
     progress.finish();
     Ok(total)
@@ -508,13 +495,7 @@ pub fn copy_stopped(data: &Path, staging: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{} has no MANIFEST", data.display()))?;
     private::create_dir_all(&staging.join("shards")).map_err(|e| err(staging, e))?;
-    let copy = |from: &Path, to: &Path| -> Result<(), String> {
-        let mut src = std::fs::File::open(from).map_err(|e| err(from, e))?;
-        let mut dst = private::create_file(to).map_err(|e| err(to, e))?;
-        std::io::copy(&mut src, &mut dst)
-            .and_then(|_| dst.sync_all())
-            .map_err(|e| err(to, e))
-    };
+    let copy = |from: &Path, to: &Path| private::copy_file(from, to).map_err(|e| err(to, e));
     copy(&Manifest::path(data), &Manifest::path(staging))?;
     for id in 0..manifest.shards as usize {
         copy(&shard_path(data, id), &shard_path(staging, id))?;

@@ -451,14 +451,45 @@ pub const ENV_PREFIX: &str = "SHARDBOX_";
 
 /// Disk settings whose defaults are for a server with room to spare: on a smaller filesystem
 /// each default is scaled to a share of it (a setting given explicitly, with another value,
-/// is kept and checked instead). `(name, default, share of the filesystem as 1/n)`.
-const DISK_DEFAULTS: &[(&str, u64, u64)] = &[
-    ("wal_segment_bytes", 32 << 20, 32),
-    ("checkpoint_log_bytes", 64 << 20, 16),
-    ("disk_reserve_bytes", 64 << 20, 16),
-    ("disk_ballast_bytes", 64 << 20, 16),
-    ("disk_free_bytes_min", 256 << 20, 8),
-    ("cache_disk_bytes", 256 << 20, 8),
+/// is kept and checked instead). `(name, field, default, share of the filesystem as 1/n)`.
+type DiskField = fn(&mut Config) -> &mut u64;
+const DISK_DEFAULTS: &[(&str, DiskField, u64, u64)] = &[
+    (
+        "wal_segment_bytes",
+        |c| &mut c.wal_segment_bytes,
+        32 << 20,
+        32,
+    ),
+    (
+        "checkpoint_log_bytes",
+        |c| &mut c.checkpoint_log_bytes,
+        64 << 20,
+        16,
+    ),
+    (
+        "disk_reserve_bytes",
+        |c| &mut c.disk_reserve_bytes,
+        64 << 20,
+        16,
+    ),
+    (
+        "disk_ballast_bytes",
+        |c| &mut c.disk_ballast_bytes,
+        64 << 20,
+        16,
+    ),
+    (
+        "disk_free_bytes_min",
+        |c| &mut c.disk_free_bytes_min,
+        256 << 20,
+        8,
+    ),
+    (
+        "cache_disk_bytes",
+        |c| &mut c.cache_disk_bytes,
+        256 << 20,
+        8,
+    ),
 ];
 
 /// Total bytes of the filesystem that holds `path` (or would: its nearest existing ancestor).
@@ -474,24 +505,14 @@ pub fn filesystem_bytes(path: &std::path::Path) -> Option<u64> {
 }
 
 impl Config {
-    fn disk_field(&mut self, name: &str) -> &mut u64 {
-        match name {
-            "wal_segment_bytes" => &mut self.wal_segment_bytes,
-            "checkpoint_log_bytes" => &mut self.checkpoint_log_bytes,
-            "disk_reserve_bytes" => &mut self.disk_reserve_bytes,
-            "disk_ballast_bytes" => &mut self.disk_ballast_bytes,
-            "disk_free_bytes_min" => &mut self.disk_free_bytes_min,
-            _ => &mut self.cache_disk_bytes,
-        }
-    }
-
     /// Scales the disk settings left at their defaults to a filesystem of `fs_bytes` (see
     /// `DISK_DEFAULTS`), then refuses a configuration that could never take a write there.
     /// Returns what was scaled, `name = value`, for the start-up log.
     pub fn fit_to_disk(&mut self, fs_bytes: u64) -> Result<Vec<String>, String> {
         let mut scaled = Vec::new();
-        for &(name, default, share) in DISK_DEFAULTS {
-            let field = self.disk_field(name);
+        let default_cache_disk = self.cache_disk_bytes;
+        for &(name, field_of, default, share) in DISK_DEFAULTS {
+            let field = field_of(self);
             if *field != default || fs_bytes / share >= default {
                 continue;
             }
@@ -500,11 +521,11 @@ impl Config {
             *field = v;
             scaled.push(format!("{name} = {v}"));
         }
-        if self.cache_disk_bytes > 0
+        if self.cache_disk_bytes != default_cache_disk
             && self.cache_disk_bytes < 4 * self.cache_disk_block_bytes
-            && scaled.iter().any(|s| s.starts_with("cache_disk_bytes"))
         {
-            // Too small a disk for a disk tier: the cache stays in memory.
+            // Scaled below 4 blocks: too small a disk for a disk tier, the cache stays in
+            // memory.
             self.cache_disk_bytes = 0;
             scaled.retain(|s| !s.starts_with("cache_disk_bytes"));
             scaled.push("cache_disk_bytes = 0".into());

@@ -71,6 +71,19 @@ pub fn display_key(stored: &[u8]) -> String {
     out
 }
 
+/// A stored value's content type: at most `CONTENT_TYPE_BYTES_MAX` bytes of what an HTTP header
+/// value may hold (visible ASCII, space, tab), so it can always be served back.
+pub fn validate_content_type(ct: &str) -> Result<(), Invalid> {
+    let max = crate::engine::codec::CONTENT_TYPE_BYTES_MAX;
+    if ct.len() > max {
+        return Err(Invalid::ContentTypeLength { len: ct.len(), max });
+    }
+    if !ct.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+        return Err(Invalid::ContentTypeChars);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

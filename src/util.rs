@@ -219,6 +219,30 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// A page of a listing by name: `fetch` of each name of the sorted `names` after `after` (a
+/// name `fetch` no longer finds is skipped) until `limit` are found, and the cursor of the
+/// next page — the page's last name — when names are left. Only the page's names are fetched.
+pub fn page_by_name<T, E>(
+    names: Vec<String>,
+    after: Option<&str>,
+    limit: usize,
+    mut fetch: impl FnMut(&str) -> Result<Option<T>, E>,
+) -> Result<(Vec<T>, Option<String>), E> {
+    let after = after.unwrap_or("");
+    let mut out = Vec::new();
+    let mut last = None;
+    for n in names.into_iter().filter(|n| n.as_str() > after) {
+        if out.len() == limit {
+            return Ok((out, last));
+        }
+        if let Some(item) = fetch(&n)? {
+            out.push(item);
+            last = Some(n);
+        }
+    }
+    Ok((out, None))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -473,13 +473,7 @@ impl Cache {
             validate_tag(t)?;
         }
         if let Some(ct) = &opts.content_type {
-            if ct.len() > crate::engine::codec::CONTENT_TYPE_BYTES_MAX {
-                return Err(Invalid::ContentTypeLength {
-                    len: ct.len(),
-                    max: crate::engine::codec::CONTENT_TYPE_BYTES_MAX,
-                }
-                .into());
-            }
+            crate::names::validate_content_type(ct)?;
         }
         let k = cache_key(ns, key);
         let now = self.now();

@@ -58,18 +58,11 @@ pub fn create_file(path: &Path) -> io::Result<std::fs::File> {
     Ok(f)
 }
 
-/// Makes every file and directory under `dir` owner-only (files a library created with its
-/// own mode).
-pub fn restrict_tree(dir: &Path) -> io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        let t = e.file_type()?;
-        if t.is_dir() {
-            restrict(&e.path(), DIR_MODE)?;
-            restrict_tree(&e.path())?;
-        } else if t.is_file() {
-            restrict(&e.path(), FILE_MODE)?;
-        }
-    }
-    Ok(())
+/// Copies `from` to a new owner-only `to` and fsyncs it; returns the bytes copied.
+pub fn copy_file(from: &Path, to: &Path) -> io::Result<u64> {
+    let mut src = std::fs::File::open(from)?;
+    let mut dst = create_file(to)?;
+    let n = io::copy(&mut src, &mut dst)?;
+    dst.sync_all()?;
+    Ok(n)
 }

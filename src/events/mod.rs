@@ -539,20 +539,7 @@ impl Events {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<StreamInfo>, Option<String>), EventError> {
-        let after = after.unwrap_or("");
-        let mut out = Vec::new();
-        let mut more = false;
-        for n in self.names()?.into_iter().filter(|n| n.as_str() > after) {
-            if out.len() == limit {
-                more = true;
-                break;
-            }
-            if let Some(i) = self.info(&n)? {
-                out.push(i);
-            }
-        }
-        let next = more.then(|| out.last().map(|s| s.name.clone())).flatten();
-        Ok((out, next))
+        crate::util::page_by_name(self.names()?, after, limit, |n| self.info(n))
     }
 
     /// Every stream's name, sorted.

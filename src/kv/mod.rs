@@ -297,17 +297,7 @@ impl Kv {
         validate_key(key)?;
         self.check_value(&value)?;
         if let Some(ct) = &opts.content_type {
-            if ct.len() > codec::CONTENT_TYPE_BYTES_MAX {
-                return Err(Invalid::ContentTypeLength {
-                    len: ct.len(),
-                    max: codec::CONTENT_TYPE_BYTES_MAX,
-                }
-                .into());
-            }
-            // The same rule as an HTTP header value: what is stored can be served back.
-            if !ct.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
-                return Err(Invalid::ContentTypeChars.into());
-            }
+            crate::names::validate_content_type(ct)?;
         }
         validate_ttl(opts.ttl_ms)?;
         let sk = stored_key(ns, key);

@@ -746,20 +746,7 @@ impl Queues {
             }
         }
         names.sort();
-        let after = after.unwrap_or("");
-        let mut out = Vec::new();
-        let mut more = false;
-        for n in names.into_iter().filter(|n| n.as_str() > after) {
-            if out.len() == limit {
-                more = true;
-                break;
-            }
-            if let Some(s) = self.stats(&n)? {
-                out.push(s);
-            }
-        }
-        let next = more.then(|| out.last().map(|s| s.name.clone())).flatten();
-        Ok((out, next))
+        crate::util::page_by_name(names, after, limit, |n| self.stats(n))
     }
 
     /// The queue's configured default lease.
