@@ -87,6 +87,20 @@ fn value(i: usize) -> String {
     format!("{i:08}-").repeat(4096) // 36 KiB
 }
 
+/// Waits (up to `secs`) until a PUT is taken again, with no restart.
+async fn writes_come_back(addr: std::net::SocketAddr, secs: u64) {
+    eventually(
+        secs,
+        "writes taken again after space returned",
+        || async move {
+            let mut c = Client::connect(addr).await;
+            let r = c.put("/v1/kv/after/x", "back").await;
+            (r.status == 201 || r.status == 200).then_some(())
+        },
+    )
+    .await;
+}
+
 /// PUTs `fill/k<i>` (36 KiB each) until one is refused: the acknowledged `i`s and the refusal.
 async fn put_until_refused(c: &mut Client, max: usize) -> (Vec<usize>, common::Resp) {
     let mut acked = Vec::new();
@@ -184,16 +198,7 @@ async fn a_full_disk_refuses_growth_keeps_reads_and_deletes_and_recovers_by_itse
     // Space comes back: writes are taken again with no restart.
     std::fs::remove_file(&filler2).expect("rm filler2");
     std::fs::remove_file(&filler).expect("rm filler");
-    eventually(
-        10,
-        "writes taken again after space returned",
-        || async move {
-            let mut c = Client::connect(addr).await;
-            let r = c.put("/v1/kv/after/x", "back").await;
-            (r.status == 201 || r.status == 200).then_some(())
-        },
-    )
-    .await;
+    writes_come_back(addr, 10).await;
     let r = c
         .post_json("/v1/queues/q/jobs", serde_json::json!({"payload": 2}))
         .await;
@@ -275,16 +280,7 @@ async fn a_64_mib_disk_with_default_settings_takes_writes_until_it_is_really_ful
     }
     // The other files go: writes come back by themselves.
     std::fs::remove_file(&filler).expect("rm filler");
-    eventually(
-        15,
-        "writes taken again after space returned",
-        || async move {
-            let mut c = Client::connect(addr).await;
-            let r = c.put("/v1/kv/after/x", "back").await;
-            (r.status == 201 || r.status == 200).then_some(())
-        },
-    )
-    .await;
+    writes_come_back(addr, 15).await;
     assert_eq!(c.get("/v1/kv/fill/k1").await.text(), value(1));
 }
 

@@ -14,11 +14,6 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-/// The client's address and its connection, put in each request's extensions by the
-/// connection.
-#[derive(Clone)]
-pub struct Peer(pub IpAddr, pub std::sync::Arc<super::conns::Conn>);
-
 tokio::task_local! {
     /// The connection a request came in on, for the task that serves the connection (its
     /// requests' futures run inside it): set once per connection instead of an extension per
@@ -44,29 +39,18 @@ impl ConnCtx {
     fn is_local() -> bool {
         CONNECTION.try_with(|c| c.local).unwrap_or(false)
     }
-}
 
-impl Peer {
-    /// The peer of the request being served (every request served over a connection has
-    /// one; `req` names which request is meant).
-    pub fn of<B>(req: &hyper::Request<B>) -> Option<Peer> {
-        let _ = req;
+    /// The address of the request being served (none outside a connection's task).
+    pub fn ip() -> Option<IpAddr> {
+        CONNECTION.try_with(|c| c.conn.ip).ok()
+    }
+
+    /// A watch on the client of the request being served ([`super::peer`]).
+    pub fn watch() -> Option<super::peer::Watch> {
         CONNECTION
-            .try_with(|c| Peer(c.conn.ip, c.conn.clone()))
+            .try_with(|c| super::peer::Watch::of(&c.conn.socket))
             .ok()
-    }
-
-    /// A watch on the client's socket, for a request that waits ([`super::peer`]).
-    pub fn watch(&self) -> Option<super::peer::Watch> {
-        super::peer::Watch::of(&self.1.socket)
-    }
-
-    /// The caller of a request as a domain's wait sees it.
-    pub fn departure(peer: Option<&Peer>) -> crate::engine::departure::Departure {
-        match peer.and_then(Peer::watch) {
-            Some(w) => crate::engine::departure::Departure::watching(std::sync::Arc::new(w)),
-            None => crate::engine::departure::Departure::never(),
-        }
+            .flatten()
     }
 }
 
@@ -280,8 +264,8 @@ impl Access {
         if let Some(limit) = limit {
             let key = match &caller {
                 Some(name) => ClientKey::Token(name.clone()),
-                None => match Peer::of(req) {
-                    Some(Peer(ip, _)) => {
+                None => match ConnCtx::ip() {
+                    Some(ip) => {
                         let held = limit.limiter.len();
                         if held < self.clients_max {
                             ClientKey::Ip(ip_key(ip))

@@ -77,23 +77,20 @@ pub async fn get(
     let cache = state.store.cache().await?;
     // A waiter holds one of long_polls_max places (beyond them it does not wait) and watches
     // its client: one that hung up is no longer parked (nor handed a lease).
-    let parked = match wait {
-        Some(_) => state.long_poll(),
-        None => None,
+    let waiting = wait.and_then(|_| state.waiting());
+    let lookup = match &waiting {
+        Some(w) => w
+            .unless_closed(cache.get(ns, key, wait))
+            .await
+            .ok_or_else(|| {
+                ApiError::unavailable(
+                    "client_closed",
+                    "the client closed the connection while it waited",
+                )
+            })?,
+        None => cache.get(ns, key, None).await,
     };
-    let wait = wait.filter(|_| parked.is_some());
-    let watch = match wait {
-        Some(_) => super::access::Peer::of(req).and_then(|p| p.watch()),
-        None => None,
-    };
-    let Some(lookup) = super::peer::unless_closed(watch.as_ref(), cache.get(ns, key, wait)).await
-    else {
-        return Err(ApiError::unavailable(
-            "client_closed",
-            "the client closed the connection while it waited",
-        ));
-    };
-    drop(parked);
+    drop(waiting);
     // After the wait: the entry's TTL as it is now, not as it was before the wait.
     let now = state.store.engine().now_ms();
     match lookup? {

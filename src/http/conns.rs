@@ -40,6 +40,12 @@ impl Conn {
         self.evicting.store(true, Ordering::Release);
     }
 
+    /// When its last request began or ended (ms since the registry started): changes with
+    /// every request.
+    pub fn last_active_ms(&self) -> u64 {
+        self.last_active_ms.load(Ordering::Acquire)
+    }
+
     /// Whether no request is being handled on it (the next bytes start a request head).
     pub fn between_requests(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0

@@ -251,8 +251,7 @@ pub async fn range(
             .get("last-event-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let watch = super::access::Peer::of(req).and_then(|p| p.watch());
-        return follow(state, stream, &q, last_event_id, watch).await;
+        return follow(state, stream, &q, last_event_id).await;
     }
     let rq = range_query(&q)?;
     let wait = duration_param(&q, "wait")?.unwrap_or(0);
@@ -260,31 +259,13 @@ pub async fn range(
     if events.is_empty() && wait > 0 {
         // Long poll: wait for the next append (bounded), then look once more.
         let wait = wait.min(state.store.config().claim_wait_max_ms);
-        let Some(_parked) = state.long_poll() else {
-            return Err(ApiError::unavailable(
-                "too_many_followers",
-                "followers_max reached; retry",
-            ));
-        };
-        let Ok(_permit) = state.followers.clone().try_acquire_owned() else {
-            return Err(ApiError::unavailable(
-                "too_many_followers",
-                "followers_max reached; retry",
-            ));
-        };
+        let (waiting, _permit) = state.follower()?;
         let notify = state.store.events().follower(stream);
         let notified = notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         (events, more) = run_range(state, stream, rq.clone()).await?;
         if events.is_empty() {
-            let watch = super::access::Peer::of(req).and_then(|p| p.watch());
-            let client_closed = async {
-                match &watch {
-                    Some(w) => w.closed().await,
-                    None => std::future::pending().await,
-                }
-            };
             // Shutdown answers a parked poll at once, with what there is (nothing); so does a
             // client that hung up (its slot is free at once).
             tokio::select! {
@@ -292,7 +273,7 @@ pub async fn range(
                     (events, more) = run_range(state, stream, rq).await?;
                 }
                 _ = state.store.engine().stopping() => {}
-                _ = client_closed => {}
+                _ = waiting.client_closed() => {}
             }
         }
     }
@@ -354,7 +335,6 @@ async fn follow(
     stream: &str,
     q: &HashMap<String, String>,
     last_event_id: Option<String>,
-    watch: Option<super::peer::Watch>,
 ) -> Result<Resp, ApiError> {
     let events = state.store.events().clone();
     let start = match last_event_id
@@ -369,15 +349,7 @@ async fn follow(
     if events.info(stream)?.is_none() {
         return Err(EventError::StreamNotFound(stream.to_string()).into());
     }
-    let (Some(parked), Ok(permit)) = (
-        state.long_poll(),
-        state.followers.clone().try_acquire_owned(),
-    ) else {
-        return Err(ApiError::unavailable(
-            "too_many_followers",
-            "followers_max reached; retry",
-        ));
-    };
+    let (mut waiting, permit) = state.follower()?;
     // From now: start after the newest event's id — not after its millisecond, which would skip
     // events appended later in that same millisecond (the next sequence numbers).
     let mut pos = match start {
@@ -403,8 +375,7 @@ async fn follow(
     let name = stream.to_string();
     let engine = state.store.engine().clone();
     tokio::spawn(async move {
-        let _permits = (permit, parked);
-        let mut watch = watch;
+        let _permit = permit;
         let notify = events.follower(&name);
         if tx
             .send(Bytes::from_static(b": connected\n\n"))
@@ -450,12 +421,6 @@ async fn follow(
             if more {
                 continue;
             }
-            let client_closed = async {
-                match &watch {
-                    Some(w) => w.closed().await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 _ = engine.stopping() => return,
                 tick = tokio::time::timeout(HEARTBEAT, notified) => {
@@ -465,12 +430,12 @@ async fn follow(
                 }
                 // The client closed its side: a heartbeat now tells one that left entirely
                 // (its reset comes back at once) from one that still reads.
-                _ = client_closed => {
+                // (Once that is known, the client is no longer watched.)
+                _ = waiting.client_closed() => {
                     if tx.send(Bytes::from_static(b": heartbeat\n\n")).await.is_err() {
                         return;
                     }
-                    let Some(w) = watch.take() else { return };
-                    if w.reset_within(Duration::from_millis(500)).await {
+                    if waiting.left_entirely(Duration::from_millis(500)).await {
                         return;
                     }
                 }

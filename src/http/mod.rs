@@ -101,9 +101,30 @@ pub fn long_polls_max(connections_max: usize) -> usize {
 }
 
 impl ServerState {
-    /// A permit to wait or stream; `None` when [`long_polls_max`] requests already do.
-    pub fn long_poll(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.long_polls.clone().try_acquire_owned().ok()
+    /// A place for the request being served to wait or stream, watching its client; `None`
+    /// when [`long_polls_max`] requests already do.
+    pub fn waiting(&self) -> Option<peer::Waiting> {
+        let place = self.long_polls.clone().try_acquire_owned().ok()?;
+        Some(peer::Waiting::new(place, access::ConnCtx::watch()))
+    }
+
+    /// A follower's places: one of `followers_max` and one of [`long_polls_max`]; 503 with
+    /// `Retry-After` beyond either.
+    pub fn follower(
+        &self,
+    ) -> Result<(peer::Waiting, tokio::sync::OwnedSemaphorePermit), crate::error::ApiError> {
+        let refused = || {
+            crate::error::ApiError::unavailable(
+                "too_many_followers",
+                "followers_max reached; retry",
+            )
+        };
+        let permit = self
+            .followers
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| refused())?;
+        Ok((self.waiting().ok_or_else(refused)?, permit))
     }
 
     /// The state of a server over `store`, its bounds taken from the store's config.
@@ -256,6 +277,12 @@ fn serve_admin_socket(
             let builder = builder.clone();
             let stop_rx = stop_rx.clone();
             let idle_timeout = Duration::from_millis(state.store.config().idle_timeout_ms);
+            // Its waits watch the client like any connection's (a Unix socket shows a hang-up
+            // the same way).
+            registered
+                .conn
+                .socket
+                .set(std::os::fd::AsRawFd::as_raw_fd(&stream));
             tokio::spawn(async move {
                 // Idle timeout, eviction and shutdown as for any connection.
                 serve_conn(
@@ -304,14 +331,24 @@ async fn serve_conn<IO>(
         tokio::pin!(conn);
         let me = registered.conn.clone();
         let idle = async {
+            // Since when request bytes have waited on the idle connection, and its activity
+            // stamp then (a request that ran since makes it a new wait).
+            let mut pending_since: Option<(u64, std::time::Instant)> = None;
             loop {
                 let idle = Duration::from_millis(me.idle_ms());
-                // A request that has arrived is answered: not idle while its bytes wait for
-                // hyper.
-                if idle >= idle_timeout && !me.socket.has_pending_input() {
-                    break;
+                let stamp = me.last_active_ms();
+                if pending_since.is_some_and(|(s, _)| s != stamp) {
+                    pending_since = None;
                 }
+                // A request that has arrived is answered: not idle while its bytes wait for
+                // hyper (which reads them as soon as it runs — after a stall of any length),
+                // for one more idle_timeout at most.
                 if idle >= idle_timeout {
+                    let waited = pending_since.map_or(Duration::ZERO, |(_, t)| t.elapsed());
+                    if waited >= idle_timeout || !me.socket.has_pending_input() {
+                        break;
+                    }
+                    pending_since.get_or_insert_with(|| (stamp, std::time::Instant::now()));
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
@@ -387,10 +424,7 @@ impl Accepted {
             }
         };
         drop(waiting);
-        let fd = {
-            use std::os::fd::AsRawFd;
-            Some(stream.as_raw_fd())
-        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         match tls {
             None => {
                 registered.conn.socket.set(fd);

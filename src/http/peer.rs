@@ -1,4 +1,4 @@
-//! Whether a request's client is still there.
+//! Whether a request's client is still there, and the places of requests that wait.
 //!
 //! hyper serves connections with `half_close`, so it does not read a socket while a request is
 //! being handled: a client that hangs up during a long-poll or a follow is noticed only when a
@@ -11,28 +11,68 @@
 //! a long-poll answers it at once with what there is; a follower sends it a heartbeat and goes
 //! on streaming unless the connection is then reset (a client that closed entirely answers
 //! the heartbeat with an RST).
+//!
+//! Every request that waits holds a [`Waiting`]: one of `long_polls_max` places (so waiters
+//! never hold every connection) and the watch on its client.
 
 use std::future::Future;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
+use tokio::sync::OwnedSemaphorePermit;
+
+/// What one non-blocking peek of a socket saw.
+#[derive(PartialEq, Eq)]
+enum Peeked {
+    /// Bytes wait to be read.
+    Data,
+    /// Nothing yet (or interrupted).
+    Nothing,
+    /// The peer closed its side.
+    Eof,
+    /// The connection failed (reset).
+    Failed,
+}
+
+/// Peeks one byte of `fd` without consuming it or blocking.
+fn peek(fd: BorrowedFd<'_>) -> Peeked {
+    use rustix::net::RecvFlags;
+    match rustix::net::recv(fd, &mut [0u8; 1], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Ok((0, _)) => Peeked::Eof,
+        Ok(_) => Peeked::Data,
+        Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => Peeked::Nothing,
+        Err(_) => Peeked::Failed,
+    }
+}
 
 /// The descriptor of a connection's socket while the connection holds it open.
 #[derive(Default)]
 pub struct SocketFd(RwLock<Option<RawFd>>);
 
 impl SocketFd {
-    pub fn set(&self, fd: Option<RawFd>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = fd;
+    /// Set once the connection's stream owns `fd`.
+    pub fn set(&self, fd: RawFd) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(fd);
     }
 
     /// Called by the connection's stream as it is dropped, before its descriptor is closed: no
     /// [`Watch`] can duplicate the number after this (it may be another file by then).
     pub fn closing(&self) {
-        self.set(None);
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Runs `f` on the open socket, or gives `None` when there is none (an in-memory pipe) or
+    /// it is closing.
+    fn with<T>(&self, f: impl FnOnce(BorrowedFd<'_>) -> T) -> Option<T> {
+        let g = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let fd = (*g)?;
+        // SAFETY: `fd` is the open socket of a live connection: its stream clears this slot
+        // (taking the write lock) before it closes the descriptor, and the read lock held here
+        // keeps it from doing so while `f` runs.
+        Some(f(unsafe { BorrowedFd::borrow_raw(fd) }))
     }
 
     /// Whether bytes of a request have arrived that hyper has not read yet: a connection found
@@ -40,27 +80,7 @@ impl SocketFd {
     /// the idle timer can fire before hyper reads what came in meanwhile, and closing then
     /// would drop a request the client already sent).
     pub fn has_pending_input(&self) -> bool {
-        let g = self.0.read().unwrap_or_else(|p| p.into_inner());
-        let Some(fd) = *g else { return false };
-        // SAFETY: as in `duplicate`: the descriptor stays open while the read lock is held.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        use rustix::net::RecvFlags;
-        matches!(
-            rustix::net::recv(borrowed, &mut [0u8; 1], RecvFlags::PEEK | RecvFlags::DONTWAIT),
-            Ok((n, _)) if n > 0
-        )
-    }
-
-    /// A duplicate of the socket, or `None` when the connection has none (a pipe, a Unix
-    /// socket) or is closing.
-    fn duplicate(&self) -> Option<OwnedFd> {
-        let g = self.0.read().unwrap_or_else(|p| p.into_inner());
-        let fd = (*g)?;
-        // SAFETY: `fd` is the open socket of a live connection: its stream clears this slot
-        // (taking the write lock) before it closes the descriptor, and the read lock held here
-        // keeps it from doing so until the duplicate exists.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        rustix::io::fcntl_dupfd_cloexec(borrowed, 0).ok()
+        self.with(peek) == Some(Peeked::Data)
     }
 }
 
@@ -70,36 +90,20 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Watches the connection's socket; `None` when it has none.
+    /// Watches the connection's socket (TCP, or the admin Unix socket); `None` when it has
+    /// none.
     pub fn of(socket: &SocketFd) -> Option<Watch> {
-        let fd = socket.duplicate()?;
+        let fd = socket
+            .with(|fd| rustix::io::fcntl_dupfd_cloexec(fd, 0))?
+            .ok()?;
         // SAFETY: an `OwnedFd` owns its open descriptor until it is dropped with the `AsyncFd`.
         let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()?;
         Some(Watch { fd })
     }
 
-    /// What is on the socket now, without consuming it: `Some(true)` when the client closed
-    /// its side or reset the connection, `Some(false)` when it is open (with or without
-    /// pipelined bytes waiting), `None` when it cannot tell yet.
-    fn peek(&self) -> Option<bool> {
-        use rustix::net::RecvFlags;
-        let mut b = [0u8; 1];
-        match rustix::net::recv(
-            self.fd.as_fd(),
-            &mut b,
-            RecvFlags::PEEK | RecvFlags::DONTWAIT,
-        ) {
-            Ok((0, _)) => Some(true),
-            Ok(_) => Some(false),
-            Err(rustix::io::Errno::AGAIN) => Some(false),
-            Err(rustix::io::Errno::INTR) => None,
-            Err(_) => Some(true),
-        }
-    }
-
     /// Whether the client has closed its side (FIN) or reset the connection.
     pub fn closed_now(&self) -> bool {
-        self.peek() == Some(true)
+        matches!(peek(self.fd.as_fd()), Peeked::Eof | Peeked::Failed)
     }
 
     /// Ends when the client closes its side or resets the connection.
@@ -118,23 +122,16 @@ impl Watch {
     }
 
     /// Whether the connection was reset: the client is gone, not merely half-closed.
-    pub fn reset(&self) -> bool {
+    fn reset(&self) -> bool {
         matches!(
             rustix::net::sockopt::socket_error(self.fd.as_fd()),
             Ok(Err(_))
-        ) || matches!(
-            rustix::net::recv(
-                self.fd.as_fd(),
-                &mut [0u8; 1],
-                rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT
-            ),
-            Err(e) if e != rustix::io::Errno::AGAIN && e != rustix::io::Errno::INTR
-        )
+        ) || peek(self.fd.as_fd()) == Peeked::Failed
     }
 
     /// After the client's FIN and a write to it: waits (up to `within`) for the reset a client
     /// that closed entirely answers with. True when it came: the client is gone.
-    pub async fn reset_within(&self, within: Duration) -> bool {
+    async fn reset_within(&self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         while tokio::time::Instant::now() < deadline {
             if self.reset() {
@@ -156,14 +153,53 @@ impl crate::engine::departure::Presence for Watch {
     }
 }
 
-/// Runs `f` until it ends or the client closes its side: `None` when the client went first
-/// (`f` is dropped: it must be a wait that has taken nothing yet).
-pub async fn unless_closed<F: Future>(watch: Option<&Watch>, f: F) -> Option<F::Output> {
-    let Some(w) = watch else {
-        return Some(f.await);
-    };
-    tokio::select! {
-        out = f => Some(out),
-        _ = w.closed() => None,
+/// A request that waits or streams: its place among `long_polls_max`, and the watch on its
+/// client (none on a connection without a socket to watch).
+pub struct Waiting {
+    _place: OwnedSemaphorePermit,
+    watch: Option<Arc<Watch>>,
+}
+
+impl Waiting {
+    pub fn new(place: OwnedSemaphorePermit, watch: Option<Watch>) -> Waiting {
+        Waiting {
+            _place: place,
+            watch: watch.map(Arc::new),
+        }
+    }
+
+    /// Ends when the client closes its side or resets the connection; never without a watch.
+    pub async fn client_closed(&self) {
+        match &self.watch {
+            Some(w) => w.closed().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Runs `f` until it ends or the client closes its side: `None` when the client went first
+    /// (`f` is dropped: it must be a wait that has taken nothing yet).
+    pub async fn unless_closed<F: Future>(&self, f: F) -> Option<F::Output> {
+        tokio::select! {
+            out = f => Some(out),
+            _ = self.client_closed() => None,
+        }
+    }
+
+    /// The client as a domain's wait sees it.
+    pub fn departure(&self) -> crate::engine::departure::Departure {
+        match &self.watch {
+            Some(w) => crate::engine::departure::Departure::watching(w.clone()),
+            None => crate::engine::departure::Departure::never(),
+        }
+    }
+
+    /// After a FIN and a heartbeat written: whether the client left entirely (its reset came
+    /// within `within`) rather than only closing its side. From then on the client is no
+    /// longer watched (a half-closed client stays readable-at-EOF).
+    pub async fn left_entirely(&mut self, within: Duration) -> bool {
+        match self.watch.take() {
+            Some(w) => w.reset_within(within).await,
+            None => false,
+        }
     }
 }

@@ -319,7 +319,6 @@ struct JobsOut<T> {
 /// `POST /v1/queues/{q}/claim`
 pub async fn claim(state: &ServerState, q: &str, req: Request<ReqBody>) -> Result<Resp, ApiError> {
     validate_name(q)?;
-    let peer = super::access::Peer::of(&req);
     let empty = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
@@ -344,24 +343,19 @@ pub async fn claim(state: &ServerState, q: &str, req: Request<ReqBody>) -> Resul
     // A long poll holds one of long_polls_max places (beyond them it answers at once, as the
     // domain does past claim_waiters_max) and watches its client: one that hangs up while it
     // waits takes no job.
-    let parked = if wait.is_zero() {
+    let waiting = if wait.is_zero() {
         None
     } else {
-        state.long_poll()
+        state.waiting()
     };
-    let wait = if parked.is_some() {
-        wait
-    } else {
-        Duration::ZERO
-    };
-    let caller = match parked {
-        Some(_) => super::access::Peer::departure(peer.as_ref()),
-        None => crate::engine::departure::Departure::never(),
+    let (wait, caller) = match &waiting {
+        Some(w) => (wait, w.departure()),
+        None => (Duration::ZERO, crate::engine::departure::Departure::never()),
     };
     let jobs = queues
         .claim(q, r.max.unwrap_or(1), lease_ms, wait, &caller)
         .await?;
-    drop(parked);
+    drop(waiting);
     let items: Vec<_> = jobs
         .iter()
         .map(|j| ClaimedOut {
