@@ -8,9 +8,11 @@
 //! temporary directory (redb files, the WAL, a foyer cache with a disk tier), opened once per
 //! process.
 
+use crate::base::clock::Clock;
+use crate::base::config::Config;
 use crate::engine::{codec, manifest::Manifest, wal};
 use crate::http::ServerState;
-use crate::{Clock, Config, Store};
+use crate::store::Store;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -64,7 +66,7 @@ fn harness() -> &'static Harness {
         let dir = std::env::temp_dir().join(format!(
             "shardbox-fuzz-{}-{}",
             std::process::id(),
-            crate::SystemClock.now_ms()
+            crate::base::clock::SystemClock.now_ms()
         ));
         let mut cfg = Config::with_data_dir(&dir);
         cfg.shards = 2;
@@ -198,13 +200,13 @@ pub fn inputs(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = crate::util::parse_duration_ms(text);
-    let _ = crate::util::parse_time_ms(text);
-    let _ = crate::util::parse_bucket_ms(text);
+    let _ = crate::base::util::parse_duration_ms(text);
+    let _ = crate::base::util::parse_time_ms(text);
+    let _ = crate::base::util::parse_bucket_ms(text);
     let _ = crate::events::parse_bucket(text);
     let _ = crate::events::model::parse_id(text);
     let _ = crate::queue::model::State::parse(text);
-    let _ = crate::config::DurabilityMode::parse(text);
+    let _ = crate::base::config::DurabilityMode::parse(text);
     if let Ok(key) = crate::kv::list_cursor(text) {
         // A cursor names the key it continues after: encoding it again gives the same cursor.
         assert_eq!(
@@ -212,14 +214,14 @@ pub fn inputs(data: &[u8]) {
             Some(key)
         );
     }
-    if crate::names::validate_name("name", text).is_ok() {
+    if crate::base::names::validate_name("name", text).is_ok() {
         assert!(!text.is_empty() && text != "." && text != "..");
     }
-    if crate::names::validate_key(text).is_ok() {
-        let sk = crate::names::stored_key("ns", text);
+    if crate::base::names::validate_key(text).is_ok() {
+        let sk = crate::base::names::stored_key("ns", text);
         assert_eq!(&sk[..3], b"ns\0");
         assert_eq!(&sk[3..], text.as_bytes());
-        let shown = crate::names::display_key(&sk);
+        let shown = crate::base::names::display_key(&sk);
         assert!(
             shown.starts_with("ns/") && !shown.chars().any(char::is_control),
             "{shown:?}"
@@ -303,7 +305,7 @@ pub fn wal_segment(data: &[u8]) {
         let d = std::env::temp_dir().join(format!(
             "shardbox-fuzz-wal-{}-{}",
             std::process::id(),
-            crate::SystemClock.now_ms()
+            crate::base::clock::SystemClock.now_ms()
         ));
         let _ = std::fs::create_dir_all(&d);
         d

@@ -253,10 +253,16 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     // A bad certificate or key is reported before anything is opened.
     let tls = shardbox::http::tls::acceptor(&config)?.is_some();
     init_logging(config.log_format);
-    // Fault injection for crash tests (see src/failpoint.rs); unset in normal use.
+    // Fault injection for crash tests (src/base/failpoint.rs): only in a build with the
+    // `testing` feature, which `cargo test` builds; the shipped binary has no fault points.
     if let Ok(spec) = std::env::var("SHARDBOX_FAILPOINTS") {
-        shardbox::failpoint::arm_from_spec(&spec)?;
-        tracing::warn!(failpoints = %spec, "failpoints armed (testing only)");
+        #[cfg(feature = "testing")]
+        {
+            shardbox::testing::failpoint::arm_from_spec(&spec)?;
+            tracing::warn!(failpoints = %spec, "failpoints armed (testing only)");
+        }
+        #[cfg(not(feature = "testing"))]
+        tracing::warn!(failpoints = %spec, "SHARDBOX_FAILPOINTS ignored: this build has no fault points (they need the `testing` feature)");
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.worker_threads > 0 {
@@ -363,7 +369,7 @@ fn backup(args: BackupArgs) -> Result<ExitCode, String> {
 /// Opens an existing data directory no server runs on (replaying its log), for a command that
 /// reads it: never creates one.
 fn open_existing(config: Config) -> Result<shardbox::Store, String> {
-    if !shardbox::engine::manifest::Manifest::path(&config.data_dir).exists() {
+    if !shardbox::backup::is_data_dir(&config.data_dir) {
         return Err(format!(
             "{} has no MANIFEST: not a shardbox data directory",
             config.data_dir.display()
@@ -462,7 +468,7 @@ fn export(args: ExportArgs) -> Result<ExitCode, String> {
     let mut out: Box<dyn Write> = if to_stdout {
         Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
     } else {
-        let f = shardbox::engine::private::file_options()
+        let f = shardbox::backup::file_options()
             .write(true)
             .create_new(true)
             .open(&args.out)
@@ -586,8 +592,7 @@ fn import(args: ImportArgs) -> Result<ExitCode, String> {
         if staging.exists() {
             std::fs::remove_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
         }
-        shardbox::engine::private::create_dir_all(&data)
-            .map_err(|e| format!("{}: {e}", data.display()))?;
+        shardbox::backup::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
         if has_data {
             // Opened and closed first: the log's last records are checkpointed into the shards.
             let existing = shardbox::Store::open(config.clone()).map_err(|e| e.to_string())?;
@@ -639,7 +644,7 @@ fn compact(args: CompactArgs) -> Result<ExitCode, String> {
 }
 
 fn token_new(args: TokenNewArgs) -> Result<ExitCode, String> {
-    use shardbox::auth::{Scope, TokenConfig};
+    use shardbox::tokens::{Scope, TokenConfig};
     let scopes = args
         .scopes
         .iter()
@@ -652,10 +657,10 @@ fn token_new(args: TokenNewArgs) -> Result<ExitCode, String> {
             )),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let token = shardbox::auth::new_token();
+    let token = shardbox::tokens::new_token();
     let entry = TokenConfig {
         name: args.name.clone(),
-        sha256: shardbox::auth::hash_token(&token),
+        sha256: shardbox::tokens::hash_token(&token),
         scopes: scopes.clone(),
         namespaces: None,
         streams: None,
@@ -669,7 +674,7 @@ fn token_new(args: TokenNewArgs) -> Result<ExitCode, String> {
     eprintln!("\nPaste into the config file (it holds only the hash):\n");
     eprintln!(
         "{}",
-        shardbox::auth::config_snippet(&token, &args.name, &scopes)
+        shardbox::tokens::config_snippet(&token, &args.name, &scopes)
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -683,7 +688,7 @@ fn token_hash() -> Result<ExitCode, String> {
     if token.is_empty() {
         return Err("no token on stdin".into());
     }
-    println!("sha256 = \"{}\"", shardbox::auth::hash_token(token));
+    println!("sha256 = \"{}\"", shardbox::tokens::hash_token(token));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{Client, TestServer};
-use shardbox::auth::{new_token, Scope, TokenConfig};
+use shardbox::tokens::{new_token, Scope, TokenConfig};
 use std::time::Duration;
 
 struct Creds {
@@ -19,7 +19,7 @@ fn entry(name: &str, token: &str, scopes: &[Scope], limit: bool) -> TokenConfig 
     let lim = || limit.then(|| vec!["app-".to_string()]);
     TokenConfig {
         name: name.into(),
-        sha256: shardbox::auth::hash_token(token),
+        sha256: shardbox::tokens::hash_token(token),
         scopes: scopes.to_vec(),
         namespaces: lim(),
         streams: lim(),
@@ -221,7 +221,7 @@ async fn a_token_from_token_new_works_end_to_end() {
     // Tokens also come from the environment, as a TOML array.
     let env_tokens = format!(
         "[{{name = \"e\", sha256 = \"{}\", scopes = [\"read\"]}}]",
-        shardbox::auth::hash_token("secret")
+        shardbox::tokens::hash_token("secret")
     );
     let c = shardbox::Config::resolve(None, vec![("SHARDBOX_TOKENS".to_string(), env_tokens)], &[])
         .expect("tokens from the environment");

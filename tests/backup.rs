@@ -246,12 +246,12 @@ async fn a_restore_stopped_while_replacing_is_refused_by_the_server_and_finished
     s.stop().await;
 
     // The restore stops (a crash) after the old MANIFEST is gone, before the new shards are in.
-    shardbox::failpoint::set(
+    shardbox::testing::failpoint::set(
         "restore.swap.removing",
-        shardbox::failpoint::Action::Error("crash".into()),
+        shardbox::testing::failpoint::Action::Error("crash".into()),
     );
     let r = shardbox::backup::restore(&out, &dir, true, &shardbox::progress::Progress::quiet());
-    shardbox::failpoint::clear("restore.swap.removing");
+    shardbox::testing::failpoint::clear("restore.swap.removing");
     assert!(r.is_err());
     assert!(!dir.join("MANIFEST").exists());
     // The server does not build a store over what is left.

@@ -5,7 +5,7 @@ mod common;
 
 use common::TestServer;
 use shardbox::engine::OpError;
-use shardbox::error::EngineError;
+use shardbox::EngineError;
 use shardbox::{Config, Store};
 use std::time::Duration;
 

@@ -38,7 +38,7 @@ async fn poison_payloads_are_refused_and_deep_ones_served_everywhere() {
     let mut c = s.client().await;
     // Past the limit: refused at the door, for jobs, schedules and events alike (sent as raw
     // text: serde_json itself cannot build a Value that deep).
-    for depth in [shardbox::util::JSON_DEPTH_MAX + 1, 128, 5_000] {
+    for depth in [shardbox::base::util::JSON_DEPTH_MAX + 1, 128, 5_000] {
         let body = format!("{{\"payload\":{}}}", nested(depth));
         let r = c.send("POST", "/v1/queues/q/jobs", &[], body).await;
         assert_eq!(r.status, 400, "depth {depth}: {}", r.text());
@@ -64,7 +64,7 @@ async fn poison_payloads_are_refused_and_deep_ones_served_everywhere() {
     }
 
     // At the limit: accepted, and every read path serves it back unchanged.
-    let deep = nested(shardbox::util::JSON_DEPTH_MAX);
+    let deep = nested(shardbox::base::util::JSON_DEPTH_MAX);
     let deep_value: Value = serde_json::from_str(&deep).unwrap();
     let good = c
         .post_json("/v1/queues/q/jobs", json!({"payload": {"ok": 1}}))
@@ -236,7 +236,7 @@ async fn random_extreme_records_are_served_back_by_every_read_path() {
         let r = c.send("HEAD", &format!("/v1/kv/{ns}/{enc}"), &[], "").await;
         assert!(r.status == 200 || r.status == 404);
         // Jobs and events with random documents at or below the depth limit.
-        let depth = rng.random_range(0..=shardbox::util::JSON_DEPTH_MAX - 2);
+        let depth = rng.random_range(0..=shardbox::base::util::JSON_DEPTH_MAX - 2);
         let doc = random_json(&mut rng, depth);
         let r = c
             .post_json(

@@ -214,9 +214,9 @@ async fn a_retry_while_the_first_runs_gets_409_and_a_client_that_hangs_up_still_
     let s = TestServer::start_in(dir.clone(), |_| {}).await;
     let mut c = s.client().await;
     let job = json!({"payload": "slow"});
-    shardbox::failpoint::set(
+    shardbox::testing::failpoint::set(
         "wal.sync",
-        shardbox::failpoint::Action::Delay(Duration::from_millis(1500)),
+        shardbox::testing::failpoint::Action::Delay(Duration::from_millis(1500)),
     );
 
     // The first request is in the writer (every log sync takes 1.5 s) when the retry arrives.
@@ -245,7 +245,7 @@ async fn a_retry_while_the_first_runs_gets_409_and_a_client_that_hangs_up_still_
     running(addr).await;
     hung.abort();
     let _ = hung.await;
-    shardbox::failpoint::clear("wal.sync");
+    shardbox::testing::failpoint::clear("wal.sync");
     let retry = eventually(10, "the hung-up request to finish", || {
         let j = job3.clone();
         async move {
@@ -263,9 +263,9 @@ async fn a_retry_while_the_first_runs_gets_409_and_a_client_that_hangs_up_still_
 
     // The server stops while a hung-up keyed request is still in the writer: shutdown waits
     // for it to keep its response, so after a restart the retry replays it.
-    shardbox::failpoint::set(
+    shardbox::testing::failpoint::set(
         "wal.sync",
-        shardbox::failpoint::Action::Delay(Duration::from_millis(1000)),
+        shardbox::testing::failpoint::Action::Delay(Duration::from_millis(1000)),
     );
     let job4 = json!({"payload": "stopping"});
     let j = job4.clone();
@@ -278,7 +278,7 @@ async fn a_retry_while_the_first_runs_gets_409_and_a_client_that_hangs_up_still_
     let _ = hung.await;
     drop(c);
     s.stop().await;
-    shardbox::failpoint::clear("wal.sync");
+    shardbox::testing::failpoint::clear("wal.sync");
     let s = TestServer::start_in(dir, |_| {}).await;
     let mut c = s.client().await;
     let r = post(&mut c, "/v1/queues/slow/jobs", Some("k3"), &job4).await;
@@ -290,7 +290,7 @@ async fn a_retry_while_the_first_runs_gets_409_and_a_client_that_hangs_up_still_
 
 #[tokio::test]
 async fn keys_belong_to_their_token() {
-    use shardbox::auth::{hash_token, new_token, Scope, TokenConfig};
+    use shardbox::tokens::{hash_token, new_token, Scope, TokenConfig};
     let (a, b) = (new_token(), new_token());
     let entry = |name: &str, t: &str| TokenConfig {
         name: name.into(),

@@ -77,9 +77,9 @@ async fn a_panicking_handler_answers_500_and_releases_its_connection() {
     let before_5xx = gauge_5xx(s.addr).await;
     let mut c = s.client().await;
     assert_eq!(c.put("/v1/kv/p/a", "1").await.status, 201);
-    shardbox::failpoint::set("http.handler", shardbox::failpoint::Action::Panic);
+    shardbox::testing::failpoint::set("http.handler", shardbox::testing::failpoint::Action::Panic);
     let r = c.try_send("GET", "/v1/kv/p/a", &[], "").await;
-    shardbox::failpoint::clear("http.handler");
+    shardbox::testing::failpoint::clear("http.handler");
     let r = r.expect("a reply, not a dropped connection");
     assert_eq!(r.status, 500);
     assert_eq!(r.error_code(), "internal");

@@ -222,12 +222,12 @@ async fn a_restore_killed_in_its_final_cleanup_serves_the_restored_data() {
     s.stop().await;
     // The restore stops (a crash) after the new data is in place, while the staging copy is
     // being deleted.
-    shardbox::failpoint::set(
+    shardbox::testing::failpoint::set(
         "restore.cleanup",
-        shardbox::failpoint::Action::Error("crash".into()),
+        shardbox::testing::failpoint::Action::Error("crash".into()),
     );
     let r = shardbox::backup::restore(&out, &dir, true, &shardbox::progress::Progress::quiet());
-    shardbox::failpoint::clear("restore.cleanup");
+    shardbox::testing::failpoint::clear("restore.cleanup");
     assert!(r.is_err());
     // The server opens it (no "restore stopped while copying") and serves the backup's data.
     let s = TestServer::start_in(dir.clone(), |_| {}).await;

@@ -22,15 +22,15 @@ async fn a_commit_that_fails_after_logging_is_not_replayed() {
         .put("ab", "before", b"1".to_vec(), Default::default())
         .await
         .unwrap();
-    shardbox::failpoint::set(
+    shardbox::testing::failpoint::set(
         "writer.commit",
-        shardbox::failpoint::Action::Error("injected commit failure".into()),
+        shardbox::testing::failpoint::Action::Error("injected commit failure".into()),
     );
     let failed = store
         .kv()
         .put("ab", "lost", b"2".to_vec(), Default::default())
         .await;
-    shardbox::failpoint::clear("writer.commit");
+    shardbox::testing::failpoint::clear("writer.commit");
     assert!(
         failed.is_err(),
         "the write whose commit failed is not acknowledged"

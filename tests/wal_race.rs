@@ -7,7 +7,7 @@ mod common;
 
 use common::{Client, TestServer};
 use serde_json::json;
-use shardbox::failpoint::{self, Action};
+use shardbox::testing::failpoint::{self, Action};
 use std::time::Duration;
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> common::Resp {

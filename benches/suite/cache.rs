@@ -214,9 +214,9 @@ pub fn hit_ratio_table() -> String {
         let cap = (n as f64 * share) as usize;
         let mut cells = Vec::new();
         for policy in ["s3fifo", "lfu", "lru"] {
-            let eviction = shardbox::cache::eviction_config(
-                shardbox::cache::Eviction::parse(policy).expect("policy"),
-            );
+            let eviction = shardbox::cache::Eviction::parse(policy)
+                .expect("policy")
+                .foyer_config();
             let cache: foyer::Cache<u64, ()> = foyer::CacheBuilder::new(cap)
                 .with_shards(1)
                 .with_eviction_config(eviction)

@@ -414,7 +414,7 @@ pub async fn events_retention(rows: &mut Vec<Row>) {
                 for k in &keys {
                     tbl.remove(k.as_slice())?;
                 }
-                Ok::<_, shardbox::engine::OpError<shardbox::error::EngineError>>(keys.len())
+                Ok::<_, shardbox::engine::OpError<shardbox::EngineError>>(keys.len())
             })
             .await
             .expect("delete rows");

@@ -88,10 +88,10 @@ where
 /// too high to refuse anything (the GCRA check runs, nothing is shed); Redis GET beside it
 /// (Redis's AUTH is once per connection, so plain GET is its per-request cost either way).
 async fn access_overhead(o: &Opts, rows: &mut Vec<Row>) {
-    let token = shardbox::auth::new_token();
+    let token = shardbox::tokens::new_token();
     let tokens = format!(
         "[{{name = \"bench\", sha256 = \"{}\", scopes = [\"read\", \"write\"]}}]",
-        shardbox::auth::hash_token(&token)
+        shardbox::tokens::hash_token(&token)
     );
     let limit = (1u64 << 30).to_string();
     // (row, settings, bearer token sent)

@@ -8,7 +8,7 @@
 //! never bring a purged entry back, and no read after the acknowledgment sees one.
 
 use crate::engine::Engine;
-use crate::error::EngineError;
+use crate::engine::EngineError;
 use redb::{ReadableTable, TableDefinition};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

@@ -112,8 +112,8 @@ impl Cache {
     /// A refresh failed: within its stale-if-error window the stale value keeps being served.
     /// Returns whether a stale value is being served.
     pub async fn fill_error(&self, ns: &str, key: &str, token: &str) -> Result<bool, CacheError> {
-        crate::names::validate_name("namespace", ns)?;
-        crate::names::validate_key(key)?;
+        crate::base::names::validate_name("namespace", ns)?;
+        crate::base::names::validate_key(key)?;
         let k = cache_key(ns, key);
         let now = self.now();
         if self.live_lease(&k, token, now).is_none() {

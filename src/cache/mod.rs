@@ -6,8 +6,9 @@
 //! extension of memory: it starts empty on every open (its directory is wiped), so nothing
 //! purged, deleted or overwritten can come back after a restart.
 
-pub mod entry;
-pub mod gens;
+mod error;
+internal!(entry, gens);
+pub use error::{CacheError, LeaseUse};
 mod leases;
 mod registry;
 mod settings;
@@ -16,16 +17,16 @@ mod stats;
 pub use entry::Entry;
 pub use gens::{init_tables, PurgeTarget, DOMAIN};
 use leases::{FillLease, WaiterSlot};
-pub use settings::{eviction_config, Eviction, Settings};
+pub use settings::{Eviction, Settings};
 pub use stats::{Counters, Summary};
 
+use crate::base::invalid::Invalid;
 use crate::engine::Engine;
-use crate::error::{CacheError, EngineError, Invalid, LeaseUse};
+use crate::engine::EngineError;
 use bytes::Bytes;
 use foyer::{
     BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
-    HybridCachePolicy, LfuConfig, LruConfig, PsyncIoEngineConfig, RecoverMode, S3FifoConfig,
-    Source, UringIoEngineConfig,
+    HybridCachePolicy, PsyncIoEngineConfig, RecoverMode, Source, UringIoEngineConfig,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -137,7 +138,7 @@ fn same_write(a: &Entry, b: &Entry) -> bool {
 
 /// The foyer key of `ns`/`key`.
 fn cache_key(ns: &str, key: &str) -> Vec<u8> {
-    crate::names::stored_key(ns, key)
+    crate::base::names::stored_key(ns, key)
 }
 
 impl Cache {
@@ -156,7 +157,7 @@ impl Cache {
             .with_metrics_registry(Box::new(registry.clone()))
             .memory(memory)
             .with_shards(shards)
-            .with_eviction_config(eviction_config(settings.eviction))
+            .with_eviction_config(settings.eviction.foyer_config())
             .with_weighter(|k: &Vec<u8>, v: &Entry| k.len() + v.weight())
             .storage();
         let hybrid = if settings.disk_bytes > 0 {
@@ -255,8 +256,8 @@ impl Cache {
         key: &str,
         wait: Option<Duration>,
     ) -> Result<Lookup, CacheError> {
-        crate::names::validate_name("namespace", ns)?;
-        crate::names::validate_key(key)?;
+        crate::base::names::validate_name("namespace", ns)?;
+        crate::base::names::validate_key(key)?;
         let k = cache_key(ns, key);
         let first = self.lookup(ns, &k).await?;
         let Some(wait) = wait.filter(|w| !w.is_zero()) else {
@@ -443,8 +444,8 @@ impl Cache {
         value: Bytes,
         opts: PutOptions,
     ) -> Result<(), CacheError> {
-        crate::names::validate_name("namespace", ns)?;
-        crate::names::validate_key(key)?;
+        crate::base::names::validate_name("namespace", ns)?;
+        crate::base::names::validate_key(key)?;
         if value.len() > self.settings.value_bytes_max {
             return Err(CacheError::TooLarge {
                 len: value.len(),
@@ -473,7 +474,7 @@ impl Cache {
             validate_tag(t)?;
         }
         if let Some(ct) = &opts.content_type {
-            crate::names::validate_content_type(ct)?;
+            crate::base::names::validate_content_type(ct)?;
         }
         let k = cache_key(ns, key);
         let now = self.now();
@@ -511,8 +512,8 @@ impl Cache {
 
     /// Removes `ns`/`key` from both tiers and cancels its pending fill.
     pub fn delete(&self, ns: &str, key: &str) -> Result<(), CacheError> {
-        crate::names::validate_name("namespace", ns)?;
-        crate::names::validate_key(key)?;
+        crate::base::names::validate_name("namespace", ns)?;
+        crate::base::names::validate_key(key)?;
         let k = cache_key(ns, key);
         {
             let _g = self.key_lock(&k);
@@ -525,7 +526,7 @@ impl Cache {
 
     /// O(1) purge: bumps the namespace's or the tags' generations (persisted).
     pub async fn purge(&self, ns: &str, target: PurgeTarget) -> Result<(), CacheError> {
-        crate::names::validate_name("namespace", ns)?;
+        crate::base::names::validate_name("namespace", ns)?;
         if let PurgeTarget::Tags(tags) = &target {
             if tags.is_empty() {
                 return Err(Invalid::NoTags.into());

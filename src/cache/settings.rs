@@ -2,18 +2,9 @@
 
 use super::*;
 
-pub use crate::config::EvictionPolicy as Eviction;
+pub use crate::base::config::EvictionPolicy as Eviction;
 
-/// foyer's configuration for an eviction policy.
-pub fn eviction_config(e: Eviction) -> foyer::EvictionConfig {
-    match e {
-        Eviction::S3Fifo => S3FifoConfig::default().into(),
-        Eviction::Lfu => LfuConfig::default().into(),
-        Eviction::Lru => LruConfig::default().into(),
-    }
-}
-
-/// Cache settings (from [`crate::Config`]).
+/// Cache settings (from [`crate::base::config::Config`]).
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub dir: PathBuf,
@@ -34,7 +25,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_config(c: &crate::Config) -> Self {
+    pub fn from_config(c: &crate::base::config::Config) -> Self {
         Self {
             dir: c.data_dir.join("cache"),
             memory_bytes: c.cache_memory_bytes,
@@ -50,7 +41,7 @@ impl Settings {
             xfetch_beta: c.cache_xfetch_beta,
             tags_max: c.cache_tags_max,
             // `Config::validate` allows only psync and uring.
-            disk_io_uring: c.cache_disk_io == crate::config::DiskIo::Uring,
+            disk_io_uring: c.cache_disk_io == crate::base::config::DiskIo::Uring,
         }
     }
 }

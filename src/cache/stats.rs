@@ -86,7 +86,7 @@ impl Cache {
 
     /// Stats of one namespace.
     pub fn namespace_stats(&self, ns: &str) -> Result<serde_json::Value, CacheError> {
-        crate::names::validate_name("namespace", ns)?;
+        crate::base::names::validate_name("namespace", ns)?;
         let map = self.namespaces.read().unwrap_or_else(|p| p.into_inner());
         let counters = map
             .get(ns)

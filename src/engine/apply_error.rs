@@ -1,7 +1,5 @@
 //! How an operation run by a shard writer can fail: its own refusal, or storage.
 
-use crate::error::{EventError, KvError, QueueError};
-
 /// The error of an operation applied inside a shard writer's batch ([`super::Engine::write`]).
 ///
 /// `Rejected` is the operation's own outcome (a failed precondition, bad input, a corrupt record
@@ -32,15 +30,16 @@ impl<E> From<redb::TableError> for OpError<E> {
     }
 }
 
-/// `?` on a domain error in an apply function rejects the operation. One impl per domain error
-/// (a blanket `From<E>` would overlap the redb ones).
+/// `?` on a domain error in an apply function rejects the operation: each domain states it for
+/// its error type, next to it (`rejects!(KvError)`). One impl per domain error, since a blanket
+/// `From<E>` would overlap the redb ones.
 macro_rules! rejects {
     ($($e:ty),*) => {$(
-        impl From<$e> for OpError<$e> {
+        impl From<$e> for $crate::engine::OpError<$e> {
             fn from(e: $e) -> Self {
-                OpError::Rejected(e)
+                $crate::engine::OpError::Rejected(e)
             }
         }
     )*};
 }
-rejects!(KvError, QueueError, EventError);
+pub(crate) use rejects;

@@ -22,8 +22,7 @@ use bincode::{Decode, Encode};
 
 /// The envelope format this build writes. A later release reads every version up to its own.
 pub const ENVELOPE_VERSION: u8 = 1;
-/// Longest content type stored with a value.
-pub const CONTENT_TYPE_BYTES_MAX: usize = 255;
+pub use crate::base::limits::CONTENT_TYPE_BYTES_MAX;
 /// Bytes of a header with an empty content type.
 pub const HEADER_BYTES_MIN: usize = 30;
 
@@ -76,6 +75,7 @@ fn config() -> impl bincode::config::Config {
 
 /// Encodes a value. `content_type` longer than [`CONTENT_TYPE_BYTES_MAX`] is truncated at a
 /// character boundary (callers validate first; this keeps the invariant local).
+#[cfg(any(test, feature = "testing"))]
 pub fn encode(
     revision: u64,
     expires_at_ms: Option<u64>,

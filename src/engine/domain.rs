@@ -1,9 +1,9 @@
 //! What the engine knows of a domain: its tables and how `shardbox check` verifies them.
 //!
-//! Every domain (KV, queue, events, cache) exports one [`DomainSpec`]; [`crate::DOMAINS`] lists
+//! Every domain (KV, queue, events, cache) exports one [`DomainSpec`]; [`crate::store::DOMAINS`] lists
 //! them, and the store creates tables and `shardbox check` walks records from that one list, so a
 //! domain cannot be forgotten by either. The running side of a domain (background tasks,
-//! metrics) is [`crate::Domain`].
+//! metrics) is [`crate::engine::Domain`].
 
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ pub type TableInit = fn(&redb::WriteTransaction) -> Result<(), redb::Error>;
 pub type CheckFn = fn(&redb::ReadTransaction, usize, &mut Checked<'_>) -> Result<(), redb::Error>;
 
 /// Opens a domain's running side over the engine, from its settings section.
-pub type OpenFn = fn(Arc<super::Engine>, &crate::Config) -> Arc<dyn Domain>;
+pub type OpenFn = fn(Arc<super::Engine>, &crate::base::config::Config) -> Arc<dyn Domain>;
 
 /// A domain as the engine sees it.
 pub struct DomainSpec {
@@ -31,7 +31,7 @@ pub trait Domain: std::any::Any + Send + Sync {
     /// Tasks that run by themselves (sweeps, timers, schedules, retention) until aborted.
     fn background(
         self: Arc<Self>,
-        config: &crate::Config,
+        config: &crate::base::config::Config,
     ) -> Vec<futures_util::future::BoxFuture<'static, ()>>;
     /// Appends its Prometheus metrics.
     fn render_metrics(&self, out: &mut String);

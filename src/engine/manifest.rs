@@ -4,7 +4,7 @@
 //! fsync of the directory), when the directory is created. It fixes the shard count and the hash
 //! seed: opening with a different shard count is an error, never a silent re-hash.
 
-use crate::error::EngineError;
+use crate::engine::EngineError;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
 use std::io::Write;

@@ -5,7 +5,6 @@
 //! closure inside the shard writer's next group commit.
 
 mod apply_error;
-pub mod clock;
 pub mod codec;
 pub mod departure;
 pub mod domain;
@@ -16,14 +15,18 @@ pub mod redo;
 pub mod replay;
 pub mod router;
 pub mod shard;
+mod shard_state;
 pub mod space;
+pub mod staging;
 pub mod wal;
 pub mod writer;
 
-use crate::config::Config;
-use crate::error::EngineError;
+use crate::base::config::Config;
+mod error;
+pub use error::EngineError;
 pub use apply_error::OpError;
-use clock::Clock;
+pub(crate) use apply_error::rejects;
+use crate::base::clock::Clock;
 use manifest::{DirLock, Manifest, FORMAT_VERSION};
 pub use redo::LoggedTable;
 pub use shard::{Shard, ShardState};
@@ -44,7 +47,7 @@ pub fn default_shards() -> u32 {
     cores.clamp(2, 16) as u32
 }
 
-pub use domain::{Domain, DomainSpec, TableInit};
+pub use domain::{Domain, DomainSpec};
 
 /// A redb failure on `shard`, as the error every domain reports (one helper for all of them).
 pub fn storage_error(shard: usize, e: impl Into<redb::Error>) -> EngineError {
@@ -85,24 +88,24 @@ impl Engine {
         let lock = DirLock::acquire(&dir)?;
         // A restore or import stopped half-way: its staged copy (or, while copying, the old
         // data) is the truth, and opening would build a store over half of it.
-        crate::backup::remove_finished_staging(&dir)
+        staging::remove_finished_staging(&dir)
             .map_err(|e| EngineError::Open(format!("{}: {e}", dir.display())))?;
         for (staging, what, staged, unstaged) in [
             (
-                crate::backup::staging_dir(&dir),
+                staging::staging_dir(&dir),
                 "restore (restore.tmp)",
                 "a restore was replacing the data when it stopped: run `shardbox restore` again to finish it",
                 "a restore stopped while copying (the data is as it was): remove restore.tmp, or run `shardbox restore` again",
             ),
             (
-                crate::backup::import_staging_dir(&dir),
+                staging::import_staging_dir(&dir),
                 "import (import.tmp)",
                 "an import was replacing the data when it stopped: run the same `shardbox import` again to finish it",
                 "an import stopped before it finished (the data is as it was before it): remove import.tmp, or run the import again",
             ),
         ] {
             if staging.exists() {
-                let how = if crate::backup::is_staged(&staging) {
+                let how = if staging::is_staged(&staging) {
                     staged
                 } else {
                     unstaged

@@ -9,7 +9,7 @@ use super::redo;
 use super::wal::frame::Kind;
 use super::wal::recovery::{self, Scan};
 use super::writer::{META, META_LSN};
-use crate::error::EngineError;
+use crate::engine::EngineError;
 use redb::{Database, Durability, WriteTransaction};
 use std::collections::HashSet;
 use std::path::Path;

@@ -10,7 +10,7 @@
 //! - A thread samples free space every `disk_check_interval_ms`; writes are taken again by
 //!   themselves as soon as space is back. Nothing here is on the request path but one atomic load.
 
-use crate::error::EngineError;
+use crate::engine::EngineError;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

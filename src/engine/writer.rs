@@ -16,11 +16,11 @@
 //! checkpoints when the log it pins passes `checkpoint_log_bytes`, when its oldest
 //! uncheckpointed commit is `checkpoint_interval_ms` old, and when it stops.
 
-use super::clock::Clock;
+use crate::base::clock::Clock;
 use super::redo::{self, Cached, Logged, LoggedTable, Redo, TableCache};
-use super::shard::ShardState;
+use super::shard_state::ShardState;
 use super::wal::{frame::Kind, Wal, WalError};
-use crate::error::EngineError;
+use crate::engine::EngineError;
 use redb::{Database, Durability, Key, TableDefinition, WriteTransaction};
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -265,7 +265,7 @@ impl Writer {
             txn.set_durability(Durability::Immediate)
                 .map_err(|e| BatchError::Storage(e.to_string()))?;
             txn.set_quick_repair(self.cfg.quick_repair);
-            crate::failpoint::hit_at("checkpoint.commit", self.shard)
+            crate::base::failpoint::hit_at("checkpoint.commit", self.shard)
                 .map_err(|e| BatchError::Storage(e.to_string()))?;
             txn.commit().map_err(storage)
         });
@@ -273,7 +273,7 @@ impl Writer {
             Ok(()) => {
                 // Between the durable commit and the log learning of it a crash only means a
                 // replay of records the shard already has (idempotent).
-                let _ = crate::failpoint::hit("checkpoint.after_commit");
+                let _ = crate::base::failpoint::hit("checkpoint.after_commit");
                 self.wal.checkpointed(self.shard);
                 self.dirty_since = None;
                 self.state.record_checkpoint(started.elapsed());
@@ -318,7 +318,7 @@ impl Writer {
                 self.next_revision = next_revision;
                 let took = started.elapsed();
                 self.state.record_commit(n, took);
-                crate::metrics::families::record_commit(self.shard, n, took);
+                crate::base::metrics::families::record_commit(self.shard, n, took);
                 for op in batch {
                     op.finish(Ok(()));
                 }
@@ -418,7 +418,7 @@ impl Writer {
         self.wal
             .wait(lsn)
             .map_err(|e| BatchError::Storage(e.to_string()))?;
-        let committed = crate::failpoint::hit_at("writer.commit", self.shard)
+        let committed = crate::base::failpoint::hit_at("writer.commit", self.shard)
             .map_err(|e| BatchError::Storage(e.to_string()))
             .and_then(|()| txn.commit().map_err(storage));
         if let Err(e) = committed {

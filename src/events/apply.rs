@@ -4,7 +4,8 @@
 
 use super::model::{self, *};
 use crate::engine::{ApplyCtx, OpError};
-use crate::error::{EventError, Invalid, ItemKind};
+use crate::events::EventError;
+use crate::base::invalid::{Invalid, ItemKind};
 use redb::{ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 

@@ -4,11 +4,12 @@
 //! a query for an hour opens only the buckets that overlap it, and retention drops whole tables
 //! instead of deleting rows.
 
-pub mod apply;
-pub mod model;
+mod error;
+internal!(apply, model);
+pub use error::EventError;
 
+use crate::base::invalid::{Invalid, ItemKind};
 use crate::engine::Engine;
-use crate::error::{EventError, Invalid, ItemKind};
 use apply::{AppendRules, NewEvent};
 use model::*;
 use redb::{ReadableTable, TableDefinition};
@@ -95,7 +96,9 @@ fn check(
                             parse_event_key(ek.value())
                         )),
                         Ok(event) => {
-                            if let Err(e) = crate::util::check_stored_json("data", &event.data) {
+                            if let Err(e) =
+                                crate::base::util::check_stored_json("data", &event.data)
+                            {
                                 c.problem(format!("shard {shard}: {table_name}: {e}"));
                             }
                         }
@@ -199,12 +202,12 @@ pub struct Events {
 }
 
 pub fn validate_name(stream: &str) -> Result<(), EventError> {
-    Ok(crate::names::validate_name("stream name", stream)?)
+    Ok(crate::base::names::validate_name("stream name", stream)?)
 }
 
 /// Parses a bucket width: `1h`, `1d`, `7d`, `30d`.
 pub fn parse_bucket(text: &str) -> Result<u64, EventError> {
-    Ok(crate::util::parse_bucket_ms(text)?)
+    Ok(crate::base::util::parse_bucket_ms(text)?)
 }
 
 fn storage(shard: usize, e: impl Into<redb::Error>) -> EventError {
@@ -219,7 +222,7 @@ fn routing_key(stream: &str) -> Vec<u8> {
 
 impl Events {
     /// The events domain with its settings section of `config`.
-    pub fn from_config(engine: Arc<Engine>, config: &crate::Config) -> Events {
+    pub fn from_config(engine: Arc<Engine>, config: &crate::base::config::Config) -> Events {
         Events::new(
             engine,
             Limits {
@@ -302,7 +305,7 @@ impl Events {
                     max: self.limits.event_bytes_max,
                 });
             }
-            crate::util::check_stored_json("data", &e.data)
+            crate::base::util::check_stored_json("data", &e.data)
                 .map_err(|err| err.at(ItemKind::Event, i))?;
             // A type is written raw into SSE `event:` lines: no control characters (a newline
             // would start another field, e.g. a forged `id:`).
@@ -342,15 +345,18 @@ impl Events {
     ) -> Result<(bool, StreamInfo), EventError> {
         validate_name(stream)?;
         // The API's duration bound, for every caller (import included).
-        if retention_ms.is_some_and(|r| r > crate::util::DURATION_MS_MAX) {
+        if retention_ms.is_some_and(|r| r > crate::base::util::DURATION_MS_MAX) {
             return Err(Invalid::DurationTooLong {
                 field: "retention",
-                max_ms: crate::util::DURATION_MS_MAX,
+                max_ms: crate::base::util::DURATION_MS_MAX,
             }
             .into());
         }
         if let Some(b) = bucket_ms {
-            if !crate::util::BUCKET_WIDTHS.iter().any(|(_, ms)| *ms == b) {
+            if !crate::base::util::BUCKET_WIDTHS
+                .iter()
+                .any(|(_, ms)| *ms == b)
+            {
                 return Err(Invalid::BucketWidth {
                     got: format!("{b} ms"),
                 }
@@ -539,7 +545,7 @@ impl Events {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<StreamInfo>, Option<String>), EventError> {
-        crate::util::page_by_name(self.names()?, after, limit, |n| self.info(n))
+        crate::base::util::page_by_name(self.names()?, after, limit, |n| self.info(n))
     }
 
     /// Every stream's name, sorted.
@@ -705,10 +711,10 @@ impl Events {
     }
 }
 
-impl crate::Domain for Events {
+impl crate::engine::Domain for Events {
     fn background(
         self: Arc<Self>,
-        config: &crate::Config,
+        config: &crate::base::config::Config,
     ) -> Vec<futures_util::future::BoxFuture<'static, ()>> {
         vec![Box::pin(self.run_retention(
             std::time::Duration::from_millis(config.retention_interval_ms),

@@ -17,7 +17,6 @@ pub const EV_BUCKETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ev_b
 
 pub const RECORD_VERSION: u8 = 1;
 
-pub use crate::util::BUCKET_WIDTHS;
 
 /// A stream's configuration and running totals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]

@@ -2,9 +2,9 @@
 //! token check (401/403), and the rate limit (429). A route's scope and the name it touches
 //! are derived here from its table entry, so a new route is covered without a line here.
 
-use super::routes::{Params, RouteDef};
-use crate::auth::{Denied, Kind, Scope, Tokens};
-use crate::error::ApiError;
+use super::route_table::{Params, RouteDef};
+use crate::base::tokens::{Denied, Kind, Scope, Tokens};
+use crate::http::error::ApiError;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
@@ -191,7 +191,7 @@ static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-rema
 static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 impl Access {
-    pub fn new(cfg: &crate::Config) -> Self {
+    pub fn new(cfg: &crate::base::config::Config) -> Self {
         Access {
             tokens: Tokens::new(&cfg.tokens),
             reads: Limit::new(cfg.rate_limit_reads_per_s, cfg.rate_limit_burst),
@@ -288,7 +288,7 @@ impl Access {
                     let wait = not_until.wait_time_from(limit.limiter.clock().now());
                     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                     rate_headers(headers, limit.burst, 0, secs);
-                    crate::metrics::RATE_LIMITED.inc();
+                    crate::base::metrics::RATE_LIMITED.inc();
                     let mut e = ApiError::new(
                         429,
                         "rate_limited",
@@ -362,7 +362,7 @@ fn denied(d: Denied, headers: &mut HeaderMap) -> ApiError {
         ),
     };
     if status == 401 {
-        crate::metrics::UNAUTHORIZED.inc();
+        crate::base::metrics::UNAUTHORIZED.inc();
         let value = if unknown {
             "Bearer realm=\"shardbox\", error=\"invalid_token\""
         } else {
@@ -370,7 +370,7 @@ fn denied(d: Denied, headers: &mut HeaderMap) -> ApiError {
         };
         headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(value));
     } else {
-        crate::metrics::FORBIDDEN.inc();
+        crate::base::metrics::FORBIDDEN.inc();
     }
     ApiError::new(status, code, message)
 }
@@ -401,7 +401,7 @@ mod tests {
     #[test]
     fn every_route_has_a_scope_and_a_target() {
         let mut admin = Vec::new();
-        for t in super::super::router::TABLES {
+        for t in super::super::dispatch::TABLES {
             for r in t.iter() {
                 let scope = scope_of(r);
                 if r.path == "/healthz" || r.path == "/readyz" || r.path == "/" {

@@ -4,9 +4,9 @@
 use super::body::ReqBody;
 use super::input::json_body;
 use super::response::{self, Resp};
-use super::routes::{route, RouteDef};
+use super::route_table::{route, RouteDef};
 use super::ServerState;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use hyper::Request;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -20,7 +20,7 @@ pub(super) const ROUTES: &[RouteDef] = &[
 /// One export at a time per process (each holds read transactions open while it streams).
 static EXPORTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Streams every record as NDJSON ([`crate::export`]), read from read transactions while the
+/// Streams every record as NDJSON ([`crate::store::export`]), read from read transactions while the
 /// server runs. A slow reader slows the export (the channel is bounded); one that hangs up
 /// stops it. A failure midway ends the body without the `end` line, which import refuses.
 async fn export(state: &ServerState) -> Result<Resp, ApiError> {
@@ -35,7 +35,11 @@ async fn export(state: &ServerState) -> Result<Resp, ApiError> {
             runtime,
             buf: Vec::new(),
         };
-        match crate::export::export(&store, &mut w, &crate::progress::Progress::quiet()) {
+        match crate::store::export::export(
+            &store,
+            &mut w,
+            &crate::base::progress::Progress::quiet(),
+        ) {
             Ok(n) => tracing::info!(kv = n.kv, events = n.events, jobs = n.jobs, "export done"),
             Err(e) => tracing::warn!(error = %e, "export stopped"),
         }
@@ -122,9 +126,9 @@ async fn backup(state: &ServerState, req: Request<ReqBody>) -> Result<Resp, ApiE
             r.out
         )));
     }
-    crate::backup::refuse_inside(&state.store.config().data_dir, &out)
+    crate::store::backup::refuse_inside(&state.store.config().data_dir, &out)
         .map_err(ApiError::bad_request)?;
-    crate::backup::check_target(&out).map_err(|e| ApiError::new(409, "conflict", e))?;
+    crate::store::backup::check_target(&out).map_err(|e| ApiError::new(409, "conflict", e))?;
     let running = one_at_a_time(&RUNNING, "backup_running", "a backup")?;
     let engine = state.store.engine().clone();
     tracing::info!(out = %out.display(), "backup started");
@@ -132,7 +136,7 @@ async fn backup(state: &ServerState, req: Request<ReqBody>) -> Result<Resp, ApiE
     // copy still runs.
     let report = tokio::task::spawn_blocking(move || {
         let _running = running;
-        crate::backup::backup(&engine, &out, &crate::progress::Progress::quiet())
+        crate::store::backup::backup(&engine, &out, &crate::base::progress::Progress::quiet())
     })
     .await
     .map_err(|e| ApiError::task_failed("the backup task", e))?

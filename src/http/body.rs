@@ -2,7 +2,7 @@
 //! deadline for the whole body, and a process-wide budget of buffered body bytes so many large
 //! uploads at once answer 503 instead of growing memory.
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -127,7 +127,7 @@ async fn acquire(
     match tokio::time::timeout(BUDGET_WAIT, budget.clone().acquire_many_owned(n)).await {
         Ok(Ok(p)) => Ok(Some(p)),
         _ => {
-            crate::metrics::BODY_BUDGET_REFUSED.inc();
+            crate::base::metrics::BODY_BUDGET_REFUSED.inc();
             Err(ApiError::unavailable(
                 "overloaded",
                 "too many request bytes are buffered right now (inflight_body_bytes_max); retry",

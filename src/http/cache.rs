@@ -8,10 +8,10 @@ use super::body;
 use super::body::ReqBody;
 use super::input::{duration_param, json_body, query};
 use super::response::{self, Resp};
-use super::routes::{route, RouteDef};
+use super::route_table::{route, RouteDef};
 use super::ServerState;
 use crate::cache::{Freshness, Lease, Lookup, PurgeTarget, PutOptions};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use bytes::Bytes;
 use hyper::header::{HeaderName, HeaderValue, AGE, CONTENT_TYPE};
 use hyper::Request;
@@ -153,8 +153,8 @@ pub async fn put(
     key: &str,
     req: Request<ReqBody>,
 ) -> Result<Resp, ApiError> {
-    crate::names::validate_name("namespace", ns)?;
-    crate::names::validate_key(key)?;
+    crate::base::names::validate_name("namespace", ns)?;
+    crate::base::names::validate_key(key)?;
     let q = query(&req);
     let ttl_ms = duration_param(&q, "ttl")?;
     let swr_ms = duration_param(&q, "swr")?.unwrap_or(0);
@@ -235,7 +235,7 @@ struct PurgeReq {
 }
 
 pub async fn purge(state: &ServerState, ns: &str, req: Request<ReqBody>) -> Result<Resp, ApiError> {
-    crate::names::validate_name("namespace", ns)?;
+    crate::base::names::validate_name("namespace", ns)?;
     let body: PurgeReq = json_body(state, req).await?;
     let (target, label) = match (body.all, body.tags) {
         (true, None) => (PurgeTarget::Namespace, "namespace"),
@@ -265,7 +265,7 @@ pub async fn fill_error(
     ns: &str,
     req: Request<ReqBody>,
 ) -> Result<Resp, ApiError> {
-    crate::names::validate_name("namespace", ns)?;
+    crate::base::names::validate_name("namespace", ns)?;
     let body: FillErrorReq = json_body(state, req).await?;
     let serving = state
         .store

@@ -205,7 +205,7 @@ impl Conns {
             Some((_, c)) => {
                 c.evicting.store(true, Ordering::Release);
                 c.evict.notify_one();
-                crate::metrics::CONNECTIONS_EVICTED.inc();
+                crate::base::metrics::CONNECTIONS_EVICTED.inc();
                 true
             }
             None => false,

@@ -3,12 +3,13 @@
 use super::body::ReqBody;
 use super::input::{duration, duration_param, json_body, json_items, limit_param, query};
 use super::response::{self, Resp};
-use super::routes::{route, RouteDef};
+use super::route_table::{route, RouteDef};
 use super::ServerState;
-use crate::error::{ApiError, EventError};
+use crate::base::util::parse_time_ms;
 use crate::events::apply::NewEvent;
+use crate::events::EventError;
 use crate::events::{model, parse_bucket, validate_name, EventOut, RangeQuery};
-use crate::util::parse_time_ms;
+use crate::http::error::ApiError;
 use bytes::Bytes;
 use hyper::header::{ACCEPT, CONTENT_TYPE};
 use hyper::Request;
@@ -152,7 +153,7 @@ impl EventReq {
             }
         };
         // Stored on one line, so NDJSON and SSE output stay well-formed.
-        let data = crate::util::one_line(self.data.get()).into_owned();
+        let data = crate::base::util::one_line(self.data.get()).into_owned();
         Ok(NewEvent {
             ts,
             kind: self.kind,

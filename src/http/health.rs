@@ -1,7 +1,7 @@
 //! `/healthz`, `/readyz` and `/metrics`.
 
 use super::response::{self, Resp};
-use super::routes::{route, RouteDef};
+use super::route_table::{route, RouteDef};
 use super::ServerState;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 
@@ -59,20 +59,20 @@ pub fn readyz(state: &ServerState) -> Resp {
     }
 }
 
-pub async fn metrics(state: &ServerState) -> Result<Resp, crate::error::ApiError> {
+pub async fn metrics(state: &ServerState) -> Result<Resp, crate::http::error::ApiError> {
     scrape_gauges(state).await;
-    let mut text = crate::metrics::render(state.store.engine(), state.conns.len());
-    crate::metrics::families::render(&mut text);
+    let mut text = super::metrics::render(state.store.engine(), state.conns.len());
+    crate::base::metrics::families::render(&mut text);
     state.store.render_domain_metrics(&mut text);
     let followers =
         state.followers_max - state.followers.available_permits().min(state.followers_max);
-    crate::metrics::gauge(
+    crate::base::metrics::gauge(
         &mut text,
         "shardbox_stream_followers_open",
         "Event stream followers (SSE) and long polls open.",
         followers as u64,
     );
-    crate::metrics::gauge(
+    crate::base::metrics::gauge(
         &mut text,
         "shardbox_rate_limit_clients",
         "Clients (tokens or addresses) with rate-limiter state; idle ones are forgotten every 10 s.",
@@ -89,7 +89,7 @@ pub async fn metrics(state: &ServerState) -> Result<Resp, crate::error::ApiError
 
 /// Sets the gauges read at each scrape: shard files, queues, streams, cache tiers.
 async fn scrape_gauges(state: &ServerState) {
-    use crate::metrics::families::{get, NAMES_MAX};
+    use crate::base::metrics::families::{get, NAMES_MAX};
     let f = get();
     let engine = state.store.engine();
     for s in engine.shards() {

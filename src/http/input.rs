@@ -4,8 +4,8 @@
 use super::body;
 use super::body::ReqBody;
 use super::ServerState;
-use crate::error::ApiError;
-use crate::util::parse_duration_ms;
+use crate::base::util::parse_duration_ms;
+use crate::http::error::ApiError;
 use hyper::header::CONTENT_TYPE;
 use hyper::Request;
 use std::collections::HashMap;

@@ -4,9 +4,10 @@ use super::body;
 use super::body::ReqBody;
 use super::input::{duration, json_body, limit_param, query};
 use super::response::{self, Resp};
-use super::routes::{route, RouteDef};
+use super::route_table::{route, RouteDef};
 use super::ServerState;
-use crate::error::{ApiError, KvError};
+use crate::http::error::ApiError;
+use crate::kv::KvError;
 use crate::kv::{self, BatchOp, BatchOpResult, Cond, PutOptions};
 use base64::Engine as _;
 use hyper::header::{
@@ -162,7 +163,9 @@ pub fn get(
     h.insert(ETAG, tag);
     if let Some(t) = value.expires_at_ms {
         h.insert(X_EXPIRES_AT, HeaderValue::from(t));
-        if let Some(v) = crate::util::http_date(t).and_then(|d| HeaderValue::from_str(&d).ok()) {
+        if let Some(v) =
+            crate::base::util::http_date(t).and_then(|d| HeaderValue::from_str(&d).ok())
+        {
             h.insert(EXPIRES, v);
         }
     }

@@ -3,28 +3,29 @@
 //! `run(listener, store, shutdown)` takes a bound listener, so tests bind `127.0.0.1:0`.
 
 mod access;
+pub mod error;
+internal!(body, response);
 mod admin;
-pub mod body;
 mod cache;
 mod conns;
+mod dispatch;
 mod events;
 mod health;
 mod hyper_errors;
-mod idempotent;
 mod input;
 mod kv;
+mod metrics;
 mod peer;
 mod queue;
-pub mod response;
-mod router;
-mod routes;
+mod retries;
+mod route_table;
 mod status;
 pub mod tls;
 
-pub use router::{find_route, idempotent_routes, routes};
-pub use routes::{check_query, match_template, Match, Params, RouteDef};
+pub use dispatch::{find_route, idempotent_routes, routes};
+pub use route_table::{check_query, match_template, Match, Params, RouteDef};
 
-use crate::Store;
+use crate::store::Store;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -71,7 +72,7 @@ const REFUSALS_MAX: usize = 64;
 /// client sees a response to its request) while fewer than `REFUSALS_MAX` refusals are being
 /// answered, else closed at once.
 fn refuse(stream: tokio::net::TcpStream, refusals: &Arc<Semaphore>, plain: bool) {
-    crate::metrics::CONNECTIONS_REFUSED.inc();
+    crate::base::metrics::CONNECTIONS_REFUSED.inc();
     // A TLS client cannot read a plain-text answer: it is closed at once.
     if !plain {
         return;
@@ -112,9 +113,10 @@ impl ServerState {
     /// `Retry-After` beyond either.
     pub fn follower(
         &self,
-    ) -> Result<(peer::Waiting, tokio::sync::OwnedSemaphorePermit), crate::error::ApiError> {
+    ) -> Result<(peer::Waiting, tokio::sync::OwnedSemaphorePermit), crate::http::error::ApiError>
+    {
         let refused = || {
-            crate::error::ApiError::unavailable(
+            crate::http::error::ApiError::unavailable(
                 "too_many_followers",
                 "followers_max reached; retry",
             )
@@ -148,7 +150,7 @@ impl ServerState {
 }
 
 /// The HTTP/1.1 settings of every connection: header timeout and size bound, keep-alive.
-fn connection_builder(cfg: &crate::Config) -> http1::Builder {
+fn connection_builder(cfg: &crate::base::config::Config) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -177,7 +179,7 @@ fn service(
         let st = state.clone();
         let busy = conns::Busy::new(conn.clone());
         async move {
-            let r = router::handle(st, req).await;
+            let r = dispatch::handle(st, req).await;
             Ok(busy.until_sent(r?))
         }
     })

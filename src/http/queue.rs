@@ -3,13 +3,14 @@
 use super::body::ReqBody;
 use super::input::{duration, json_body, json_items, limit_param, query};
 use super::response::{self, Resp};
-use super::routes::{route, RouteDef};
+use super::route_table::{route, RouteDef};
 use super::ServerState;
-use crate::error::{ApiError, QueueError};
+use crate::base::util::parse_time_ms;
+use crate::http::error::ApiError;
 use crate::queue::apply::Nack;
 use crate::queue::model::{Backoff, Job, QueueConfig, State};
+use crate::queue::QueueError;
 use crate::queue::{validate_name, NewJob};
-use crate::util::parse_time_ms;
 use hyper::Request;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -249,7 +250,7 @@ struct ClaimReq {
 }
 
 /// A stored JSON document as it was accepted. It was checked at the door (valid JSON, at most
-/// [`crate::util::JSON_DEPTH_MAX`] deep) and is written back verbatim, never re-parsed into a
+/// [`crate::base::util::JSON_DEPTH_MAX`] deep) and is written back verbatim, never re-parsed into a
 /// `serde_json::Value`; `null` only if the stored bytes were damaged.
 pub(super) fn stored_json(bytes: &[u8]) -> Box<RawValue> {
     std::str::from_utf8(bytes)

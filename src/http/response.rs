@@ -1,6 +1,6 @@
 //! Response builders. Every error leaves through [`error`], which renders the one JSON shape.
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};

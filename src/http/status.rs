@@ -4,9 +4,9 @@
 //! (the page asks for a token when the server answers 401 and keeps it in the browser).
 
 use super::response::{self, Resp};
-use super::routes::{route, RouteDef};
+use super::route_table::{route, RouteDef};
 use super::ServerState;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -18,7 +18,7 @@ pub(super) const ROUTES: &[RouteDef] = &[
 ];
 
 /// Queues and streams the page lists (the first by name).
-const LIST_MAX: usize = crate::metrics::families::NAMES_MAX;
+const LIST_MAX: usize = crate::base::metrics::families::NAMES_MAX;
 
 /// Errors kept for the page.
 const RECENT_ERRORS_MAX: usize = 32;
@@ -135,9 +135,9 @@ async fn status(state: &ServerState) -> Result<Resp, ApiError> {
         "queues": queues,
         "streams": streams,
         "http": {
-            "2xx": crate::metrics::HTTP_2XX.get(),
-            "4xx": crate::metrics::HTTP_4XX.get(),
-            "5xx": crate::metrics::HTTP_5XX.get(),
+            "2xx": crate::base::metrics::HTTP_2XX.get(),
+            "4xx": crate::base::metrics::HTTP_4XX.get(),
+            "5xx": crate::base::metrics::HTTP_5XX.get(),
             "connections_open": state.conns.len(),
         },
         "recent_errors": state.recent_errors.newest_first(),

@@ -9,7 +9,7 @@ use tokio_rustls::TlsAcceptor;
 
 /// The acceptor for the configured certificate, `None` when TLS is off. `Err` says what is
 /// wrong with which file.
-pub fn acceptor(cfg: &crate::Config) -> Result<Option<TlsAcceptor>, String> {
+pub fn acceptor(cfg: &crate::base::config::Config) -> Result<Option<TlsAcceptor>, String> {
     if cfg.tls_cert.as_os_str().is_empty() {
         return Ok(None);
     }

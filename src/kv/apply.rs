@@ -7,8 +7,9 @@
 
 use super::{display_key, BatchOp, BatchOpResult, Cond, PutOptions, PutResult, KV, KV_EXPIRY};
 use crate::engine::codec::{self, Header};
+use crate::engine::EngineError;
 use crate::engine::{ApplyCtx, LoggedTable, OpError};
-use crate::error::{EngineError, KvError, Precondition};
+use crate::kv::{KvError, Precondition};
 use redb::ReadableTable;
 use std::collections::HashMap;
 
@@ -30,7 +31,7 @@ fn header_of(table: &KvTable<'_, '_>, shard: usize, sk: &[u8]) -> Res<Option<Hea
 }
 
 fn corrupt(shard: usize, sk: &[u8], detail: String) -> KvError {
-    crate::metrics::CORRUPT_RECORDS.inc();
+    crate::base::metrics::CORRUPT_RECORDS.inc();
     KvError::Engine(EngineError::Corrupt {
         shard,
         key: display_key(sk),

@@ -1,9 +1,11 @@
 //! Prefix listing: one ordered range scan per shard, merged k-way into one ordered page.
 
 use super::{storage, stored_key, validate_key, KV};
+use crate::base::invalid::Invalid;
 use crate::engine::codec;
 use crate::engine::Engine;
-use crate::error::{EngineError, Invalid, KvError};
+use crate::engine::EngineError;
+use crate::kv::KvError;
 use base64::Engine as _;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

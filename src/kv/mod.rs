@@ -4,13 +4,15 @@
 //! which is also the routing key, so a namespace's keys sort together inside every shard.
 
 mod apply;
-pub mod cache;
+mod error;
+pub use error::{KvError, Precondition};
 mod list;
-pub mod sweep;
+internal!(read_cache, sweep);
 
+use crate::base::invalid::{Invalid, ItemKind};
 use crate::engine::codec;
 use crate::engine::Engine;
-use crate::error::{EngineError, Invalid, ItemKind, KvError, Precondition};
+use crate::engine::EngineError;
 use redb::{ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,7 +24,7 @@ pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 /// Expiry index: `expires_at_ms (u64 BE) ‖ stored key` → (). The sweeper walks it in order.
 pub const KV_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("kv_expiry");
 
-pub use crate::names::{KEY_BYTES_MAX, NAME_BYTES_MAX as NAMESPACE_BYTES_MAX};
+pub use crate::base::names::{KEY_BYTES_MAX, NAME_BYTES_MAX as NAMESPACE_BYTES_MAX};
 
 /// Creates the KV tables in a shard.
 pub fn init_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
@@ -118,25 +120,27 @@ pub enum BatchOpResult {
 
 /// Checks a namespace: 1–64 bytes of `[A-Za-z0-9_.-]`.
 pub fn validate_namespace(ns: &str) -> Result<(), KvError> {
-    Ok(crate::names::validate_name("namespace", ns)?)
+    Ok(crate::base::names::validate_name("namespace", ns)?)
 }
 
-/// Checks a TTL: 1 ms to [`crate::util::DURATION_MS_MAX`] (100 years), so every expiry the
+/// Checks a TTL: 1 ms to [`crate::base::util::DURATION_MS_MAX`] (100 years), so every expiry the
 /// store holds can be rendered by every read path.
 pub fn validate_ttl(ttl_ms: Option<u64>) -> Result<(), KvError> {
     match ttl_ms {
         Some(0) => Err(Invalid::TtlZero.into()),
-        Some(ms) if ms > crate::util::DURATION_MS_MAX => Err(Invalid::TtlTooLong { ms }.into()),
+        Some(ms) if ms > crate::base::util::DURATION_MS_MAX => {
+            Err(Invalid::TtlTooLong { ms }.into())
+        }
         _ => Ok(()),
     }
 }
 
 /// Checks a key: 1–1024 bytes of UTF-8.
 pub fn validate_key(key: &str) -> Result<(), KvError> {
-    Ok(crate::names::validate_key(key)?)
+    Ok(crate::base::names::validate_key(key)?)
 }
 
-pub use crate::names::{display_key, stored_key};
+pub use crate::base::names::{display_key, stored_key};
 
 /// The KV domain over an engine.
 #[derive(Clone)]
@@ -144,7 +148,7 @@ pub struct Kv {
     engine: Arc<Engine>,
     limits: Limits,
     /// Point-read cache (`kv_cache_bytes`; `None` when 0).
-    cache: Option<Arc<cache::ReadCache>>,
+    cache: Option<Arc<read_cache::ReadCache>>,
 }
 
 /// The limits the domain enforces itself (the HTTP layer enforces body sizes).
@@ -158,7 +162,7 @@ pub struct Limits {
 
 impl Kv {
     /// The KV domain with its settings section of `config` (limits and the read cache).
-    pub fn from_config(engine: Arc<Engine>, config: &crate::Config) -> Kv {
+    pub fn from_config(engine: Arc<Engine>, config: &crate::base::config::Config) -> Kv {
         Kv::new(
             engine,
             Limits {
@@ -168,10 +172,7 @@ impl Kv {
                 delete_batch_keys_max: config.delete_batch_keys_max,
             },
         )
-        .with_read_cache(
-            config.kv_cache_bytes,
-            crate::cache::eviction_config(config.cache_eviction),
-        )
+        .with_read_cache(config.kv_cache_bytes, config.cache_eviction.foyer_config())
     }
 
     pub fn new(engine: Arc<Engine>, limits: Limits) -> Self {
@@ -184,12 +185,12 @@ impl Kv {
 
     /// Serves point reads from a memory cache of `bytes` (0 = no cache).
     pub fn with_read_cache(mut self, bytes: u64, eviction: foyer::EvictionConfig) -> Self {
-        self.cache = (bytes > 0).then(|| Arc::new(cache::ReadCache::new(bytes, eviction)));
+        self.cache = (bytes > 0).then(|| Arc::new(read_cache::ReadCache::new(bytes, eviction)));
         self
     }
 
     /// The read cache, when on.
-    pub fn read_cache(&self) -> Option<&Arc<cache::ReadCache>> {
+    pub fn read_cache(&self) -> Option<&Arc<read_cache::ReadCache>> {
         self.cache.as_ref()
     }
 
@@ -297,7 +298,7 @@ impl Kv {
         validate_key(key)?;
         self.check_value(&value)?;
         if let Some(ct) = &opts.content_type {
-            crate::names::validate_content_type(ct)?;
+            crate::base::names::validate_content_type(ct)?;
         }
         validate_ttl(opts.ttl_ms)?;
         let sk = stored_key(ns, key);
@@ -307,7 +308,7 @@ impl Kv {
         self.engine
             .write(shard, bytes, move |ctx| {
                 let r = apply::put(ctx, &sk, &value, &opts);
-                cache::after_commit(ctx, &rc, vec![sk]);
+                read_cache::after_commit(ctx, &rc, vec![sk]);
                 r
             })
             .await
@@ -323,7 +324,7 @@ impl Kv {
         self.engine
             .write_freeing(shard, sk.len(), move |ctx| {
                 let r = apply::delete(ctx, &sk, cond);
-                cache::after_commit(ctx, &rc, vec![sk]);
+                read_cache::after_commit(ctx, &rc, vec![sk]);
                 r
             })
             .await
@@ -347,7 +348,7 @@ impl Kv {
         self.engine
             .write(shard, sk.len() + 20, move |ctx| {
                 let r = apply::incr(ctx, &sk, by, ttl_ms);
-                cache::after_commit(ctx, &rc, vec![sk]);
+                read_cache::after_commit(ctx, &rc, vec![sk]);
                 r
             })
             .await
@@ -407,7 +408,7 @@ impl Kv {
                     .write(shard, bytes, move |ctx| {
                         let r = apply::batch(ctx, &group);
                         let keys = group.into_iter().map(|(_, sk, _)| sk).collect();
-                        cache::after_commit(ctx, &rc, keys);
+                        read_cache::after_commit(ctx, &rc, keys);
                         r
                     })
                     .await;
@@ -510,7 +511,7 @@ fn read_value(
         return Ok(None);
     };
     let (header, payload) = codec::decode(guard.value()).map_err(|e| {
-        crate::metrics::CORRUPT_RECORDS.inc();
+        crate::base::metrics::CORRUPT_RECORDS.inc();
         tracing::error!(shard, key = %display_key(sk), error = %e, "corrupt record");
         EngineError::Corrupt {
             shard,
@@ -578,10 +579,10 @@ fn check(
     Ok(())
 }
 
-impl crate::Domain for Kv {
+impl crate::engine::Domain for Kv {
     fn background(
         self: Arc<Self>,
-        config: &crate::Config,
+        config: &crate::base::config::Config,
     ) -> Vec<futures_util::future::BoxFuture<'static, ()>> {
         vec![Box::pin(sweep::run(
             self.engine.clone(),
@@ -591,7 +592,7 @@ impl crate::Domain for Kv {
     }
     fn render_metrics(&self, out: &mut String) {
         if let Some(c) = &self.cache {
-            crate::metrics::render_kv_cache(out, c);
+            c.render_metrics(out);
         }
     }
 }

@@ -12,6 +12,7 @@ pub async fn run(engine: Arc<Engine>, interval: Duration, batch_max: usize) {
 }
 
 /// Queues one sweep on every shard that has expired keys; returns how many were queued.
+#[cfg(feature = "testing")]
 pub fn sweep_once(engine: &Engine, batch_max: usize) -> usize {
     expiry::sweep_once(engine, KV_EXPIRY, apply::sweep, batch_max)
 }

@@ -5,7 +5,8 @@
 use super::model::{self, *};
 use super::NewJob;
 use crate::engine::{ApplyCtx, LoggedTable, OpError};
-use crate::error::{Invalid, QueueError};
+use crate::base::invalid::Invalid;
+use crate::queue::QueueError;
 use redb::ReadableTable;
 use std::collections::{BTreeSet, HashMap};
 

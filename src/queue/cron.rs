@@ -193,7 +193,7 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::util::parse_time_ms;
+    use crate::base::util::parse_time_ms;
 
     fn next(expr: &str, after: &str) -> String {
         let t = Cron::parse(expr)

@@ -5,13 +5,12 @@
 //! that shard's group commit. Delivery is at-least-once: a job whose worker dies is delivered
 //! again when its lease expires.
 
-pub mod apply;
-pub mod cron;
-pub mod model;
-pub mod schedules;
+mod error;
+internal!(apply, cron, model, schedules);
+pub use error::QueueError;
 
+use crate::base::invalid::{Invalid, ItemKind};
 use crate::engine::Engine;
-use crate::error::{Invalid, ItemKind, QueueError};
 use apply::{Enqueued, Nack};
 use base64::Engine as _;
 use model::*;
@@ -67,7 +66,7 @@ fn check(
                     job.id
                 ));
             }
-            if let Err(e) = crate::util::check_stored_json("payload", &job.payload) {
+            if let Err(e) = crate::base::util::check_stored_json("payload", &job.payload) {
                 c.problem(format!("shard {shard}: queue {q:?} job {id}: {e}"));
             }
             let indexed = match &index {
@@ -147,7 +146,7 @@ fn check(
                     if let Err(e) = cron::Cron::parse(&s.cron) {
                         c.problem(format!("shard {shard}: schedule {name:?}: {e}"));
                     }
-                    if let Err(e) = crate::util::check_stored_json("payload", &s.payload) {
+                    if let Err(e) = crate::base::util::check_stored_json("payload", &s.payload) {
                         c.problem(format!("shard {shard}: schedule {name:?}: {e}"));
                     }
                 }
@@ -226,7 +225,7 @@ pub struct Queues {
 
 /// Checks a queue name: 1–64 bytes of `[A-Za-z0-9_.-]`.
 pub fn validate_name(q: &str) -> Result<(), QueueError> {
-    Ok(crate::names::validate_name("queue name", q)?)
+    Ok(crate::base::names::validate_name("queue name", q)?)
 }
 
 fn routing_key(q: &str) -> Vec<u8> {
@@ -241,7 +240,7 @@ pub(crate) fn storage(shard: usize, e: impl Into<redb::Error>) -> QueueError {
 
 impl Queues {
     /// The queue domain with its settings section of `config`.
-    pub fn from_config(engine: Arc<Engine>, config: &crate::Config) -> Queues {
+    pub fn from_config(engine: Arc<Engine>, config: &crate::base::config::Config) -> Queues {
         Queues::new(
             engine,
             Limits {
@@ -336,7 +335,7 @@ impl Queues {
                     max: self.limits.job_bytes_max,
                 });
             }
-            crate::util::check_stored_json("payload", &j.payload)
+            crate::base::util::check_stored_json("payload", &j.payload)
                 .map_err(|e| e.at(ItemKind::Job, i))?;
             if j.priority > 9 {
                 return Err(Invalid::OutOfRange {
@@ -746,7 +745,7 @@ impl Queues {
             }
         }
         names.sort();
-        crate::util::page_by_name(names, after, limit, |n| self.stats(n))
+        crate::base::util::page_by_name(names, after, limit, |n| self.stats(n))
     }
 
     /// The queue's configured default lease.
@@ -809,10 +808,10 @@ impl Queues {
     }
 }
 
-impl crate::Domain for Queues {
+impl crate::engine::Domain for Queues {
     fn background(
         self: Arc<Self>,
-        config: &crate::Config,
+        config: &crate::base::config::Config,
     ) -> Vec<futures_util::future::BoxFuture<'static, ()>> {
         vec![
             Box::pin(
@@ -823,7 +822,7 @@ impl crate::Domain for Queues {
         ]
     }
     fn render_metrics(&self, out: &mut String) {
-        crate::metrics::gauge(
+        crate::base::metrics::gauge(
             out,
             "shardbox_queue_claims_waiting",
             "Claims parked in a long poll.",

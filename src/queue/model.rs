@@ -95,9 +95,9 @@ impl Default for Backoff {
 
 impl Backoff {
     /// A backoff the queue can run: a factor of 1–100.
-    pub fn validate(&self) -> Result<(), crate::error::Invalid> {
+    pub fn validate(&self) -> Result<(), crate::base::invalid::Invalid> {
         if !(1.0..=100.0).contains(&self.factor) {
-            return Err(crate::error::Invalid::OutOfRange {
+            return Err(crate::base::invalid::Invalid::OutOfRange {
                 field: "backoff.factor",
                 min: 1,
                 max: 100,
@@ -156,8 +156,8 @@ impl QueueConfig {
     /// A config claims and retries can run with: a default lease of 1 ms–`lease_max_ms`, at
     /// least one attempt, a valid backoff. Checked by the domain, so every way in (the API, an
     /// import, an embedder) meets the same rule.
-    pub fn validate(&self, lease_max_ms: u64) -> Result<(), crate::error::Invalid> {
-        use crate::error::Invalid;
+    pub fn validate(&self, lease_max_ms: u64) -> Result<(), crate::base::invalid::Invalid> {
+        use crate::base::invalid::Invalid;
         if self.default_lease_ms == 0 || self.default_lease_ms > lease_max_ms {
             return Err(Invalid::OutOfRange {
                 field: "default_lease (ms)",

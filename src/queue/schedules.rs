@@ -6,7 +6,8 @@ use super::apply;
 use super::cron::Cron;
 use super::model::{self, Schedule, Q_SCHED, RECORD_VERSION};
 use super::{storage, validate_name, Queues};
-use crate::error::{Invalid, QueueError};
+use crate::base::invalid::Invalid;
+use crate::queue::QueueError;
 use redb::ReadableTable;
 use std::time::Duration;
 
@@ -67,7 +68,7 @@ impl Queues {
                 max: self.limits.job_bytes_max,
             });
         }
-        crate::util::check_stored_json("payload", &spec.payload)?;
+        crate::base::util::check_stored_json("payload", &spec.payload)?;
         if spec.priority > 9 {
             return Err(Invalid::OutOfRange {
                 field: "priority",
@@ -167,5 +168,5 @@ impl Queues {
 
 /// Schedule names follow the queue name rules.
 pub fn validate_schedule_name(name: &str) -> Result<(), QueueError> {
-    Ok(crate::names::validate_name("schedule name", name)?)
+    Ok(crate::base::names::validate_name("schedule name", name)?)
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 /// When a reply may be sent: after the record is on disk (`Immediate`), or after it is written
 /// to the OS with a sync every interval (`Periodic`).
-pub use crate::config::DurabilityMode as SyncMode;
+pub use crate::base::config::DurabilityMode as SyncMode;
 
 /// Settings of the log.
 #[derive(Debug, Clone)]
@@ -447,7 +447,7 @@ impl LogFiles {
                 continue;
             }
             let path = || self.dir.join(frame::segment_name(self.active.seq));
-            crate::failpoint::hit("wal.write").map_err(|e| io("cannot write", &path(), e))?;
+            crate::base::failpoint::hit("wal.write").map_err(|e| io("cannot write", &path(), e))?;
             self.active
                 .file
                 .write_all_at(&group[start..end], self.active.pos)
@@ -463,7 +463,7 @@ impl LogFiles {
 
     fn sync(&mut self, sh: &Shared) -> Result<(), String> {
         let started = Instant::now();
-        crate::failpoint::hit("wal.sync").map_err(|e| {
+        crate::base::failpoint::hit("wal.sync").map_err(|e| {
             io(
                 "cannot sync",
                 &self.dir.join(frame::segment_name(self.active.seq)),
@@ -664,7 +664,7 @@ fn new_segment(
     let header = frame::encode_segment_header(SegmentHeader { seq, first_lsn });
     file.write_all_at(&header, 0)
         .map_err(|e| io("cannot write", &path, e))?;
-    crate::failpoint::hit("wal.segment_sync").map_err(|e| io("cannot sync", &path, e))?;
+    crate::base::failpoint::hit("wal.segment_sync").map_err(|e| io("cannot sync", &path, e))?;
     file.sync_all().map_err(|e| io("cannot sync", &path, e))?;
     sync_dir(dir)?;
     let size = file

@@ -14,7 +14,7 @@
 use crate::engine::manifest::{sync_dir, DirLock, Manifest};
 use crate::engine::private;
 use crate::engine::{shard_path, Engine};
-use crate::progress::Progress;
+use crate::base::progress::Progress;
 use redb::{
     Database, Durability, Key, ReadTransaction, ReadableDatabase, TableDefinition, TableHandle,
     Value,
@@ -23,6 +23,21 @@ use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+/// Owner-only directories and files (0700 / 0600 whatever the umask), for the commands that
+/// write beside a store: exports, staged imports.
+pub use crate::engine::private::{create_dir_all, file_options};
+
+pub use crate::engine::staging::{
+    copy_stopped, finish_staged, import_staging_dir, is_staged, mark_staged, remove_finished_staging,
+    STAGED,
+    staging_dir, swap_in,
+};
+
+/// Whether `dir` is a shardbox data directory (it holds a MANIFEST).
+pub fn is_data_dir(dir: &Path) -> bool {
+    Manifest::path(dir).exists()
+}
 
 /// The checksum file of a backup.
 pub const SUMS: &str = "SHA256SUMS";
@@ -293,7 +308,7 @@ fn hash_file(path: &Path) -> Result<(String, u64), String> {
         h.update(&buf[..got]);
         n += got as u64;
     }
-    Ok((crate::util::hex(&h.finalize()), n))
+    Ok((crate::base::util::hex(&h.finalize()), n))
 }
 
 fn sum_file(root: &Path, path: &Path) -> Result<FileSum, String> {
@@ -380,7 +395,7 @@ fn copy_checked(src: &Path, dst: &Path, sum: &str, progress: &Progress) -> Resul
         progress.inc(got as u64);
     }
     to.sync_all().map_err(|e| err(dst, e))?;
-    let got = crate::util::hex(&h.finalize());
+    let got = crate::base::util::hex(&h.finalize());
     if got != sum {
         return Err(format!(
             "{}: checksum mismatch (expected {sum}, file has {got}): the backup is damaged",
@@ -459,117 +474,6 @@ pub fn restore(from: &Path, data: &Path, force: bool, progress: &Progress) -> Re
     swap_in(data, &staging)?;
     progress.finish();
     Ok(total)
-}
-
-/// Where a restore stages its copy, inside the data directory.
-pub fn staging_dir(data: &Path) -> PathBuf {
-    data.join("restore.tmp")
-}
-
-/// Where an import builds the new state of a data directory, inside it: the data directory
-/// changes only when the import is complete, all at once ([`swap_in`]).
-pub fn import_staging_dir(data: &Path) -> PathBuf {
-    data.join("import.tmp")
-}
-
-/// In the staging directory: the copy is complete and checked (holds the backup's path).
-const STAGED: &str = "STAGED";
-
-/// Marks a staging directory complete, durably: from here on it is the data, and a crash while
-/// it replaces the old is finished by running [`swap_in`] again.
-pub fn mark_staged(staging: &Path, what: &str) -> Result<(), String> {
-    let marker = staging.join(STAGED);
-    private::create_file(&marker)
-        .and_then(|mut f| {
-            f.write_all(what.as_bytes())?;
-            f.sync_all()
-        })
-        .map_err(|e| err(&marker, e))?;
-    sync_dir(staging).map_err(|e| e.to_string())
-}
-
-/// Copies the MANIFEST and every shard of a stopped, checkpointed data directory into
-/// `staging` (owner-only, fsynced): the starting point of an import that merges.
-pub fn copy_stopped(data: &Path, staging: &Path) -> Result<(), String> {
-    let manifest = Manifest::read(data)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{} has no MANIFEST", data.display()))?;
-    private::create_dir_all(&staging.join("shards")).map_err(|e| err(staging, e))?;
-    let copy = |from: &Path, to: &Path| private::copy_file(from, to).map_err(|e| err(to, e));
-    copy(&Manifest::path(data), &Manifest::path(staging))?;
-    for id in 0..manifest.shards as usize {
-        copy(&shard_path(data, id), &shard_path(staging, id))?;
-    }
-    sync_dir(&staging.join("shards")).map_err(|e| e.to_string())?;
-    sync_dir(staging).map_err(|e| e.to_string())
-}
-
-/// Puts a complete staged state (see [`mark_staged`]) in place of `data`'s, under the data
-/// directory's lock.
-pub fn finish_staged(data: &Path, staging: &Path) -> Result<(), String> {
-    let _lock = DirLock::acquire(data).map_err(|e| e.to_string())?;
-    swap_in(data, staging)
-}
-
-/// Whether a staging directory holds a complete, checked copy (its swap may have begun).
-pub fn is_staged(staging: &Path) -> bool {
-    staging.join(STAGED).exists()
-}
-
-/// Replaces `data`'s MANIFEST and shards with the staged ones. Every step checks what is
-/// still to do, so after a crash at any point running it again completes the swap.
-pub fn swap_in(data: &Path, staging: &Path) -> Result<(), String> {
-    crate::failpoint::hit("restore.swap").map_err(|e| e.to_string())?;
-    if staging.join("shards").exists() {
-        // The old data goes (its MANIFEST first), then the staged shards take its place.
-        for f in ["MANIFEST", "ballast"] {
-            let p = data.join(f);
-            if p.exists() {
-                std::fs::remove_file(&p).map_err(|e| err(&p, e))?;
-            }
-        }
-        crate::failpoint::hit("restore.swap.removing").map_err(|e| e.to_string())?;
-        for sub in ["shards", "wal", "cache"] {
-            let p = data.join(sub);
-            if p.exists() {
-                std::fs::remove_dir_all(&p).map_err(|e| err(&p, e))?;
-            }
-        }
-        std::fs::rename(staging.join("shards"), data.join("shards")).map_err(|e| err(data, e))?;
-        sync_dir(data).map_err(|e| e.to_string())?;
-    }
-    let manifest = staging.join("MANIFEST");
-    if manifest.exists() {
-        std::fs::rename(&manifest, Manifest::path(data)).map_err(|e| err(data, e))?;
-    }
-    // The staging directory goes in one rename, then is deleted: a crash while deleting it
-    // leaves `*.done` (removed at the next open), never a half-deleted staging directory that
-    // would be taken for an unfinished copy.
-    let done = done_dir(staging);
-    if done.exists() {
-        std::fs::remove_dir_all(&done).map_err(|e| err(&done, e))?;
-    }
-    std::fs::rename(staging, &done).map_err(|e| err(staging, e))?;
-    sync_dir(data).map_err(|e| e.to_string())?;
-    crate::failpoint::hit("restore.cleanup").map_err(|e| e.to_string())?;
-    std::fs::remove_dir_all(&done).map_err(|e| err(&done, e))?;
-    sync_dir(data).map_err(|e| e.to_string())
-}
-
-/// Where a finished staging directory is deleted from.
-fn done_dir(staging: &Path) -> PathBuf {
-    staging.with_extension("done")
-}
-
-/// Removes what a crash while deleting a finished staging directory left in `data`.
-pub fn remove_finished_staging(data: &Path) -> std::io::Result<()> {
-    for staging in [staging_dir(data), import_staging_dir(data)] {
-        let done = done_dir(&staging);
-        if done.exists() {
-            std::fs::remove_dir_all(&done)?;
-        }
-    }
-    Ok(())
 }
 
 /// Rewrites every shard of a stopped data directory compactly (redb's compaction): free pages

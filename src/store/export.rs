@@ -28,11 +28,11 @@
 use crate::engine::codec;
 use crate::events::{apply::NewEvent, RangeQuery};
 use crate::kv::{PutOptions, KV};
-use crate::progress::Progress;
+use crate::base::progress::Progress;
 use crate::queue::model::{Backoff, Job as StoredJob, QueueConfig, State};
 use crate::queue::schedules::ScheduleSpec;
 use crate::queue::NewJob;
-use crate::Store;
+use crate::store::Store;
 use base64::Engine as _;
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
@@ -193,7 +193,7 @@ pub struct Counts {
 fn raw(what: &str, json: Vec<u8>) -> Result<Box<RawValue>, String> {
     String::from_utf8(json)
         .ok()
-        .map(|s| crate::util::one_line(&s).into_owned())
+        .map(|s| crate::base::util::one_line(&s).into_owned())
         .and_then(|s| RawValue::from_string(s).ok())
         .ok_or_else(|| format!("{what}: the stored JSON is damaged (run shardbox check)"))
 }
@@ -282,7 +282,7 @@ pub fn export(store: &Store, out: &mut dyn Write, progress: &Progress) -> Result
             let (batch, more) = match events.range(&s.name, &q) {
                 Ok(r) => r,
                 // Dropped while the export ran: it is simply not in it.
-                Err(crate::error::EventError::StreamNotFound(_)) => break,
+                Err(crate::events::EventError::StreamNotFound(_)) => break,
                 Err(e) => return Err(err(&e)),
             };
             for e in &batch {

@@ -12,7 +12,7 @@
 use super::body::ReqBody;
 use super::response::Resp;
 use super::ServerState;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use hyper::Request;
 use std::future::Future;
 use std::pin::Pin;
@@ -32,7 +32,7 @@ pub struct RouteDef {
     pub query: &'static [&'static str],
     pub handler: Handler,
     /// Takes an `Idempotency-Key` (a POST that creates something): its first response is kept
-    /// and replayed to retries ([`super::idempotent`]).
+    /// and replayed to retries ([`super::retries`]).
     pub idempotent: bool,
 }
 
@@ -41,13 +41,13 @@ pub struct RouteDef {
 /// `route!(idempotent "POST", …)` marks a route that takes an `Idempotency-Key`.
 macro_rules! route {
     (idempotent $method:literal, $path:literal, [$($q:literal),* $(,)?], |$s:ident, $p:ident, $r:ident| $body:expr) => {
-        $crate::http::routes::RouteDef {
+        $crate::http::route_table::RouteDef {
             idempotent: true,
-            ..$crate::http::routes::route!($method, $path, [$($q),*], |$s, $p, $r| $body)
+            ..$crate::http::route_table::route!($method, $path, [$($q),*], |$s, $p, $r| $body)
         }
     };
     ($method:literal, $path:literal, [$($q:literal),* $(,)?], |$s:ident, $p:ident, $r:ident| $body:expr) => {
-        $crate::http::routes::RouteDef {
+        $crate::http::route_table::RouteDef {
             method: $method,
             path: $path,
             query: &[$($q),*],
@@ -340,7 +340,7 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let alphabet: Vec<char> = "/v1kvqueschd:%aF0-_.~ \u{e9}".chars().collect();
-        let tables = super::super::router::TABLES;
+        let tables = super::super::dispatch::TABLES;
         for _ in 0..20_000 {
             let len = rng.random_range(0..40);
             let mut p = String::from(if rng.random_bool(0.7) { "/v1/kv/" } else { "/" });

@@ -14,9 +14,9 @@
 
 use super::body::ReqBody;
 use super::response::{self, Resp};
-use super::routes::{Params, RouteDef};
+use super::route_table::{Params, RouteDef};
 use super::{access, input, ServerState};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::idempotency::{self, Stored, KEY_BYTES_MAX};
 use http_body_util::BodyExt;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
@@ -58,7 +58,7 @@ pub(super) async fn run(
         ));
     };
     let Some(running) = idem.begin(record.clone()) else {
-        crate::metrics::IDEMPOTENT_IN_PROGRESS.inc();
+        crate::base::metrics::IDEMPOTENT_IN_PROGRESS.inc();
         let mut e = ApiError::new(
             409,
             "idempotency_key_in_use",
@@ -156,7 +156,7 @@ fn fingerprint(parts: &hyper::http::request::Parts, body: &[u8]) -> [u8; 32] {
 
 fn replay(kept: Stored, fingerprint: &[u8; 32], key: &str) -> Result<Resp, ApiError> {
     if &kept.request_sha256 != fingerprint {
-        crate::metrics::IDEMPOTENT_MISMATCHES.inc();
+        crate::base::metrics::IDEMPOTENT_MISMATCHES.inc();
         return Err(ApiError::new(
             422,
             "idempotency_key_reused",
@@ -165,7 +165,7 @@ fn replay(kept: Stored, fingerprint: &[u8; 32], key: &str) -> Result<Resp, ApiEr
             ),
         ));
     }
-    crate::metrics::IDEMPOTENT_REPLAYS.inc();
+    crate::base::metrics::IDEMPOTENT_REPLAYS.inc();
     let mut r = Response::new(response::full(kept.body));
     *r.status_mut() = hyper::StatusCode::from_u16(kept.status).unwrap_or(hyper::StatusCode::OK);
     let h = r.headers_mut();

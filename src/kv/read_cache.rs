@@ -140,6 +140,40 @@ pub(crate) fn after_commit(
     }
 }
 
+/// Appends the KV read cache's counters.
+impl ReadCache {
+    /// Appends the cache's counters in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let c = self;
+    for (name, help, kind, v) in [
+        (
+            "shardbox_kv_cache_hits_total",
+            "KV point reads answered from the read cache.",
+            "counter",
+            c.hits.load(Ordering::Relaxed),
+        ),
+        (
+            "shardbox_kv_cache_misses_total",
+            "KV point reads that went to the store.",
+            "counter",
+            c.misses.load(Ordering::Relaxed),
+        ),
+        (
+            "shardbox_kv_cache_bytes",
+            "Bytes held by the KV read cache.",
+            "gauge",
+            c.usage_bytes() as u64,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    }
+}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -123,7 +123,7 @@ fn decode_hash(hex: &str) -> Option<[u8; 32]> {
 
 /// The hex SHA-256 of a token, as the config stores it.
 pub fn hash_token(token: &str) -> String {
-    crate::util::hex(&Sha256::digest(token.as_bytes()))
+    crate::base::util::hex(&Sha256::digest(token.as_bytes()))
 }
 
 /// A fresh random token (`sbx_` + 43 base64url characters).

@@ -2,9 +2,9 @@
 
 use super::body::ReqBody;
 use super::response::{self, Resp};
-use super::routes::{self, RouteDef};
-use super::{access, admin, cache, events, health, idempotent, kv, queue, status, ServerState};
-use crate::error::ApiError;
+use super::route_table::{self, RouteDef};
+use super::{access, admin, cache, events, health, kv, queue, retries, status, ServerState};
+use crate::http::error::ApiError;
 use hyper::Request;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ pub(super) const TABLES: &[&[RouteDef]] = &[
 /// The route `method path` reaches, `Ok(None)` for a 404/405 and `Err` for a malformed path:
 /// the matching of [`handle`], for the fuzz targets.
 pub fn find_route(method: &str, path: &str) -> Result<Option<&'static RouteDef>, ApiError> {
-    match routes::find(TABLES, method, path) {
+    match route_table::find(TABLES, method, path) {
         Ok((r, _)) => Ok(Some(r)),
         Err(e) if e.status == 404 || e.status == 405 => Ok(None),
         Err(e) => Err(e),
@@ -108,8 +108,8 @@ pub async fn handle(state: Arc<ServerState>, req: Request<ReqBody>) -> Result<Re
     let h = resp.headers_mut();
     h.extend(headers);
     h.insert("x-request-id", id);
-    crate::metrics::record_status(resp.status().as_u16());
-    crate::metrics::families::record_request(
+    crate::base::metrics::record_status(resp.status().as_u16());
+    crate::base::metrics::families::record_request(
         matched.map_or("unmatched", |r| r.path),
         // An unmatched request's method is whatever the client sent: not a label.
         matched.map_or("-", |r| r.method),
@@ -127,7 +127,7 @@ pub async fn handle(state: Arc<ServerState>, req: Request<ReqBody>) -> Result<Re
 fn request_span(id: &hyper::header::HeaderValue, req: &Request<ReqBody>) -> tracing::Span {
     let wanted = tracing::enabled!(target: "shardbox::request", tracing::Level::DEBUG)
         || req.uri().path().starts_with("/v1/admin")
-        || req.headers().contains_key(idempotent::HEADER);
+        || req.headers().contains_key(retries::HEADER);
     if !wanted {
         return tracing::Span::none();
     }
@@ -146,19 +146,19 @@ async fn dispatch(
     headers: &mut hyper::HeaderMap,
     matched: &mut Option<&'static RouteDef>,
 ) -> Result<Resp, ApiError> {
-    crate::failpoint::hit("http.handler")
+    crate::base::failpoint::hit("http.handler")
         .map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
     check_framing(&req)?;
-    let (route, params) = routes::find(TABLES, req.method().as_str(), req.uri().path())?;
+    let (route, params) = route_table::find(TABLES, req.method().as_str(), req.uri().path())?;
     *matched = Some(route);
-    routes::check_query(route, req.uri().query())?;
+    route_table::check_query(route, req.uri().query())?;
     state.access.admit(route, &params, &mut req, headers)?;
     if let Some(access::Caller(Some(name))) = req.extensions().get() {
         tracing::Span::current().record("caller", &**name);
     }
     if route.idempotent {
-        if let Some(key) = req.headers().get(idempotent::HEADER).cloned() {
-            return idempotent::run(state, route, params, req, &key).await;
+        if let Some(key) = req.headers().get(retries::HEADER).cloned() {
+            return retries::run(state, route, params, req, &key).await;
         }
     }
     (route.handler)(state.clone(), params, req).await
@@ -244,7 +244,7 @@ mod tests {
 
     #[test]
     fn paths_find_their_routes() {
-        let f = |m: &str, p: &str| routes::find(TABLES, m, p).map(|(r, _)| (r.method, r.path));
+        let f = |m: &str, p: &str| route_table::find(TABLES, m, p).map(|(r, _)| (r.method, r.path));
         assert_eq!(f("GET", "/v1/kv/app/a/b"), Ok(("GET", "/v1/kv/{ns}/{key}")));
         assert_eq!(
             f("POST", "/v1/kv/app:incr"),

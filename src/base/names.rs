@@ -1,11 +1,8 @@
 //! Name rules and key building shared by every domain (core: no domain imports another).
 
-use crate::error::Invalid;
+use crate::base::invalid::Invalid;
 
-/// Longest name (namespace, queue, stream), in bytes.
-pub const NAME_BYTES_MAX: usize = 64;
-/// Longest key, in bytes.
-pub const KEY_BYTES_MAX: usize = 1024;
+pub use super::limits::{KEY_BYTES_MAX, NAME_BYTES_MAX};
 
 /// Checks a name (`what`: "namespace", "queue name", "stream name"): 1–64 bytes of
 /// `[A-Za-z0-9_.-]`, so it never contains the 0x00 that separates it from a key.
@@ -74,7 +71,7 @@ pub fn display_key(stored: &[u8]) -> String {
 /// A stored value's content type: at most `CONTENT_TYPE_BYTES_MAX` bytes of what an HTTP header
 /// value may hold (visible ASCII, space, tab), so it can always be served back.
 pub fn validate_content_type(ct: &str) -> Result<(), Invalid> {
-    let max = crate::engine::codec::CONTENT_TYPE_BYTES_MAX;
+    let max = super::limits::CONTENT_TYPE_BYTES_MAX;
     if ct.len() > max {
         return Err(Invalid::ContentTypeLength { len: ct.len(), max });
     }

@@ -1,6 +1,6 @@
 //! Small parsers shared by the domains and the HTTP layer.
 
-use crate::error::Invalid;
+use crate::base::invalid::Invalid;
 
 /// Longest duration accepted from outside (100 years, in ms). Every duration a client sends
 /// (TTLs, delays, leases, retention, waits) is bounded by it at the door, so every time derived
@@ -8,10 +8,7 @@ use crate::error::Invalid;
 /// year 9999).
 pub const DURATION_MS_MAX: u64 = 100 * 365 * 86_400_000 + 25 * 86_400_000;
 
-/// Deepest nesting of a JSON document stored for a client (job and schedule payloads, event
-/// data). Replies embed a stored document two or three levels deep, so 64 keeps every reply
-/// within the 128 levels that serde_json and most client parsers accept by default.
-pub const JSON_DEPTH_MAX: usize = 64;
+pub use super::limits::JSON_DEPTH_MAX;
 
 /// Parses a duration: `30s`, `250ms`, `5m`, `2h`, `7d`, or plain seconds (`30`). Returns ms.
 /// Rejects zero-free garbage, negative numbers and values that overflow.

@@ -1,6 +1,6 @@
 //! `shardbox check`: verify a stopped data directory.
 //!
-//! Opens every shard read-only and runs every domain's check ([`crate::DOMAINS`]): KV envelopes
+//! Opens every shard read-only and runs every domain's check ([`crate::store::DOMAINS`]): KV envelopes
 //! and crc32s and the expiry index, queue jobs against their indexes and counts, schedules, event
 //! buckets against their counters, cache generations. With `deep`, it instead opens each shard for writing
 //! and runs redb's own integrity check (every page checksum; it also repairs the allocator state
@@ -9,7 +9,7 @@
 
 use crate::engine::manifest::{DirLock, Manifest};
 use crate::engine::shard_path;
-use crate::error::EngineError;
+use crate::engine::EngineError;
 use std::fmt::Write;
 use std::path::Path;
 
@@ -135,7 +135,7 @@ pub fn run_with(dir: &Path, progress: bool, deep: bool) -> Result<Report, Engine
     Ok(report)
 }
 
-/// Runs every domain's check ([`crate::DOMAINS`]) on one shard, in one read transaction.
+/// Runs every domain's check ([`crate::store::DOMAINS`]) on one shard, in one read transaction.
 fn check_shard(
     db: &redb::ReadOnlyDatabase,
     shard: usize,
@@ -148,7 +148,7 @@ fn check_shard(
         problems: Vec::new(),
         on_record,
     };
-    for d in crate::DOMAINS {
+    for d in crate::store::DOMAINS {
         // One domain that cannot be read does not hide what the others find.
         if let Err(e) = (d.check)(&txn, shard, &mut checked) {
             checked

@@ -95,6 +95,15 @@ impl EvictionPolicy {
             )),
         }
     }
+
+    /// foyer's configuration for this policy (the cache's memory tier, the KV read cache).
+    pub fn foyer_config(self) -> foyer::EvictionConfig {
+        match self {
+            Self::S3Fifo => foyer::S3FifoConfig::default().into(),
+            Self::Lfu => foyer::LfuConfig::default().into(),
+            Self::Lru => foyer::LruConfig::default().into(),
+        }
+    }
 }
 
 impl std::fmt::Display for EvictionPolicy {
@@ -108,7 +117,7 @@ impl std::fmt::Display for EvictionPolicy {
 }
 text_setting!(EvictionPolicy);
 
-/// A stream bucket width: one of [`crate::util::BUCKET_WIDTHS`], in ms (only a parsed width
+/// A stream bucket width: one of [`crate::base::util::BUCKET_WIDTHS`], in ms (only a parsed width
 /// can be built, so it always shows back as its name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -120,7 +129,7 @@ impl BucketWidth {
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
-        crate::util::parse_bucket_ms(text)
+        crate::base::util::parse_bucket_ms(text)
             .map(Self)
             .map_err(|e| format!("default_bucket: {e}"))
     }
@@ -128,7 +137,7 @@ impl BucketWidth {
 
 impl std::fmt::Display for BucketWidth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match crate::util::BUCKET_WIDTHS
+        match crate::base::util::BUCKET_WIDTHS
             .iter()
             .find(|(_, ms)| *ms == self.0)
         {
@@ -341,7 +350,7 @@ pub struct Config {
     /// Bearer tokens (`[[tokens]]` tables; `shardbox token new` prints one). With none, every
     /// request is allowed, and the server refuses to listen beyond loopback unless
     /// `allow_unauthenticated` is set. Default none.
-    pub tokens: Vec<crate::auth::TokenConfig>,
+    pub tokens: Vec<crate::base::tokens::TokenConfig>,
     /// Serve without tokens on a non-loopback address. Default false.
     pub allow_unauthenticated: bool,
     /// PEM certificate chain for TLS; with `tls_key`, the server speaks HTTPS only. Default
@@ -414,7 +423,7 @@ impl Default for Config {
             append_events_max: 10_000,
             range_limit_max: 10_000,
             future_skew_max_ms: 3_600_000,
-            default_bucket: BucketWidth(crate::util::BUCKET_WIDTHS[1].1),
+            default_bucket: BucketWidth(crate::base::util::BUCKET_WIDTHS[1].1),
             default_retention_ms: 30 * 86_400_000,
             retention_interval_ms: 60_000,
             trim_buckets_max: 16,

@@ -6,7 +6,7 @@
 //! in the log and durable before the reply, and survives a restart), and expires after
 //! `idempotency_ttl_ms` (24 h by default). Records are keyed by caller (token name) and key, so
 //! two tokens never see each other's keys. Which requests take a key, and what is replayed, is
-//! the HTTP layer's business (`http::idempotent`); this is the storage.
+//! the HTTP layer's business (`http::retries`); this is the storage.
 //!
 //! Tables (invariant: every record has exactly one expiry entry, `be(expires_at_ms) ++ key`):
 //! - `idem`: record key (`caller \0 key`) → [`Stored`]
@@ -14,7 +14,7 @@
 
 use crate::engine::codec::{decode_record, encode_record};
 use crate::engine::{storage_error, ApplyCtx, Engine, OpError};
-use crate::error::EngineError;
+use crate::engine::EngineError;
 use bincode::{Decode, Encode};
 use redb::{ReadableTable, TableDefinition};
 use std::collections::HashSet;
@@ -103,7 +103,7 @@ impl Drop for Running {
 }
 
 impl Idempotency {
-    pub fn new(engine: Arc<Engine>, config: &crate::Config) -> Self {
+    pub fn new(engine: Arc<Engine>, config: &crate::base::config::Config) -> Self {
         Self {
             engine,
             ttl_ms: config.idempotency_ttl_ms,
@@ -130,7 +130,7 @@ impl Idempotency {
         };
         let s: Stored = decode_record(v.value()).map_err(|detail| EngineError::Corrupt {
             shard,
-            key: crate::names::display_key(key),
+            key: crate::base::names::display_key(key),
             detail,
         })?;
         Ok((s.expires_at_ms > self.engine.now_ms()).then_some(s))
@@ -224,7 +224,7 @@ fn check(
     let (Some(table), exp) = (open(txn, IDEM)?, open(txn, IDEM_EXPIRY)?) else {
         return Ok(());
     };
-    let shown = crate::names::display_key;
+    let shown = crate::base::names::display_key;
     for item in table.iter()? {
         let (k, v) = item?;
         c.record();
@@ -273,10 +273,10 @@ fn check(
     Ok(())
 }
 
-impl crate::Domain for Idempotency {
+impl crate::engine::Domain for Idempotency {
     fn background(
         self: Arc<Self>,
-        config: &crate::Config,
+        config: &crate::base::config::Config,
     ) -> Vec<futures_util::future::BoxFuture<'static, ()>> {
         vec![Box::pin(crate::engine::expiry::run(
             self.engine.clone(),

@@ -1,0 +1,170 @@
+//! Layer 3, the store: an open data directory with every domain ([`Store`]), and what works on
+//! a whole store — online backup and restore, export and import, the offline check.
+
+pub mod backup;
+pub mod check;
+pub mod export;
+
+use crate::base::clock::{Clock, SystemClock};
+use crate::base::config::{self, Config};
+use crate::cache::{self, CacheError};
+use crate::engine::{self, Domain, Engine, EngineError};
+use crate::{events, idempotency, kv, queue};
+use std::sync::Arc;
+
+/// Every domain: its tables, its check and how it opens. Adding a domain is its folder plus one
+/// line here (and, to serve it over HTTP, its route table in `http::dispatch::TABLES`); the store
+/// opens, starts, checks and renders the metrics of every domain from this list.
+pub const DOMAINS: &[&engine::DomainSpec] = &[
+    &kv::DOMAIN,
+    &queue::DOMAIN,
+    &events::DOMAIN,
+    &cache::DOMAIN,
+    &idempotency::DOMAIN,
+];
+
+fn find_domain<T: Domain>(domains: &[Arc<dyn Domain>]) -> Option<Arc<T>> {
+    domains.iter().find_map(|d| {
+        let any: Arc<dyn std::any::Any + Send + Sync> = d.clone();
+        any.downcast::<T>().ok()
+    })
+}
+
+/// A domain every build registers in [`DOMAINS`] (every test that opens a store reaches it).
+fn registered<T: Domain>(domains: &[Arc<dyn Domain>]) -> Arc<T> {
+    match find_domain(domains) {
+        Some(d) => d,
+        None => unreachable!(
+            "{} is not registered in DOMAINS",
+            std::any::type_name::<T>()
+        ),
+    }
+}
+
+/// An open data directory with its domains.
+#[derive(Clone)]
+pub struct Store {
+    config: Arc<Config>,
+    engine: Arc<Engine>,
+    /// Every domain opened from [`DOMAINS`] (background tasks, metrics, typed access).
+    domains: Vec<Arc<dyn Domain>>,
+    /// The shorthands' handles, looked up in `domains` once at open (not per request).
+    kv: Arc<kv::Kv>,
+    queues: Arc<queue::Queues>,
+    events: Arc<events::Events>,
+    idempotency: Arc<idempotency::Idempotency>,
+    /// Built on first use inside the tokio runtime (foyer needs one); see [`Store::cache`].
+    cache: Arc<tokio::sync::OnceCell<Arc<cache::Cache>>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the data directory named in `config`, with the system clock.
+    pub fn open(config: Config) -> Result<Store, EngineError> {
+        Self::open_with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// Opens with an injected clock (tests move time without sleeping).
+    pub fn open_with_clock(
+        mut config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Store, EngineError> {
+        // Defaults for the smallest box: disk settings scale to the filesystem they find.
+        if let Some(fs) = config::filesystem_bytes(&config.data_dir) {
+            let scaled = config.fit_to_disk(fs).map_err(EngineError::Open)?;
+            if !scaled.is_empty() {
+                tracing::info!(
+                    filesystem_bytes = fs,
+                    scaled = %scaled.join(", "),
+                    "disk settings scaled to a small filesystem"
+                );
+            }
+        }
+        config.validate().map_err(EngineError::Open)?;
+        let engine = Arc::new(Engine::open(&config, clock, DOMAINS)?);
+        let domains: Vec<Arc<dyn Domain>> = DOMAINS
+            .iter()
+            .filter_map(|d| d.open)
+            .map(|open| open(engine.clone(), &config))
+            .collect();
+        Ok(Store {
+            kv: registered(&domains),
+            queues: registered(&domains),
+            events: registered(&domains),
+            idempotency: registered(&domains),
+            config: Arc::new(config),
+            engine,
+            domains,
+            cache: Arc::new(tokio::sync::OnceCell::new()),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+    pub fn kv(&self) -> &Arc<kv::Kv> {
+        &self.kv
+    }
+    pub fn queues(&self) -> &Arc<queue::Queues> {
+        &self.queues
+    }
+    pub fn events(&self) -> &Arc<events::Events> {
+        &self.events
+    }
+    pub fn idempotency(&self) -> &Arc<idempotency::Idempotency> {
+        &self.idempotency
+    }
+
+    /// The hybrid cache, opened on first call (inside the tokio runtime). `serve` opens it at
+    /// start so a bad cache directory fails fast.
+    pub async fn cache(&self) -> Result<&Arc<cache::Cache>, CacheError> {
+        self.cache
+            .get_or_try_init(|| async {
+                let settings = cache::Settings::from_config(&self.config);
+                cache::Cache::open(self.engine.clone(), settings)
+                    .await
+                    .map(Arc::new)
+            })
+            .await
+    }
+
+    /// Closes the cache if it was opened (foyer finishes its flushes and stops its tasks).
+    /// The cache if it is open; never opens it (for metrics and status, which must not).
+    pub fn cache_if_open(&self) -> Option<&Arc<cache::Cache>> {
+        self.cache.get()
+    }
+
+    pub async fn close_cache(&self) {
+        if let Some(c) = self.cache.get() {
+            if let Err(e) = c.close().await {
+                tracing::warn!(error = %e, "closing the cache");
+            }
+        }
+    }
+
+    /// Starts the work that runs by itself — TTL sweeper, queue timers, cron schedules, event
+    /// retention — on the current tokio runtime. [`http::run`] calls it; an embedder that uses
+    /// the store without HTTP calls it once. Abort the handles (or close the store) to stop.
+    pub fn start_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        self.domains
+            .iter()
+            .flat_map(|d| d.clone().background(&self.config))
+            .map(tokio::spawn)
+            .collect()
+    }
+
+    /// Every domain's Prometheus metrics.
+    pub fn render_domain_metrics(&self, out: &mut String) {
+        for d in &self.domains {
+            d.render_metrics(out);
+        }
+    }
+
+    /// Commits what the writers hold (fsync in periodic mode) and stops them. Further writes
+    /// fail with `ShuttingDown`. Idempotent.
+    pub fn close(&self) {
+        self.engine.close();
+    }
+}
