@@ -23,7 +23,7 @@ pub mod writer;
 
 use crate::base::config::Config;
 mod error;
-pub use error::EngineError;
+pub use error::{EngineError, StorageFailure};
 pub use apply_error::OpError;
 pub(crate) use apply_error::rejects;
 use crate::base::clock::Clock;
@@ -53,7 +53,7 @@ pub use domain::{Domain, DomainSpec};
 pub fn storage_error(shard: usize, e: impl Into<redb::Error>) -> EngineError {
     EngineError::Storage {
         shard,
-        message: e.into().to_string(),
+        source: StorageFailure::redb(e),
     }
 }
 

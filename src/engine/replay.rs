@@ -77,7 +77,7 @@ pub fn replay(
         }
         let storage = |e: redb::Error| EngineError::Storage {
             shard: s,
-            message: format!("replaying LSN {}: {e}", h.lsn),
+            source: super::StorageFailure::redb_in(format!("replaying LSN {}", h.lsn), e),
         };
         if txns[s].is_none() {
             let mut t = db.begin_write().map_err(|e| storage(e.into()))?;
@@ -109,7 +109,7 @@ pub fn replay(
     for (s, db) in dbs.iter().enumerate() {
         let storage = |e: redb::Error| EngineError::Storage {
             shard: s,
-            message: format!("checkpoint after replay: {e}"),
+            source: super::StorageFailure::redb_in("checkpoint after replay", e),
         };
         if let Some(t) = txns[s].take() {
             commit(t, applied_lsn[s]).map_err(storage)?;

@@ -44,10 +44,9 @@ impl Shard {
 
     /// A read transaction (MVCC: never blocked by the writer).
     pub fn read(&self) -> Result<ReadTransaction, EngineError> {
-        self.db.begin_read().map_err(|e| EngineError::Storage {
-            shard: self.id,
-            message: e.to_string(),
-        })
+        self.db
+            .begin_read()
+            .map_err(|e| super::storage_error(self.id, e))
     }
 
     /// Queues an operation, waiting up to the configured bound for room.

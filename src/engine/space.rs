@@ -60,14 +60,6 @@ fn ballast_ok(dir: &Path, bytes: u64) -> bool {
     }
 }
 
-/// Whether a storage error, as the writers and the log carry it (text: redb's errors and ours
-/// embed the `io::Error`'s), means the disk is full (ENOSPC, EDQUOT).
-pub fn message_is_disk_full(message: &str) -> bool {
-    message.contains("No space left on device")
-        || message.contains("Disk quota exceeded")
-        || message.contains("StorageFull")
-}
-
 impl DiskSpace {
     /// Samples the disk and lays the ballast if there is room for it.
     pub fn open(dir: &Path, reserve: u64, ballast_bytes: u64) -> Arc<Self> {
@@ -116,7 +108,7 @@ impl DiskSpace {
     }
 
     /// The error for a write that met ENOSPC itself.
-    pub fn full_error(&self, detail: &str) -> EngineError {
+    pub fn full_error(&self, detail: &dyn std::fmt::Display) -> EngineError {
         EngineError::InsufficientStorage {
             message: format!("the disk holding {} is full: {detail}", self.dir.display()),
         }

@@ -20,7 +20,7 @@ use crate::base::clock::Clock;
 use super::redo::{self, Cached, Logged, LoggedTable, Redo, TableCache};
 use super::shard_state::ShardState;
 use super::wal::{frame::Kind, Wal, WalError};
-use crate::engine::EngineError;
+use crate::engine::{EngineError, StorageFailure};
 use redb::{Database, Durability, Key, TableDefinition, WriteTransaction};
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -157,14 +157,19 @@ enum Next {
 /// How one batch ended.
 enum BatchError {
     /// The shard's storage or the log failed: the shard stops taking writes.
-    Storage(String),
+    Storage(StorageFailure),
     /// This batch alone is refused and rolled back (an operation panicked, or the batch cannot
     /// be logged); the shard keeps going.
     Rejected(String),
 }
 
 fn storage(e: impl Into<redb::Error>) -> BatchError {
-    BatchError::Storage(e.into().to_string())
+    BatchError::Storage(StorageFailure::redb(e))
+}
+
+/// A fault point's injected I/O error, as the storage failure it stands for.
+fn injected(point: &str) -> impl FnOnce(std::io::Error) -> BatchError + '_ {
+    move |e| BatchError::Storage(StorageFailure::io(format!("fault point {point}"), e))
 }
 
 impl Writer {
@@ -262,11 +267,10 @@ impl Writer {
         self.space.before_commit();
         let started = Instant::now();
         let result = self.db.begin_write().map_err(storage).and_then(|mut txn| {
-            txn.set_durability(Durability::Immediate)
-                .map_err(|e| BatchError::Storage(e.to_string()))?;
+            txn.set_durability(Durability::Immediate).map_err(storage)?;
             txn.set_quick_repair(self.cfg.quick_repair);
             crate::base::failpoint::hit_at("checkpoint.commit", self.shard)
-                .map_err(|e| BatchError::Storage(e.to_string()))?;
+                .map_err(injected("checkpoint.commit"))?;
             txn.commit().map_err(storage)
         });
         match result {
@@ -278,12 +282,12 @@ impl Writer {
                 self.dirty_since = None;
                 self.state.record_checkpoint(started.elapsed());
             }
-            Err(BatchError::Storage(message)) => {
-                if super::space::message_is_disk_full(&message) {
+            Err(BatchError::Storage(failure)) => {
+                if failure.is_disk_full() {
                     self.space.on_full();
                 }
-                tracing::error!(shard = self.shard, %message, "checkpoint failed; shard stops accepting writes");
-                self.state.fail(format!("checkpoint failed: {message}"));
+                tracing::error!(shard = self.shard, error = %failure, "checkpoint failed; shard stops accepting writes");
+                self.state.fail(format!("checkpoint failed: {failure}"));
             }
             Err(BatchError::Rejected(_)) => {}
         }
@@ -324,28 +328,28 @@ impl Writer {
                 }
                 return;
             }
-            Err(BatchError::Storage(message)) if super::space::message_is_disk_full(&message) => {
+            Err(BatchError::Storage(failure)) if failure.is_disk_full() => {
                 // redb fails every later operation after an I/O error: the shard needs a
                 // restart (nothing acknowledged is lost; the log holds it). Growth is refused
                 // from now on so the other shards do not follow.
                 self.space.on_full();
-                tracing::error!(shard = self.shard, %message, "disk full in a commit; shard stops accepting writes until restart");
-                self.state.fail(format!("disk full: {message}"));
-                self.space.full_error(&message)
+                tracing::error!(shard = self.shard, error = %failure, "disk full in a commit; shard stops accepting writes until restart");
+                self.state.fail(format!("disk full: {failure}"));
+                self.space.full_error(&failure)
             }
-            Err(BatchError::Storage(message)) => {
-                tracing::error!(shard = self.shard, %message, "storage error; shard stops accepting writes");
-                self.state.fail(message.clone());
+            Err(BatchError::Storage(failure)) => {
+                tracing::error!(shard = self.shard, error = %failure, "storage error; shard stops accepting writes");
+                self.state.fail(failure.to_string());
                 EngineError::Storage {
                     shard: self.shard,
-                    message,
+                    source: failure,
                 }
             }
             Err(BatchError::Rejected(message)) => {
                 tracing::error!(shard = self.shard, %message, "batch rolled back");
                 EngineError::Storage {
                     shard: self.shard,
-                    message,
+                    source: StorageFailure::other(message),
                 }
             }
         };
@@ -361,8 +365,7 @@ impl Writer {
         after_commit: &mut Vec<AfterCommit>,
     ) -> Result<(), BatchError> {
         let mut txn = self.db.begin_write().map_err(storage)?;
-        txn.set_durability(Durability::None)
-            .map_err(|e| BatchError::Storage(e.to_string()))?;
+        txn.set_durability(Durability::None).map_err(storage)?;
         self.redo.borrow_mut().clear();
         let start_revision = *next_revision;
         {
@@ -407,7 +410,7 @@ impl Writer {
             .map_err(|e| match e {
                 // Nothing was logged: only this batch is refused.
                 WalError::TooLarge(_) => BatchError::Rejected(e.to_string()),
-                _ => BatchError::Storage(e.to_string()),
+                _ => BatchError::Storage(e.into_failure()),
             })?;
         drop(redo);
         {
@@ -417,9 +420,9 @@ impl Writer {
         // The batch becomes visible to readers only once its record may be acknowledged.
         self.wal
             .wait(lsn)
-            .map_err(|e| BatchError::Storage(e.to_string()))?;
+            .map_err(|e| BatchError::Storage(e.into_failure()))?;
         let committed = crate::base::failpoint::hit_at("writer.commit", self.shard)
-            .map_err(|e| BatchError::Storage(e.to_string()))
+            .map_err(injected("writer.commit"))
             .and_then(|()| txn.commit().map_err(storage));
         if let Err(e) = committed {
             // The record is in the log but not in the shard: tell replay to skip it.

@@ -462,7 +462,9 @@ impl Kv {
             .map_err(|e| {
                 KvError::Engine(EngineError::Storage {
                     shard: 0,
-                    message: format!("listing task failed: {e}"),
+                    source: crate::engine::StorageFailure::other(format!(
+                        "listing task failed: {e}"
+                    )),
                 })
             })?
     }

@@ -16,6 +16,7 @@
 pub mod frame;
 pub mod recovery;
 
+use crate::engine::StorageFailure;
 use frame::{Kind, SegmentHeader, SEGMENT_HEADER_BYTES};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -47,11 +48,23 @@ pub struct WalConfig {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WalError {
     #[error("the write-ahead log failed and refuses writes until restart: {0}")]
-    Failed(String),
+    Failed(StorageFailure),
     #[error("the write-ahead log is closed")]
     Closed,
     #[error("a batch of {0} bytes is larger than one log record can hold (1 GiB)")]
     TooLarge(usize),
+}
+
+impl WalError {
+    /// The storage failure behind this error, its source kept.
+    pub fn into_failure(self) -> StorageFailure {
+        match self {
+            WalError::Failed(f) => {
+                f.within("the write-ahead log failed and refuses writes until restart")
+            }
+            other => StorageFailure::other(other.to_string()),
+        }
+    }
 }
 
 /// Counters of the log (monotonic since start).
@@ -78,7 +91,7 @@ struct Pending {
     ops: u64,
     next_lsn: u64,
     stop: bool,
-    failure: Option<String>,
+    failure: Option<StorageFailure>,
 }
 
 struct Shared {
@@ -137,7 +150,7 @@ impl Wal {
             stats: WalStats::default(),
             cfg,
         });
-        let mut log = LogFiles::open(&shared, next_lsn, old)?;
+        let mut log = LogFiles::open(&shared, next_lsn, old).map_err(|e| e.to_string())?;
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("wal".into())
@@ -253,7 +266,10 @@ impl Wal {
 
     /// Why the log refuses writes, if it does.
     pub fn failure(&self) -> Option<String> {
-        lock(&self.shared.state).failure.clone()
+        lock(&self.shared.state)
+            .failure
+            .as_ref()
+            .map(ToString::to_string)
     }
 
     /// Writes and syncs what is pending, then stops the thread. Idempotent.
@@ -287,11 +303,11 @@ impl Drop for FailOnPanic {
     }
 }
 
-fn fail(sh: &Shared, message: String) {
-    tracing::error!(%message, "write-ahead log failed; writes are refused until restart");
+fn fail(sh: &Shared, failure: StorageFailure) {
+    tracing::error!(error = %failure, "write-ahead log failed; writes are refused until restart");
     let mut st = lock(&sh.state);
     if st.failure.is_none() {
-        st.failure = Some(message);
+        st.failure = Some(failure);
     }
     drop(st);
     sh.done.notify_all();
@@ -321,12 +337,14 @@ struct LogFiles {
 /// How long a group waits for disk space to start a new segment before the log fails.
 const DISK_FULL_WAIT: Duration = Duration::from_secs(60);
 
-fn io(what: &str, path: &Path, e: std::io::Error) -> String {
-    format!("{what} {}: {e}", path.display())
+fn io(what: &str, path: &Path, e: std::io::Error) -> StorageFailure {
+    StorageFailure::io(format!("{what} {}", path.display()), e)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), String> {
-    crate::engine::manifest::sync_dir(dir).map_err(|e| format!("cannot sync directory {e}"))
+fn sync_dir(dir: &Path) -> Result<(), StorageFailure> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("cannot sync directory", dir, e))
 }
 
 fn spare_name(seq: u64) -> String {
@@ -334,7 +352,7 @@ fn spare_name(seq: u64) -> String {
 }
 
 impl LogFiles {
-    fn open(sh: &Shared, next_lsn: u64, old: Vec<OldSegment>) -> Result<LogFiles, String> {
+    fn open(sh: &Shared, next_lsn: u64, old: Vec<OldSegment>) -> Result<LogFiles, StorageFailure> {
         let dir = sh.cfg.dir.clone();
         let mut spares = Vec::new();
         if let Ok(rd) = std::fs::read_dir(&dir) {
@@ -371,7 +389,7 @@ impl LogFiles {
     /// and report a later fsync clean). Creating the next segment on a full disk releases the
     /// ballast and retries for up to [`DISK_FULL_WAIT`] (the group waits, nothing is dropped or
     /// reordered), unless the log is stopping; then the log fails.
-    fn roll(&mut self, sh: &Shared, first_lsn: u64) -> Result<(), String> {
+    fn roll(&mut self, sh: &Shared, first_lsn: u64) -> Result<(), StorageFailure> {
         let path = self.dir.join(frame::segment_name(self.active.seq));
         self.active
             .file
@@ -381,7 +399,7 @@ impl LogFiles {
         let next = loop {
             match new_segment(sh, &mut self.spares, self.active.seq + 1, first_lsn) {
                 Err(message)
-                    if crate::engine::space::message_is_disk_full(&message)
+                    if message.is_disk_full()
                         && started.elapsed() < DISK_FULL_WAIT
                         && !lock(&sh.state).stop =>
                 {
@@ -407,7 +425,7 @@ impl LogFiles {
     }
 
     /// Turns closed segments that no shard needs any more into spares (or deletes them).
-    fn recycle(&mut self, sh: &Shared) -> Result<(), String> {
+    fn recycle(&mut self, sh: &Shared) -> Result<(), StorageFailure> {
         if recycle_into(sh, &self.dir, &mut self.closed, &mut self.spares)? {
             self.count_files(sh);
         }
@@ -416,7 +434,7 @@ impl LogFiles {
 
     /// Writes one group: frames in LSN order, rolling to a new segment where the next frame
     /// does not fit (a frame larger than a whole segment grows its segment).
-    fn write_group(&mut self, sh: &Shared, group: &[u8]) -> Result<(), String> {
+    fn write_group(&mut self, sh: &Shared, group: &[u8]) -> Result<(), StorageFailure> {
         let mut start = 0;
         while start < group.len() {
             let room = self.active.size.saturating_sub(self.active.pos) as usize;
@@ -461,7 +479,7 @@ impl LogFiles {
         Ok(())
     }
 
-    fn sync(&mut self, sh: &Shared) -> Result<(), String> {
+    fn sync(&mut self, sh: &Shared) -> Result<(), StorageFailure> {
         let started = Instant::now();
         crate::base::failpoint::hit("wal.sync").map_err(|e| {
             io(
@@ -592,7 +610,7 @@ fn recycle_into(
     dir: &Path,
     closed: &mut VecDeque<Closed>,
     spares: &mut Vec<PathBuf>,
-) -> Result<bool, String> {
+) -> Result<bool, StorageFailure> {
     let needed = sh
         .oldest_lsn
         .iter()
@@ -630,7 +648,7 @@ fn new_segment(
     spares: &mut Vec<PathBuf>,
     seq: u64,
     first_lsn: u64,
-) -> Result<Active, String> {
+) -> Result<Active, StorageFailure> {
     let dir = &sh.cfg.dir;
     let path = dir.join(frame::segment_name(seq));
     let file = match spares.pop() {
