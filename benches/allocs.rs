@@ -130,7 +130,7 @@ fn main() {
         .build()
         .expect("runtime");
     let mut config = shardbox::Config::with_data_dir(dir.path().join("data"));
-    config.listen = "127.0.0.1:0".into();
+    config.http.listen = "127.0.0.1:0".into();
     let store = shardbox::Store::open(config).expect("open");
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

@@ -69,19 +69,19 @@ fn harness() -> &'static Harness {
             crate::base::clock::SystemClock.now_ms()
         ));
         let mut cfg = Config::with_data_dir(&dir);
-        cfg.shards = 2;
-        cfg.shard_cache_bytes = 8 << 20;
-        cfg.cache_memory_bytes = 8 << 20;
-        cfg.cache_disk_bytes = 16 << 20;
-        cfg.kv_cache_bytes = 1 << 20;
-        cfg.wal_segment_bytes = 1 << 20;
-        cfg.checkpoint_log_bytes = 4 << 20;
-        cfg.header_read_timeout_ms = 200;
-        cfg.body_read_timeout_ms = 200;
-        cfg.claim_wait_max_ms = 20;
-        cfg.cache_wait_max_ms = 20;
+        cfg.engine.shards = 2;
+        cfg.engine.shard_cache_bytes = 8 << 20;
+        cfg.cache.cache_memory_bytes = 8 << 20;
+        cfg.cache.cache_disk_bytes = 16 << 20;
+        cfg.kv.kv_cache_bytes = 1 << 20;
+        cfg.engine.wal_segment_bytes = 1 << 20;
+        cfg.engine.checkpoint_log_bytes = 4 << 20;
+        cfg.http.header_read_timeout_ms = 200;
+        cfg.http.body_read_timeout_ms = 200;
+        cfg.queue.claim_wait_max_ms = 20;
+        cfg.cache.cache_wait_max_ms = 20;
         // No 64 MiB ballast per fuzz process.
-        cfg.disk_ballast_bytes = 0;
+        cfg.engine.disk_ballast_bytes = 0;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

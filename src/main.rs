@@ -265,8 +265,8 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         tracing::warn!(failpoints = %spec, "SHARDBOX_FAILPOINTS ignored: this build has no fault points (they need the `testing` feature)");
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.worker_threads > 0 {
-        builder.worker_threads(config.worker_threads);
+    if config.http.worker_threads > 0 {
+        builder.worker_threads(config.http.worker_threads);
     }
     let runtime = builder
         .enable_all()
@@ -274,9 +274,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&config.listen)
+        let listener = tokio::net::TcpListener::bind(&config.http.listen)
             .await
-            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+            .map_err(|e| format!("cannot listen on {}: {e}", config.http.listen))?;
         let store = shardbox::Store::open(config.clone()).map_err(|e| e.to_string())?;
         store
             .cache()
@@ -291,8 +291,8 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
             data_dir = %config.data_dir.display(),
             shards = store.engine().shards().len(),
             tls,
-            tokens = config.tokens.len(),
-            durability = %config.durability,
+            tokens = config.http.tokens.len(),
+            durability = %config.engine.durability,
             version = env!("CARGO_PKG_VERSION"),
             "shardbox listening"
         );

@@ -40,7 +40,7 @@ async fn server_with_tokens() -> (TestServer, Creds) {
         entry("admin", &c.admin, &[Scope::Admin], false),
         entry("limited", &c.limited, &[Scope::Read, Scope::Write], true),
     ];
-    let s = TestServer::start_with(|c| c.tokens = tokens).await;
+    let s = TestServer::start_with(|c| c.http.tokens = tokens).await;
     (s, c)
 }
 
@@ -202,9 +202,9 @@ async fn a_token_from_token_new_works_end_to_end() {
         &[],
     )
     .expect("the printed lines are a valid config");
-    assert_eq!(config.tokens.len(), 1);
-    let tokens = config.tokens.clone();
-    let s = TestServer::start_with(|c| c.tokens = tokens).await;
+    assert_eq!(config.http.tokens.len(), 1);
+    let tokens = config.http.tokens.clone();
+    let s = TestServer::start_with(|c| c.http.tokens = tokens).await;
     let mut cl = s.client().await;
     let auth = format!("Bearer {token}");
     let r = cl
@@ -225,7 +225,7 @@ async fn a_token_from_token_new_works_end_to_end() {
     );
     let c = shardbox::Config::resolve(None, vec![("SHARDBOX_TOKENS".to_string(), env_tokens)], &[])
         .expect("tokens from the environment");
-    assert_eq!(c.tokens[0].name, "e");
+    assert_eq!(c.http.tokens[0].name, "e");
     s.stop().await;
 }
 
@@ -294,8 +294,8 @@ async fn https_round_trip_with_a_self_signed_certificate() {
     let (cert_path, key_path, der) = write_cert(tmp.path());
     let (cp, kp) = (cert_path.clone(), key_path.clone());
     let s = TestServer::start_with(move |c| {
-        c.tls_cert = cp;
-        c.tls_key = kp;
+        c.http.tls_cert = cp;
+        c.http.tls_key = kp;
     })
     .await;
 
@@ -353,8 +353,8 @@ async fn https_round_trip_with_a_self_signed_certificate() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut cfg = shardbox::Config::with_data_dir(tmp.path().join("d"));
-    cfg.tls_cert = cert_path;
-    cfg.tls_key = key_path;
+    cfg.http.tls_cert = cert_path;
+    cfg.http.tls_key = key_path;
     let err = shardbox::http::tls::acceptor(&cfg).err().expect("refused");
     assert!(err.contains("chmod 600"), "{err}");
 }
@@ -362,8 +362,8 @@ async fn https_round_trip_with_a_self_signed_certificate() {
 #[tokio::test]
 async fn a_burst_over_the_write_limit_gets_429s_with_headers() {
     let s = TestServer::start_with(|c| {
-        c.rate_limit_writes_per_s = 2;
-        c.rate_limit_burst = 3;
+        c.http.rate_limit_writes_per_s = 2;
+        c.http.rate_limit_burst = 3;
     })
     .await;
     let mut c = s.client().await;
@@ -408,7 +408,7 @@ async fn a_burst_over_the_write_limit_gets_429s_with_headers() {
 /// The limiter forgets idle clients by itself (the server's prune task, every 10 s).
 #[tokio::test]
 async fn idle_clients_are_forgotten_by_the_running_server() {
-    let s = TestServer::start_with(|c| c.rate_limit_writes_per_s = 100).await;
+    let s = TestServer::start_with(|c| c.http.rate_limit_writes_per_s = 100).await;
     let mut c = s.client().await;
     let clients = "shardbox_rate_limit_clients";
     assert_eq!(common::scrape(s.addr, clients).await, 0.0);
@@ -425,8 +425,8 @@ async fn idle_clients_are_forgotten_by_the_running_server() {
 #[tokio::test]
 async fn under_the_limit_nothing_is_refused() {
     let s = TestServer::start_with(|c| {
-        c.rate_limit_writes_per_s = 1000;
-        c.rate_limit_reads_per_s = 1000;
+        c.http.rate_limit_writes_per_s = 1000;
+        c.http.rate_limit_reads_per_s = 1000;
     })
     .await;
     let mut c = s.client().await;
@@ -487,9 +487,9 @@ async fn put_from(addr: std::net::SocketAddr, from: &str, path: &str) -> String 
 #[tokio::test]
 async fn past_the_client_bound_addresses_share_their_networks_bucket_not_everyones() {
     let s = TestServer::start_with(|c| {
-        c.rate_limit_writes_per_s = 1;
-        c.rate_limit_burst = 2;
-        c.rate_limit_clients_max = 2;
+        c.http.rate_limit_writes_per_s = 1;
+        c.http.rate_limit_burst = 2;
+        c.http.rate_limit_clients_max = 2;
     })
     .await;
     // Two addresses take the two buckets.

@@ -103,7 +103,7 @@ async fn cron_enqueues_by_itself_in_a_served_store() {
 /// The TTL sweeper reclaims expired keys by itself (reads hide them before that).
 #[tokio::test]
 async fn ttl_sweeper_reclaims_expired_keys_by_itself() {
-    let s = common::TestServer::start_with(|c| c.sweep_interval_ms = 50).await;
+    let s = common::TestServer::start_with(|c| c.kv.sweep_interval_ms = 50).await;
     let mut c = s.client().await;
     for i in 0..20 {
         let r = c.put(&format!("/v1/kv/t/k{i}?ttl=1s"), "v").await;

@@ -197,7 +197,7 @@ async fn the_cli_backs_up_a_running_server_and_restore_refuses_what_it_should() 
 
 #[tokio::test]
 async fn compact_gives_space_back_and_keeps_the_data() {
-    let s = TestServer::start_with(|c| c.checkpoint_interval_ms = 50).await;
+    let s = TestServer::start_with(|c| c.engine.checkpoint_interval_ms = 50).await;
     let mut c = s.client().await;
     let big = "x".repeat(64 << 10);
     for i in 0..200 {

@@ -11,7 +11,7 @@ const S: u64 = 1000;
 
 /// A server whose XFetch is off, so fresh hits never hand out leases at random.
 async fn server() -> TestServer {
-    TestServer::start_with(|c| c.cache_xfetch_beta = 0.0).await
+    TestServer::start_with(|c| c.cache.cache_xfetch_beta = 0.0).await
 }
 
 async fn put(c: &mut Client, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
@@ -442,7 +442,7 @@ async fn xfetch_refreshes_hot_keys_early_and_beta_zero_turns_it_off() {
 
     // beta 1, 95% through the TTL (remaining 5 s, delta 10 s): P(early) = 1 - e^-0.5 per read,
     // so 40 reads get it with probability 1 - 0.61^40; after that the lease is taken.
-    let s = TestServer::start_with(|c| c.cache_xfetch_beta = 1.0).await;
+    let s = TestServer::start_with(|c| c.cache.cache_xfetch_beta = 1.0).await;
     let mut c = s.client().await;
     put(&mut c, "/v1/cache/x/k?ttl=100s", &[], "v").await;
     s.clock.advance_ms(95 * S);
@@ -483,11 +483,11 @@ async fn xfetch_refreshes_hot_keys_early_and_beta_zero_turns_it_off() {
 #[tokio::test]
 async fn disk_tier_holds_four_times_the_memory() {
     let s = TestServer::start_with(|c| {
-        c.cache_xfetch_beta = 0.0;
-        c.cache_memory_bytes = 1 << 20;
-        c.cache_disk_bytes = 32 << 20;
-        c.cache_disk_block_bytes = 1 << 20;
-        c.cache_value_bytes_max = 64 << 10;
+        c.cache.cache_xfetch_beta = 0.0;
+        c.cache.cache_memory_bytes = 1 << 20;
+        c.cache.cache_disk_bytes = 32 << 20;
+        c.cache.cache_disk_block_bytes = 1 << 20;
+        c.cache.cache_value_bytes_max = 64 << 10;
     })
     .await;
     let mut c = s.client().await;
@@ -525,8 +525,8 @@ async fn disk_tier_holds_four_times_the_memory() {
 #[tokio::test]
 async fn bad_input_gets_clear_4xx() {
     let s = TestServer::start_with(|c| {
-        c.cache_value_bytes_max = 1000;
-        c.cache_tags_max = 2;
+        c.cache.cache_value_bytes_max = 1000;
+        c.cache.cache_tags_max = 2;
     })
     .await;
     let mut c = s.client().await;
@@ -577,11 +577,11 @@ async fn bad_input_gets_clear_4xx() {
 #[test]
 fn a_value_larger_than_a_disk_block_is_a_config_error() {
     let mut c = shardbox::Config::with_data_dir("/tmp/unused");
-    c.cache_disk_block_bytes = 1 << 20;
-    c.cache_value_bytes_max = 1 << 20;
+    c.cache.cache_disk_block_bytes = 1 << 20;
+    c.cache.cache_value_bytes_max = 1 << 20;
     let e = c.validate().unwrap_err();
     assert!(e.contains("cache_disk_block_bytes"), "{e}");
-    c.cache_disk_bytes = 0; // memory only: no block limit
+    c.cache.cache_disk_bytes = 0; // memory only: no block limit
     c.validate().unwrap();
     let flags = [("cache_eviction".to_string(), "fifo".to_string())];
     let e = shardbox::Config::resolve(None, std::iter::empty(), &flags).unwrap_err();
@@ -605,8 +605,8 @@ async fn wait_times_out_when_nobody_fills() {
 #[tokio::test]
 async fn a_full_lease_table_answers_misses_without_a_lease_until_one_expires() {
     let s = TestServer::start_with(|c| {
-        c.cache_xfetch_beta = 0.0;
-        c.cache_fill_leases_max = 2;
+        c.cache.cache_xfetch_beta = 0.0;
+        c.cache.cache_fill_leases_max = 2;
     })
     .await;
     let mut c = s.client().await;

@@ -21,8 +21,8 @@ fn key_on_shard(store: &Store, ns: &str, shard: usize) -> String {
 #[tokio::test]
 async fn full_writer_queue_answers_503_with_retry_after() {
     let s = TestServer::start_with(|c| {
-        c.writer_queue_ops_max = 1;
-        c.writer_queue_wait_ms = 50;
+        c.engine.writer_queue_ops_max = 1;
+        c.engine.writer_queue_wait_ms = 50;
     })
     .await;
     let engine = s.store.engine().clone();
@@ -64,7 +64,7 @@ async fn full_writer_queue_answers_503_with_retry_after() {
 
 #[tokio::test]
 async fn storage_error_fails_the_batch_and_stops_the_shard() {
-    let s = TestServer::start_with(|c| c.shards = 4).await;
+    let s = TestServer::start_with(|c| c.engine.shards = 4).await;
     let engine = s.store.engine().clone();
     let key = key_on_shard(&s.store, "app", 2);
     let mut c = s.client().await;
@@ -173,7 +173,7 @@ async fn corrupt_record_is_an_error_naming_shard_and_key() {
 async fn shard_count_mismatch_and_double_open_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let mut config = Config::with_data_dir(tmp.path().join("d"));
-    config.shards = 4;
+    config.engine.shards = 4;
     let store = Store::open(config.clone()).unwrap();
 
     let err = Store::open(config.clone()).err().unwrap().to_string();
@@ -182,7 +182,7 @@ async fn shard_count_mismatch_and_double_open_are_clear_errors() {
     drop(store);
 
     let mut other = config.clone();
-    other.shards = 8;
+    other.engine.shards = 8;
     let err = Store::open(other).err().unwrap().to_string();
     assert!(
         err.contains("holds 4 shards") && err.contains("--shards 4"),
@@ -191,7 +191,7 @@ async fn shard_count_mismatch_and_double_open_are_clear_errors() {
 
     // Leaving the count unset uses the manifest's.
     let mut unset = config.clone();
-    unset.shards = 0;
+    unset.engine.shards = 0;
     let store = Store::open(unset).unwrap();
     assert_eq!(store.engine().shards().len(), 4);
     store.close();
@@ -202,7 +202,7 @@ async fn periodic_durability_serves_and_persists_on_clean_shutdown() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
     let s = TestServer::start_in(dir.clone(), |c| {
-        c.durability = shardbox::config::DurabilityMode::parse("periodic:50").unwrap()
+        c.engine.durability = shardbox::config::DurabilityMode::parse("periodic:50").unwrap()
     })
     .await;
     let mut c = s.client().await;
@@ -272,7 +272,7 @@ async fn write_v1_fixture() {
     };
     m.write_new(&dir).unwrap();
     let mut config = Config::with_data_dir(&dir);
-    config.shard_cache_bytes = 1 << 20;
+    config.engine.shard_cache_bytes = 1 << 20;
     let clock = std::sync::Arc::new(shardbox::ManualClock::new(common::T0_MS));
     let store = Store::open_with_clock(config, clock).unwrap();
     let kv = store.kv();

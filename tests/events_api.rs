@@ -403,7 +403,7 @@ async fn sse_follow_delivers_each_event_once_and_resumes() {
 
 #[tokio::test]
 async fn bad_input_and_config_rules() {
-    let s = TestServer::start_with(|c| c.event_bytes_max = 50).await;
+    let s = TestServer::start_with(|c| c.events.event_bytes_max = 50).await;
     let mut c = s.client().await;
     let body = "{\"data\":1}\n{\"data\":2,\"ts\":\"yesterday\"}\n";
     let r = c

@@ -57,8 +57,8 @@ async fn retries_replay_the_first_response_on_every_creating_route_and_after_a_r
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let tweak = |c: &mut shardbox::Config| {
-        c.idempotency_ttl_ms = TTL_MS;
-        c.sweep_interval_ms = 20;
+        c.idempotency.idempotency_ttl_ms = TTL_MS;
+        c.kv.sweep_interval_ms = 20;
     };
     let s = TestServer::start_in(dir.clone(), tweak).await;
     let mut c = s.client().await;
@@ -301,7 +301,7 @@ async fn keys_belong_to_their_token() {
         queues: None,
     };
     let tokens = vec![entry("a", &a), entry("b", &b)];
-    let s = TestServer::start_with(|c| c.tokens = tokens).await;
+    let s = TestServer::start_with(|c| c.http.tokens = tokens).await;
     let mut c = s.client().await;
     let job = json!({"payload": 1});
     let ra = post_as(&mut c, "/v1/queues/t/jobs", Some("same"), Some(&a), &job).await;

@@ -309,7 +309,7 @@ async fn listing_pages_are_ordered_and_complete() {
 
 #[tokio::test]
 async fn delete_by_prefix_in_bounded_batches() {
-    let s = TestServer::start_with(|c| c.delete_batch_keys_max = 7).await;
+    let s = TestServer::start_with(|c| c.kv.delete_batch_keys_max = 7).await;
     let mut c = s.client().await;
     for i in 0..50 {
         c.put(&format!("/v1/kv/app/tmp/{i}"), "x").await;
@@ -483,7 +483,7 @@ async fn batch_get_and_write() {
 
 #[tokio::test]
 async fn bad_input_gets_json_4xx() {
-    let s = TestServer::start_with(|c| c.value_bytes_max = 1000).await;
+    let s = TestServer::start_with(|c| c.kv.value_bytes_max = 1000).await;
     let mut c = s.client().await;
     let long_key = "k".repeat(1025);
     let cases: Vec<(&str, String, u16)> = vec![
@@ -519,7 +519,7 @@ async fn bad_input_gets_json_4xx() {
 #[tokio::test]
 async fn chunked_body_is_bounded_while_streaming() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let s = TestServer::start_with(|c| c.value_bytes_max = 1000).await;
+    let s = TestServer::start_with(|c| c.kv.value_bytes_max = 1000).await;
     let mut stream = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     let mut req = String::from(
         "PUT /v1/kv/app/chunky HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
@@ -543,7 +543,7 @@ async fn chunked_body_is_bounded_while_streaming() {
 #[tokio::test]
 async fn slow_header_is_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let s = TestServer::start_with(|c| c.header_read_timeout_ms = 200).await;
+    let s = TestServer::start_with(|c| c.http.header_read_timeout_ms = 200).await;
     let mut stream = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
@@ -595,7 +595,7 @@ async fn busy_connections(s: &TestServer, n: usize) -> Vec<tokio::net::TcpStream
 
 #[tokio::test]
 async fn connection_limit_answers_503_when_nothing_is_idle() {
-    let s = TestServer::start_with(|c| c.connections_max = 2).await;
+    let s = TestServer::start_with(|c| c.http.connections_max = 2).await;
     let busy = busy_connections(&s, 2).await;
     let mut third = s.client().await;
     let r = third.get("/healthz").await;
@@ -611,7 +611,7 @@ async fn connection_limit_answers_503_when_nothing_is_idle() {
 /// process made every other client wait for 503s).
 #[tokio::test]
 async fn idle_connections_make_room_for_a_new_client() {
-    let s = TestServer::start_with(|c| c.connections_max = 8).await;
+    let s = TestServer::start_with(|c| c.http.connections_max = 8).await;
     let mut flood = Vec::new();
     for _ in 0..8 {
         let mut c = Client::connect(s.addr).await;
@@ -656,7 +656,7 @@ async fn idle_connections_make_room_for_a_new_client() {
 #[tokio::test]
 async fn a_streaming_follower_is_not_taken_for_idle() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let s = TestServer::start_with(|c| c.connections_max = 2).await;
+    let s = TestServer::start_with(|c| c.http.connections_max = 2).await;
     // The stream exists (created in-process, so no connection is used for it).
     s.store
         .events()
@@ -719,8 +719,8 @@ async fn idle_keep_alive_connections_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // The header timeout is far away, so only the idle timeout can close it.
     let s = TestServer::start_with(|c| {
-        c.idle_timeout_ms = 300;
-        c.header_read_timeout_ms = 600_000;
+        c.http.idle_timeout_ms = 300;
+        c.http.header_read_timeout_ms = 600_000;
     })
     .await;
     let mut stream = tokio::net::TcpStream::connect(s.addr).await.unwrap();
@@ -742,7 +742,7 @@ async fn idle_keep_alive_connections_are_closed() {
 /// One address gets at most `connections_per_ip_max` connections; another address is served.
 #[tokio::test]
 async fn one_address_cannot_take_every_connection() {
-    let s = TestServer::start_with(|c| c.connections_per_ip_max = 2).await;
+    let s = TestServer::start_with(|c| c.http.connections_per_ip_max = 2).await;
     let busy = busy_connections(&s, 2).await;
     let same = raw(s.addr, "GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await;
     assert!(same.starts_with("HTTP/1.1 503"), "{same}");
@@ -878,7 +878,7 @@ async fn readyz_and_metrics() {
     s.stop().await;
 
     // A disk floor above the free space makes /readyz fail, naming the disk.
-    let s = TestServer::start_with(|c| c.disk_free_bytes_min = u64::MAX).await;
+    let s = TestServer::start_with(|c| c.engine.disk_free_bytes_min = u64::MAX).await;
     let mut c = s.client().await;
     let r = c.get("/readyz").await;
     assert_eq!(r.status, 503);

@@ -15,9 +15,9 @@ const READS_PER_READER: usize = 150_000;
 async fn race(kv_cache_bytes: u64) -> (u64, u64) {
     let tmp = tempfile::tempdir().unwrap();
     let mut config = Config::with_data_dir(tmp.path().join("d"));
-    config.shards = 2;
-    config.kv_cache_bytes = kv_cache_bytes;
-    config.durability = shardbox::config::DurabilityMode::parse("periodic:50").unwrap(); // more writes per second: more chances to race
+    config.engine.shards = 2;
+    config.kv.kv_cache_bytes = kv_cache_bytes;
+    config.engine.durability = shardbox::config::DurabilityMode::parse("periodic:50").unwrap(); // more writes per second: more chances to race
     let store = Store::open(config).unwrap();
     let acked: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
     let stop = Arc::new(AtomicBool::new(false));

@@ -419,7 +419,7 @@ async fn long_poll_claim_wakes_on_enqueue() {
 
 #[tokio::test]
 async fn bad_input_is_rejected_whole() {
-    let s = TestServer::start_with(|c| c.job_bytes_max = 100).await;
+    let s = TestServer::start_with(|c| c.queue.job_bytes_max = 100).await;
     let mut c = s.client().await;
     let lines = "{\"payload\":1}\n{\"payload\":2,\"priority\":\"high\"}\n{\"payload\":3}\n";
     let r = c

@@ -147,13 +147,13 @@ async fn workload(c: &mut Client, s: &TestServer, rng: &mut rand::rngs::StdRng, 
 async fn replaying_the_log_alone_rebuilds_every_table() {
     let mut rng = common::seeded_rng("replaying_the_log_alone_rebuilds_every_table");
     let s = TestServer::start_with(|c| {
-        c.checkpoint_interval_ms = 86_400_000;
-        c.checkpoint_log_bytes = 1 << 40;
-        c.wal_segment_bytes = 256 << 10;
-        c.sweep_interval_ms = 50;
-        c.retention_interval_ms = 100;
-        c.queue_tick_max_ms = 50;
-        c.idempotency_ttl_ms = 20_000;
+        c.engine.checkpoint_interval_ms = 86_400_000;
+        c.engine.checkpoint_log_bytes = 1 << 40;
+        c.engine.wal_segment_bytes = 256 << 10;
+        c.kv.sweep_interval_ms = 50;
+        c.events.retention_interval_ms = 100;
+        c.queue.queue_tick_max_ms = 50;
+        c.idempotency.idempotency_ttl_ms = 20_000;
     })
     .await;
     let mut c = s.client().await;

@@ -48,7 +48,7 @@ async fn followers_open(addr: std::net::SocketAddr) -> f64 {
 
 /// A server with `connections_max` 16 and a stream `s`.
 async fn server_of_16_with_a_stream() -> TestServer {
-    let srv = TestServer::start_with(|c| c.connections_max = 16).await;
+    let srv = TestServer::start_with(|c| c.http.connections_max = 16).await;
     let mut c = srv.client().await;
     assert_eq!(
         c.put("/v1/streams/s", r#"{"bucket":"1h"}"#).await.status,

@@ -9,12 +9,10 @@ async fn a_commit_that_fails_after_logging_is_not_replayed() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let open = || {
-        Store::open(Config {
-            shards: 2,
-            checkpoint_interval_ms: 86_400_000,
-            ..Config::with_data_dir(&dir)
-        })
-        .unwrap()
+        let mut config = Config::with_data_dir(&dir);
+        config.engine.shards = 2;
+        config.engine.checkpoint_interval_ms = 86_400_000;
+        Store::open(config).unwrap()
     };
     let store = open();
     store

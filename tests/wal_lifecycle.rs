@@ -12,10 +12,10 @@ fn wal_files(dir: &std::path::Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_size_checkpoints_recycle_segments_and_bound_the_log() {
     let s = TestServer::start_with(|c| {
-        c.checkpoint_interval_ms = 86_400_000; // only the size trigger
-        c.checkpoint_log_bytes = 1 << 16;
-        c.wal_segment_bytes = 1 << 16;
-        c.wal_spare_segments_max = 1;
+        c.engine.checkpoint_interval_ms = 86_400_000; // only the size trigger
+        c.engine.checkpoint_log_bytes = 1 << 16;
+        c.engine.wal_segment_bytes = 1 << 16;
+        c.engine.wal_spare_segments_max = 1;
     })
     .await;
     let mut c = s.client().await;
@@ -65,7 +65,7 @@ async fn log_size_checkpoints_recycle_segments_and_bound_the_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn periodic_mode_syncs_the_log_by_itself() {
     let s = TestServer::start_with(|c| {
-        c.durability = shardbox::config::DurabilityMode::parse("periodic:200").unwrap()
+        c.engine.durability = shardbox::config::DurabilityMode::parse("periodic:200").unwrap()
     })
     .await;
     let mut c = s.client().await;

@@ -367,7 +367,7 @@ pub async fn events_retention(rows: &mut Vec<Row>) {
     eprintln!("events-retention …");
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut config = shardbox::Config::with_data_dir(tmp.path().join("data"));
-    config.shards = 1;
+    config.engine.shards = 1;
     let store = shardbox::Store::open(config).expect("open");
     let ev = store.events().clone();
     let day = 86_400_000u64;

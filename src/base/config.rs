@@ -189,14 +189,61 @@ pub enum LogFormat {
     Json,
 }
 
-/// The resolved configuration. See `docs/operations.md` for the table of every field.
+/// The resolved configuration: the data directory and the log format, then one typed section
+/// per layer and domain. The sections are flattened, so the TOML file, the `SHARDBOX_*`
+/// variables and the flags name every setting as they always have (`value_bytes_max`, not
+/// `kv.value_bytes_max`); each layer and domain reads its own section. See
+/// `docs/operations.md` for the table of every setting.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct Config {
     /// Data directory; created if absent. Default `./shardbox-data`.
     pub data_dir: PathBuf,
-    /// Listen address. Default `127.0.0.1:7070` (loopback only).
-    pub listen: String,
+    /// `text` (default) or `json`.
+    pub log_format: LogFormat,
+    /// The storage engine: shards, the write-ahead log, checkpoints, writer queues, disk space.
+    #[serde(flatten)]
+    pub engine: EngineConfig,
+    /// The KV domain: value and batch bounds, listing, TTL sweeps, the read cache.
+    #[serde(flatten)]
+    pub kv: KvConfig,
+    /// The queue domain: job bounds, claims and leases, timers, schedules.
+    #[serde(flatten)]
+    pub queue: QueueConfig,
+    /// The events domain: event bounds, ranges, buckets and retention.
+    #[serde(flatten)]
+    pub events: EventsConfig,
+    /// The cache domain: its memory and disk tiers, fills, waits, tags.
+    #[serde(flatten)]
+    pub cache: CacheConfig,
+    /// Idempotency keys: how long a first response is kept.
+    #[serde(flatten)]
+    pub idempotency: IdempotencyConfig,
+    /// The HTTP server: the socket, connections, timeouts, bodies, tokens, TLS, rate limits.
+    #[serde(flatten)]
+    pub http: HttpConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./shardbox-data"),
+            log_format: LogFormat::Text,
+            engine: EngineConfig::default(),
+            kv: KvConfig::default(),
+            queue: QueueConfig::default(),
+            events: EventsConfig::default(),
+            cache: CacheConfig::default(),
+            idempotency: IdempotencyConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+/// The storage engine: shards, the write-ahead log, checkpoints, writer queues, disk space.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EngineConfig {
     /// Number of shards, fixed when the data directory is created. Default 0: use the count in
     /// the MANIFEST, or one per CPU core (2..=16) for a new directory.
     pub shards: u32,
@@ -204,11 +251,6 @@ pub struct Config {
     /// `periodic:<ms>` (a reply means the record is written to the OS; the log is synced every
     /// `<ms>`, so a machine crash loses at most that window; a killed process loses nothing).
     pub durability: DurabilityMode,
-    /// `text` (default) or `json`.
-    pub log_format: LogFormat,
-    /// Async worker threads for HTTP; 0 (default) = one per CPU core.
-    pub worker_threads: usize,
-
     /// redb page cache per shard. Default 32 MiB (8 shards = 256 MiB, fits a 1 GiB box).
     pub shard_cache_bytes: u64,
     /// Save redb's allocator state with every checkpoint so a crash needs no full file walk on
@@ -226,7 +268,6 @@ pub struct Config {
     pub wal_segment_bytes: u64,
     /// Recycled log segments kept ready for reuse; more are deleted. Default 2.
     pub wal_spare_segments_max: usize,
-
     /// Operations one shard's writer queue holds before callers wait. Default 4096.
     pub writer_queue_ops_max: usize,
     /// How long a caller waits for room in a full writer queue before a 503. Default 1000 ms.
@@ -235,42 +276,6 @@ pub struct Config {
     pub batch_ops_max: usize,
     /// Most payload bytes applied in one commit. Default 8 MiB.
     pub batch_bytes_max: usize,
-
-    /// Largest KV value. Default 16 MiB.
-    pub value_bytes_max: usize,
-    /// Largest JSON request body (batch operations, incr). Default 32 MiB.
-    pub json_body_bytes_max: usize,
-    /// Request body bytes buffered across all connections at once; beyond it requests get 503.
-    /// Default 256 MiB.
-    pub inflight_body_bytes_max: usize,
-    /// Keys in one `:batchGet` and ops in one `:batchWrite`. Default 1000.
-    pub batch_keys_max: usize,
-    /// Largest `limit` of a listing. Default 1000.
-    pub list_limit_max: usize,
-    /// Keys deleted per commit by a prefix delete and by the TTL sweeper. Default 1000.
-    pub delete_batch_keys_max: usize,
-
-    /// Open client connections. At the limit a new connection takes the place of the
-    /// longest-idle keep-alive connection; with none idle it is answered 503. Default 1024.
-    pub connections_max: usize,
-    /// Open connections from one client IP address; beyond it the address's longest-idle
-    /// connection makes room, or the new one gets 503. Default 512.
-    pub connections_per_ip_max: usize,
-    /// A keep-alive connection with no request for this long is closed. Default 5000 ms (a
-    /// connection that has not sent a whole request head is also closed after
-    /// `header_read_timeout_ms`, whichever comes first).
-    pub idle_timeout_ms: u64,
-    /// A client must send a whole request head within this time. Default 10000 ms.
-    pub header_read_timeout_ms: u64,
-    /// Largest request head (request line + headers). Default 16384 bytes (min 8192).
-    pub header_bytes_max: usize,
-    /// A request body must arrive within this time. Default 30000 ms.
-    pub body_read_timeout_ms: u64,
-    /// On shutdown, in-flight requests get this long to finish. Default 10000 ms.
-    pub shutdown_grace_ms: u64,
-
-    /// How often each shard's TTL sweeper runs. Default 1000 ms.
-    pub sweep_interval_ms: u64,
     /// `/readyz` fails when the data directory's filesystem has less free space. Default 256 MiB.
     pub disk_free_bytes_min: u64,
     /// Below this much free space, writes that add data get 507 `insufficient_storage`; deletes,
@@ -281,7 +286,66 @@ pub struct Config {
     pub disk_ballast_bytes: u64,
     /// How often free disk space is sampled. Default 250 ms.
     pub disk_check_interval_ms: u64,
+}
 
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            shards: 0,
+            durability: DurabilityMode::Immediate,
+            shard_cache_bytes: 32 << 20,
+            quick_repair: true,
+            checkpoint_log_bytes: 64 << 20,
+            checkpoint_interval_ms: 30_000,
+            wal_segment_bytes: 32 << 20,
+            wal_spare_segments_max: 2,
+            writer_queue_ops_max: 4096,
+            writer_queue_wait_ms: 1000,
+            batch_ops_max: 1024,
+            batch_bytes_max: 8 << 20,
+            disk_free_bytes_min: 256 << 20,
+            disk_reserve_bytes: 64 << 20,
+            disk_ballast_bytes: 64 << 20,
+            disk_check_interval_ms: 250,
+        }
+    }
+}
+
+/// The KV domain: value and batch bounds, listing, TTL sweeps, the read cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KvConfig {
+    /// Largest KV value. Default 16 MiB.
+    pub value_bytes_max: usize,
+    /// Keys in one `:batchGet` and ops in one `:batchWrite`. Default 1000.
+    pub batch_keys_max: usize,
+    /// Largest `limit` of a listing. Default 1000.
+    pub list_limit_max: usize,
+    /// Keys deleted per commit by a prefix delete and by the TTL sweeper. Default 1000.
+    pub delete_batch_keys_max: usize,
+    /// How often each shard's TTL sweeper runs. Default 1000 ms.
+    pub sweep_interval_ms: u64,
+    /// Memory for caching KV reads (0 = off). Default 64 MiB.
+    pub kv_cache_bytes: u64,
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        Self {
+            value_bytes_max: 16 << 20,
+            batch_keys_max: 1000,
+            list_limit_max: 1000,
+            delete_batch_keys_max: 1000,
+            sweep_interval_ms: 1000,
+            kv_cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The queue domain: job bounds, claims and leases, timers, schedules.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueueConfig {
     /// Largest job payload (JSON). Default 256 KiB.
     pub job_bytes_max: usize,
     /// Jobs in one enqueue request (NDJSON batch). Default 10000.
@@ -298,7 +362,27 @@ pub struct Config {
     pub queue_tick_max_ms: u64,
     /// Cron schedules in all. Default 10000.
     pub schedules_max: usize,
+}
 
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            job_bytes_max: 256 << 10,
+            enqueue_batch_max: 10_000,
+            claim_max: 1000,
+            lease_max_ms: 43_200_000,
+            claim_wait_max_ms: 60_000,
+            claim_waiters_max: 4096,
+            queue_tick_max_ms: 1000,
+            schedules_max: 10_000,
+        }
+    }
+}
+
+/// The events domain: event bounds, ranges, buckets and retention.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EventsConfig {
     /// Largest event `data` (JSON). Default 1 MiB.
     pub event_bytes_max: usize,
     /// Events in one append (NDJSON). Default 10000.
@@ -315,9 +399,27 @@ pub struct Config {
     pub retention_interval_ms: u64,
     /// Buckets dropped per commit by trims and retention. Default 16.
     pub trim_buckets_max: usize,
-    /// Open SSE / long-poll followers in all. Default 1024.
-    pub followers_max: usize,
+}
 
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            event_bytes_max: 1 << 20,
+            append_events_max: 10_000,
+            range_limit_max: 10_000,
+            future_skew_max_ms: 3_600_000,
+            default_bucket: BucketWidth(crate::base::util::BUCKET_WIDTHS[1].1),
+            default_retention_ms: 30 * 86_400_000,
+            retention_interval_ms: 60_000,
+            trim_buckets_max: 16,
+        }
+    }
+}
+
+/// The cache domain: its memory and disk tiers, fills, waits, tags.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CacheConfig {
     /// Memory tier of the cache, in bytes (keys + values + entry metadata). Default 64 MiB.
     pub cache_memory_bytes: u64,
     /// Disk tier of the cache under `<data>/cache`, in bytes; 0 = memory only. Default 256 MiB.
@@ -344,9 +446,78 @@ pub struct Config {
     pub cache_xfetch_beta: f64,
     /// Tags per cache entry. Default 16.
     pub cache_tags_max: usize,
-    /// Memory for caching KV reads (0 = off). Default 64 MiB.
-    pub kv_cache_bytes: u64,
+}
 
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            cache_memory_bytes: 64 << 20,
+            cache_disk_bytes: 256 << 20,
+            cache_disk_block_bytes: 4 << 20,
+            cache_disk_io: DiskIo::Psync,
+            cache_value_bytes_max: 1 << 20,
+            cache_eviction: EvictionPolicy::S3Fifo,
+            cache_default_ttl_ms: 0,
+            cache_fill_lease_ms: 10_000,
+            cache_fill_leases_max: 65_536,
+            cache_wait_max_ms: 10_000,
+            cache_waiters_max: 4096,
+            cache_xfetch_beta: 1.0,
+            cache_tags_max: 16,
+        }
+    }
+}
+
+/// Idempotency keys: how long a first response is kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IdempotencyConfig {
+    /// How long the first response to a request with an `Idempotency-Key` is kept and replayed
+    /// to retries. Default 86400000 ms (24 h).
+    pub idempotency_ttl_ms: u64,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            idempotency_ttl_ms: 86_400_000,
+        }
+    }
+}
+
+/// The HTTP server: the socket, connections, timeouts, bodies, tokens, TLS, rate limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    /// Listen address. Default `127.0.0.1:7070` (loopback only).
+    pub listen: String,
+    /// Async worker threads for HTTP; 0 (default) = one per CPU core.
+    pub worker_threads: usize,
+    /// Largest JSON request body (batch operations, incr). Default 32 MiB.
+    pub json_body_bytes_max: usize,
+    /// Request body bytes buffered across all connections at once; beyond it requests get 503.
+    /// Default 256 MiB.
+    pub inflight_body_bytes_max: usize,
+    /// Open client connections. At the limit a new connection takes the place of the
+    /// longest-idle keep-alive connection; with none idle it is answered 503. Default 1024.
+    pub connections_max: usize,
+    /// Open connections from one client IP address; beyond it the address's longest-idle
+    /// connection makes room, or the new one gets 503. Default 512.
+    pub connections_per_ip_max: usize,
+    /// A keep-alive connection with no request for this long is closed. Default 5000 ms (a
+    /// connection that has not sent a whole request head is also closed after
+    /// `header_read_timeout_ms`, whichever comes first).
+    pub idle_timeout_ms: u64,
+    /// A client must send a whole request head within this time. Default 10000 ms.
+    pub header_read_timeout_ms: u64,
+    /// Largest request head (request line + headers). Default 16384 bytes (min 8192).
+    pub header_bytes_max: usize,
+    /// A request body must arrive within this time. Default 30000 ms.
+    pub body_read_timeout_ms: u64,
+    /// On shutdown, in-flight requests get this long to finish. Default 10000 ms.
+    pub shutdown_grace_ms: u64,
+    /// Open SSE / long-poll followers in all. Default 1024.
+    pub followers_max: usize,
     /// Bearer tokens (`[[tokens]]` tables; `shardbox token new` prints one). With none, every
     /// request is allowed, and the server refuses to listen beyond loopback unless
     /// `allow_unauthenticated` is set. Default none.
@@ -369,36 +540,15 @@ pub struct Config {
     /// Clients whose limiter state is kept; past it, new clients share one bucket until idle
     /// ones are forgotten. Default 65536.
     pub rate_limit_clients_max: usize,
-    /// How long the first response to a request with an `Idempotency-Key` is kept and replayed
-    /// to retries. Default 86400000 ms (24 h).
-    pub idempotency_ttl_ms: u64,
 }
 
-impl Default for Config {
+impl Default for HttpConfig {
     fn default() -> Self {
         Self {
-            data_dir: PathBuf::from("./shardbox-data"),
             listen: "127.0.0.1:7070".to_string(),
-            shards: 0,
-            durability: DurabilityMode::Immediate,
-            log_format: LogFormat::Text,
             worker_threads: 0,
-            shard_cache_bytes: 32 << 20,
-            quick_repair: true,
-            checkpoint_log_bytes: 64 << 20,
-            checkpoint_interval_ms: 30_000,
-            wal_segment_bytes: 32 << 20,
-            wal_spare_segments_max: 2,
-            writer_queue_ops_max: 4096,
-            writer_queue_wait_ms: 1000,
-            batch_ops_max: 1024,
-            batch_bytes_max: 8 << 20,
-            value_bytes_max: 16 << 20,
             json_body_bytes_max: 32 << 20,
             inflight_body_bytes_max: 256 << 20,
-            batch_keys_max: 1000,
-            list_limit_max: 1000,
-            delete_batch_keys_max: 1000,
             connections_max: 1024,
             connections_per_ip_max: 512,
             idle_timeout_ms: 5_000,
@@ -406,42 +556,7 @@ impl Default for Config {
             header_bytes_max: 16 << 10,
             body_read_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
-            sweep_interval_ms: 1000,
-            disk_free_bytes_min: 256 << 20,
-            disk_reserve_bytes: 64 << 20,
-            disk_ballast_bytes: 64 << 20,
-            disk_check_interval_ms: 250,
-            job_bytes_max: 256 << 10,
-            enqueue_batch_max: 10_000,
-            claim_max: 1000,
-            lease_max_ms: 43_200_000,
-            claim_wait_max_ms: 60_000,
-            claim_waiters_max: 4096,
-            queue_tick_max_ms: 1000,
-            schedules_max: 10_000,
-            event_bytes_max: 1 << 20,
-            append_events_max: 10_000,
-            range_limit_max: 10_000,
-            future_skew_max_ms: 3_600_000,
-            default_bucket: BucketWidth(crate::base::util::BUCKET_WIDTHS[1].1),
-            default_retention_ms: 30 * 86_400_000,
-            retention_interval_ms: 60_000,
-            trim_buckets_max: 16,
             followers_max: 1024,
-            cache_memory_bytes: 64 << 20,
-            cache_disk_bytes: 256 << 20,
-            cache_disk_block_bytes: 4 << 20,
-            cache_disk_io: DiskIo::Psync,
-            cache_value_bytes_max: 1 << 20,
-            cache_eviction: EvictionPolicy::S3Fifo,
-            cache_default_ttl_ms: 0,
-            cache_fill_lease_ms: 10_000,
-            cache_fill_leases_max: 65_536,
-            cache_wait_max_ms: 10_000,
-            cache_waiters_max: 4096,
-            cache_xfetch_beta: 1.0,
-            cache_tags_max: 16,
-            kv_cache_bytes: 64 << 20,
             tokens: Vec::new(),
             allow_unauthenticated: false,
             tls_cert: PathBuf::new(),
@@ -449,7 +564,6 @@ impl Default for Config {
             rate_limit_reads_per_s: 0,
             rate_limit_writes_per_s: 0,
             rate_limit_burst: 0,
-            idempotency_ttl_ms: 86_400_000,
             rate_limit_clients_max: 65_536,
         }
     }
@@ -465,37 +579,37 @@ type DiskField = fn(&mut Config) -> &mut u64;
 const DISK_DEFAULTS: &[(&str, DiskField, u64, u64)] = &[
     (
         "wal_segment_bytes",
-        |c| &mut c.wal_segment_bytes,
+        |c| &mut c.engine.wal_segment_bytes,
         32 << 20,
         32,
     ),
     (
         "checkpoint_log_bytes",
-        |c| &mut c.checkpoint_log_bytes,
+        |c| &mut c.engine.checkpoint_log_bytes,
         64 << 20,
         16,
     ),
     (
         "disk_reserve_bytes",
-        |c| &mut c.disk_reserve_bytes,
+        |c| &mut c.engine.disk_reserve_bytes,
         64 << 20,
         16,
     ),
     (
         "disk_ballast_bytes",
-        |c| &mut c.disk_ballast_bytes,
+        |c| &mut c.engine.disk_ballast_bytes,
         64 << 20,
         16,
     ),
     (
         "disk_free_bytes_min",
-        |c| &mut c.disk_free_bytes_min,
+        |c| &mut c.engine.disk_free_bytes_min,
         256 << 20,
         8,
     ),
     (
         "cache_disk_bytes",
-        |c| &mut c.cache_disk_bytes,
+        |c| &mut c.cache.cache_disk_bytes,
         256 << 20,
         8,
     ),
@@ -519,7 +633,7 @@ impl Config {
     /// Returns what was scaled, `name = value`, for the start-up log.
     pub fn fit_to_disk(&mut self, fs_bytes: u64) -> Result<Vec<String>, String> {
         let mut scaled = Vec::new();
-        let default_cache_disk = self.cache_disk_bytes;
+        let default_cache_disk = self.cache.cache_disk_bytes;
         for &(name, field_of, default, share) in DISK_DEFAULTS {
             let field = field_of(self);
             if *field != default || fs_bytes / share >= default {
@@ -530,33 +644,33 @@ impl Config {
             *field = v;
             scaled.push(format!("{name} = {v}"));
         }
-        if self.cache_disk_bytes != default_cache_disk
-            && self.cache_disk_bytes < 4 * self.cache_disk_block_bytes
+        if self.cache.cache_disk_bytes != default_cache_disk
+            && self.cache.cache_disk_bytes < 4 * self.cache.cache_disk_block_bytes
         {
             // Scaled below 4 blocks: too small a disk for a disk tier, the cache stays in
             // memory.
-            self.cache_disk_bytes = 0;
+            self.cache.cache_disk_bytes = 0;
             scaled.retain(|s| !s.starts_with("cache_disk_bytes"));
             scaled.push("cache_disk_bytes = 0".into());
         }
-        if self.disk_ballast_bytes > 0 && self.disk_ballast_bytes < self.wal_segment_bytes {
-            self.disk_ballast_bytes = self.wal_segment_bytes;
+        if self.engine.disk_ballast_bytes > 0 && self.engine.disk_ballast_bytes < self.engine.wal_segment_bytes {
+            self.engine.disk_ballast_bytes = self.engine.wal_segment_bytes;
         }
         // What must fit before the first write is taken: the reserve kept free, the ballast,
         // the log's segment and a spare, and the cache's disk tier.
         let needed = self
-            .disk_reserve_bytes
-            .saturating_add(self.disk_ballast_bytes)
-            .saturating_add(self.wal_segment_bytes.saturating_mul(2))
-            .saturating_add(self.cache_disk_bytes);
+            .engine.disk_reserve_bytes
+            .saturating_add(self.engine.disk_ballast_bytes)
+            .saturating_add(self.engine.wal_segment_bytes.saturating_mul(2))
+            .saturating_add(self.cache.cache_disk_bytes);
         if needed >= fs_bytes {
             return Err(format!(
                 "the filesystem of {} holds {fs_bytes} bytes, and disk_reserve_bytes ({}) + disk_ballast_bytes ({}) + 2 x wal_segment_bytes ({}) + cache_disk_bytes ({}) = {needed} leave no room for any data: lower them (their defaults scale to the disk by themselves)",
                 self.data_dir.display(),
-                self.disk_reserve_bytes,
-                self.disk_ballast_bytes,
-                self.wal_segment_bytes,
-                self.cache_disk_bytes,
+                self.engine.disk_reserve_bytes,
+                self.engine.disk_ballast_bytes,
+                self.engine.wal_segment_bytes,
+                self.cache.cache_disk_bytes,
             ));
         }
         Ok(scaled)
@@ -607,9 +721,19 @@ impl Config {
         for (field, value) in overrides {
             set_field(&mut table, field, value)?;
         }
-        let config: Config = table
-            .try_into()
-            .map_err(|e: toml::de::Error| format!("config: {}", e.message()))?;
+        let config: Config = table.clone().try_into().map_err(|e: toml::de::Error| {
+            // The sections are flattened, so serde's message names no setting: find the one
+            // that does not read by reading each alone over the defaults.
+            let culprit = table.iter().find(|(k, v)| {
+                let mut one = toml::Table::try_from(Config::default()).unwrap_or_default();
+                one.insert((*k).clone(), (*v).clone());
+                one.try_into::<Config>().is_err()
+            });
+            match culprit {
+                Some((k, _)) => format!("config: `{k}`: {}", e.message()),
+                None => format!("config: {}", e.message()),
+            }
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -617,192 +741,192 @@ impl Config {
     /// Checks ranges so the server never starts with a limit that cannot work.
     pub fn validate(&self) -> Result<(), String> {
         let mut names = std::collections::BTreeSet::new();
-        for t in &self.tokens {
+        for t in &self.http.tokens {
             t.validate()?;
             if !names.insert(t.name.as_str()) {
                 return Err(format!("token name `{}` is used twice", t.name));
             }
         }
-        if self.tls_cert.as_os_str().is_empty() != self.tls_key.as_os_str().is_empty() {
+        if self.http.tls_cert.as_os_str().is_empty() != self.http.tls_key.as_os_str().is_empty() {
             return Err("tls_cert and tls_key go together: give both for HTTPS, or neither".into());
         }
-        if !(0.0..=100.0).contains(&self.cache_xfetch_beta) {
+        if !(0.0..=100.0).contains(&self.cache.cache_xfetch_beta) {
             return Err(format!(
                 "cache_xfetch_beta = {}: must be in 0..=100",
-                self.cache_xfetch_beta
+                self.cache.cache_xfetch_beta
             ));
         }
-        if self.cache_disk_bytes > 0
-            && (self.cache_value_bytes_max as u64) + (64 << 10) > self.cache_disk_block_bytes
+        if self.cache.cache_disk_bytes > 0
+            && (self.cache.cache_value_bytes_max as u64) + (64 << 10) > self.cache.cache_disk_block_bytes
         {
             return Err(format!(
                 "cache_value_bytes_max ({}) plus 64 KiB of entry overhead must fit in one disk block (cache_disk_block_bytes = {})",
-                self.cache_value_bytes_max, self.cache_disk_block_bytes
+                self.cache.cache_value_bytes_max, self.cache.cache_disk_block_bytes
             ));
         }
-        if self.cache_disk_bytes > 0 && self.cache_disk_bytes < 4 * self.cache_disk_block_bytes {
+        if self.cache.cache_disk_bytes > 0 && self.cache.cache_disk_bytes < 4 * self.cache.cache_disk_block_bytes {
             return Err(format!(
                 "cache_disk_bytes ({}) must hold at least 4 blocks of cache_disk_block_bytes ({}), or be 0 for memory only",
-                self.cache_disk_bytes, self.cache_disk_block_bytes
+                self.cache.cache_disk_bytes, self.cache.cache_disk_block_bytes
             ));
         }
         let checks: [(&str, u64, u64, u64); 44] = [
             (
                 "idempotency_ttl_ms",
-                self.idempotency_ttl_ms,
+                self.idempotency.idempotency_ttl_ms,
                 1000,
                 30 * 86_400_000,
             ),
             (
                 "rate_limit_reads_per_s",
-                self.rate_limit_reads_per_s,
+                self.http.rate_limit_reads_per_s,
                 0,
                 1 << 30,
             ),
             (
                 "rate_limit_writes_per_s",
-                self.rate_limit_writes_per_s,
+                self.http.rate_limit_writes_per_s,
                 0,
                 1 << 30,
             ),
-            ("rate_limit_burst", self.rate_limit_burst, 0, 1 << 30),
+            ("rate_limit_burst", self.http.rate_limit_burst, 0, 1 << 30),
             (
                 "rate_limit_clients_max",
-                self.rate_limit_clients_max as u64,
+                self.http.rate_limit_clients_max as u64,
                 1,
                 1 << 24,
             ),
             (
                 "checkpoint_log_bytes",
-                self.checkpoint_log_bytes,
+                self.engine.checkpoint_log_bytes,
                 1 << 16,
                 1 << 40,
             ),
             (
                 "checkpoint_interval_ms",
-                self.checkpoint_interval_ms,
+                self.engine.checkpoint_interval_ms,
                 10,
                 86_400_000,
             ),
             (
                 "wal_segment_bytes",
-                self.wal_segment_bytes,
+                self.engine.wal_segment_bytes,
                 1 << 16,
                 1 << 34,
             ),
             (
                 "wal_spare_segments_max",
-                self.wal_spare_segments_max as u64,
+                self.engine.wal_spare_segments_max as u64,
                 0,
                 1024,
             ),
             (
                 "cache_memory_bytes",
-                self.cache_memory_bytes,
+                self.cache.cache_memory_bytes,
                 1 << 20,
                 1 << 40,
             ),
-            ("cache_disk_bytes", self.cache_disk_bytes, 0, 1 << 44),
+            ("cache_disk_bytes", self.cache.cache_disk_bytes, 0, 1 << 44),
             (
                 "cache_disk_block_bytes",
-                self.cache_disk_block_bytes,
+                self.cache.cache_disk_block_bytes,
                 256 << 10,
                 1 << 30,
             ),
             (
                 "cache_value_bytes_max",
-                self.cache_value_bytes_max as u64,
+                self.cache.cache_value_bytes_max as u64,
                 1,
                 256 << 20,
             ),
             (
                 "cache_fill_lease_ms",
-                self.cache_fill_lease_ms,
+                self.cache.cache_fill_lease_ms,
                 10,
                 3_600_000,
             ),
             (
                 "cache_fill_leases_max",
-                self.cache_fill_leases_max as u64,
+                self.cache.cache_fill_leases_max as u64,
                 1,
                 1 << 24,
             ),
             (
                 "cache_waiters_max",
-                self.cache_waiters_max as u64,
+                self.cache.cache_waiters_max as u64,
                 1,
                 1 << 20,
             ),
-            ("cache_tags_max", self.cache_tags_max as u64, 0, 1024),
-            ("event_bytes_max", self.event_bytes_max as u64, 2, 1 << 30),
+            ("cache_tags_max", self.cache.cache_tags_max as u64, 0, 1024),
+            ("event_bytes_max", self.events.event_bytes_max as u64, 2, 1 << 30),
             (
                 "append_events_max",
-                self.append_events_max as u64,
+                self.events.append_events_max as u64,
                 1,
                 1_000_000,
             ),
-            ("range_limit_max", self.range_limit_max as u64, 1, 1_000_000),
+            ("range_limit_max", self.events.range_limit_max as u64, 1, 1_000_000),
             (
                 "retention_interval_ms",
-                self.retention_interval_ms,
+                self.events.retention_interval_ms,
                 100,
                 86_400_000,
             ),
-            ("trim_buckets_max", self.trim_buckets_max as u64, 1, 100_000),
-            ("followers_max", self.followers_max as u64, 1, 1 << 20),
-            ("job_bytes_max", self.job_bytes_max as u64, 2, 1 << 30),
+            ("trim_buckets_max", self.events.trim_buckets_max as u64, 1, 100_000),
+            ("followers_max", self.http.followers_max as u64, 1, 1 << 20),
+            ("job_bytes_max", self.queue.job_bytes_max as u64, 2, 1 << 30),
             (
                 "enqueue_batch_max",
-                self.enqueue_batch_max as u64,
+                self.queue.enqueue_batch_max as u64,
                 1,
                 1_000_000,
             ),
-            ("claim_max", self.claim_max as u64, 1, 100_000),
-            ("lease_max_ms", self.lease_max_ms, 1, 7 * 86_400_000),
-            ("claim_wait_max_ms", self.claim_wait_max_ms, 0, 3_600_000),
-            ("queue_tick_max_ms", self.queue_tick_max_ms, 1, 60_000),
-            ("shards", self.shards as u64, 0, 1024),
+            ("claim_max", self.queue.claim_max as u64, 1, 100_000),
+            ("lease_max_ms", self.queue.lease_max_ms, 1, 7 * 86_400_000),
+            ("claim_wait_max_ms", self.queue.claim_wait_max_ms, 0, 3_600_000),
+            ("queue_tick_max_ms", self.queue.queue_tick_max_ms, 1, 60_000),
+            ("shards", self.engine.shards as u64, 0, 1024),
             (
                 "writer_queue_ops_max",
-                self.writer_queue_ops_max as u64,
+                self.engine.writer_queue_ops_max as u64,
                 1,
                 1 << 20,
             ),
-            ("batch_ops_max", self.batch_ops_max as u64, 1, 1 << 20),
-            ("batch_bytes_max", self.batch_bytes_max as u64, 1, 1 << 31),
-            ("value_bytes_max", self.value_bytes_max as u64, 1, 1 << 30),
+            ("batch_ops_max", self.engine.batch_ops_max as u64, 1, 1 << 20),
+            ("batch_bytes_max", self.engine.batch_bytes_max as u64, 1, 1 << 31),
+            ("value_bytes_max", self.kv.value_bytes_max as u64, 1, 1 << 30),
             (
                 "json_body_bytes_max",
-                self.json_body_bytes_max as u64,
+                self.http.json_body_bytes_max as u64,
                 1024,
                 1 << 31,
             ),
-            ("batch_keys_max", self.batch_keys_max as u64, 1, 100_000),
-            ("list_limit_max", self.list_limit_max as u64, 1, 100_000),
+            ("batch_keys_max", self.kv.batch_keys_max as u64, 1, 100_000),
+            ("list_limit_max", self.kv.list_limit_max as u64, 1, 100_000),
             (
                 "delete_batch_keys_max",
-                self.delete_batch_keys_max as u64,
+                self.kv.delete_batch_keys_max as u64,
                 1,
                 1 << 20,
             ),
-            ("connections_max", self.connections_max as u64, 1, 1 << 20),
+            ("connections_max", self.http.connections_max as u64, 1, 1 << 20),
             (
                 "connections_per_ip_max",
-                self.connections_per_ip_max as u64,
+                self.http.connections_per_ip_max as u64,
                 1,
                 1 << 20,
             ),
-            ("idle_timeout_ms", self.idle_timeout_ms, 10, 3_600_000),
+            ("idle_timeout_ms", self.http.idle_timeout_ms, 10, 3_600_000),
             (
                 "header_bytes_max",
-                self.header_bytes_max as u64,
+                self.http.header_bytes_max as u64,
                 8192,
                 1 << 20,
             ),
-            ("sweep_interval_ms", self.sweep_interval_ms, 10, 3_600_000),
+            ("sweep_interval_ms", self.kv.sweep_interval_ms, 10, 3_600_000),
             (
                 "disk_check_interval_ms",
-                self.disk_check_interval_ms,
+                self.engine.disk_check_interval_ms,
                 10,
                 60_000,
             ),
@@ -812,17 +936,17 @@ impl Config {
                 return Err(format!("{name} = {value}: must be in {lo}..={hi}"));
             }
         }
-        if self.inflight_body_bytes_max < self.value_bytes_max
-            || self.inflight_body_bytes_max < self.json_body_bytes_max
+        if self.http.inflight_body_bytes_max < self.kv.value_bytes_max
+            || self.http.inflight_body_bytes_max < self.http.json_body_bytes_max
         {
             return Err(
                 "inflight_body_bytes_max must be at least value_bytes_max and json_body_bytes_max"
                     .into(),
             );
         }
-        self.listen
+        self.http.listen
             .parse::<std::net::SocketAddr>()
-            .map_err(|e| format!("listen `{}`: {e}", self.listen))?;
+            .map_err(|e| format!("listen `{}`: {e}", self.http.listen))?;
         Ok(())
     }
 
@@ -830,10 +954,10 @@ impl Config {
     /// says so: anyone on the network could read and delete everything.
     pub fn check_exposure(&self) -> Result<(), String> {
         let addr: std::net::SocketAddr = self
-            .listen
+            .http.listen
             .parse()
-            .map_err(|e| format!("listen `{}`: {e}", self.listen))?;
-        if addr.ip().is_loopback() || !self.tokens.is_empty() || self.allow_unauthenticated {
+            .map_err(|e| format!("listen `{}`: {e}", self.http.listen))?;
+        if addr.ip().is_loopback() || !self.http.tokens.is_empty() || self.http.allow_unauthenticated {
             return Ok(());
         }
         Err(format!(
@@ -942,10 +1066,10 @@ mod tests {
         ];
         let flags = vec![("shards".to_string(), "2".to_string())];
         let c = Config::resolve(Some(file), env, &flags).unwrap();
-        assert_eq!(c.shards, 2);
-        assert_eq!(c.batch_ops_max, 20);
-        assert_eq!(c.value_bytes_max, 100);
-        assert_eq!(c.list_limit_max, 1000);
+        assert_eq!(c.engine.shards, 2);
+        assert_eq!(c.engine.batch_ops_max, 20);
+        assert_eq!(c.kv.value_bytes_max, 100);
+        assert_eq!(c.kv.list_limit_max, 1000);
     }
 
     #[test]

@@ -28,20 +28,20 @@ impl Settings {
     pub fn from_config(c: &crate::base::config::Config) -> Self {
         Self {
             dir: c.data_dir.join("cache"),
-            memory_bytes: c.cache_memory_bytes,
-            disk_bytes: c.cache_disk_bytes,
-            disk_block_bytes: c.cache_disk_block_bytes,
-            value_bytes_max: c.cache_value_bytes_max,
-            eviction: c.cache_eviction,
-            default_ttl_ms: c.cache_default_ttl_ms,
-            fill_lease_ms: c.cache_fill_lease_ms,
-            fill_leases_max: c.cache_fill_leases_max,
-            wait_max_ms: c.cache_wait_max_ms,
-            waiters_max: c.cache_waiters_max,
-            xfetch_beta: c.cache_xfetch_beta,
-            tags_max: c.cache_tags_max,
+            memory_bytes: c.cache.cache_memory_bytes,
+            disk_bytes: c.cache.cache_disk_bytes,
+            disk_block_bytes: c.cache.cache_disk_block_bytes,
+            value_bytes_max: c.cache.cache_value_bytes_max,
+            eviction: c.cache.cache_eviction,
+            default_ttl_ms: c.cache.cache_default_ttl_ms,
+            fill_lease_ms: c.cache.cache_fill_lease_ms,
+            fill_leases_max: c.cache.cache_fill_leases_max,
+            wait_max_ms: c.cache.cache_wait_max_ms,
+            waiters_max: c.cache.cache_waiters_max,
+            xfetch_beta: c.cache.cache_xfetch_beta,
+            tags_max: c.cache.cache_tags_max,
             // `Config::validate` allows only psync and uring.
-            disk_io_uring: c.cache_disk_io == crate::base::config::DiskIo::Uring,
+            disk_io_uring: c.cache.cache_disk_io == crate::base::config::DiskIo::Uring,
         }
     }
 }

@@ -119,14 +119,14 @@ impl Engine {
         private::create_dir_all(&dir.join("shards"))
             .map_err(|e| EngineError::Open(format!("cannot create {}: {e}", dir.display())))?;
         let space =
-            space::DiskSpace::open(&dir, config.disk_reserve_bytes, config.disk_ballast_bytes);
+            space::DiskSpace::open(&dir, config.engine.disk_reserve_bytes, config.engine.disk_ballast_bytes);
         let manifest = Self::load_or_create_manifest(&dir, config, clock.as_ref())?;
         let writer_cfg = WriterConfig {
-            batch_ops_max: config.batch_ops_max,
-            batch_bytes_max: config.batch_bytes_max,
-            quick_repair: config.quick_repair,
-            checkpoint_log_bytes: config.checkpoint_log_bytes,
-            checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
+            batch_ops_max: config.engine.batch_ops_max,
+            batch_bytes_max: config.engine.batch_bytes_max,
+            quick_repair: config.engine.quick_repair,
+            checkpoint_log_bytes: config.engine.checkpoint_log_bytes,
+            checkpoint_interval: Duration::from_millis(config.engine.checkpoint_interval_ms),
         };
         let n = manifest.shards as usize;
         // Open every shard file (redb repairs after an unclean stop) and read where it is.
@@ -138,7 +138,7 @@ impl Engine {
             let storage_err =
                 |e: redb::Error| EngineError::Open(format!("shard {id} ({}): {e}", path.display()));
             let db = redb::Builder::new()
-                .set_cache_size(config.shard_cache_bytes as usize)
+                .set_cache_size(config.engine.shard_cache_bytes as usize)
                 .create(&path)
                 .map_err(|e| storage_err(e.into()))?;
             private::restrict(&path, private::FILE_MODE)
@@ -178,9 +178,9 @@ impl Engine {
             Wal::start(
                 WalConfig {
                     dir: wal_dir,
-                    segment_bytes: config.wal_segment_bytes,
-                    mode: config.durability,
-                    spare_segments_max: config.wal_spare_segments_max,
+                    segment_bytes: config.engine.wal_segment_bytes,
+                    mode: config.engine.durability,
+                    spare_segments_max: config.engine.wal_spare_segments_max,
                     shards: n,
                     space: Some(space.clone()),
                 },
@@ -191,7 +191,7 @@ impl Engine {
         );
         let mut shards = Vec::with_capacity(n);
         for (id, db) in dbs.into_iter().enumerate() {
-            let (tx, rx) = flume::bounded(config.writer_queue_ops_max);
+            let (tx, rx) = flume::bounded(config.engine.writer_queue_ops_max);
             let state = Arc::new(ShardState::default());
             let w = Writer {
                 shard: id,
@@ -215,12 +215,12 @@ impl Engine {
                 db,
                 state,
                 tx,
-                Duration::from_millis(config.writer_queue_wait_ms),
+                Duration::from_millis(config.engine.writer_queue_wait_ms),
                 thread,
             ));
         }
         let space_thread = space
-            .spawn(Duration::from_millis(config.disk_check_interval_ms))
+            .spawn(Duration::from_millis(config.engine.disk_check_interval_ms))
             .map_err(|e| EngineError::Open(format!("cannot start the disk space sampler: {e}")))?;
         Ok(Engine {
             space,
@@ -243,16 +243,16 @@ impl Engine {
         clock: &dyn Clock,
     ) -> Result<Manifest, EngineError> {
         if let Some(m) = Manifest::read(dir)? {
-            if config.shards != 0 && config.shards != m.shards {
+            if config.engine.shards != 0 && config.engine.shards != m.shards {
                 return Err(EngineError::Open(format!(
                     "data directory {} holds {} shards, but {} were asked for. The shard count is fixed \
                      when a directory is created: start with --shards {} (or leave --shards unset), \
                      or use a new --data directory for {} shards",
                     dir.display(),
                     m.shards,
-                    config.shards,
+                    config.engine.shards,
                     m.shards,
-                    config.shards
+                    config.engine.shards
                 )));
             }
             return Ok(m);
@@ -267,10 +267,10 @@ impl Engine {
                 dir.display()
             )));
         }
-        let shards = if config.shards == 0 {
+        let shards = if config.engine.shards == 0 {
             default_shards()
         } else {
-            config.shards
+            config.engine.shards
         };
         let m = Manifest {
             format_version: FORMAT_VERSION,

@@ -226,13 +226,13 @@ impl Events {
         Events::new(
             engine,
             Limits {
-                event_bytes_max: config.event_bytes_max,
-                append_events_max: config.append_events_max,
-                range_limit_max: config.range_limit_max,
-                future_skew_max_ms: config.future_skew_max_ms,
-                default_bucket_ms: config.default_bucket.ms(),
-                default_retention_ms: config.default_retention_ms,
-                trim_buckets_max: config.trim_buckets_max,
+                event_bytes_max: config.events.event_bytes_max,
+                append_events_max: config.events.append_events_max,
+                range_limit_max: config.events.range_limit_max,
+                future_skew_max_ms: config.events.future_skew_max_ms,
+                default_bucket_ms: config.events.default_bucket.ms(),
+                default_retention_ms: config.events.default_retention_ms,
+                trim_buckets_max: config.events.trim_buckets_max,
             },
         )
     }
@@ -717,7 +717,7 @@ impl crate::engine::Domain for Events {
         config: &crate::base::config::Config,
     ) -> Vec<futures_util::future::BoxFuture<'static, ()>> {
         vec![Box::pin(self.run_retention(
-            std::time::Duration::from_millis(config.retention_interval_ms),
+            std::time::Duration::from_millis(config.events.retention_interval_ms),
         ))]
     }
     fn render_metrics(&self, _out: &mut String) {}

@@ -193,10 +193,10 @@ static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 impl Access {
     pub fn new(cfg: &crate::base::config::Config) -> Self {
         Access {
-            tokens: Tokens::new(&cfg.tokens),
-            reads: Limit::new(cfg.rate_limit_reads_per_s, cfg.rate_limit_burst),
-            writes: Limit::new(cfg.rate_limit_writes_per_s, cfg.rate_limit_burst),
-            clients_max: cfg.rate_limit_clients_max,
+            tokens: Tokens::new(&cfg.http.tokens),
+            reads: Limit::new(cfg.http.rate_limit_reads_per_s, cfg.http.rate_limit_burst),
+            writes: Limit::new(cfg.http.rate_limit_writes_per_s, cfg.http.rate_limit_burst),
+            clients_max: cfg.http.rate_limit_clients_max,
         }
     }
 

@@ -204,7 +204,7 @@ pub async fn put(
         body,
         cache.settings().value_bytes_max,
         &state.body_budget,
-        Duration::from_millis(cfg.body_read_timeout_ms),
+        Duration::from_millis(cfg.http.body_read_timeout_ms),
         "the cached value (cache_value_bytes_max)",
     )
     .await?;

@@ -114,7 +114,8 @@ pub fn get_stream(state: &ServerState, stream: &str) -> Result<Resp, ApiError> {
 
 /// `GET /v1/streams?limit=&after=`: a page of streams by name (`next` is the cursor).
 pub fn list_streams(state: &ServerState, req: &Request<ReqBody>) -> Result<Resp, ApiError> {
-    let (limit, after) = super::input::name_page(&query(req), state.store.config().list_limit_max)?;
+    let (limit, after) =
+        super::input::name_page(&query(req), state.store.config().kv.list_limit_max)?;
     let (page, next) = state.store.events().page(after.as_deref(), limit)?;
     Ok(response::json(
         200,
@@ -169,7 +170,7 @@ pub async fn append(
     req: Request<ReqBody>,
 ) -> Result<Resp, ApiError> {
     validate_name(stream)?;
-    let max = state.store.config().append_events_max;
+    let max = state.store.config().events.append_events_max;
     let (events, _) = json_items(state, req, max, "append_events_max", |r: EventReq| {
         r.into_event()
     })
@@ -259,7 +260,7 @@ pub async fn range(
     let (mut events, mut more) = run_range(state, stream, rq.clone()).await?;
     if events.is_empty() && wait > 0 {
         // Long poll: wait for the next append (bounded), then look once more.
-        let wait = wait.min(state.store.config().claim_wait_max_ms);
+        let wait = wait.min(state.store.config().queue.claim_wait_max_ms);
         let (waiting, _permit) = state.follower()?;
         let notify = state.store.events().follower(stream);
         let notified = notify.notified();

@@ -25,7 +25,7 @@ pub fn readyz(state: &ServerState) -> Resp {
     for (shard, reason) in engine.failed_shards() {
         problems.push(serde_json::json!({"shard": shard, "reason": reason}));
     }
-    let floor = state.store.config().disk_free_bytes_min;
+    let floor = state.store.config().engine.disk_free_bytes_min;
     let free = crate::engine::space::free_bytes(engine.data_dir());
     match free {
         Some(free) if free < floor => problems.push(serde_json::json!({

@@ -70,9 +70,9 @@ pub(crate) async fn json_bytes(
     body::read(
         headers,
         body,
-        cfg.json_body_bytes_max,
+        cfg.http.json_body_bytes_max,
         &state.body_budget,
-        Duration::from_millis(cfg.body_read_timeout_ms),
+        Duration::from_millis(cfg.http.body_read_timeout_ms),
         "the request body",
     )
     .await

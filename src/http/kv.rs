@@ -190,9 +190,9 @@ pub async fn put(
     let body = body::read(
         &parts.headers,
         body,
-        cfg.value_bytes_max,
+        cfg.kv.value_bytes_max,
         &state.body_budget,
-        Duration::from_millis(cfg.body_read_timeout_ms),
+        Duration::from_millis(cfg.http.body_read_timeout_ms),
         "the value",
     )
     .await?;

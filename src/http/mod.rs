@@ -132,19 +132,19 @@ impl ServerState {
     /// The state of a server over `store`, its bounds taken from the store's config.
     pub fn new(store: Store) -> Arc<Self> {
         let cfg = store.config().clone();
-        let long_polls = long_polls_max(cfg.connections_max);
-        let followers_max = cfg.followers_max.min(long_polls);
+        let long_polls = long_polls_max(cfg.http.connections_max);
+        let followers_max = cfg.http.followers_max.min(long_polls);
         Arc::new(ServerState {
-            body_budget: Arc::new(Semaphore::new(cfg.inflight_body_bytes_max)),
+            body_budget: Arc::new(Semaphore::new(cfg.http.inflight_body_bytes_max)),
             store,
-            conns: conns::Conns::new(cfg.connections_per_ip_max),
+            conns: conns::Conns::new(cfg.http.connections_per_ip_max),
             followers: Arc::new(Semaphore::new(followers_max)),
             followers_max,
             long_polls: Arc::new(Semaphore::new(long_polls)),
             access: access::Access::new(&cfg),
             started: std::time::Instant::now(),
             recent_errors: status::RecentErrors::default(),
-            idempotent_tasks: Arc::new(Semaphore::new(cfg.connections_max)),
+            idempotent_tasks: Arc::new(Semaphore::new(cfg.http.connections_max)),
         })
     }
 }
@@ -154,8 +154,8 @@ fn connection_builder(cfg: &crate::base::config::Config) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(cfg.header_read_timeout_ms))
-        .max_buf_size(cfg.header_bytes_max.max(8192))
+        .header_read_timeout(Duration::from_millis(cfg.http.header_read_timeout_ms))
+        .max_buf_size(cfg.http.header_bytes_max.max(8192))
         // A client that shuts its side after sending (`nc -N`, some scripts) still gets its
         // answer; an idle half-closed connection ends at idle_timeout_ms like any other.
         .half_close(true)
@@ -278,7 +278,7 @@ fn serve_admin_socket(
             let state = state.clone();
             let builder = builder.clone();
             let stop_rx = stop_rx.clone();
-            let idle_timeout = Duration::from_millis(state.store.config().idle_timeout_ms);
+            let idle_timeout = Duration::from_millis(state.store.config().http.idle_timeout_ms);
             // Its waits watch the client like any connection's (a Unix socket shows a hang-up
             // the same way).
             registered
@@ -492,14 +492,14 @@ pub async fn run(
             pruned.access.prune();
         }
     }));
-    let conn_limit = Arc::new(Semaphore::new(cfg.connections_max));
+    let conn_limit = Arc::new(Semaphore::new(cfg.http.connections_max));
     let conns = state.conns.clone();
-    let idle_timeout = Duration::from_millis(cfg.idle_timeout_ms);
+    let idle_timeout = Duration::from_millis(cfg.http.idle_timeout_ms);
     let refusals = Arc::new(Semaphore::new(REFUSALS_MAX));
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let admin_socket = serve_admin_socket(state.clone(), stop_rx.clone());
     let builder = connection_builder(&cfg);
-    let header_timeout = Duration::from_millis(cfg.header_read_timeout_ms);
+    let header_timeout = Duration::from_millis(cfg.http.header_read_timeout_ms);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -551,7 +551,7 @@ pub async fn run(
     state.store.engine().begin_shutdown();
     let _ = stop_tx.send(true);
     drop(done_tx);
-    let grace = Duration::from_millis(cfg.shutdown_grace_ms);
+    let grace = Duration::from_millis(cfg.http.shutdown_grace_ms);
     let deadline = tokio::time::Instant::now() + grace;
     if tokio::time::timeout_at(deadline, done_rx.recv())
         .await
@@ -564,7 +564,7 @@ pub async fn run(
     }
     // Keyed requests whose client hung up still run: they finish (and keep their response)
     // before the store closes.
-    let all = u32::try_from(cfg.connections_max).unwrap_or(u32::MAX);
+    let all = u32::try_from(cfg.http.connections_max).unwrap_or(u32::MAX);
     if tokio::time::timeout_at(deadline, state.idempotent_tasks.acquire_many(all))
         .await
         .is_err()

@@ -197,7 +197,7 @@ pub async fn enqueue(
 ) -> Result<Resp, ApiError> {
     validate_name(q)?;
     let now = state.store.engine().now_ms();
-    let max = state.store.config().enqueue_batch_max;
+    let max = state.store.config().queue.enqueue_batch_max;
     let (jobs, ndjson) = json_items(state, req, max, "enqueue_batch_max", |r: EnqueueReq| {
         r.into_job(now)
     })
@@ -636,7 +636,8 @@ pub fn stats(state: &ServerState, q: &str) -> Result<Resp, ApiError> {
 /// `GET /v1/queues`
 /// `GET /v1/queues?limit=&after=`: a page of queues by name (`next` is the cursor).
 pub fn list_queues(state: &ServerState, req: &Request<ReqBody>) -> Result<Resp, ApiError> {
-    let (limit, after) = super::input::name_page(&query(req), state.store.config().list_limit_max)?;
+    let (limit, after) =
+        super::input::name_page(&query(req), state.store.config().kv.list_limit_max)?;
     let (page, next) = state.store.queues().page_stats(after.as_deref(), limit)?;
     Ok(response::json(
         200,

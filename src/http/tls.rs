@@ -10,11 +10,11 @@ use tokio_rustls::TlsAcceptor;
 /// The acceptor for the configured certificate, `None` when TLS is off. `Err` says what is
 /// wrong with which file.
 pub fn acceptor(cfg: &crate::base::config::Config) -> Result<Option<TlsAcceptor>, String> {
-    if cfg.tls_cert.as_os_str().is_empty() {
+    if cfg.http.tls_cert.as_os_str().is_empty() {
         return Ok(None);
     }
-    let certs = load_certs(&cfg.tls_cert)?;
-    let key = load_key(&cfg.tls_key)?;
+    let certs = load_certs(&cfg.http.tls_cert)?;
+    let key = load_key(&cfg.http.tls_key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -24,8 +24,8 @@ pub fn acceptor(cfg: &crate::base::config::Config) -> Result<Option<TlsAcceptor>
         .map_err(|e| {
             format!(
                 "tls_cert {} and tls_key {}: {e} (does the key belong to the certificate?)",
-                cfg.tls_cert.display(),
-                cfg.tls_key.display()
+                cfg.http.tls_cert.display(),
+                cfg.http.tls_key.display()
             )
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -106,7 +106,7 @@ impl Idempotency {
     pub fn new(engine: Arc<Engine>, config: &crate::base::config::Config) -> Self {
         Self {
             engine,
-            ttl_ms: config.idempotency_ttl_ms,
+            ttl_ms: config.idempotency.idempotency_ttl_ms,
             running: Mutex::new(HashSet::new()),
         }
     }
@@ -280,10 +280,10 @@ impl crate::engine::Domain for Idempotency {
     ) -> Vec<futures_util::future::BoxFuture<'static, ()>> {
         vec![Box::pin(crate::engine::expiry::run(
             self.engine.clone(),
-            Duration::from_millis(config.sweep_interval_ms),
+            Duration::from_millis(config.kv.sweep_interval_ms),
             IDEM_EXPIRY,
             sweep,
-            config.delete_batch_keys_max,
+            config.kv.delete_batch_keys_max,
         ))]
     }
 

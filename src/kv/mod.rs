@@ -166,13 +166,16 @@ impl Kv {
         Kv::new(
             engine,
             Limits {
-                value_bytes_max: config.value_bytes_max,
-                batch_keys_max: config.batch_keys_max,
-                list_limit_max: config.list_limit_max,
-                delete_batch_keys_max: config.delete_batch_keys_max,
+                value_bytes_max: config.kv.value_bytes_max,
+                batch_keys_max: config.kv.batch_keys_max,
+                list_limit_max: config.kv.list_limit_max,
+                delete_batch_keys_max: config.kv.delete_batch_keys_max,
             },
         )
-        .with_read_cache(config.kv_cache_bytes, config.cache_eviction.foyer_config())
+        .with_read_cache(
+            config.kv.kv_cache_bytes,
+            config.cache.cache_eviction.foyer_config(),
+        )
     }
 
     pub fn new(engine: Arc<Engine>, limits: Limits) -> Self {
@@ -588,8 +591,8 @@ impl crate::engine::Domain for Kv {
     ) -> Vec<futures_util::future::BoxFuture<'static, ()>> {
         vec![Box::pin(sweep::run(
             self.engine.clone(),
-            std::time::Duration::from_millis(config.sweep_interval_ms),
-            config.delete_batch_keys_max,
+            std::time::Duration::from_millis(config.kv.sweep_interval_ms),
+            config.kv.delete_batch_keys_max,
         ))]
     }
     fn render_metrics(&self, out: &mut String) {

@@ -244,15 +244,15 @@ impl Queues {
         Queues::new(
             engine,
             Limits {
-                job_bytes_max: config.job_bytes_max,
-                enqueue_batch_max: config.enqueue_batch_max,
-                claim_max: config.claim_max,
-                lease_max_ms: config.lease_max_ms,
-                wait_max_ms: config.claim_wait_max_ms,
-                list_limit_max: config.list_limit_max,
-                delete_batch_max: config.delete_batch_keys_max,
-                waiters_max: config.claim_waiters_max,
-                schedules_max: config.schedules_max,
+                job_bytes_max: config.queue.job_bytes_max,
+                enqueue_batch_max: config.queue.enqueue_batch_max,
+                claim_max: config.queue.claim_max,
+                lease_max_ms: config.queue.lease_max_ms,
+                wait_max_ms: config.queue.claim_wait_max_ms,
+                list_limit_max: config.kv.list_limit_max,
+                delete_batch_max: config.kv.delete_batch_keys_max,
+                waiters_max: config.queue.claim_waiters_max,
+                schedules_max: config.queue.schedules_max,
             },
         )
     }
@@ -816,7 +816,7 @@ impl crate::engine::Domain for Queues {
         vec![
             Box::pin(
                 self.clone()
-                    .run_timers(Duration::from_millis(config.queue_tick_max_ms)),
+                    .run_timers(Duration::from_millis(config.queue.queue_tick_max_ms)),
             ),
             Box::pin(self.run_schedules()),
         ]

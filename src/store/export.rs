@@ -597,7 +597,7 @@ pub async fn import(
     let mut pending_bytes = 0usize;
     let mut puts: Vec<Put> = Vec::new();
     let mut put_bytes = 0usize;
-    let bytes_max = store.config().json_body_bytes_max;
+    let bytes_max = store.config().http.json_body_bytes_max;
     let append_max = store.events().limits().append_events_max;
     let enqueue_max = store.queues().limits().enqueue_batch_max;
     // Streams' retention as the file sets it: older events are skipped, as expired values are.

@@ -177,10 +177,10 @@ impl TestServer {
     /// Starts on an existing (or new) data dir, which the caller owns.
     pub async fn start_in(dir: PathBuf, tweak: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = Config::with_data_dir(&dir);
-        config.listen = "127.0.0.1:0".into();
-        config.shards = 0;
+        config.http.listen = "127.0.0.1:0".into();
+        config.engine.shards = 0;
         // No 64 MiB ballast laid per test server (tests/disk_full.rs tests it in the binary).
-        config.disk_ballast_bytes = 0;
+        config.engine.disk_ballast_bytes = 0;
         tweak(&mut config);
         let clock = Arc::new(ManualClock::new(T0_MS));
         let store = Store::open_with_clock(config, clock.clone()).expect("open store");

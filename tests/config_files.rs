@@ -1,0 +1,125 @@
+//! Users' configuration keeps working across the typed sections: every setting keeps its flat
+//! name in the TOML file, the environment and `--set`, the config files in the docs resolve as
+//! written, and the docs' table of settings names exactly the settings there are.
+
+use shardbox::Config;
+
+fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The text of every ```toml block of a Markdown file.
+fn toml_blocks(md: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in md.lines() {
+        match (&mut cur, line.trim_start()) {
+            (None, l) if l.starts_with("```toml") => cur = Some(String::new()),
+            (Some(_), l) if l.starts_with("```") => out.extend(cur.take()),
+            (Some(b), _) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn the_config_files_in_the_docs_resolve() {
+    let mut seen = 0;
+    for doc in [
+        "README.md",
+        "docs/operations.md",
+        "docs/design.md",
+        "docs/api.md",
+    ] {
+        let text = std::fs::read_to_string(root().join(doc)).expect("read doc");
+        for block in toml_blocks(&text) {
+            let c = Config::resolve(Some(&block), std::iter::empty(), &[])
+                .unwrap_or_else(|e| panic!("{doc}: {e}\n{block}"));
+            seen += 1;
+            // What the file says is what the sections hold.
+            let table: toml::Table = toml::from_str(&block).expect("toml");
+            let back = toml::Table::try_from(&c).expect("serialise");
+            for (k, v) in table {
+                assert_eq!(back.get(&k), Some(&v), "{doc}: `{k}` did not come through");
+            }
+        }
+    }
+    assert!(seen >= 1, "no ```toml block found in the docs");
+}
+
+#[test]
+fn every_setting_keeps_its_flat_name_in_each_source() {
+    let file = "value_bytes_max = 1000\njob_bytes_max = 2000\nevent_bytes_max = 3000\n\
+                cache_tags_max = 4\nshards = 3\nconnections_max = 64\nidempotency_ttl_ms = 5000\n";
+    let env = vec![
+        ("SHARDBOX_CLAIM_MAX".to_string(), "7".to_string()),
+        ("SHARDBOX_KV_CACHE_BYTES".to_string(), "0".to_string()),
+    ];
+    let set = vec![("trim_buckets_max".to_string(), "9".to_string())];
+    let c = Config::resolve(Some(file), env, &set).expect("resolve");
+    assert_eq!(c.kv.value_bytes_max, 1000);
+    assert_eq!(c.queue.job_bytes_max, 2000);
+    assert_eq!(c.events.event_bytes_max, 3000);
+    assert_eq!(c.cache.cache_tags_max, 4);
+    assert_eq!(c.engine.shards, 3);
+    assert_eq!(c.http.connections_max, 64);
+    assert_eq!(c.idempotency.idempotency_ttl_ms, 5000);
+    assert_eq!(c.queue.claim_max, 7);
+    assert_eq!(c.kv.kv_cache_bytes, 0);
+    assert_eq!(c.events.trim_buckets_max, 9);
+
+    // Serialised, the sections are flat again: no setting is named after its section.
+    let t = toml::Table::try_from(Config::default()).expect("serialise");
+    for section in [
+        "engine",
+        "kv",
+        "queue",
+        "events",
+        "cache",
+        "http",
+        "idempotency",
+    ] {
+        assert!(
+            !t.contains_key(section),
+            "`{section}` leaked into the flat names"
+        );
+    }
+    assert!(t.contains_key("value_bytes_max") && t.contains_key("tls_cert"));
+
+    // A section name is not a setting, and a wrong type names the setting.
+    let e =
+        Config::resolve(Some("[kv]\nvalue_bytes_max = 1\n"), std::iter::empty(), &[]).unwrap_err();
+    assert!(e.contains("unknown setting `kv`"), "{e}");
+    let e = Config::resolve(Some("shards = \"x\"\n"), std::iter::empty(), &[]).unwrap_err();
+    assert!(e.contains("shards"), "{e}");
+}
+
+#[test]
+fn the_docs_table_names_every_setting() {
+    let ops = std::fs::read_to_string(root().join("docs/operations.md")).expect("read");
+    let documented: std::collections::BTreeSet<String> = ops
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once(" |").map(|(cell, _)| cell.to_string()))
+        .flat_map(|cell| {
+            cell.split('`')
+                .map(str::to_string)
+                .filter(|n| {
+                    !n.is_empty()
+                        && n.chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let t = toml::Table::try_from(Config::default()).expect("serialise");
+    let missing: Vec<&String> = t.keys().filter(|k| !documented.contains(*k)).collect();
+    assert!(
+        missing.is_empty(),
+        "settings missing from operations.md's table: {missing:?}"
+    );
+}
