@@ -1,0 +1,144 @@
+//! One connection: hyper's HTTP/1.1 settings, the service that routes its requests, and the
+//! loop that ends it when it idles, is asked to make room, or the server stops.
+
+use super::{access, body, conns, dispatch, hyper_errors, response, ServerState};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The HTTP/1.1 settings of every connection: header timeout and size bound, keep-alive.
+pub(super) fn connection_builder(cfg: &crate::base::config::Config) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(cfg.http.header_read_timeout_ms))
+        .max_buf_size(cfg.http.header_bytes_max.max(8192))
+        // A client that shuts its side after sending (`nc -N`, some scripts) still gets its
+        // answer; an idle half-closed connection ends at idle_timeout_ms like any other.
+        .half_close(true)
+        .keep_alive(true);
+    builder
+}
+
+/// The service of one connection: routes each request, and marks the connection busy until
+/// the response is sent (a streamed body, SSE or NDJSON, holds it).
+fn service(
+    state: Arc<ServerState>,
+    conn: Arc<conns::Conn>,
+) -> impl hyper::service::HttpService<
+    hyper::body::Incoming,
+    ResBody = response::Body,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<response::Resp, std::convert::Infallible>> + Send,
+> {
+    service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let req = req.map(body::ReqBody::Stream);
+        let st = state.clone();
+        let busy = conns::Busy::new(conn.clone());
+        async move {
+            let r = dispatch::handle(st, req).await;
+            Ok(busy.until_sent(r?))
+        }
+    })
+}
+
+/// Serves one connection over any byte stream with exactly the service of [`run`] (the fuzz
+/// targets feed it an in-memory pipe). Returns when the connection closes; the peer's address
+/// counts as loopback.
+pub async fn serve_stream<IO>(state: &Arc<ServerState>, io: IO)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Some((registered, _)) = state.conns.register(std::net::Ipv4Addr::LOCALHOST.into()) else {
+        return;
+    };
+    let builder = connection_builder(state.store.config());
+    let conn = builder.serve_connection(
+        TokioIo::new(hyper_errors::JsonErrors::new(io)),
+        service(state.clone(), registered.conn.clone()),
+    );
+    let ctx = access::ConnCtx {
+        conn: registered.conn.clone(),
+        local: false,
+    };
+    let _ = ctx.scope(conn).await;
+}
+
+/// Serves one accepted connection (plain or TLS) until it ends, idles out, is asked to make
+/// room, or the server stops.
+pub(super) async fn serve_conn<IO>(
+    io: IO,
+    state: &Arc<ServerState>,
+    builder: &http1::Builder,
+    registered: &conns::Registered,
+    mut stop_rx: watch::Receiver<bool>,
+    idle_timeout: Duration,
+    local: bool,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = builder.serve_connection(
+        TokioIo::new(hyper_errors::JsonErrors::of_conn(
+            io,
+            registered.conn.clone(),
+        )),
+        service(state.clone(), registered.conn.clone()),
+    );
+    // The connection's requests run inside its future: they find it there ([`access::ConnCtx`]).
+    let ctx = access::ConnCtx {
+        conn: registered.conn.clone(),
+        local,
+    };
+    ctx.scope(async move {
+        tokio::pin!(conn);
+        let me = registered.conn.clone();
+        let idle = async {
+            // Since when request bytes have waited on the idle connection, and its activity
+            // stamp then (a request that ran since makes it a new wait).
+            let mut pending_since: Option<(u64, std::time::Instant)> = None;
+            loop {
+                let idle = Duration::from_millis(me.idle_ms());
+                let stamp = me.last_active_ms();
+                if pending_since.is_some_and(|(s, _)| s != stamp) {
+                    pending_since = None;
+                }
+                // A request that has arrived is answered: not idle while its bytes wait for
+                // hyper (which reads them as soon as it runs — after a stall of any length),
+                // for one more idle_timeout at most.
+                if idle >= idle_timeout {
+                    let waited = pending_since.map_or(Duration::ZERO, |(_, t)| t.elapsed());
+                    if waited >= idle_timeout || !me.socket.has_pending_input() {
+                        break;
+                    }
+                    pending_since.get_or_insert_with(|| (stamp, std::time::Instant::now()));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                tokio::time::sleep((idle_timeout - idle).max(Duration::from_millis(10))).await;
+            }
+        };
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = async { let _ = stop_rx.wait_for(|s| *s).await.map(|_| ()); } => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.as_mut().await;
+            }
+            // Idle too long, or asked to make room: hyper closes an idle connection at
+            // once and lets a request in progress finish first.
+            _ = idle => {
+                registered.conn.closing();
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.as_mut().await;
+            }
+            _ = registered.conn.evict.notified() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.as_mut().await;
+            }
+        }
+    })
+    .await
+}
