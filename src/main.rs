@@ -289,7 +289,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         tracing::info!(
             address = %addr,
             data_dir = %config.data_dir.display(),
-            shards = store.engine().shards().len(),
+            shards = store.shard_count(),
             tls,
             tokens = config.http.tokens.len(),
             durability = %config.engine.durability,
@@ -354,7 +354,7 @@ fn backup(args: BackupArgs) -> Result<ExitCode, String> {
     }
     let store = open_existing(config)?;
     let progress = shardbox::progress::Progress::for_stderr("backup: shards");
-    let report = shardbox::backup::backup(store.engine(), &out, &progress);
+    let report = shardbox::backup::backup(&store, &out, &progress);
     store.close();
     let report = report?;
     println!(

@@ -168,14 +168,16 @@ impl Generations {
     }
 }
 
-/// The cache domain as the engine sees it (its shard tables hold purge generations only).
-pub const DOMAIN: crate::engine::DomainSpec = crate::engine::DomainSpec {
-    name: "cache",
-    init_tables,
-    check,
-    // Opened by `Store::cache` inside the tokio runtime (foyer needs one).
-    open: None,
-};
+testing_pub! {
+    /// The cache domain as the engine sees it (its shard tables hold purge generations only).
+    const DOMAIN: crate::engine::DomainSpec = crate::engine::DomainSpec {
+        name: "cache",
+        init_tables,
+        check,
+        // Opened by `Store::cache` inside the tokio runtime (foyer needs one).
+        open: None,
+    };
+}
 
 /// `shardbox check` for the cache: the generation table is readable (its values are plain u64s).
 fn check(

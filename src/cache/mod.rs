@@ -15,7 +15,8 @@ mod settings;
 mod stats;
 
 pub use entry::Entry;
-pub use gens::{init_tables, PurgeTarget, DOMAIN};
+pub use gens::PurgeTarget;
+testing_pub! { use gens::{init_tables, DOMAIN}; }
 use leases::{FillLease, WaiterSlot};
 pub use settings::{Eviction, Settings};
 pub use stats::{Counters, Summary};
@@ -142,74 +143,76 @@ fn cache_key(ns: &str, key: &str) -> Vec<u8> {
 }
 
 impl Cache {
-    /// Builds the cache (inside the tokio runtime, as foyer needs). The disk tier's directory is
-    /// wiped first: the disk tier always starts empty.
-    pub async fn open(engine: Arc<Engine>, settings: Settings) -> Result<Self, CacheError> {
-        let generations = gens::Generations::load(&engine)?;
-        let registry = registry::Registry::default();
-        let memory = usize::try_from(settings.memory_bytes).unwrap_or(usize::MAX);
-        // Each memory shard must hold several of the largest entries.
-        let shards = (memory / (8 * settings.value_bytes_max.max(1))).clamp(1, 16);
-        let builder = HybridCacheBuilder::new()
-            .with_name("shardbox")
-            .with_policy(HybridCachePolicy::WriteOnEviction)
-            .with_flush_on_close(false)
-            .with_metrics_registry(Box::new(registry.clone()))
-            .memory(memory)
-            .with_shards(shards)
-            .with_eviction_config(settings.eviction.foyer_config())
-            .with_weighter(|k: &Vec<u8>, v: &Entry| k.len() + v.weight())
-            .storage();
-        let hybrid = if settings.disk_bytes > 0 {
-            if settings.dir.exists() {
-                std::fs::remove_dir_all(&settings.dir).map_err(|e| {
+    testing_pub! {
+        /// Builds the cache (inside the tokio runtime, as foyer needs). The disk tier's directory is
+        /// wiped first: the disk tier always starts empty.
+        async fn open(engine: Arc<Engine>, settings: Settings) -> Result<Self, CacheError> {
+            let generations = gens::Generations::load(&engine)?;
+            let registry = registry::Registry::default();
+            let memory = usize::try_from(settings.memory_bytes).unwrap_or(usize::MAX);
+            // Each memory shard must hold several of the largest entries.
+            let shards = (memory / (8 * settings.value_bytes_max.max(1))).clamp(1, 16);
+            let builder = HybridCacheBuilder::new()
+                .with_name("shardbox")
+                .with_policy(HybridCachePolicy::WriteOnEviction)
+                .with_flush_on_close(false)
+                .with_metrics_registry(Box::new(registry.clone()))
+                .memory(memory)
+                .with_shards(shards)
+                .with_eviction_config(settings.eviction.foyer_config())
+                .with_weighter(|k: &Vec<u8>, v: &Entry| k.len() + v.weight())
+                .storage();
+            let hybrid = if settings.disk_bytes > 0 {
+                if settings.dir.exists() {
+                    std::fs::remove_dir_all(&settings.dir).map_err(|e| {
+                        CacheError::Unavailable(format!(
+                            "cannot clear the cache directory {}: {e}",
+                            settings.dir.display()
+                        ))
+                    })?;
+                }
+                crate::engine::private::create_dir_all(&settings.dir).map_err(|e| {
                     CacheError::Unavailable(format!(
-                        "cannot clear the cache directory {}: {e}",
+                        "cannot create the cache directory {}: {e}",
                         settings.dir.display()
                     ))
                 })?;
-            }
-            crate::engine::private::create_dir_all(&settings.dir).map_err(|e| {
-                CacheError::Unavailable(format!(
-                    "cannot create the cache directory {}: {e}",
-                    settings.dir.display()
-                ))
-            })?;
-            let device = FsDeviceBuilder::new(&settings.dir)
-                .with_capacity(usize::try_from(settings.disk_bytes).unwrap_or(usize::MAX))
-                .build()
-                .map_err(|e| CacheError::Unavailable(format!("cache disk tier: {e}")))?;
-            let io: Box<dyn foyer::IoEngineConfig> = if settings.disk_io_uring {
-                Box::new(UringIoEngineConfig::new().with_threads(1))
+                let device = FsDeviceBuilder::new(&settings.dir)
+                    .with_capacity(usize::try_from(settings.disk_bytes).unwrap_or(usize::MAX))
+                    .build()
+                    .map_err(|e| CacheError::Unavailable(format!("cache disk tier: {e}")))?;
+                let io: Box<dyn foyer::IoEngineConfig> = if settings.disk_io_uring {
+                    Box::new(UringIoEngineConfig::new().with_threads(1))
+                } else {
+                    PsyncIoEngineConfig::new().into()
+                };
+                builder
+                    .with_io_engine_config(io)
+                    .with_engine_config(
+                        BlockEngineConfig::new(device)
+                            .with_block_size(settings.disk_block_bytes as usize),
+                    )
+                    .with_recover_mode(RecoverMode::None)
+                    .build()
+                    .await
             } else {
-                PsyncIoEngineConfig::new().into()
-            };
-            builder
-                .with_io_engine_config(io)
-                .with_engine_config(
-                    BlockEngineConfig::new(device)
-                        .with_block_size(settings.disk_block_bytes as usize),
-                )
-                .with_recover_mode(RecoverMode::None)
-                .build()
-                .await
-        } else {
-            builder.build().await
+                builder.build().await
+            }
+            .map_err(|e| CacheError::Unavailable(format!("cannot open the cache: {e}")))?;
+            Ok(Self {
+                hybrid,
+                engine,
+                generations,
+                leases: Mutex::new(HashMap::new()),
+                leases_swept_until: AtomicU64::new(0),
+                waiters: AtomicUsize::new(0),
+                settings,
+                global: Counters::default(),
+                namespaces: std::sync::RwLock::new(HashMap::new()),
+                registry,
+                key_locks: (0..KEY_LOCKS).map(|_| Mutex::new(())).collect(),
+            })
         }
-        .map_err(|e| CacheError::Unavailable(format!("cannot open the cache: {e}")))?;
-        Ok(Self {
-            hybrid,
-            engine,
-            generations,
-            leases: Mutex::new(HashMap::new()),
-            leases_swept_until: AtomicU64::new(0),
-            waiters: AtomicUsize::new(0),
-            settings,
-            global: Counters::default(),
-            namespaces: std::sync::RwLock::new(HashMap::new()),
-            registry,
-            key_locks: (0..KEY_LOCKS).map(|_| Mutex::new(())).collect(),
-        })
     }
 
     pub fn settings(&self) -> &Settings {

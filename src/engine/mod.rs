@@ -291,6 +291,7 @@ impl Engine {
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
@@ -308,6 +309,7 @@ impl Engine {
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
     }
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
     }

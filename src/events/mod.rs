@@ -6,11 +6,12 @@
 
 mod error;
 internal!(apply, model);
+pub use apply::NewEvent;
 pub use error::EventError;
 
 use crate::base::invalid::{Invalid, ItemKind};
 use crate::engine::Engine;
-use apply::{AppendRules, NewEvent};
+use apply::AppendRules;
 use model::*;
 use redb::{ReadableTable, TableDefinition};
 use std::collections::HashMap;
@@ -19,13 +20,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
-/// The events domain as the engine sees it.
-pub const DOMAIN: crate::engine::DomainSpec = crate::engine::DomainSpec {
-    name: "events",
-    init_tables,
-    check,
-    open: Some(|engine, config| std::sync::Arc::new(Events::from_config(engine, config))),
-};
+testing_pub! {
+    /// The events domain as the engine sees it.
+    const DOMAIN: crate::engine::DomainSpec = crate::engine::DomainSpec {
+        name: "events",
+        init_tables,
+        check,
+        open: Some(|engine, config| std::sync::Arc::new(Events::from_config(engine, config))),
+    };
+}
 
 /// `shardbox check` for streams (invariant 15): every stream, bucket and event record decodes,
 /// every event's key is well formed and lies in its bucket with valid JSON data, each bucket's
@@ -221,28 +224,32 @@ fn routing_key(stream: &str) -> Vec<u8> {
 }
 
 impl Events {
-    /// The events domain with its settings section of `config`.
-    pub fn from_config(engine: Arc<Engine>, config: &crate::base::config::Config) -> Events {
-        Events::new(
-            engine,
-            Limits {
-                event_bytes_max: config.events.event_bytes_max,
-                append_events_max: config.events.append_events_max,
-                range_limit_max: config.events.range_limit_max,
-                future_skew_max_ms: config.events.future_skew_max_ms,
-                default_bucket_ms: config.events.default_bucket.ms(),
-                default_retention_ms: config.events.default_retention_ms,
-                trim_buckets_max: config.events.trim_buckets_max,
-            },
-        )
+    testing_pub! {
+        /// The events domain with its settings section of `config`.
+        fn from_config(engine: Arc<Engine>, config: &crate::base::config::Config) -> Events {
+            Events::new(
+                engine,
+                Limits {
+                    event_bytes_max: config.events.event_bytes_max,
+                    append_events_max: config.events.append_events_max,
+                    range_limit_max: config.events.range_limit_max,
+                    future_skew_max_ms: config.events.future_skew_max_ms,
+                    default_bucket_ms: config.events.default_bucket.ms(),
+                    default_retention_ms: config.events.default_retention_ms,
+                    trim_buckets_max: config.events.trim_buckets_max,
+                },
+            )
+        }
     }
 
-    pub fn new(engine: Arc<Engine>, limits: Limits) -> Self {
-        Self {
-            engine,
-            limits,
-            followers: Arc::new(Mutex::new(HashMap::new())),
-            buckets_opened: AtomicU64::new(0),
+    testing_pub! {
+        fn new(engine: Arc<Engine>, limits: Limits) -> Self {
+            Self {
+                engine,
+                limits,
+                followers: Arc::new(Mutex::new(HashMap::new())),
+                buckets_opened: AtomicU64::new(0),
+            }
         }
     }
 

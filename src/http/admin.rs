@@ -130,13 +130,13 @@ async fn backup(state: &ServerState, req: Request<ReqBody>) -> Result<Resp, ApiE
         .map_err(ApiError::bad_request)?;
     crate::store::backup::check_target(&out).map_err(|e| ApiError::new(409, "conflict", e))?;
     let running = one_at_a_time(&RUNNING, "backup_running", "a backup")?;
-    let engine = state.store.engine().clone();
+    let store = state.store.clone();
     tracing::info!(out = %out.display(), "backup started");
     // The guard goes with the copy: a client that hangs up does not free the slot while the
     // copy still runs.
     let report = tokio::task::spawn_blocking(move || {
         let _running = running;
-        crate::store::backup::backup(&engine, &out, &crate::base::progress::Progress::quiet())
+        crate::store::backup::backup(&store, &out, &crate::base::progress::Progress::quiet())
     })
     .await
     .map_err(|e| ApiError::task_failed("the backup task", e))?

@@ -49,6 +49,7 @@ fn service(
 /// Serves one connection over any byte stream with exactly the service of [`run`] (the fuzz
 /// targets feed it an in-memory pipe). Returns when the connection closes; the peer's address
 /// counts as loopback.
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 pub async fn serve_stream<IO>(state: &Arc<ServerState>, io: IO)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

@@ -23,6 +23,7 @@ pub(super) const TABLES: &[&[RouteDef]] = &[
 
 /// The route `method path` reaches, `Ok(None)` for a 404/405 and `Err` for a malformed path:
 /// the matching of [`handle`], for the fuzz targets.
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 pub fn find_route(method: &str, path: &str) -> Result<Option<&'static RouteDef>, ApiError> {
     match route_table::find(TABLES, method, path) {
         Ok((r, _)) => Ok(Some(r)),
@@ -33,6 +34,7 @@ pub fn find_route(method: &str, path: &str) -> Result<Option<&'static RouteDef>,
 
 /// Every (method, path template, query parameters) the server serves. `docs/openapi.json` must
 /// list exactly these (a test checks), and a test sends each one to a live server.
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 pub fn routes() -> impl Iterator<Item = (&'static str, &'static str, &'static [&'static str])> {
     TABLES
         .iter()
@@ -41,6 +43,7 @@ pub fn routes() -> impl Iterator<Item = (&'static str, &'static str, &'static [&
 }
 
 /// The (method, path template) of every route that takes an `Idempotency-Key`.
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 pub fn idempotent_routes() -> impl Iterator<Item = (&'static str, &'static str)> {
     TABLES
         .iter()

@@ -24,6 +24,7 @@ pub struct JsonErrors<S> {
 }
 
 impl<S> JsonErrors<S> {
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub fn new(inner: S) -> Self {
         JsonErrors {
             inner,

@@ -33,10 +33,10 @@ mod state;
 mod status;
 pub mod tls;
 
-pub use dispatch::{find_route, idempotent_routes, routes};
-pub use route_table::{check_query, match_template, Match, Params, RouteDef};
+testing_pub! { use dispatch::{find_route, idempotent_routes, routes}; }
+testing_pub! { use route_table::{check_query, match_template, Match, Params, RouteDef}; }
 
 pub use admin_socket::admin_socket_path;
-pub use connection::serve_stream;
+testing_pub! { use connection::serve_stream; }
 pub use listener::run;
-pub use state::{long_polls_max, ServerState};
+testing_pub! { use state::{long_polls_max, ServerState}; }

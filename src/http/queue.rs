@@ -300,23 +300,6 @@ fn job_out<'a>(q: &'a str, job: &'a Job) -> JobOut<'a> {
     }
 }
 
-/// A claimed job, with the lease token the worker acks with.
-#[derive(Serialize)]
-struct ClaimedOut<'a> {
-    id: String,
-    payload: Box<RawValue>,
-    attempt: u32,
-    priority: u8,
-    lease_token: &'a Option<String>,
-    lease_expires_at: u64,
-    enqueued_at: u64,
-}
-
-#[derive(Serialize)]
-struct JobsOut<T> {
-    jobs: Vec<T>,
-}
-
 /// `POST /v1/queues/{q}/claim`
 pub async fn claim(state: &ServerState, q: &str, req: Request<ReqBody>) -> Result<Resp, ApiError> {
     validate_name(q)?;
@@ -330,10 +313,11 @@ pub async fn claim(state: &ServerState, q: &str, req: Request<ReqBody>) -> Resul
         json_body(state, req).await?
     };
     let queues = state.store.queues();
-    let lease_ms = match r.lease.as_deref() {
-        Some(l) => duration("lease", l)?,
-        None => queues.default_lease_ms(q)?,
-    };
+    let lease_ms = r
+        .lease
+        .as_deref()
+        .map(|l| duration("lease", l))
+        .transpose()?;
     let wait = Duration::from_millis(
         r.wait
             .as_deref()
@@ -357,19 +341,41 @@ pub async fn claim(state: &ServerState, q: &str, req: Request<ReqBody>) -> Resul
         .claim(q, r.max.unwrap_or(1), lease_ms, wait, &caller)
         .await?;
     drop(waiting);
-    let items: Vec<_> = jobs
-        .iter()
-        .map(|j| ClaimedOut {
-            id: j.id.to_string(),
-            payload: stored_json(&j.payload),
-            attempt: j.attempts,
-            priority: j.priority,
-            lease_token: &j.lease_token,
-            lease_expires_at: j.lease_until_ms,
-            enqueued_at: j.enqueued_ms,
-        })
-        .collect();
-    Ok(response::json_of(200, &JobsOut { jobs: items }))
+    Ok(response::json_bytes(200, claimed_body(&jobs)))
+}
+
+/// The claim reply, written straight: each stored payload goes in as it is stored — it was
+/// checked as JSON when it was enqueued (or imported), so it is not parsed again per claim;
+/// bytes that are not UTF-8 (a damaged record) show as `null`. Each job: `id` (a string),
+/// `payload`, `attempt`, `priority`, `lease_token`, `lease_expires_at`, `enqueued_at`.
+fn claimed_body(jobs: &[crate::queue::model::Job]) -> Vec<u8> {
+    use std::io::Write;
+    let size: usize = jobs.iter().map(|j| j.payload.len() + 176).sum();
+    let mut out = Vec::with_capacity(12 + size);
+    out.extend_from_slice(b"{\"jobs\":[");
+    for (i, j) in jobs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let _ = write!(out, "{{\"id\":\"{}\",\"payload\":", j.id);
+        match std::str::from_utf8(&j.payload) {
+            Ok(p) if !p.trim().is_empty() => out.extend_from_slice(p.as_bytes()),
+            _ => out.extend_from_slice(b"null"),
+        }
+        let _ = write!(
+            out,
+            ",\"attempt\":{},\"priority\":{},\"lease_token\":",
+            j.attempts, j.priority
+        );
+        let _ = serde_json::to_writer(&mut out, &j.lease_token);
+        let _ = write!(
+            out,
+            ",\"lease_expires_at\":{},\"enqueued_at\":{}}}",
+            j.lease_until_ms, j.enqueued_ms
+        );
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 fn job_id(id: &str) -> Result<u64, ApiError> {
@@ -460,10 +466,11 @@ pub async fn job_action(
         }
         JobAction::Extend => {
             only(&["lease"])?;
-            let lease = match r.lease.as_deref() {
-                Some(l) => duration("lease", l)?,
-                None => queues.default_lease_ms(q)?,
-            };
+            let lease = r
+                .lease
+                .as_deref()
+                .map(|l| duration("lease", l))
+                .transpose()?;
             let until = queues.extend(q, id, &r.lease_token, lease).await?;
             Ok(response::json(
                 200,

@@ -32,6 +32,15 @@ pub fn json(code: u16, value: &serde_json::Value) -> Resp {
     r
 }
 
+/// A JSON response from a body already written.
+pub fn json_bytes(code: u16, body: Vec<u8>) -> Resp {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status(code);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
 /// A JSON response serialised straight from a typed reply (no intermediate `serde_json::Value`,
 /// so stored JSON embedded as `RawValue` is written as is, never re-parsed).
 pub fn json_of<T: serde::Serialize + ?Sized>(code: u16, value: &T) -> Resp {

@@ -103,11 +103,13 @@ impl Drop for Running {
 }
 
 impl Idempotency {
-    pub fn new(engine: Arc<Engine>, config: &crate::base::config::Config) -> Self {
-        Self {
-            engine,
-            ttl_ms: config.idempotency.idempotency_ttl_ms,
-            running: Mutex::new(HashSet::new()),
+    testing_pub! {
+        fn new(engine: Arc<Engine>, config: &crate::base::config::Config) -> Self {
+            Self {
+                engine,
+                ttl_ms: config.idempotency.idempotency_ttl_ms,
+                running: Mutex::new(HashSet::new()),
+            }
         }
     }
 
@@ -206,12 +208,14 @@ fn sweep(ctx: &mut ApplyCtx<'_, '_>, max: usize) -> Result<usize, redb::Error> {
     Ok(due.len())
 }
 
-pub const DOMAIN: crate::engine::DomainSpec = crate::engine::DomainSpec {
-    name: "idempotency",
-    init_tables,
-    check,
-    open: Some(|engine, config| Arc::new(Idempotency::new(engine, config))),
-};
+testing_pub! {
+    const DOMAIN: crate::engine::DomainSpec = crate::engine::DomainSpec {
+        name: "idempotency",
+        init_tables,
+        check,
+        open: Some(|engine, config| Arc::new(Idempotency::new(engine, config))),
+    };
+}
 
 /// `shardbox check`: every record decodes and has its expiry entry, and every expiry entry
 /// names a record carrying that expiry.

@@ -161,28 +161,32 @@ pub struct Limits {
 }
 
 impl Kv {
-    /// The KV domain with its settings section of `config` (limits and the read cache).
-    pub fn from_config(engine: Arc<Engine>, config: &crate::base::config::Config) -> Kv {
-        Kv::new(
-            engine,
-            Limits {
-                value_bytes_max: config.kv.value_bytes_max,
-                batch_keys_max: config.kv.batch_keys_max,
-                list_limit_max: config.kv.list_limit_max,
-                delete_batch_keys_max: config.kv.delete_batch_keys_max,
-            },
-        )
-        .with_read_cache(
-            config.kv.kv_cache_bytes,
-            config.cache.cache_eviction.foyer_config(),
-        )
+    testing_pub! {
+        /// The KV domain with its settings section of `config` (limits and the read cache).
+        fn from_config(engine: Arc<Engine>, config: &crate::base::config::Config) -> Kv {
+            Kv::new(
+                engine,
+                Limits {
+                    value_bytes_max: config.kv.value_bytes_max,
+                    batch_keys_max: config.kv.batch_keys_max,
+                    list_limit_max: config.kv.list_limit_max,
+                    delete_batch_keys_max: config.kv.delete_batch_keys_max,
+                },
+            )
+            .with_read_cache(
+                config.kv.kv_cache_bytes,
+                config.cache.cache_eviction.foyer_config(),
+            )
+        }
     }
 
-    pub fn new(engine: Arc<Engine>, limits: Limits) -> Self {
-        Self {
-            engine,
-            limits,
-            cache: None,
+    testing_pub! {
+        fn new(engine: Arc<Engine>, limits: Limits) -> Self {
+            Self {
+                engine,
+                limits,
+                cache: None,
+            }
         }
     }
 
@@ -192,13 +196,17 @@ impl Kv {
         self
     }
 
-    /// The read cache, when on.
-    pub fn read_cache(&self) -> Option<&Arc<read_cache::ReadCache>> {
-        self.cache.as_ref()
+    testing_pub! {
+        /// The read cache, when on.
+        fn read_cache(&self) -> Option<&Arc<read_cache::ReadCache>> {
+            self.cache.as_ref()
+        }
     }
 
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
+    testing_pub! {
+        fn engine(&self) -> &Arc<Engine> {
+            &self.engine
+        }
     }
 
     pub fn limits(&self) -> &Limits {
@@ -535,13 +543,15 @@ fn read_value(
     }))
 }
 
-/// The KV domain as the engine sees it.
-pub const DOMAIN: crate::engine::DomainSpec = crate::engine::DomainSpec {
-    name: "kv",
-    init_tables,
-    check,
-    open: Some(|engine, config| std::sync::Arc::new(Kv::from_config(engine, config))),
-};
+testing_pub! {
+    /// The KV domain as the engine sees it.
+    const DOMAIN: crate::engine::DomainSpec = crate::engine::DomainSpec {
+        name: "kv",
+        init_tables,
+        check,
+        open: Some(|engine, config| std::sync::Arc::new(Kv::from_config(engine, config))),
+    };
+}
 
 /// `shardbox check` for KV: every record's envelope and crc32, and the expiry index entry of
 /// every record that expires (invariant 7).

@@ -245,13 +245,22 @@ pub fn enqueue(ctx: &mut ApplyCtx<'_, '_>, q: &str, specs: &[NewJob]) -> Res<Vec
 }
 
 /// Claims up to `max` ready jobs in (priority, run-at, id) order, each with a fresh lease token.
-pub fn claim(ctx: &mut ApplyCtx<'_, '_>, q: &str, max: usize, lease_ms: u64) -> Res<Vec<Job>> {
+/// Claims up to `max` ready jobs with a lease of `lease_ms`, or of the queue's
+/// `default_lease_ms` when `None` (read with the queue's record, in the same transaction).
+pub fn claim(
+    ctx: &mut ApplyCtx<'_, '_>,
+    q: &str,
+    max: usize,
+    lease_ms: Option<u64>,
+    lease_max_ms: u64,
+) -> Res<Vec<Job>> {
     let now = ctx.now_ms;
     let mut t = Tabs::open(ctx)?;
     let mut meta = t.meta(q)?;
     if meta.paused || max == 0 {
         return Ok(Vec::new());
     }
+    let lease_ms = lease_or_default(lease_ms, &meta, lease_max_ms)?;
     let prefix = index_prefix(q, State::Ready);
     let mut ids = Vec::with_capacity(max);
     for item in t.index.range(prefix.as_slice()..)? {
@@ -283,6 +292,22 @@ pub fn claim(ctx: &mut ApplyCtx<'_, '_>, q: &str, max: usize, lease_ms: u64) -> 
         t.save_meta(q, &meta)?;
     }
     Ok(claimed)
+}
+
+/// The lease asked for, or the queue's default — refused like an asked-for one when a lowered
+/// `lease_max_ms` no longer admits it.
+fn lease_or_default(lease_ms: Option<u64>, meta: &QueueMeta, lease_max_ms: u64) -> Res<u64> {
+    match lease_ms {
+        Some(l) => Ok(l),
+        None if meta.config.default_lease_ms > lease_max_ms => {
+            Err(QueueError::from(crate::base::invalid::Invalid::DurationRange {
+                field: "lease",
+                max_ms: lease_max_ms,
+            })
+            .into())
+        }
+        None => Ok(meta.config.default_lease_ms),
+    }
 }
 
 /// Loads an in-flight job and checks the caller's lease token.
@@ -359,11 +384,13 @@ pub fn extend(
     q: &str,
     id: u64,
     token: &str,
-    lease_ms: u64,
+    lease_ms: Option<u64>,
+    lease_max_ms: u64,
 ) -> Res<u64> {
     let now = ctx.now_ms;
     let mut t = Tabs::open(ctx)?;
     let mut meta = t.meta(q)?;
+    let lease_ms = lease_or_default(lease_ms, &meta, lease_max_ms)?;
     let old = leased(&t, q, id, token)?;
     let was = Place::of(q, &old);
     let mut job = old;

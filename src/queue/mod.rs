@@ -7,11 +7,15 @@
 
 mod error;
 internal!(apply, cron, model, schedules);
+pub use crate::engine::departure::{Departure, Presence};
+pub use apply::{Enqueued, Nack};
 pub use error::QueueError;
+pub use model::{Backoff, Job, QueueConfig, QueueMeta, Schedule, State, Totals};
+pub use schedules::ScheduleSpec;
 
 use crate::base::invalid::{Invalid, ItemKind};
 use crate::engine::Engine;
-use apply::{Enqueued, Nack};
+
 use base64::Engine as _;
 use model::*;
 use redb::ReadableTable;
@@ -20,13 +24,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// The queue domain as the engine sees it.
-pub const DOMAIN: crate::engine::DomainSpec = crate::engine::DomainSpec {
-    name: "queue",
-    init_tables,
-    check,
-    open: Some(|engine, config| std::sync::Arc::new(Queues::from_config(engine, config))),
-};
+testing_pub! {
+    /// The queue domain as the engine sees it.
+    const DOMAIN: crate::engine::DomainSpec = crate::engine::DomainSpec {
+        name: "queue",
+        init_tables,
+        check,
+        open: Some(|engine, config| std::sync::Arc::new(Queues::from_config(engine, config))),
+    };
+}
 
 /// `shardbox check` for queues (invariant 11): every job decodes, carries its key's id and a
 /// valid JSON payload, and has the index entry of its state; each queue's stored counts equal
@@ -239,31 +245,35 @@ pub(crate) fn storage(shard: usize, e: impl Into<redb::Error>) -> QueueError {
 }
 
 impl Queues {
-    /// The queue domain with its settings section of `config`.
-    pub fn from_config(engine: Arc<Engine>, config: &crate::base::config::Config) -> Queues {
-        Queues::new(
-            engine,
-            Limits {
-                job_bytes_max: config.queue.job_bytes_max,
-                enqueue_batch_max: config.queue.enqueue_batch_max,
-                claim_max: config.queue.claim_max,
-                lease_max_ms: config.queue.lease_max_ms,
-                wait_max_ms: config.queue.claim_wait_max_ms,
-                list_limit_max: config.kv.list_limit_max,
-                delete_batch_max: config.kv.delete_batch_keys_max,
-                waiters_max: config.queue.claim_waiters_max,
-                schedules_max: config.queue.schedules_max,
-            },
-        )
+    testing_pub! {
+        /// The queue domain with its settings section of `config`.
+        fn from_config(engine: Arc<Engine>, config: &crate::base::config::Config) -> Queues {
+            Queues::new(
+                engine,
+                Limits {
+                    job_bytes_max: config.queue.job_bytes_max,
+                    enqueue_batch_max: config.queue.enqueue_batch_max,
+                    claim_max: config.queue.claim_max,
+                    lease_max_ms: config.queue.lease_max_ms,
+                    wait_max_ms: config.queue.claim_wait_max_ms,
+                    list_limit_max: config.kv.list_limit_max,
+                    delete_batch_max: config.kv.delete_batch_keys_max,
+                    waiters_max: config.queue.claim_waiters_max,
+                    schedules_max: config.queue.schedules_max,
+                },
+            )
+        }
     }
 
-    pub fn new(engine: Arc<Engine>, limits: Limits) -> Self {
-        Self {
-            engine,
-            limits,
-            waiters: Mutex::new(HashMap::new()),
-            waiting: std::sync::atomic::AtomicUsize::new(0),
-            timers_changed: Notify::new(),
+    testing_pub! {
+        fn new(engine: Arc<Engine>, limits: Limits) -> Self {
+            Self {
+                engine,
+                limits,
+                waiters: Mutex::new(HashMap::new()),
+                waiting: std::sync::atomic::AtomicUsize::new(0),
+                timers_changed: Notify::new(),
+            }
         }
     }
 
@@ -385,15 +395,15 @@ impl Queues {
         Ok(out)
     }
 
-    /// Claims up to `max` jobs, waiting up to `wait` for one to become ready.
-    /// Claims up to `max` ready jobs with a lease of `lease_ms`, waiting up to `wait` for one.
+    /// Claims up to `max` ready jobs with a lease of `lease_ms` (`None`: the queue's
+    /// `default_lease_ms`), waiting up to `wait` for one.
     /// A caller that leaves while it waits (`caller`) takes nothing: the wait ends with no jobs,
     /// and no claim is made for it after it left.
     pub async fn claim(
         &self,
         q: &str,
         max: usize,
-        lease_ms: u64,
+        lease_ms: Option<u64>,
         wait: Duration,
         caller: &crate::engine::departure::Departure,
     ) -> Result<Vec<Job>, QueueError> {
@@ -406,13 +416,7 @@ impl Queues {
             }
             .into());
         }
-        if lease_ms == 0 || lease_ms > self.limits.lease_max_ms {
-            return Err(Invalid::DurationRange {
-                field: "lease",
-                max_ms: self.limits.lease_max_ms,
-            }
-            .into());
-        }
+        self.check_lease(lease_ms)?;
         if wait.as_millis() as u64 > self.limits.wait_max_ms {
             return Err(Invalid::DurationTooLong {
                 field: "wait",
@@ -420,6 +424,7 @@ impl Queues {
             }
             .into());
         }
+        let lease_max_ms = self.limits.lease_max_ms;
         let deadline = tokio::time::Instant::now() + wait;
         let mut waited = false;
         loop {
@@ -436,7 +441,9 @@ impl Queues {
             waited = true;
             let name = q.to_string();
             let jobs = self
-                .write_freeing(q, 64, move |ctx| apply::claim(ctx, &name, max, lease_ms))
+                .write_freeing(q, 64, move |ctx| {
+                    apply::claim(ctx, &name, max, lease_ms, lease_max_ms)
+                })
                 .await?;
             if !jobs.is_empty() {
                 self.timers_changed.notify_one();
@@ -501,19 +508,14 @@ impl Queues {
         q: &str,
         id: u64,
         token: &str,
-        lease_ms: u64,
+        lease_ms: Option<u64>,
     ) -> Result<u64, QueueError> {
         validate_name(q)?;
-        if lease_ms == 0 || lease_ms > self.limits.lease_max_ms {
-            return Err(Invalid::DurationRange {
-                field: "lease",
-                max_ms: self.limits.lease_max_ms,
-            }
-            .into());
-        }
+        self.check_lease(lease_ms)?;
+        let lease_max_ms = self.limits.lease_max_ms;
         let (name, token) = (q.to_string(), token.to_string());
         self.write_freeing(q, 0, move |ctx| {
-            apply::extend(ctx, &name, id, &token, lease_ms)
+            apply::extend(ctx, &name, id, &token, lease_ms, lease_max_ms)
         })
         .await
     }
@@ -749,11 +751,17 @@ impl Queues {
     }
 
     /// The queue's configured default lease.
-    pub fn default_lease_ms(&self, q: &str) -> Result<u64, QueueError> {
-        Ok(self
-            .stats(q)?
-            .map(|s| s.default_lease_ms)
-            .unwrap_or(QueueConfig::default().default_lease_ms))
+    /// A lease a caller asked for: 1 ms to `lease_max_ms` (a queue's default was checked when
+    /// it was configured).
+    fn check_lease(&self, lease_ms: Option<u64>) -> Result<(), QueueError> {
+        match lease_ms {
+            Some(l) if l == 0 || l > self.limits.lease_max_ms => Err(Invalid::DurationRange {
+                field: "lease",
+                max_ms: self.limits.lease_max_ms,
+            }
+            .into()),
+            _ => Ok(()),
+        }
     }
 
     /// Runs due timers on every shard once; returns how many queues gained ready jobs.

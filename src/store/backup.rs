@@ -145,8 +145,9 @@ pub fn check_target(out: &Path) -> Result<(), String> {
     }
 }
 
-/// Backs up every shard of a running engine into `out` (absent or empty).
-pub fn backup(engine: &Engine, out: &Path, progress: &Progress) -> Result<Report, String> {
+/// Backs up every shard of an open store into `out` (absent or empty), while it serves.
+pub fn backup(store: &super::Store, out: &Path, progress: &Progress) -> Result<Report, String> {
+    let engine: &Engine = store.engine();
     let started = Instant::now();
     check_target(out)?;
     refuse_inside(engine.data_dir(), out)?;

@@ -12,16 +12,18 @@ use crate::engine::{self, Domain, Engine, EngineError};
 use crate::{events, idempotency, kv, queue};
 use std::sync::Arc;
 
-/// Every domain: its tables, its check and how it opens. Adding a domain is its folder plus one
-/// line here (and, to serve it over HTTP, its route table in `http::dispatch::TABLES`); the store
-/// opens, starts, checks and renders the metrics of every domain from this list.
-pub const DOMAINS: &[&engine::DomainSpec] = &[
-    &kv::DOMAIN,
-    &queue::DOMAIN,
-    &events::DOMAIN,
-    &cache::DOMAIN,
-    &idempotency::DOMAIN,
-];
+testing_pub! {
+    /// Every domain: its tables, its check and how it opens. Adding a domain is its folder plus one
+    /// line here (and, to serve it over HTTP, its route table in `http::dispatch::TABLES`); the store
+    /// opens, starts, checks and renders the metrics of every domain from this list.
+    const DOMAINS: &[&engine::DomainSpec] = &[
+        &kv::DOMAIN,
+        &queue::DOMAIN,
+        &events::DOMAIN,
+        &cache::DOMAIN,
+        &idempotency::DOMAIN,
+    ];
+}
 
 fn find_domain<T: Domain>(domains: &[Arc<dyn Domain>]) -> Option<Arc<T>> {
     domains.iter().find_map(|d| {
@@ -101,8 +103,15 @@ impl Store {
     pub fn config(&self) -> &Config {
         &self.config
     }
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
+    testing_pub! {
+        /// The engine under the domains.
+        fn engine(&self) -> &Arc<Engine> {
+            &self.engine
+        }
+    }
+    /// How many shards the data directory has (fixed when it was created).
+    pub fn shard_count(&self) -> usize {
+        self.engine.shards().len()
     }
     pub fn kv(&self) -> &Arc<kv::Kv> {
         &self.kv
@@ -113,8 +122,10 @@ impl Store {
     pub fn events(&self) -> &Arc<events::Events> {
         &self.events
     }
-    pub fn idempotency(&self) -> &Arc<idempotency::Idempotency> {
-        &self.idempotency
+    testing_pub! {
+        fn idempotency(&self) -> &Arc<idempotency::Idempotency> {
+            &self.idempotency
+        }
     }
 
     /// The hybrid cache, opened on first call (inside the tokio runtime). `serve` opens it at
