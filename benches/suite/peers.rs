@@ -1,6 +1,6 @@
 //! Starting and stopping the systems under test, each on 127.0.0.1 with its own temp dir.
 
-#[path = "../../tests/common/spawn.rs"]
+#[path = "../../tests/it/common/spawn.rs"]
 mod spawn;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

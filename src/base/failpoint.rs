@@ -2,8 +2,9 @@
 //! stall, so failure paths are exercised for real instead of being mocked.
 //!
 //! Points are process-wide. Unarmed, a point costs one relaxed atomic load. A test that arms a
-//! point lives in its own test binary (or disarms before it returns), because the other tests
-//! of the same binary share the process.
+//! point runs alone in a process of its own (`common::alone()` in `tests/it/`), because the
+//! other tests of the binary share the process. Only a build with the `testing` feature has
+//! fault points at all.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

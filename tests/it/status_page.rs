@@ -1,0 +1,175 @@
+//! The status page in a real browser: headless chromium loads `/` from a running server with
+//! data in it, runs the page's script, and the numbers it shows must be the API's. A phone-sized
+//! screenshot is kept in `target/tmp/status-page.png`.
+
+use crate::common;
+
+use common::TestServer;
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn browser() -> Option<PathBuf> {
+    for name in ["chromium", "chromium-browser", "google-chrome"] {
+        if let Ok(out) = Command::new("sh")
+            .args(["-c", &format!("command -v {name}")])
+            .output()
+        {
+            let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if out.status.success() && !p.is_empty() {
+                return Some(PathBuf::from(p));
+            }
+        }
+    }
+    None
+}
+
+/// The browser, installed by the repo's script if missing.
+fn find_or_install() -> Option<PathBuf> {
+    if let Some(b) = browser() {
+        return Some(b);
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/install-browser.sh");
+    let ok = Command::new("bash")
+        .arg(script)
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        browser()
+    } else {
+        None
+    }
+}
+
+fn headless(bin: &PathBuf, profile: &std::path::Path, args: &[&str], url: &str) -> String {
+    let out = Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The text of the element carrying `data-k="key"`.
+fn shown(dom: &str, key: &str) -> Option<String> {
+    let at = dom.find(&format!("data-k=\"{key}\""))?;
+    let rest = &dom[at..];
+    let start = rest.find('>')? + 1;
+    let end = rest[start..].find('<')?;
+    Some(rest[start..start + end].trim().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_what_the_api_says() {
+    let Some(bin) = find_or_install() else {
+        // CI installs it and says so: there, a missing browser is a failure, not a skip.
+        assert!(
+            std::env::var_os("REQUIRE_BROWSER").is_none(),
+            "REQUIRE_BROWSER is set and no chromium could be found or installed"
+        );
+        eprintln!(
+            "SKIPPED: no chromium, and this machine cannot install it (needs root and apt-get)"
+        );
+        return;
+    };
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    for i in 0..7 {
+        c.post_json("/v1/queues/mail/jobs", json!({"payload": i}))
+            .await;
+    }
+    c.post_json("/v1/queues/mail/claim", json!({"max": 2}))
+        .await;
+    for i in 0..5 {
+        let r = c
+            .post_json("/v1/streams/clicks/events", json!({"data": {"n": i}}))
+            .await;
+        assert!(r.status < 300);
+    }
+    c.send("PUT", "/v1/cache/pages/home?ttl=60s", &[], "html")
+        .await;
+    c.get("/v1/cache/pages/home").await;
+    c.get("/v1/cache/pages/home").await;
+    c.get("/v1/cache/pages/missing").await;
+
+    let api = c.get("/v1/status").await.json();
+    let q = c.get("/v1/queues/mail").await.json();
+    let st = c.get("/v1/streams/clicks").await.json();
+    let tmp = tempfile::tempdir().unwrap();
+    let url = s.url("/");
+    let bin2 = bin.clone();
+    let profile = tmp.path().to_path_buf();
+    let dom = tokio::task::spawn_blocking(move || headless(&bin2, &profile, &["--dump-dom"], &url))
+        .await
+        .unwrap();
+    assert!(
+        dom.contains("data-loaded="),
+        "the page's script never rendered: {dom}"
+    );
+    assert_eq!(
+        shown(&dom, "queue.mail.ready"),
+        Some(q["ready"].to_string())
+    );
+    assert_eq!(
+        shown(&dom, "queue.mail.in_flight"),
+        Some(q["in_flight"].to_string())
+    );
+    assert_eq!(q["ready"], 5);
+    assert_eq!(
+        shown(&dom, "stream.clicks.events"),
+        Some(st["events"].to_string())
+    );
+    assert_eq!(st["events"], 5);
+    assert_eq!(
+        shown(&dom, "cache.hits"),
+        Some(api["cache"]["hits"].to_string())
+    );
+    assert_eq!(
+        shown(&dom, "cache.misses"),
+        Some(api["cache"]["misses"].to_string())
+    );
+    assert_eq!(api["cache"]["hits"], 2);
+    let ratio = api["cache"]["hit_ratio"].as_f64().unwrap();
+    assert_eq!(
+        shown(&dom, "cache.hit_ratio"),
+        Some(format!("{:.1} %", 100.0 * ratio))
+    );
+    for shard in api["shards"].as_array().unwrap() {
+        let id = shard["id"].as_u64().unwrap();
+        assert!(
+            shown(&dom, &format!("shard.{id}.file_bytes")).is_some(),
+            "shard {id} not shown"
+        );
+    }
+
+    // A phone-sized screenshot, kept as the test's artifact.
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let arg = format!("--screenshot={}", shot.display());
+    let url = s.url("/");
+    let profile = tmp.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        headless(&bin, &profile, &[&arg, "--window-size=412,1400"], &url)
+    })
+    .await
+    .unwrap();
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    eprintln!("screenshot: {}", shot.display());
+    s.stop().await;
+}

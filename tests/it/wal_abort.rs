@@ -1,0 +1,70 @@
+//! A batch whose redb commit fails after its record was logged is cancelled by an abort record:
+//! it is not acknowledged, its shard stops, and a restart does not replay it. (A test binary of
+//! its own: it arms a process-wide failpoint.)
+
+use crate::common;
+use shardbox::{Config, Store};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_fails_after_logging_is_not_replayed() {
+    if !common::alone() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let open = || {
+        let mut config = Config::with_data_dir(&dir);
+        config.engine.shards = 2;
+        config.engine.checkpoint_interval_ms = 86_400_000;
+        Store::open(config).unwrap()
+    };
+    let store = open();
+    store
+        .kv()
+        .put("ab", "before", b"1".to_vec(), Default::default())
+        .await
+        .unwrap();
+    shardbox::testing::failpoint::set(
+        "writer.commit",
+        shardbox::testing::failpoint::Action::Error("injected commit failure".into()),
+    );
+    let failed = store
+        .kv()
+        .put("ab", "lost", b"2".to_vec(), Default::default())
+        .await;
+    shardbox::testing::failpoint::clear("writer.commit");
+    assert!(
+        failed.is_err(),
+        "the write whose commit failed is not acknowledged"
+    );
+    let shard = store
+        .engine()
+        .shard_for(&shardbox::kv::stored_key("ab", "lost"));
+    assert!(
+        store
+            .engine()
+            .failed_shards()
+            .iter()
+            .any(|(s, _)| *s == shard),
+        "its shard stops taking writes"
+    );
+    store.close();
+    drop(store);
+
+    // The log holds the failed batch's record and the abort after it: replay skips it.
+    let store = open();
+    assert_eq!(store.kv().get("ab", "lost").unwrap(), None);
+    assert_eq!(
+        store.kv().get("ab", "before").unwrap().map(|v| v.payload),
+        Some(b"1".to_vec())
+    );
+    store
+        .kv()
+        .put("ab", "after", b"3".to_vec(), Default::default())
+        .await
+        .unwrap();
+    store.close();
+    drop(store);
+    let report = shardbox::check::run(&dir, false).unwrap();
+    assert!(report.is_clean(), "{}", report.summary());
+}
