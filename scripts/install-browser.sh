@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs Debian's chromium for the status-page test (tests/status_page.rs), when it is missing
+# Installs Debian's chromium for the status-page test (tests/it/status_page.rs), when it is missing
 # and this machine can: root (or passwordless sudo) with apt-get. Safe to run again.
 set -euo pipefail
 for b in chromium chromium-browser google-chrome; do

@@ -1,5 +1,5 @@
 //! The fuzz targets' bodies, one function per target, so that the cargo-fuzz binaries in
-//! `fuzz/` and the corpus replay test (`tests/fuzz_corpus.rs`, on every `cargo test`) run the
+//! `fuzz/` and the corpus replay test (`tests/it/fuzz_corpus.rs`, on every `cargo test`) run the
 //! same code. Each function takes arbitrary bytes and panics only on a real defect: a decoder that
 //! panics, a decoded record that does not re-encode to its bytes, or a request the server
 //! answers with a 500.

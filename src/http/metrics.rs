@@ -274,5 +274,85 @@ pub fn render(engine: &crate::engine::Engine, open_connections: usize) -> String
             let _ = writeln!(out, "{name}{{shard=\"{}\"}} {v}", s.id);
         }
     }
+    render_process(&mut out);
     out
+}
+
+/// The standard `process_*` series (as Prometheus's client libraries name them) from
+/// `/proc/self`, and `shardbox_build_info`. A file that cannot be read leaves its series out.
+fn render_process(out: &mut String) {
+    let mut gauge = |name: &str, help: &str, kind: &str, value: f64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    let page = rustix::param::page_size() as f64;
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // After the command name (in parentheses, which may hold spaces): field 3 onwards.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+        if let (Some(utime), Some(stime)) = (field(14), field(15)) {
+            gauge(
+                "process_cpu_seconds_total",
+                "User and system CPU time spent, in seconds.",
+                "counter",
+                (utime + stime) / ticks,
+            );
+        }
+        if let Some(vsize) = field(23) {
+            gauge(
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+                "gauge",
+                vsize,
+            );
+        }
+        if let Some(rss) = field(24) {
+            gauge(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                "gauge",
+                rss * page,
+            );
+        }
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        });
+        if let (Some(boot), Some(start)) = (boot, field(22)) {
+            gauge(
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch, in seconds.",
+                "gauge",
+                boot + start / ticks,
+            );
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        gauge(
+            "process_open_fds",
+            "Open file descriptors.",
+            "gauge",
+            fds.count() as f64,
+        );
+    }
+    if let Some(max) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+        gauge(
+            "process_max_fds",
+            "The most file descriptors the process may open.",
+            "gauge",
+            max as f64,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP shardbox_build_info The running build: its version and profile.\n# TYPE shardbox_build_info gauge\nshardbox_build_info{{version=\"{}\",profile=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+    );
 }

@@ -123,3 +123,52 @@ fn the_docs_table_names_every_setting() {
         "settings missing from operations.md's table: {missing:?}"
     );
 }
+
+/// `dist/shardbox.toml`, the file a package ships: it parses, it is the defaults exactly (so
+/// shipping it changes nothing), it names every setting with a comment above each, and every
+/// setting `serve --help` offers as a flag is in it.
+#[test]
+fn the_shipped_config_file_is_every_setting_at_its_default() {
+    let text = std::fs::read_to_string(root().join("dist/shardbox.toml")).expect("read");
+    let c = Config::resolve(Some(&text), std::iter::empty(), &[]).expect("resolve");
+    let got = toml::Table::try_from(&c).expect("serialise");
+    let defaults = toml::Table::try_from(Config::default()).expect("serialise");
+    assert_eq!(got, defaults, "dist/shardbox.toml is not the defaults");
+    let file: toml::Table = toml::from_str(&text).expect("toml");
+    let missing: Vec<&String> = defaults.keys().filter(|k| !file.contains_key(*k)).collect();
+    assert!(missing.is_empty(), "dist/shardbox.toml lacks {missing:?}");
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, l) in lines.iter().enumerate() {
+        if let Some((name, _)) = l.split_once(" = ").filter(|_| !l.starts_with('#')) {
+            assert!(
+                i > 0 && lines[i - 1].starts_with("# ") && lines[i - 1].len() > 4,
+                "`{name}` has no comment line above it"
+            );
+        }
+    }
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_shardbox"))
+        .args(["serve", "--help"])
+        .output()
+        .expect("serve --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let flags: Vec<String> = help
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("--"))
+        .map(|f| f.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()))
+        .filter(|f| !["help", "config", "set"].contains(f))
+        .map(|f| {
+            if f == "data" {
+                "data_dir".into()
+            } else {
+                f.replace('-', "_")
+            }
+        })
+        .collect();
+    assert!(flags.len() >= 8, "read {flags:?} from serve --help");
+    for f in flags {
+        assert!(
+            file.contains_key(&f),
+            "serve --help offers --{f}, dist/shardbox.toml lacks it"
+        );
+    }
+}

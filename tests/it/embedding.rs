@@ -4,6 +4,7 @@
 
 use crate::common;
 
+use common::spawn::KillOnDrop;
 use common::{eventually, Client};
 use std::process::{Command, Stdio};
 
@@ -15,18 +16,6 @@ fn example_bin() -> std::path::PathBuf {
         .and_then(|d| d.parent())
         .expect("target/<profile>");
     profile_dir.join("examples").join("embedded")
-}
-
-/// The example's process, killed if the test ends before it does.
-struct Running(Option<std::process::Child>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// `GET path` once the example listens; `None` until it answers 200.
@@ -51,14 +40,16 @@ async fn the_embedded_example_writes_serves_and_stops_cleanly() {
         "{} is not built: a whole `cargo test` builds the examples (or `cargo build --example embedded` first)",
         bin.display()
     );
-    let child = Command::new(&bin)
-        .arg(&data)
-        .arg(addr.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the example");
-    let mut running = Running(Some(child));
+    // Killed if the test ends before it does.
+    let mut child = KillOnDrop(
+        Command::new(&bin)
+            .arg(&data)
+            .arg(addr.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the example"),
+    );
 
     // Its own writes reach HTTP readers: the latest reading, and the stream of them.
     let latest = eventually(30, "the example's first reading over HTTP", || {
@@ -82,16 +73,12 @@ async fn the_embedded_example_writes_serves_and_stops_cleanly() {
     .await;
 
     // Ctrl-C: the server drains, the store closes, the process exits 0.
-    let mut child = running.0.take().expect("running");
     rustix::process::kill_process(
         rustix::process::Pid::from_child(&child),
         rustix::process::Signal::INT,
     )
     .expect("SIGINT");
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = child.wait().expect("wait for the example");
     assert!(status.success(), "the example exited with {status}");
 
     // Reopened as a library: everything it acknowledged is there.

@@ -1,5 +1,5 @@
-//! After a scripted workload, `/metrics` counts exactly what was done. One test in this binary:
-//! the metrics are process-wide.
+//! After a scripted workload, `/metrics` counts exactly what was done (that test runs alone:
+//! the counters are process-wide), and the page carries the process's own series.
 
 use crate::common;
 
@@ -100,5 +100,47 @@ async fn the_counters_match_a_scripted_workload() {
             .count(),
         shards
     );
+    s.stop().await;
+}
+
+/// The standard process series and the build's, and every family's help text well formed.
+#[tokio::test]
+async fn the_process_and_the_build_are_described() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    let text = c.get("/metrics").await.text();
+    let rss = value(&text, "process_resident_memory_bytes").expect("rss");
+    assert!(rss > 1e6, "resident memory {rss}");
+    assert!(value(&text, "process_virtual_memory_bytes").expect("vsize") >= rss);
+    let fds = value(&text, "process_open_fds").expect("open fds");
+    assert!(fds >= 3.0 && fds <= value(&text, "process_max_fds").expect("max fds"));
+    let cpu = value(&text, "process_cpu_seconds_total").expect("cpu");
+    assert!(cpu > 0.0, "cpu {cpu}");
+    let start = value(&text, "process_start_time_seconds").expect("start time");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        start <= now + 1.0 && start > now - 3600.0,
+        "started {start}, now {now}"
+    );
+    let build = format!(
+        "shardbox_build_info{{version=\"{}\",profile=\"{}\"}}",
+        env!("CARGO_PKG_VERSION"),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+    assert_eq!(value(&text, &build), Some(1.0), "{build}");
+    for line in text.lines().filter(|l| l.starts_with("# HELP ")) {
+        assert!(!line.ends_with(".."), "{line}");
+        assert!(
+            line.splitn(4, ' ').nth(3).is_some_and(|h| !h.is_empty()),
+            "{line}"
+        );
+    }
     s.stop().await;
 }

@@ -227,7 +227,15 @@ pub fn render(out: &mut String) {
             }
             None
         });
-        out.push_str(fixed.as_deref().unwrap_or(line));
+        let line = fixed.as_deref().unwrap_or(line);
+        // The crate ends every help text with a period of its own: one is enough.
+        match line.strip_suffix("..").filter(|_| line.starts_with("# HELP ")) {
+            Some(help) => {
+                out.push_str(help);
+                out.push('.');
+            }
+            None => out.push_str(line),
+        }
         out.push('\n');
     }
 }
