@@ -178,6 +178,18 @@ impl std::fmt::Display for DiskIo {
 }
 text_setting!(DiskIo);
 
+/// The access log's line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// One JSON object per request (default).
+    #[default]
+    Json,
+    /// The Common Log Format (`host ident user [time] "request" status bytes`), with the
+    /// request id and the duration appended.
+    Common,
+}
+
 /// The log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -524,6 +536,11 @@ pub struct HttpConfig {
     pub tokens: Vec<crate::base::tokens::TokenConfig>,
     /// Serve without tokens on a non-loopback address. Default false.
     pub allow_unauthenticated: bool,
+    /// Where to write one line per request: empty (default) for no access log, `-` for
+    /// standard output, else a file (appended to, owner-only).
+    pub access_log: String,
+    /// `json` (default) or `common` (the Common Log Format plus request id and duration).
+    pub access_log_format: AccessLogFormat,
     /// PEM certificate chain for TLS; with `tls_key`, the server speaks HTTPS only. Default
     /// none.
     pub tls_cert: PathBuf,
@@ -559,6 +576,8 @@ impl Default for HttpConfig {
             followers_max: 1024,
             tokens: Vec::new(),
             allow_unauthenticated: false,
+            access_log: String::new(),
+            access_log_format: AccessLogFormat::Json,
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             rate_limit_reads_per_s: 0,

@@ -99,6 +99,32 @@ pub fn check_json_depth(what: &'static str, text: &[u8]) -> Result<(), Invalid> 
     Ok(())
 }
 
+/// `when` in RFC 3339, UTC, to the millisecond: `2026-12-04T21:33:48.123Z` (times before the
+/// epoch show as the epoch).
+pub fn rfc3339_ms(when: std::time::SystemTime) -> String {
+    let ms = when
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let (days, rest) = ((ms / 86_400_000) as i64, ms % 86_400_000);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3_600_000,
+        rest / 60_000 % 60,
+        rest / 1000 % 60,
+        rest % 1000
+    )
+}
+
 /// An HTTP date (RFC 9110 IMF-fixdate) for `ms` since the epoch, or `None` past year 9999,
 /// which the format cannot express. Never panics, whatever is stored.
 pub fn http_date(ms: u64) -> Option<String> {
@@ -243,6 +269,15 @@ pub fn page_by_name<T, E>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_is_the_inverse_of_parsing() {
+        let at = |ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        assert_eq!(rfc3339_ms(at(0)), "1970-01-01T00:00:00.000Z");
+        for ms in [1_709_164_800_000, 1_749_988_800_250, 951_782_400_999, 4_102_444_799_999] {
+            assert_eq!(parse_time_ms(&rfc3339_ms(at(ms))), Ok(ms), "{ms}");
+        }
+    }
 
     #[test]
     fn times() {

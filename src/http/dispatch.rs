@@ -3,7 +3,9 @@
 use super::body::ReqBody;
 use super::response::{self, Resp};
 use super::route_table::{self, RouteDef};
-use super::{access, admin, cache, events, health, kv, queue, retries, status, ServerState};
+use super::{
+    access, access_log, admin, cache, events, health, kv, queue, retries, status, ServerState,
+};
 use crate::http::error::ApiError;
 use hyper::Request;
 use std::convert::Infallible;
@@ -61,12 +63,13 @@ pub async fn handle(state: Arc<ServerState>, req: Request<ReqBody>) -> Result<Re
     let mut headers = hyper::HeaderMap::new();
     let (method, uri) = (req.method().clone(), req.uri().clone());
     let started = std::time::Instant::now();
-    // The route once matched: the labels of the request metrics.
+    // The route once matched: the labels of the request metrics; the caller once known.
     let mut matched: Option<&'static RouteDef> = None;
+    let mut caller: Option<Arc<str>> = None;
     // A handler that panics answers a JSON 500 like any other failure (and is counted); the
     // connection and everything it holds are released normally.
     let outcome = std::panic::AssertUnwindSafe(
-        dispatch(&state, req, &mut headers, &mut matched).instrument(span.clone()),
+        dispatch(&state, req, &mut headers, &mut matched, &mut caller).instrument(span.clone()),
     )
     .catch_unwind()
     .await
@@ -108,17 +111,33 @@ pub async fn handle(state: Arc<ServerState>, req: Request<ReqBody>) -> Result<Re
             response::error(&e)
         }
     };
-    let h = resp.headers_mut();
-    h.extend(headers);
-    h.insert("x-request-id", id);
-    crate::base::metrics::record_status(resp.status().as_u16());
+    let took = started.elapsed();
+    let status = resp.status().as_u16();
+    crate::base::metrics::record_status(status);
     crate::base::metrics::families::record_request(
         matched.map_or("unmatched", |r| r.path),
         // An unmatched request's method is whatever the client sent: not a label.
         matched.map_or("-", |r| r.method),
-        resp.status().as_u16(),
-        started.elapsed(),
+        status,
+        took,
     );
+    if let Some(log) = &state.access_log {
+        use hyper::body::Body as _;
+        log.record(&access_log::Entry {
+            id: id.as_bytes(),
+            caller: caller.as_deref(),
+            ip: access::ConnCtx::ip(),
+            method: method.as_str(),
+            route: matched.map_or("-", |r| r.path),
+            path: uri.path(),
+            status,
+            bytes: resp.body().size_hint().exact(),
+            took,
+        });
+    }
+    let h = resp.headers_mut();
+    h.extend(headers);
+    h.insert("x-request-id", id);
     Ok(resp)
 }
 
@@ -148,6 +167,7 @@ async fn dispatch(
     mut req: Request<ReqBody>,
     headers: &mut hyper::HeaderMap,
     matched: &mut Option<&'static RouteDef>,
+    caller: &mut Option<Arc<str>>,
 ) -> Result<Resp, ApiError> {
     crate::base::failpoint::hit("http.handler")
         .map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
@@ -158,6 +178,7 @@ async fn dispatch(
     state.access.admit(route, &params, &mut req, headers)?;
     if let Some(access::Caller(Some(name))) = req.extensions().get() {
         tracing::Span::current().record("caller", &**name);
+        *caller = Some(name.clone());
     }
     if route.idempotent {
         if let Some(key) = req.headers().get(retries::HEADER).cloned() {

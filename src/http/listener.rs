@@ -144,7 +144,9 @@ pub async fn run(
     // A bad certificate fails here, before anything is started.
     let tls = tls::acceptor(&cfg).map_err(std::io::Error::other)?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let state = ServerState::new(store);
+    let access_log =
+        super::access_log::AccessLog::open(&cfg.http.access_log, cfg.http.access_log_format)?;
+    let state = ServerState::with_access_log(store, access_log);
     // Work that runs by itself (TTL sweep, queue timers, cron, retention) runs whenever the store
     // is served: started here, so no way of serving can forget it.
     let mut background = state.store.start_background();
@@ -234,6 +236,9 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("shutdown grace period over with Idempotency-Key requests still running");
+    }
+    if let Some(log) = &state.access_log {
+        log.sync(Duration::from_secs(1));
     }
     for task in background {
         task.abort();

@@ -15,6 +15,12 @@ pub fn render(engine: &crate::engine::Engine, open_connections: usize) -> String
         );
     };
     line(
+        "shardbox_access_log_dropped_total",
+        "Access log lines dropped because its writer was behind.",
+        "counter",
+        super::access_log::DROPPED.load(Ordering::Relaxed),
+    );
+    line(
         "shardbox_corrupt_records_total",
         "Records that failed verification on read.",
         "counter",

@@ -10,6 +10,7 @@
 //! `run(listener, store, shutdown)` takes a bound listener, so tests bind `127.0.0.1:0`.
 
 mod access;
+mod access_log;
 mod admin_socket;
 mod connection;
 pub mod error;

@@ -28,6 +28,8 @@ pub struct ServerState {
     pub started: std::time::Instant,
     /// The last server errors and 429s, for the status page.
     pub recent_errors: status::RecentErrors,
+    /// The access log, when `access_log` names one.
+    pub access_log: Option<Arc<super::access_log::AccessLog>>,
     /// Permits for the first runs of `Idempotency-Key` requests, which run as tasks of their
     /// own (`connections_max` of them); shutdown waits until every permit is back.
     pub idempotent_tasks: Arc<Semaphore>,
@@ -69,8 +71,17 @@ impl ServerState {
         Ok((self.waiting().ok_or_else(refused)?, permit))
     }
 
-    /// The state of a server over `store`, its bounds taken from the store's config.
+    /// The state of a server over `store`, its bounds taken from the store's config (no
+    /// access log: [`ServerState::with_access_log`]).
     pub fn new(store: Store) -> Arc<Self> {
+        Self::with_access_log(store, None)
+    }
+
+    /// As [`ServerState::new`], writing `access_log`.
+    pub fn with_access_log(
+        store: Store,
+        access_log: Option<Arc<super::access_log::AccessLog>>,
+    ) -> Arc<Self> {
         let cfg = store.config().clone();
         let long_polls = long_polls_max(cfg.http.connections_max);
         let followers_max = cfg.http.followers_max.min(long_polls);
@@ -85,6 +96,7 @@ impl ServerState {
             started: std::time::Instant::now(),
             recent_errors: status::RecentErrors::default(),
             idempotent_tasks: Arc::new(Semaphore::new(cfg.http.connections_max)),
+            access_log,
         })
     }
 }

@@ -9,6 +9,7 @@
 mod common;
 
 mod access;
+mod access_log;
 mod background;
 mod backup;
 mod cache_api;
