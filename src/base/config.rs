@@ -117,7 +117,7 @@ impl std::fmt::Display for EvictionPolicy {
 }
 text_setting!(EvictionPolicy);
 
-/// A stream bucket width: one of [`crate::base::util::BUCKET_WIDTHS`], in ms (only a parsed width
+/// A stream bucket width: one of the widths `1h`, `1d`, `7d`, `30d` (`BUCKET_WIDTHS`), in ms (only a parsed width
 /// can be built, so it always shows back as its name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -24,7 +24,7 @@ pub enum Invalid {
     KeyLength { len: usize },
     #[error("ttl must be greater than zero")]
     TtlZero,
-    /// A TTL past [`crate::base::util::DURATION_MS_MAX`].
+    /// A TTL past the longest duration (100 years).
     #[error("ttl of {ms} ms is too long: at most 100 years")]
     TtlTooLong { ms: u64 },
     /// A cache write without a TTL while no default TTL is configured.
@@ -91,7 +91,7 @@ pub enum Invalid {
     /// Stored JSON (`what`: "payload", "data") that does not parse.
     #[error("{what} is not valid JSON: {detail}")]
     Json { what: &'static str, detail: String },
-    /// Stored JSON nested deeper than [`JSON_DEPTH_MAX`].
+    /// Stored JSON nested deeper than `JSON_DEPTH_MAX` (64 levels).
     #[error("{what} is nested {depth} levels deep; at most {max} are accepted", max = JSON_DEPTH_MAX)]
     JsonDepth { what: &'static str, depth: usize },
     /// A cron expression the parser refused (its message names the field and the fault).

@@ -2,7 +2,7 @@
 //! stale-if-error, tags, O(1) purges, fill leases against stampedes and XFetch early refresh.
 //!
 //! No HTTP here. foyer keeps bytes; everything about time lives in the [`Entry`] and is checked
-//! on every read. Purges bump persisted generations ([`gens`]). The disk tier is a best-effort
+//! on every read. Purges bump persisted generations (`gens.rs`). The disk tier is a best-effort
 //! extension of memory: it starts empty on every open (its directory is wiped), so nothing
 //! purged, deleted or overwritten can come back after a restart.
 

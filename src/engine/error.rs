@@ -63,7 +63,7 @@ pub struct StorageFailure {
 }
 
 impl StorageFailure {
-    /// An I/O error of the log or a data file, while doing `context` ("cannot sync <path>").
+    /// An I/O error of the log or a data file, while doing `context` (`"cannot sync /data/wal/…"`).
     pub fn io(context: impl Into<String>, e: io::Error) -> Self {
         Self::with_source(context.into(), Arc::new(e))
     }
@@ -111,7 +111,7 @@ impl StorageFailure {
         }
     }
 
-    /// The same failure, seen from `outer` ("the log failed: <this>").
+    /// The same failure, seen from `outer` (`"the log failed: …"`).
     pub fn within(mut self, outer: &str) -> Self {
         self.context = if self.context.is_empty() {
             outer.to_string()

@@ -1,4 +1,4 @@
-//! Layer 4, the HTTP/1.1 server over a [`Store`]: [`run`] serves one until told to stop.
+//! Layer 4, the HTTP/1.1 server over a [`Store`](crate::Store): [`run`] serves one until told to stop.
 //!
 //! The rooms: `listener.rs` accepts (connection limits, TLS, shutdown), `connection.rs` serves
 //! one connection, `state.rs` is what every handler shares, `admin_socket.rs` the admin

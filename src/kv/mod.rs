@@ -123,7 +123,7 @@ pub fn validate_namespace(ns: &str) -> Result<(), KvError> {
     Ok(crate::base::names::validate_name("namespace", ns)?)
 }
 
-/// Checks a TTL: 1 ms to [`crate::base::util::DURATION_MS_MAX`] (100 years), so every expiry the
+/// Checks a TTL: 1 ms to `DURATION_MS_MAX` (100 years), so every expiry the
 /// store holds can be rendered by every read path.
 pub fn validate_ttl(ttl_ms: Option<u64>) -> Result<(), KvError> {
     match ttl_ms {

@@ -1,6 +1,6 @@
 //! `shardbox check`: verify a stopped data directory.
 //!
-//! Opens every shard read-only and runs every domain's check ([`crate::store::DOMAINS`]): KV envelopes
+//! Opens every shard read-only and runs every domain's check (`DOMAINS`): KV envelopes
 //! and crc32s and the expiry index, queue jobs against their indexes and counts, schedules, event
 //! buckets against their counters, cache generations. With `deep`, it instead opens each shard for writing
 //! and runs redb's own integrity check (every page checksum; it also repairs the allocator state

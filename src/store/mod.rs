@@ -156,7 +156,7 @@ impl Store {
     }
 
     /// Starts the work that runs by itself — TTL sweeper, queue timers, cron schedules, event
-    /// retention — on the current tokio runtime. [`http::run`] calls it; an embedder that uses
+    /// retention — on the current tokio runtime. [`crate::http::run`] calls it; an embedder that uses
     /// the store without HTTP calls it once. Abort the handles (or close the store) to stop.
     pub fn start_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
         self.domains
