@@ -11,7 +11,7 @@ use crate::events::EventError;
 use crate::events::{model, parse_bucket, validate_name, EventOut, RangeQuery};
 use crate::http::error::ApiError;
 use bytes::Bytes;
-use hyper::header::{ACCEPT, CONTENT_TYPE};
+use hyper::header::ACCEPT;
 use hyper::Request;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -322,13 +322,7 @@ pub async fn range(
     body.push_str("],\"next\":");
     body.push_str(&serde_json::to_string(&next).unwrap_or_else(|_| "null".into()));
     body.push('}');
-    let mut r = response::empty(200);
-    *r.body_mut() = response::full(body);
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    Ok(r)
+    Ok(response::json_bytes(200, body.into_bytes()))
 }
 
 /// Server-Sent Events from `after` / `Last-Event-ID` (or from now), live as appends commit.

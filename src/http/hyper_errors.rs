@@ -97,7 +97,7 @@ pub fn rewrite(buf: &[u8]) -> Option<Vec<u8>> {
         ),
         _ => ("bad_request", "the request could not be parsed"),
     };
-    let body = format!(r#"{{"error":{{"code":"{code}","message":"{message}"}}}}"#);
+    let body = format!("{{\"error\":{{\"code\":\"{code}\",\"message\":\"{message}\"}}}}\n");
     let mut out = String::with_capacity(head.len() + body.len() + 64);
     out.push_str(status_line);
     out.push_str("\r\n");

@@ -25,15 +25,18 @@ fn status(code: u16) -> StatusCode {
 
 /// A JSON response.
 pub fn json(code: u16, value: &serde_json::Value) -> Resp {
-    let mut r = Response::new(full(value.to_string()));
+    let mut text = value.to_string();
+    text.push('\n');
+    let mut r = Response::new(full(text));
     *r.status_mut() = status(code);
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
-/// A JSON response from a body already written.
-pub fn json_bytes(code: u16, body: Vec<u8>) -> Resp {
+/// A JSON response from a body already written (its line end added here).
+pub fn json_bytes(code: u16, mut body: Vec<u8>) -> Resp {
+    body.push(b'\n');
     let mut r = Response::new(full(body));
     *r.status_mut() = status(code);
     r.headers_mut()
@@ -44,8 +47,10 @@ pub fn json_bytes(code: u16, body: Vec<u8>) -> Resp {
 /// A JSON response serialised straight from a typed reply (no intermediate `serde_json::Value`,
 /// so stored JSON embedded as `RawValue` is written as is, never re-parsed).
 pub fn json_of<T: serde::Serialize + ?Sized>(code: u16, value: &T) -> Resp {
-    match serde_json::to_vec(value) {
-        Ok(body) => {
+    let mut body = Vec::with_capacity(256);
+    match serde_json::to_writer(&mut body, value) {
+        Ok(()) => {
+            body.push(b'\n');
             let mut r = Response::new(full(body));
             *r.status_mut() = status(code);
             r.headers_mut()
@@ -80,7 +85,9 @@ pub fn empty(code: u16) -> Resp {
 
 /// The JSON error response, with `Retry-After` when the error says when to come back.
 pub fn error(e: &ApiError) -> Resp {
-    let mut r = Response::new(full(e.body()));
+    let mut body = e.body();
+    body.push('\n');
+    let mut r = Response::new(full(body));
     *r.status_mut() = status(e.status);
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -7,7 +7,7 @@ use super::response::{self, Resp};
 use super::route_table::{route, RouteDef};
 use super::ServerState;
 use crate::http::error::ApiError;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CACHE_CONTROL};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -142,10 +142,7 @@ async fn status(state: &ServerState) -> Result<Resp, ApiError> {
         },
         "recent_errors": state.recent_errors.newest_first(),
     });
-    let mut r = response::json(200, &body);
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Ok(r)
+    Ok(response::json(200, &body))
 }
 
 const PAGE: &str = r##"<!doctype html>

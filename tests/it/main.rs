@@ -38,6 +38,7 @@ mod queue_api;
 mod queue_crash;
 mod readme;
 mod replay;
+mod replies;
 mod staging;
 mod status_page;
 mod waiters;
