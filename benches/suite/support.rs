@@ -201,6 +201,11 @@ impl ServerStats {
     }
 
     pub fn describe(&self) -> String {
+        // A read-only run (after its preload was measured apart) committed nothing: say so
+        // rather than print a row of zeros.
+        if self.commits == 0.0 && self.syncs == 0.0 {
+            return "shardbox: no writes in this run (reads only)".to_string();
+        }
         format!(
             "shardbox: {:.0} commits, {:.1} ops/commit, {:.3} ms/commit; log: {:.0} fsyncs, {:.1} writes per fsync, {:.0} log bytes per write; {:.0} checkpoints",
             self.commits,
