@@ -175,4 +175,17 @@ async fn the_readme_walk_runs_as_written() {
         stdout.contains("filled"),
         "the waiting cache reader got the fill:\n{stdout}"
     );
+    // The walk shows what it says: a second page, a dead job, events on the SSE tail.
+    assert!(
+        stdout.contains(r#""key":"user/44""#) && stdout.contains(r#""cursor":null"#),
+        "the listing's second page:\n{stdout}"
+    );
+    assert!(
+        stdout.contains(r#""state":"dead""#) && stdout.contains("smtp timeout"),
+        "the nacked job among the dead:\n{stdout}"
+    );
+    assert!(
+        stdout.matches("\nid: ").count() >= 2 || stdout.starts_with("id: "),
+        "the SSE tail replayed the stream's events:\n{stdout}"
+    );
 }
