@@ -1,7 +1,7 @@
 //! The admin socket: the API on `<data>/admin.sock` with admin rights for whoever may open
 //! the file (`shardbox backup` and `export` use it while a server runs).
 
-use super::connection::{connection_builder, serve_conn};
+use super::connection::serve_conn;
 use super::ServerState;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +44,6 @@ pub(super) fn serve_admin_socket(
         std::fs::metadata(&path).map(|m| m.uid()).unwrap_or(0)
     };
     let limit = Arc::new(Semaphore::new(ADMIN_CONNECTIONS_MAX));
-    let builder = connection_builder(state.store.config());
     Some(tokio::spawn(async move {
         loop {
             let stream = match listener.accept().await {
@@ -76,27 +75,13 @@ pub(super) fn serve_admin_socket(
                 continue;
             };
             let state = state.clone();
-            let builder = builder.clone();
             let stop_rx = stop_rx.clone();
-            let idle_timeout = Duration::from_millis(state.store.config().http.idle_timeout_ms);
             // Its waits watch the client like any connection's (a Unix socket shows a hang-up
             // the same way).
-            registered
-                .conn
-                .socket
-                .set(std::os::fd::AsRawFd::as_raw_fd(&stream));
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
             tokio::spawn(async move {
                 // Idle timeout, eviction and shutdown as for any connection.
-                serve_conn(
-                    stream,
-                    &state,
-                    &builder,
-                    &registered,
-                    stop_rx,
-                    idle_timeout,
-                    true,
-                )
-                .await;
+                serve_conn(stream, fd, &state, &registered, stop_rx, true).await;
                 drop(registered);
                 drop(permit);
             });

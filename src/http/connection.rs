@@ -2,27 +2,12 @@
 //! loop that ends it when it idles, is asked to make room, or the server stops.
 
 use super::{access, body, conns, dispatch, hyper_errors, response, ServerState};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// The HTTP/1.1 settings of every connection: header timeout and size bound, keep-alive.
-pub(super) fn connection_builder(cfg: &crate::base::config::Config) -> http1::Builder {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(cfg.http.header_read_timeout_ms))
-        .max_buf_size(cfg.http.header_bytes_max.max(8192))
-        // A client that shuts its side after sending (`nc -N`, some scripts) still gets its
-        // answer; an idle half-closed connection ends at idle_timeout_ms like any other.
-        .half_close(true)
-        .keep_alive(true);
-    builder
-}
 
 /// The service of one connection: routes each request, and marks the connection busy until
 /// the response is sent (a streamed body, SSE or NDJSON, holds it).
@@ -57,8 +42,7 @@ where
     let Some((registered, _)) = state.conns.register(std::net::Ipv4Addr::LOCALHOST.into()) else {
         return;
     };
-    let builder = connection_builder(state.store.config());
-    let conn = builder.serve_connection(
+    let conn = state.http1.serve_connection(
         TokioIo::new(hyper_errors::JsonErrors::new(io)),
         service(state.clone(), registered.conn.clone()),
     );
@@ -69,20 +53,22 @@ where
     let _ = ctx.scope(conn).await;
 }
 
-/// Serves one accepted connection (plain or TLS) until it ends, idles out, is asked to make
-/// room, or the server stops.
+/// Serves one accepted connection (plain or TLS, or the admin socket's: `local`) until it ends,
+/// idles out, is asked to make room, or the server stops. `fd` is its socket, which the waits
+/// of its requests watch for the client leaving ([`super::peer`]).
 pub(super) async fn serve_conn<IO>(
     io: IO,
+    fd: std::os::fd::RawFd,
     state: &Arc<ServerState>,
-    builder: &http1::Builder,
     registered: &conns::Registered,
     mut stop_rx: watch::Receiver<bool>,
-    idle_timeout: Duration,
     local: bool,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = builder.serve_connection(
+    registered.conn.socket.set(fd);
+    let idle_timeout = Duration::from_millis(state.store.config().http.idle_timeout_ms);
+    let conn = state.http1.serve_connection(
         TokioIo::new(hyper_errors::JsonErrors::of_conn(
             io,
             registered.conn.clone(),

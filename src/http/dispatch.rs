@@ -178,7 +178,9 @@ async fn dispatch(
     state.access.admit(route, &params, &mut req, headers)?;
     if let Some(access::Caller(Some(name))) = req.extensions().get() {
         tracing::Span::current().record("caller", &**name);
-        *caller = Some(name.clone());
+        if state.access_log.is_some() {
+            *caller = Some(name.clone());
+        }
     }
     if route.idempotent {
         if let Some(key) = req.headers().get(retries::HEADER).cloned() {

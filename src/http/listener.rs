@@ -2,10 +2,9 @@
 //! one, else 503), the TLS handshake, and graceful shutdown.
 
 use super::admin_socket::{admin_socket_path, serve_admin_socket};
-use super::connection::{connection_builder, serve_conn};
+use super::connection::serve_conn;
 use super::{conns, tls, ServerState};
 use crate::store::Store;
-use hyper::server::conn::http1;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +45,6 @@ async fn answer_refused(
 /// An accepted connection with everything its task needs.
 struct Accepted {
     state: Arc<ServerState>,
-    builder: http1::Builder,
     stop_rx: watch::Receiver<bool>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     done_tx: mpsc::Sender<()>,
@@ -55,8 +53,6 @@ struct Accepted {
     registered: conns::Registered,
     /// Its place among `connections_max`, or `None` while an evicted connection gives one back.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    idle_timeout: Duration,
-    header_timeout: Duration,
 }
 
 impl Accepted {
@@ -64,7 +60,6 @@ impl Accepted {
     async fn serve(self, stream: tokio::net::TcpStream) {
         let Accepted {
             state,
-            builder,
             stop_rx,
             tls,
             done_tx,
@@ -72,8 +67,6 @@ impl Accepted {
             refusals,
             registered,
             permit,
-            idle_timeout,
-            header_timeout,
         } = self;
         // Not idle while it waits for its place: it must not be taken to make room.
         let waiting = conns::Busy::new(registered.conn.clone());
@@ -92,36 +85,14 @@ impl Accepted {
         drop(waiting);
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         match tls {
-            None => {
-                registered.conn.socket.set(fd);
-                serve_conn(
-                    stream,
-                    &state,
-                    &builder,
-                    &registered,
-                    stop_rx,
-                    idle_timeout,
-                    false,
-                )
-                .await
-            }
+            None => serve_conn(stream, fd, &state, &registered, stop_rx, false).await,
             Some(acceptor) => {
                 // The handshake is part of the request head: same deadline.
+                let header_timeout =
+                    Duration::from_millis(state.store.config().http.header_read_timeout_ms);
                 let hs = tokio::time::timeout(header_timeout, acceptor.accept(stream)).await;
                 match hs {
-                    Ok(Ok(tls_stream)) => {
-                        registered.conn.socket.set(fd);
-                        serve_conn(
-                            tls_stream,
-                            &state,
-                            &builder,
-                            &registered,
-                            stop_rx,
-                            idle_timeout,
-                            false,
-                        )
-                        .await
-                    }
+                    Ok(Ok(tls)) => serve_conn(tls, fd, &state, &registered, stop_rx, false).await,
                     Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!("TLS handshake timed out"),
                 }
@@ -160,12 +131,9 @@ pub async fn run(
     }));
     let conn_limit = Arc::new(Semaphore::new(cfg.http.connections_max));
     let conns = state.conns.clone();
-    let idle_timeout = Duration::from_millis(cfg.http.idle_timeout_ms);
     let refusals = Arc::new(Semaphore::new(REFUSALS_MAX));
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let admin_socket = serve_admin_socket(state.clone(), stop_rx.clone());
-    let builder = connection_builder(&cfg);
-    let header_timeout = Duration::from_millis(cfg.http.header_read_timeout_ms);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -198,7 +166,6 @@ pub async fn run(
         };
         let job = Accepted {
             state: state.clone(),
-            builder: builder.clone(),
             stop_rx: stop_rx.clone(),
             tls: tls.clone(),
             done_tx: done_tx.clone(),
@@ -206,8 +173,6 @@ pub async fn run(
             refusals: refusals.clone(),
             registered,
             permit,
-            idle_timeout,
-            header_timeout,
         };
         tokio::spawn(job.serve(stream));
     }

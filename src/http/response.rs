@@ -25,9 +25,11 @@ fn status(code: u16) -> StatusCode {
 
 /// A JSON response.
 pub fn json(code: u16, value: &serde_json::Value) -> Resp {
-    let mut text = value.to_string();
-    text.push('\n');
-    let mut r = Response::new(full(text));
+    // Written into room for the line end: no second allocation to add it.
+    let mut body = Vec::with_capacity(128);
+    let _ = serde_json::to_writer(&mut body, value); // a Value always serialises
+    body.push(b'\n');
+    let mut r = Response::new(full(body));
     *r.status_mut() = status(code);
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
