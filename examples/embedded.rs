@@ -6,7 +6,7 @@
 //! cargo run --example embedded -- [DATA_DIR] [LISTEN]      # defaults: ./embedded-data 127.0.0.1:7071
 //! curl -s localhost:7071/v1/kv/sensor/latest
 //! curl -s 'localhost:7071/v1/streams/readings/events?limit=5'
-//! curl -s -XPOST localhost:7071/v1/queues/alerts/claim
+//! curl -s -XPOST localhost:7071/v1/queues/alerts/claim -d '{}'
 //! ```
 //!
 //! Ctrl-C stops it: the server drains its requests, then the store commits and closes.

@@ -1,6 +1,6 @@
 //! A batch whose redb commit fails after its record was logged is cancelled by an abort record:
-//! it is not acknowledged, its shard stops, and a restart does not replay it. (A test binary of
-//! its own: it arms a process-wide failpoint.)
+//! it is not acknowledged, its shard stops, and a restart does not replay it. (It arms a
+//! process-wide failpoint, so it runs alone: `common::alone`.)
 
 use crate::common;
 use shardbox::{Config, Store};

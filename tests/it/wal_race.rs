@@ -1,5 +1,5 @@
 //! No read returns data whose log record is not yet on disk. The log's sync is held at a
-//! failpoint (this test binary owns the process-wide failpoints), a write is left pending
+//! failpoint (process-wide: the test runs alone, in a process of its own), a write is left pending
 //! behind it, and every read path must still show the state before that write; once the sync
 //! is released, the write is acknowledged and visible.
 
@@ -16,6 +16,9 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> common::Resp {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_never_see_a_write_whose_sync_is_pending() {
+    if !common::alone() {
+        return;
+    }
     let s = TestServer::start().await;
     let addr = s.addr;
     let mut c = s.client().await;
