@@ -378,21 +378,33 @@ fn denied(d: Denied, headers: &mut HeaderMap) -> ApiError {
 /// The request's id: the client's `X-Request-Id` when it is 1-128 visible ASCII characters,
 /// else a fresh one.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get("x-request-id") {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
             return v.clone();
         }
     }
-    // 128 random bits in hex, written in place (no intermediate String).
+    // 128 bits in hex, written in place: a random 64-bit prefix per thread and a count (unique
+    // without drawing random bits for every request).
+    thread_local! {
+        static NEXT: std::cell::Cell<(u64, u64)> = std::cell::Cell::new((rand::random(), 0));
+    }
+    let (prefix, n) = NEXT.with(|c| {
+        let (p, n) = c.get();
+        c.set((p, n.wrapping_add(1)));
+        (p, n)
+    });
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let id: u128 = rand::random();
+    let id = (u128::from(prefix) << 64) | u128::from(n);
     let mut buf = [0u8; 32];
     for (i, b) in buf.iter_mut().enumerate() {
         *b = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
     }
     HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("-"))
 }
+
+/// The request id header, in requests and responses.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,7 @@ use super::connection::serve_conn;
 use super::ServerState;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 
 /// The admin socket's path in a data directory.
 pub fn admin_socket_path(data_dir: &std::path::Path) -> std::path::PathBuf {
@@ -18,10 +18,7 @@ const ADMIN_CONNECTIONS_MAX: usize = 16;
 /// Serves the API on `<data>/admin.sock` (mode 0600) with admin rights: whoever may open the
 /// file may administer the server (`shardbox backup` uses it). `None` when it cannot bind
 /// (path too long for a socket, read-only directory): a warning, not a failure.
-pub(super) fn serve_admin_socket(
-    state: Arc<ServerState>,
-    stop_rx: watch::Receiver<bool>,
-) -> Option<tokio::task::JoinHandle<()>> {
+pub(super) fn serve_admin_socket(state: Arc<ServerState>) -> Option<tokio::task::JoinHandle<()>> {
     use std::os::unix::fs::PermissionsExt;
     let path = admin_socket_path(&state.store.config().data_dir);
     // A socket left by a killed server: the store's LOCK says none runs now.
@@ -75,13 +72,12 @@ pub(super) fn serve_admin_socket(
                 continue;
             };
             let state = state.clone();
-            let stop_rx = stop_rx.clone();
             // Its waits watch the client like any connection's (a Unix socket shows a hang-up
             // the same way).
             let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
             tokio::spawn(async move {
                 // Idle timeout, eviction and shutdown as for any connection.
-                serve_conn(stream, fd, &state, &registered, stop_rx, true).await;
+                serve_conn(stream, fd, &state, &registered, true).await;
                 drop(registered);
                 drop(permit);
             });

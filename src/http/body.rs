@@ -4,8 +4,6 @@
 
 use crate::http::error::ApiError;
 use bytes::{Bytes, BytesMut};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::header::CONTENT_LENGTH;
 use hyper::HeaderMap;
 use std::sync::Arc;
@@ -25,7 +23,7 @@ pub struct BodyBytes {
 /// in front of the handler (idempotency keys hash the body before the handler runs). Either
 /// way a handler reads it with [`read`], under the same bounds.
 pub enum ReqBody {
-    Stream(Incoming),
+    Stream(super::h1::Incoming),
     Buffered(BodyBytes),
 }
 
@@ -67,9 +65,9 @@ pub async fn read(
         let mut first: Option<Bytes> = None;
         let mut buf = BytesMut::new();
         let mut body = body;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| ApiError::bad_request(format!("reading body: {e}")))?;
-            if let Ok(data) = frame.into_data() {
+        while let Some(data) = body.chunk().await {
+            let data = data.map_err(|e| ApiError::bad_request(format!("reading body: {e}")))?;
+            {
                 let have = buf.len() + first.as_ref().map_or(0, Bytes::len);
                 let new_len = have + data.len();
                 if new_len > max_bytes {

@@ -22,7 +22,8 @@ pub struct Conn {
     /// Milliseconds since the registry started at which the last request began or ended.
     last_active_ms: AtomicU64,
     in_flight: AtomicUsize,
-    /// Set when the connection is asked to make room; its task closes it.
+    /// Wakes the connection's task between requests: it is asked to make room, the idle
+    /// sweep found it idle, or the server stops.
     pub evict: Notify,
     evicting: std::sync::atomic::AtomicBool,
     epoch: Instant,
@@ -40,15 +41,9 @@ impl Conn {
         self.evicting.store(true, Ordering::Release);
     }
 
-    /// When its last request began or ended (ms since the registry started): changes with
-    /// every request.
-    pub fn last_active_ms(&self) -> u64 {
-        self.last_active_ms.load(Ordering::Acquire)
-    }
-
-    /// Whether no request is being handled on it (the next bytes start a request head).
-    pub fn between_requests(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) == 0
+    /// Whether it was asked to make room (it closes once its request in progress is answered).
+    pub fn is_evicting(&self) -> bool {
+        self.evicting.load(Ordering::Acquire)
     }
 
     /// How long it has been idle (0 while a request is being handled).
@@ -78,23 +73,6 @@ impl Busy {
         conn.last_active_ms.store(conn.now_ms(), Ordering::Release);
         Busy(conn)
     }
-
-    /// Keeps the connection busy until `resp` is sent: at once for a body of known length,
-    /// when the body is dropped for a stream.
-    pub fn until_sent(self, resp: super::response::Resp) -> super::response::Resp {
-        use http_body_util::BodyExt;
-        use hyper::body::Body;
-        if resp.body().size_hint().exact().is_some() {
-            return resp;
-        }
-        resp.map(|b| {
-            b.map_frame(move |f| {
-                let _busy = &self;
-                f
-            })
-            .boxed()
-        })
-    }
 }
 
 impl Drop for Busy {
@@ -111,6 +89,8 @@ pub struct Conns {
     inner: Mutex<Inner>,
     epoch: Instant,
     per_ip_max: usize,
+    /// The server stops: connections close once their request in progress is answered.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// How long a connection must have been idle before a newcomer may take its place.
@@ -141,7 +121,32 @@ impl Conns {
             inner: Mutex::new(Inner::default()),
             epoch: Instant::now(),
             per_ip_max,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The server stops: idle connections close now, busy ones after their response.
+    pub fn stop_all(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for c in self.lock().conns.values() {
+            c.evict.notify_one();
+        }
+    }
+
+    /// Whether the server stops.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Wakes every connection idle for `idle_timeout_ms` or longer, which then closes (unless
+    /// a request's bytes wait on it). Run a few times per idle timeout: the connections keep no
+    /// timer of their own between requests.
+    pub fn sweep_idle(&self, idle_timeout_ms: u64) {
+        for c in self.lock().conns.values() {
+            if c.idle_ms() >= idle_timeout_ms {
+                c.evict.notify_one();
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

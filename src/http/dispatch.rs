@@ -2,13 +2,12 @@
 
 use super::body::ReqBody;
 use super::response::{self, Resp};
-use super::route_table::{self, RouteDef};
+use super::route_table::{self, Handler, RouteDef};
 use super::{
     access, access_log, admin, cache, events, health, kv, queue, retries, status, ServerState,
 };
 use crate::http::error::ApiError;
 use hyper::Request;
-use std::convert::Infallible;
 use std::sync::Arc;
 
 /// Every route table, one per domain. A new domain adds its table here, and nothing else in
@@ -27,11 +26,17 @@ pub(super) const TABLES: &[&[RouteDef]] = &[
 /// the matching of [`handle`], for the fuzz targets.
 #[cfg_attr(not(feature = "testing"), allow(dead_code))]
 pub fn find_route(method: &str, path: &str) -> Result<Option<&'static RouteDef>, ApiError> {
-    match route_table::find(TABLES, method, path) {
-        Ok((r, _)) => Ok(Some(r)),
+    match router().find_path(method, path) {
+        Ok(hit) => Ok(Some(hit.route)),
         Err(e) if e.status == 404 || e.status == 405 => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Every table's routes, their templates compiled once.
+fn router() -> &'static route_table::Router {
+    static ROUTER: std::sync::OnceLock<route_table::Router> = std::sync::OnceLock::new();
+    ROUTER.get_or_init(|| route_table::Router::new(TABLES))
 }
 
 /// Every (method, path template, query parameters) the server serves. `docs/openapi.json` must
@@ -54,91 +59,152 @@ pub fn idempotent_routes() -> impl Iterator<Item = (&'static str, &'static str)>
         .map(|r| (r.method, r.path))
 }
 
-/// The service function: never fails, every error is a JSON response.
-pub async fn handle(state: Arc<ServerState>, req: Request<ReqBody>) -> Result<Resp, Infallible> {
-    use futures_util::FutureExt;
-    use tracing::Instrument;
+/// A request on its way through: what its answer needs once its handler has run.
+pub struct Ticket {
+    /// The request id (the client's `X-Request-Id` when usable), written with the answer.
+    pub id: hyper::header::HeaderValue,
+    /// The `request` span, when a line it would carry can be written ([`request_span`]).
+    span: tracing::Span,
+    method: hyper::Method,
+    uri: hyper::Uri,
+    started: std::time::Instant,
+    /// The route once matched (the labels of the request metrics), and its router index.
+    matched: Option<(&'static RouteDef, usize)>,
+    /// The caller, kept only for the access log.
+    caller: Option<Arc<str>>,
+    /// Headers admission adds to the answer (rate-limit state, `WWW-Authenticate`).
+    headers: hyper::HeaderMap,
+}
+
+/// What [`begin`] made of a request.
+pub enum Begun {
+    /// Answered already: refused, or by a handler that does not wait ([`Handler::Now`]).
+    Now(Result<Resp, ApiError>),
+    /// A handler that waits: the connection drives it ([`Ticket::poll`]) to its answer.
+    Later(route_table::Reply),
+}
+
+/// Takes a request as far as it goes without waiting: its id, the route, the query, tokens and
+/// rate limits, and a handler that answers at once. `refused` is what the connection found
+/// wrong with the head (answered like any other error). A panic on the way is a JSON 500.
+pub fn begin(
+    state: &Arc<ServerState>,
+    req: Request<ReqBody>,
+    refused: Option<ApiError>,
+) -> (Ticket, Begun) {
     let id = access::request_id(req.headers());
     let span = request_span(&id, &req);
-    let mut headers = hyper::HeaderMap::new();
-    let (method, uri) = (req.method().clone(), req.uri().clone());
-    let started = std::time::Instant::now();
-    // The route once matched: the labels of the request metrics; the caller once known.
-    let mut matched: Option<&'static RouteDef> = None;
-    let mut caller: Option<Arc<str>> = None;
-    // A handler that panics answers a JSON 500 like any other failure (and is counted); the
-    // connection and everything it holds are released normally.
-    let outcome = std::panic::AssertUnwindSafe(
-        dispatch(&state, req, &mut headers, &mut matched, &mut caller).instrument(span.clone()),
-    )
-    .catch_unwind()
-    .await
-    .unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        tracing::error!(panic = %what, "a request handler panicked");
-        Err(ApiError::internal())
+    let mut ticket = Ticket {
+        id,
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        started: std::time::Instant::now(),
+        matched: None,
+        caller: None,
+        headers: hyper::HeaderMap::new(),
+        span,
+    };
+    let span = ticket.span.clone();
+    let begun = span.in_scope(|| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            route(state, req, refused, &mut ticket)
+        }))
+        .unwrap_or_else(|panic| Begun::Now(Err(panicked(panic))))
     });
+    (ticket, begun)
+}
+
+impl Ticket {
+    /// Polls a waiting handler inside the request's span; a panic is a JSON 500.
+    pub fn poll(
+        &self,
+        reply: &mut route_table::Reply,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<Resp, ApiError>> {
+        let _entered = self.span.enter();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reply.as_mut().poll(cx)))
+            .unwrap_or_else(|panic| std::task::Poll::Ready(Err(panicked(panic))))
+    }
+}
+
+/// A handler's panic as the error it answers (and the line it logs).
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> ApiError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %what, "a request handler panicked");
+    ApiError::internal()
+}
+
+/// Renders a request's outcome as its response: errors as JSON, counted in the metrics and
+/// the access log, with the headers admission added. The request id is the connection's to
+/// write ([`Ticket::id`]).
+pub fn finish(state: &ServerState, t: &mut Ticket, outcome: Result<Resp, ApiError>) -> Resp {
     let mut resp = match outcome {
         Ok(r) => r,
         Err(e) => {
-            if e.status >= 500 {
-                // The line names the request itself: most requests carry no span.
-                tracing::warn!(
-                    id = %String::from_utf8_lossy(id.as_bytes()),
-                    method = %method,
-                    path = %uri.path(),
-                    status = e.status,
-                    code = e.code,
-                    message = %e.message,
-                    "request failed"
-                );
-            }
-            if e.status >= 500 || e.status == 429 {
-                state.recent_errors.push(status::RecentError {
-                    at_ms: state.store.engine().now_ms(),
-                    status: e.status,
-                    code: e.code.to_string(),
-                    method: method.to_string(),
-                    path: uri.path().chars().take(256).collect(),
-                    message: e.message.chars().take(512).collect(),
-                    request_id: String::from_utf8_lossy(id.as_bytes()).into_owned(),
-                });
-            }
+            failed(state, t, &e);
             response::error(&e)
         }
     };
-    let took = started.elapsed();
+    let took = t.started.elapsed();
     let status = resp.status().as_u16();
     crate::base::metrics::record_status(status);
-    crate::base::metrics::families::record_request(
-        matched.map_or("unmatched", |r| r.path),
+    match t.matched {
+        Some((r, index)) => {
+            crate::base::metrics::families::record_route(index, r.path, r.method, status, took)
+        }
         // An unmatched request's method is whatever the client sent: not a label.
-        matched.map_or("-", |r| r.method),
-        status,
-        took,
-    );
+        None => crate::base::metrics::families::record_request("unmatched", "-", status, took),
+    }
     if let Some(log) = &state.access_log {
         use hyper::body::Body as _;
         log.record(&access_log::Entry {
-            id: id.as_bytes(),
-            caller: caller.as_deref(),
+            id: t.id.as_bytes(),
+            caller: t.caller.as_deref(),
             ip: access::ConnCtx::ip(),
-            method: method.as_str(),
-            route: matched.map_or("-", |r| r.path),
-            path: uri.path(),
+            method: t.method.as_str(),
+            route: t.matched.map_or("-", |(r, _)| r.path),
+            path: t.uri.path(),
             status,
             bytes: resp.body().size_hint().exact(),
             took,
         });
     }
-    let h = resp.headers_mut();
-    h.extend(headers);
-    h.insert("x-request-id", id);
-    Ok(resp)
+    if !t.headers.is_empty() {
+        resp.headers_mut().extend(std::mem::take(&mut t.headers));
+    }
+    resp
+}
+
+/// A failed request's line (server errors) and its place among the status page's recent
+/// errors (server errors and 429s).
+fn failed(state: &ServerState, t: &Ticket, e: &ApiError) {
+    if e.status >= 500 {
+        // The line names the request itself: most requests carry no span.
+        tracing::warn!(
+            id = %String::from_utf8_lossy(t.id.as_bytes()),
+            method = %t.method,
+            path = %t.uri.path(),
+            status = e.status,
+            code = e.code,
+            message = %e.message,
+            "request failed"
+        );
+    }
+    if e.status >= 500 || e.status == 429 {
+        state.recent_errors.push(status::RecentError {
+            at_ms: state.store.engine().now_ms(),
+            status: e.status,
+            code: e.code.to_string(),
+            method: t.method.to_string(),
+            path: t.uri.path().chars().take(256).collect(),
+            message: e.message.chars().take(512).collect(),
+            request_id: String::from_utf8_lossy(t.id.as_bytes()).into_owned(),
+        });
+    }
 }
 
 /// The `request` span (id, method, path, caller) over a request's handling — made only where a
@@ -149,7 +215,7 @@ pub async fn handle(state: Arc<ServerState>, req: Request<ReqBody>) -> Result<Re
 fn request_span(id: &hyper::header::HeaderValue, req: &Request<ReqBody>) -> tracing::Span {
     let wanted = tracing::enabled!(target: "shardbox::request", tracing::Level::DEBUG)
         || req.uri().path().starts_with("/v1/admin")
-        || req.headers().contains_key(retries::HEADER);
+        || req.headers().contains_key(&retries::HEADER);
     if !wanted {
         return tracing::Span::none();
     }
@@ -162,97 +228,59 @@ fn request_span(id: &hyper::header::HeaderValue, req: &Request<ReqBody>) -> trac
     )
 }
 
-async fn dispatch(
+/// Routes a request: refused, answered at once, or a future for the connection to drive.
+fn route(
+    state: &Arc<ServerState>,
+    req: Request<ReqBody>,
+    refused: Option<ApiError>,
+    t: &mut Ticket,
+) -> Begun {
+    match admit(state, req, refused, t) {
+        Err(e) => Begun::Now(Err(e)),
+        Ok((route, params, req)) => {
+            if route.idempotent {
+                if let Some(key) = req.headers().get(&retries::HEADER).cloned() {
+                    let state = state.clone();
+                    return Begun::Later(Box::pin(async move {
+                        retries::run(&state, route, params, req, &key).await
+                    }));
+                }
+            }
+            match route.handler {
+                Handler::Now(f) => Begun::Now(f(state, params, req)),
+                Handler::Later(f) => Begun::Later(f(state.clone(), params, req)),
+            }
+        }
+    }
+}
+
+/// Everything before the handler: the head's refusal, the route, its query, tokens and rate
+/// limits.
+fn admit(
     state: &Arc<ServerState>,
     mut req: Request<ReqBody>,
-    headers: &mut hyper::HeaderMap,
-    matched: &mut Option<&'static RouteDef>,
-    caller: &mut Option<Arc<str>>,
-) -> Result<Resp, ApiError> {
+    refused: Option<ApiError>,
+    t: &mut Ticket,
+) -> Result<(&'static RouteDef, route_table::Params, Request<ReqBody>), ApiError> {
     crate::base::failpoint::hit("http.handler")
         .map_err(|e| ApiError::new(500, "internal", e.to_string()))?;
-    check_framing(&req)?;
-    let (route, params) = route_table::find(TABLES, req.method().as_str(), req.uri().path())?;
-    *matched = Some(route);
+    if let Some(e) = refused {
+        return Err(e);
+    }
+    let hit = router().find(req.method().as_str(), req.uri())?;
+    let route = hit.route;
+    t.matched = Some((route, hit.index));
     route_table::check_query(route, req.uri().query())?;
-    state.access.admit(route, &params, &mut req, headers)?;
+    state
+        .access
+        .admit(route, &hit.params, &mut req, &mut t.headers)?;
     if let Some(access::Caller(Some(name))) = req.extensions().get() {
         tracing::Span::current().record("caller", &**name);
         if state.access_log.is_some() {
-            *caller = Some(name.clone());
+            t.caller = Some(name.clone());
         }
     }
-    if route.idempotent {
-        if let Some(key) = req.headers().get(retries::HEADER).cloned() {
-            return retries::run(state, route, params, req, &key).await;
-        }
-    }
-    (route.handler)(state.clone(), params, req).await
-}
-
-/// What hyper leaves to the application (RFC 9112 §3.2, §6.1; RFC 9110 §8.4): exactly one
-/// `Host` on HTTP/1.1, no transfer coding but `chunked`, no content coding on a request body (a
-/// stored value would be the compressed bytes).
-fn check_framing(req: &Request<ReqBody>) -> Result<(), ApiError> {
-    use hyper::header::{CONTENT_ENCODING, HOST, TRANSFER_ENCODING};
-    let hosts = req.headers().get_all(HOST).iter().count();
-    if hosts > 1 || (hosts == 0 && req.version() == hyper::Version::HTTP_11) {
-        return Err(ApiError::bad_request(format!(
-            "an HTTP/1.1 request needs exactly one Host header, got {hosts}"
-        )));
-    }
-    // Framing a proxy in front may read differently is refused (request smuggling): chunked
-    // applied twice. (Two `Content-Length`s never get here: hyper folds equal values into one
-    // and refuses different ones itself.)
-    let mut chunked = 0;
-    for te in req.headers().get_all(TRANSFER_ENCODING) {
-        let te = te.to_str().unwrap_or("?");
-        for c in te.split(',').map(str::trim) {
-            if !c.eq_ignore_ascii_case("chunked") {
-                return Err(ApiError::new(
-                    501,
-                    "not_implemented",
-                    format!("Transfer-Encoding `{te}`: only chunked is supported"),
-                ));
-            }
-            chunked += 1;
-        }
-    }
-    if chunked > 1 {
-        return Err(ApiError::bad_request(
-            "Transfer-Encoding names chunked more than once: send it once",
-        ));
-    }
-    if let Some(expect) = req.headers().get(hyper::header::EXPECT) {
-        if !expect.as_bytes().eq_ignore_ascii_case(b"100-continue") {
-            return Err(ApiError::new(
-                417,
-                "expectation_failed",
-                "only `Expect: 100-continue` is supported",
-            ));
-        }
-    }
-    let has_body = req
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .is_some_and(|v| v.as_bytes() != b"0")
-        || req.headers().contains_key(TRANSFER_ENCODING);
-    for ce in req
-        .headers()
-        .get_all(CONTENT_ENCODING)
-        .iter()
-        .filter(|_| has_body)
-    {
-        let ce = ce.to_str().unwrap_or("?");
-        if !ce.trim().eq_ignore_ascii_case("identity") {
-            return Err(ApiError::new(
-                415,
-                "unsupported_media_type",
-                format!("Content-Encoding `{ce}` is not supported; send the body uncompressed"),
-            ));
-        }
-    }
-    Ok(())
+    Ok((route, hit.params, req))
 }
 
 #[cfg(test)]
@@ -270,7 +298,11 @@ mod tests {
 
     #[test]
     fn paths_find_their_routes() {
-        let f = |m: &str, p: &str| route_table::find(TABLES, m, p).map(|(r, _)| (r.method, r.path));
+        let f = |m: &str, p: &str| {
+            router()
+                .find_path(m, p)
+                .map(|h| (h.route.method, h.route.path))
+        };
         assert_eq!(f("GET", "/v1/kv/app/a/b"), Ok(("GET", "/v1/kv/{ns}/{key}")));
         assert_eq!(
             f("POST", "/v1/kv/app:incr"),

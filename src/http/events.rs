@@ -20,11 +20,11 @@ use std::time::Duration;
 
 /// The event stream routes.
 pub(super) const ROUTES: &[RouteDef] = &[
-    route!("GET", "/v1/streams", ["limit", "after"], |s, p, r| {
-        list_streams(&s, &r)
+    route!(now "GET", "/v1/streams", ["limit", "after"], |s, p, r| {
+        list_streams(s, &r)
     }),
-    route!("GET", "/v1/streams/{stream}", [], |s, p, r| get_stream(
-        &s,
+    route!(now "GET", "/v1/streams/{stream}", [], |s, p, r| get_stream(
+        s,
         p.get("stream")
     )),
     route!("PUT", "/v1/streams/{stream}", [], |s, p, r| put_stream(

@@ -7,10 +7,10 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 
 /// The health and metrics routes.
 pub(super) const ROUTES: &[RouteDef] = &[
-    route!("GET", "/healthz", [], |s, p, r| Ok(healthz())),
-    route!("HEAD", "/healthz", [], |s, p, r| Ok(healthz())),
-    route!("GET", "/readyz", [], |s, p, r| Ok(readyz(&s))),
-    route!("HEAD", "/readyz", [], |s, p, r| Ok(readyz(&s))),
+    route!(now "GET", "/healthz", [], |s, p, r| Ok(healthz())),
+    route!(now "HEAD", "/healthz", [], |s, p, r| Ok(healthz())),
+    route!(now "GET", "/readyz", [], |s, p, r| Ok(readyz(s))),
+    route!(now "HEAD", "/readyz", [], |s, p, r| Ok(readyz(s))),
     route!("GET", "/metrics", [], |s, p, r| metrics(&s).await),
 ];
 

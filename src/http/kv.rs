@@ -20,15 +20,15 @@ use std::time::Duration;
 
 /// The KV routes.
 pub(super) const ROUTES: &[RouteDef] = &[
-    route!("GET", "/v1/kv/{ns}/{key}", [], |s, p, r| get(
-        &s,
+    route!(now "GET", "/v1/kv/{ns}/{key}", [], |s, p, r| get(
+        s,
         p.get("ns"),
         p.get("key"),
         &r,
         false
     )),
-    route!("HEAD", "/v1/kv/{ns}/{key}", [], |s, p, r| get(
-        &s,
+    route!(now "HEAD", "/v1/kv/{ns}/{key}", [], |s, p, r| get(
+        s,
         p.get("ns"),
         p.get("key"),
         &r,
@@ -81,7 +81,14 @@ const X_EXPIRES_AT: HeaderName = HeaderName::from_static("x-expires-at");
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 fn etag(revision: u64) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+    // `"<revision>"`, formatted in place (no `format!`: it runs on every read).
+    let mut buf = [0u8; 22];
+    let mut digits = itoa::Buffer::new();
+    let text = digits.format(revision).as_bytes();
+    buf[0] = b'"';
+    buf[1..=text.len()].copy_from_slice(text);
+    buf[text.len() + 1] = b'"';
+    HeaderValue::from_bytes(&buf[..text.len() + 2]).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
 fn header_str(headers: &HeaderMap, name: HeaderName) -> Result<Option<&str>, ApiError> {

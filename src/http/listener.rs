@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 93\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"connections_max reached; retry shortly\"}}\n";
 
@@ -45,7 +45,6 @@ async fn answer_refused(
 /// An accepted connection with everything its task needs.
 struct Accepted {
     state: Arc<ServerState>,
-    stop_rx: watch::Receiver<bool>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     done_tx: mpsc::Sender<()>,
     conn_limit: Arc<Semaphore>,
@@ -60,7 +59,6 @@ impl Accepted {
     async fn serve(self, stream: tokio::net::TcpStream) {
         let Accepted {
             state,
-            stop_rx,
             tls,
             done_tx,
             conn_limit,
@@ -85,14 +83,14 @@ impl Accepted {
         drop(waiting);
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         match tls {
-            None => serve_conn(stream, fd, &state, &registered, stop_rx, false).await,
+            None => serve_conn(stream, fd, &state, &registered, false).await,
             Some(acceptor) => {
                 // The handshake is part of the request head: same deadline.
                 let header_timeout =
                     Duration::from_millis(state.store.config().http.header_read_timeout_ms);
                 let hs = tokio::time::timeout(header_timeout, acceptor.accept(stream)).await;
                 match hs {
-                    Ok(Ok(tls)) => serve_conn(tls, fd, &state, &registered, stop_rx, false).await,
+                    Ok(Ok(tls)) => serve_conn(tls, fd, &state, &registered, false).await,
                     Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!("TLS handshake timed out"),
                 }
@@ -114,7 +112,6 @@ pub async fn run(
     let cfg = store.config().clone();
     // A bad certificate fails here, before anything is started.
     let tls = tls::acceptor(&cfg).map_err(std::io::Error::other)?;
-    let (stop_tx, stop_rx) = watch::channel(false);
     let access_log =
         super::access_log::AccessLog::open(&cfg.http.access_log, cfg.http.access_log_format)?;
     let state = ServerState::with_access_log(store, access_log);
@@ -133,7 +130,17 @@ pub async fn run(
     let conns = state.conns.clone();
     let refusals = Arc::new(Semaphore::new(REFUSALS_MAX));
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    let admin_socket = serve_admin_socket(state.clone(), stop_rx.clone());
+    // Connections keep no timer between requests: a sweep closes the idle ones.
+    let swept = state.clone();
+    let idle_timeout_ms = cfg.http.idle_timeout_ms;
+    let sweep_every = Duration::from_millis((idle_timeout_ms / 4).clamp(10, 1000));
+    background.push(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(sweep_every).await;
+            swept.conns.sweep_idle(idle_timeout_ms);
+        }
+    }));
+    let admin_socket = serve_admin_socket(state.clone());
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -166,7 +173,6 @@ pub async fn run(
         };
         let job = Accepted {
             state: state.clone(),
-            stop_rx: stop_rx.clone(),
             tls: tls.clone(),
             done_tx: done_tx.clone(),
             conn_limit: conn_limit.clone(),
@@ -180,7 +186,7 @@ pub async fn run(
     tracing::info!("shutting down: no longer accepting connections");
     // Parked long-polls answer now; then connections close once their requests are done.
     state.store.engine().begin_shutdown();
-    let _ = stop_tx.send(true);
+    state.conns.stop_all();
     drop(done_tx);
     let grace = Duration::from_millis(cfg.http.shutdown_grace_ms);
     let deadline = tokio::time::Instant::now() + grace;

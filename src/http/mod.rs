@@ -1,7 +1,7 @@
 //! Layer 4, the HTTP/1.1 server over a [`Store`](crate::Store): [`run`] serves one until told to stop.
 //!
-//! The rooms: `listener.rs` accepts (connection limits, TLS, shutdown), `connection.rs` serves
-//! one connection, `state.rs` is what every handler shares, `admin_socket.rs` the admin
+//! The rooms: `listener.rs` accepts (connection limits, TLS, shutdown), `connection.rs` hands
+//! one connection to `h1/` (shardbox's own HTTP/1.1: heads, bodies, responses), `state.rs` is what every handler shares, `admin_socket.rs` the admin
 //! socket; `dispatch.rs` routes a request through `access.rs` (request id, tokens, rate limits)
 //! to a domain's handlers (`kv.rs`, `queue.rs`, `events.rs`, `cache.rs`) declared in
 //! `route_table.rs`; `retries.rs` replays kept `Idempotency-Key` responses; `error.rs` turns every
@@ -20,8 +20,8 @@ mod cache;
 mod conns;
 mod dispatch;
 mod events;
+mod h1;
 mod health;
-mod hyper_errors;
 mod input;
 mod kv;
 mod listener;

@@ -18,10 +18,10 @@ use std::time::Duration;
 
 /// The queue and schedule routes.
 pub(super) const ROUTES: &[RouteDef] = &[
-    route!("GET", "/v1/queues", ["limit", "after"], |s, p, r| {
-        list_queues(&s, &r)
+    route!(now "GET", "/v1/queues", ["limit", "after"], |s, p, r| {
+        list_queues(s, &r)
     }),
-    route!("GET", "/v1/queues/{q}", [], |s, p, r| stats(&s, p.get("q"))),
+    route!(now "GET", "/v1/queues/{q}", [], |s, p, r| stats(s, p.get("q"))),
     route!("PUT", "/v1/queues/{q}", [], |s, p, r| configure(
         &s,
         p.get("q"),
@@ -47,10 +47,10 @@ pub(super) const ROUTES: &[RouteDef] = &[
     )
     .await),
     route!(
-        "GET",
+        now "GET",
         "/v1/queues/{q}/jobs",
         ["state", "limit", "after"],
-        |s, p, r| list_jobs(&s, p.get("q"), &r)
+        |s, p, r| list_jobs(s, p.get("q"), &r)
     ),
     route!("DELETE", "/v1/queues/{q}/jobs", ["state"], |s, p, r| purge(
         &s,
@@ -64,8 +64,8 @@ pub(super) const ROUTES: &[RouteDef] = &[
         r
     )
     .await),
-    route!("GET", "/v1/queues/{q}/jobs/{id}", [], |s, p, r| get_job(
-        &s,
+    route!(now "GET", "/v1/queues/{q}/jobs/{id}", [], |s, p, r| get_job(
+        s,
         p.get("q"),
         p.get("id")
     )),
@@ -87,9 +87,9 @@ pub(super) const ROUTES: &[RouteDef] = &[
     route!("POST", "/v1/queues/{q}/dead:requeue", [], |s, p, r| {
         requeue(&s, p.get("q"), r).await
     }),
-    route!("GET", "/v1/schedules", [], |s, p, r| list_schedules(&s)),
-    route!("GET", "/v1/schedules/{name}", [], |s, p, r| get_schedule(
-        &s,
+    route!(now "GET", "/v1/schedules", [], |s, p, r| list_schedules(s)),
+    route!(now "GET", "/v1/schedules/{name}", [], |s, p, r| get_schedule(
+        s,
         p.get("name")
     )),
     route!("PUT", "/v1/schedules/{name}", [], |s, p, r| put_schedule(

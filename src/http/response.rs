@@ -2,21 +2,58 @@
 
 use crate::http::error::ApiError;
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use http_body_util::{combinators::BoxBody, BodyExt};
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use std::convert::Infallible;
 
-/// The response body type: whole buffers now, streams later, one type for the router.
-pub type Body = BoxBody<Bytes, Infallible>;
+/// A response body: whole (most answers: no allocation, no dynamic call), or a stream
+/// (NDJSON, Server-Sent Events).
+pub enum Body {
+    /// The bytes, until they are taken.
+    Whole(Option<Bytes>),
+    Stream(BoxBody<Bytes, Infallible>),
+}
+
 pub type Resp = Response<Body>;
 
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Body::Whole(b) => {
+                std::task::Poll::Ready(b.take().map(|b| Ok(hyper::body::Frame::data(b))))
+            }
+            Body::Stream(s) => std::pin::Pin::new(s).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Whole(b) => b.is_none(),
+            Body::Stream(s) => s.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Body::Whole(b) => hyper::body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Stream(s) => s.size_hint(),
+        }
+    }
+}
+
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).boxed()
+    Body::Whole(Some(bytes.into()))
 }
 
 pub fn empty_body() -> Body {
-    Empty::new().boxed()
+    Body::Whole(None)
 }
 
 fn status(code: u16) -> StatusCode {
@@ -133,7 +170,7 @@ pub fn channel(
     capacity: usize,
 ) -> (Resp, tokio::sync::mpsc::Sender<Bytes>) {
     let (tx, rx) = tokio::sync::mpsc::channel(capacity);
-    let mut r = Response::new(ChannelBody { rx }.boxed());
+    let mut r = Response::new(Body::Stream(ChannelBody { rx }.boxed()));
     *r.status_mut() = status(code);
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));

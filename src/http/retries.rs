@@ -25,7 +25,8 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tracing::Instrument;
 
-pub const HEADER: &str = "idempotency-key";
+pub static HEADER: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("idempotency-key");
 
 /// Runs `route` for a request that carries `Idempotency-Key` (`key`), or replays its kept
 /// response.
@@ -79,7 +80,7 @@ pub(super) async fn run(
         async move {
             let _running = running;
             let _permit = task_permit;
-            let resp = (route.handler)(state.clone(), params, req).await?;
+            let resp = route.handler.run(state.clone(), params, req).await?;
             if !resp.status().is_success() {
                 return Ok(resp);
             }

@@ -21,8 +21,35 @@ use std::sync::Arc;
 /// What a handler returns.
 pub type Reply = Pin<Box<dyn Future<Output = Result<Resp, ApiError>> + Send>>;
 
+/// A handler that answers without waiting.
+pub type AnswerNow = fn(&Arc<ServerState>, Params, Request<ReqBody>) -> Result<Resp, ApiError>;
+
+/// A handler that waits.
+pub type AnswerLater = fn(Arc<ServerState>, Params, Request<ReqBody>) -> Reply;
+
 /// A route's handler.
-pub type Handler = fn(Arc<ServerState>, Params, Request<ReqBody>) -> Reply;
+#[derive(Clone, Copy)]
+pub enum Handler {
+    /// Answers without waiting (a read, a health check): called in place, no future made.
+    Now(AnswerNow),
+    /// Waits (for a write's commit, a body, a long poll): a boxed future.
+    Later(AnswerLater),
+}
+
+impl Handler {
+    /// Runs the handler to its answer.
+    pub async fn run(
+        self,
+        state: Arc<ServerState>,
+        params: Params,
+        req: Request<ReqBody>,
+    ) -> Result<Resp, ApiError> {
+        match self {
+            Handler::Now(f) => f(&state, params, req),
+            Handler::Later(f) => f(state, params, req).await,
+        }
+    }
+}
 
 /// One route: a method on a path template.
 pub struct RouteDef {
@@ -38,8 +65,21 @@ pub struct RouteDef {
 
 /// Builds a [`RouteDef`] whose handler body is an expression over the named
 /// `Arc<ServerState>`, `Params` and `Request<ReqBody>`.
-/// `route!(idempotent "POST", …)` marks a route that takes an `Idempotency-Key`.
+/// `route!(idempotent "POST", …)` marks a route that takes an `Idempotency-Key`;
+/// `route!(now "GET", …)` one whose body answers without `.await` ([`Handler::Now`]).
 macro_rules! route {
+    (now $method:literal, $path:literal, [$($q:literal),* $(,)?], |$s:ident, $p:ident, $r:ident| $body:expr) => {
+        $crate::http::route_table::RouteDef {
+            method: $method,
+            path: $path,
+            query: &[$($q),*],
+            handler: $crate::http::route_table::Handler::Now(|$s, $p, $r| {
+                let _ = (&$s, &$p, &$r);
+                $body
+            }),
+            idempotent: false,
+        }
+    };
     (idempotent $method:literal, $path:literal, [$($q:literal),* $(,)?], |$s:ident, $p:ident, $r:ident| $body:expr) => {
         $crate::http::route_table::RouteDef {
             idempotent: true,
@@ -51,40 +91,98 @@ macro_rules! route {
             method: $method,
             path: $path,
             query: &[$($q),*],
-            handler: |$s, $p, $r| {
+            handler: $crate::http::route_table::Handler::Later(|$s, $p, $r| {
                 Box::pin(async move {
                     let _ = (&$s, &$p, &$r);
                     $body
                 })
-            },
+            }),
             idempotent: false,
         }
     };
 }
 pub(crate) use route;
 
-/// The values a template captured, by name (`{key}` percent-decoded).
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Params(Vec<(&'static str, String)>);
+/// The values a template captured, by name (`{key}` percent-decoded). They are ranges of the
+/// request's path (a clone of its `Uri` shares its bytes): matching a route allocates nothing
+/// unless the key had to be percent-decoded.
+#[derive(Debug, Default, Clone)]
+pub struct Params {
+    path: Path,
+    caps: [(&'static str, u32, u32); CAPTURES_MAX],
+    n: usize,
+    /// The `{key}` capture when percent-decoding changed it.
+    decoded: Option<(&'static str, String)>,
+}
+
+/// Where the captures point: the request's path (a clone shares its bytes), or a copy.
+#[derive(Debug, Default, Clone)]
+enum Path {
+    #[default]
+    None,
+    Uri(hyper::http::uri::PathAndQuery),
+    Text(String),
+}
+
+impl Path {
+    fn as_str(&self) -> &str {
+        match self {
+            Path::None => "",
+            Path::Uri(u) => u.path(),
+            Path::Text(t) => t,
+        }
+    }
+}
+
+/// Captures a template may hold (templates capture at most two segments besides a key).
+const CAPTURES_MAX: usize = 4;
 
 impl Params {
     /// The captured value of `{name}` ("" if the template has none).
     pub fn get(&self, name: &str) -> &str {
-        self.0
+        if let Some((n, v)) = &self.decoded {
+            if *n == name {
+                return v;
+            }
+        }
+        let path = self.path.as_str();
+        self.caps[..self.n]
             .iter()
-            .find(|(n, _)| *n == name)
-            .map_or("", |(_, v)| v.as_str())
+            .find(|(n, _, _)| *n == name)
+            .and_then(|&(_, a, b)| path.get(a as usize..b as usize))
+            .unwrap_or("")
+    }
+
+    /// Every capture, by name, in template order.
+    pub fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut out: Vec<_> = self.caps[..self.n]
+            .iter()
+            .map(|(n, _, _)| (*n, self.get(n).to_string()))
+            .collect();
+        if let Some((n, v)) = &self.decoded {
+            out.push((n, v.clone()));
+        }
+        out
     }
 }
 
-enum Seg<'t> {
-    Lit(&'t str),
-    Cap(&'t str),
-    CapVerb(&'t str, &'t str),
-    Rest(&'t str),
+impl PartialEq for Params {
+    fn eq(&self, other: &Self) -> bool {
+        self.pairs() == other.pairs()
+    }
 }
 
-fn segment(s: &'static str, last: bool) -> Seg<'static> {
+impl Eq for Params {}
+
+#[derive(Debug, Clone, Copy)]
+enum Seg {
+    Lit(&'static str),
+    Cap(&'static str),
+    CapVerb(&'static str, &'static str),
+    Rest(&'static str),
+}
+
+fn segment(s: &'static str, last: bool) -> Seg {
     match s.strip_prefix('{').and_then(|s| s.split_once('}')) {
         Some(("key", "")) if last => Seg::Rest("key"),
         Some((name, "")) => Seg::Cap(name),
@@ -96,27 +194,19 @@ fn segment(s: &'static str, last: bool) -> Seg<'static> {
     }
 }
 
-/// Captures of a template still being matched, borrowed from the path (templates capture at
-/// most two segments besides a key).
-#[derive(Default)]
-struct Found<'p> {
-    items: [(&'static str, &'p str); 4],
-    n: usize,
-}
+/// A path template split into its segments once.
+#[derive(Debug)]
+pub struct Template(Vec<Seg>);
 
-impl<'p> Found<'p> {
-    fn push(&mut self, name: &'static str, value: &'p str) {
-        if let Some(slot) = self.items.get_mut(self.n) {
-            *slot = (name, value);
-            self.n += 1;
-        }
-    }
-
-    fn owned(&self) -> Params {
-        Params(
-            self.items[..self.n]
+impl Template {
+    pub fn compile(template: &'static str) -> Template {
+        let parts: Vec<&'static str> = template.trim_start_matches('/').split('/').collect();
+        let last = parts.len().saturating_sub(1);
+        Template(
+            parts
                 .iter()
-                .map(|(name, v)| (*name, v.to_string()))
+                .enumerate()
+                .map(|(i, p)| segment(p, i == last))
                 .collect(),
         )
     }
@@ -125,135 +215,234 @@ impl<'p> Found<'p> {
 /// How a path compares with a template.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Match {
-    Yes(Params),
+    Yes(Box<Params>),
     /// Matches but for the `:verb` of its last segment.
     OtherVerb(String),
     No,
 }
 
-/// Matches `path` (no query) against `template`. A key that is not UTF-8 after
-/// percent-decoding is a 400.
-pub fn match_template(template: &'static str, path: &str) -> Result<Match, ApiError> {
+/// What a template matched: captures as ranges of the path.
+#[derive(Default)]
+struct Found {
+    caps: [(&'static str, u32, u32); CAPTURES_MAX],
+    n: usize,
+    decoded: Option<(&'static str, String)>,
+}
+
+impl Found {
+    fn push(&mut self, name: &'static str, at: usize, len: usize) {
+        if let Some(slot) = self.caps.get_mut(self.n) {
+            *slot = (name, at as u32, (at + len) as u32);
+            self.n += 1;
+        }
+    }
+
+    fn into_params(self, path: Path) -> Params {
+        Params {
+            path,
+            caps: self.caps,
+            n: self.n,
+            decoded: self.decoded,
+        }
+    }
+}
+
+/// How `path` (which starts at offset 0 of the request's path) compares with `t`.
+enum Compared {
+    Yes(Found),
+    OtherVerb(String),
+    No,
+}
+
+fn compare(t: &Template, path: &str) -> Result<Compared, ApiError> {
     let Some(mut rest) = path.strip_prefix('/') else {
-        return Ok(Match::No);
+        return Ok(Compared::No);
     };
-    // Captures borrow the path until the whole template has matched: a miss allocates nothing.
+    let mut at = 1;
     let mut found = Found::default();
-    let mut segs = template.trim_start_matches('/').split('/').peekable();
-    while let Some(text) = segs.next() {
-        let last = segs.peek().is_none();
-        let seg = segment(text, last);
-        if let Seg::Rest(name) = seg {
-            let key = percent_encoding::percent_decode_str(rest)
-                .decode_utf8()
-                .map_err(|_| ApiError::bad_request("the key must be UTF-8 after percent-decoding"))?
-                .into_owned();
-            let mut params = found.owned();
-            params.0.push((name, key));
-            return Ok(Match::Yes(params));
+    let segs = &t.0;
+    for (i, seg) in segs.iter().enumerate() {
+        let last = i + 1 == segs.len();
+        if let Seg::Rest(name) = *seg {
+            match percent_encoding::percent_decode_str(rest).decode_utf8() {
+                Ok(std::borrow::Cow::Borrowed(_)) => found.push(name, at, rest.len()),
+                Ok(std::borrow::Cow::Owned(key)) => found.decoded = Some((name, key)),
+                Err(_) => {
+                    return Err(ApiError::bad_request(
+                        "the key must be UTF-8 after percent-decoding",
+                    ))
+                }
+            }
+            return Ok(Compared::Yes(found));
         }
         let (part, tail) = match rest.split_once('/') {
             Some((p, t)) => (p, Some(t)),
             None => (rest, None),
         };
         if tail.is_none() != last {
-            return Ok(Match::No);
+            return Ok(Compared::No);
         }
-        match seg {
+        match *seg {
             Seg::Lit(l) if l == part => {}
             Seg::Lit(l) => {
                 // `/v1/queues/q/dead:frob` against `dead:requeue`: the verb is what differs.
                 return Ok(match (l.split_once(':'), part.split_once(':')) {
                     (Some((a, _)), Some((b, verb))) if last && a == b => {
-                        Match::OtherVerb(verb.to_string())
+                        Compared::OtherVerb(verb.to_string())
                     }
-                    _ => Match::No,
+                    _ => Compared::No,
                 });
             }
-            Seg::Cap(name) if !part.is_empty() && !part.contains(':') => found.push(name, part),
-            Seg::Cap(_) => return Ok(Match::No),
+            Seg::Cap(name) if !part.is_empty() && !part.contains(':') => {
+                found.push(name, at, part.len())
+            }
+            Seg::Cap(_) => return Ok(Compared::No),
             Seg::CapVerb(name, verb) => match part.split_once(':') {
-                Some((cap, v)) if v == verb && !cap.is_empty() => found.push(name, cap),
+                Some((cap, v)) if v == verb && !cap.is_empty() => found.push(name, at, cap.len()),
                 Some((cap, v)) if last && !cap.is_empty() && !cap.contains(':') => {
-                    return Ok(Match::OtherVerb(v.to_string()))
+                    return Ok(Compared::OtherVerb(v.to_string()))
                 }
-                _ => return Ok(Match::No),
+                _ => return Ok(Compared::No),
             },
             Seg::Rest(_) => unreachable!("handled above"),
         }
         match tail {
-            Some(t) => rest = t,
-            None => return Ok(Match::Yes(found.owned())),
+            Some(t) => {
+                at += part.len() + 1;
+                rest = t;
+            }
+            None => return Ok(Compared::Yes(found)),
         }
     }
-    Ok(Match::No)
+    Ok(Compared::No)
 }
 
-/// The route for `method` and `path`: a 404 for an unknown path (naming the verbs a resource
-/// takes when only the verb is unknown), a 405 with `Allow` for a known path and another method.
-/// A path that matches nothing is tried once more without a trailing `/` (`/v1/queues/`).
-pub fn find<'r>(
-    tables: &[&'r [RouteDef]],
-    method: &str,
-    path: &str,
-) -> Result<(&'r RouteDef, Params), ApiError> {
-    let trimmed = path.strip_suffix('/').filter(|p| !p.is_empty());
-    // The request's own method first: a hit decodes its key once and looks at nothing else.
-    for attempt in std::iter::once(path).chain(trimmed) {
-        for route in tables.iter().flat_map(|t| t.iter()) {
-            if route.method == method {
-                if let Match::Yes(params) = match_template(route.path, attempt)? {
-                    return Ok((route, params));
+/// Matches `path` (no query) against `template`. A key that is not UTF-8 after
+/// percent-decoding is a 400.
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
+pub fn match_template(template: &'static str, path: &str) -> Result<Match, ApiError> {
+    Ok(match compare(&Template::compile(template), path)? {
+        Compared::Yes(f) => Match::Yes(Box::new(f.into_params(Path::Text(path.to_string())))),
+        Compared::OtherVerb(v) => Match::OtherVerb(v),
+        Compared::No => Match::No,
+    })
+}
+
+/// The routes of every table, their templates compiled once: what a request is matched
+/// against.
+pub struct Router {
+    routes: Vec<(&'static RouteDef, Template)>,
+}
+
+/// A matched route.
+pub struct Hit {
+    pub route: &'static RouteDef,
+    /// Its place among every table's routes (the key of its per-route metrics).
+    pub index: usize,
+    pub params: Params,
+}
+
+impl Router {
+    pub fn new(tables: &[&'static [RouteDef]]) -> Router {
+        Router {
+            routes: tables
+                .iter()
+                .flat_map(|t| t.iter())
+                .map(|r| (r, Template::compile(r.path)))
+                .collect(),
+        }
+    }
+
+    /// The route for a request's method and URI ([`Router::find_path`]).
+    pub fn find(&self, method: &str, uri: &hyper::Uri) -> Result<Hit, ApiError> {
+        let path = || match uri.path_and_query() {
+            Some(pq) => Path::Uri(pq.clone()),
+            None => Path::Text(uri.path().to_string()),
+        };
+        self.find_in(method, uri.path(), path)
+    }
+
+    /// The route for `method` and `path`: a 404 for an unknown path (naming the verbs a
+    /// resource takes when only the verb is unknown), a 405 with `Allow` for a known path and
+    /// another method. A path that matches nothing is tried once more without a trailing `/`
+    /// (`/v1/queues/`).
+    pub fn find_path(&self, method: &str, path: &str) -> Result<Hit, ApiError> {
+        self.find_in(method, path, || Path::Text(path.to_string()))
+    }
+
+    fn find_in(
+        &self,
+        method: &str,
+        path: &str,
+        src: impl FnOnce() -> Path,
+    ) -> Result<Hit, ApiError> {
+        let trimmed = path.strip_suffix('/').filter(|p| !p.is_empty());
+        // The request's own method first: a hit decodes its key once and looks at nothing else.
+        for attempt in std::iter::once(path).chain(trimmed) {
+            for (index, (route, t)) in self.routes.iter().enumerate() {
+                if route.method == method {
+                    if let Compared::Yes(found) = compare(t, attempt)? {
+                        return Ok(Hit {
+                            route,
+                            index,
+                            params: found.into_params(src()),
+                        });
+                    }
                 }
             }
         }
+        Err(self.miss(path, trimmed))
     }
-    // A miss: what the path does answer to, for the 405 or 404.
-    let mut allow: Vec<&'static str> = Vec::new();
-    let mut verbs: Vec<&'static str> = Vec::new();
-    let mut other_verb = None;
-    for attempt in std::iter::once(path).chain(trimmed) {
-        for route in tables.iter().flat_map(|t| t.iter()) {
-            match match_template(route.path, attempt)? {
-                Match::Yes(_) => {
-                    if !allow.contains(&route.method) {
-                        allow.push(route.method);
-                    }
-                }
-                Match::OtherVerb(v) => {
-                    other_verb = Some(v);
-                    if let Some((_, verb)) = route.path.rsplit_once(':') {
-                        if !verbs.contains(&verb) {
-                            verbs.push(verb);
+
+    /// Why nothing matched: what the path does answer to, for the 405 or 404.
+    fn miss(&self, path: &str, trimmed: Option<&str>) -> ApiError {
+        let mut allow: Vec<&'static str> = Vec::new();
+        let mut verbs: Vec<&'static str> = Vec::new();
+        let mut other_verb = None;
+        for attempt in std::iter::once(path).chain(trimmed) {
+            for (route, t) in &self.routes {
+                match compare(t, attempt) {
+                    Err(e) => return e,
+                    Ok(Compared::Yes(_)) => {
+                        if !allow.contains(&route.method) {
+                            allow.push(route.method);
                         }
                     }
+                    Ok(Compared::OtherVerb(v)) => {
+                        other_verb = Some(v);
+                        if let Some((_, verb)) = route.path.rsplit_once(':') {
+                            if !verbs.contains(&verb) {
+                                verbs.push(verb);
+                            }
+                        }
+                    }
+                    Ok(Compared::No) => {}
                 }
-                Match::No => {}
+            }
+            if !allow.is_empty() || other_verb.is_some() {
+                break;
             }
         }
-        if !allow.is_empty() || other_verb.is_some() {
-            break;
+        if !allow.is_empty() {
+            let allow = allow.join(", ");
+            return ApiError {
+                allow: Some(allow.clone()),
+                ..ApiError::new(
+                    405,
+                    "method_not_allowed",
+                    format!("allowed methods: {allow}"),
+                )
+            };
         }
+        if let Some(v) = other_verb {
+            let known: Vec<String> = verbs.iter().map(|v| format!(":{v}")).collect();
+            return ApiError::not_found(format!(
+                "unknown operation `:{v}`; use {}",
+                known.join(", ")
+            ));
+        }
+        ApiError::not_found(format!("no such endpoint: {path}"))
     }
-    if !allow.is_empty() {
-        let allow = allow.join(", ");
-        return Err(ApiError {
-            allow: Some(allow.clone()),
-            ..ApiError::new(
-                405,
-                "method_not_allowed",
-                format!("allowed methods: {allow}"),
-            )
-        });
-    }
-    if let Some(v) = other_verb {
-        let known: Vec<String> = verbs.iter().map(|v| format!(":{v}")).collect();
-        return Err(ApiError::not_found(format!(
-            "unknown operation `:{v}`; use {}",
-            known.join(", ")
-        )));
-    }
-    Err(ApiError::not_found(format!("no such endpoint: {path}")))
 }
 
 /// Refuses query parameters the route does not take (a misspelled `?tll=30s` would otherwise be
@@ -290,7 +479,7 @@ mod tests {
 
     fn caps(template: &'static str, path: &str) -> Option<Vec<(&'static str, String)>> {
         match match_template(template, path).unwrap() {
-            Match::Yes(p) => Some(p.0),
+            Match::Yes(p) => Some(p.pairs()),
             _ => None,
         }
     }
@@ -340,16 +529,16 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let alphabet: Vec<char> = "/v1kvqueschd:%aF0-_.~ \u{e9}".chars().collect();
-        let tables = super::super::dispatch::TABLES;
+        let router = Router::new(super::super::dispatch::TABLES);
         for _ in 0..20_000 {
             let len = rng.random_range(0..40);
             let mut p = String::from(if rng.random_bool(0.7) { "/v1/kv/" } else { "/" });
             for _ in 0..len {
                 p.push(alphabet[rng.random_range(0..alphabet.len())]);
             }
-            if let Ok((_, params)) = find(tables, "GET", &p) {
-                let _ = crate::kv::validate_namespace(params.get("ns"));
-                let _ = crate::kv::validate_key(params.get("key"));
+            if let Ok(hit) = router.find_path("GET", &p) {
+                let _ = crate::kv::validate_namespace(hit.params.get("ns"));
+                let _ = crate::kv::validate_key(hit.params.get("key"));
             }
         }
     }

@@ -3,25 +3,8 @@
 
 use super::{access, conns, peer, status};
 use crate::store::Store;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioTimer;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::Semaphore;
-
-/// The HTTP/1.1 settings of every connection: header timeout and size bound, keep-alive.
-fn connection_builder(cfg: &crate::base::config::Config) -> http1::Builder {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(cfg.http.header_read_timeout_ms))
-        .max_buf_size(cfg.http.header_bytes_max.max(8192))
-        // A client that shuts its side after sending (`nc -N`, some scripts) still gets its
-        // answer; an idle half-closed connection ends at idle_timeout_ms like any other.
-        .half_close(true)
-        .keep_alive(true);
-    builder
-}
 
 /// What every request handler shares.
 pub struct ServerState {
@@ -45,8 +28,6 @@ pub struct ServerState {
     pub started: std::time::Instant,
     /// The last server errors and 429s, for the status page.
     pub recent_errors: status::RecentErrors,
-    /// hyper's HTTP/1.1 settings for every connection (from the config, made once).
-    pub http1: http1::Builder,
     /// The access log, when `access_log` names one.
     pub access_log: Option<Arc<super::access_log::AccessLog>>,
     /// Permits for the first runs of `Idempotency-Key` requests, which run as tasks of their
@@ -117,7 +98,6 @@ impl ServerState {
             recent_errors: status::RecentErrors::default(),
             idempotent_tasks: Arc::new(Semaphore::new(cfg.http.connections_max)),
             access_log,
-            http1: connection_builder(&cfg),
         })
     }
 }

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 pub(super) const ROUTES: &[RouteDef] = &[
-    route!("GET", "/", [], |s, p, r| Ok(page())),
+    route!(now "GET", "/", [], |s, p, r| Ok(page())),
     route!("GET", "/v1/status", [], |s, p, r| status(&s).await),
 ];
 

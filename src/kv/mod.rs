@@ -33,10 +33,11 @@ pub fn init_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
     Ok(())
 }
 
-/// A stored value as read back.
+/// A stored value as read back. The payload is shared, not copied, by the read cache and the
+/// responses that serve it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Value {
-    pub payload: Vec<u8>,
+    pub payload: bytes::Bytes,
     pub revision: u64,
     pub expires_at_ms: Option<u64>,
     pub content_type: Option<String>,
@@ -536,7 +537,7 @@ fn read_value(
         return Ok(None);
     }
     Ok(Some(Value {
-        payload: payload.to_vec(),
+        payload: bytes::Bytes::copy_from_slice(payload),
         revision: header.revision,
         expires_at_ms: header.expires_at_ms,
         content_type: header.content_type,

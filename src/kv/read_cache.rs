@@ -180,7 +180,7 @@ mod tests {
 
     fn value(rev: u64) -> Value {
         Value {
-            payload: b"v".to_vec(),
+            payload: bytes::Bytes::from_static(b"v"),
             revision: rev,
             expires_at_ms: None,
             content_type: None,

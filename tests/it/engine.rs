@@ -239,13 +239,13 @@ async fn reads_the_v1_format_fixture() {
     assert_eq!(store.engine().manifest().hash_seed, FIXTURE_SEED);
     let kv = store.kv();
     let v = kv.get("fixture", "plain").unwrap().unwrap();
-    assert_eq!(v.payload, b"hello, v1");
+    assert_eq!(v.payload, &b"hello, v1"[..]);
     assert_eq!(v.content_type.as_deref(), Some("text/plain"));
     let v = kv.get("fixture", "dir/with space/ключ").unwrap().unwrap();
     assert_eq!(v.payload, vec![0u8, 1, 2, 255]);
     assert_eq!(v.content_type, None);
     let v = kv.get("fixture", "counter").unwrap().unwrap();
-    assert_eq!(v.payload, b"42");
+    assert_eq!(v.payload, &b"42"[..]);
     let v = kv.get("fixture", "expiring").unwrap().unwrap();
     assert_eq!(v.expires_at_ms, Some(FIXTURE_EXPIRY_MS));
     store.close();

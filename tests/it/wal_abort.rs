@@ -56,7 +56,7 @@ async fn a_commit_that_fails_after_logging_is_not_replayed() {
     assert_eq!(store.kv().get("ab", "lost").unwrap(), None);
     assert_eq!(
         store.kv().get("ab", "before").unwrap().map(|v| v.payload),
-        Some(b"1".to_vec())
+        Some(bytes::Bytes::from_static(b"1"))
     );
     store
         .kv()
