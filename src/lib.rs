@@ -27,7 +27,7 @@
 //! let kv = store.kv();
 //! let put = kv.put("app", "greeting", b"hello".to_vec(), PutOptions::default()).await?;
 //! let v = kv.get("app", "greeting")?.expect("just written");
-//! assert_eq!((v.payload.as_slice(), v.revision), (&b"hello"[..], put.revision));
+//! assert_eq!((&v.payload[..], v.revision), (&b"hello"[..], put.revision));
 //!
 //! // Compare-and-set: a write naming an old revision is refused, and changes nothing.
 //! let stale = PutOptions { cond: Cond::IfRevision(put.revision + 1), ..Default::default() };

@@ -264,9 +264,13 @@ fn compare(t: &Template, path: &str) -> Result<Compared, ApiError> {
     for (i, seg) in segs.iter().enumerate() {
         let last = i + 1 == segs.len();
         if let Seg::Rest(name) = *seg {
+            // Most keys have nothing to decode: the path's own text is the key.
+            if memchr::memchr(b'%', rest.as_bytes()).is_none() {
+                found.push(name, at, rest.len());
+                return Ok(Compared::Yes(found));
+            }
             match percent_encoding::percent_decode_str(rest).decode_utf8() {
-                Ok(std::borrow::Cow::Borrowed(_)) => found.push(name, at, rest.len()),
-                Ok(std::borrow::Cow::Owned(key)) => found.decoded = Some((name, key)),
+                Ok(key) => found.decoded = Some((name, key.into_owned())),
                 Err(_) => {
                     return Err(ApiError::bad_request(
                         "the key must be UTF-8 after percent-decoding",

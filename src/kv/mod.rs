@@ -229,19 +229,31 @@ impl Kv {
     pub fn get(&self, ns: &str, key: &str) -> Result<Option<Value>, KvError> {
         validate_namespace(ns)?;
         validate_key(key)?;
-        let sk = stored_key(ns, key);
+        // The stored key on the stack when it fits (a point read allocates nothing for it).
+        let mut room = [0u8; 256];
+        let owned;
+        let sk: &[u8] = if ns.len() + 1 + key.len() <= room.len() {
+            let n = ns.len();
+            room[..n].copy_from_slice(ns.as_bytes());
+            room[n] = 0; // as in `stored_key`
+            room[n + 1..n + 1 + key.len()].copy_from_slice(key.as_bytes());
+            &room[..n + 1 + key.len()]
+        } else {
+            owned = stored_key(ns, key);
+            &owned
+        };
         let now = self.engine.now_ms();
-        let stamp = match self.cache.as_ref().map(|c| c.lookup(&sk, now)) {
+        let stamp = match self.cache.as_ref().map(|c| c.lookup(sk, now)) {
             Some(Ok(v)) => return Ok(Some(v)),
             Some(Err(stamp)) => Some(stamp),
             None => None,
         };
-        let shard = self.engine.shard_for(&sk);
+        let shard = self.engine.shard_for(sk);
         let txn = self.engine.shards()[shard].read()?;
         let table = txn.open_table(KV).map_err(|e| storage(shard, e))?;
-        let v = read_value(&table, shard, &sk, now)?;
+        let v = read_value(&table, shard, sk, now)?;
         if let (Some(c), Some(stamp), Some(v)) = (&self.cache, stamp, &v) {
-            c.fill(&sk, v, stamp);
+            c.fill(sk, v, stamp);
         }
         Ok(v)
     }

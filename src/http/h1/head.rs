@@ -364,14 +364,7 @@ fn names_http_version(buf: &[u8]) -> bool {
 
 /// Whether a line of `head` ends in LF without CR before it.
 fn has_bare_lf(head: &[u8]) -> bool {
-    let mut prev = 0u8;
-    for &b in head {
-        if b == b'\n' && prev != b'\r' {
-            return true;
-        }
-        prev = b;
-    }
-    false
+    memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
 }
 
 /// The bytes of a head as a `Bytes` (for tests).
