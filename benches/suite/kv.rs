@@ -24,6 +24,9 @@ pub async fn kv_suite(o: &Opts, rows: &mut Vec<Row>) {
     if wanted(o, "access-overhead") {
         access_overhead(o, rows).await;
     }
+    if wanted(o, "runtime-shape") {
+        runtime_shape(o, rows).await;
+    }
     if wanted(o, "kv-put-scaling") {
         put_scaling(o, rows).await;
     }
@@ -80,6 +83,34 @@ where
             note_ratio(rows, ours, j, "÷ ceiling");
         }
         Err(e) => rows.push(unavailable(workload, "HTTP ceiling (bare hyper)", &e)),
+    }
+}
+
+/// The runtime shape, measured where only the runtime is left: the HTTP ceiling on tokio's
+/// multi-thread runtime (shardbox's) against one current-thread runtime per core with an
+/// `SO_REUSEPORT` listener each (the shape of the fastest Rust HTTP servers). A shape that does
+/// not make the bare server cheaper on this box will not make shardbox cheaper.
+async fn runtime_shape(o: &Opts, rows: &mut Vec<Row>) {
+    let first = rows.len();
+    for (per_core, system) in [
+        (false, "HTTP ceiling, multi-thread runtime"),
+        (true, "HTTP ceiling, current-thread runtime per core"),
+    ] {
+        match peers::ceiling_shaped(per_core) {
+            Ok(c) => {
+                let out = measure(c.addr, Proto::Http, o, get_op(o.keys)).await;
+                rows.push(row(
+                    "runtime-shape",
+                    system,
+                    out,
+                    "100 fixed bytes, no storage",
+                ));
+            }
+            Err(e) => rows.push(unavailable("runtime-shape", system, &e)),
+        }
+    }
+    if rows.len() == first + 2 {
+        set_ratio(rows, first + 1, first, "÷ multi-thread");
     }
 }
 

@@ -39,6 +39,11 @@ pub const WORKLOADS: &[(&str, bool, &str)] = &[
         "kv-get-hot with no tokens, a bearer token, token + rate limits; and Redis GET",
     ),
     (
+        "runtime-shape",
+        false,
+        "the HTTP ceiling on the multi-thread runtime vs a current-thread runtime per core",
+    ),
+    (
         "keeping-data",
         false,
         "online backup, NDJSON export and import of --keys keys vs redis-cli --rdb and --pipe",

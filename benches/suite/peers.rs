@@ -128,15 +128,21 @@ fn serve(
 
 /// Starts the HTTP ceiling ([`crate::ceiling`]): this binary, serving 100 fixed bytes.
 pub fn ceiling() -> Result<Server, String> {
+    ceiling_shaped(false)
+}
+
+/// The HTTP ceiling on a current-thread runtime per core (`per_core`), or the default
+/// multi-thread runtime.
+pub fn ceiling_shaped(per_core: bool) -> Result<Server, String> {
     let port = free_port();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    serve(
-        Command::new(exe).args(["--ceiling-server", &port.to_string()]),
-        port,
-        dir,
-        "the HTTP ceiling",
-    )
+    let mut cmd = Command::new(exe);
+    cmd.args(["--ceiling-server", &port.to_string()]);
+    if per_core {
+        cmd.arg("--per-core");
+    }
+    serve(&mut cmd, port, dir, "the HTTP ceiling")
 }
 
 /// Starts shardbox (the binary at `bin`, or this build's) with `SHARDBOX_*` settings.

@@ -516,11 +516,11 @@ pub struct HttpConfig {
     /// Open connections from one client IP address; beyond it the address's longest-idle
     /// connection makes room, or the new one gets 503. Default 512.
     pub connections_per_ip_max: usize,
-    /// A keep-alive connection with no request for this long is closed. Default 5000 ms (a
-    /// connection that has not sent a whole request head is also closed after
-    /// `header_read_timeout_ms`, whichever comes first).
+    /// A keep-alive connection with no request for this long is closed (swept a few times per
+    /// timeout), and so is one whose client takes none of an answer for this long. Default
+    /// 5000 ms.
     pub idle_timeout_ms: u64,
-    /// A client must send a whole request head within this time. Default 10000 ms.
+    /// A request head begun must be whole within this time (408). Default 10000 ms.
     pub header_read_timeout_ms: u64,
     /// Largest request head (request line + headers). Default 16384 bytes (min 8192).
     pub header_bytes_max: usize,

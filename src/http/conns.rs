@@ -4,9 +4,12 @@
 //! Every connection is registered with its peer IP. A connection is *idle* while no request is
 //! being handled on it; it is closed once idle for `idle_timeout_ms`. When a new connection
 //! arrives at `connections_max` (or at `connections_per_ip_max` for its address), the
-//! longest-idle connection (of that address) is asked to close — hyper closes an idle
-//! connection at once, and lets a connection that is mid-request finish first — and the new
+//! longest-idle connection (of that address) is asked to close — an idle connection closes at
+//! once, one that is mid-request answers it first (with `connection: close`) — and the new
 //! connection takes its place. Only when nothing is idle is the new connection refused (503).
+//! Connections keep no timer between requests: [`Conns::sweep_idle`], run a few times per
+//! `idle_timeout_ms`, wakes the ones idle that long, and [`Conns::stop_all`] wakes every one at
+//! shutdown.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

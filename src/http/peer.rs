@@ -1,11 +1,12 @@
 //! Whether a request's client is still there, and the places of requests that wait.
 //!
-//! hyper serves connections with `half_close`, so it does not read a socket while a request is
-//! being handled: a client that hangs up during a long-poll or a follow is noticed only when a
-//! write to it fails — for an SSE follower at its next heartbeat, for a long-poll claim never
-//! (it would take a job for nobody). Requests that wait watch their connection's socket
-//! instead: [`Watch`] is a duplicate of the socket's descriptor, registered for readiness, which
-//! sees the client's FIN or RST the moment it arrives, without reading what hyper would read.
+//! A connection does not read its socket while a request is being handled (the next request's
+//! bytes wait there, and a client that half-closes after its request still gets its answer):
+//! a client that hangs up during a long-poll or a follow would be noticed only when a write to
+//! it fails — for an SSE follower at its next heartbeat, for a long-poll claim never (it would
+//! take a job for nobody). Requests that wait watch their connection's socket instead:
+//! [`Watch`] is a duplicate of the socket's descriptor, registered for readiness, which sees the
+//! client's FIN or RST the moment it arrives, without reading what the connection will read.
 //!
 //! A FIN alone may be a client that only closed its sending side and still reads (`nc -N`):
 //! a long-poll answers it at once with what there is; a follower sends it a heartbeat and goes
@@ -75,10 +76,10 @@ impl SocketFd {
         Some(f(unsafe { BorrowedFd::borrow_raw(fd) }))
     }
 
-    /// Whether bytes of a request have arrived that hyper has not read yet: a connection found
-    /// idle with these is not closed (after a stall — a stopped process, a swapped-out box —
-    /// the idle timer can fire before hyper reads what came in meanwhile, and closing then
-    /// would drop a request the client already sent).
+    /// Whether bytes of a request have arrived that the connection has not read yet: a
+    /// connection found idle with these is not closed (after a stall — a stopped process, a
+    /// swapped-out box — the idle sweep can come before the connection reads what came in
+    /// meanwhile, and closing then would drop a request the client already sent).
     pub fn has_pending_input(&self) -> bool {
         self.with(peek) == Some(Peeked::Data)
     }
@@ -115,7 +116,7 @@ impl Watch {
             if guard.ready().is_read_closed() || self.closed_now() {
                 return;
             }
-            // Pipelined bytes of the next request: hyper reads them later. Wait for the next
+            // Pipelined bytes of the next request: the connection reads them later. Wait for the next
             // edge (a FIN or an RST after them).
             guard.clear_ready();
         }

@@ -78,7 +78,7 @@ async fn ambiguous_framing_and_unknown_expectations_are_refused() {
     )
     .await;
     assert!(got.contains("HTTP/1.1 201"), "{got}");
-    // The same Content-Length twice is one length (RFC 9110 §8.6; hyper folds it), as api.md
+    // The same Content-Length twice is one length (RFC 9110 §8.6; the head parser folds it), as api.md
     // says: no reading of it differs.
     let got = exchange(
         srv.addr,

@@ -950,7 +950,7 @@ async fn raw(addr: std::net::SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
-/// What hyper leaves to the application: `Host` (RFC 9112 §3.2), transfer codings other than
+/// What the head must say: `Host` (RFC 9112 §3.2), no transfer codings other than
 /// chunked (501, never stored as is) and content codings (415).
 #[tokio::test]
 async fn host_and_codings_are_checked() {
@@ -991,7 +991,7 @@ async fn host_and_codings_are_checked() {
     s.stop().await;
 }
 
-/// Requests hyper rejects before any handler runs (a head over `header_bytes_max`, two
+/// Requests refused while their head is parsed (a head over `header_bytes_max`, two
 /// `Content-Length`s, a broken header line) get the same JSON error body as every other error.
 #[tokio::test]
 async fn errors_raised_by_the_http_parser_have_json_bodies() {

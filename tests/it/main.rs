@@ -25,6 +25,7 @@ mod extreme_input;
 mod file_modes;
 mod framing;
 mod fuzz_corpus;
+mod http1;
 mod idempotency;
 mod io_errors;
 mod kill_harness;

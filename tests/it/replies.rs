@@ -1,5 +1,5 @@
 //! Every JSON reply the server writes ends its line, so a shell prompt after `curl` starts on
-//! a line of its own — the API's answers, its errors, and the errors hyper answers by itself.
+//! a line of its own — the API's answers, its errors, and the refusals of unreadable heads.
 
 use crate::common;
 
@@ -50,7 +50,7 @@ async fn json_replies_end_with_a_newline() {
     // A stored value is served as it was stored: nothing is added to it.
     let v = c.get("/v1/kv/app/k").await;
     assert_eq!(&v.body[..], b"v");
-    // An error hyper answers itself (a request line it cannot parse).
+    // A head that cannot be parsed (a request line with no HTTP version).
     let mut raw = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     raw.write_all(b"NOT A REQUEST\r\n\r\n").await.unwrap();
     let mut got = Vec::new();

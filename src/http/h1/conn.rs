@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use hyper::header::CONTENT_LENGTH;
 use hyper::{Method, Request, Version};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -32,6 +32,9 @@ const OUT_BYTES_MAX: usize = 64 << 10;
 const LINGER_BYTES_MAX: usize = 1 << 20;
 const LINGER: Duration = Duration::from_secs(1);
 
+/// How long closing a connection at rest may take (a TLS `close_notify`).
+const CLOSE: Duration = Duration::from_millis(250);
+
 /// A connection being served.
 pub struct Connection<'a, S> {
     io: S,
@@ -39,6 +42,8 @@ pub struct Connection<'a, S> {
     rbuf: BytesMut,
     /// Response bytes not yet written.
     out: Vec<u8>,
+    /// Bytes were written and the stream has not yet confirmed a flush (TLS buffers them).
+    unflushed: bool,
     state: &'a Arc<ServerState>,
     conn: &'a Arc<conns::Conn>,
 }
@@ -69,6 +74,7 @@ where
         io,
         rbuf: BytesMut::with_capacity(8 << 10),
         out: Vec::with_capacity(4 << 10),
+        unflushed: false,
         state,
         conn,
     };
@@ -81,9 +87,12 @@ where
 {
     async fn run(&mut self) {
         loop {
+            // One request's share of the task's budget: a client pipelining requests that
+            // answer at once (no socket wait in between) still lets the thread serve others.
+            tokio::task::consume_budget().await;
             let head = match self.next_head().await {
                 Next::Head(h) => h,
-                Next::Close => return,
+                Next::Close => return self.close().await,
                 Next::Refuse(r) => return self.refuse(r).await,
             };
             let busy = conns::Busy::new(self.conn.clone());
@@ -115,6 +124,10 @@ where
                 (None, _) | (Some(_), Some(Fed::Whole)) => true,
                 (Some(f), _) => f.drain_buffered(&mut self.rbuf) == Fed::Whole,
             };
+            // A `100 Continue` cut short by a full socket is finished before the answer.
+            if let Some(f) = &feeder {
+                self.out.extend_from_slice(f.unsent_continue());
+            }
             keep_alive &= in_step && !self.state.conns.is_stopping() && !self.conn.is_evicting();
             let written = self
                 .respond(
@@ -135,6 +148,13 @@ where
         }
     }
 
+    /// Ends the connection at rest: TLS says `close_notify`, TCP sends its FIN (bounded: a
+    /// client that does not read cannot hold the close).
+    async fn close(&mut self) {
+        self.conn.closing();
+        let _ = tokio::time::timeout(CLOSE, self.io.shutdown()).await;
+    }
+
     /// The body that follows `head`: whole when it is already in the buffer, else fed.
     fn body(&mut self, head: &Head) -> (Incoming, Option<Feeder>) {
         let fed = |d| {
@@ -148,7 +168,7 @@ where
                 (Incoming::whole(bytes), None)
             }
             Framing::Length(n) => fed(Decoder::Length(n)),
-            Framing::Chunked => fed(Decoder::Chunked(Chunked::Size)),
+            Framing::Chunked => fed(Decoder::Chunked(Chunked::Size(0))),
         }
     }
 
@@ -160,15 +180,20 @@ where
         reply: &mut Reply,
         mut feeder: Option<&mut Feeder>,
     ) -> Option<(Result<Resp, ApiError>, Option<Fed>)> {
-        let (io, rbuf, out) = (&mut self.io, &mut self.rbuf, &mut self.out);
+        let (io, rbuf, out, unflushed) = (
+            &mut self.io,
+            &mut self.rbuf,
+            &mut self.out,
+            &mut self.unflushed,
+        );
         let mut fed = None;
         poll_fn(|cx| {
             if let Poll::Ready(outcome) = ticket.poll(reply, cx) {
                 return Poll::Ready(Some((outcome, fed)));
             }
             // Answers come in order: an earlier one goes out before this body is asked for.
-            if !out.is_empty() {
-                match poll_write_out(cx, io, out) {
+            if !out.is_empty() || *unflushed {
+                match poll_write_out(cx, io, out, unflushed) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(_)) => return Poll::Ready(None),
                     Poll::Pending => return Poll::Pending,
@@ -191,6 +216,16 @@ where
         let head_bytes_max = limits.header_bytes_max.max(8192);
         let mut deadline = None;
         loop {
+            // Empty lines before a request line are ignored (RFC 9112 §2.2): a client that
+            // ends a body with an extra CRLF is idle after it, not half-way through a head.
+            let blank = self
+                .rbuf
+                .iter()
+                .take_while(|b| matches!(b, b'\r' | b'\n'))
+                .count();
+            if blank > 0 {
+                let _ = self.rbuf.split_to(blank);
+            }
             if !self.rbuf.is_empty() {
                 match head::parse(&mut self.rbuf, head_bytes_max) {
                     Ok(Some(h)) => return Next::Head(h),
@@ -273,7 +308,8 @@ where
             // HEAD: the length a GET would have (the handler's own header, else the body's).
             _ if is_head && parts.headers.contains_key(CONTENT_LENGTH) => Length::None,
             Some(n) => Length::Known(n),
-            None if is_head => Length::Known(0),
+            // HEAD of a stream: no length can be told.
+            None if is_head => Length::None,
             None => Length::Stream,
         };
         if length == Length::Stream && version == Version::HTTP_10 {
@@ -311,8 +347,16 @@ where
             if chunked {
                 encode::chunk(&mut self.out, &data);
             } else if data.len() > OUT_BYTES_MAX {
+                // Straight from its buffer: a large value is not copied into `out`.
                 self.flush().await?;
-                self.io.write_all(&data).await?;
+                let stall = self.write_stall();
+                let (io, mut rest) = (&mut self.io, &data[..]);
+                unless_stalled(stall, |cx| {
+                    let before = rest.len();
+                    let step = poll_write_slice(cx, io, &mut rest);
+                    (step, rest.len() != before)
+                })
+                .await?;
                 continue;
             } else {
                 self.out.extend_from_slice(&data);
@@ -339,18 +383,34 @@ where
         self.flush().await
     }
 
+    /// Writes out `out`. A client that takes none of it for `idle_timeout_ms` is gone: the
+    /// write fails (a connection busy writing is never idle, so nothing else would end it).
     async fn flush(&mut self) -> std::io::Result<()> {
-        if self.out.is_empty() {
+        if self.out.is_empty() && !self.unflushed {
             return Ok(());
         }
-        let written = self.io.write_all(&self.out).await;
-        self.out.clear();
-        written?;
-        self.io.flush().await
+        let stall = self.write_stall();
+        let (io, out, unflushed) = (&mut self.io, &mut self.out, &mut self.unflushed);
+        let done = unless_stalled(stall, |cx| {
+            let before = out.len();
+            let step = poll_write_out(cx, io, out, unflushed);
+            (step, out.len() != before)
+        })
+        .await;
+        if self.out.capacity() > 4 * OUT_BYTES_MAX {
+            self.out.shrink_to(OUT_BYTES_MAX);
+        }
+        done
+    }
+
+    /// How long a write may take nothing before the client counts as gone.
+    fn write_stall(&self) -> Duration {
+        Duration::from_millis(self.state.store.config().http.idle_timeout_ms)
     }
 
     /// Answers a refused head with its JSON error and ends the connection.
     async fn refuse(&mut self, r: Refusal) {
+        self.conn.closing();
         crate::base::metrics::record_status(r.status);
         let e = crate::http::error::ApiError::new(r.status, r.code, r.message);
         let resp = crate::http::response::error(&e);
@@ -375,12 +435,14 @@ where
     /// still sends is read and dropped for a moment (bounded), so a close with unread bytes
     /// does not reset the connection before the client has read the response.
     async fn linger(&mut self) {
-        if self.flush().await.is_err() || self.io.shutdown().await.is_err() {
-            return;
-        }
-        let mut sink = [0u8; 8192];
-        let mut seen = 0;
+        // Not a connection to make room with: it is closing already.
+        self.conn.closing();
         let _ = tokio::time::timeout(LINGER, async {
+            if self.flush().await.is_err() || self.io.shutdown().await.is_err() {
+                return;
+            }
+            let mut sink = [0u8; 8192];
+            let mut seen = 0;
             while seen < LINGER_BYTES_MAX {
                 match self.io.read(&mut sink).await {
                     Ok(0) | Err(_) => return,
@@ -392,22 +454,74 @@ where
     }
 }
 
-/// Writes what it can of `out` without waiting (what was written is taken off it); `Ready`
-/// once all of it is out.
+/// Polls `step` — a write that reports whether it made progress — to its end; fails with
+/// `TimedOut` once it has made none for `stall`. The timer is made only when a write has to
+/// wait (most complete at once).
+async fn unless_stalled(
+    stall: Duration,
+    mut step: impl FnMut(&mut Context<'_>) -> (Poll<std::io::Result<()>>, bool),
+) -> std::io::Result<()> {
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    poll_fn(|cx| {
+        let (done, progressed) = step(cx);
+        if let Poll::Ready(r) = done {
+            return Poll::Ready(r);
+        }
+        let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        if progressed {
+            t.as_mut().reset(tokio::time::Instant::now() + stall);
+        }
+        match t.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::ErrorKind::TimedOut.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Writes what it can of `rest` without waiting (taking it off the front); `Ready` once all of
+/// it is out and flushed.
+fn poll_write_slice<S: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    io: &mut S,
+    rest: &mut &[u8],
+) -> Poll<std::io::Result<()>> {
+    while !rest.is_empty() {
+        match Pin::new(&mut *io).poll_write(cx, rest) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => *rest = &rest[n..],
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    Pin::new(&mut *io).poll_flush(cx)
+}
+
+/// Writes what it can of `out` without waiting (what was written is taken off it), then
+/// flushes; `Ready` once all of it is out. `unflushed` is kept while a flush is pending (TLS
+/// may take every byte and still hold some of them), so the next call flushes again.
 fn poll_write_out<S: AsyncWrite + Unpin>(
     cx: &mut Context<'_>,
     io: &mut S,
     out: &mut Vec<u8>,
+    unflushed: &mut bool,
 ) -> Poll<std::io::Result<()>> {
     while !out.is_empty() {
         match Pin::new(&mut *io).poll_write(cx, out) {
             Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
             Poll::Ready(Ok(n)) => {
                 out.drain(..n);
+                *unflushed = true;
             }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         }
     }
-    Pin::new(&mut *io).poll_flush(cx)
+    match Pin::new(&mut *io).poll_flush(cx) {
+        Poll::Ready(Ok(())) => {
+            *unflushed = false;
+            Poll::Ready(Ok(()))
+        }
+        other => other,
+    }
 }

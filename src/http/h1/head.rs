@@ -258,8 +258,11 @@ impl Frame {
                 }
             }
         } else if *name == header::EXPECT {
-            head.expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
-            self.other_expectation |= !head.expect_continue;
+            // An HTTP/1.0 client does not wait for 100 Continue: it is ignored there (RFC 9110
+            // §10.1.1).
+            let cont = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+            head.expect_continue = cont && head.version == Version::HTTP_11;
+            self.other_expectation |= !cont;
         } else if *name == header::HOST {
             self.hosts += 1;
         } else if *name == header::CONTENT_ENCODING
@@ -292,11 +295,6 @@ impl Frame {
                 format!("Transfer-Encoding `{te}`: only chunked is supported"),
             ));
         }
-        if self.chunked_codings > 1 {
-            return Some(ApiError::bad_request(
-                "Transfer-Encoding names chunked more than once: send it once",
-            ));
-        }
         if self.other_expectation {
             return Some(ApiError::new(
                 417,
@@ -324,6 +322,12 @@ impl Frame {
             if !self.chunked {
                 return Err(Refusal::malformed(
                     "Transfer-Encoding must end in chunked on a request",
+                ));
+            }
+            // Readers in front disagree on a body chunked twice: refused with the connection.
+            if self.chunked_codings > 1 {
+                return Err(Refusal::malformed(
+                    "Transfer-Encoding names chunked more than once: send it once",
                 ));
             }
             // Both given: chunked frames the body, and the connection ends after it (a reader

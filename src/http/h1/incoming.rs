@@ -21,6 +21,10 @@ const READ_BYTES: usize = 64 << 10;
 /// A chunk-size line (with its extensions) longer than this is refused.
 const CHUNK_LINE_BYTES_MAX: usize = 4096;
 
+/// Chunk-size lines of one body, in all: beyond this (tiny chunks with long extensions) the
+/// body is refused — its data could otherwise stream without end below every size bound.
+const CHUNK_LINES_BYTES_MAX: usize = 16 << 10;
+
 /// Trailer fields after the last chunk, in all; more is refused.
 const TRAILER_BYTES_MAX: usize = 16 << 10;
 
@@ -129,12 +133,12 @@ pub enum Decoder {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Chunked {
-    /// Before a chunk-size line.
-    Size,
-    /// Inside a chunk: bytes left.
-    Data(u64),
+    /// Before a chunk-size line; the bytes of the size lines so far beyond the sizes themselves.
+    Size(usize),
+    /// Inside a chunk: bytes left (and the size lines' count, carried on).
+    Data(u64, usize),
     /// After a chunk's data: its CRLF.
-    DataEnd,
+    DataEnd(usize),
     /// After the last chunk: trailer bytes seen so far.
     Trailers(usize),
     Done,
@@ -164,30 +168,36 @@ impl Decoder {
             Decoder::Chunked(state) => loop {
                 match *state {
                     Chunked::Done => return Ok(Some(Piece::End)),
-                    Chunked::Size => {
+                    Chunked::Size(lines) => {
                         let Some(line) = take_line(buf, CHUNK_LINE_BYTES_MAX)? else {
                             return Ok(None);
                         };
                         let size = chunk_size(&line)?;
+                        let lines = lines + line.len().saturating_sub(4);
+                        if lines > CHUNK_LINES_BYTES_MAX {
+                            return Err(BodyError(
+                                "the chunked body's chunk extensions are too long",
+                            ));
+                        }
                         *state = if size == 0 {
                             Chunked::Trailers(0)
                         } else {
-                            Chunked::Data(size)
+                            Chunked::Data(size, lines)
                         };
                     }
-                    Chunked::Data(left) => {
+                    Chunked::Data(left, lines) => {
                         if buf.is_empty() {
                             return Ok(None);
                         }
                         let n = left.min(buf.len() as u64) as usize;
                         *state = if n as u64 == left {
-                            Chunked::DataEnd
+                            Chunked::DataEnd(lines)
                         } else {
-                            Chunked::Data(left - n as u64)
+                            Chunked::Data(left - n as u64, lines)
                         };
                         return Ok(Some(Piece::Data(buf.split_to(n).freeze())));
                     }
-                    Chunked::DataEnd => {
+                    Chunked::DataEnd(lines) => {
                         if buf.len() < 2 {
                             return Ok(None);
                         }
@@ -195,7 +205,7 @@ impl Decoder {
                             return Err(BodyError("a chunk's data is not followed by CRLF"));
                         }
                         let _ = buf.split_to(2);
-                        *state = Chunked::Size;
+                        *state = Chunked::Size(lines);
                     }
                     Chunked::Trailers(seen) => {
                         let room = TRAILER_BYTES_MAX.saturating_sub(seen);
@@ -351,6 +361,14 @@ impl Feeder {
         }
     }
 
+    /// What of a `100 Continue` a full socket cut short (to be written before the answer).
+    pub fn unsent_continue(&self) -> &'static [u8] {
+        match self.send_continue {
+            Some(sent) if sent > 0 => &CONTINUE[sent.min(CONTINUE.len())..],
+            _ => &[],
+        }
+    }
+
     /// After the handler answered: whether the rest of the body is already in `buf` (taken
     /// off it then), so the connection can go on to the next request.
     pub fn drain_buffered(&mut self, buf: &mut BytesMut) -> Fed {
@@ -374,6 +392,20 @@ impl Feeder {
             w.wake_by_ref();
         }
         Poll::Ready(Fed::Unfinished)
+    }
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        // A body that outlives its request (moved into a task of its own) must not wait for a
+        // connection that no longer feeds it.
+        let mut f = lock(&self.feed);
+        if !f.ended && f.failed.is_none() {
+            f.failed = Some(BodyError("the request ended before its body was read"));
+            if let Some(w) = &f.reader {
+                w.wake_by_ref();
+            }
+        }
     }
 }
 
@@ -418,7 +450,7 @@ mod tests {
 
     #[test]
     fn chunked_bodies_decode_and_leave_what_follows() {
-        let mut d = Decoder::Chunked(Chunked::Size);
+        let mut d = Decoder::Chunked(Chunked::Size(0));
         let wire = b"3\r\nabc\r\nA;ext=1\r\n0123456789\r\n0\r\nx-t: 1\r\n\r\nGET /";
         let (body, left) = decode_all(&mut d, wire).unwrap();
         assert_eq!(body, b"abc0123456789");
@@ -428,7 +460,7 @@ mod tests {
     #[test]
     fn chunked_bodies_arrive_a_byte_at_a_time() {
         let wire = b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
-        let mut d = Decoder::Chunked(Chunked::Size);
+        let mut d = Decoder::Chunked(Chunked::Size(0));
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
         let mut ended = false;
@@ -457,7 +489,7 @@ mod tests {
             b"ffffffffffffffff\r\n",
             b"-1\r\n",
         ] {
-            let mut d = Decoder::Chunked(Chunked::Size);
+            let mut d = Decoder::Chunked(Chunked::Size(0));
             assert!(
                 decode_all(&mut d, wire).is_err(),
                 "{:?}",
@@ -466,10 +498,26 @@ mod tests {
         }
         let mut long = vec![b'1'; CHUNK_LINE_BYTES_MAX + 10];
         long.extend_from_slice(b"\r\n");
-        let mut d = Decoder::Chunked(Chunked::Size);
+        let mut d = Decoder::Chunked(Chunked::Size(0));
         assert_eq!(
             d.decode(&mut BytesMut::from(&long[..])),
             Err(BodyError("a chunk-size or trailer line is too long"))
+        );
+    }
+
+    #[test]
+    fn chunk_extensions_are_bounded_in_all() {
+        let mut wire = Vec::new();
+        let ext = "x".repeat(1000);
+        for _ in 0..20 {
+            wire.extend_from_slice(format!("1;{ext}\r\na\r\n").as_bytes());
+        }
+        let mut d = Decoder::Chunked(Chunked::Size(0));
+        assert_eq!(
+            decode_all(&mut d, &wire),
+            Err(BodyError(
+                "the chunked body's chunk extensions are too long"
+            ))
         );
     }
 
