@@ -4,7 +4,7 @@ depend on what else the machine is doing (unlike time), so a change to the reque
 compared before/after on a busy box.
 
     python3 benches/instructions.py [--bin target/profiling/shardbox] [--requests 20000]
-        [--only get,put,ceiling] [--annotate]
+        [--only get,put,cache,ceiling] [--annotate]
 
 For each workload it starts the binary under callgrind, preloads, zeroes the counters, sends
 the requests (16 keep-alive connections, one request in flight on each, like the suite's load
@@ -99,11 +99,23 @@ def put_req(i):
     )
 
 
+def cache_put_req(i):
+    body = b"v" * 100
+    return (
+        f"PUT /v1/cache/bench/k{i % 1000}?ttl=1h HTTP/1.1\r\nhost: b\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+def cache_get_req(i):
+    return f"GET /v1/cache/bench/k{i % 1000} HTTP/1.1\r\nhost: b\r\n\r\n".encode()
+
+
 def ceiling_req(i):
     return b"GET / HTTP/1.1\r\nhost: b\r\n\r\n"
 
 
-def run(cmd, port, preload, make, requests, annotate, label):
+def run(cmd, port, preload, make, requests, annotate, label, preload_with=put_req):
     out = tempfile.mktemp(prefix="cg-", suffix=".out")
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + cmd,
@@ -113,7 +125,7 @@ def run(cmd, port, preload, make, requests, annotate, label):
     try:
         wait_up(port)
         if preload:
-            drive(port, 1000, put_req)
+            drive(port, 1000, preload_with)
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
         bad = drive(port, requests, make)
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
@@ -168,6 +180,8 @@ def main():
                 run(cmd, port, True, get_req, a.requests, a.annotate, "GET")
             elif w == "put":
                 run(cmd, port, True, put_req, a.requests, a.annotate, "PUT")
+            elif w == "cache":
+                run(cmd, port, True, cache_get_req, a.requests, a.annotate, "cache GET", cache_put_req)
             else:
                 sys.exit(f"unknown workload {w}")
 

@@ -108,17 +108,22 @@ pub async fn get(
                 HeaderValue::from(now.saturating_sub(entry.stored_at_ms) / 1000),
             );
             let ttl_s = (entry.expires_at_ms as i128 - now as i128).div_euclid(1000);
-            let mut status = String::from("shardbox; hit");
+            // Written into one buffer (every hit sends it: no `format!`, one allocation).
+            let mut status = Vec::with_capacity(96);
+            status.extend_from_slice(b"shardbox; hit");
             match freshness {
                 Freshness::Fresh => {}
-                Freshness::Stale => status.push_str("; fwd=stale"),
-                Freshness::StaleIfError => status.push_str("; fwd=stale; fwd-status=500"),
+                Freshness::Stale => status.extend_from_slice(b"; fwd=stale"),
+                Freshness::StaleIfError => status.extend_from_slice(b"; fwd=stale; fwd-status=500"),
             }
             if collapsed {
-                status.push_str("; collapsed");
+                status.extend_from_slice(b"; collapsed");
             }
-            status.push_str(&format!("; ttl={ttl_s}; detail={}", tier.as_str()));
-            if let Ok(v) = HeaderValue::from_str(&status) {
+            status.extend_from_slice(b"; ttl=");
+            status.extend_from_slice(itoa::Buffer::new().format(ttl_s).as_bytes());
+            status.extend_from_slice(b"; detail=");
+            status.extend_from_slice(tier.as_str().as_bytes());
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(status)) {
                 h.insert(CACHE_STATUS, v);
             }
             if let Some(v) = lease_header(&lease) {

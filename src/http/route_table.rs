@@ -194,21 +194,27 @@ fn segment(s: &'static str, last: bool) -> Seg {
     }
 }
 
-/// A path template split into its segments once.
+/// A path template split into its segments once, with the literal text every path it
+/// matches starts with (up to its first capture): most templates are told apart by that
+/// comparison alone.
 #[derive(Debug)]
-pub struct Template(Vec<Seg>);
+pub struct Template {
+    segs: Vec<Seg>,
+    prefix: &'static str,
+}
 
 impl Template {
     pub fn compile(template: &'static str) -> Template {
         let parts: Vec<&'static str> = template.trim_start_matches('/').split('/').collect();
         let last = parts.len().saturating_sub(1);
-        Template(
-            parts
+        Template {
+            segs: parts
                 .iter()
                 .enumerate()
                 .map(|(i, p)| segment(p, i == last))
                 .collect(),
-        )
+            prefix: template.split('{').next().unwrap_or(""),
+        }
     }
 }
 
@@ -260,7 +266,7 @@ fn compare(t: &Template, path: &str) -> Result<Compared, ApiError> {
     };
     let mut at = 1;
     let mut found = Found::default();
-    let segs = &t.0;
+    let segs = &t.segs;
     for (i, seg) in segs.iter().enumerate() {
         let last = i + 1 == segs.len();
         if let Seg::Rest(name) = *seg {
@@ -384,7 +390,7 @@ impl Router {
         // The request's own method first: a hit decodes its key once and looks at nothing else.
         for attempt in std::iter::once(path).chain(trimmed) {
             for (index, (route, t)) in self.routes.iter().enumerate() {
-                if route.method == method {
+                if route.method == method && attempt.starts_with(t.prefix) {
                     if let Compared::Yes(found) = compare(t, attempt)? {
                         return Ok(Hit {
                             route,
