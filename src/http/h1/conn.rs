@@ -350,10 +350,10 @@ where
                 // Straight from its buffer: a large value is not copied into `out`.
                 self.flush().await?;
                 let stall = self.write_stall();
-                let (io, mut rest) = (&mut self.io, &data[..]);
+                let (io, unflushed, mut rest) = (&mut self.io, &mut self.unflushed, &data[..]);
                 unless_stalled(stall, |cx| {
                     let before = rest.len();
-                    let step = poll_write_slice(cx, io, &mut rest);
+                    let step = poll_write_slice(cx, io, &mut rest, unflushed);
                     (step, rest.len() != before)
                 })
                 .await?;
@@ -479,24 +479,6 @@ async fn unless_stalled(
     .await
 }
 
-/// Writes what it can of `rest` without waiting (taking it off the front); `Ready` once all of
-/// it is out and flushed.
-fn poll_write_slice<S: AsyncWrite + Unpin>(
-    cx: &mut Context<'_>,
-    io: &mut S,
-    rest: &mut &[u8],
-) -> Poll<std::io::Result<()>> {
-    while !rest.is_empty() {
-        match Pin::new(&mut *io).poll_write(cx, rest) {
-            Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
-            Poll::Ready(Ok(n)) => *rest = &rest[n..],
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => return Poll::Pending,
-        }
-    }
-    Pin::new(&mut *io).poll_flush(cx)
-}
-
 /// Writes what it can of `out` without waiting (what was written is taken off it), then
 /// flushes; `Ready` once all of it is out. `unflushed` is kept while a flush is pending (TLS
 /// may take every byte and still hold some of them), so the next call flushes again.
@@ -506,11 +488,26 @@ fn poll_write_out<S: AsyncWrite + Unpin>(
     out: &mut Vec<u8>,
     unflushed: &mut bool,
 ) -> Poll<std::io::Result<()>> {
-    while !out.is_empty() {
-        match Pin::new(&mut *io).poll_write(cx, out) {
+    let mut rest = &out[..];
+    let step = poll_write_slice(cx, io, &mut rest, unflushed);
+    let written = out.len() - rest.len();
+    out.drain(..written);
+    step
+}
+
+/// Writes what it can of `rest` without waiting (taking it off the front), then flushes;
+/// `Ready` once all of it is out and flushed (`unflushed` as for [`poll_write_out`]).
+fn poll_write_slice<S: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    io: &mut S,
+    rest: &mut &[u8],
+    unflushed: &mut bool,
+) -> Poll<std::io::Result<()>> {
+    while !rest.is_empty() {
+        match Pin::new(&mut *io).poll_write(cx, rest) {
             Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
             Poll::Ready(Ok(n)) => {
-                out.drain(..n);
+                *rest = &rest[n..];
                 *unflushed = true;
             }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),

@@ -133,54 +133,41 @@ mod tests {
     use super::*;
     use hyper::header::{HeaderValue, CONTENT_TYPE};
 
-    #[test]
-    fn heads() {
+    /// The head written for a `text/plain` 200 with these framing choices.
+    fn head_text(version: Version, length: Length, keep_alive: bool, id: &[u8]) -> String {
         let mut h = HeaderMap::new();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         let mut out = Vec::new();
         head(
             &mut out,
-            Version::HTTP_11,
+            version,
             StatusCode::OK,
             &h,
-            Length::Known(5),
-            true,
-            b"r1",
+            length,
+            keep_alive,
+            id,
         );
-        let text = String::from_utf8(out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn heads() {
+        let text = head_text(Version::HTTP_11, Length::Known(5), true, b"r1");
         assert!(text.starts_with("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\nx-request-id: r1\r\ndate: "), "{text}");
         assert!(text.ends_with(" GMT\r\n\r\n"), "{text}");
-        let mut out = Vec::new();
-        head(
-            &mut out,
-            Version::HTTP_10,
-            StatusCode::OK,
-            &h,
-            Length::Stream,
-            false,
-            b"r",
-        );
-        let text = String::from_utf8(out).unwrap();
+        let text = head_text(Version::HTTP_10, Length::Stream, false, b"r");
         assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
         assert!(
             !text.contains("chunked") && !text.contains("connection"),
             "{text}"
         );
-        let mut out = Vec::new();
-        head(
-            &mut out,
-            Version::HTTP_11,
-            StatusCode::OK,
-            &h,
-            Length::Stream,
-            false,
-            b"r",
-        );
-        let text = String::from_utf8(out).unwrap();
+        let text = head_text(Version::HTTP_11, Length::Stream, false, b"r");
         assert!(
             text.contains("transfer-encoding: chunked\r\nconnection: close\r\n"),
             "{text}"
         );
+        let text = head_text(Version::HTTP_10, Length::Known(0), true, b"r");
+        assert!(text.contains("connection: keep-alive\r\n"), "{text}");
     }
 
     #[test]
