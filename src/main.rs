@@ -103,7 +103,7 @@ struct TokenNewArgs {
     /// Name shown in logs and used as the rate-limit key.
     #[arg(long)]
     name: String,
-    /// Comma-separated scopes: read, write, admin.
+    /// Comma-separated scopes: read, write, feed, admin.
     #[arg(long, default_value = "read,write", value_delimiter = ',')]
     scopes: Vec<String>,
 }
@@ -652,8 +652,9 @@ fn token_new(args: TokenNewArgs) -> Result<ExitCode, String> {
             "read" => Ok(Scope::Read),
             "write" => Ok(Scope::Write),
             "admin" => Ok(Scope::Admin),
+            "feed" => Ok(Scope::Feed),
             other => Err(format!(
-                "--scopes: `{other}` is not one of read, write, admin"
+                "--scopes: `{other}` is not one of read, write, feed, admin"
             )),
         })
         .collect::<Result<Vec<_>, _>>()?;

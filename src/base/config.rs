@@ -298,6 +298,12 @@ pub struct EngineConfig {
     pub disk_ballast_bytes: u64,
     /// How often free disk space is sampled. Default 250 ms.
     pub disk_check_interval_ms: u64,
+    /// Log bytes kept for the change feed's cursors and readers beyond what the shards need:
+    /// past it the readers furthest behind are dropped to `resnapshot_required` (writes never
+    /// wait for them). Default 256 MiB (scaled down on a small disk).
+    pub feed_retain_bytes_max: u64,
+    /// Named change-feed cursors. Default 64.
+    pub feed_cursors_max: usize,
 }
 
 impl Default for EngineConfig {
@@ -319,6 +325,8 @@ impl Default for EngineConfig {
             disk_reserve_bytes: 64 << 20,
             disk_ballast_bytes: 64 << 20,
             disk_check_interval_ms: 250,
+            feed_retain_bytes_max: 256 << 20,
+            feed_cursors_max: 64,
         }
     }
 }
@@ -597,6 +605,12 @@ pub const ENV_PREFIX: &str = "SHARDBOX_";
 type DiskField = fn(&mut Config) -> &mut u64;
 const DISK_DEFAULTS: &[(&str, DiskField, u64, u64)] = &[
     (
+        "feed_retain_bytes_max",
+        |c| &mut c.engine.feed_retain_bytes_max,
+        256 << 20,
+        8,
+    ),
+    (
         "wal_segment_bytes",
         |c| &mut c.engine.wal_segment_bytes,
         32 << 20,
@@ -789,7 +803,7 @@ impl Config {
                 self.cache.cache_disk_bytes, self.cache.cache_disk_block_bytes
             ));
         }
-        let checks: [(&str, u64, u64, u64); 44] = [
+        let checks: [(&str, u64, u64, u64); 46] = [
             (
                 "idempotency_ttl_ms",
                 self.idempotency.idempotency_ttl_ms,
@@ -948,6 +962,18 @@ impl Config {
                 self.engine.disk_check_interval_ms,
                 10,
                 60_000,
+            ),
+            (
+                "feed_retain_bytes_max",
+                self.engine.feed_retain_bytes_max,
+                0,
+                1 << 44,
+            ),
+            (
+                "feed_cursors_max",
+                self.engine.feed_cursors_max as u64,
+                0,
+                4096,
             ),
         ];
         for (name, value, lo, hi) in checks {

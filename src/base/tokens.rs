@@ -6,8 +6,9 @@
 //! ([`subtle::ConstantTimeEq`]), so neither a near-miss nor which token matched shows in the
 //! timing.
 //!
-//! Scopes: `read` (GET/HEAD and `:batchGet`), `write` (everything else that changes data), and
-//! `admin` (backups and mass deletes; implies the other two). `namespaces`, `streams` and
+//! Scopes: `read` (GET/HEAD and `:batchGet`), `write` (everything else that changes data),
+//! `feed` (the change feed and its cursors), and `admin` (backups and mass deletes; implies the
+//! others). `namespaces`, `streams` and
 //! `queues` limit a token to names with one of the listed prefixes; absent means any name. A
 //! route over every name of a kind (a list, cache-wide stats, schedules — a schedule's body
 //! names the queue it feeds) needs a token without a limit of that kind; server-wide routes
@@ -25,6 +26,9 @@ pub enum Scope {
     Read,
     Write,
     Admin,
+    /// The change feed (`/v1/changes`): every change of every name, so only a token without
+    /// name limits may have it.
+    Feed,
 }
 
 impl Scope {
@@ -33,6 +37,7 @@ impl Scope {
             Scope::Read => "read",
             Scope::Write => "write",
             Scope::Admin => "admin",
+            Scope::Feed => "feed",
         }
     }
 }

@@ -176,6 +176,7 @@ testing_pub! {
         check,
         // Opened by `Store::cache` inside the tokio runtime (foyer needs one).
         open: None,
+        feed: None,
     };
 }
 

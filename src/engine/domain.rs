@@ -23,6 +23,9 @@ pub struct DomainSpec {
     pub check: CheckFn,
     /// Its running side; `None` for one the store opens itself (the cache needs the runtime).
     pub open: Option<OpenFn>,
+    /// How its operations decode into the change feed; `None` for a domain not in the feed
+    /// (the cache is disposable, kept idempotency answers are not changes).
+    pub feed: Option<&'static super::feed::FeedSpec>,
 }
 
 /// The running side of a domain: what it does by itself and what it reports. The store holds

@@ -9,6 +9,7 @@ pub mod codec;
 pub mod departure;
 pub mod domain;
 pub mod expiry;
+pub mod feed;
 pub mod manifest;
 pub mod private;
 pub mod redo;
@@ -72,6 +73,8 @@ pub struct Engine {
     /// Free disk space and the ballast ([`space`]).
     space: Arc<space::DiskSpace>,
     space_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The change feed over the log ([`feed`]).
+    feed: feed::Feed,
     _lock: DirLock,
 }
 
@@ -121,6 +124,14 @@ impl Engine {
         let space =
             space::DiskSpace::open(&dir, config.engine.disk_reserve_bytes, config.engine.disk_ballast_bytes);
         let manifest = Self::load_or_create_manifest(&dir, config, clock.as_ref())?;
+        let generation = feed::Generation::load_or_create(&dir)
+            .map_err(|e| EngineError::Open(format!("{}: {e}", dir.display())))?;
+        let holds = Arc::new(feed::holds::Holds::new());
+        // Loaded before the log starts: the segments their consumers still need are kept.
+        let cursors = Arc::new(
+            feed::cursors::Cursors::load(&dir, generation, holds.clone(), config.engine.feed_cursors_max)
+                .map_err(|e| EngineError::Open(format!("{}: {e}", dir.display())))?,
+        );
         let writer_cfg = WriterConfig {
             batch_ops_max: config.engine.batch_ops_max,
             batch_bytes_max: config.engine.batch_bytes_max,
@@ -183,6 +194,8 @@ impl Engine {
                     spare_segments_max: config.engine.wal_spare_segments_max,
                     shards: n,
                     space: Some(space.clone()),
+                    holds: holds.clone(),
+                    retain_bytes_max: config.engine.feed_retain_bytes_max,
                 },
                 next_lsn,
                 old,
@@ -190,9 +203,18 @@ impl Engine {
             .map_err(EngineError::Open)?,
         );
         let mut shards = Vec::with_capacity(n);
+        let aborted = Arc::new(feed::Aborted::new(report.aborted.clone()));
+        let (commits, committed) = tokio::sync::watch::channel(next_lsn - 1);
+        let commits = Arc::new(commits);
+        let mut states = Vec::with_capacity(n);
         for (id, db) in dbs.into_iter().enumerate() {
             let (tx, rx) = flume::bounded(config.engine.writer_queue_ops_max);
             let state = Arc::new(ShardState::default());
+            // Every record in the log now is applied (or cancelled).
+            state
+                .committed_lsn
+                .store(next_lsn - 1, std::sync::atomic::Ordering::Release);
+            states.push(state.clone());
             let w = Writer {
                 shard: id,
                 db: db.clone(),
@@ -205,6 +227,8 @@ impl Engine {
                 next_revision: revisions[id],
                 redo: Default::default(),
                 dirty_since: None,
+                aborted: aborted.clone(),
+                commits: commits.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{id:03}-writer"))
@@ -222,7 +246,18 @@ impl Engine {
         let space_thread = space
             .spawn(Duration::from_millis(config.engine.disk_check_interval_ms))
             .map_err(|e| EngineError::Open(format!("cannot start the disk space sampler: {e}")))?;
+        let feed = feed::Feed {
+            generation,
+            wal: wal.clone(),
+            specs: domains.iter().filter_map(|d| d.feed).collect(),
+            shards: states,
+            aborted,
+            holds,
+            cursors,
+            committed,
+        };
         Ok(Engine {
+            feed,
             space,
             space_thread: std::sync::Mutex::new(Some(space_thread)),
             data_dir: dir,
@@ -299,6 +334,11 @@ impl Engine {
         &self.shards
     }
     /// The shared write-ahead log.
+    /// The change feed over the log.
+    pub fn feed(&self) -> &feed::Feed {
+        &self.feed
+    }
+
     pub fn wal(&self) -> &Wal {
         &self.wal
     }

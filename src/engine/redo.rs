@@ -14,10 +14,13 @@
 //! 2 PUT   id u16, key_len u32, key, value_len u32, value
 //! 3 DEL   id u16, key_len u32, key
 //! 4 DROP  name_len u16, name
+//! 5 NOTE  len u16, bytes
 //! ```
 //!
 //! `id` numbers the tables opened in this record, from 0; a table dropped and opened again gets a
-//! new id. Type codes are [`Logged::CODE`].
+//! new id. Type codes are [`Logged::CODE`]. A NOTE changes nothing: it says what the physical
+//! ops after it mean to a user (a KV put, a job claimed, retention dropping buckets), for the
+//! change feed ([`crate::engine::feed`]); replay passes over it.
 
 use redb::{AccessGuard, Key, Table, TableDefinition, TableHandle, Value, WriteTransaction};
 use std::borrow::Borrow;
@@ -29,6 +32,10 @@ const OP_OPEN: u8 = 1;
 const OP_PUT: u8 = 2;
 const OP_DEL: u8 = 3;
 const OP_DROP: u8 = 4;
+const OP_NOTE: u8 = 5;
+
+/// The largest note (its length is a u16).
+pub const NOTE_BYTES_MAX: usize = u16::MAX as usize;
 
 /// A redb key or value type the log can carry, with its code in the redo encoding.
 pub trait Logged: Value + 'static {
@@ -134,6 +141,34 @@ impl Redo {
         self.bytes.push(OP_DEL);
         self.bytes.extend_from_slice(&id.to_le_bytes());
         put_bytes(&mut self.bytes, key);
+    }
+
+    /// Records a note (changes nothing; a record of notes alone is not logged). A note longer
+    /// than [`NOTE_BYTES_MAX`] is cut there (notes carry names and small arguments).
+    pub fn note(&mut self, note: &[u8]) -> usize {
+        let note = &note[..note.len().min(NOTE_BYTES_MAX)];
+        self.bytes.push(OP_NOTE);
+        self.bytes.extend_from_slice(&(note.len() as u16).to_le_bytes());
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(note);
+        at
+    }
+
+    /// Overwrites bytes of a note recorded earlier in this record (`at` is what
+    /// [`Redo::note`] returned, `offset` within the note): for an operation whose note must
+    /// say what it turned out to do. Bytes past the note's end are not written.
+    pub fn patch_note(&mut self, at: usize, offset: usize, bytes: &[u8]) {
+        let Some(len) = at
+            .checked_sub(2)
+            .and_then(|l| self.bytes.get(l..at))
+            .map(|l| u16::from_le_bytes([l[0], l[1]]) as usize)
+        else {
+            return;
+        };
+        let end = (offset + bytes.len()).min(len);
+        if offset < end {
+            self.bytes[at + offset..at + end].copy_from_slice(&bytes[..end - offset]);
+        }
     }
 
     fn drop_table(&mut self, name: &str) {
@@ -396,7 +431,8 @@ impl<'b> Reader<'b> {
 }
 
 /// One decoded redo operation; table ids resolved to the table's name and types.
-enum Op<'b> {
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Op<'b> {
     Open {
         name: &'b str,
         types: Types,
@@ -415,6 +451,7 @@ enum Op<'b> {
     Drop {
         name: &'b str,
     },
+    Note(&'b [u8]),
 }
 
 /// Decodes a whole redo payload and checks it: known ops and table types, every table id
@@ -459,6 +496,10 @@ fn decode(payload: &[u8]) -> Result<Vec<Op<'_>>, ReplayError> {
                 tables.retain(|_, (n, _)| *n != name);
                 Op::Drop { name }
             }
+            OP_NOTE => {
+                let n = r.u16("note length")? as usize;
+                Op::Note(r.take(n, "note")?)
+            }
             _ => return Err(bad(r.at - 1, "unknown op")),
         };
         ops.push(op);
@@ -478,14 +519,23 @@ fn opened<'b>(
     })
 }
 
-/// Checks that a redo payload decodes, without applying it (`shardbox check`, fuzzing).
+/// Checks that a redo payload decodes, without applying it (`shardbox check`, fuzzing); the
+/// count of operations that change something (notes are not).
 pub fn validate(payload: &[u8]) -> Result<u64, ReplayError> {
-    Ok(decode(payload)?.len() as u64)
+    Ok(decode(payload)?
+        .iter()
+        .filter(|op| !matches!(op, Op::Note(_)))
+        .count() as u64)
+}
+
+/// The operations of a redo payload, in order (the change feed reads them).
+pub(crate) fn ops(payload: &[u8]) -> Result<Vec<Op<'_>>, ReplayError> {
+    decode(payload)
 }
 
 /// The table kinds the log knows, by (key, value) type codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Types {
+pub(crate) enum Types {
     BytesBytes,
     BytesUnit,
     BytesU64,
@@ -564,7 +614,11 @@ fn write_typed(
 /// is still an error, never a panic, and applies nothing (it is decoded whole first).
 pub fn apply(txn: &WriteTransaction, payload: &[u8]) -> Result<u64, ReplayError> {
     let ops = decode(payload)?;
+    let mut applied = 0;
     for op in &ops {
+        if !matches!(op, Op::Note(_)) {
+            applied += 1;
+        }
         match *op {
             Op::Open { name, types } => open_typed(txn, name, types)?,
             Op::Put {
@@ -578,9 +632,10 @@ pub fn apply(txn: &WriteTransaction, payload: &[u8]) -> Result<u64, ReplayError>
                 txn.delete_table(TableDefinition::<&[u8], &[u8]>::new(name))
                     .map_err(redb::Error::from)?;
             }
+            Op::Note(_) => {}
         }
     }
-    Ok(ops.len() as u64)
+    Ok(applied)
 }
 
 #[cfg(test)]
@@ -596,6 +651,7 @@ mod tests {
         let redo = RefCell::new(Redo::default());
         let txn = db.begin_write().unwrap();
         let cache = TableCache::default();
+        redo.borrow_mut().note(b"a note: replay passes over it");
         {
             let mut t = LoggedTable::open(&txn, &redo, &cache, T).unwrap();
             t.insert(b"a".as_slice(), b"1".as_slice()).unwrap();

@@ -32,6 +32,8 @@ pub struct ReplayReport {
     pub scan: Scan,
     /// Records applied per shard.
     pub applied: Vec<u64>,
+    /// Records an `Abort` cancelled: (shard, LSN).
+    pub aborted: HashSet<(u32, u64)>,
     pub millis: u128,
 }
 
@@ -124,6 +126,7 @@ pub fn replay(
     }
     Ok(ReplayReport {
         scan,
+        aborted,
         applied: counts,
         millis: started.elapsed().as_millis(),
     })

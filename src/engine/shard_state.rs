@@ -14,6 +14,12 @@ pub struct ShardState {
     pub largest_batch: AtomicU64,
     pub checkpoints: AtomicU64,
     pub checkpoint_micros_total: AtomicU64,
+    /// The LSN of the shard's last batch committed to redb (readers and the change feed see
+    /// it from then on).
+    pub committed_lsn: AtomicU64,
+    /// The LSN of the shard's last batch written to the log (committed to redb or not yet):
+    /// the feed's end stops before it while it is not committed.
+    pub logged_lsn: AtomicU64,
 }
 
 impl ShardState {

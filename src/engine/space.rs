@@ -107,6 +107,22 @@ impl DiskSpace {
         })
     }
 
+    /// A commit is about to add about `bytes` to the shards: the free estimate drops by them,
+    /// and once it falls under the reserve a fresh sample decides at once. A writer faster than
+    /// the sampler (tens of MiB between two samples on a fast disk) cannot run past the
+    /// reserve into ENOSPC in between.
+    pub fn grew(&self, bytes: u64) {
+        let before = self
+            .free
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+                Some(f.saturating_sub(bytes))
+            })
+            .unwrap_or(0);
+        if before.saturating_sub(bytes) < self.reserve && !self.is_low() {
+            self.refresh();
+        }
+    }
+
     /// The error for a write that met ENOSPC itself.
     pub fn full_error(&self, detail: &dyn std::fmt::Display) -> EngineError {
         EngineError::InsufficientStorage {

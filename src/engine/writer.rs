@@ -88,11 +88,26 @@ impl<'c, 't> ApplyCtx<'c, 't> {
         r
     }
 
+    /// Says what the operation being applied does, for the change feed: a note its domain's
+    /// decoder reads back with the physical ops that follow it ([`crate::engine::feed`]).
+    pub fn note(&mut self, note: &[u8]) -> NoteMark {
+        NoteMark(self.redo.borrow_mut().note(note))
+    }
+
+    /// Overwrites bytes of a note this operation recorded (`offset` within the note).
+    pub fn patch_note(&mut self, mark: NoteMark, offset: usize, bytes: &[u8]) {
+        self.redo.borrow_mut().patch_note(mark.0, offset, bytes);
+    }
+
     /// Runs `f` in the writer after this batch's commit returns and before any reply is sent.
     pub fn after_commit(&mut self, f: impl FnOnce() + Send + 'static) {
         self.after_commit.push(Box::new(f));
     }
 }
+
+/// Where a note sits in its record, to patch it ([`ApplyCtx::patch_note`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NoteMark(usize);
 
 /// One operation for a shard writer.
 pub trait Mutation: Send {
@@ -134,6 +149,10 @@ pub(crate) struct Writer {
     pub redo: RefCell<Redo>,
     /// When the oldest commit not yet checkpointed was made.
     pub dirty_since: Option<Instant>,
+    /// Records whose commit failed after they were logged (the feed skips them).
+    pub aborted: Arc<super::feed::Aborted>,
+    /// The latest committed LSN, for the feed's followers.
+    pub commits: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Marks the shard failed if the writer thread unwinds, so callers get a 503 instead of waiting
@@ -366,7 +385,13 @@ impl Writer {
     ) -> Result<(), BatchError> {
         let mut txn = self.db.begin_write().map_err(storage)?;
         txn.set_durability(Durability::None).map_err(storage)?;
-        self.redo.borrow_mut().clear();
+        let now_ms = self.clock.now_ms();
+        {
+            let mut redo = self.redo.borrow_mut();
+            redo.clear();
+            // The batch's time, first in its record (the feed's `at_ms`).
+            redo.note(&super::feed::note::batch_time(now_ms));
+        }
         let start_revision = *next_revision;
         {
             let tables = TableCache::default();
@@ -375,7 +400,7 @@ impl Writer {
                 redo: &self.redo,
                 tables: &tables,
                 shard: self.shard,
-                now_ms: self.clock.now_ms(),
+                now_ms,
                 next_revision,
                 after_commit,
             };
@@ -412,7 +437,12 @@ impl Writer {
                 WalError::TooLarge(_) => BatchError::Rejected(e.to_string()),
                 _ => BatchError::Storage(e.into_failure()),
             })?;
+        // The shard's file grows by about the redo's size (twice: redb copies on write).
+        self.space.grew(2 * redo.bytes().len() as u64);
         drop(redo);
+        self.state
+            .logged_lsn
+            .store(lsn, std::sync::atomic::Ordering::Release);
         {
             let mut meta = txn.open_table(META).map_err(storage)?;
             meta.insert(META_LSN, lsn).map_err(storage)?;
@@ -424,8 +454,20 @@ impl Writer {
         let committed = crate::base::failpoint::hit_at("writer.commit", self.shard)
             .map_err(injected("writer.commit"))
             .and_then(|()| txn.commit().map_err(storage));
+        if committed.is_ok() {
+            self.state
+                .committed_lsn
+                .store(lsn, std::sync::atomic::Ordering::Release);
+            // Wakes the feed's followers (no-op without receivers waiting).
+            self.commits.send_if_modified(|at| {
+                let moved = lsn > *at;
+                *at = (*at).max(lsn);
+                moved
+            });
+        }
         if let Err(e) = committed {
             // The record is in the log but not in the shard: tell replay to skip it.
+            self.aborted.insert(self.shard as u32, lsn);
             if let Ok(abort) = self
                 .wal
                 .append(self.shard, Kind::Abort, &lsn.to_le_bytes(), 0)

@@ -57,7 +57,9 @@ pub fn append(
     rules: AppendRules,
 ) -> Res<Vec<(u64, u32)>> {
     let now = ctx.now_ms;
-    let mut meta = load_meta(ctx, stream)?.unwrap_or(StreamMeta {
+    let existing = load_meta(ctx, stream)?;
+    super::feed::note(ctx, super::feed::APPEND, stream, existing.is_none());
+    let mut meta = existing.unwrap_or(StreamMeta {
         version: RECORD_VERSION,
         bucket_ms: rules.bucket_ms,
         retention_ms: rules.retention_ms,
@@ -187,6 +189,7 @@ pub fn configure(
 ) -> Res<(bool, StreamMeta)> {
     let existing = load_meta(ctx, stream)?;
     let created = existing.is_none();
+    super::feed::note(ctx, super::feed::CONFIGURE, stream, created);
     let mut meta = existing.unwrap_or(StreamMeta {
         version: RECORD_VERSION,
         bucket_ms: bucket_ms.unwrap_or(rules.bucket_ms),
@@ -227,6 +230,14 @@ pub fn trim(
     let Some(mut meta) = load_meta(ctx, stream)? else {
         return Err(EventError::StreamNotFound(stream.to_string()).into());
     };
+    let cause = if partial {
+        super::feed::BY_TRIM
+    } else {
+        super::feed::BY_RETENTION
+    };
+    let note = super::feed::Dropped::note(ctx, super::feed::TRIM, stream, cause);
+    // How far this commit gets: every event before it is gone (for the feed).
+    let mut gone_before = 0;
     let prefix = bucket_prefix(stream);
     let mut whole = Vec::new();
     let mut partial_bucket = None;
@@ -265,6 +276,7 @@ pub fn trim(
         meta.bytes = meta.bytes.saturating_sub(st.bytes);
         dropped += 1;
         deleted += st.events;
+        gone_before = start.saturating_add(meta.bucket_ms);
     }
     if let (true, false, Some((start, mut st))) = (partial, more, partial_bucket) {
         let name = bucket_table(stream, start);
@@ -282,6 +294,13 @@ pub fn trim(
                 .unwrap_or(0);
             victims.push((k.value().to_vec(), size));
         }
+        // All of the bucket before `before` when it fits this commit; else up to the last
+        // event taken (events at its very millisecond may remain).
+        gone_before = match (more, victims.last()) {
+            (false, _) => before,
+            (true, Some((k, _))) => u64::from_be_bytes(k[..8].try_into().unwrap_or([0; 8])),
+            (true, None) => gone_before,
+        };
         for (k, size) in &victims {
             t.remove(k.as_slice())?;
             st.events = st.events.saturating_sub(1);
@@ -304,6 +323,7 @@ pub fn trim(
     if dropped > 0 || deleted > 0 {
         save_meta(ctx, stream, &meta)?;
     }
+    note.done(ctx, gone_before);
     Ok((dropped, deleted, more))
 }
 
@@ -317,6 +337,12 @@ pub fn drop_stream(
     let Some(mut meta) = load_meta(ctx, stream)? else {
         return Err(EventError::StreamNotFound(stream.to_string()).into());
     };
+    let note = super::feed::Dropped::note(
+        ctx,
+        super::feed::DROP_STREAM,
+        stream,
+        super::feed::BY_DELETE,
+    );
     let prefix = bucket_prefix(stream);
     let mut starts = Vec::new();
     let mut more = false;
@@ -346,6 +372,9 @@ pub fn drop_stream(
         ctx.delete_table(table(&bucket_table(stream, *start)))?;
         ctx.table(EV_BUCKETS)?
             .remove(bucket_key(stream, *start).as_slice())?;
+    }
+    if let Some(last) = starts.last() {
+        note.done(ctx, last.saturating_add(meta.bucket_ms));
     }
     if more {
         save_meta(ctx, stream, &meta)?;

@@ -5,6 +5,7 @@
 //! instead of deleting rows.
 
 mod error;
+mod feed;
 internal!(apply, model);
 pub use apply::NewEvent;
 pub use error::EventError;
@@ -27,6 +28,7 @@ testing_pub! {
         init_tables,
         check,
         open: Some(|engine, config| std::sync::Arc::new(Events::from_config(engine, config))),
+        feed: Some(&feed::FEED),
     };
 }
 

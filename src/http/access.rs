@@ -79,6 +79,7 @@ pub fn scope_of(route: &RouteDef) -> Option<Scope> {
         // The probes, and the status page's HTML (its data comes from /v1/status).
         (_, "/healthz" | "/readyz" | "/") => None,
         (_, p) if p.starts_with("/v1/admin") => Some(Scope::Admin),
+        (_, p) if p.starts_with("/v1/changes") => Some(Scope::Feed),
         // Mass deletes: a whole namespace, a queue's jobs.
         ("DELETE", "/v1/kv/{ns}" | "/v1/queues/{q}/jobs") => Some(Scope::Admin),
         ("GET" | "HEAD", _) => Some(Scope::Read),
@@ -437,6 +438,11 @@ mod tests {
                     continue;
                 }
                 let scope = scope.expect("every other route needs a scope");
+                // Every route of the change feed needs `feed` (a feed reads every domain).
+                if r.path.starts_with("/v1/changes") {
+                    assert_eq!(scope, Scope::Feed, "{} {}", r.method, r.path);
+                    continue;
+                }
                 // Reads need `read`, except the admin ones (an export reads everything).
                 if matches!(r.method, "GET" | "HEAD") {
                     let want = if r.path.starts_with("/v1/admin/") {

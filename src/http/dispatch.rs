@@ -4,7 +4,8 @@ use super::body::ReqBody;
 use super::response::{self, Resp};
 use super::route_table::{self, Handler, RouteDef};
 use super::{
-    access, access_log, admin, cache, events, health, kv, queue, retries, status, ServerState,
+    access, access_log, admin, cache, changes, events, health, kv, queue, retries, status,
+    ServerState,
 };
 use crate::http::error::ApiError;
 use hyper::Request;
@@ -20,6 +21,7 @@ pub(super) const TABLES: &[&[RouteDef]] = &[
     events::ROUTES,
     admin::ROUTES,
     status::ROUTES,
+    changes::ROUTES,
 ];
 
 /// The route `method path` reaches, `Ok(None)` for a 404/405 and `Err` for a malformed path:

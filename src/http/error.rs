@@ -19,6 +19,9 @@ pub struct ApiError {
     pub retry_after_s: Option<u64>,
     /// Methods for an `Allow` header on 405.
     pub allow: Option<String>,
+    /// A change-feed position the client needs to go on (`"position"` in the body): the
+    /// oldest one still held on a 410, this store's generation on a 409.
+    pub position: Option<String>,
 }
 
 impl ApiError {
@@ -29,6 +32,7 @@ impl ApiError {
             message: message.into(),
             retry_after_s: None,
             allow: None,
+            position: None,
         }
     }
     /// A 500 for a failure the client cannot act on (a panic, a task that died); the details
@@ -63,7 +67,11 @@ impl ApiError {
 
     /// The JSON body.
     pub fn body(&self) -> String {
-        serde_json::json!({"error": {"code": self.code, "message": self.message}}).to_string()
+        match &self.position {
+            None => serde_json::json!({"error": {"code": self.code, "message": self.message}}),
+            Some(p) => serde_json::json!({"error": {"code": self.code, "message": self.message, "position": p}}),
+        }
+        .to_string()
     }
 }
 

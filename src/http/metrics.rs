@@ -181,6 +181,37 @@ pub fn render(engine: &crate::engine::Engine, open_connections: usize) -> String
             engine.wal().written_lsn().to_string(),
         ),
         (
+            "shardbox_feed_cursors",
+            "Named change-feed cursors.",
+            "gauge",
+            engine.feed().cursors.list().len().to_string(),
+        ),
+        (
+            "shardbox_feed_cursors_resnapshot_required",
+            "Change-feed cursors dropped past feed_retain_bytes_max: their consumers must start again from an export.",
+            "gauge",
+            engine
+                .feed()
+                .cursors
+                .list()
+                .iter()
+                .filter(|c| c.state != "active")
+                .count()
+                .to_string(),
+        ),
+        (
+            "shardbox_feed_holds",
+            "Log holds of change-feed readers and cursors (segments they need are kept).",
+            "gauge",
+            engine.feed().holds.live().to_string(),
+        ),
+        (
+            "shardbox_feed_holds_dropped_total",
+            "Change-feed holds dropped because the log they kept passed feed_retain_bytes_max.",
+            "counter",
+            load(&engine.feed().holds.dropped_total).to_string(),
+        ),
+        (
             "shardbox_disk_free_bytes",
             "Free bytes on the data directory's filesystem, as last sampled.",
             "gauge",

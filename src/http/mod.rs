@@ -17,6 +17,7 @@ pub mod error;
 internal!(body, response);
 mod admin;
 mod cache;
+mod changes;
 mod conns;
 mod dispatch;
 mod events;

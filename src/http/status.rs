@@ -125,6 +125,15 @@ async fn status(state: &ServerState) -> Result<Resp, ApiError> {
             })
         })
         .collect();
+    let feed = engine.feed();
+    let feed = serde_json::json!({
+        "generation": feed.generation.to_string(),
+        "end": feed.end().to_string(),
+        "oldest": feed.oldest().map(|p| p.to_string()),
+        "holds_live": feed.holds.live(),
+        "holds_dropped_total": feed.holds.dropped_total.load(std::sync::atomic::Ordering::Relaxed),
+        "cursors": feed.cursors.list(),
+    });
     let body = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": state.started.elapsed().as_secs(),
@@ -134,6 +143,7 @@ async fn status(state: &ServerState) -> Result<Resp, ApiError> {
         "cache": cache,
         "queues": queues,
         "streams": streams,
+        "feed": feed,
         "http": {
             "2xx": crate::base::metrics::HTTP_2XX.get(),
             "4xx": crate::base::metrics::HTTP_4XX.get(),
@@ -178,6 +188,7 @@ td:first-child,th:first-child{text-align:left}th{color:var(--dim);font-weight:50
 </div><p class="dim"><span data-k="cache.hits" id="chits"></span> hits, <span data-k="cache.misses" id="cmiss"></span> misses</p></section>
 <section><h2>Queues</h2><table><thead><tr><th>queue</th><th>ready</th><th>delayed</th><th>in flight</th><th>dead</th></tr></thead><tbody id="queues"></tbody></table></section>
 <section><h2>Streams</h2><table><thead><tr><th>stream</th><th>events</th><th>buckets</th><th>newest</th></tr></thead><tbody id="streams"></tbody></table></section>
+<section><h2>Change feed</h2><p class="dim">generation <span id="fgen"></span> · end <span id="fend"></span></p><table><thead><tr><th>cursor</th><th>position</th><th>state</th></tr></thead><tbody id="cursors"></tbody></table></section>
 <section><h2>Recent errors</h2><table><thead><tr><th>when</th><th>status</th><th>request</th><th>message</th></tr></thead><tbody id="errors"></tbody></table></section>
 </main>
 <script>
@@ -209,6 +220,9 @@ function render(s){
       [null,`queue.${q.name}.ready`,`queue.${q.name}.delayed`,`queue.${q.name}.in_flight`,`queue.${q.name}.dead`])).join(""):row(['<span class="dim">none</span>',"","","",""]);
   $("streams").innerHTML=s.streams.length?s.streams.map(x=>row([esc(x.name),x.events,x.buckets,ago(x.newest,now)],
       [null,`stream.${x.name}.events`,`stream.${x.name}.buckets`,null])).join(""):row(['<span class="dim">none</span>',"","",""]);
+  const f=s.feed;$("fgen").textContent=f.generation;$("fend").textContent=f.end.split(":").slice(1).join(":");
+  $("cursors").innerHTML=f.cursors.length?f.cursors.map(c=>row([esc(c.name),esc(c.position.split(":").slice(1).join(":")),c.state==="active"?'<span class="ok">active</span>':`<span class="bad">${esc(c.state)}</span>`],
+      [null,null,`cursor.${c.name}.state`])).join(""):row(['<span class="dim">none</span>',"",""]);
   $("errors").innerHTML=s.recent_errors.length?s.recent_errors.map(e=>row([ago(e.at_ms,now),`<span class="bad">${e.status}</span>`,esc(e.method+" "+e.path),esc(e.code+": "+e.message)])).join(""):row(['<span class="dim">none</span>',"","",""]);
   document.body.dataset.loaded=String(Number(document.body.dataset.loaded||0)+1);
   prev=s;

@@ -214,6 +214,7 @@ testing_pub! {
         init_tables,
         check,
         open: Some(|engine, config| Arc::new(Idempotency::new(engine, config))),
+        feed: None,
     };
 }
 

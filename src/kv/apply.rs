@@ -5,7 +5,9 @@
 //! may only be returned before the first write. An [`OpError::Storage`] (a `?` on a redb error)
 //! aborts the whole batch; a rejection is this operation's own outcome and the batch goes on.
 
-use super::{display_key, BatchOp, BatchOpResult, Cond, PutOptions, PutResult, KV, KV_EXPIRY};
+use super::{
+    display_key, feed, BatchOp, BatchOpResult, Cond, PutOptions, PutResult, KV, KV_EXPIRY,
+};
 use crate::engine::codec::{self, Header};
 use crate::engine::EngineError;
 use crate::engine::{ApplyCtx, LoggedTable, OpError};
@@ -118,6 +120,7 @@ pub(super) fn put(
     value: &[u8],
     opts: &PutOptions,
 ) -> Res<PutResult> {
+    feed::note(ctx, feed::PUT);
     let mut kv = ctx.table(KV)?;
     let mut exp = ctx.table(KV_EXPIRY)?;
     if opts.cond == Cond::None {
@@ -167,6 +170,7 @@ fn put_unconditional(
 }
 
 pub(super) fn delete(ctx: &mut ApplyCtx<'_, '_>, sk: &[u8], cond: Cond) -> Res<u64> {
+    feed::note(ctx, feed::DELETE);
     let mut kv = ctx.table(KV)?;
     let mut exp = ctx.table(KV_EXPIRY)?;
     let old = header_of(&kv, ctx.shard, sk)?;
@@ -184,6 +188,7 @@ pub(super) fn incr(
     by: i64,
     ttl_ms: Option<u64>,
 ) -> Res<(i64, u64)> {
+    feed::note(ctx, feed::INCR);
     let mut kv = ctx.table(KV)?;
     let mut exp = ctx.table(KV_EXPIRY)?;
     let current = match kv.get(sk)? {
@@ -264,6 +269,7 @@ pub(super) fn batch(
     ctx: &mut ApplyCtx<'_, '_>,
     group: &[(usize, Vec<u8>, BatchOp)],
 ) -> Res<Vec<BatchOpResult>> {
+    feed::note(ctx, feed::BATCH);
     let mut kv = ctx.table(KV)?;
     let mut exp = ctx.table(KV_EXPIRY)?;
     // Phase 1: judge every precondition against the state the earlier ops would leave.
@@ -362,6 +368,7 @@ pub(super) fn delete_prefix(
     prefix: &[u8],
     max: usize,
 ) -> Res<(u64, bool)> {
+    feed::note(ctx, feed::PREFIX);
     let mut kv = ctx.table(KV)?;
     let mut exp = ctx.table(KV_EXPIRY)?;
     let mut victims: Vec<(Vec<u8>, Option<Header>)> = Vec::new();
@@ -391,6 +398,7 @@ pub(super) fn delete_prefix(
 /// Deletes up to `max` keys whose expiry has passed, walking the expiry index in time order.
 /// Returns how many index entries it consumed.
 pub(super) fn sweep(ctx: &mut ApplyCtx<'_, '_>, max: usize) -> Result<usize, redb::Error> {
+    feed::note(ctx, feed::EXPIRED);
     let mut kv = ctx.table(KV)?;
     let mut exp = ctx.table(KV_EXPIRY)?;
     let end = ctx.now_ms.saturating_add(1).to_be_bytes();

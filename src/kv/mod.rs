@@ -5,6 +5,7 @@
 
 mod apply;
 mod error;
+mod feed;
 pub use error::{KvError, Precondition};
 mod list;
 internal!(read_cache, sweep);
@@ -563,6 +564,7 @@ testing_pub! {
         init_tables,
         check,
         open: Some(|engine, config| std::sync::Arc::new(Kv::from_config(engine, config))),
+        feed: Some(&feed::FEED),
     };
 }
 

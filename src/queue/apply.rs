@@ -3,7 +3,7 @@
 //! returned before its first write; [`OpError::Storage`] (a `?` on a redb error) aborts the batch.
 
 use super::model::{self, *};
-use super::NewJob;
+use super::{feed, NewJob};
 use crate::engine::{ApplyCtx, LoggedTable, OpError};
 use crate::base::invalid::Invalid;
 use crate::queue::QueueError;
@@ -138,6 +138,17 @@ pub struct Enqueued {
 
 /// Enqueues a batch, all or nothing.
 pub fn enqueue(ctx: &mut ApplyCtx<'_, '_>, q: &str, specs: &[NewJob]) -> Res<Vec<Enqueued>> {
+    enqueue_from(ctx, q, specs, "")
+}
+
+/// [`enqueue`], saying in the feed which schedule fired it (`""`: none).
+fn enqueue_from(
+    ctx: &mut ApplyCtx<'_, '_>,
+    q: &str,
+    specs: &[NewJob],
+    schedule: &str,
+) -> Res<Vec<Enqueued>> {
+    feed::note_enqueue(ctx, q, schedule);
     let now = ctx.now_ms;
     let mut t = Tabs::open(ctx)?;
     let mut meta = t.meta(q)?;
@@ -254,6 +265,7 @@ pub fn claim(
     lease_ms: Option<u64>,
     lease_max_ms: u64,
 ) -> Res<Vec<Job>> {
+    feed::note(ctx, feed::CLAIM, q);
     let now = ctx.now_ms;
     let mut t = Tabs::open(ctx)?;
     let mut meta = t.meta(q)?;
@@ -322,6 +334,7 @@ fn leased(t: &Tabs<'_, '_>, q: &str, id: u64, token: &str) -> Res<Job> {
 }
 
 pub fn ack(ctx: &mut ApplyCtx<'_, '_>, q: &str, id: u64, token: &str) -> Res<()> {
+    feed::note(ctx, feed::ACK, q);
     let mut t = Tabs::open(ctx)?;
     let mut meta = t.meta(q)?;
     let job = leased(&t, q, id, token)?;
@@ -348,6 +361,7 @@ pub fn nack(
     n: &Nack,
     jitter: f64,
 ) -> Res<State> {
+    feed::note(ctx, feed::NACK, q);
     let now = ctx.now_ms;
     let mut t = Tabs::open(ctx)?;
     let mut meta = t.meta(q)?;
@@ -387,6 +401,7 @@ pub fn extend(
     lease_ms: Option<u64>,
     lease_max_ms: u64,
 ) -> Res<u64> {
+    feed::note(ctx, feed::EXTEND, q);
     let now = ctx.now_ms;
     let mut t = Tabs::open(ctx)?;
     let mut meta = t.meta(q)?;
@@ -403,6 +418,7 @@ pub fn extend(
 
 /// Deletes a job that is not in flight.
 pub fn cancel(ctx: &mut ApplyCtx<'_, '_>, q: &str, id: u64) -> Res<()> {
+    feed::note(ctx, feed::CANCEL, q);
     let mut t = Tabs::open(ctx)?;
     let mut meta = t.meta(q)?;
     let Some(job) = t.job(q, id)? else {
@@ -449,6 +465,7 @@ pub fn requeue(
     ids: Option<&[u64]>,
     max: usize,
 ) -> Res<(u64, bool)> {
+    feed::note(ctx, feed::REQUEUE, q);
     let now = ctx.now_ms;
     let mut t = Tabs::open(ctx)?;
     let mut meta = t.meta(q)?;
@@ -482,6 +499,7 @@ pub fn purge(ctx: &mut ApplyCtx<'_, '_>, q: &str, state: State, max: usize) -> R
     if state == State::InFlight {
         return Err(QueueError::Invalid(Invalid::PurgeInFlight).into());
     }
+    feed::note(ctx, feed::PURGE, q);
     let mut t = Tabs::open(ctx)?;
     let mut meta = t.meta(q)?;
     let (ids, more) = ids_in(&t, q, state, max)?;
@@ -503,6 +521,12 @@ pub fn configure(
     config: Option<QueueConfig>,
     paused: Option<bool>,
 ) -> Res<QueueMeta> {
+    let verb = match (config.is_some(), paused) {
+        (false, Some(true)) => feed::PAUSE,
+        (false, Some(false)) => feed::RESUME,
+        _ => feed::CONFIGURE,
+    };
+    feed::note(ctx, verb, q);
     let mut t = Tabs::open(ctx)?;
     let mut meta = t.meta(q)?;
     if let Some(c) = config {
@@ -576,6 +600,11 @@ pub fn promote(ctx: &mut ApplyCtx<'_, '_>, max: usize) -> Res<BTreeSet<String>> 
             }
         };
         let was = Place::of(q, &old);
+        let verb = match was.state {
+            State::InFlight => feed::LEASE_EXPIRED,
+            _ => feed::DELAY_DONE,
+        };
+        feed::note(ctx, verb, q);
         let mut job = old;
         job.updated_ms = now;
         if was.state == State::InFlight {
@@ -608,6 +637,7 @@ pub fn promote(ctx: &mut ApplyCtx<'_, '_>, max: usize) -> Res<BTreeSet<String>> 
 
 /// Stores a schedule, keeping the firing history of one it replaces. Returns (created, stored).
 pub fn put_schedule(ctx: &mut ApplyCtx<'_, '_>, mut s: Schedule) -> Res<(bool, Schedule)> {
+    feed::note(ctx, feed::SCHEDULE_PUT, &s.name);
     let mut t = ctx.table(Q_SCHED)?;
     let old = t
         .get(s.name.as_bytes())?
@@ -623,6 +653,7 @@ pub fn put_schedule(ctx: &mut ApplyCtx<'_, '_>, mut s: Schedule) -> Res<(bool, S
 }
 
 pub fn delete_schedule(ctx: &mut ApplyCtx<'_, '_>, name: &str) -> Res<bool> {
+    feed::note(ctx, feed::SCHEDULE_DELETE, name);
     let mut t = ctx.table(Q_SCHED)?;
     let existed = t.remove(name.as_bytes())?.is_some();
     Ok(existed)
@@ -650,7 +681,7 @@ pub fn fire(ctx: &mut ApplyCtx<'_, '_>, name: &str) -> Res<Option<String>> {
         max_attempts: sched.max_attempts,
         ..NewJob::default()
     };
-    let result = match enqueue(ctx, &sched.queue, &[job]) {
+    let result = match enqueue_from(ctx, &sched.queue, &[job], name) {
         Ok(r) => Ok(r),
         Err(OpError::Rejected(e)) => Err(e),
         Err(e) => return Err(e),

@@ -6,6 +6,7 @@
 //! again when its lease expires.
 
 mod error;
+mod feed;
 internal!(apply, cron, model, schedules);
 pub use crate::engine::departure::{Departure, Presence};
 pub use apply::{Enqueued, Nack};
@@ -31,6 +32,7 @@ testing_pub! {
         init_tables,
         check,
         open: Some(|engine, config| std::sync::Arc::new(Queues::from_config(engine, config))),
+        feed: Some(&feed::FEED),
     };
 }
 

@@ -417,6 +417,7 @@ pub fn restore(from: &Path, data: &Path, force: bool, progress: &Progress) -> Re
         let _lock = DirLock::acquire(data).map_err(|e| e.to_string())?;
         let was = std::fs::read_to_string(staging.join(STAGED)).unwrap_or_default();
         swap_in(data, &staging)?;
+        renew_generation(data)?;
         return Err(format!(
             "an interrupted restore into {} (from {was}) was finished; run restore again (with --force) to restore {} instead",
             data.display(),
@@ -473,8 +474,17 @@ pub fn restore(from: &Path, data: &Path, force: bool, progress: &Progress) -> Re
     // next restore finishes (`swap_in` can be run again from any point).
     mark_staged(&staging, &from.display().to_string())?;
     swap_in(data, &staging)?;
+    renew_generation(data)?;
     progress.finish();
     Ok(total)
+}
+
+/// A restored directory's history is not the one its change-feed readers followed: it gets a
+/// new generation, so their positions answer 409 instead of reading the wrong changes.
+fn renew_generation(data: &Path) -> Result<(), String> {
+    crate::engine::feed::Generation::renew(data)
+        .map(|_| ())
+        .map_err(|e| err(data, e))
 }
 
 /// Rewrites every shard of a stopped data directory compactly (redb's compaction): free pages

@@ -7,7 +7,7 @@
 //! Format (version 1), in this order:
 //!
 //! ```text
-//! {"type":"header","format":"shardbox-export","version":1,"exported_at_ms":…}
+//! {"type":"header","format":"shardbox-export","version":1,"exported_at_ms":…,"position":"<generation>:<lsn>:<index>"}
 //! {"type":"kv","ns":"app","key":"a/b","value":"text"|"value_b64":"…","content_type":…,"expires_at_ms":…}
 //! {"type":"stream","name":"clicks","bucket_ms":3600000,"retention_ms":0}
 //! {"type":"event","stream":"clicks","id":"…","ts":…,"kind":…,"data":{…}}
@@ -65,6 +65,13 @@ pub struct Header {
     pub format: String,
     pub version: u32,
     pub exported_at_ms: u64,
+    /// The change-feed position the export is consistent with: every change up to it is in
+    /// the file (and some after it may be: the shards are read one after another while writes
+    /// go on). Reading the feed from it and applying each change over the file gives the store
+    /// as it is then — every change sets the whole state of what it names. Absent in files
+    /// written before the feed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -224,6 +231,7 @@ pub fn export(store: &Store, out: &mut dyn Write, progress: &Progress) -> Result
         format: FORMAT.into(),
         version: VERSION,
         exported_at_ms: now,
+        position: Some(engine.feed().end().to_string()),
     }))?;
     let err = |e: &dyn std::fmt::Display| e.to_string();
 

@@ -13,6 +13,7 @@ struct Creds {
     writer: String,
     admin: String,
     limited: String,
+    feeder: String,
 }
 
 fn entry(name: &str, token: &str, scopes: &[Scope], limit: bool) -> TokenConfig {
@@ -33,12 +34,14 @@ async fn server_with_tokens() -> (TestServer, Creds) {
         writer: new_token(),
         admin: new_token(),
         limited: new_token(),
+        feeder: new_token(),
     };
     let tokens = vec![
         entry("reader", &c.reader, &[Scope::Read], false),
         entry("writer", &c.writer, &[Scope::Read, Scope::Write], false),
         entry("admin", &c.admin, &[Scope::Admin], false),
         entry("limited", &c.limited, &[Scope::Read, Scope::Write], true),
+        entry("feeder", &c.feeder, &[Scope::Feed], false),
     ];
     let s = TestServer::start_with(|c| c.http.tokens = tokens).await;
     (s, c)
@@ -48,6 +51,9 @@ async fn server_with_tokens() -> (TestServer, Creds) {
 fn expected_scope(method: &str, path: &str) -> Option<Scope> {
     if path == "/healthz" || path == "/readyz" || path == "/" {
         return None;
+    }
+    if path.starts_with("/v1/changes") {
+        return Some(Scope::Feed);
     }
     if path.starts_with("/v1/admin")
         || (method, path) == ("DELETE", "/v1/kv/{ns}")
@@ -128,8 +134,9 @@ async fn every_route_by_every_kind_of_caller() {
             (
                 "admin",
                 &c.admin,
-                vec![Scope::Read, Scope::Write, Scope::Admin],
+                vec![Scope::Read, Scope::Write, Scope::Admin, Scope::Feed],
             ),
+            ("feeder", &c.feeder, vec![Scope::Feed]),
         ] {
             let (status, _) = status_of(s.addr, method, &path, Some(token)).await;
             let allowed = need.is_none_or(|n| scopes.contains(&n));

@@ -22,6 +22,7 @@ mod events_api;
 mod events_crash;
 mod export;
 mod extreme_input;
+mod feed;
 mod file_modes;
 mod framing;
 mod fuzz_corpus;

@@ -159,6 +159,7 @@ fn request_for(method: &str, template: &str, job: &str) -> (String, String) {
         ("PUT", "/v1/streams/{stream}") => r#"{"bucket":"1h"}"#,
         ("POST", "/v1/streams/{stream}/events") => r#"{"data":{"x":1}}"#,
         ("PUT", "/v1/schedules/{name}") => r#"{"cron":"0 6 * * *","queue":"emails","payload":1}"#,
+        ("PUT", "/v1/changes/cursors/{name}") => r#"{"position":"now"}"#,
         ("POST", "/v1/admin/backup") => {
             return (path, serde_json::json!({ "out": backup_dir() }).to_string());
         }
@@ -171,6 +172,7 @@ fn request_for(method: &str, template: &str, job: &str) -> (String, String) {
         ("PUT", "/v1/cache/{ns}/{key}") => "?ttl=60s",
         ("GET", "/v1/queues/{q}/jobs") => "?state=ready",
         ("DELETE", "/v1/queues/{q}/jobs") => "?state=dead",
+        ("GET", "/v1/changes") => "?after=now",
         _ => "",
     };
     (format!("{path}{query}"), body.to_string())

@@ -42,7 +42,24 @@ pub struct WalConfig {
     pub shards: usize,
     /// Told when the disk is full (releases the ballast); `None` in tools that only read.
     pub space: Option<Arc<crate::engine::space::DiskSpace>>,
+    /// The change feed's holds: segments they need are not recycled ([`crate::engine::feed`]).
+    pub holds: Arc<crate::engine::feed::holds::Holds>,
+    /// Segment bytes kept for holds alone before the oldest holds are dropped.
+    pub retain_bytes_max: u64,
 }
+
+/// Where a record starts: its LSN, its segment's sequence number and its offset there. The
+/// log keeps one at each segment's first record and then about every [`INDEX_SPACING`] bytes,
+/// for the segments it still has, so the feed finds a record without reading a whole segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub lsn: u64,
+    pub seq: u64,
+    pub offset: u64,
+}
+
+/// Bytes between two index entries of a segment.
+pub const INDEX_SPACING: u64 = 64 << 10;
 
 /// Why the log did not take or keep a record.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -109,6 +126,8 @@ struct Shared {
     oldest_lsn: Vec<AtomicU64>,
     oldest_pos: Vec<AtomicU64>,
     stats: WalStats,
+    /// Record starts of the segments still on disk ([`IndexEntry`]), oldest first.
+    index: Mutex<VecDeque<IndexEntry>>,
 }
 
 /// The log handle shared by the engine and every shard writer.
@@ -148,6 +167,7 @@ impl Wal {
             oldest_lsn: (0..shards).map(|_| AtomicU64::new(u64::MAX)).collect(),
             oldest_pos: (0..shards).map(|_| AtomicU64::new(u64::MAX)).collect(),
             stats: WalStats::default(),
+            index: Mutex::new(VecDeque::new()),
             cfg,
         });
         let mut log = LogFiles::open(&shared, next_lsn, old).map_err(|e| e.to_string())?;
@@ -255,6 +275,42 @@ impl Wal {
         self.shared.durable.load(Ordering::Acquire)
     }
 
+    /// The highest LSN a reply may be sent for (and the feed may show): durable in
+    /// `immediate` mode, written in `periodic`.
+    pub fn ack_lsn(&self) -> u64 {
+        match self.shared.cfg.mode {
+            SyncMode::Immediate => self.durable_lsn(),
+            SyncMode::Periodic { .. } => self.written_lsn(),
+        }
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.cfg.dir
+    }
+
+    /// The index entry to start reading from to find `lsn` (the last at or before it); `None`
+    /// when `lsn` is older than every segment still on disk.
+    pub fn find(&self, lsn: u64) -> Option<IndexEntry> {
+        let ix = self.shared.index.lock().unwrap_or_else(|p| p.into_inner());
+        let at = ix.partition_point(|e| e.lsn <= lsn);
+        at.checked_sub(1).and_then(|i| ix.get(i).copied())
+    }
+
+    /// The first record of segment `seq` (after its header), when the log still has it.
+    pub fn segment_start(&self, seq: u64) -> Option<IndexEntry> {
+        let ix = self.shared.index.lock().unwrap_or_else(|p| p.into_inner());
+        ix.iter()
+            .find(|e| e.seq == seq && e.offset == SEGMENT_HEADER_BYTES as u64)
+            .copied()
+    }
+
+    /// The oldest record the log still has (`None`: none yet).
+    pub fn oldest_lsn(&self) -> Option<u64> {
+        let ix = self.shared.index.lock().unwrap_or_else(|p| p.into_inner());
+        ix.front().map(|e| e.lsn)
+    }
+
     /// Highest LSN written to the OS (at or above [`Wal::durable_lsn`]).
     pub fn written_lsn(&self) -> u64 {
         self.shared.written.load(Ordering::Acquire)
@@ -347,6 +403,19 @@ fn sync_dir(dir: &Path) -> Result<(), StorageFailure> {
         .map_err(|e| io("cannot sync directory", dir, e))
 }
 
+/// Records in the index that a chunk of records starting at `lsn` went to `seq` at `offset`:
+/// kept when it starts a segment or lies [`INDEX_SPACING`] past the last entry.
+fn note_start(sh: &Shared, lsn: u64, seq: u64, offset: u64) {
+    let mut ix = sh.index.lock().unwrap_or_else(|p| p.into_inner());
+    let keep = match ix.back() {
+        Some(last) => last.seq != seq || offset >= last.offset + INDEX_SPACING,
+        None => true,
+    };
+    if keep {
+        ix.push_back(IndexEntry { lsn, seq, offset });
+    }
+}
+
 fn spare_name(seq: u64) -> String {
     format!("spare-{seq:020}")
 }
@@ -363,6 +432,18 @@ impl LogFiles {
             }
         }
         let seq = old.iter().map(|o| o.seq).max().map_or(1, |s| s + 1);
+        // The old segments' first records, for the feed (their headers say where they start).
+        for o in &old {
+            if o.last_lsn.is_none() {
+                continue;
+            }
+            let first = std::fs::read(&o.path).ok().and_then(|b| {
+                frame::parse_segment_header(b.get(..SEGMENT_HEADER_BYTES)?).ok()
+            });
+            if let Some(h) = first {
+                note_start(sh, h.first_lsn, o.seq, SEGMENT_HEADER_BYTES as u64);
+            }
+        }
         let mut closed: VecDeque<Closed> = old.into();
         // Segments of earlier runs that every shard has checkpointed past become spares first,
         // so a restart reuses them instead of preallocating a new file.
@@ -470,6 +551,9 @@ impl LogFiles {
                 .file
                 .write_all_at(&group[start..end], self.active.pos)
                 .map_err(|e| io("cannot write", &path(), e))?;
+            if let Some(h) = frame::parse_header(&group[start..]) {
+                note_start(sh, h.lsn, self.active.seq, self.active.pos);
+            }
             self.active.pos += (end - start) as u64;
             self.active.size = self.active.size.max(self.active.pos);
             self.active.last_lsn = last;
@@ -611,12 +695,35 @@ fn recycle_into(
     closed: &mut VecDeque<Closed>,
     spares: &mut Vec<PathBuf>,
 ) -> Result<bool, StorageFailure> {
-    let needed = sh
+    let shards_need = sh
         .oldest_lsn
         .iter()
         .map(|a| a.load(Ordering::Acquire))
         .min()
         .unwrap_or(u64::MAX);
+    let holds = &sh.cfg.holds;
+    // Segments kept for the feed's holds alone may take `retain_bytes_max`: past it, the holds
+    // keeping the oldest of them are dropped (their readers must resnapshot; writes go on).
+    if holds.min_lsn() < shards_need {
+        let for_holds: Vec<&Closed> = closed
+            .iter()
+            .filter(|c| c.last_lsn.is_some_and(|l| l >= holds.min_lsn() && l < shards_need))
+            .collect();
+        let keep = (sh.cfg.retain_bytes_max / sh.cfg.segment_bytes.max(1)) as usize;
+        if for_holds.len() > keep {
+            // The first segment that may stay: holds needing anything before it are dropped.
+            let cut = for_holds[for_holds.len() - keep - 1]
+                .last_lsn
+                .map_or(0, |l| l + 1);
+            let n = holds.drop_before(cut);
+            tracing::warn!(
+                dropped = n,
+                retain_bytes_max = sh.cfg.retain_bytes_max,
+                "change feed readers fell behind past feed_retain_bytes_max: they must resnapshot"
+            );
+        }
+    }
+    let needed = shards_need.min(holds.min_lsn());
     let mut changed = false;
     while let Some(front) = closed.front() {
         if front.last_lsn.is_some_and(|l| l >= needed) {
@@ -625,6 +732,13 @@ fn recycle_into(
         let Some(seg) = closed.pop_front() else {
             break;
         };
+        {
+            // Its records are gone for the feed too.
+            let mut ix = sh.index.lock().unwrap_or_else(|p| p.into_inner());
+            while ix.front().is_some_and(|e| e.seq <= seg.seq) {
+                ix.pop_front();
+            }
+        }
         if spares.len() < sh.cfg.spare_segments_max {
             let to = dir.join(spare_name(seg.seq));
             std::fs::rename(&seg.path, &to).map_err(|e| io("cannot recycle", &seg.path, e))?;

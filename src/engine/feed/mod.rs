@@ -1,0 +1,411 @@
+//! The change feed: every committed change of every domain, in log (LSN) order, decoded from
+//! the write-ahead log into what a user understands — a KV put, an event appended, a job
+//! claimed — rather than table rows.
+//!
+//! Every batch's redo carries notes ([`note`]): one per operation, saying what the physical ops
+//! after it mean. Each domain declares, next to its tables, how its notes and ops decode into
+//! [`Change`]s ([`FeedSpec`] in its [`super::DomainSpec`]); [`decode_record`] walks a record and
+//! hands each domain its part. A change's place is a [`Position`]: the store's generation, the
+//! record's LSN and the change's index within the record.
+
+pub mod cursors;
+pub mod holds;
+pub mod log;
+pub mod note;
+pub mod position;
+
+pub use position::{Generation, Position};
+
+use super::redo::{self, Op, ReplayError};
+use super::shard_state::ShardState;
+use super::wal::Wal;
+use note::Note;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+/// One change, as the feed serves it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Change {
+    /// `kv`, `events`, `queue` or `schedules`.
+    pub domain: &'static str,
+    /// What happened: `put`, `delete`, `appended`, `claimed`, …
+    pub op: &'static str,
+    /// The namespace, stream, queue or schedule it happened to.
+    pub name: String,
+    /// The rest, as the domain describes it (key, revision, value, id, …).
+    #[serde(flatten)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Change {
+    pub fn new(domain: &'static str, op: &'static str, name: impl Into<String>) -> Change {
+        Change {
+            domain,
+            op,
+            name: name.into(),
+            fields: serde_json::Map::new(),
+        }
+    }
+
+    /// Adds a field.
+    pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Change {
+        self.fields.insert(key.to_string(), value.into());
+        self
+    }
+}
+
+/// Decodes one operation of a domain — its note and the physical ops that follow it up to the
+/// next note — into changes.
+pub(crate) type DecodeFn = fn(&Note<'_>, &[Op<'_>], &mut Vec<Change>);
+
+/// How a domain's notes and tables decode into changes.
+pub struct FeedSpec {
+    /// The domain byte of its notes (not 0: that is the batch's own).
+    pub domain: u8,
+    pub(crate) decode: DecodeFn,
+}
+
+/// A log record, decoded.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Record {
+    /// When its batch was applied (ms since the epoch); `None` for a record written before the
+    /// log carried notes.
+    pub at_ms: Option<u64>,
+    pub changes: Vec<Change>,
+}
+
+/// Decodes a redo payload into changes. Ops before any note, and a note of a domain none of
+/// `specs` knows, decode to nothing (the engine's own `meta`, the cache's generations, kept
+/// idempotency answers: not in the feed).
+pub fn decode_record(specs: &[&FeedSpec], payload: &[u8]) -> Result<Record, ReplayError> {
+    let ops = redo::ops(payload)?;
+    let mut record = Record::default();
+    let mut group: Option<(Note<'_>, usize)> = None;
+    let flush = |group: Option<(Note<'_>, usize)>, end: usize, out: &mut Vec<Change>| {
+        if let Some((note, start)) = group {
+            if let Some(spec) = specs.iter().find(|s| s.domain == note.domain) {
+                (spec.decode)(&note, &ops[start..end], out);
+            }
+        }
+    };
+    for (i, op) in ops.iter().enumerate() {
+        let Op::Note(bytes) = op else { continue };
+        let Some(note) = Note::parse(bytes) else {
+            continue;
+        };
+        if note.domain == note::BATCH {
+            record.at_ms = note.args().u64();
+            continue;
+        }
+        flush(group.take(), i, &mut record.changes);
+        group = Some((note, i + 1));
+    }
+    flush(group, ops.len(), &mut record.changes);
+    Ok(record)
+}
+
+/// Records whose commit failed after they were logged (an `Abort` cancels them): the feed
+/// passes over them. Filled by recovery and by a writer whose commit fails.
+#[derive(Debug, Default)]
+pub struct Aborted(Mutex<HashSet<(u32, u64)>>);
+
+impl Aborted {
+    pub fn new(known: HashSet<(u32, u64)>) -> Aborted {
+        Aborted(Mutex::new(known))
+    }
+    pub fn insert(&self, shard: u32, lsn: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((shard, lsn));
+    }
+    pub fn contains(&self, shard: u32, lsn: u64) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(shard, lsn))
+    }
+}
+
+/// Which changes a reader wants: some domains, and within a domain names with a prefix.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// `None`: every domain.
+    pub domains: Option<Vec<String>>,
+    /// (domain, name prefix): a change of that domain passes only with a name starting so.
+    pub prefixes: Vec<(String, String)>,
+}
+
+impl Filter {
+    pub fn passes(&self, c: &Change) -> bool {
+        if let Some(d) = &self.domains {
+            if !d.iter().any(|d| d == c.domain) {
+                return false;
+            }
+        }
+        self.prefixes
+            .iter()
+            .filter(|(d, _)| d == c.domain)
+            .all(|(_, p)| c.name.starts_with(p.as_str()))
+    }
+}
+
+/// A change with its place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub position: Position,
+    /// When its batch was applied (ms since the epoch), when the record says.
+    pub at_ms: Option<u64>,
+    pub change: Change,
+}
+
+/// What a read gave: the changes that passed the filter, and where the next read starts (past
+/// everything looked at, filtered out or not).
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub entries: Vec<Entry>,
+    pub next: Position,
+}
+
+/// Why a read cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedError {
+    /// The position is of another history (a restore, an import): `ours` is this store's.
+    OtherGeneration { ours: Generation },
+    /// The log no longer holds the changes after the position: take a snapshot (an export) and
+    /// read on from the position it names. `oldest` is the oldest position still held.
+    Gone { oldest: Option<Position> },
+    /// The position is ahead of the log.
+    Ahead { last: Position },
+    NoSuchCursor(String),
+    /// A request the feed refuses (a cursor moved back, too many cursors).
+    Invalid(String),
+    Log(String),
+}
+
+/// Records read per read call, at most.
+const RECORDS_PER_READ: usize = 4096;
+/// Payload bytes read per read call, about.
+const BYTES_PER_READ: usize = 4 << 20;
+
+/// The feed over an engine's log.
+pub struct Feed {
+    pub generation: Generation,
+    pub(crate) wal: Arc<Wal>,
+    pub(crate) specs: Vec<&'static FeedSpec>,
+    pub(crate) shards: Vec<Arc<ShardState>>,
+    pub(crate) aborted: Arc<Aborted>,
+    pub holds: Arc<holds::Holds>,
+    /// The named cursors ([`cursors`]).
+    pub cursors: Arc<cursors::Cursors>,
+    /// The LSN of the latest commit (any shard): followers wait on it.
+    pub(crate) committed: tokio::sync::watch::Receiver<u64>,
+}
+
+struct Visible<'a>(&'a Feed);
+
+impl log::Visibility for Visible<'_> {
+    fn committed(&self, shard: u32, lsn: u64) -> bool {
+        self.0
+            .shards
+            .get(shard as usize)
+            .is_some_and(|s| s.committed_lsn.load(std::sync::atomic::Ordering::Acquire) >= lsn)
+    }
+    fn aborted(&self, shard: u32, lsn: u64) -> bool {
+        self.0.aborted.contains(shard, lsn)
+    }
+}
+
+impl Feed {
+    /// The position after every change committed so far: the log's acknowledged mark, or
+    /// before the first record a shard has logged but not yet committed (each shard has at
+    /// most one: its writer commits a batch before it logs the next). Everything up to it is
+    /// in the shards, so a snapshot read after taking it (an export) holds all of it.
+    pub fn end(&self) -> Position {
+        use std::sync::atomic::Ordering::Acquire;
+        let ack = self.wal.ack_lsn();
+        let mut end = ack;
+        for (i, s) in self.shards.iter().enumerate() {
+            let logged = s.logged_lsn.load(Acquire);
+            if logged > 0
+                && logged <= ack
+                && s.committed_lsn.load(Acquire) < logged
+                && !self.aborted.contains(i as u32, logged)
+            {
+                end = end.min(logged - 1);
+            }
+        }
+        Position::after_record(self.generation, end)
+    }
+
+    /// The oldest position the log still holds (before its oldest record).
+    pub fn oldest(&self) -> Option<Position> {
+        self.wal
+            .oldest_lsn()
+            .map(|l| Position::after_record(self.generation, l.saturating_sub(1)))
+    }
+
+    /// A receiver that changes whenever a batch commits (followers wait on it).
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed.clone()
+    }
+
+    /// Up to `max` changes after `after` that pass `filter`, in order.
+    pub fn read(&self, after: Position, max: usize, filter: &Filter) -> Result<Page, FeedError> {
+        if after.generation != self.generation {
+            return Err(FeedError::OtherGeneration {
+                ours: self.generation,
+            });
+        }
+        let horizon = self.wal.ack_lsn();
+        if after.lsn > horizon {
+            return Err(FeedError::Ahead { last: self.end() });
+        }
+        // A position inside a record reads that record again for its later changes.
+        let from = if after.index == Position::WHOLE_RECORD {
+            after.lsn
+        } else {
+            after.lsn.saturating_sub(1)
+        };
+        let gone = |oldest: Option<u64>| FeedError::Gone {
+            oldest: oldest
+                .map(|l| Position::after_record(self.generation, l.saturating_sub(1))),
+        };
+        let mut page = Page {
+            entries: Vec::new(),
+            next: after,
+        };
+        if from >= horizon {
+            return Ok(page);
+        }
+        let records = log::read_after(
+            &self.wal,
+            from,
+            horizon,
+            RECORDS_PER_READ,
+            BYTES_PER_READ,
+            &Visible(self),
+        )
+        .map_err(|e| match e {
+            log::ReadError::Gone { oldest } => gone(oldest),
+            log::ReadError::Io(m) => FeedError::Log(m),
+        })?;
+        for r in &records {
+            let decoded = decode_record(&self.specs, &r.payload)
+                .map_err(|e| FeedError::Log(format!("record {}: {e}", r.lsn)))?;
+            for (i, change) in decoded.changes.into_iter().enumerate() {
+                let position = Position {
+                    generation: self.generation,
+                    lsn: r.lsn,
+                    index: i as u32,
+                };
+                if !after.is_before(r.lsn, i as u32) {
+                    continue;
+                }
+                page.next = position;
+                if filter.passes(&change) {
+                    page.entries.push(Entry {
+                        position,
+                        at_ms: decoded.at_ms,
+                        change,
+                    });
+                    if page.entries.len() >= max {
+                        return Ok(page);
+                    }
+                }
+            }
+            page.next = Position::after_record(self.generation, r.lsn);
+        }
+        Ok(page)
+    }
+
+}
+
+/// A byte string as JSON: the text when it is UTF-8 (with `"<field>_encoding":"utf8"`), else
+/// base64 (`"base64"`), so any stored bytes can travel in a JSON change.
+pub fn bytes_field(change: Change, field: &str, bytes: &[u8]) -> Change {
+    use base64::Engine as _;
+    match std::str::from_utf8(bytes) {
+        Ok(text) => change
+            .with(field, text)
+            .with(&format!("{field}_encoding"), "utf8"),
+        Err(_) => change
+            .with(
+                field,
+                base64::engine::general_purpose::STANDARD.encode(bytes),
+            )
+            .with(&format!("{field}_encoding"), "base64"),
+    }
+}
+
+/// JSON text as a JSON value (event data and job payloads are checked JSON when written);
+/// other bytes as [`bytes_field`] writes them.
+pub fn json_field(change: Change, field: &str, bytes: &[u8]) -> Change {
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(v) => change.with(field, v),
+        Err(_) => bytes_field(change, field, bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::redo::Redo;
+
+    fn decode_test(note: &Note<'_>, ops: &[Op<'_>], out: &mut Vec<Change>) {
+        for op in ops {
+            if let Op::Put { key, .. } = op {
+                out.push(
+                    Change::new("kv", "put", format!("n{}", note.verb))
+                        .with("key", String::from_utf8_lossy(key).into_owned()),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_decodes_by_its_notes() {
+        let spec = FeedSpec {
+            domain: 9,
+            decode: decode_test,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("db")).unwrap();
+        let redo = std::cell::RefCell::new(Redo::default());
+        let txn = db.begin_write().unwrap();
+        let cache = crate::engine::redo::TableCache::default();
+        let t: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("t");
+        redo.borrow_mut().note(&note::batch_time(77));
+        {
+            let mut table =
+                crate::engine::redo::LoggedTable::open(&txn, &redo, &cache, t).unwrap();
+            // Before any note: nobody's.
+            table.insert(b"orphan".as_slice(), b"x".as_slice()).unwrap();
+            redo.borrow_mut()
+                .note(note::NoteBuf::new(9, 1).bytes());
+            table.insert(b"a".as_slice(), b"1".as_slice()).unwrap();
+            table.insert(b"b".as_slice(), b"1".as_slice()).unwrap();
+            // A domain nobody decodes.
+            redo.borrow_mut()
+                .note(note::NoteBuf::new(3, 1).bytes());
+            table.insert(b"c".as_slice(), b"1".as_slice()).unwrap();
+            redo.borrow_mut()
+                .note(note::NoteBuf::new(9, 2).bytes());
+            table.insert(b"d".as_slice(), b"1".as_slice()).unwrap();
+        }
+        drop(cache);
+        txn.commit().unwrap();
+        let r = decode_record(&[&spec], redo.borrow().bytes()).unwrap();
+        assert_eq!(r.at_ms, Some(77));
+        let got: Vec<(String, String)> = r
+            .changes
+            .iter()
+            .map(|c| (c.name.clone(), c.fields["key"].as_str().unwrap().to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            [("n1", "a"), ("n1", "b"), ("n2", "d")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+    }
+}
