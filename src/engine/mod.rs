@@ -202,6 +202,7 @@ impl Engine {
             )
             .map_err(EngineError::Open)?,
         );
+        cursors.forget_gone(wal.oldest_lsn());
         let mut shards = Vec::with_capacity(n);
         let aborted = Arc::new(feed::Aborted::new(report.aborted.clone()));
         let (commits, committed) = tokio::sync::watch::channel(next_lsn - 1);

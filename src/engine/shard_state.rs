@@ -20,6 +20,9 @@ pub struct ShardState {
     /// The LSN of the shard's last batch written to the log (committed to redb or not yet):
     /// the feed's end stops before it while it is not committed.
     pub logged_lsn: AtomicU64,
+    /// While the writer appends a record: one more than an LSN its record will be above (0
+    /// otherwise).
+    pub appending_floor: AtomicU64,
 }
 
 impl ShardState {

@@ -429,20 +429,32 @@ impl Writer {
             txn.abort().map_err(storage)?;
             return Ok(());
         }
-        let lsn = self
+        // While the record is being appended its LSN is not known yet, but it will be above
+        // every LSN written so far: the feed's end stays at or below that floor meanwhile.
+        self.state.appending_floor.store(
+            self.wal.written_lsn() + 1,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        let appended = self
             .wal
             .append(self.shard, Kind::Redo, redo.bytes(), batch.len() as u64)
             .map_err(|e| match e {
                 // Nothing was logged: only this batch is refused.
                 WalError::TooLarge(_) => BatchError::Rejected(e.to_string()),
                 _ => BatchError::Storage(e.into_failure()),
-            })?;
+            });
+        if let Ok(lsn) = appended {
+            self.state
+                .logged_lsn
+                .store(lsn, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.state
+            .appending_floor
+            .store(0, std::sync::atomic::Ordering::SeqCst);
+        let lsn = appended?;
         // The shard's file grows by about the redo's size (twice: redb copies on write).
         self.space.grew(2 * redo.bytes().len() as u64);
         drop(redo);
-        self.state
-            .logged_lsn
-            .store(lsn, std::sync::atomic::Ordering::Release);
         {
             let mut meta = txn.open_table(META).map_err(storage)?;
             meta.insert(META_LSN, lsn).map_err(storage)?;
@@ -459,11 +471,9 @@ impl Writer {
                 .committed_lsn
                 .store(lsn, std::sync::atomic::Ordering::Release);
             // Wakes the feed's followers (no-op without receivers waiting).
-            self.commits.send_if_modified(|at| {
-                let moved = lsn > *at;
-                *at = (*at).max(lsn);
-                moved
-            });
+            // (Always: shards commit out of LSN order, and a reader waiting for a lower LSN
+            // must wake too.)
+            self.commits.send_modify(|at| *at = (*at).max(lsn));
         }
         if let Err(e) = committed {
             // The record is in the log but not in the shard: tell replay to skip it.

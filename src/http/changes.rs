@@ -11,7 +11,7 @@ use super::input::{duration_param, limit_param, query};
 use super::response::{self, Resp};
 use super::route_table::{route, RouteDef};
 use super::ServerState;
-use crate::engine::feed::{Entry, Feed, FeedError, Filter, Page, Position};
+use crate::engine::feed::{Feed, FeedError, Filter, Page, Position};
 use crate::http::error::ApiError;
 use bytes::Bytes;
 use hyper::header::{HeaderName, HeaderValue, ACCEPT};
@@ -134,30 +134,6 @@ fn filter_of(q: &HashMap<String, String>) -> Result<Filter, ApiError> {
     Ok(f)
 }
 
-/// One change as its NDJSON line (and SSE data): position and time first.
-pub fn line(e: &Entry) -> Vec<u8> {
-    use std::io::Write as _;
-    let mut out = Vec::with_capacity(160);
-    // Writing to a Vec cannot fail; serde_json writes valid JSON for every Value.
-    let _ = write!(
-        out,
-        "{{\"position\":\"{}\",\"at_ms\":{},\"domain\":\"{}\",\"op\":\"{}\",\"name\":",
-        e.position,
-        e.at_ms.map_or("null".to_string(), |t| t.to_string()),
-        e.change.domain,
-        e.change.op,
-    );
-    let _ = serde_json::to_writer(&mut out, &e.change.name);
-    for (k, v) in &e.change.fields {
-        out.push(b',');
-        let _ = serde_json::to_writer(&mut out, k);
-        out.push(b':');
-        let _ = serde_json::to_writer(&mut out, v);
-    }
-    out.push(b'}');
-    out
-}
-
 /// Reads a page off the async threads (the log is read from its files).
 async fn read(
     feed: Arc<crate::engine::Engine>,
@@ -211,7 +187,10 @@ async fn changes(state: &ServerState, req: &Request<ReqBody>) -> Result<Resp, Ap
     if q.get("follow").map(String::as_str) == Some("true") || sse {
         return follow(state, engine, after, filter, sse);
     }
-    let wait = duration_param(&q, "wait")?.unwrap_or(0);
+    // Bounded like every long poll (the claim's bound).
+    let wait = duration_param(&q, "wait")?
+        .unwrap_or(0)
+        .min(state.store.config().queue.claim_wait_max_ms);
     let mut page = read(engine.clone(), after, limit, filter.clone()).await?;
     if page.entries.is_empty() && wait > 0 {
         // A long poll: one place among the waiters, ended early by a commit or the client.
@@ -225,7 +204,14 @@ async fn changes(state: &ServerState, req: &Request<ReqBody>) -> Result<Resp, Ap
                 if !matches!(woke, Some(Ok(Ok(())))) {
                     break;
                 }
-                page = read(engine.clone(), page.next, limit, filter.clone()).await?;
+                // Read on while pages move without passing the filter.
+                loop {
+                    let at = page.next;
+                    page = read(engine.clone(), at, limit, filter.clone()).await?;
+                    if !page.entries.is_empty() || page.next == at {
+                        break;
+                    }
+                }
                 if !page.entries.is_empty() {
                     break;
                 }
@@ -234,7 +220,7 @@ async fn changes(state: &ServerState, req: &Request<ReqBody>) -> Result<Resp, Ap
     }
     let mut body = Vec::with_capacity(page.entries.len() * 128);
     for e in &page.entries {
-        body.extend_from_slice(&line(e));
+        body.extend_from_slice(&e.json_line());
         body.push(b'\n');
     }
     let mut resp = response::value(body, Some("application/x-ndjson"));
@@ -262,7 +248,7 @@ fn follow(
     let (mut resp, tx) = response::channel(200, content_type, 16);
     // The log is held from the reader's position while it streams: a reader that falls
     // behind past `feed_retain_bytes_max` is dropped (its next read answers 410 in-band).
-    let hold = engine.feed().holds.add(after.lsn.saturating_add(1));
+    let hold = engine.feed().holds.add(after.first_needed());
     tokio::spawn(async move {
         let _permit = permit;
         let holds = engine.feed().holds.clone();
@@ -297,10 +283,10 @@ fn follow(
                     msg.extend_from_slice(
                         format!("id: {}\nevent: change\ndata: ", e.position).as_bytes(),
                     );
-                    msg.extend_from_slice(&line(e));
+                    msg.extend_from_slice(&e.json_line());
                     msg.extend_from_slice(b"\n\n");
                 } else {
-                    msg.extend_from_slice(&line(e));
+                    msg.extend_from_slice(&e.json_line());
                     msg.push(b'\n');
                 }
                 if tx.send(Bytes::from(msg)).await.is_err() {
@@ -309,15 +295,15 @@ fn follow(
             }
             let moved = page.next != pos;
             pos = page.next;
-            if !holds.advance(hold, pos.lsn) {
+            if !holds.advance(hold, pos.first_needed()) {
                 let e = feed_error(FeedError::Gone {
                     oldest: engine.feed().oldest(),
                 });
                 let _ = tx.send(Bytes::from(format!("{}\n", e.body()))).await;
                 return;
             }
-            if moved && !page.entries.is_empty() {
-                continue;
+            if moved {
+                continue; // more may be committed already (a filter passed none of a page)
             }
             tokio::select! {
                 _ = engine.stopping() => return,
@@ -396,6 +382,9 @@ async fn put_cursor(
     })?;
     let feed = state.store.engine().feed();
     let at = position_param(feed, &b.position, "position")?;
+    if at.generation == feed.generation && at.lsn > feed.end().lsn {
+        return Err(feed_error(FeedError::Ahead { last: feed.end() }));
+    }
     let created = feed
         .cursors
         .set(name, at, feed.oldest())

@@ -62,7 +62,7 @@ impl Cursors {
                         continue;
                     };
                     let hold = (position.generation == generation)
-                        .then(|| holds.add(position.lsn.saturating_add(1)));
+                        .then(|| holds.add(position.first_needed()));
                     map.insert(name.to_string(), Cursor { position, hold });
                 }
             }
@@ -135,19 +135,19 @@ impl Cursors {
                     )));
                 }
                 if let Some(h) = c.hold {
-                    self.holds.advance(h, position.lsn.saturating_add(1));
+                    self.holds.advance(h, position.first_needed());
                 }
                 c.position = position;
             }
             existing => {
                 // New, or starting over after being dropped: the log must still hold it.
-                if oldest.is_some_and(|o| position.lsn < o.lsn) {
+                if oldest.is_some_and(|o| position.first_needed() < o.first_needed()) {
                     return Err(FeedError::Gone { oldest });
                 }
                 if let Some(old) = existing.and_then(|c| c.hold) {
                     self.holds.release(old);
                 }
-                let hold = Some(self.holds.add(position.lsn.saturating_add(1)));
+                let hold = Some(self.holds.add(position.first_needed()));
                 map.insert(name.to_string(), Cursor { position, hold });
             }
         }
@@ -182,6 +182,21 @@ impl Cursors {
         }
         self.save(&map)?;
         Ok(true)
+    }
+
+    /// Once the log is open: a cursor whose records the log no longer has (dropped past the
+    /// bound before a restart, its segments recycled since) lets go of its hold and reads as
+    /// `resnapshot_required`, instead of holding the log for records that are gone.
+    pub fn forget_gone(&self, oldest_lsn: Option<u64>) {
+        let Some(oldest) = oldest_lsn else { return };
+        let mut map = self.lock();
+        for c in map.values_mut() {
+            if c.position.first_needed() < oldest {
+                if let Some(h) = c.hold.take() {
+                    self.holds.release(h);
+                }
+            }
+        }
     }
 
     pub fn list(&self) -> Vec<CursorInfo> {

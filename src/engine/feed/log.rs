@@ -105,34 +105,37 @@ pub fn read_after(
         let head = seg
             .at(offset, RECORD_HEADER_BYTES)
             .map_err(|e| ReadError::Io(e.to_string()))?;
-        let header = match frame::parse_header(head) {
-            Some(h) if h.lsn == expect => h,
-            // The segment's records end here: the next segment starts at `expect`, or the
-            // record is not written yet (it is at or below the horizon only if it was).
-            _ => {
-                let next = wal
-                    .segment_start(seg.seq + 1)
-                    .filter(|e| e.lsn == expect)
-                    .ok_or_else(gone)?;
-                seg = Segment::open(wal, next.seq).ok_or_else(gone)?;
-                offset = next.offset;
-                continue;
+        let header = frame::parse_header(head).filter(|h| h.lsn == expect);
+        // The record's payload, whole and matching its checksum.
+        let whole = match header {
+            Some(h) => {
+                let payload = seg
+                    .at(offset + RECORD_HEADER_BYTES as u64, h.len)
+                    .map_err(|e| ReadError::Io(e.to_string()))?;
+                payload.len() == h.len && frame::payload_ok(&h, payload)
             }
+            None => false,
+        };
+        let Some(header) = header.filter(|_| whole) else {
+            // The segment's records end here (or its last record was torn by a crash and
+            // written again in a later segment): the next segment that starts at `expect`
+            // goes on, else the log no longer has it (or it is not written yet, which at or
+            // below the horizon cannot be).
+            let next = wal.segment_starting(seg.seq, expect).ok_or_else(gone)?;
+            seg = Segment::open(wal, next.seq).ok_or_else(gone)?;
+            offset = next.offset;
+            continue;
         };
         let len = header.frame_len();
         if expect >= first {
-            if !vis.committed(header.shard, expect) {
-                if header.kind == Kind::Redo && !vis.aborted(header.shard, expect) {
-                    break; // not visible yet: everything after waits for it
-                }
-            } else if header.kind == Kind::Redo && !vis.aborted(header.shard, expect) {
+            let aborted = || vis.aborted(header.shard, expect);
+            if header.kind == Kind::Redo && !vis.committed(header.shard, expect) && !aborted() {
+                break; // not visible yet: everything after waits for it
+            }
+            if header.kind == Kind::Redo && vis.committed(header.shard, expect) && !aborted() {
                 let payload = seg
                     .at(offset + RECORD_HEADER_BYTES as u64, header.len)
                     .map_err(|e| ReadError::Io(e.to_string()))?;
-                if payload.len() != header.len || !frame::payload_ok(&header, payload) {
-                    // Overwritten under the reader: the log no longer has it.
-                    return Err(gone());
-                }
                 bytes += payload.len();
                 out.push(Read {
                     lsn: expect,

@@ -159,6 +159,34 @@ pub struct Entry {
     pub change: Change,
 }
 
+impl Entry {
+    /// The change as one JSON object (a feed line, SSE data, a sink's message): position and
+    /// time first, then domain, op and name, then the domain's fields.
+    pub fn json_line(&self) -> Vec<u8> {
+        let e = self;
+    use std::io::Write as _;
+    let mut out = Vec::with_capacity(160);
+    // Writing to a Vec cannot fail; serde_json writes valid JSON for every Value.
+    let _ = write!(
+        out,
+        "{{\"position\":\"{}\",\"at_ms\":{},\"domain\":\"{}\",\"op\":\"{}\",\"name\":",
+        e.position,
+        e.at_ms.map_or("null".to_string(), |t| t.to_string()),
+        e.change.domain,
+        e.change.op,
+    );
+    let _ = serde_json::to_writer(&mut out, &e.change.name);
+    for (k, v) in &e.change.fields {
+        out.push(b',');
+        let _ = serde_json::to_writer(&mut out, k);
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut out, v);
+    }
+    out.push(b'}');
+    out
+}
+}
+
 /// What a read gave: the changes that passed the filter, and where the next read starts (past
 /// everything looked at, filtered out or not).
 #[derive(Debug, Clone)]
@@ -222,11 +250,17 @@ impl Feed {
     /// most one: its writer commits a batch before it logs the next). Everything up to it is
     /// in the shards, so a snapshot read after taking it (an export) holds all of it.
     pub fn end(&self) -> Position {
-        use std::sync::atomic::Ordering::Acquire;
-        let ack = self.wal.ack_lsn();
+        use std::sync::atomic::Ordering::{Acquire, SeqCst};
+        let ack = self.horizon();
         let mut end = ack;
         for (i, s) in self.shards.iter().enumerate() {
-            let logged = s.logged_lsn.load(Acquire);
+            // A record being appended: its LSN is above the floor (and may be acknowledged
+            // before the writer knows it).
+            let floor = s.appending_floor.load(SeqCst);
+            if floor != 0 {
+                end = end.min(floor - 1);
+            }
+            let logged = s.logged_lsn.load(SeqCst);
             if logged > 0
                 && logged <= ack
                 && s.committed_lsn.load(Acquire) < logged
@@ -236,6 +270,13 @@ impl Feed {
             }
         }
         Position::after_record(self.generation, end)
+    }
+
+    /// The last record the feed may show: a durable one (in periodic mode, records written but
+    /// not yet synced are acknowledged to clients, but a crash would lose them and their LSNs
+    /// be used again: a reader must never have seen them).
+    fn horizon(&self) -> u64 {
+        self.wal.durable_lsn()
     }
 
     /// The oldest position the log still holds (before its oldest record).
@@ -257,7 +298,7 @@ impl Feed {
                 ours: self.generation,
             });
         }
-        let horizon = self.wal.ack_lsn();
+        let horizon = self.horizon();
         if after.lsn > horizon {
             return Err(FeedError::Ahead { last: self.end() });
         }

@@ -94,6 +94,16 @@ impl Position {
         }
     }
 
+    /// The first record a reader at this position still needs: the next one after a whole
+    /// record, its own record when it stopped inside one.
+    pub fn first_needed(&self) -> u64 {
+        if self.index == Self::WHOLE_RECORD {
+            self.lsn.saturating_add(1)
+        } else {
+            self.lsn
+        }
+    }
+
     /// Whether a change at `(lsn, index)` comes after this position.
     pub fn is_before(&self, lsn: u64, index: u32) -> bool {
         (lsn, index) > (self.lsn, self.index)

@@ -275,15 +275,6 @@ impl Wal {
         self.shared.durable.load(Ordering::Acquire)
     }
 
-    /// The highest LSN a reply may be sent for (and the feed may show): durable in
-    /// `immediate` mode, written in `periodic`.
-    pub fn ack_lsn(&self) -> u64 {
-        match self.shared.cfg.mode {
-            SyncMode::Immediate => self.durable_lsn(),
-            SyncMode::Periodic { .. } => self.written_lsn(),
-        }
-    }
-
     /// The log's directory.
     pub fn dir(&self) -> &Path {
         &self.shared.cfg.dir
@@ -297,11 +288,13 @@ impl Wal {
         at.checked_sub(1).and_then(|i| ix.get(i).copied())
     }
 
-    /// The first record of segment `seq` (after its header), when the log still has it.
-    pub fn segment_start(&self, seq: u64) -> Option<IndexEntry> {
+    /// The first later segment than `after_seq` whose first record is `lsn` (segments of a
+    /// run that wrote nothing are passed over), when the log still has it.
+    pub fn segment_starting(&self, after_seq: u64, lsn: u64) -> Option<IndexEntry> {
         let ix = self.shared.index.lock().unwrap_or_else(|p| p.into_inner());
         ix.iter()
-            .find(|e| e.seq == seq && e.offset == SEGMENT_HEADER_BYTES as u64)
+            .find(|e| e.seq > after_seq && e.offset == SEGMENT_HEADER_BYTES as u64 && e.lsn >= lsn)
+            .filter(|e| e.lsn == lsn)
             .copied()
     }
 
@@ -437,8 +430,11 @@ impl LogFiles {
             if o.last_lsn.is_none() {
                 continue;
             }
-            let first = std::fs::read(&o.path).ok().and_then(|b| {
-                frame::parse_segment_header(b.get(..SEGMENT_HEADER_BYTES)?).ok()
+            let first = std::fs::File::open(&o.path).ok().and_then(|f| {
+                use std::os::unix::fs::FileExt as _;
+                let mut head = [0u8; SEGMENT_HEADER_BYTES];
+                f.read_exact_at(&mut head, 0).ok()?;
+                frame::parse_segment_header(&head).ok()
             });
             if let Some(h) = first {
                 note_start(sh, h.first_lsn, o.seq, SEGMENT_HEADER_BYTES as u64);
