@@ -20,6 +20,7 @@ mod peers;
 mod queue;
 mod report;
 mod restart;
+mod sink;
 mod soak;
 mod support;
 
@@ -125,6 +126,11 @@ pub const WORKLOADS: &[(&str, bool, &str)] = &[
         "slowloris, huge headers and bodies, deep JSON, bad paths: answer, time, RSS",
     ),
     (
+        "sink",
+        false,
+        "NATS JetStream sink on a real 3-node cluster: PUT with and without, lag at 2,000/s, a --sink-outage-secs (60) outage drained",
+    ),
+    (
         "soak",
         false,
         "mixed load for --soak-secs (1800): RSS, files, latency over time (SVG); only with --only soak",
@@ -150,6 +156,7 @@ fn main() {
     }
     rt.block_on(abuse::overload(&o, &mut rows));
     rt.block_on(abuse::hostile(&o, &mut rows));
+    rt.block_on(sink::sink_suite(&o, &mut rows));
     rt.block_on(soak::soak(&o));
     let mut table = report::render(&o, &rows);
     if wanted(&o, "cache-hit-ratio") {

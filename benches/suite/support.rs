@@ -26,6 +26,8 @@ pub struct Opts {
     pub restart_gib: Vec<u64>,
     /// How long `soak` runs (`--soak-secs`, default 1800).
     pub soak_secs: u64,
+    /// The hub outage of `sink` (`--sink-outage-secs`, default 60).
+    pub sink_outage_secs: u64,
 }
 
 pub fn parse_opts() -> Opts {
@@ -41,6 +43,7 @@ pub fn parse_opts() -> Opts {
         shardbox_bin: None,
         restart_gib: vec![1],
         soak_secs: 1800,
+        sink_outage_secs: 60,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -80,6 +83,10 @@ pub fn parse_opts() -> Opts {
             }
             "--soak-secs" => {
                 o.soak_secs = next.parse().expect("--soak-secs N");
+                i += 1;
+            }
+            "--sink-outage-secs" => {
+                o.sink_outage_secs = next.parse().expect("--sink-outage-secs N");
                 i += 1;
             }
             "--restart-gib" => {

@@ -234,6 +234,102 @@ pub struct Config {
     /// The HTTP server: the socket, connections, timeouts, bodies, tokens, TLS, rate limits.
     #[serde(flatten)]
     pub http: HttpConfig,
+    /// Where the change feed is shipped off the box (`[sink.nats]`); off by default.
+    pub sink: SinkConfig,
+}
+
+/// Sinks of the change feed: `[sink.nats]` ships it into NATS JetStream.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SinkConfig {
+    pub nats: Option<NatsSinkConfig>,
+}
+
+/// `[sink.nats]`: every change of the feed as one JetStream message, in order, once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSinkConfig {
+    /// NATS server URLs (`nats://host:4222`, `tls://…`).
+    pub servers: Vec<String>,
+    /// This box's name in subjects, message ids and its stream's name: 1–64 of
+    /// `A-Z a-z 0-9 _ -`.
+    #[serde(rename = "box")]
+    pub box_name: String,
+    /// The stream name's stem: the box writes stream `<stream>_<box>`. Default `SHARDBOX`.
+    #[serde(default = "default_sink_stream")]
+    pub stream: String,
+    /// Subjects are `<subject_prefix>.<box>.<domain>.<name>`. Default `shardbox`.
+    #[serde(default = "default_sink_prefix")]
+    pub subject_prefix: String,
+    /// Replicas of the stream when the sink creates it (1–5). Default 1.
+    #[serde(default = "default_sink_replicas")]
+    pub replicas: usize,
+    /// A token for the NATS server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// A user credentials file (JWT and NKey seed), as `nats` tools use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust for TLS (and TLS is required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// Publishes whose acks may be outstanding at once (1–65536). Default 1024.
+    #[serde(default = "default_sink_window")]
+    pub window: usize,
+}
+
+fn default_sink_stream() -> String {
+    "SHARDBOX".into()
+}
+fn default_sink_prefix() -> String {
+    "shardbox".into()
+}
+fn default_sink_replicas() -> usize {
+    1
+}
+fn default_sink_window() -> usize {
+    1024
+}
+
+impl NatsSinkConfig {
+    /// The stream this box writes.
+    pub fn stream_name(&self) -> String {
+        format!("{}_{}", self.stream, self.box_name)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let token_ok = |s: &str, what: &str, dots: bool| -> Result<(), String> {
+            let ok = !s.is_empty()
+                && s.len() <= 64
+                && s.split('.').all(|t| {
+                    !t.is_empty()
+                        && t.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                })
+                && (dots || !s.contains('.'));
+            if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "[sink.nats] {what} = `{s}`: 1-64 of A-Z a-z 0-9 _ -{}",
+                    if dots { " (and dots between tokens)" } else { "" }
+                ))
+            }
+        };
+        token_ok(&self.box_name, "box", false)?;
+        token_ok(&self.stream, "stream", false)?;
+        token_ok(&self.subject_prefix, "subject_prefix", true)?;
+        if self.servers.is_empty() {
+            return Err("[sink.nats] servers: give at least one, e.g. [\"nats://127.0.0.1:4222\"]".into());
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(format!("[sink.nats] replicas = {}: must be 1-5", self.replicas));
+        }
+        if !(1..=65536).contains(&self.window) {
+            return Err(format!("[sink.nats] window = {}: must be 1-65536", self.window));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -248,6 +344,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             idempotency: IdempotencyConfig::default(),
             http: HttpConfig::default(),
+            sink: SinkConfig::default(),
         }
     }
 }
@@ -773,6 +870,9 @@ impl Config {
 
     /// Checks ranges so the server never starts with a limit that cannot work.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(n) = &self.sink.nats {
+            n.validate()?;
+        }
         let mut names = std::collections::BTreeSet::new();
         for t in &self.http.tokens {
             t.validate()?;

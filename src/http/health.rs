@@ -64,6 +64,9 @@ pub async fn metrics(state: &ServerState) -> Result<Resp, crate::http::error::Ap
     let mut text = super::metrics::render(state.store.engine(), state.conns.len());
     crate::base::metrics::families::render(&mut text);
     state.store.render_domain_metrics(&mut text);
+    if let Some(sink) = state.store.sink() {
+        render_sink(&mut text, sink, state.store.engine());
+    }
     let followers =
         state.followers_max - state.followers.available_permits().min(state.followers_max);
     crate::base::metrics::gauge(
@@ -152,5 +155,64 @@ async fn scrape_gauges(state: &ServerState) {
                 .get_or_create(&vec![("tier", tier.to_string())])
                 .set(bytes as i64);
         }
+    }
+}
+
+/// The NATS sink's series: its state (one line per state, 1 for the current one), lag,
+/// publishes, acks and errors.
+fn render_sink(out: &mut String, sink: &crate::store::sink::Sink, engine: &crate::engine::Engine) {
+    use crate::store::sink::State;
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = writeln!(
+        out,
+        "# HELP shardbox_sink_state 1 for the NATS sink's current state.\n# TYPE shardbox_sink_state gauge"
+    );
+    let now = sink.state();
+    for s in State::ALL {
+        let _ = writeln!(
+            out,
+            "shardbox_sink_state{{state=\"{}\"}} {}",
+            s.name(),
+            u8::from(s == now)
+        );
+    }
+    let (records, ms) = sink.lag(engine);
+    for (name, help, kind, v) in [
+        (
+            "shardbox_sink_lag_records",
+            "Log records committed on the box and not yet acknowledged by JetStream.",
+            "gauge",
+            records as f64,
+        ),
+        (
+            "shardbox_sink_lag_seconds",
+            "Age of the oldest change not yet acknowledged by JetStream (0 when caught up).",
+            "gauge",
+            ms as f64 / 1e3,
+        ),
+        (
+            "shardbox_sink_published_total",
+            "Changes published to JetStream (a change sent again after an error counts again).",
+            "counter",
+            sink.published_total.load(Relaxed) as f64,
+        ),
+        (
+            "shardbox_sink_acked_total",
+            "Changes JetStream acknowledged.",
+            "counter",
+            sink.acked_total.load(Relaxed) as f64,
+        ),
+        (
+            "shardbox_sink_errors_total",
+            "Sink sessions ended by an error (hub down, a publish refused, …).",
+            "counter",
+            sink.errors_total.load(Relaxed) as f64,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
     }
 }

@@ -144,6 +144,7 @@ async fn status(state: &ServerState) -> Result<Resp, ApiError> {
         "queues": queues,
         "streams": streams,
         "feed": feed,
+        "sink": state.store.sink().map(|s| s.status_json(engine)),
         "http": {
             "2xx": crate::base::metrics::HTTP_2XX.get(),
             "4xx": crate::base::metrics::HTTP_4XX.get(),
@@ -188,7 +189,7 @@ td:first-child,th:first-child{text-align:left}th{color:var(--dim);font-weight:50
 </div><p class="dim"><span data-k="cache.hits" id="chits"></span> hits, <span data-k="cache.misses" id="cmiss"></span> misses</p></section>
 <section><h2>Queues</h2><table><thead><tr><th>queue</th><th>ready</th><th>delayed</th><th>in flight</th><th>dead</th></tr></thead><tbody id="queues"></tbody></table></section>
 <section><h2>Streams</h2><table><thead><tr><th>stream</th><th>events</th><th>buckets</th><th>newest</th></tr></thead><tbody id="streams"></tbody></table></section>
-<section><h2>Change feed</h2><p class="dim">generation <span id="fgen"></span> · end <span id="fend"></span></p><table><thead><tr><th>cursor</th><th>position</th><th>state</th></tr></thead><tbody id="cursors"></tbody></table></section>
+<section><h2>Change feed</h2><p class="dim">generation <span id="fgen"></span> · end <span id="fend"></span></p><table><thead><tr><th>cursor</th><th>position</th><th>state</th></tr></thead><tbody id="cursors"></tbody></table><p class="dim" id="sink"></p></section>
 <section><h2>Recent errors</h2><table><thead><tr><th>when</th><th>status</th><th>request</th><th>message</th></tr></thead><tbody id="errors"></tbody></table></section>
 </main>
 <script>
@@ -223,6 +224,7 @@ function render(s){
   const f=s.feed;$("fgen").textContent=f.generation;$("fend").textContent=f.end.split(":").slice(1).join(":");
   $("cursors").innerHTML=f.cursors.length?f.cursors.map(c=>row([esc(c.name),esc(c.position.split(":").slice(1).join(":")),c.state==="active"?'<span class="ok">active</span>':`<span class="bad">${esc(c.state)}</span>`],
       [null,null,`cursor.${c.name}.state`])).join(""):row(['<span class="dim">none</span>',"",""]);
+  const k=s.sink;$("sink").innerHTML=k?`NATS sink → ${esc(k.stream)}: <b class="${k.state==="streaming"?"ok":k.state==="catching_up"?"":"bad"}" data-k="sink.state">${esc(k.state)}</b>, lag ${k.lag_records} records / ${(k.lag_ms/1000).toFixed(1)} s, ${k.acked_total} shipped${k.last_error&&k.state!=="streaming"?" · "+esc(k.last_error):""}`:"NATS sink: off";
   $("errors").innerHTML=s.recent_errors.length?s.recent_errors.map(e=>row([ago(e.at_ms,now),`<span class="bad">${e.status}</span>`,esc(e.method+" "+e.path),esc(e.code+": "+e.message)])).join(""):row(['<span class="dim">none</span>',"","",""]);
   document.body.dataset.loaded=String(Number(document.body.dataset.loaded||0)+1);
   prev=s;

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod check;
 pub mod export;
+pub mod sink;
 
 use crate::base::clock::{Clock, SystemClock};
 use crate::base::config::{self, Config};
@@ -57,6 +58,8 @@ pub struct Store {
     idempotency: Arc<idempotency::Idempotency>,
     /// Built on first use inside the tokio runtime (foyer needs one); see [`Store::cache`].
     cache: Arc<tokio::sync::OnceCell<Arc<cache::Cache>>>,
+    /// The NATS JetStream sink, when `[sink.nats]` is set; it runs with the background work.
+    sink: Option<Arc<sink::Sink>>,
 }
 
 impl Store {
@@ -88,6 +91,7 @@ impl Store {
             .filter_map(|d| d.open)
             .map(|open| open(engine.clone(), &config))
             .collect();
+        let sink = config.sink.nats.clone().map(|c| Arc::new(sink::Sink::new(c)));
         Ok(Store {
             kv: registered(&domains),
             queues: registered(&domains),
@@ -97,6 +101,7 @@ impl Store {
             engine,
             domains,
             cache: Arc::new(tokio::sync::OnceCell::new()),
+            sink,
         })
     }
 
@@ -159,11 +164,23 @@ impl Store {
     /// retention — on the current tokio runtime. [`crate::http::run`] calls it; an embedder that uses
     /// the store without HTTP calls it once. Abort the handles (or close the store) to stop.
     pub fn start_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        self.domains
+        let mut tasks: Vec<_> = self
+            .domains
             .iter()
             .flat_map(|d| d.clone().background(&self.config))
             .map(tokio::spawn)
-            .collect()
+            .collect();
+        if let Some(sink) = &self.sink {
+            tasks.push(tokio::spawn(sink.clone().run(self.engine.clone())));
+        }
+        tasks
+    }
+
+    testing_pub! {
+        /// The NATS JetStream sink, when configured.
+        fn sink(&self) -> Option<&Arc<sink::Sink>> {
+            self.sink.as_ref()
+        }
     }
 
     /// Every domain's Prometheus metrics.

@@ -41,6 +41,7 @@ mod queue_crash;
 mod readme;
 mod replay;
 mod replies;
+mod sink;
 mod staging;
 mod status_page;
 mod waiters;

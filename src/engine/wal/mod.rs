@@ -495,6 +495,7 @@ impl LogFiles {
             seq: old.seq,
             path,
             last_lsn: old.last_lsn,
+            used_bytes: old.pos,
         });
         self.recycle(sh)?;
         self.count_files(sh);
@@ -705,10 +706,16 @@ fn recycle_into(
             .iter()
             .filter(|c| c.last_lsn.is_some_and(|l| l >= holds.min_lsn() && l < shards_need))
             .collect();
-        let keep = (sh.cfg.retain_bytes_max / sh.cfg.segment_bytes.max(1)) as usize;
-        if for_holds.len() > keep {
+        // The bytes they hold (a segment of a run that wrote little counts what it wrote, not
+        // its preallocated size), newest first: the segments past the bound go.
+        let mut kept = 0u64;
+        let over = for_holds.iter().rev().position(|c| {
+            kept = kept.saturating_add(c.used_bytes);
+            kept > sh.cfg.retain_bytes_max
+        });
+        if let Some(from_newest) = over {
             // The first segment that may stay: holds needing anything before it are dropped.
-            let cut = for_holds[for_holds.len() - keep - 1]
+            let cut = for_holds[for_holds.len() - 1 - from_newest]
                 .last_lsn
                 .map_or(0, |l| l + 1);
             let n = holds.drop_before(cut);

@@ -21,6 +21,8 @@ pub struct SegmentInfo {
     pub path: PathBuf,
     /// Last valid record in this segment, if any.
     pub last_lsn: Option<u64>,
+    /// Bytes its header and valid records take (a segment file is preallocated larger).
+    pub used_bytes: u64,
 }
 
 /// How the log ended.
@@ -185,6 +187,7 @@ pub fn scan<E>(
             seq: *seq,
             path: path.clone(),
             last_lsn,
+            used_bytes: offset as u64,
         });
         expected = Some(next);
         out.next_lsn = next;

@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod dump;
+pub mod nats;
 pub mod spawn;
 
 use bytes::Bytes;

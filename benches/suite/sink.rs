@@ -1,0 +1,221 @@
+//! `sink`: the NATS JetStream sink against a real 3-node nats-server cluster on loopback
+//! (`scripts/install-nats.sh`, `sync_interval: always`, stream replicas 3).
+//!
+//! - durable PUT throughput and server CPU per PUT without and with the sink, alternated;
+//! - lag from a change's commit (its batch time) to its arrival at a subscriber on the hub,
+//!   p50/p99, at a steady 2,000 changes/s;
+//! - a hub outage of `--sink-outage-secs` (60) under that load: how long the backlog takes to
+//!   drain once the hub is back, and the changes/s the sink sustains while draining.
+
+#[path = "../../tests/it/common/nats.rs"]
+#[allow(dead_code)] // the tests use all of it, this workload part
+mod nats;
+
+use crate::loadgen::Proto;
+use crate::peers;
+use crate::report::{row, Row};
+use crate::support::{measure, put_op, wanted, Opts};
+use std::time::{Duration, Instant};
+
+fn config(dir: &std::path::Path, urls: &[String]) -> std::path::PathBuf {
+    let servers: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+    let path = dir.join("sink.toml");
+    let text = format!(
+        "[sink.nats]\nservers = [{}]\nbox = \"bench\"\nreplicas = 3\n",
+        servers.join(", ")
+    );
+    std::fs::write(&path, text).expect("write sink config");
+    path
+}
+
+async fn status(addr: std::net::SocketAddr) -> Option<serde_json::Value> {
+    let mut c = crate::loadgen::Conn::connect(addr).await.ok()?;
+    let (code, body) = c
+        .http_raw(b"GET /v1/status HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .ok()?;
+    (code == 200)
+        .then(|| serde_json::from_slice::<serde_json::Value>(&body).ok())?
+        .map(|v| v["sink"].clone())
+}
+
+async fn wait_caught_up(addr: std::net::SocketAddr, limit: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if let Some(s) = status(addr).await {
+            if s["state"] == "streaming" && s["lag_records"] == 0 {
+                return Some(t.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// Writes `rate` PUTs a second for `secs` from 8 connections.
+async fn paced(addr: std::net::SocketAddr, rate: u64, secs: f64) -> u64 {
+    let per = rate / 8;
+    let mut tasks = Vec::new();
+    for c in 0..8u64 {
+        tasks.push(tokio::spawn(async move {
+            let mut conn = match crate::loadgen::Conn::connect(addr).await {
+                Ok(c) => c,
+                Err(_) => return 0,
+            };
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed().as_secs_f64() < secs {
+                let due = start + Duration::from_secs_f64(n as f64 / per as f64);
+                tokio::time::sleep_until(due.into()).await;
+                let req = format!(
+                    "PUT /v1/kv/lag/k{c}-{} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{}",
+                    n % 1000,
+                    "v".repeat(100)
+                );
+                if conn.http_raw(req.as_bytes()).await.is_err() {
+                    match crate::loadgen::Conn::connect(addr).await {
+                        Ok(c2) => conn = c2,
+                        Err(_) => break,
+                    }
+                }
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap_or(0);
+    }
+    total
+}
+
+pub async fn sink_suite(o: &Opts, rows: &mut Vec<Row>) {
+    if !wanted(o, "sink") {
+        return;
+    }
+    let Some(mut cluster) = nats::Cluster::start(3).await else {
+        eprintln!("sink: no nats-server (scripts/install-nats.sh failed); skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), &cluster.urls());
+    let cfg = cfg.to_str().expect("utf-8 path").to_string();
+
+    // Durable PUT without and with the sink, alternated three times.
+    let mut plain_runs = Vec::new();
+    let mut sink_runs = Vec::new();
+    for round in 0..3 {
+        for with in [false, true] {
+            let settings: Vec<(&str, &str)> = if with {
+                vec![("config", cfg.as_str())]
+            } else {
+                vec![]
+            };
+            let Ok(sb) = peers::shardbox(o.shardbox_bin.as_deref(), &settings) else {
+                eprintln!("sink: shardbox did not start");
+                return;
+            };
+            let out = measure(sb.addr, Proto::Http, o, put_op(o.keys)).await;
+            eprintln!(
+                "sink: round {round} {} {:.0} PUT/s, {:?} µs CPU/PUT",
+                if with { "with the sink" } else { "without" },
+                out.throughput(),
+                out.cpu_us_per_op
+            );
+            if with {
+                sink_runs.push(out);
+            } else {
+                plain_runs.push(out);
+            }
+        }
+    }
+    let median = |v: &mut Vec<crate::loadgen::Outcome>| {
+        v.sort_by(|a, b| a.throughput().total_cmp(&b.throughput()));
+        v.remove(v.len() / 2)
+    };
+    let (plain, with) = (median(&mut plain_runs), median(&mut sink_runs));
+    let ratio = with.throughput() / plain.throughput();
+    rows.push(row(
+        "sink-put",
+        "shardbox",
+        plain,
+        "durable PUT, no sink (median of 3)",
+    ));
+    rows.push(row(
+        "sink-put",
+        "shardbox + NATS sink",
+        with,
+        &format!("{ratio:.2}x the PUT rate without the sink (median of 3, alternated)"),
+    ));
+
+    // Lag at 2,000 changes/s, measured at a subscriber on the hub.
+    let Ok(sb) = peers::shardbox(o.shardbox_bin.as_deref(), &[("config", cfg.as_str())]) else {
+        return;
+    };
+    let _ = wait_caught_up(sb.addr, Duration::from_secs(30)).await;
+    let client = async_nats::connect(cluster.urls()[0].as_str())
+        .await
+        .expect("subscribe");
+    let mut sub = client.subscribe("shardbox.bench.>").await.expect("sub");
+    let lags = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut h = crate::loadgen::hist();
+        let until = Instant::now() + Duration::from_secs(12);
+        while let Ok(Some(m)) = tokio::time::timeout_at(until.into(), sub.next()).await {
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload) else {
+                continue;
+            };
+            let Some(at) = v["at_ms"].as_u64() else {
+                continue;
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let _ = h.record(now.saturating_sub(at).max(1) * 1000);
+        }
+        h
+    });
+    let sent = paced(sb.addr, 2000, 10.0).await;
+    let h = lags.await.expect("lags");
+    let (p50, p99) = (
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+    );
+    eprintln!(
+        "sink: lag commit → hub subscriber at 2,000/s: p50 {p50:.0} ms, p99 {p99:.0} ms ({} changes seen, {sent} sent; ms clock resolution)",
+        h.len()
+    );
+
+    // A hub outage under that load, then the drain.
+    let outage = o.sink_outage_secs;
+    let box_addr = sb.addr;
+    let load = tokio::spawn(paced(box_addr, 2000, outage as f64 + 1.0));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..3 {
+        cluster.kill_node(i);
+    }
+    tokio::time::sleep(Duration::from_secs(outage)).await;
+    let backlog = status(box_addr)
+        .await
+        .and_then(|s| s["lag_records"].as_u64())
+        .unwrap_or(0);
+    for i in 0..3 {
+        cluster.start_node(i);
+    }
+    let back = Instant::now();
+    let during = load.await.unwrap_or(0);
+    let drained = wait_caught_up(box_addr, Duration::from_secs(300)).await;
+    match drained {
+        Some(_) => {
+            let took = back.elapsed();
+            eprintln!(
+                "sink: a {outage} s outage at 2,000 writes/s ({during} acknowledged meanwhile, {backlog} records behind): drained {:.1} s after the hub came back, about {:.0} records/s",
+                took.as_secs_f64(),
+                backlog as f64 / took.as_secs_f64()
+            );
+        }
+        None => eprintln!("sink: the backlog did not drain within 300 s"),
+    }
+    drop(sb);
+}

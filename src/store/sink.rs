@@ -1,0 +1,545 @@
+//! The NATS JetStream sink: the change feed shipped off the box, one JetStream message per
+//! change, in order, once ([`crate::engine::feed`]).
+//!
+//! - The box writes its own stream, `<stream>_<box>` (created if missing: file storage, the
+//!   configured replicas, deletes and purges denied), on subjects
+//!   `<subject_prefix>.<box>.<domain>.<name>` with the name escaped ([`escape`]). Its own
+//!   stream because JetStream's gap check, `Nats-Expected-Last-Msg-Id`, is per stream: each
+//!   message names the one before it, so JetStream itself refuses a gap or a reorder, and a
+//!   message sent twice is dropped by its `Nats-Msg-Id` (`<box>:<generation>:<lsn>:<index>`).
+//! - Where to go on from is read from the stream (its last message's `Shardbox-Position`) at
+//!   every start and after every error, never from memory: what JetStream acknowledged is what
+//!   was shipped. A named feed cursor ([`CURSOR`]) keeps the log the sink has not shipped yet,
+//!   up to `feed_retain_bytes_max`; past it the sink is `resnapshot_required`.
+//! - Publishes are pipelined: up to `window` acks outstanding. A hub that is down or slow makes
+//!   the box lag (the log keeps the backlog); it never blocks or slows the box's writes.
+
+use crate::base::config::NatsSinkConfig;
+use crate::engine::feed::{Entry, FeedError, Filter, Position};
+use crate::engine::Engine;
+use async_nats::jetstream;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The feed cursor that holds what the sink has not shipped.
+pub const CURSOR: &str = "sink-nats";
+/// Changes read from the feed at once.
+const PAGE: usize = 1000;
+/// How often the cursor is saved as acks come in (the stream is the truth; the cursor only
+/// keeps the log).
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// Longest pause between two attempts after an error.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// What the sink is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    Connecting = 0,
+    CatchingUp = 1,
+    Streaming = 2,
+    Disconnected = 3,
+    ResnapshotRequired = 4,
+}
+
+impl State {
+    pub const ALL: [State; 5] = [
+        State::Connecting,
+        State::CatchingUp,
+        State::Streaming,
+        State::Disconnected,
+        State::ResnapshotRequired,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Connecting => "connecting",
+            State::CatchingUp => "catching_up",
+            State::Streaming => "streaming",
+            State::Disconnected => "disconnected",
+            State::ResnapshotRequired => "resnapshot_required",
+        }
+    }
+    fn from_u8(v: u8) -> State {
+        State::ALL
+            .into_iter()
+            .find(|s| *s as u8 == v)
+            .unwrap_or(State::Disconnected)
+    }
+}
+
+/// The sink and what it reports (status page, metrics).
+#[derive(Debug)]
+pub struct Sink {
+    pub cfg: NatsSinkConfig,
+    state: AtomicU8,
+    pub published_total: AtomicU64,
+    pub acked_total: AtomicU64,
+    pub errors_total: AtomicU64,
+    /// The last change JetStream acknowledged, and when its batch was applied.
+    acked: Mutex<Option<(Position, Option<u64>)>>,
+    /// When the oldest change published and not yet acknowledged was applied (ms), 0: none.
+    oldest_unacked_ms: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    /// Try again after a pause (the hub is down, a publish failed, …).
+    Retry(String),
+    /// The box's history and the stream's do not continue each other, or the log let go of
+    /// what the sink had not shipped: an operator must act.
+    Resnapshot(String),
+    /// The store is stopping.
+    Stopping,
+}
+
+fn retry<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> End + '_ {
+    move |e| End::Retry(format!("{what}: {e}"))
+}
+
+impl Sink {
+    pub fn new(cfg: NatsSinkConfig) -> Sink {
+        Sink {
+            cfg,
+            state: AtomicU8::new(State::Connecting as u8),
+            published_total: AtomicU64::new(0),
+            acked_total: AtomicU64::new(0),
+            errors_total: AtomicU64::new(0),
+            acked: Mutex::new(None),
+            oldest_unacked_ms: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    fn set_state(&self, s: State) {
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+
+    /// The last acknowledged position.
+    pub fn acked(&self) -> Option<Position> {
+        self.acked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|(p, _)| p)
+    }
+
+    /// Records behind the feed's end, and the age in ms of the oldest change not yet
+    /// acknowledged (0 when caught up).
+    pub fn lag(&self, engine: &Engine) -> (u64, u64) {
+        let end = engine.feed().end();
+        let acked = *self.acked.lock().unwrap_or_else(|p| p.into_inner());
+        let records = match acked {
+            Some((p, _)) => end.lsn.saturating_sub(p.lsn),
+            None => 0,
+        };
+        let now = engine.now_ms();
+        let oldest = self.oldest_unacked_ms.load(Ordering::Relaxed);
+        let ms = if oldest > 0 {
+            now.saturating_sub(oldest)
+        } else if records > 0 {
+            // Behind but nothing in flight (disconnected, or between pages): the first change
+            // not shipped says how old the backlog is.
+            acked
+                .and_then(|(p, _)| engine.feed().read(p, 1, &Filter::default()).ok())
+                .and_then(|page| page.entries.first().and_then(|e| e.at_ms))
+                .map_or(0, |at| now.saturating_sub(at))
+        } else {
+            0
+        };
+        (records, ms)
+    }
+
+    /// What /v1/status shows.
+    pub fn status_json(&self, engine: &Engine) -> serde_json::Value {
+        let (lag_records, lag_ms) = self.lag(engine);
+        serde_json::json!({
+            "state": self.state().name(),
+            "box": self.cfg.box_name,
+            "stream": self.cfg.stream_name(),
+            "acked_position": self.acked().map(|p| p.to_string()),
+            "lag_records": lag_records,
+            "lag_ms": lag_ms,
+            "published_total": self.published_total.load(Ordering::Relaxed),
+            "acked_total": self.acked_total.load(Ordering::Relaxed),
+            "errors_total": self.errors_total.load(Ordering::Relaxed),
+            "last_error": self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        })
+    }
+
+    /// Ships the feed until the store stops; errors are reported and retried with a backoff.
+    pub async fn run(self: Arc<Self>, engine: Arc<Engine>) {
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let started = Instant::now();
+            let end = tokio::select! {
+                end = self.session(&engine) => end,
+                _ = engine.stopping() => End::Stopping,
+            };
+            let (state, message) = match end {
+                End::Stopping => return,
+                End::Retry(m) => (State::Disconnected, m),
+                End::Resnapshot(m) => (State::ResnapshotRequired, m),
+            };
+            self.oldest_unacked_ms.store(0, Ordering::Relaxed);
+            self.errors_total.fetch_add(1, Ordering::Relaxed);
+            self.set_state(state);
+            tracing::warn!(error = %message, state = state.name(), "NATS sink: session ended; trying again");
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+            if started.elapsed() > Duration::from_secs(30) {
+                pause = Duration::from_millis(200);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = engine.stopping() => return,
+            }
+            pause = (pause * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn connect(&self) -> Result<async_nats::Client, End> {
+        let c = &self.cfg;
+        let mut opts = async_nats::ConnectOptions::new()
+            .name(format!("shardbox {}", c.box_name))
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(Duration::from_secs(5)));
+        if let Some(t) = &c.token {
+            opts = opts.token(t.clone());
+        }
+        if let Some(path) = &c.credentials {
+            opts = opts
+                .credentials_file(path)
+                .await
+                .map_err(retry("[sink.nats] credentials"))?;
+        }
+        if let Some(ca) = &c.tls_ca {
+            opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        opts.connect(c.servers.as_slice())
+            .await
+            .map_err(retry("connecting to NATS"))
+    }
+
+    /// One connection: find where the stream ends, then publish from there until an error.
+    async fn session(&self, engine: &Arc<Engine>) -> End {
+        self.set_state(State::Connecting);
+        let client = match self.connect().await {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        let js = jetstream::new(client);
+        let c = &self.cfg;
+        let stream = match js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: c.stream_name(),
+                subjects: vec![format!("{}.{}.>", c.subject_prefix, c.box_name)],
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: c.replicas,
+                deny_delete: true,
+                deny_purge: true,
+                duplicate_window: Duration::from_secs(120),
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => return retry("creating or reading the stream")(e),
+        };
+        let (start, last_id) = match self.resume_point(engine, &stream).await {
+            Ok(p) => p,
+            Err(e) => return e,
+        };
+        *self.acked.lock().unwrap_or_else(|p| p.into_inner()) = Some((start, None));
+        let (tx, rx) = tokio::sync::mpsc::channel::<Pending>(self.cfg.window);
+        let publisher = self.publish_from(engine, &js, start, last_id, tx);
+        let acker = self.settle(engine, rx);
+        match tokio::try_join!(publisher, acker) {
+            Ok(_) => End::Stopping,
+            Err(e) => e,
+        }
+    }
+
+    /// Where the stream ends: its last message's position and id; for an empty stream, the
+    /// sink's cursor (made at the feed's end the first time). Holds the log from there.
+    async fn resume_point(
+        &self,
+        engine: &Arc<Engine>,
+        stream: &jetstream::stream::Stream,
+    ) -> Result<(Position, Option<String>), End> {
+        let feed = engine.feed();
+        let info = stream
+            .get_info()
+            .await
+            .map_err(retry("reading the stream's state"))?;
+        let (start, last_id) = if info.state.last_sequence > 0 {
+            let m = stream
+                .get_raw_message(info.state.last_sequence)
+                .await
+                .map_err(retry("reading the stream's last message"))?;
+            let header = |name: &str| m.headers.get(name).map(|v| v.as_str().to_string());
+            let pos: Position = header("Shardbox-Position")
+                .ok_or_else(|| {
+                    End::Resnapshot(format!(
+                        "the last message of stream {} has no Shardbox-Position header: it was not written by this sink",
+                        self.cfg.stream_name()
+                    ))
+                })?
+                .parse()
+                .map_err(|e: String| End::Resnapshot(format!("the stream's last position: {e}")))?;
+            if pos.generation != feed.generation {
+                return Err(End::Resnapshot(format!(
+                    "stream {} ends in generation {} but this box's history is {} (restored since?): the stream cannot continue it",
+                    self.cfg.stream_name(),
+                    pos.generation,
+                    feed.generation
+                )));
+            }
+            (pos, header("Nats-Msg-Id"))
+        } else {
+            let at = match feed.cursors.position(CURSOR, feed.oldest()) {
+                Ok(p) => p,
+                // First start: ship what the log still holds (for a new box, everything; an
+                // older box's earlier data travels as an export).
+                Err(FeedError::NoSuchCursor(_)) => feed.oldest().unwrap_or_else(|| feed.end()),
+                Err(FeedError::Gone { .. }) => {
+                    return Err(End::Resnapshot(
+                        "the log let go of changes the sink had not shipped (feed_retain_bytes_max)".into(),
+                    ))
+                }
+                Err(e) => return Err(End::Retry(format!("the sink's cursor: {e:?}"))),
+            };
+            (at, None)
+        };
+        match feed.cursors.set(CURSOR, start, feed.oldest()) {
+            Ok(_) => {}
+            Err(FeedError::Gone { .. }) => {
+                return Err(End::Resnapshot(format!(
+                    "the log no longer holds the changes after {start}, where the stream ends (feed_retain_bytes_max)"
+                )))
+            }
+            Err(FeedError::Invalid(_)) => {
+                // The cursor is ahead of the stream (the stream was made again by hand):
+                // start the cursor over where the stream ends.
+                let _ = feed.cursors.delete(CURSOR);
+                feed.cursors
+                    .set(CURSOR, start, feed.oldest())
+                    .map_err(|e| End::Resnapshot(format!("the sink's cursor: {e:?}")))?;
+            }
+            Err(e) => return Err(End::Retry(format!("the sink's cursor: {e:?}"))),
+        }
+        Ok((start, last_id))
+    }
+
+    /// Reads the feed from `pos` and publishes every change, each naming the one before.
+    async fn publish_from(
+        &self,
+        engine: &Arc<Engine>,
+        js: &jetstream::Context,
+        mut pos: Position,
+        mut last_id: Option<String>,
+        tx: tokio::sync::mpsc::Sender<Pending>,
+    ) -> Result<(), End> {
+        let feed = engine.feed();
+        let mut commits = feed.commits();
+        let c = &self.cfg;
+        loop {
+            commits.borrow_and_update();
+            let e2 = engine.clone();
+            let page = tokio::task::spawn_blocking(move || {
+                e2.feed().read(pos, PAGE, &Filter::default())
+            })
+            .await
+            .map_err(retry("reading the feed"))?
+            .map_err(|e| match e {
+                FeedError::Gone { .. } => End::Resnapshot(format!(
+                    "the log no longer holds the changes after {pos} (feed_retain_bytes_max)"
+                )),
+                e => End::Retry(format!("reading the feed: {e:?}")),
+            })?;
+            let full = page.entries.len() >= PAGE;
+            for e in &page.entries {
+                let id = message_id(&c.box_name, e);
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", id.as_str());
+                if let Some(prev) = &last_id {
+                    headers.insert("Nats-Expected-Last-Msg-Id", prev.as_str());
+                }
+                headers.insert("Shardbox-Position", e.position.to_string().as_str());
+                let mut subject = format!(
+                    "{}.{}.{}.{}",
+                    c.subject_prefix,
+                    c.box_name,
+                    e.change.domain,
+                    escape(&e.change.name)
+                );
+                // A KV change names its key too, so a KV bucket can source the box's keys.
+                if let Some(key) = e.change.fields.get("key").and_then(|k| k.as_str()) {
+                    subject.push('.');
+                    subject.push_str(&escape(key));
+                }
+                let ack = js
+                    .publish_with_headers(subject, headers, e.json_line().into())
+                    .await
+                    .map_err(retry("publishing"))?;
+                self.published_total.fetch_add(1, Ordering::Relaxed);
+                if let Some(at) = e.at_ms {
+                    let _ = self.oldest_unacked_ms.compare_exchange(
+                        0,
+                        at.max(1),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
+                let pending = Pending {
+                    entry_position: e.position,
+                    at_ms: e.at_ms,
+                    ack,
+                };
+                if tx.send(pending).await.is_err() {
+                    // The acker ended with the session's error.
+                    return Ok(());
+                }
+                last_id = Some(id);
+            }
+            let moved = page.next != pos;
+            pos = page.next;
+            if full || (moved && page.entries.is_empty()) {
+                self.set_state(State::CatchingUp);
+                continue;
+            }
+            if self.state() != State::CatchingUp || tx.capacity() == tx.max_capacity() {
+                self.set_state(State::Streaming);
+            }
+            if !moved {
+                tokio::select! {
+                    _ = commits.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+
+    /// Takes JetStream's acks in publish order; moves the acknowledged position and (about
+    /// once a second) the cursor that holds the log.
+    async fn settle(
+        &self,
+        engine: &Arc<Engine>,
+        mut rx: tokio::sync::mpsc::Receiver<Pending>,
+    ) -> Result<(), End> {
+        let feed = engine.feed();
+        let mut saved = Instant::now();
+        let mut unsaved: Option<Position> = None;
+        let save = |at: Position| {
+            if let Err(e) = feed.cursors.set(CURSOR, at, feed.oldest()) {
+                tracing::warn!(error = ?e, "NATS sink: cannot move its feed cursor");
+            }
+        };
+        while let Some(p) = rx.recv().await {
+            let result = p.ack.await;
+            if let Err(e) = result {
+                if let Some(at) = unsaved {
+                    save(at);
+                }
+                return Err(End::Retry(format!("JetStream refused a publish: {e}")));
+            }
+            self.acked_total.fetch_add(1, Ordering::Relaxed);
+            *self.acked.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((p.entry_position, p.at_ms));
+            if rx.is_empty() {
+                self.oldest_unacked_ms.store(0, Ordering::Relaxed);
+            } else if let Some(at) = p.at_ms {
+                self.oldest_unacked_ms.store(at.max(1), Ordering::Relaxed);
+            }
+            unsaved = Some(p.entry_position);
+            if saved.elapsed() >= SAVE_EVERY || rx.is_empty() && saved.elapsed() >= SAVE_EVERY / 4 {
+                save(p.entry_position);
+                unsaved = None;
+                saved = Instant::now();
+            }
+        }
+        if let Some(at) = unsaved {
+            save(at);
+        }
+        Ok(())
+    }
+}
+
+/// A publish waiting for its ack.
+struct Pending {
+    entry_position: Position,
+    at_ms: Option<u64>,
+    ack: jetstream::context::PublishAckFuture,
+}
+
+/// A name as one subject token: `A-Z a-z 0-9 _ -` as they are, every other byte (the dot, `*`,
+/// `>`, `%`, spaces, non-ASCII) as `%XX` of its UTF-8 bytes — reversed by percent-decoding.
+pub fn escape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("%00");
+    }
+    out
+}
+
+/// The name a subject token stands for ([`escape`] reversed).
+#[cfg_attr(not(test), allow(dead_code))]
+pub fn unescape(token: &str) -> Option<String> {
+    if token == "%00" {
+        return Some(String::new());
+    }
+    let b = token.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A change's `Nats-Msg-Id`: `<box>:<generation>:<lsn>:<index>`.
+pub fn message_id(box_name: &str, e: &Entry) -> String {
+    format!(
+        "{box_name}:{}:{}:{}",
+        e.position.generation, e.position.lsn, e.position.index
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_escape_to_one_subject_token_and_back() {
+        for name in ["app", "a.b", "x*y>z", "50%", "naïve name", "", "a-b_c"] {
+            let t = escape(name);
+            assert!(
+                t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-%".contains(&b)),
+                "{t}"
+            );
+            assert_eq!(unescape(&t).as_deref(), Some(name));
+        }
+        assert_eq!(escape("a.b"), "a%2Eb");
+        assert_eq!(unescape("%zz"), None);
+    }
+}

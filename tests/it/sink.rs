@@ -1,0 +1,380 @@
+//! The NATS JetStream sink against a real 3-node nats-server cluster on loopback (the pinned
+//! release, `sync_interval: always`): under a steady load of writes to every domain, with
+//! shardbox killed (SIGKILL) mid-stream 20 times and the stream's leader killed 10 times, the
+//! box's stream holds exactly the box's changes — each once, in position order, no gap, the
+//! same bodies the box's own feed serves; with the whole hub down, the box keeps taking writes
+//! and catches up once the hub is back.
+
+use crate::common;
+
+use common::nats::Cluster;
+use common::spawn::{spawn_shardbox, KillOnDrop};
+use common::Client;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn config_file(dir: &Path, urls: &[String]) -> Vec<(String, String)> {
+    let servers: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+    let text = format!(
+        "[sink.nats]\nservers = [{}]\nbox = \"edge-1\"\nstream = \"SHARDBOX\"\nsubject_prefix = \"shardbox\"\nreplicas = 3\nwindow = 256\n",
+        servers.join(", ")
+    );
+    let path = dir.join("shardbox.toml");
+    std::fs::write(&path, text).unwrap();
+    common::env(&[
+        ("SHARDBOX_CONFIG", path.to_str().unwrap()),
+        ("SHARDBOX_DISK_BALLAST_BYTES", "0"),
+        ("SHARDBOX_LOG", "shardbox=info"),
+    ])
+}
+
+/// Writes to every domain until `stop`, against whatever address `addr` holds (the server is
+/// restarted under it); counts acknowledged writes.
+async fn load(addr: Arc<Mutex<SocketAddr>>, stop: Arc<AtomicBool>, acked: Arc<AtomicU64>) {
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let at = *addr.lock().unwrap();
+        let Ok(Ok(stream)) =
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(at)).await
+        else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        drop(stream);
+        // (Client::connect panics on a refused connection: the server may be going down.)
+        let Ok(mut c) = tokio::spawn(Client::connect(at)).await else {
+            continue;
+        };
+        while !stop.load(Ordering::Relaxed) {
+            i += 1;
+            let r = match i % 4 {
+                0 => {
+                    c.try_send(
+                        "PUT",
+                        &format!("/v1/kv/app.x/k{}", i % 50),
+                        &[],
+                        format!("v{i}"),
+                    )
+                    .await
+                }
+                1 => {
+                    c.try_send(
+                        "POST",
+                        "/v1/streams/clicks/events",
+                        &[("content-type", "application/json")],
+                        json!({"type": "click", "data": {"i": i}}).to_string(),
+                    )
+                    .await
+                }
+                2 => {
+                    c.try_send(
+                        "POST",
+                        "/v1/queues/mail/jobs",
+                        &[("content-type", "application/json")],
+                        json!({"payload": {"i": i}}).to_string(),
+                    )
+                    .await
+                }
+                _ => {
+                    c.try_send(
+                        "DELETE",
+                        &format!("/v1/kv/app.x/k{}", (i + 25) % 50),
+                        &[],
+                        "",
+                    )
+                    .await
+                }
+            };
+            match r {
+                Ok(r) if r.status < 300 || r.status == 404 => {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(_) => break, // the server went away: reconnect
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+async fn sink_status(addr: SocketAddr) -> Option<Value> {
+    let mut c = tokio::time::timeout(Duration::from_secs(2), Client::connect(addr))
+        .await
+        .ok()?;
+    let r = c.try_send("GET", "/v1/status", &[], "").await.ok()?;
+    Some(r.json()["sink"].clone())
+}
+
+/// Waits until the sink has shipped everything the box committed.
+async fn caught_up(addr: SocketAddr, secs: u64) -> Value {
+    common::eventually(secs, "the sink caught up", || async move {
+        let s = sink_status(addr).await?;
+        (s["state"] == "streaming" && s["lag_records"] == 0).then_some(s)
+    })
+    .await
+}
+
+/// Every message of the box's stream, in stream order: (position, body).
+async fn stream_messages(cluster: &Cluster) -> Vec<(String, Value, String)> {
+    let js = cluster.jetstream().await;
+    let stream = js
+        .get_stream("SHARDBOX_edge-1")
+        .await
+        .expect("the box's stream");
+    let last = stream.get_info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        let m = stream.get_raw_message(seq).await.expect("message");
+        let pos = m
+            .headers
+            .get("Shardbox-Position")
+            .unwrap()
+            .as_str()
+            .to_string();
+        let id = m.headers.get("Nats-Msg-Id").unwrap().as_str().to_string();
+        let body: Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(body["position"], pos.as_str());
+        assert!(
+            m.subject.starts_with(&format!(
+                "shardbox.edge-1.{}.",
+                body["domain"].as_str().unwrap()
+            )),
+            "{}",
+            m.subject
+        );
+        out.push((pos, body, id));
+    }
+    out
+}
+
+/// The box's own feed from `after` to its end.
+async fn feed(addr: SocketAddr, after: &str) -> Vec<Value> {
+    let mut c = Client::connect(addr).await;
+    let mut pos = after.to_string();
+    let mut out = Vec::new();
+    loop {
+        let r = c.get(&format!("/v1/changes?after={pos}&limit=10000")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let next = r.header("shardbox-next-position").unwrap().to_string();
+        let page: Vec<Value> = r
+            .text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if page.is_empty() && next == pos {
+            return out;
+        }
+        out.extend(page);
+        pos = next;
+    }
+}
+
+fn place(p: &str) -> (u64, u32) {
+    let mut it = p.split(':').skip(1);
+    (
+        it.next().unwrap().parse().unwrap(),
+        it.next().map_or(u32::MAX, |i| i.parse().unwrap()),
+    )
+}
+
+/// The stream against the feed: the same changes, each once, in order.
+async fn check_stream(cluster: &Cluster, addr: SocketAddr, start: &str) -> usize {
+    let shipped = stream_messages(cluster).await;
+    let want = feed(addr, start).await;
+    let mut ids = std::collections::HashSet::new();
+    for w in shipped.windows(2) {
+        assert!(
+            place(&w[0].0) < place(&w[1].0),
+            "out of order: {} then {}",
+            w[0].0,
+            w[1].0
+        );
+    }
+    for (_, _, id) in &shipped {
+        assert!(ids.insert(id.clone()), "{id} twice");
+    }
+    assert_eq!(
+        shipped.len(),
+        want.len(),
+        "the stream holds {} changes, the box's feed {}",
+        shipped.len(),
+        want.len()
+    );
+    for ((pos, body, _), w) in shipped.iter().zip(&want) {
+        assert_eq!(body, w, "at {pos}");
+    }
+    shipped.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_reaches_jetstream_once_in_order_across_kills_of_either_side() {
+    let Some(mut cluster) = Cluster::start(3).await else {
+        eprintln!("skipped: no nats-server");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let env = config_file(tmp.path(), &cluster.urls());
+    let (child, first) = spawn_shardbox(&data, &env).expect("start shardbox");
+    let mut child = KillOnDrop(child);
+    // The feed from the very start is kept by a cursor, to compare the stream with.
+    let mut c = Client::connect(first).await;
+    let r = c
+        .send(
+            "PUT",
+            "/v1/changes/cursors/verify",
+            &[],
+            r#"{"position":"now"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let start = r.json()["position"].as_str().unwrap().to_string();
+    drop(c);
+
+    let addr = Arc::new(Mutex::new(first));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let writer = tokio::spawn(load(addr.clone(), stop.clone(), acked.clone()));
+    let mut rng = common::seeded_rng("sink_kills");
+    use rand::Rng;
+    // 20 times: shardbox killed mid-stream and started again on the same data.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(150..400))).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        let (c2, a2) = spawn_shardbox(&data, &env).expect("restart shardbox");
+        child = KillOnDrop(c2);
+        *addr.lock().unwrap() = a2;
+    }
+    // 10 times: the stream's leader killed, and started again.
+    for round in 0..10 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..600))).await;
+        // The leader, once both followers are current again (else a kill would take the
+        // stream's quorum, which is not what this checks).
+        let leader = common::eventually(60, "the stream has a leader and current replicas", || {
+            let cluster = &cluster;
+            async move {
+                let js = tokio::time::timeout(Duration::from_secs(5), cluster.jetstream())
+                    .await
+                    .ok()?;
+                let mut s = match js.get_stream("SHARDBOX_edge-1").await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("get_stream: {e}");
+                        return None;
+                    }
+                };
+                let info = match s.info().await {
+                    Ok(i) => i.cluster.clone()?,
+                    Err(e) => {
+                        eprintln!("info: {e}");
+                        return None;
+                    }
+                };
+                eprintln!(
+                    "cluster: leader {:?} replicas {:?}",
+                    info.leader, info.replicas
+                );
+                (info.replicas.len() == 2 && info.replicas.iter().all(|p| p.current && !p.offline))
+                    .then_some(info.leader?)
+            }
+        })
+        .await;
+        let i = cluster.index_of(&leader).expect("a node of ours");
+        cluster.kill_node(i);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
+        cluster.start_node(i);
+        cluster.wait_ready().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        eprintln!("round {round}: killed leader {leader}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let now = *addr.lock().unwrap();
+    let status = caught_up(now, 60).await;
+    let n = check_stream(&cluster, now, &start).await;
+    eprintln!(
+        "{} writes acknowledged, {n} changes shipped once each in order; sink: {status}",
+        acked.load(Ordering::Relaxed)
+    );
+    assert!(n > 500, "only {n} changes");
+    let metrics = Client::connect(now).await.get("/metrics").await.text();
+    assert_eq!(common::metric(&metrics, "shardbox_sink_lag_records"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_down_makes_the_box_lag_not_stop_and_it_catches_up() {
+    let Some(mut cluster) = Cluster::start(3).await else {
+        eprintln!("skipped: no nats-server");
+        return;
+    };
+    let outage = Duration::from_secs(
+        std::env::var("SINK_OUTAGE_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(8),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let env = config_file(tmp.path(), &cluster.urls());
+    let (child, addr) = spawn_shardbox(&data, &env).expect("start shardbox");
+    let _child = KillOnDrop(child);
+    let mut c = Client::connect(addr).await;
+    let r = c
+        .send(
+            "PUT",
+            "/v1/changes/cursors/verify",
+            &[],
+            r#"{"position":"now"}"#,
+        )
+        .await;
+    let start = r.json()["position"].as_str().unwrap().to_string();
+    caught_up(addr, 30).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let writer = tokio::spawn(load(
+        Arc::new(Mutex::new(addr)),
+        stop.clone(),
+        acked.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = acked.load(Ordering::Relaxed);
+    for i in 0..3 {
+        cluster.kill_node(i);
+    }
+    let down_at = acked.load(Ordering::Relaxed);
+    tokio::time::sleep(outage).await;
+    let during = acked.load(Ordering::Relaxed) - down_at;
+    let s = sink_status(addr).await.unwrap();
+    assert!(
+        s["state"] == "disconnected" || s["state"] == "connecting",
+        "the sink says it is cut off: {s}"
+    );
+    assert!(s["lag_records"].as_u64().unwrap() > 0, "{s}");
+    let rate_before = before as f64 / 2.0;
+    let rate_during = during as f64 / outage.as_secs_f64();
+    eprintln!("writes/s before {rate_before:.0}, with the hub down {rate_during:.0}; sink {s}");
+    assert!(
+        rate_during > rate_before * 0.5,
+        "the box kept taking writes with its hub down ({rate_during:.0}/s against {rate_before:.0}/s)"
+    );
+    for i in 0..3 {
+        cluster.start_node(i);
+    }
+    let back = Instant::now();
+    cluster.wait_ready().await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    caught_up(addr, 60).await;
+    eprintln!(
+        "backlog of a {} s outage drained {:.1} s after the hub came back",
+        outage.as_secs(),
+        back.elapsed().as_secs_f64()
+    );
+    check_stream(&cluster, addr, &start).await;
+}
