@@ -246,7 +246,7 @@ pub struct SinkConfig {
 }
 
 /// `[sink.nats]`: every change of the feed as one JetStream message, in order, once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSinkConfig {
     /// NATS server URLs (`nats://host:4222`, `tls://…`).
@@ -289,6 +289,23 @@ fn default_sink_replicas() -> usize {
 }
 fn default_sink_window() -> usize {
     1024
+}
+
+impl std::fmt::Debug for NatsSinkConfig {
+    /// Every setting but the token's value (a config printed in a log must not carry it).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSinkConfig")
+            .field("servers", &self.servers)
+            .field("box", &self.box_name)
+            .field("stream", &self.stream)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("replicas", &self.replicas)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("credentials", &self.credentials)
+            .field("tls_ca", &self.tls_ca)
+            .field("window", &self.window)
+            .finish()
+    }
 }
 
 impl NatsSinkConfig {

@@ -368,6 +368,7 @@ async fn put_cursor(
     req: Request<ReqBody>,
 ) -> Result<Resp, ApiError> {
     crate::base::names::validate_name("cursor", name)?;
+    reserved(name)?;
     let (parts, body) = req.into_parts();
     let body = super::input::json_bytes(state, &parts.headers, body).await?;
     #[derive(serde::Deserialize)]
@@ -400,11 +401,24 @@ async fn put_cursor(
 
 /// `DELETE /v1/changes/cursors/{name}`: its hold on the log goes with it.
 fn delete_cursor(state: &ServerState, name: &str) -> Result<Resp, ApiError> {
+    reserved(name)?;
     let feed = state.store.engine().feed();
     if !feed.cursors.delete(name).map_err(feed_error)? {
         return Err(feed_error(FeedError::NoSuchCursor(name.to_string())));
     }
     Ok(response::empty(204))
+}
+
+/// The NATS sink's own cursor is not moved or deleted through the API.
+fn reserved(name: &str) -> Result<(), ApiError> {
+    if name == crate::store::sink::CURSOR {
+        return Err(ApiError::new(
+            409,
+            "cursor_reserved",
+            format!("`{name}` is the NATS sink's cursor: it moves as JetStream acknowledges"),
+        ));
+    }
+    Ok(())
 }
 
 /// Releases a reader's hold when its stream ends, however it ends.

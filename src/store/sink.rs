@@ -4,9 +4,11 @@
 //! - The box writes its own stream, `<stream>_<box>` (created if missing: file storage, the
 //!   configured replicas, deletes and purges denied), on subjects
 //!   `<subject_prefix>.<box>.<domain>.<name>` with the name escaped ([`escape`]). Its own
-//!   stream because JetStream's gap check, `Nats-Expected-Last-Msg-Id`, is per stream: each
-//!   message names the one before it, so JetStream itself refuses a gap or a reorder, and a
-//!   message sent twice is dropped by its `Nats-Msg-Id` (`<box>:<generation>:<lsn>:<index>`).
+//!   stream because JetStream's gap check is per stream: only this sink writes it, so every
+//!   message's stream sequence is known before it is sent, and each carries
+//!   `Nats-Expected-Last-Sequence` of the one before it — JetStream itself refuses a gap or a
+//!   reorder, whatever its dedupe window remembers after a restart. A message sent twice is
+//!   dropped by its `Nats-Msg-Id` (`<box>:<generation>:<lsn>:<index>`).
 //! - Where to go on from is read from the stream (its last message's `Shardbox-Position`) at
 //!   every start and after every error, never from memory: what JetStream acknowledged is what
 //!   was shipped. A named feed cursor ([`CURSOR`]) keeps the log the sink has not shipped yet,
@@ -81,6 +83,9 @@ pub struct Sink {
     /// When the oldest change published and not yet acknowledged was applied (ms), 0: none.
     oldest_unacked_ms: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// The NATS connection is up (the client reconnects by itself; while it is down the sink
+    /// says `disconnected` even when nothing failed yet).
+    connected: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why a session ended.
@@ -110,11 +115,17 @@ impl Sink {
             acked: Mutex::new(None),
             oldest_unacked_ms: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            connected: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 
     pub fn state(&self) -> State {
-        State::from_u8(self.state.load(Ordering::Relaxed))
+        match State::from_u8(self.state.load(Ordering::Relaxed)) {
+            State::Streaming | State::CatchingUp if !self.connected.load(Ordering::Relaxed) => {
+                State::Disconnected
+            }
+            s => s,
+        }
     }
 
     fn set_state(&self, s: State) {
@@ -135,8 +146,14 @@ impl Sink {
         let end = engine.feed().end();
         let acked = *self.acked.lock().unwrap_or_else(|p| p.into_inner());
         let records = match acked {
-            Some((p, _)) => end.lsn.saturating_sub(p.lsn),
-            None => 0,
+            // A position inside a record still has that record to ship.
+            Some((p, _)) => end.lsn.saturating_sub(p.first_needed().saturating_sub(1)),
+            // Before the first session: everything the sink's cursor holds.
+            None => engine
+                .feed()
+                .cursors
+                .position(CURSOR, None)
+                .map_or(0, |p| end.lsn.saturating_sub(p.lsn)),
         };
         let now = engine.now_ms();
         let oldest = self.oldest_unacked_ms.load(Ordering::Relaxed);
@@ -194,8 +211,14 @@ impl Sink {
             if started.elapsed() > Duration::from_secs(30) {
                 pause = Duration::from_millis(200);
             }
+            // Waiting for an operator: look again now and then, not every 2 s.
+            let wait = if state == State::ResnapshotRequired {
+                Duration::from_secs(30)
+            } else {
+                pause
+            };
             tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = engine.stopping() => return,
             }
             pause = (pause * 2).min(BACKOFF_MAX);
@@ -204,7 +227,20 @@ impl Sink {
 
     async fn connect(&self) -> Result<async_nats::Client, End> {
         let c = &self.cfg;
+        let connected = self.connected.clone();
         let mut opts = async_nats::ConnectOptions::new()
+            .event_callback(move |event| {
+                let connected = connected.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => connected.store(true, Ordering::Relaxed),
+                        async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                            connected.store(false, Ordering::Relaxed)
+                        }
+                        _ => {}
+                    }
+                }
+            })
             .name(format!("shardbox {}", c.box_name))
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(5)));
@@ -220,9 +256,12 @@ impl Sink {
         if let Some(ca) = &c.tls_ca {
             opts = opts.add_root_certificates(ca.clone()).require_tls(true);
         }
-        opts.connect(c.servers.as_slice())
+        let client = opts
+            .connect(c.servers.as_slice())
             .await
-            .map_err(retry("connecting to NATS"))
+            .map_err(retry("connecting to NATS"))?;
+        self.connected.store(true, Ordering::Relaxed);
+        Ok(client)
     }
 
     /// One connection: find where the stream ends, then publish from there until an error.
@@ -232,7 +271,11 @@ impl Sink {
             Ok(c) => c,
             Err(e) => return e,
         };
-        let js = jetstream::new(client);
+        let max_payload = client.server_info().max_payload;
+        // async-nats bounds acks in flight itself (5,000 by default): above our window.
+        let js = jetstream::ContextBuilder::new()
+            .max_ack_inflight(self.cfg.window + 2)
+            .build(client.clone());
         let c = &self.cfg;
         let stream = match js
             .get_or_create_stream(jetstream::stream::Config {
@@ -251,18 +294,22 @@ impl Sink {
             Ok(s) => s,
             Err(e) => return retry("creating or reading the stream")(e),
         };
-        let (start, last_id) = match self.resume_point(engine, &stream).await {
+        let (start, last_seq) = match self.resume_point(engine, &stream).await {
             Ok(p) => p,
             Err(e) => return e,
         };
         *self.acked.lock().unwrap_or_else(|p| p.into_inner()) = Some((start, None));
         let (tx, rx) = tokio::sync::mpsc::channel::<Pending>(self.cfg.window);
-        let publisher = self.publish_from(engine, &js, start, last_id, tx);
+        let publisher = self.publish_from(engine, &js, start, last_seq, max_payload, tx);
         let acker = self.settle(engine, rx);
-        match tokio::try_join!(publisher, acker) {
+        let end = match tokio::try_join!(publisher, acker) {
             Ok(_) => End::Stopping,
             Err(e) => e,
-        }
+        };
+        // Publishes still queued in this client must not go out later, after a new session
+        // has moved on (their sequences would be refused anyway): close it.
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.drain()).await;
+        end
     }
 
     /// Where the stream ends: its last message's position and id; for an empty stream, the
@@ -271,13 +318,13 @@ impl Sink {
         &self,
         engine: &Arc<Engine>,
         stream: &jetstream::stream::Stream,
-    ) -> Result<(Position, Option<String>), End> {
+    ) -> Result<(Position, u64), End> {
         let feed = engine.feed();
         let info = stream
             .get_info()
             .await
             .map_err(retry("reading the stream's state"))?;
-        let (start, last_id) = if info.state.last_sequence > 0 {
+        let (start, last_seq) = if info.state.last_sequence > 0 {
             let m = stream
                 .get_raw_message(info.state.last_sequence)
                 .await
@@ -300,7 +347,7 @@ impl Sink {
                     feed.generation
                 )));
             }
-            (pos, header("Nats-Msg-Id"))
+            (pos, info.state.last_sequence)
         } else {
             let at = match feed.cursors.position(CURSOR, feed.oldest()) {
                 Ok(p) => p,
@@ -314,7 +361,7 @@ impl Sink {
                 }
                 Err(e) => return Err(End::Retry(format!("the sink's cursor: {e:?}"))),
             };
-            (at, None)
+            (at, 0)
         };
         match feed.cursors.set(CURSOR, start, feed.oldest()) {
             Ok(_) => {}
@@ -333,7 +380,7 @@ impl Sink {
             }
             Err(e) => return Err(End::Retry(format!("the sink's cursor: {e:?}"))),
         }
-        Ok((start, last_id))
+        Ok((start, last_seq))
     }
 
     /// Reads the feed from `pos` and publishes every change, each naming the one before.
@@ -342,7 +389,8 @@ impl Sink {
         engine: &Arc<Engine>,
         js: &jetstream::Context,
         mut pos: Position,
-        mut last_id: Option<String>,
+        mut last_seq: u64,
+        max_payload: usize,
         tx: tokio::sync::mpsc::Sender<Pending>,
     ) -> Result<(), End> {
         let feed = engine.feed();
@@ -360,6 +408,11 @@ impl Sink {
                 FeedError::Gone { .. } => End::Resnapshot(format!(
                     "the log no longer holds the changes after {pos} (feed_retain_bytes_max)"
                 )),
+                // The stream is ahead of this box's log (a data directory rolled back with
+                // the same generation): going on would ship other changes under its positions.
+                FeedError::Ahead { last } => End::Resnapshot(format!(
+                    "the stream ends at {pos}, past this box's last change {last}: the box's data is older than what it shipped"
+                )),
                 e => End::Retry(format!("reading the feed: {e:?}")),
             })?;
             let full = page.entries.len() >= PAGE;
@@ -367,9 +420,7 @@ impl Sink {
                 let id = message_id(&c.box_name, e);
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("Nats-Msg-Id", id.as_str());
-                if let Some(prev) = &last_id {
-                    headers.insert("Nats-Expected-Last-Msg-Id", prev.as_str());
-                }
+                headers.insert("Nats-Expected-Last-Sequence", last_seq.to_string().as_str());
                 headers.insert("Shardbox-Position", e.position.to_string().as_str());
                 let mut subject = format!(
                     "{}.{}.{}.{}",
@@ -383,8 +434,14 @@ impl Sink {
                     subject.push('.');
                     subject.push_str(&escape(key));
                 }
+                let mut body = e.json_line();
+                if body.len() + 1024 > max_payload {
+                    // Larger than the hub takes in one message: the change goes without its
+                    // value, saying so (the box still has it).
+                    body = too_large(e, body.len());
+                }
                 let ack = js
-                    .publish_with_headers(subject, headers, e.json_line().into())
+                    .publish_with_headers(subject, headers, body.into())
                     .await
                     .map_err(retry("publishing"))?;
                 self.published_total.fetch_add(1, Ordering::Relaxed);
@@ -399,16 +456,28 @@ impl Sink {
                 let pending = Pending {
                     entry_position: e.position,
                     at_ms: e.at_ms,
-                    ack,
+                    ack: Some(ack),
                 };
                 if tx.send(pending).await.is_err() {
                     // The acker ended with the session's error.
                     return Ok(());
                 }
-                last_id = Some(id);
+                last_seq += 1;
             }
             let moved = page.next != pos;
             pos = page.next;
+            if moved {
+                // Past every change of the page, and past records with none (the cache's and
+                // idempotency's): acknowledged once what was published before is.
+                let mark = Pending {
+                    entry_position: pos,
+                    at_ms: None,
+                    ack: None,
+                };
+                if tx.send(mark).await.is_err() {
+                    return Ok(());
+                }
+            }
             if full || (moved && page.entries.is_empty()) {
                 self.set_state(State::CatchingUp);
                 continue;
@@ -441,14 +510,15 @@ impl Sink {
             }
         };
         while let Some(p) = rx.recv().await {
-            let result = p.ack.await;
-            if let Err(e) = result {
-                if let Some(at) = unsaved {
-                    save(at);
+            if let Some(ack) = p.ack {
+                if let Err(e) = ack.await {
+                    if let Some(at) = unsaved {
+                        save(at);
+                    }
+                    return Err(End::Retry(format!("JetStream refused a publish: {e}")));
                 }
-                return Err(End::Retry(format!("JetStream refused a publish: {e}")));
+                self.acked_total.fetch_add(1, Ordering::Relaxed);
             }
-            self.acked_total.fetch_add(1, Ordering::Relaxed);
             *self.acked.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((p.entry_position, p.at_ms));
             if rx.is_empty() {
@@ -474,7 +544,24 @@ impl Sink {
 struct Pending {
     entry_position: Position,
     at_ms: Option<u64>,
-    ack: jetstream::context::PublishAckFuture,
+    /// `None`: a mark, acknowledged once everything before it is.
+    ack: Option<jetstream::context::PublishAckFuture>,
+}
+
+/// A change too large for one NATS message, without its value: what it was and its size.
+fn too_large(e: &Entry, bytes: usize) -> Vec<u8> {
+    let mut c = e.change.clone();
+    for field in ["value", "data", "payload"] {
+        c.fields.remove(field);
+    }
+    c.fields
+        .insert("omitted_bytes".into(), serde_json::Value::from(bytes as u64));
+    Entry {
+        position: e.position,
+        at_ms: e.at_ms,
+        change: c,
+    }
+    .json_line()
 }
 
 /// A name as one subject token: `A-Z a-z 0-9 _ -` as they are, every other byte (the dot, `*`,
