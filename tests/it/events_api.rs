@@ -3,7 +3,6 @@
 use crate::common;
 
 use common::{Client, TestServer, T0_MS};
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -301,29 +300,6 @@ async fn retention_drops_whole_buckets_and_the_future_is_guarded() {
     s.stop().await;
 }
 
-/// Reads SSE messages until `n` ids arrived; returns the ids.
-async fn sse_ids(body: &mut hyper::body::Incoming, n: usize) -> Vec<String> {
-    let mut text = String::new();
-    let mut out = Vec::new();
-    while out.len() < n {
-        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame())
-            .await
-            .expect("SSE stalled")
-            .expect("stream ended")
-            .expect("frame");
-        if let Ok(data) = frame.into_data() {
-            text.push_str(&String::from_utf8_lossy(&data));
-        }
-        while let Some(end) = text.find("\n\n") {
-            let msg: String = text.drain(..end + 2).collect();
-            if let Some(line) = msg.lines().find(|l| l.starts_with("id: ")) {
-                out.push(line[4..].to_string());
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn sse_follow_delivers_each_event_once_and_resumes() {
     let s = TestServer::start().await;
@@ -345,7 +321,7 @@ async fn sse_follow_delivers_each_event_once_and_resumes() {
         s.clock.advance_ms(1);
         sent.extend(append_ndjson(&mut c, "live", &[json!({"type": "tick", "data": i})]).await);
     }
-    let got = sse_ids(&mut body, 5).await;
+    let got = common::sse_ids(&mut body, 5).await;
     assert_eq!(got, sent, "every event once, in order, nothing from before");
     drop(body);
     drop(follower);
@@ -363,7 +339,7 @@ async fn sse_follow_delivers_each_event_once_and_resumes() {
         )
         .await;
     let mut body = resp.into_body();
-    assert_eq!(sse_ids(&mut body, 3).await, missed);
+    assert_eq!(common::sse_ids(&mut body, 3).await, missed);
     // The dropped follower is released once the server's write to it fails (at the latest at
     // its 15 s heartbeat); until then the gauge counts it too.
     common::eventually(20, "the dropped follower is released", || {

@@ -9,7 +9,6 @@ use crate::common;
 
 use base64::Engine as _;
 use common::{Client, TestServer};
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -168,43 +167,7 @@ async fn export(c: &mut Client) -> Vec<Value> {
     lines
 }
 
-/// Every change after `after` up to the end of the log, read page by page; returns them and
-/// the position after them.
-async fn read_all(c: &mut Client, after: &str, query: &str) -> (Vec<Value>, String) {
-    let mut pos = after.to_string();
-    let mut out = Vec::new();
-    loop {
-        let r = c
-            .get(&format!("/v1/changes?after={pos}&limit=97{query}"))
-            .await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(r.header("content-type"), Some("application/x-ndjson"));
-        let next = r
-            .header("shardbox-next-position")
-            .expect("next position")
-            .to_string();
-        let page: Vec<Value> = r
-            .text()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("change line"))
-            .collect();
-        if page.is_empty() && next == pos {
-            return (out, pos);
-        }
-        out.extend(page);
-        pos = next;
-    }
-}
-
-/// (lsn, index) of a position, to check order.
-fn place(p: &str) -> (u64, u32) {
-    let mut it = p.split(':');
-    let _gen = it.next().unwrap();
-    (
-        it.next().unwrap().parse().unwrap(),
-        it.next().map_or(u32::MAX, |i| i.parse().unwrap()),
-    )
-}
+use common::{feed_place as place, read_changes as read_all};
 
 async fn put(c: &mut Client, path: &str, ct: &str, body: Vec<u8>) {
     let r = c.send("PUT", path, &[("content-type", ct)], body).await;
@@ -542,7 +505,7 @@ async fn filters_pages_and_resuming_by_position_and_by_sse() {
         .await;
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
-    let first = sse(&mut body, 10).await;
+    let first = common::sse_ids(&mut body, 10).await;
     let want: Vec<String> = all
         .iter()
         .filter(|c| c["domain"] == "kv")
@@ -550,7 +513,7 @@ async fn filters_pages_and_resuming_by_position_and_by_sse() {
         .collect();
     assert_eq!(first, want);
     put(&mut c, "/v1/kv/users/live", "text/plain", b"z".to_vec()).await;
-    let live = sse(&mut body, 1).await;
+    let live = common::sse_ids(&mut body, 1).await;
     drop(body);
     drop(follower);
     put(&mut c, "/v1/kv/users/missed", "text/plain", b"z".to_vec()).await;
@@ -563,7 +526,7 @@ async fn filters_pages_and_resuming_by_position_and_by_sse() {
         )
         .await;
     let mut body = resp.into_body();
-    let again = sse(&mut body, 1).await;
+    let again = common::sse_ids(&mut body, 1).await;
     let (tail, _) = read_all(&mut c, &live[0], "&domains=kv").await;
     assert_eq!(again, vec![st(&tail[0]["position"])]);
     assert_eq!(tail[0]["key"], "missed");
@@ -586,29 +549,6 @@ async fn filters_pages_and_resuming_by_position_and_by_sse() {
         .unwrap();
     assert!(r.text().contains("\"woke\""), "{}", r.text());
     s.stop().await;
-}
-
-/// Reads SSE messages until `n` ids arrived.
-async fn sse(body: &mut hyper::body::Incoming, n: usize) -> Vec<String> {
-    let mut text = String::new();
-    let mut out = Vec::new();
-    while out.len() < n {
-        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame())
-            .await
-            .expect("SSE stalled")
-            .expect("stream ended")
-            .expect("frame");
-        if let Ok(data) = frame.into_data() {
-            text.push_str(&String::from_utf8_lossy(&data));
-        }
-        while let Some(end) = text.find("\n\n") {
-            let msg: String = text.drain(..end + 2).collect();
-            if let Some(line) = msg.lines().find(|l| l.starts_with("id: ")) {
-                out.push(line[4..].to_string());
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test]

@@ -154,31 +154,32 @@ async fn stream_messages(cluster: &Cluster) -> Vec<(String, Value, String)> {
 /// The box's own feed from `after` to its end.
 async fn feed(addr: SocketAddr, after: &str) -> Vec<Value> {
     let mut c = Client::connect(addr).await;
-    let mut pos = after.to_string();
-    let mut out = Vec::new();
-    loop {
-        let r = c.get(&format!("/v1/changes?after={pos}&limit=10000")).await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        let next = r.header("shardbox-next-position").unwrap().to_string();
-        let page: Vec<Value> = r
-            .text()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        if page.is_empty() && next == pos {
-            return out;
-        }
-        out.extend(page);
-        pos = next;
-    }
+    common::read_changes(&mut c, after, "").await.0
 }
 
-fn place(p: &str) -> (u64, u32) {
-    let mut it = p.split(':').skip(1);
-    (
-        it.next().unwrap().parse().unwrap(),
-        it.next().map_or(u32::MAX, |i| i.parse().unwrap()),
-    )
+use common::feed_place as place;
+
+/// A cluster, and shardbox shipping to it with a cursor `verify` at its start (the feed from
+/// there is what the stream must hold).
+async fn box_and_hub() -> Option<(
+    Cluster,
+    tempfile::TempDir,
+    Vec<(String, String)>,
+    KillOnDrop,
+    SocketAddr,
+    String,
+)> {
+    let Some(cluster) = Cluster::start(3).await else {
+        eprintln!("skipped: no nats-server");
+        return None;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let env = config_file(tmp.path(), &cluster.urls());
+    let (child, addr) = spawn_shardbox(&tmp.path().join("data"), &env).expect("start shardbox");
+    let child = KillOnDrop(child);
+    let mut c = Client::connect(addr).await;
+    let start = common::cursor_now(&mut c, "verify").await;
+    Some((cluster, tmp, env, child, addr, start))
 }
 
 /// The stream against the feed: the same changes, each once, in order.
@@ -212,29 +213,10 @@ async fn check_stream(cluster: &Cluster, addr: SocketAddr, start: &str) -> usize
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_reaches_jetstream_once_in_order_across_kills_of_either_side() {
-    let Some(mut cluster) = Cluster::start(3).await else {
-        eprintln!("skipped: no nats-server");
+    let Some((mut cluster, tmp, env, mut child, first, start)) = box_and_hub().await else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let env = config_file(tmp.path(), &cluster.urls());
-    let (child, first) = spawn_shardbox(&data, &env).expect("start shardbox");
-    let mut child = KillOnDrop(child);
-    // The feed from the very start is kept by a cursor, to compare the stream with.
-    let mut c = Client::connect(first).await;
-    let r = c
-        .send(
-            "PUT",
-            "/v1/changes/cursors/verify",
-            &[],
-            r#"{"position":"now"}"#,
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let start = r.json()["position"].as_str().unwrap().to_string();
-    drop(c);
-
     let addr = Arc::new(Mutex::new(first));
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
@@ -308,31 +290,15 @@ async fn every_change_reaches_jetstream_once_in_order_across_kills_of_either_sid
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_down_makes_the_box_lag_not_stop_and_it_catches_up() {
-    let Some(mut cluster) = Cluster::start(3).await else {
-        eprintln!("skipped: no nats-server");
-        return;
-    };
     let outage = Duration::from_secs(
         std::env::var("SINK_OUTAGE_S")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(8),
     );
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let env = config_file(tmp.path(), &cluster.urls());
-    let (child, addr) = spawn_shardbox(&data, &env).expect("start shardbox");
-    let _child = KillOnDrop(child);
-    let mut c = Client::connect(addr).await;
-    let r = c
-        .send(
-            "PUT",
-            "/v1/changes/cursors/verify",
-            &[],
-            r#"{"position":"now"}"#,
-        )
-        .await;
-    let start = r.json()["position"].as_str().unwrap().to_string();
+    let Some((mut cluster, _tmp, _env, _child, addr, start)) = box_and_hub().await else {
+        return;
+    };
     caught_up(addr, 30).await;
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -366,3 +366,86 @@ pub fn alone() -> bool {
     );
     false
 }
+
+/// Reads Server-Sent Events from `body` until `n` ids arrived; returns the ids (10 s per frame
+/// at most).
+pub async fn sse_ids(body: &mut hyper::body::Incoming, n: usize) -> Vec<String> {
+    use http_body_util::BodyExt as _;
+    let mut text = String::new();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame())
+            .await
+            .expect("SSE stalled")
+            .expect("stream ended")
+            .expect("frame");
+        if let Ok(data) = frame.into_data() {
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+        while let Some(end) = text.find("\n\n") {
+            let msg: String = text.drain(..end + 2).collect();
+            if let Some(line) = msg.lines().find(|l| l.starts_with("id: ")) {
+                out.push(line[4..].to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Every change of the feed after `after` to its end, page by page (`query` adds filters);
+/// returns them and the position after them.
+pub async fn read_changes(
+    c: &mut Client,
+    after: &str,
+    query: &str,
+) -> (Vec<serde_json::Value>, String) {
+    let mut pos = after.to_string();
+    let mut out = Vec::new();
+    loop {
+        let r = c
+            .get(&format!("/v1/changes?after={pos}&limit=97{query}"))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/x-ndjson"));
+        let next = r
+            .header("shardbox-next-position")
+            .expect("next position")
+            .to_string();
+        let page: Vec<serde_json::Value> = r
+            .text()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("change line"))
+            .collect();
+        if page.is_empty() && next == pos {
+            return (out, pos);
+        }
+        out.extend(page);
+        pos = next;
+    }
+}
+
+/// `(lsn, index)` of a feed position `<generation>:<lsn>[:<index>]`, to compare order.
+pub fn feed_place(p: &str) -> (u64, u32) {
+    let mut it = p.split(':').skip(1);
+    (
+        it.next()
+            .and_then(|l| l.parse().ok())
+            .expect("a position's lsn"),
+        it.next()
+            .map_or(u32::MAX, |i| i.parse().expect("a position's index")),
+    )
+}
+
+/// Creates the change-feed cursor `name` at the feed's end; returns its position.
+pub async fn cursor_now(c: &mut Client, name: &str) -> String {
+    let r = c
+        .send(
+            "PUT",
+            &format!("/v1/changes/cursors/{name}"),
+            &[],
+            r#"{"position":"now"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["position"].as_str().expect("position").to_string()
+}
