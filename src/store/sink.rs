@@ -501,19 +501,27 @@ impl Sink {
         engine: &Arc<Engine>,
         mut rx: tokio::sync::mpsc::Receiver<Pending>,
     ) -> Result<(), End> {
-        let feed = engine.feed();
         let mut saved = Instant::now();
         let mut unsaved: Option<Position> = None;
+        // The cursor's file is synced: off the async threads.
         let save = |at: Position| {
-            if let Err(e) = feed.cursors.set(CURSOR, at, feed.oldest()) {
-                tracing::warn!(error = ?e, "NATS sink: cannot move its feed cursor");
+            let engine = engine.clone();
+            async move {
+                let moved = tokio::task::spawn_blocking(move || {
+                    let feed = engine.feed();
+                    feed.cursors.set(CURSOR, at, feed.oldest())
+                })
+                .await;
+                if let Ok(Err(e)) = moved {
+                    tracing::warn!(error = ?e, "NATS sink: cannot move its feed cursor");
+                }
             }
         };
         while let Some(p) = rx.recv().await {
             if let Some(ack) = p.ack {
                 if let Err(e) = ack.await {
                     if let Some(at) = unsaved {
-                        save(at);
+                        save(at).await;
                     }
                     return Err(End::Retry(format!("JetStream refused a publish: {e}")));
                 }
@@ -528,13 +536,13 @@ impl Sink {
             }
             unsaved = Some(p.entry_position);
             if saved.elapsed() >= SAVE_EVERY || rx.is_empty() && saved.elapsed() >= SAVE_EVERY / 4 {
-                save(p.entry_position);
+                save(p.entry_position).await;
                 unsaved = None;
                 saved = Instant::now();
             }
         }
         if let Some(at) = unsaved {
-            save(at);
+            save(at).await;
         }
         Ok(())
     }

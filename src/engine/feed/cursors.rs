@@ -126,7 +126,10 @@ impl Cursors {
                 map.len()
             )));
         }
-        match map.get_mut(name) {
+        // The file is written first and the cursor changed only once it is: a failed save
+        // leaves the cursor (and its hold) as it was.
+        let mut next = map.clone();
+        match map.get(name) {
             Some(c) if self.live(c) => {
                 if (position.lsn, position.index) < (c.position.lsn, c.position.index) {
                     return Err(FeedError::Invalid(format!(
@@ -134,24 +137,42 @@ impl Cursors {
                         c.position
                     )));
                 }
+                next.insert(
+                    name.to_string(),
+                    Cursor {
+                        position,
+                        hold: c.hold,
+                    },
+                );
+                self.save(&next)?;
                 if let Some(h) = c.hold {
                     self.holds.advance(h, position.first_needed());
                 }
-                c.position = position;
             }
             existing => {
                 // New, or starting over after being dropped: the log must still hold it.
                 if oldest.is_some_and(|o| position.first_needed() < o.first_needed()) {
                     return Err(FeedError::Gone { oldest });
                 }
+                // Held before the save, so nothing it needs is recycled meanwhile.
+                let hold = self.holds.add(position.first_needed());
+                next.insert(
+                    name.to_string(),
+                    Cursor {
+                        position,
+                        hold: Some(hold),
+                    },
+                );
+                if let Err(e) = self.save(&next) {
+                    self.holds.release(hold);
+                    return Err(e);
+                }
                 if let Some(old) = existing.and_then(|c| c.hold) {
                     self.holds.release(old);
                 }
-                let hold = Some(self.holds.add(position.first_needed()));
-                map.insert(name.to_string(), Cursor { position, hold });
             }
         }
-        self.save(&map)?;
+        *map = next;
         Ok(created)
     }
 
@@ -174,13 +195,16 @@ impl Cursors {
 
     pub fn delete(&self, name: &str) -> Result<bool, FeedError> {
         let mut map = self.lock();
-        let Some(c) = map.remove(name) else {
+        let mut next = map.clone();
+        let Some(c) = next.remove(name) else {
             return Ok(false);
         };
+        // Gone from the file first: a failed save keeps the cursor and its hold.
+        self.save(&next)?;
         if let Some(h) = c.hold {
             self.holds.release(h);
         }
-        self.save(&map)?;
+        *map = next;
         Ok(true)
     }
 
