@@ -470,10 +470,12 @@ impl Writer {
             self.state
                 .committed_lsn
                 .store(lsn, std::sync::atomic::Ordering::Release);
-            // Wakes the feed's followers (no-op without receivers waiting).
-            // (Always: shards commit out of LSN order, and a reader waiting for a lower LSN
-            // must wake too.)
-            self.commits.send_modify(|at| *at = (*at).max(lsn));
+            // Wakes the feed's followers, on every commit (shards commit out of LSN order, and
+            // a reader waiting for a lower LSN must wake too). The feed's own receiver is
+            // always there: with no other, nobody waits and the lock is not taken.
+            if self.commits.receiver_count() > 1 {
+                self.commits.send_modify(|at| *at = (*at).max(lsn));
+            }
         }
         if let Err(e) = committed {
             // The record is in the log but not in the shard: tell replay to skip it.

@@ -197,23 +197,30 @@ async fn changes(state: &ServerState, req: &Request<ReqBody>) -> Result<Resp, Ap
         if let Some(waiting) = state.waiting() {
             let mut commits = feed.commits();
             let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
-            loop {
+            'wait: loop {
                 let woke = waiting
                     .unless_closed(tokio::time::timeout_at(deadline, commits.changed()))
                     .await;
                 if !matches!(woke, Some(Ok(Ok(())))) {
                     break;
                 }
-                // Read on while pages move without passing the filter.
+                // Read on while pages move without passing the filter — within the wait, and
+                // only while the client is there.
                 loop {
                     let at = page.next;
-                    page = read(engine.clone(), at, limit, filter.clone()).await?;
-                    if !page.entries.is_empty() || page.next == at {
+                    let Some(next) = waiting
+                        .unless_closed(read(engine.clone(), at, limit, filter.clone()))
+                        .await
+                    else {
+                        break 'wait;
+                    };
+                    page = next?;
+                    if !page.entries.is_empty() {
+                        break 'wait;
+                    }
+                    if page.next == at || tokio::time::Instant::now() >= deadline {
                         break;
                     }
-                }
-                if !page.entries.is_empty() {
-                    break;
                 }
             }
         }
@@ -268,12 +275,7 @@ fn follow(
             let page = match read(engine.clone(), pos, 1000, filter.clone()).await {
                 Ok(p) => p,
                 Err(e) => {
-                    let msg = if sse {
-                        format!("event: error\ndata: {}\n\n", e.body())
-                    } else {
-                        format!("{}\n", e.body())
-                    };
-                    let _ = tx.send(Bytes::from(msg)).await;
+                    let _ = tx.send(in_band(&e, sse)).await;
                     return;
                 }
             };
@@ -299,7 +301,7 @@ fn follow(
                 let e = feed_error(FeedError::Gone {
                     oldest: engine.feed().oldest(),
                 });
-                let _ = tx.send(Bytes::from(format!("{}\n", e.body()))).await;
+                let _ = tx.send(in_band(&e, sse)).await;
                 return;
             }
             if moved {
@@ -336,6 +338,16 @@ fn follow(
         HeaderValue::from_static("no-cache"),
     );
     Ok(resp)
+}
+
+/// An error that ends a stream, in the stream's own format (an SSE `error` event, or an
+/// NDJSON line).
+fn in_band(e: &ApiError, sse: bool) -> Bytes {
+    Bytes::from(if sse {
+        format!("event: error\ndata: {}\n\n", e.body())
+    } else {
+        format!("{}\n", e.body())
+    })
 }
 
 /// `GET /v1/changes/cursors`

@@ -92,6 +92,12 @@ impl Store {
             .map(|open| open(engine.clone(), &config))
             .collect();
         let sink = config.sink.nats.clone().map(|c| Arc::new(sink::Sink::new(c)));
+        if sink.is_none() {
+            // A sink turned off leaves no cursor holding the log for it.
+            if let Err(e) = engine.feed().cursors.delete(sink::CURSOR) {
+                tracing::warn!(error = ?e, "cannot remove the NATS sink's cursor");
+            }
+        }
         Ok(Store {
             kv: registered(&domains),
             queues: registered(&domains),

@@ -722,3 +722,45 @@ async fn cursors_survive_a_restart_and_a_restore_makes_a_new_generation() {
     drop(c);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn an_ndjson_follower_gets_changes_live_and_lets_go_when_it_leaves() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    let mut follower = s.client().await;
+    let resp = follower
+        .open("GET", "/v1/changes?after=now&follow=true", &[])
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    let mut body = resp.into_body();
+    put(&mut c, "/v1/kv/live/a", "text/plain", b"1".to_vec()).await;
+    let mut text = String::new();
+    while !text.contains('\n') {
+        use http_body_util::BodyExt as _;
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame())
+            .await
+            .expect("a line within 10 s")
+            .expect("stream open")
+            .expect("frame");
+        if let Ok(d) = frame.into_data() {
+            text.push_str(&String::from_utf8_lossy(&d));
+        }
+    }
+    let line: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (line["op"].as_str(), line["key"].as_str()),
+        (Some("put"), Some("a"))
+    );
+    assert_eq!(common::scrape(s.addr, "shardbox_feed_holds").await, 1.0);
+    // The follower leaves: its hold on the log and its place among the followers go.
+    drop(body);
+    drop(follower);
+    common::eventually(20, "the follower's hold is released", || async {
+        let holds = common::scrape(s.addr, "shardbox_feed_holds").await;
+        let open = common::scrape(s.addr, "shardbox_stream_followers_open").await;
+        (holds == 0.0 && open == 0.0).then_some(())
+    })
+    .await;
+    s.stop().await;
+}

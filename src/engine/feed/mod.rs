@@ -323,7 +323,7 @@ impl Feed {
             &self.wal,
             from,
             horizon,
-            RECORDS_PER_READ,
+            RECORDS_PER_READ.min(max.max(1)),
             BYTES_PER_READ,
             &Visible(self),
         )

@@ -370,6 +370,7 @@ struct Active {
     pos: u64,
     size: u64,
     last_lsn: Option<u64>,
+    first_lsn: u64,
 }
 
 type Closed = OldSegment;
@@ -430,15 +431,7 @@ impl LogFiles {
             if o.last_lsn.is_none() {
                 continue;
             }
-            let first = std::fs::File::open(&o.path).ok().and_then(|f| {
-                use std::os::unix::fs::FileExt as _;
-                let mut head = [0u8; SEGMENT_HEADER_BYTES];
-                f.read_exact_at(&mut head, 0).ok()?;
-                frame::parse_segment_header(&head).ok()
-            });
-            if let Some(h) = first {
-                note_start(sh, h.first_lsn, o.seq, SEGMENT_HEADER_BYTES as u64);
-            }
+            note_start(sh, o.first_lsn, o.seq, SEGMENT_HEADER_BYTES as u64);
         }
         let mut closed: VecDeque<Closed> = old.into();
         // Segments of earlier runs that every shard has checkpointed past become spares first,
@@ -496,6 +489,7 @@ impl LogFiles {
             path,
             last_lsn: old.last_lsn,
             used_bytes: old.pos,
+            first_lsn: old.first_lsn,
         });
         self.recycle(sh)?;
         self.count_files(sh);
@@ -812,6 +806,7 @@ fn new_segment(
         pos: SEGMENT_HEADER_BYTES as u64,
         size,
         last_lsn: None,
+        first_lsn,
     })
 }
 

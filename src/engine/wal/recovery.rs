@@ -23,6 +23,8 @@ pub struct SegmentInfo {
     pub last_lsn: Option<u64>,
     /// Bytes its header and valid records take (a segment file is preallocated larger).
     pub used_bytes: u64,
+    /// The LSN its header says it starts at.
+    pub first_lsn: u64,
 }
 
 /// How the log ended.
@@ -188,6 +190,7 @@ pub fn scan<E>(
             path: path.clone(),
             last_lsn,
             used_bytes: offset as u64,
+            first_lsn: header.first_lsn,
         });
         expected = Some(next);
         out.next_lsn = next;
