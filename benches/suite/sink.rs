@@ -161,6 +161,19 @@ pub async fn sink_suite(o: &Opts, rows: &mut Vec<Row>) {
         &format!("{ratio:.2}x the PUT rate without the sink (median of 3, alternated)"),
     ));
 
+    // The box's CPU per PUT at a steady 2,000/s without the sink (the same rate with the sink
+    // follows): what shipping a change costs the box, apart from the rate the shared cores allow.
+    let plain_cpu = match peers::shardbox(o.shardbox_bin.as_deref(), &[]) {
+        Ok(sb) => {
+            let t0 = peers::cpu_time(sb.pid());
+            let sent = paced(sb.addr, 2000, 10.0).await;
+            let t1 = peers::cpu_time(sb.pid());
+            t0.zip(t1)
+                .map(|(a, b)| (b - a).as_secs_f64() * 1e6 / sent.max(1) as f64)
+        }
+        Err(_) => None,
+    };
+
     // Lag at 2,000 changes/s, measured at a subscriber on the hub.
     let cfg = config(dir.path(), &cluster.urls(), "bench");
     let cfg = cfg.to_str().expect("utf-8 path").to_string();
@@ -190,7 +203,36 @@ pub async fn sink_suite(o: &Opts, rows: &mut Vec<Row>) {
         }
         h
     });
+    let hub_cpu = |c: &nats::Cluster| -> Option<f64> {
+        c.pids()
+            .into_iter()
+            .map(|p| peers::cpu_time(p).map(|t| t.as_secs_f64()))
+            .sum::<Option<f64>>()
+    };
+    let acked = |s: Option<serde_json::Value>| s.and_then(|s| s["acked_total"].as_u64());
+    let (box0, hub0, acked0) = (
+        peers::cpu_time(sb.pid()),
+        hub_cpu(&cluster),
+        acked(status(sb.addr).await),
+    );
     let sent = paced(sb.addr, 2000, 10.0).await;
+    let _ = wait_caught_up(sb.addr, Duration::from_secs(30)).await;
+    let (box1, hub1, acked1) = (
+        peers::cpu_time(sb.pid()),
+        hub_cpu(&cluster),
+        acked(status(sb.addr).await),
+    );
+    if let (Some(b0), Some(b1), Some(h0), Some(h1), Some(a0), Some(a1)) =
+        (box0, box1, hub0, hub1, acked0, acked1)
+    {
+        let shipped = a1.saturating_sub(a0).max(1) as f64;
+        let with = (b1 - b0).as_secs_f64() * 1e6 / shipped;
+        eprintln!(
+            "sink: at 2,000 PUT/s: box CPU {with:.1} µs per PUT with the sink, {} without; hub (3 nodes) {:.1} µs per change",
+            plain_cpu.map_or("?".to_string(), |p| format!("{p:.1}")),
+            (h1 - h0) * 1e6 / shipped
+        );
+    }
     let h = lags.await.expect("lags");
     let (p50, p99) = (
         h.value_at_quantile(0.5) as f64 / 1000.0,

@@ -13,7 +13,11 @@
 //!   every start and after every error, never from memory: what JetStream acknowledged is what
 //!   was shipped. A named feed cursor ([`CURSOR`]) keeps the log the sink has not shipped yet,
 //!   up to `feed_retain_bytes_max`; past it the sink is `resnapshot_required`.
-//! - Publishes are pipelined: up to `window` acks outstanding. A hub that is down or slow makes
+//! - Changes go as JetStream atomic batches (ADR-50, nats-server 2.12+): up to 1,000 messages
+//!   stored all or none, one ack each, the batch's expected last sequence checked as it commits;
+//!   the hub writes and replicates a batch at once, so a change costs it a fraction of a lone
+//!   message. A hub without them gets one message at a time.
+//! - Publishes are pipelined: up to `window` acks outstanding (32 batches). A hub that is down or slow makes
 //!   the box lag (the log keeps the backlog); it never blocks or slows the box's writes.
 
 use crate::base::config::NatsSinkConfig;
@@ -28,6 +32,15 @@ use std::time::{Duration, Instant};
 pub const CURSOR: &str = "sink-nats";
 /// Changes read from the feed at once.
 const PAGE: usize = 1000;
+/// Messages in one atomic batch at most (JetStream's limit is 1,000).
+const BATCH_MAX: usize = 1000;
+/// Bytes of message bodies in one batch at most (the stream's leader keeps a batch in memory
+/// until its commit).
+const BATCH_BYTES: usize = 4 << 20;
+/// Batches awaiting their ack at most (JetStream allows 50 per stream).
+const BATCHES_IN_FLIGHT: usize = 32;
+/// Longest a caught-up sink lets changes gather while a publish awaits its ack.
+const LINGER: Duration = Duration::from_millis(10);
 /// How often the cursor is saved as acks come in (the stream is the truth; the cursor only
 /// keeps the log).
 const SAVE_EVERY: Duration = Duration::from_secs(1);
@@ -86,6 +99,10 @@ pub struct Sink {
     /// The NATS connection is up (the client reconnects by itself; while it is down the sink
     /// says `disconnected` even when nothing failed yet).
     connected: Arc<std::sync::atomic::AtomicBool>,
+    /// The hub takes atomic batches (nats-server 2.12+): many changes per ack.
+    atomic: std::sync::atomic::AtomicBool,
+    /// Every publish so far is acknowledged.
+    drained: tokio::sync::Notify,
 }
 
 /// Why a session ended.
@@ -116,6 +133,8 @@ impl Sink {
             oldest_unacked_ms: AtomicU64::new(0),
             last_error: Mutex::new(None),
             connected: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            atomic: std::sync::atomic::AtomicBool::new(false),
+            drained: tokio::sync::Notify::new(),
         }
     }
 
@@ -185,6 +204,7 @@ impl Sink {
             "published_total": self.published_total.load(Ordering::Relaxed),
             "acked_total": self.acked_total.load(Ordering::Relaxed),
             "errors_total": self.errors_total.load(Ordering::Relaxed),
+            "atomic_batches": self.atomic.load(Ordering::Relaxed),
             "last_error": self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         })
     }
@@ -277,7 +297,7 @@ impl Sink {
             .max_ack_inflight(self.cfg.window + 2)
             .build(client.clone());
         let c = &self.cfg;
-        let stream = match js
+        let mut stream = match js
             .get_or_create_stream(jetstream::stream::Config {
                 name: c.stream_name(),
                 subjects: vec![format!("{}.{}.>", c.subject_prefix, c.box_name)],
@@ -287,6 +307,7 @@ impl Sink {
                 deny_purge: true,
                 duplicate_window: Duration::from_secs(120),
                 allow_direct: true,
+                allow_atomic_publish: true,
                 ..Default::default()
             })
             .await
@@ -294,13 +315,30 @@ impl Sink {
             Ok(s) => s,
             Err(e) => return retry("creating or reading the stream")(e),
         };
+        let atomic = match self.atomic(&js, &mut stream).await {
+            Ok(a) => a,
+            Err(e) => return e,
+        };
+        self.atomic.store(atomic, Ordering::Relaxed);
         let (start, last_seq) = match self.resume_point(engine, &stream).await {
             Ok(p) => p,
             Err(e) => return e,
         };
         *self.acked.lock().unwrap_or_else(|p| p.into_inner()) = Some((start, None));
-        let (tx, rx) = tokio::sync::mpsc::channel::<Pending>(self.cfg.window);
-        let publisher = self.publish_from(engine, &js, start, last_seq, max_payload, tx);
+        let in_flight = if atomic {
+            self.cfg.window.min(BATCHES_IN_FLIGHT)
+        } else {
+            self.cfg.window
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<Pending>(in_flight);
+        let publisher = self.publish_from(
+            engine,
+            &js,
+            start,
+            last_seq,
+            Hub { max_payload, atomic },
+            tx,
+        );
         let acker = self.settle(engine, rx);
         let end = match tokio::try_join!(publisher, acker) {
             Ok(_) => End::Stopping,
@@ -310,6 +348,31 @@ impl Sink {
         // has moved on (their sequences would be refused anyway): close it.
         let _ = tokio::time::timeout(Duration::from_secs(2), client.drain()).await;
         end
+    }
+
+    /// Whether the stream takes atomic batches (nats-server 2.12 and later): a stream made
+    /// before the sink used them is updated to; a hub that cannot gets one message at a time.
+    async fn atomic(
+        &self,
+        js: &jetstream::Context,
+        stream: &mut jetstream::stream::Stream,
+    ) -> Result<bool, End> {
+        let info = stream
+            .info()
+            .await
+            .map_err(retry("reading the stream's config"))?;
+        if info.config.allow_atomic_publish {
+            return Ok(true);
+        }
+        let mut config = info.config.clone();
+        config.allow_atomic_publish = true;
+        match js.update_stream(config).await {
+            Ok(updated) => Ok(updated.config.allow_atomic_publish),
+            Err(e) => {
+                tracing::info!(error = %e, "NATS sink: the hub takes no atomic batches; publishing one change at a time");
+                Ok(false)
+            }
+        }
     }
 
     /// Where the stream ends: its last message's position and id; for an empty stream, the
@@ -390,12 +453,12 @@ impl Sink {
         js: &jetstream::Context,
         mut pos: Position,
         mut last_seq: u64,
-        max_payload: usize,
+        hub: Hub,
         tx: tokio::sync::mpsc::Sender<Pending>,
     ) -> Result<(), End> {
+        let Hub { max_payload, atomic } = hub;
         let feed = engine.feed();
         let mut commits = feed.commits();
-        let c = &self.cfg;
         loop {
             commits.borrow_and_update();
             let e2 = engine.clone();
@@ -416,53 +479,30 @@ impl Sink {
                 e => End::Retry(format!("reading the feed: {e:?}")),
             })?;
             let full = page.entries.len() >= PAGE;
-            for e in &page.entries {
-                let id = message_id(&c.box_name, e);
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", id.as_str());
-                headers.insert("Nats-Expected-Last-Sequence", last_seq.to_string().as_str());
-                headers.insert("Shardbox-Position", e.position.to_string().as_str());
-                let mut subject = format!(
-                    "{}.{}.{}.{}",
-                    c.subject_prefix,
-                    c.box_name,
-                    e.change.domain,
-                    escape(&e.change.name)
-                );
-                // A KV change names its key too, so a KV bucket can source the box's keys.
-                if let Some(key) = e.change.fields.get("key").and_then(|k| k.as_str()) {
-                    subject.push('.');
-                    subject.push_str(&escape(key));
+            let mut msgs = page.entries.iter().map(|e| self.message(e, max_payload));
+            let mut next: Option<Message> = msgs.next();
+            while let Some(first) = next.take() {
+                // Up to BATCH_MAX messages and BATCH_BYTES go as one atomic batch.
+                let mut bytes = first.body.len();
+                let mut batch = vec![first];
+                if atomic {
+                    for m in msgs.by_ref() {
+                        if batch.len() >= BATCH_MAX || bytes + m.body.len() > BATCH_BYTES {
+                            next = Some(m);
+                            break;
+                        }
+                        bytes += m.body.len();
+                        batch.push(m);
+                    }
                 }
-                let mut body = e.json_line();
-                if body.len() + 1024 > max_payload {
-                    // Larger than the hub takes in one message: the change goes without its
-                    // value, saying so (the box still has it).
-                    body = too_large(e, body.len());
-                }
-                let ack = js
-                    .publish_with_headers(subject, headers, body.into())
-                    .await
-                    .map_err(retry("publishing"))?;
-                self.published_total.fetch_add(1, Ordering::Relaxed);
-                if let Some(at) = e.at_ms {
-                    let _ = self.oldest_unacked_ms.compare_exchange(
-                        0,
-                        at.max(1),
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
-                }
-                let pending = Pending {
-                    entry_position: e.position,
-                    at_ms: e.at_ms,
-                    ack: Some(ack),
-                };
+                let pending = self.send(js, batch, &mut last_seq).await?;
                 if tx.send(pending).await.is_err() {
                     // The acker ended with the session's error.
                     return Ok(());
                 }
-                last_seq += 1;
+                if !atomic {
+                    next = msgs.next();
+                }
             }
             let moved = page.next != pos;
             pos = page.next;
@@ -473,6 +513,7 @@ impl Sink {
                     entry_position: pos,
                     at_ms: None,
                     ack: None,
+                    count: 0,
                 };
                 if tx.send(mark).await.is_err() {
                     return Ok(());
@@ -491,7 +532,109 @@ impl Sink {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
+            // While a publish awaits its ack, let the changes gather (up to LINGER): one batch
+            // per round trip to the hub rather than one per commit. Fewer, larger batches cost
+            // the hub and the box less per change; an idle sink still ships a change at once.
+            if tx.capacity() < tx.max_capacity() {
+                tokio::select! {
+                    _ = self.drained.notified() => {}
+                    _ = tokio::time::sleep(LINGER) => {}
+                }
+            }
         }
+    }
+
+    /// The message that ships one change.
+    fn message(&self, e: &Entry, max_payload: usize) -> Message {
+        let c = &self.cfg;
+        let mut subject = format!(
+            "{}.{}.{}.{}",
+            c.subject_prefix,
+            c.box_name,
+            e.change.domain,
+            escape(&e.change.name)
+        );
+        // A KV change names its key too, so a KV bucket can source the box's keys.
+        if let Some(key) = e.change.fields.get("key").and_then(|k| k.as_str()) {
+            subject.push('.');
+            subject.push_str(&escape(key));
+        }
+        let mut body = e.json_line();
+        if body.len() + 1024 > max_payload {
+            // Larger than the hub takes in one message: the change goes without its value,
+            // saying so (the box still has it).
+            body = too_large(e, body.len());
+        }
+        Message {
+            subject,
+            id: message_id(&c.box_name, e),
+            position: e.position,
+            at_ms: e.at_ms,
+            body: body.into(),
+        }
+    }
+
+    /// Publishes `batch` after stream sequence `last_seq`: one message alone, several as one
+    /// atomic batch (ADR-50: JetStream stores all of them or none, and checks the batch's
+    /// expected last sequence when it commits). Only the last message asks for an ack.
+    async fn send(
+        &self,
+        js: &jetstream::Context,
+        batch: Vec<Message>,
+        last_seq: &mut u64,
+    ) -> Result<Pending, End> {
+        let count = batch.len() as u64;
+        let Some((entry_position, at_ms)) = batch.last().map(|m| (m.position, m.at_ms)) else {
+            return Err(End::Retry("an empty batch".into()));
+        };
+        let expected = *last_seq;
+        let batch_id = (count > 1).then(|| format!("{:016x}{:016x}", rand::random::<u64>(), expected));
+        let mut ack = None;
+        for (i, m) in batch.into_iter().enumerate() {
+            let seq = i as u64 + 1;
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", m.id.as_str());
+            if seq == 1 {
+                headers.insert("Nats-Expected-Last-Sequence", expected.to_string().as_str());
+            }
+            headers.insert("Shardbox-Position", m.position.to_string().as_str());
+            if let Some(id) = &batch_id {
+                headers.insert("Nats-Batch-Id", id.as_str());
+                headers.insert("Nats-Batch-Sequence", seq.to_string().as_str());
+            }
+            if let Some(at) = m.at_ms {
+                let _ = self.oldest_unacked_ms.compare_exchange(
+                    0,
+                    at.max(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            if seq == count {
+                if batch_id.is_some() {
+                    headers.insert("Nats-Batch-Commit", "1");
+                }
+                ack = Some(
+                    js.publish_with_headers(m.subject, headers, m.body)
+                        .await
+                        .map_err(retry("publishing"))?,
+                );
+            } else {
+                // Staged by the stream's leader until the commit; no ack of its own.
+                js.client()
+                    .publish_with_headers(m.subject, headers, m.body)
+                    .await
+                    .map_err(retry("publishing"))?;
+            }
+        }
+        self.published_total.fetch_add(count, Ordering::Relaxed);
+        *last_seq += count;
+        Ok(Pending {
+            entry_position,
+            at_ms,
+            ack,
+            count,
+        })
     }
 
     /// Takes JetStream's acks in publish order; moves the acknowledged position and (about
@@ -525,12 +668,13 @@ impl Sink {
                     }
                     return Err(End::Retry(format!("JetStream refused a publish: {e}")));
                 }
-                self.acked_total.fetch_add(1, Ordering::Relaxed);
+                self.acked_total.fetch_add(p.count, Ordering::Relaxed);
             }
             *self.acked.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((p.entry_position, p.at_ms));
             if rx.is_empty() {
                 self.oldest_unacked_ms.store(0, Ordering::Relaxed);
+                self.drained.notify_one();
             } else if let Some(at) = p.at_ms {
                 self.oldest_unacked_ms.store(at.max(1), Ordering::Relaxed);
             }
@@ -548,10 +692,28 @@ impl Sink {
     }
 }
 
-/// A publish waiting for its ack.
+/// What the hub takes: the largest message, and atomic batches or not.
+struct Hub {
+    max_payload: usize,
+    atomic: bool,
+}
+
+/// One change's message.
+struct Message {
+    subject: String,
+    id: String,
+    position: Position,
+    at_ms: Option<u64>,
+    body: bytes::Bytes,
+}
+
+/// A publish (one message or one batch) waiting for its ack.
 struct Pending {
+    /// The last change it ships.
     entry_position: Position,
     at_ms: Option<u64>,
+    /// Messages it ships.
+    count: u64,
     /// `None`: a mark, acknowledged once everything before it is.
     ack: Option<jetstream::context::PublishAckFuture>,
 }
@@ -573,18 +735,19 @@ fn too_large(e: &Entry, bytes: usize) -> Vec<u8> {
 }
 
 /// A name as one subject token: `A-Z a-z 0-9 _ -` as they are, every other byte (the dot, `*`,
-/// `>`, `%`, spaces, non-ASCII) as `%XX` of its UTF-8 bytes — reversed by percent-decoding.
+/// `>`, `=`, spaces, non-ASCII) as `=XX` of its UTF-8 bytes (`=` is valid in a subject and in a
+/// JetStream KV key, `%` is not in the latter); [`unescape`] reverses it.
 pub fn escape(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push_str(&format!("={b:02X}"));
         }
     }
     if out.is_empty() {
-        out.push_str("%00");
+        out.push_str("=00");
     }
     out
 }
@@ -592,14 +755,14 @@ pub fn escape(name: &str) -> String {
 /// The name a subject token stands for ([`escape`] reversed).
 #[cfg_attr(not(test), allow(dead_code))]
 pub fn unescape(token: &str) -> Option<String> {
-    if token == "%00" {
+    if token == "=00" {
         return Some(String::new());
     }
     let b = token.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' {
+        if b[i] == b'=' {
             let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
@@ -625,16 +788,16 @@ mod tests {
 
     #[test]
     fn names_escape_to_one_subject_token_and_back() {
-        for name in ["app", "a.b", "x*y>z", "50%", "naïve name", "", "a-b_c"] {
+        for name in ["app", "a.b", "x*y>z", "50%", "a=b", "naïve name", "", "a-b_c"] {
             let t = escape(name);
             assert!(
                 t.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_-%".contains(&b)),
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-=".contains(&b)),
                 "{t}"
             );
             assert_eq!(unescape(&t).as_deref(), Some(name));
         }
-        assert_eq!(escape("a.b"), "a%2Eb");
-        assert_eq!(unescape("%zz"), None);
+        assert_eq!(escape("a.b"), "a=2Eb");
+        assert_eq!(unescape("=zz"), None);
     }
 }

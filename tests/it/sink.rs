@@ -390,3 +390,86 @@ async fn a_hub_down_makes_the_box_lag_not_stop_and_it_catches_up() {
     );
     check_stream(&cluster, addr, &start).await;
 }
+
+/// docs/operations.md's hub-side recipe, as written there: a JetStream KV bucket whose stream
+/// sources the box's stream with a subject transform holds every key the box writes, where the
+/// NATS KV API reads it — names with dots, spaces and `=` included (escaped to characters a KV
+/// key may hold); a later write replaces the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kv_bucket_on_the_hub_holds_the_box_keys() {
+    use async_nats::jetstream::stream::{Config, Source, SubjectTransform};
+    let Some((cluster, _tmp, _env, _child, addr, _start)) = box_and_hub().await else {
+        return;
+    };
+    let mut c = Client::connect(addr).await;
+    let odd = "a b=c.d";
+    for i in 0..200 {
+        let r = c.put(&format!("/v1/kv/app/k{i}"), &format!("v{i}")).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let r = c.put("/v1/kv/app/a%20b%3Dc.d", "odd").await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let s = caught_up(addr, 30).await;
+    assert_eq!(
+        s["atomic_batches"], true,
+        "the hub takes atomic batches: {s}"
+    );
+
+    let js = cluster.jetstream().await;
+    js.create_stream(Config {
+        name: "KV_fleet".into(),
+        subjects: vec!["$KV.fleet.>".into()],
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: 3,
+        sources: Some(vec![Source {
+            name: "SHARDBOX_edge-1".into(),
+            subject_transforms: vec![SubjectTransform {
+                source: "shardbox.edge-1.kv.*.*".into(),
+                destination: "$KV.fleet.edge-1.{{wildcard(1)}}.{{wildcard(2)}}".into(),
+            }],
+            ..Default::default()
+        }]),
+        ..Default::default()
+    })
+    .await
+    .expect("the fleet bucket's stream");
+    // A KV get is the last message on `$KV.<bucket>.<key>` (what the KV API reads).
+    let bucket = js
+        .get_stream("KV_fleet")
+        .await
+        .expect("the bucket's stream");
+    let value = |key: String| {
+        let bucket = bucket.clone();
+        async move {
+            let m = bucket
+                .get_last_raw_message_by_subject(&format!("$KV.fleet.{key}"))
+                .await
+                .ok()?;
+            let change: Value = serde_json::from_slice(&m.payload).ok()?;
+            change["value"].as_str().map(str::to_string)
+        }
+    };
+    let got = common::eventually(30, "the bucket has the box's keys", || {
+        let value = &value;
+        async move {
+            let last = value("edge-1.app.k199".into()).await?;
+            let first = value("edge-1.app.k0".into()).await?;
+            Some((first, last))
+        }
+    })
+    .await;
+    assert_eq!(got, ("v0".to_string(), "v199".to_string()));
+    let key = format!("edge-1.app.{}", shardbox::store::sink::escape(odd));
+    assert_eq!(value(key).await.as_deref(), Some("odd"));
+
+    let r = c.put("/v1/kv/app/k0", "again").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    common::eventually(30, "the bucket has the new value", || {
+        let value = &value;
+        async move { (value("edge-1.app.k0".into()).await? == "again").then_some(()) }
+    })
+    .await;
+}

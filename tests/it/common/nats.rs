@@ -127,6 +127,15 @@ impl Cluster {
         }
     }
 
+    /// The running nodes' process ids (the bench reads the hub's CPU time).
+    #[allow(dead_code)]
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref().map(|c| c.id()))
+            .collect()
+    }
+
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.name == name)
     }
