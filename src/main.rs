@@ -1,5 +1,7 @@
 //! The `shardbox` binary: parse the command line, build the config, run.
 
+mod client;
+
 use clap::{Args, Parser, Subcommand};
 use shardbox::config::{Config, LogFormat};
 use std::path::PathBuf;
@@ -38,6 +40,16 @@ enum Command {
     /// Manage bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Client: get, put, delete, list and count keys on a running server.
+    Kv(client::KvArgs),
+    /// Client: enqueue, claim, ack and nack jobs; a queue's stats.
+    Queue(client::QueueArgs),
+    /// Client: append events, read a range, follow a stream.
+    Events(client::EventsArgs),
+    /// Client: get, put and purge cache entries.
+    Cache(client::CacheArgs),
+    /// Client: the running server's /v1/status.
+    Status(client::StatusArgs),
 }
 
 #[derive(Args)]
@@ -175,6 +187,11 @@ fn main() -> ExitCode {
         Command::Import(args) => import(args),
         Command::Token(TokenCommand::New(args)) => token_new(args),
         Command::Token(TokenCommand::Hash) => token_hash(),
+        Command::Kv(args) => Ok(client::kv(args)),
+        Command::Queue(args) => Ok(client::queue(args)),
+        Command::Events(args) => Ok(client::events(args)),
+        Command::Cache(args) => Ok(client::cache(args)),
+        Command::Status(args) => Ok(client::status(args)),
     };
     match result {
         Ok(code) => code,

@@ -13,6 +13,7 @@ mod access_log;
 mod background;
 mod backup;
 mod cache_api;
+mod cli_client;
 mod config_files;
 mod crash;
 mod disk_full;

@@ -101,7 +101,12 @@ async fn the_readme_walk_runs_as_written() {
         "curl() {{ command curl -sS --max-time 30 -w '%{{stderr}}@@ %{{http_code}} %{{method}} %{{url_effective}}\\n' \"$@\" 2>>\"{log}/$(date +%s%N).$BASHPID\"; }}\n",
         log = log_dir.display()
     );
-    let body = script.replace("B=http://127.0.0.1:7070", &format!("B=http://{addr}"));
+    let body = script
+        .replace("B=http://127.0.0.1:7070", &format!("B=http://{addr}"))
+        .replace(
+            "SB=./target/release/shardbox",
+            &format!("SB={}", env!("CARGO_BIN_EXE_shardbox")),
+        );
     let out = tokio::task::spawn_blocking(move || {
         Command::new("bash")
             .arg("-c")
@@ -171,6 +176,15 @@ async fn the_readme_walk_runs_as_written() {
         stdout.contains("lease_token"),
         "the claim printed its job:\n{stdout}"
     );
+    // The shell client's lines ("From the shell").
+    for line in [
+        "\nhello\nexit 3: no such key\n",
+        "acked job ",
+        "exit 3: nothing to do",
+        "disk.free_bytes: ",
+    ] {
+        assert!(stdout.contains(line), "{line:?} in the output:\n{stdout}");
+    }
     assert!(
         stdout.contains("filled"),
         "the waiting cache reader got the fill:\n{stdout}"
