@@ -312,12 +312,64 @@ fn value_arg(v: &str) -> Result<Vec<u8>, Fail> {
     Ok(buf)
 }
 
-/// A JSON argument: JSON if it parses, else the text as a JSON string.
-fn json_arg(v: &str) -> Result<Value, Fail> {
+/// A JSON argument, exactly as given if it is JSON (key order and number precision kept),
+/// else the text as a JSON string.
+fn json_arg(v: &str) -> Result<String, Fail> {
     let bytes = value_arg(v)?;
     let text = String::from_utf8(bytes)
         .map_err(|_| Fail(Exit::Local, "the payload is not UTF-8 text".into()))?;
-    Ok(serde_json::from_str(&text).unwrap_or(Value::String(text.trim_end_matches('\n').into())))
+    match serde_json::from_str::<&serde_json::value::RawValue>(text.trim()) {
+        Ok(raw) => Ok(raw.get().to_string()),
+        Err(_) => Ok(Value::String(text.trim_end_matches('\n').into()).to_string()),
+    }
+}
+
+/// `fields` as a JSON object with `"<name>": <raw JSON>` first.
+fn with_raw(name: &str, raw: &str, fields: Value) -> Vec<u8> {
+    let rest = fields.to_string();
+    let rest = rest.strip_prefix('{').unwrap_or("}");
+    let sep = if rest == "}" { "" } else { "," };
+    format!("{{\"{name}\":{raw}{sep}{rest}").into_bytes()
+}
+
+/// Writes one line to stdout; a reader that went away (`| head`) ends the command quietly.
+fn emit(line: &str) -> Result<(), Fail> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Fail(Exit::Ok, String::new())),
+        Err(e) => Err(Fail(Exit::Local, format!("stdout: {e}"))),
+    }
+}
+
+/// A claim's answer, each payload as the server sent it.
+#[derive(serde::Deserialize)]
+struct Claimed<'a> {
+    #[serde(borrow)]
+    jobs: Vec<ClaimedJob<'a>>,
+}
+#[derive(serde::Deserialize)]
+struct ClaimedJob<'a> {
+    id: String,
+    lease_token: String,
+    #[serde(borrow)]
+    payload: &'a serde_json::value::RawValue,
+}
+
+/// An event as a range or a follower answers it, its data as the server sent it.
+#[derive(serde::Deserialize)]
+struct Event<'a> {
+    id: String,
+    ts: u64,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(borrow)]
+    data: &'a serde_json::value::RawValue,
+}
+#[derive(serde::Deserialize)]
+struct Events<'a> {
+    #[serde(borrow)]
+    events: Vec<Event<'a>>,
 }
 
 /// The server's answer.
@@ -386,14 +438,29 @@ impl Client {
                 c.server
             )));
         };
-        let authority = rest.split('/').next().unwrap_or(rest);
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-                h.trim_matches(|c| c == '[' || c == ']').to_string(),
-                p.parse::<u16>()
-                    .map_err(|_| local(format!("--server {}: bad port {p}", c.server)))?,
-            ),
-            _ => (authority.to_string(), if tls { 443 } else { 80 }),
+        let authority = rest.trim_end_matches('/');
+        if authority.contains(['/', '@', '?', '#']) || authority.is_empty() {
+            return Err(local(format!(
+                "--server {}: give scheme://host:port only (no path, user or query)",
+                c.server
+            )));
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let bad_port = |p: &str| local(format!("--server {}: bad port {p}", c.server));
+        // `[::1]:7070`, `[::1]`, `host:7070`, `host`.
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(|| bad_port(authority))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse::<u16>().map_err(|_| bad_port(p))?,
+                None if after.is_empty() => default_port,
+                None => return Err(bad_port(after)),
+            };
+            (h.to_string(), port)
+        } else {
+            match authority.split_once(':') {
+                Some((h, p)) => (h.to_string(), p.parse::<u16>().map_err(|_| bad_port(p))?),
+                None => (authority.to_string(), default_port),
+            }
         };
         let token = match (&c.token, &c.token_file) {
             (Some(t), _) => Some(t.trim().to_string()),
@@ -464,10 +531,16 @@ impl Client {
             Some(connector) => {
                 let server = rustls::pki_types::ServerName::try_from(self.host.clone())
                     .map_err(|e| Fail(Exit::Local, format!("--server host: {e}")))?;
-                let tls = connector
-                    .connect(server, tcp)
-                    .await
-                    .map_err(|e| Fail(Exit::Refused, format!("TLS with {}: {e}", self.host)))?;
+                let tls = connector.connect(server, tcp).await.map_err(|e| {
+                    // A certificate the CA does not vouch for is a refusal; a dropped
+                    // connection is not.
+                    let code = if e.kind() == std::io::ErrorKind::InvalidData {
+                        Exit::Refused
+                    } else {
+                        Exit::Unavailable
+                    };
+                    Fail(code, format!("TLS with {}: {e}", self.host))
+                })?;
                 Ok(Box::new(tls))
             }
         }
@@ -515,7 +588,14 @@ impl Client {
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(path)
-            .header("host", format!("{}:{}", self.host, self.port))
+            .header(
+                "host",
+                if self.host.contains(':') {
+                    format!("[{}]:{}", self.host, self.port)
+                } else {
+                    format!("{}:{}", self.host, self.port)
+                },
+            )
             .header(
                 "user-agent",
                 concat!("shardbox/", env!("CARGO_PKG_VERSION")),
@@ -536,20 +616,27 @@ impl Client {
     }
 
     fn post_json(&self, path: &str, body: Value) -> Result<Answer, Fail> {
+        self.post_raw(path, body.to_string().into_bytes())
+    }
+
+    fn post_raw(&self, path: &str, body: Vec<u8>) -> Result<Answer, Fail> {
         self.call(
             "POST",
             path,
             &[("content-type", "application/json".into())],
-            body.to_string().into_bytes(),
+            body,
         )
     }
 
-    /// Prints the answer's JSON (`--json`) or `plain` of it.
+    /// Prints the server's JSON as it sent it (`--json`), or `plain` of it.
     fn print(&self, a: &Answer, plain: impl FnOnce(&Value) -> String) -> Out {
-        let v = a.json();
-        let text = if self.json { v.to_string() } else { plain(&v) };
+        let text = if self.json {
+            String::from_utf8_lossy(&a.body).trim_end().to_string()
+        } else {
+            plain(&a.json())
+        };
         if !text.is_empty() {
-            println!("{text}");
+            emit(&text)?;
         }
         Ok(Exit::Ok)
     }
@@ -560,7 +647,9 @@ fn finish(out: Out) -> ExitCode {
     match out {
         Ok(e) => ExitCode::from(e as u8),
         Err(Fail(code, message)) => {
-            eprintln!("shardbox: {message}");
+            if !message.is_empty() {
+                eprintln!("shardbox: {message}");
+            }
             ExitCode::from(code as u8)
         }
     }
@@ -624,7 +713,7 @@ fn kv_run(c: &Client, cmd: KvCmd) -> Out {
                             Value::from(base64::engine::general_purpose::STANDARD.encode(&a.body))
                     }
                 }
-                println!("{v}");
+                emit(&v.to_string())?;
                 Ok(Exit::Ok)
             } else {
                 write_raw(&a.body)
@@ -692,9 +781,9 @@ fn kv_run(c: &Client, cmd: KvCmd) -> Out {
                 let keys = v["keys"].as_array().cloned().unwrap_or_default();
                 for k in &keys {
                     if c.json {
-                        println!("{k}");
+                        emit(&k.to_string())?;
                     } else {
-                        println!("{}", k["key"].as_str().unwrap_or_default());
+                        emit(k["key"].as_str().unwrap_or_default())?;
                     }
                 }
                 left = left.saturating_sub(keys.len());
@@ -731,7 +820,8 @@ fn queue_run(c: &Client, cmd: QueueCmd) -> Out {
             max_attempts,
             dedupe_key,
         } => {
-            let mut body = json!({"payload": json_arg(&payload)?});
+            let payload = json_arg(&payload)?;
+            let mut body = json!({});
             if let Some(p) = priority {
                 body["priority"] = p.into();
             }
@@ -745,7 +835,10 @@ fn queue_run(c: &Client, cmd: QueueCmd) -> Out {
                 body["dedupe_key"] = k.into();
             }
             let a = c
-                .post_json(&format!("/v1/queues/{}/jobs", name(&queue)), body)?
+                .post_raw(
+                    &format!("/v1/queues/{}/jobs", name(&queue)),
+                    with_raw("payload", &payload, body),
+                )?
                 .ok()?;
             c.print(&a, |v| v["id"].as_str().unwrap_or_default().to_string())
         }
@@ -765,21 +858,20 @@ fn queue_run(c: &Client, cmd: QueueCmd) -> Out {
             let a = c
                 .post_json(&format!("/v1/queues/{}/claim", name(&queue)), body)?
                 .ok()?;
-            let v = a.json();
-            let jobs = v["jobs"].as_array().cloned().unwrap_or_default();
+            let claimed: Claimed = serde_json::from_slice(&a.body).map_err(|e| {
+                Fail(
+                    Exit::Refused,
+                    format!("an answer this client does not read: {e}"),
+                )
+            })?;
             if c.json {
-                println!("{v}");
+                emit(String::from_utf8_lossy(&a.body).trim_end())?;
             } else {
-                for j in &jobs {
-                    println!(
-                        "{} {} {}",
-                        j["id"].as_str().unwrap_or_default(),
-                        j["lease_token"].as_str().unwrap_or_default(),
-                        j["payload"]
-                    );
+                for j in &claimed.jobs {
+                    emit(&format!("{} {} {}", j.id, j.lease_token, j.payload.get()))?;
                 }
             }
-            Ok(if jobs.is_empty() {
+            Ok(if claimed.jobs.is_empty() {
                 Exit::NotFound
             } else {
                 Exit::Ok
@@ -854,14 +946,14 @@ pub fn events(args: EventsArgs) -> ExitCode {
     finish(Client::new(&args.conn).and_then(|c| events_run(&c, args.cmd)))
 }
 
-/// `<id> <ts> <type> <data JSON>`.
-fn event_line(e: &Value) -> String {
+/// `<id> <ts> <type> <data JSON>` (`-` for no type).
+fn event_line(e: &Event) -> String {
     format!(
         "{} {} {} {}",
-        e["id"].as_str().unwrap_or_default(),
-        e["ts"],
-        e["type"].as_str().unwrap_or("-"),
-        e["data"]
+        e.id,
+        e.ts,
+        e.kind.as_deref().unwrap_or("-"),
+        e.data.get()
     )
 }
 
@@ -873,7 +965,8 @@ fn events_run(c: &Client, cmd: EventsCmd) -> Out {
             kind,
             ts,
         } => {
-            let mut body = json!({"data": json_arg(&data)?});
+            let data = json_arg(&data)?;
+            let mut body = json!({});
             if let Some(k) = kind {
                 body["type"] = k.into();
             }
@@ -881,7 +974,10 @@ fn events_run(c: &Client, cmd: EventsCmd) -> Out {
                 body["ts"] = t.into();
             }
             let a = c
-                .post_json(&format!("/v1/streams/{}/events", name(&stream)), body)?
+                .post_raw(
+                    &format!("/v1/streams/{}/events", name(&stream)),
+                    with_raw("data", &data, body),
+                )?
                 .ok()?;
             c.print(&a, |v| v["ids"][0].as_str().unwrap_or_default().to_string())
         }
@@ -905,12 +1001,19 @@ fn events_run(c: &Client, cmd: EventsCmd) -> Out {
                 }
             }
             let a = c.call("GET", &path, &[], vec![])?.ok()?;
-            c.print(&a, |v| {
-                v["events"]
-                    .as_array()
-                    .map(|es| es.iter().map(event_line).collect::<Vec<_>>().join("\n"))
-                    .unwrap_or_default()
-            })
+            if c.json {
+                return c.print(&a, |_| String::new());
+            }
+            let page: Events = serde_json::from_slice(&a.body).map_err(|e| {
+                Fail(
+                    Exit::Refused,
+                    format!("an answer this client does not read: {e}"),
+                )
+            })?;
+            for e in &page.events {
+                emit(&event_line(e))?;
+            }
+            Ok(Exit::Ok)
         }
         EventsCmd::Tail { stream, after } => {
             let mut path = format!("/v1/streams/{}/events?follow=true", name(&stream));
@@ -954,24 +1057,39 @@ fn events_run(c: &Client, cmd: EventsCmd) -> Out {
                     while let Some(end) = memchr::memmem::find(&buf, b"\n\n") {
                         let block: Vec<u8> = buf.drain(..end + 2).collect();
                         let text = String::from_utf8_lossy(&block);
-                        let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                        let field = |name: &str| {
+                            text.lines().find_map(|l| {
+                                l.strip_prefix(name)
+                                    .and_then(|v| v.strip_prefix(':'))
+                                    .map(|v| v.strip_prefix(' ').unwrap_or(v))
+                            })
+                        };
+                        let Some(data) = field("data") else {
                             continue; // a comment or a heartbeat
                         };
+                        if field("event") == Some("error") {
+                            // The server ended the stream in band (events.rs).
+                            return Err(Fail(Exit::Unavailable, format!("the stream: {data}")));
+                        }
                         // The `data:` line is the event, as a range answers it.
-                        let event: Value = serde_json::from_str(data).unwrap_or(Value::Null);
-                        let line = if c.json {
-                            event.to_string()
+                        if c.json {
+                            emit(data)?;
                         } else {
-                            event_line(&event)
-                        };
-                        let mut out = std::io::stdout().lock();
-                        if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
-                            // The reader went away (`| head`): done.
-                            return Ok(Exit::Ok);
+                            let event: Event = serde_json::from_str(data).map_err(|e| {
+                                Fail(
+                                    Exit::Refused,
+                                    format!("an event this client does not read: {e}"),
+                                )
+                            })?;
+                            emit(&event_line(&event))?;
                         }
                     }
                 }
-                Ok(Exit::Ok)
+                // A follow only ends when the server stops or drops it: a script reconnects.
+                Err(Fail(
+                    Exit::Unavailable,
+                    "the server ended the stream".into(),
+                ))
             })
         }
     }

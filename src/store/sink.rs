@@ -315,7 +315,7 @@ impl Sink {
             Ok(s) => s,
             Err(e) => return retry("creating or reading the stream")(e),
         };
-        let atomic = match self.atomic(&js, &mut stream).await {
+        let atomic = match self.atomic(&js, &mut stream, &client.server_info().version).await {
             Ok(a) => a,
             Err(e) => return e,
         };
@@ -356,7 +356,18 @@ impl Sink {
         &self,
         js: &jetstream::Context,
         stream: &mut jetstream::stream::Stream,
+        server_version: &str,
     ) -> Result<bool, End> {
+        // 2.12.0 refuses `Nats-Msg-Id` inside a batch; 2.12.1 takes it (ADR-50).
+        let v: Vec<u64> = server_version
+            .split(|c: char| !c.is_ascii_digit())
+            .take(3)
+            .map(|n| n.parse().unwrap_or(0))
+            .collect();
+        if v.as_slice() < [2, 12, 1].as_slice() {
+            tracing::info!(version = server_version, "NATS sink: the hub takes no atomic batches with message ids (before 2.12.1); publishing one change at a time");
+            return Ok(false);
+        }
         let info = stream
             .info()
             .await
@@ -535,9 +546,13 @@ impl Sink {
             // While a publish awaits its ack, let the changes gather (up to LINGER): one batch
             // per round trip to the hub rather than one per commit. Fewer, larger batches cost
             // the hub and the box less per change; an idle sink still ships a change at once.
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            // Registered before looking, so an ack that drains the channel meanwhile wakes it.
+            drained.as_mut().enable();
             if tx.capacity() < tx.max_capacity() {
                 tokio::select! {
-                    _ = self.drained.notified() => {}
+                    _ = drained => {}
                     _ = tokio::time::sleep(LINGER) => {}
                 }
             }
@@ -674,7 +689,8 @@ impl Sink {
                 Some((p.entry_position, p.at_ms));
             if rx.is_empty() {
                 self.oldest_unacked_ms.store(0, Ordering::Relaxed);
-                self.drained.notify_one();
+                // Wakes a lingering publisher only (no permit is kept for a later one).
+                self.drained.notify_waiters();
             } else if let Some(at) = p.at_ms {
                 self.oldest_unacked_ms.store(at.max(1), Ordering::Relaxed);
             }

@@ -126,6 +126,13 @@ fn every_domain_from_the_shell_with_exit_codes_a_script_can_use() {
         sb(&["queue", "claim", "mail"]),
         (3, String::new(), String::new())
     );
+    // A payload goes byte for byte: key order and a number wider than a float kept.
+    let exact = r#"{"b":1,"a":123456789012345678901234}"#;
+    sb(&["queue", "enqueue", "mail", exact]);
+    let (_, line, _) = sb(&["queue", "claim", "mail"]);
+    let parts: Vec<&str> = line.trim_end().splitn(3, ' ').collect();
+    assert_eq!(parts[2], exact);
+    assert_eq!(sb(&["queue", "ack", "mail", parts[0], parts[1]]).0, 0);
     // A payload that is not JSON goes as a string; nack --dead makes a dead job.
     sb(&["queue", "enqueue", "mail", "plain text"]);
     let (_, line, _) = sb(&["queue", "claim", "mail"]);
@@ -242,6 +249,9 @@ fn every_domain_from_the_shell_with_exit_codes_a_script_can_use() {
     let (code, _, err) = run("http://127.0.0.1:1", &[], &["kv", "get", "a", "b"], None);
     assert_eq!(code, 5);
     assert!(err.contains("cannot reach 127.0.0.1:1"), "{err}");
+    let (code, _, err) = run(&format!("{url}/prefix"), &[], &["status"], None);
+    assert_eq!(code, 2);
+    assert!(err.contains("no path"), "{err}");
     let (code, _, err) = run("localhost:7070", &[], &["status"], None);
     assert_eq!(code, 2);
     assert!(err.contains("http://host:port"), "{err}");
