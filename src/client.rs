@@ -615,6 +615,10 @@ impl Client {
             .map_err(|e| Fail(Exit::Unavailable, format!("HTTP: {e}")))
     }
 
+    fn get(&self, path: &str) -> Result<Answer, Fail> {
+        self.call("GET", path, &[], vec![])
+    }
+
     fn post_json(&self, path: &str, body: Value) -> Result<Answer, Fail> {
         self.post_raw(path, body.to_string().into_bytes())
     }
@@ -691,12 +695,7 @@ pub fn kv(args: KvArgs) -> ExitCode {
 fn kv_run(c: &Client, cmd: KvCmd) -> Out {
     match cmd {
         KvCmd::Get { ns, key: k } => {
-            let a = c.call(
-                "GET",
-                &format!("/v1/kv/{}/{}", name(&ns), key(&k)),
-                &[],
-                vec![],
-            )?;
+            let a = c.get(&format!("/v1/kv/{}/{}", name(&ns), key(&k)))?;
             let a = a.ok()?;
             if c.json {
                 let ct = a
@@ -777,7 +776,7 @@ fn kv_run(c: &Client, cmd: KvCmd) -> Out {
                 if let Some(a) = &after {
                     path.push_str(&format!("&after={}", q(a)));
                 }
-                let v = c.call("GET", &path, &[], vec![])?.ok()?.json();
+                let v = c.get(&path)?.ok()?.json();
                 let keys = v["keys"].as_array().cloned().unwrap_or_default();
                 for k in &keys {
                     if c.json {
@@ -919,7 +918,7 @@ fn queue_run(c: &Client, cmd: QueueCmd) -> Out {
                 Some(q) => format!("/v1/queues/{}", name(q)),
                 None => "/v1/queues".to_string(),
             };
-            let a = c.call("GET", &path, &[], vec![])?.ok()?;
+            let a = c.get(&path)?.ok()?;
             c.print(&a, |v| {
                 let line = |s: &Value| {
                     format!(
@@ -1000,7 +999,7 @@ fn events_run(c: &Client, cmd: EventsCmd) -> Out {
                     path.push_str(&format!("&{k}={}", q(&v)));
                 }
             }
-            let a = c.call("GET", &path, &[], vec![])?.ok()?;
+            let a = c.get(&path)?.ok()?;
             if c.json {
                 return c.print(&a, |_| String::new());
             }
@@ -1102,12 +1101,7 @@ pub fn cache(args: CacheArgs) -> ExitCode {
 fn cache_run(c: &Client, cmd: CacheCmd) -> Out {
     match cmd {
         CacheCmd::Get { ns, key: k } => {
-            let a = c.call(
-                "GET",
-                &format!("/v1/cache/{}/{}", name(&ns), key(&k)),
-                &[],
-                vec![],
-            )?;
+            let a = c.get(&format!("/v1/cache/{}/{}", name(&ns), key(&k)))?;
             if a.status == 404 {
                 // A miss hands this caller the fill lease; it fills nothing, so it gives the
                 // lease back at once rather than keep other callers waiting for it.
@@ -1171,7 +1165,7 @@ fn cache_run(c: &Client, cmd: CacheCmd) -> Out {
 
 pub fn status(args: StatusArgs) -> ExitCode {
     finish(Client::new(&args.conn).and_then(|c| {
-        let a = c.call("GET", "/v1/status", &[], vec![])?.ok()?;
+        let a = c.get("/v1/status")?.ok()?;
         c.print(&a, |v| {
             let mut out = Vec::new();
             flatten("", v, 0, &mut out);
