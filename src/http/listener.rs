@@ -126,6 +126,14 @@ pub async fn run(
             pruned.access.prune();
         }
     }));
+    // The status page's last minute.
+    let sampled = state.clone();
+    background.push(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(super::window::STEP).await;
+            sampled.window.tick(sampled.store.engine());
+        }
+    }));
     let conn_limit = Arc::new(Semaphore::new(cfg.http.connections_max));
     let conns = state.conns.clone();
     let refusals = Arc::new(Semaphore::new(REFUSALS_MAX));

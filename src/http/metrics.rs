@@ -315,77 +315,99 @@ pub fn render(engine: &crate::engine::Engine, open_connections: usize) -> String
     out
 }
 
+/// What `/proc/self/stat` says of this process; a field that cannot be read is `None`.
+pub(super) struct ProcStat {
+    /// User and system CPU time, in seconds.
+    pub cpu_seconds: Option<f64>,
+    pub virtual_bytes: Option<f64>,
+    pub resident_bytes: Option<f64>,
+    /// Since the Unix epoch, in seconds.
+    pub start_time: Option<f64>,
+}
+
+/// Reads `/proc/self/stat` (Linux); `None` where there is none.
+pub(super) fn proc_stat() -> Option<ProcStat> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let page = rustix::param::page_size() as f64;
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    // After the command name (in parentheses, which may hold spaces): field 3 onwards.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    Some(ProcStat {
+        cpu_seconds: field(14)
+            .zip(field(15))
+            .map(|(utime, stime)| (utime + stime) / ticks),
+        virtual_bytes: field(23),
+        resident_bytes: field(24).map(|pages| pages * page),
+        start_time: boot
+            .zip(field(22))
+            .map(|(boot, start)| boot + start / ticks),
+    })
+}
+
+/// Open file descriptors of this process (Linux).
+pub(super) fn open_fds() -> Option<usize> {
+    std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
+}
+
 /// The standard `process_*` series (as Prometheus's client libraries name them) from
 /// `/proc/self`, and `shardbox_build_info`. A file that cannot be read leaves its series out.
 fn render_process(out: &mut String) {
-    let mut gauge = |name: &str, help: &str, kind: &str, value: f64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
+    let mut gauge = |name: &str, help: &str, kind: &str, value: Option<f64>| {
+        if let Some(value) = value {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
     };
-    let page = rustix::param::page_size() as f64;
-    let ticks = rustix::param::clock_ticks_per_second() as f64;
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-        // After the command name (in parentheses, which may hold spaces): field 3 onwards.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
-        if let (Some(utime), Some(stime)) = (field(14), field(15)) {
-            gauge(
-                "process_cpu_seconds_total",
-                "User and system CPU time spent, in seconds.",
-                "counter",
-                (utime + stime) / ticks,
-            );
-        }
-        if let Some(vsize) = field(23) {
-            gauge(
-                "process_virtual_memory_bytes",
-                "Virtual memory size in bytes.",
-                "gauge",
-                vsize,
-            );
-        }
-        if let Some(rss) = field(24) {
-            gauge(
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes.",
-                "gauge",
-                rss * page,
-            );
-        }
-        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("btime "))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        });
-        if let (Some(boot), Some(start)) = (boot, field(22)) {
-            gauge(
-                "process_start_time_seconds",
-                "Start time of the process since the Unix epoch, in seconds.",
-                "gauge",
-                boot + start / ticks,
-            );
-        }
-    }
-    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+    if let Some(p) = proc_stat() {
         gauge(
-            "process_open_fds",
-            "Open file descriptors.",
+            "process_cpu_seconds_total",
+            "User and system CPU time spent, in seconds.",
+            "counter",
+            p.cpu_seconds,
+        );
+        gauge(
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
             "gauge",
-            fds.count() as f64,
+            p.virtual_bytes,
+        );
+        gauge(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            "gauge",
+            p.resident_bytes,
+        );
+        gauge(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch, in seconds.",
+            "gauge",
+            p.start_time,
         );
     }
-    if let Some(max) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
-        gauge(
-            "process_max_fds",
-            "The most file descriptors the process may open.",
-            "gauge",
-            max as f64,
-        );
-    }
+    gauge(
+        "process_open_fds",
+        "Open file descriptors.",
+        "gauge",
+        open_fds().map(|n| n as f64),
+    );
+    gauge(
+        "process_max_fds",
+        "The most file descriptors the process may open.",
+        "gauge",
+        rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .map(|max| max as f64),
+    );
     let _ = writeln!(
         out,
         "# HELP shardbox_build_info The running build: its version and profile.\n# TYPE shardbox_build_info gauge\nshardbox_build_info{{version=\"{}\",profile=\"{}\"}} 1",

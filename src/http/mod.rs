@@ -34,6 +34,7 @@ mod route_table;
 mod state;
 mod status;
 pub mod tls;
+mod window;
 
 testing_pub! { use dispatch::{find_route, idempotent_routes, routes}; }
 testing_pub! { use route_table::{check_query, match_template, Match, Params, RouteDef}; }

@@ -1,7 +1,7 @@
 //! What every request handler shares: the store, the bounds on bodies, connections and
 //! waiting requests, tokens and rate limits.
 
-use super::{access, conns, peer, status};
+use super::{access, conns, peer, status, window};
 use crate::store::Store;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -26,6 +26,8 @@ pub struct ServerState {
     pub access: access::Access,
     /// When the server started (the status page's uptime).
     pub started: std::time::Instant,
+    /// The last minute's rates and latencies, for the status page.
+    pub window: window::Window,
     /// The last server errors and 429s, for the status page.
     pub recent_errors: status::RecentErrors,
     /// The access log, when `access_log` names one.
@@ -86,6 +88,7 @@ impl ServerState {
         let cfg = store.config().clone();
         let long_polls = long_polls_max(cfg.http.connections_max);
         let followers_max = cfg.http.followers_max.min(long_polls);
+        let window = window::Window::new(store.engine());
         Arc::new(ServerState {
             body_budget: Arc::new(Semaphore::new(cfg.http.inflight_body_bytes_max)),
             store,
@@ -96,6 +99,7 @@ impl ServerState {
             access: access::Access::new(&cfg),
             started: std::time::Instant::now(),
             recent_errors: status::RecentErrors::default(),
+            window,
             idempotent_tasks: Arc::new(Semaphore::new(cfg.http.connections_max)),
             access_log,
         })

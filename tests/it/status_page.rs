@@ -1,6 +1,7 @@
 //! The status page in a real browser: headless chromium loads `/` from a running server with
-//! data in it, runs the page's script, and the numbers it shows must be the API's. A phone-sized
-//! screenshot is kept in `target/tmp/status-page.png`.
+//! data in it, runs the page's script, and the numbers it shows must be the API's. At a desktop's and a phone's
+//! width no card scrolls sideways and every figure is there on first paint; screenshots of both
+//! are kept in `target/tmp/status-page-{1280,412}.png`.
 
 use crate::common;
 
@@ -50,7 +51,7 @@ fn headless(bin: &PathBuf, profile: &std::path::Path, args: &[&str], url: &str) 
             "--disable-dev-shm-usage",
             "--no-first-run",
             "--hide-scrollbars",
-            "--virtual-time-budget=5000",
+            "--virtual-time-budget=1500",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(args)
@@ -95,11 +96,23 @@ async fn the_status_page_shows_what_the_api_says() {
     }
     c.post_json("/v1/queues/mail/claim", json!({"max": 2}))
         .await;
+    c.post_json("/v1/queues/reports/jobs", json!({"payload": 1}))
+        .await;
+    assert_eq!(
+        c.post_json("/v1/queues/reports:pause", json!({}))
+            .await
+            .status,
+        204
+    );
     for i in 0..5 {
         let r = c
             .post_json("/v1/streams/clicks/events", json!({"data": {"n": i}}))
             .await;
         assert!(r.status < 300);
+    }
+    for i in 0..20 {
+        c.send("PUT", &format!("/v1/kv/app/k{i}"), &[], "v").await;
+        c.get(&format!("/v1/kv/app/k{i}")).await;
     }
     c.send("PUT", "/v1/cache/pages/home?ttl=60s", &[], "html")
         .await;
@@ -111,65 +124,131 @@ async fn the_status_page_shows_what_the_api_says() {
     let q = c.get("/v1/queues/mail").await.json();
     let st = c.get("/v1/streams/clicks").await.json();
     let tmp = tempfile::tempdir().unwrap();
-    let url = s.url("/");
-    let bin2 = bin.clone();
-    let profile = tmp.path().to_path_buf();
-    let dom = tokio::task::spawn_blocking(move || headless(&bin2, &profile, &["--dump-dom"], &url))
+
+    // A desktop and a phone. The virtual time budget is shorter than the page's poll, so what
+    // is checked is its first paint: every figure there at once, none waiting for a second poll.
+    for (width, height) in [(1280, 900), (412, 915)] {
+        let size = format!("--window-size={width},{height}");
+        let url = s.url("/");
+        let (bin2, profile, size2) = (bin.clone(), tmp.path().to_path_buf(), size.clone());
+        let dom = tokio::task::spawn_blocking(move || {
+            headless(&bin2, &profile, &["--dump-dom", &size2], &url)
+        })
         .await
         .unwrap();
-    assert!(
-        dom.contains("data-loaded="),
-        "the page's script never rendered: {dom}"
-    );
-    assert_eq!(
-        shown(&dom, "queue.mail.ready"),
-        Some(q["ready"].to_string())
-    );
-    assert_eq!(
-        shown(&dom, "queue.mail.in_flight"),
-        Some(q["in_flight"].to_string())
-    );
-    assert_eq!(q["ready"], 5);
-    assert_eq!(
-        shown(&dom, "stream.clicks.events"),
-        Some(st["events"].to_string())
-    );
-    assert_eq!(st["events"], 5);
-    assert_eq!(
-        shown(&dom, "cache.hits"),
-        Some(api["cache"]["hits"].to_string())
-    );
-    assert_eq!(
-        shown(&dom, "cache.misses"),
-        Some(api["cache"]["misses"].to_string())
-    );
-    assert_eq!(api["cache"]["hits"], 2);
-    let ratio = api["cache"]["hit_ratio"].as_f64().unwrap();
-    assert_eq!(
-        shown(&dom, "cache.hit_ratio"),
-        Some(format!("{:.1} %", 100.0 * ratio))
-    );
-    for shard in api["shards"].as_array().unwrap() {
-        let id = shard["id"].as_u64().unwrap();
         assert!(
-            shown(&dom, &format!("shard.{id}.file_bytes")).is_some(),
-            "shard {id} not shown"
+            dom.contains("data-loaded=\"1\""),
+            "at {width}px the page's script did not render once: {dom}"
         );
-    }
+        assert!(
+            dom.contains("data-overflow=\"\""),
+            "at {width}px a card (or the page) scrolls sideways: {}",
+            dom.split("data-overflow=")
+                .nth(1)
+                .unwrap_or("?")
+                .split(' ')
+                .next()
+                .unwrap_or("?")
+        );
+        assert_eq!(
+            shown(&dom, "queue.mail.ready"),
+            Some(q["ready"].to_string())
+        );
+        assert_eq!(
+            shown(&dom, "queue.mail.in_flight"),
+            Some(q["in_flight"].to_string())
+        );
+        assert_eq!(q["ready"], 5);
+        assert_eq!(shown(&dom, "queue.mail.state").as_deref(), Some("running"));
+        assert_eq!(
+            shown(&dom, "queue.reports.state").as_deref(),
+            Some("paused")
+        );
+        assert_eq!(
+            shown(&dom, "stream.clicks.events"),
+            Some(st["events"].to_string())
+        );
+        assert_eq!(st["events"], 5);
+        assert_eq!(
+            shown(&dom, "cache.hits"),
+            Some(api["cache"]["hits"].to_string())
+        );
+        assert_eq!(
+            shown(&dom, "cache.misses"),
+            Some(api["cache"]["misses"].to_string())
+        );
+        assert_eq!(api["cache"]["hits"], 2);
+        let ratio = api["cache"]["hit_ratio"].as_f64().unwrap();
+        assert_eq!(
+            shown(&dom, "cache.hit_ratio"),
+            Some(format!("{:.1} %", 100.0 * ratio))
+        );
+        assert_eq!(
+            shown(&dom, "log.durability").as_deref(),
+            api["log"]["durability"].as_str()
+        );
+        assert_eq!(shown(&dom, "health").as_deref(), Some("healthy"));
+        // Every figure an operator looks for is there, as a value (no dash) on first paint.
+        let mut figures: Vec<String> = [
+            "win.requests_per_s",
+            "win.p50_ms",
+            "win.p99_ms",
+            "win.server_error_ratio",
+            "win.client_errors_per_s",
+            "proc.cpu_percent",
+            "proc.resident_bytes",
+            "http.connections_open",
+            "disk.free_bytes",
+            "log.disk_bytes",
+            "queue.mail.oldest_ready_age",
+            "queue.mail.dead",
+            "stream.clicks.newest",
+            "cache.memory_bytes",
+        ]
+        .map(String::from)
+        .to_vec();
+        for domain in ["kv", "queues", "events", "cache"] {
+            for f in [
+                "per_s",
+                "p50_ms",
+                "p99_ms",
+                "client_errors",
+                "server_errors",
+            ] {
+                figures.push(format!("domain.{domain}.{f}"));
+            }
+        }
+        for shard in api["shards"].as_array().unwrap() {
+            let id = shard["id"].as_u64().unwrap();
+            figures.push(format!("shard.{id}.file_bytes"));
+            figures.push(format!("shard.{id}.ops_per_s"));
+        }
+        for key in &figures {
+            let v = shown(&dom, key);
+            assert!(
+                v.as_deref().is_some_and(|v| !v.is_empty() && v != "–"),
+                "at {width}px `{key}` shows {v:?}"
+            );
+        }
+        // The KV requests above were measured: a rate and latencies, not zero.
+        assert_ne!(shown(&dom, "domain.kv.per_s").as_deref(), Some("0.0"));
 
-    // A phone-sized screenshot, kept as the test's artifact.
-    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
-    let _ = std::fs::remove_file(&shot);
-    let arg = format!("--screenshot={}", shot.display());
-    let url = s.url("/");
-    let profile = tmp.path().to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        headless(&bin, &profile, &[&arg, "--window-size=412,1400"], &url)
-    })
-    .await
-    .unwrap();
-    let png = std::fs::read(&shot).expect("screenshot written");
-    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
-    eprintln!("screenshot: {}", shot.display());
+        // A screenshot of the viewport, kept as the test's artifact.
+        let shot =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("status-page-{width}.png"));
+        let _ = std::fs::remove_file(&shot);
+        let arg = format!("--screenshot={}", shot.display());
+        let url = s.url("/");
+        let (bin2, profile) = (bin.clone(), tmp.path().to_path_buf());
+        tokio::task::spawn_blocking(move || headless(&bin2, &profile, &[&arg, &size], &url))
+            .await
+            .unwrap();
+        let png = std::fs::read(&shot).expect("screenshot written");
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        // IHDR: width and height, big-endian, at bytes 16..24.
+        let dim = |at: usize| u32::from_be_bytes([png[at], png[at + 1], png[at + 2], png[at + 3]]);
+        assert_eq!((dim(16), dim(20)), (width, height), "screenshot size");
+        eprintln!("screenshot: {}", shot.display());
+    }
     s.stop().await;
 }

@@ -5,14 +5,15 @@
 //! names (at most [`NAMES_MAX`] of each), never keys, so cardinality is bounded.
 
 use prometheus_client::encoding::text::encode_registry;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::exponential_buckets;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// Queues and streams given their own series; more are left out of the per-name gauges (the
 /// count of names left out is itself a gauge).
@@ -39,22 +40,92 @@ pub struct ShardLabels {
     shard: u32,
 }
 
-#[derive(Clone)]
-struct Buckets(&'static [f64]);
+/// A histogram kept in atomic counters: an observation is two relaxed adds and no lock (the
+/// crate's own histogram takes a write lock per observation), and its counts can be read back
+/// (the status page's last minute, [`route_counts`]).
+#[derive(Clone, Debug)]
+pub struct Hist(Arc<HistInner>);
 
-impl MetricConstructor<Histogram> for Buckets {
-    fn new_metric(&self) -> Histogram {
-        Histogram::new(self.0.iter().copied())
+#[derive(Debug)]
+struct HistInner {
+    /// Upper bounds; `counts` has one more slot, for values above the last.
+    bounds: &'static [f64],
+    counts: Box<[AtomicU64]>,
+    /// The sum of the observations times `scale`, as an integer.
+    sum: AtomicU64,
+    scale: f64,
+}
+
+impl Hist {
+    fn new(bounds: &'static [f64], scale: f64) -> Self {
+        Hist(Arc::new(HistInner {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+            scale,
+        }))
+    }
+
+    /// Counts `v` in the first bucket whose bound is at least `v`.
+    pub fn observe(&self, v: f64) {
+        let h = &self.0;
+        let i = h.bounds.partition_point(|b| *b < v);
+        h.counts[i].fetch_add(1, Ordering::Relaxed);
+        h.sum.fetch_add((v * h.scale) as u64, Ordering::Relaxed);
+    }
+
+    /// Each bucket's own count (not cumulative), the last one above every bound.
+    pub fn counts(&self) -> Vec<u64> {
+        self.0
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
     }
 }
 
-/// 100 µs to ~52 s, doubling.
+impl TypedMetric for Hist {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Hist {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let counts = self.counts();
+        let buckets: Vec<(f64, u64)> = self
+            .0
+            .bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::MAX))
+            .zip(counts.iter().copied())
+            .collect();
+        let sum = self.0.sum.load(Ordering::Relaxed) as f64 / self.0.scale;
+        encoder.encode_histogram::<NoLabelSet>(sum, counts.iter().sum(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// A histogram's bucket bounds and the scale its sum is kept at.
+#[derive(Clone)]
+struct Buckets(&'static [f64], f64);
+
+impl MetricConstructor<Hist> for Buckets {
+    fn new_metric(&self) -> Hist {
+        Hist::new(self.0, self.1)
+    }
+}
+
+/// 25 µs to ~52 s, doubling.
 static SECONDS: OnceLock<Vec<f64>> = OnceLock::new();
 /// 1 to 4096 operations, doubling.
 static OPS: OnceLock<Vec<f64>> = OnceLock::new();
 
-fn seconds() -> &'static [f64] {
-    SECONDS.get_or_init(|| exponential_buckets(0.0001, 2.0, 20).collect())
+/// The upper bounds of the latency histograms, in seconds.
+pub fn seconds() -> &'static [f64] {
+    SECONDS.get_or_init(|| exponential_buckets(0.000025, 2.0, 22).collect())
 }
 fn ops() -> &'static [f64] {
     OPS.get_or_init(|| exponential_buckets(1.0, 2.0, 13).collect())
@@ -63,9 +134,9 @@ fn ops() -> &'static [f64] {
 pub struct Families {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
-    request_seconds: Family<RouteLabels, Histogram, Buckets>,
-    batch_ops: Family<ShardLabels, Histogram, Buckets>,
-    commit_seconds: Family<ShardLabels, Histogram, Buckets>,
+    request_seconds: Family<RouteLabels, Hist, Buckets>,
+    batch_ops: Family<ShardLabels, Hist, Buckets>,
+    commit_seconds: Family<ShardLabels, Hist, Buckets>,
     pub shard_file_bytes: Family<Labels, Gauge>,
     pub queue_jobs: Family<Labels, Gauge>,
     pub queue_oldest_ready_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
@@ -83,9 +154,9 @@ pub fn get() -> &'static Families {
     FAMILIES.get_or_init(|| {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
-        let request_seconds = Family::new_with_constructor(Buckets(seconds()));
-        let batch_ops = Family::new_with_constructor(Buckets(ops()));
-        let commit_seconds = Family::new_with_constructor(Buckets(seconds()));
+        let request_seconds = Family::new_with_constructor(Buckets(seconds(), 1e9));
+        let batch_ops = Family::new_with_constructor(Buckets(ops(), 1.0));
+        let commit_seconds = Family::new_with_constructor(Buckets(seconds(), 1e9));
         let f = Families {
             requests,
             request_seconds,
@@ -187,8 +258,8 @@ pub fn record_request(
 }
 
 /// Statuses whose request series each route keeps a handle to (others are looked up).
-const STATUSES: [u16; 16] = [
-    200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 412, 413, 422, 429, 503, 507,
+const STATUSES: [u16; 17] = [
+    200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 412, 413, 422, 429, 500, 503, 507,
 ];
 
 /// Routes with handles kept (the tables hold about 60).
@@ -197,7 +268,8 @@ const ROUTES_MAX: usize = 128;
 /// A route's request series, resolved on its first request with each status.
 #[derive(Default)]
 struct RouteSlot {
-    seconds: OnceLock<Histogram>,
+    /// The route's template and its latency histogram.
+    seconds: OnceLock<(&'static str, Hist)>,
     counts: [OnceLock<Counter>; STATUSES.len()],
 }
 
@@ -232,11 +304,48 @@ pub fn record_route(
         .inc();
     slot.seconds
         .get_or_init(|| {
-            f.request_seconds
-                .get_or_create(&RouteLabels { route, method })
-                .clone()
+            let h = f.request_seconds.get_or_create(&RouteLabels { route, method });
+            (route, h.clone())
         })
+        .1
         .observe(took.as_secs_f64());
+}
+
+/// What one route has answered since start: its latency histogram's bucket counts
+/// ([`seconds`] bounds), and its 4xx and 5xx answers.
+pub struct RouteCounts {
+    pub route: &'static str,
+    pub buckets: Vec<u64>,
+    pub client_errors: u64,
+    pub server_errors: u64,
+}
+
+/// Every route that has answered a request, as [`RouteCounts`] (requests of statuses outside
+/// the kept list are in the histogram but not in the error counts).
+pub fn route_counts() -> Vec<RouteCounts> {
+    let Some(slots) = ROUTE_SLOTS.get() else {
+        return Vec::new();
+    };
+    slots
+        .iter()
+        .filter_map(|slot| {
+            let (route, hist) = slot.seconds.get()?;
+            let count = |class: u16| -> u64 {
+                STATUSES
+                    .iter()
+                    .zip(&slot.counts)
+                    .filter(|(s, _)| **s / 100 == class)
+                    .filter_map(|(_, c)| c.get().map(Counter::get))
+                    .sum()
+            };
+            Some(RouteCounts {
+                route,
+                buckets: hist.counts(),
+                client_errors: count(4),
+                server_errors: count(5),
+            })
+        })
+        .collect()
 }
 
 /// Records one group commit of a shard.

@@ -313,6 +313,16 @@ impl Wal {
         &self.shared.stats
     }
 
+    /// Bytes the log's segment files take on disk (live and spare: segments are preallocated).
+    pub fn disk_bytes(&self) -> u64 {
+        self.shared.stats.segment_files.load(Ordering::Relaxed) * self.shared.cfg.segment_bytes
+    }
+
+    /// When the log acknowledges a write.
+    pub fn mode(&self) -> SyncMode {
+        self.shared.cfg.mode
+    }
+
     /// Why the log refuses writes, if it does.
     pub fn failure(&self) -> Option<String> {
         lock(&self.shared.state)
