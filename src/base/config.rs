@@ -710,6 +710,19 @@ impl Default for HttpConfig {
     }
 }
 
+/// `SHARDBOX_*` variables that are not settings: the config file's path, the log filter and
+/// fault points, and the client commands' connection (`SHARDBOX_SERVER`, `SHARDBOX_TOKEN`,
+/// `SHARDBOX_TOKEN_FILE`, `SHARDBOX_CA`), which a shell that runs both may well have set.
+const CLI_VARIABLES: &[&str] = &[
+    "config",
+    "log",
+    "failpoints",
+    "server",
+    "token",
+    "token_file",
+    "ca",
+];
+
 /// Environment variable prefix: `SHARDBOX_BATCH_OPS_MAX=64` sets `batch_ops_max`.
 pub const ENV_PREFIX: &str = "SHARDBOX_";
 
@@ -853,8 +866,8 @@ impl Config {
                 continue;
             };
             let field = field.to_ascii_lowercase();
-            if field == "config" || field == "log" || field == "failpoints" {
-                continue; // handled by the CLI itself
+            if CLI_VARIABLES.contains(&field.as_str()) {
+                continue; // read by the CLI itself
             }
             if !table.contains_key(&field) {
                 return Err(format!(
@@ -1225,6 +1238,11 @@ mod tests {
             ("SHARDBOX_BATCH_OPS_MAX".to_string(), "20".to_string()),
             ("SHARDBOX_SHARDS".to_string(), "6".to_string()),
             ("PATH".to_string(), "/bin".to_string()),
+            // The client's connection, set in a shell that also starts the server: not settings.
+            ("SHARDBOX_SERVER".to_string(), "http://127.0.0.1:7070".to_string()),
+            ("SHARDBOX_TOKEN".to_string(), "sbx_x".to_string()),
+            ("SHARDBOX_TOKEN_FILE".to_string(), "/tmp/t".to_string()),
+            ("SHARDBOX_CA".to_string(), "/tmp/ca.pem".to_string()),
         ];
         let flags = vec![("shards".to_string(), "2".to_string())];
         let c = Config::resolve(Some(file), env, &flags).unwrap();

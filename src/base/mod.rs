@@ -20,6 +20,7 @@ pub mod failpoint {
     }
 }
 pub mod invalid;
+pub mod json_object;
 pub mod limits;
 pub mod metrics;
 pub mod names;

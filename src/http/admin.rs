@@ -128,6 +128,20 @@ async fn backup(state: &ServerState, req: Request<ReqBody>) -> Result<Resp, ApiE
     }
     crate::store::backup::refuse_inside(&state.store.config().data_dir, &out)
         .map_err(ApiError::bad_request)?;
+    // A directory the server cannot make or write is the request's fault, not the server's:
+    // 400 here, before the 409 for one that is not empty and before the copy (whose own I/O
+    // errors stay 500).
+    crate::store::backup::create_dir_all(&out)
+        .and_then(|()| {
+            use rustix::fs::{access, Access};
+            access(&out, Access::WRITE_OK | Access::EXEC_OK).map_err(std::io::Error::from)
+        })
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "out `{}`: cannot create it or write in it ({e}): give a directory the server's user may write",
+                r.out
+            ))
+        })?;
     crate::store::backup::check_target(&out).map_err(|e| ApiError::new(409, "conflict", e))?;
     let running = one_at_a_time(&RUNNING, "backup_running", "a backup")?;
     let store = state.store.clone();

@@ -388,7 +388,7 @@ async fn put_cursor(
     struct Body {
         position: String,
     }
-    let b: Body = serde_json::from_slice(&body.bytes).map_err(|e| {
+    let b: Body = crate::base::json_object::from_object(&body.bytes).map_err(|e| {
         ApiError::bad_request(format!(
             "the body is {{\"position\": \"<generation>:<lsn>:<index>\" or \"now\"}}: {e}"
         ))

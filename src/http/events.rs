@@ -333,9 +333,11 @@ async fn follow(
     last_event_id: Option<String>,
 ) -> Result<Resp, ApiError> {
     let events = state.store.events().clone();
+    // An empty one is no position (as in a range read, and as EventSource sends none).
     let start = match last_event_id
         .as_deref()
-        .or(q.get("after").map(String::as_str))
+        .filter(|id| !id.is_empty())
+        .or(q.get("after").map(String::as_str).filter(|a| !a.is_empty()))
     {
         Some(id) => Some(model::parse_id(id).ok_or_else(|| {
             ApiError::bad_request("Last-Event-ID / after must be an event id (<ms>-<seq>)")

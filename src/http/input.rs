@@ -85,7 +85,7 @@ pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ApiError> {
     let (parts, body) = req.into_parts();
     let body = json_bytes(state, &parts.headers, body).await?;
-    serde_json::from_slice(&body.bytes)
+    crate::base::json_object::from_object(&body.bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
@@ -124,7 +124,8 @@ where
             )));
         }
         let line_err = |m: String| ApiError::bad_request(format!("line {}: {m}", n + 1));
-        let t: T = serde_json::from_slice(line).map_err(|e| line_err(e.to_string()))?;
+        let t: T =
+            crate::base::json_object::from_object(line).map_err(|e| line_err(e.to_string()))?;
         items.push(convert(t).map_err(|e| line_err(e.message))?);
     }
     Ok((items, true))

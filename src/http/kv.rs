@@ -334,6 +334,7 @@ pub async fn batch_get(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BatchWriteReq {
+    #[serde(deserialize_with = "crate::base::json_object::objects")]
     ops: Vec<BatchWriteOp>,
 }
 

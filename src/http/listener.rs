@@ -14,6 +14,9 @@ use tokio::sync::{mpsc, Semaphore};
 
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 93\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"connections_max reached; retry shortly\"}}\n";
 
+/// The answer to plain HTTP on the TLS port (any first byte but a TLS handshake record's).
+const PLAIN_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 92\r\n\r\n{\"error\":{\"code\":\"https_required\",\"message\":\"this port speaks HTTPS: use an https:// URL\"}}\n";
+
 /// Refused connections answered at once; beyond this they are closed without an answer.
 const REFUSALS_MAX: usize = 64;
 
@@ -31,14 +34,17 @@ fn refuse(stream: tokio::net::TcpStream, refusals: &Arc<Semaphore>, plain: bool)
     }
 }
 
-async fn answer_refused(
-    mut stream: tokio::net::TcpStream,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-) {
+async fn answer_refused(stream: tokio::net::TcpStream, _permit: tokio::sync::OwnedSemaphorePermit) {
+    answer_plain(stream, REFUSED).await;
+}
+
+/// Reads the request's first bytes (so its client sees an answer to it, not a reset), writes
+/// `answer` and closes.
+async fn answer_plain(mut stream: tokio::net::TcpStream, answer: &[u8]) {
     use tokio::io::AsyncReadExt;
     let mut buf = [0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(REFUSED)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer)).await;
     let _ = stream.shutdown().await;
 }
 
@@ -88,11 +94,19 @@ impl Accepted {
                 // The handshake is part of the request head: same deadline.
                 let header_timeout =
                     Duration::from_millis(state.store.config().http.header_read_timeout_ms);
-                let hs = tokio::time::timeout(header_timeout, acceptor.accept(stream)).await;
-                match hs {
-                    Ok(Ok(tls)) => serve_conn(tls, fd, &state, &registered, false).await,
-                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                let mut first = [0u8; 1];
+                let peeked = tokio::time::timeout(header_timeout, stream.peek(&mut first)).await;
+                if matches!(peeked, Ok(Ok(1))) && first[0] != 0x16 {
+                    // Plain HTTP on the TLS port: answered in plain HTTP, which its client
+                    // reads, rather than with a TLS alert that curl shows as "HTTP/0.9".
+                    answer_plain(stream, PLAIN_ON_TLS).await;
+                } else {
+                    let hs = tokio::time::timeout(header_timeout, acceptor.accept(stream)).await;
+                    match hs {
+                        Ok(Ok(tls)) => serve_conn(tls, fd, &state, &registered, false).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
                 }
             }
         }
@@ -232,16 +246,21 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_refusal_says_its_own_length() {
-        let text = std::str::from_utf8(super::REFUSED).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let length = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length: "))
-            .and_then(|n| n.trim().parse::<usize>().ok());
-        assert_eq!(length, Some(body.len()), "{text}");
-        let v: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(v["error"]["code"], "too_many_connections");
-        assert!(body.ends_with('\n'));
+    fn the_hand_written_answers_say_their_own_length() {
+        for (answer, code) in [
+            (super::REFUSED, "too_many_connections"),
+            (super::PLAIN_ON_TLS, "https_required"),
+        ] {
+            let text = std::str::from_utf8(answer).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|n| n.trim().parse::<usize>().ok());
+            assert_eq!(length, Some(body.len()), "{text}");
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(v["error"]["code"], code);
+            assert!(body.ends_with('\n'));
+        }
     }
 }

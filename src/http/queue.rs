@@ -144,6 +144,7 @@ struct EnqueueReq {
     run_at: Option<serde_json::Value>,
     priority: Option<u8>,
     max_attempts: Option<u32>,
+    #[serde(default, deserialize_with = "crate::base::json_object::object_opt")]
     backoff: Option<BackoffReq>,
     dedupe_key: Option<String>,
     dedupe_window: Option<String>,
@@ -589,6 +590,7 @@ struct ConfigReq {
     max_depth: Option<u64>,
     default_lease: Option<String>,
     max_attempts: Option<u32>,
+    #[serde(default, deserialize_with = "crate::base::json_object::object_opt")]
     backoff: Option<BackoffReq>,
 }
 

@@ -77,10 +77,11 @@ fn field(
         if a > b {
             return Err(format!("range {a}-{b} is backwards"));
         }
-        let mut v = a;
-        while v <= b {
-            bits |= 1 << v;
-            v += step;
+        // A step past the field's end (`5/4294967295`) ends the walk, and cannot wrap it.
+        let mut v = Some(a);
+        while let Some(at) = v.filter(|at| *at <= b) {
+            bits |= 1 << at;
+            v = at.checked_add(step);
         }
     }
     Ok((bits, text == "*"))
@@ -250,6 +251,11 @@ mod tests {
             "2025-07-01T12:00"
         );
         assert!(Cron::parse("0 0 31 2 *").unwrap().next_after(0).is_none());
+        // A step past the field's end takes its start only (it once wrapped to 0-5).
+        assert_eq!(
+            next("5/4294967295 * * * *", "2025-06-15T12:00:00Z"),
+            "2025-06-15T12:05"
+        );
     }
 
     #[test]

@@ -35,7 +35,7 @@ impl Report {
 
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "checked {} shards, {} records, {} log records ({} to replay at the next start): {}\n",
+            "checked {} shards, {} records (the items each domain checks; a backup's `rows` also counts index and bookkeeping rows), {} log records ({} to replay at the next start): {}\n",
             self.shards,
             self.records,
             self.log_records,

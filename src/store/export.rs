@@ -156,22 +156,23 @@ pub struct End {
 /// Parses one line: its `"type"` picks the record; fields it does not know are ignored (a
 /// newer exporter may add some).
 pub fn parse_line(bytes: &[u8]) -> Result<Line, String> {
+    use crate::base::json_object::from_object;
     #[derive(Deserialize)]
     struct Tag {
         #[serde(rename = "type")]
         kind: String,
     }
     let e = |e: serde_json::Error| e.to_string();
-    let tag: Tag = serde_json::from_slice(bytes).map_err(e)?;
+    let tag: Tag = from_object(bytes).map_err(e)?;
     Ok(match tag.kind.as_str() {
-        "header" => Line::Header(serde_json::from_slice(bytes).map_err(e)?),
-        "kv" => Line::Kv(serde_json::from_slice(bytes).map_err(e)?),
-        "stream" => Line::Stream(serde_json::from_slice(bytes).map_err(e)?),
-        "event" => Line::Event(serde_json::from_slice(bytes).map_err(e)?),
-        "queue" => Line::Queue(serde_json::from_slice(bytes).map_err(e)?),
-        "job" => Line::Job(serde_json::from_slice(bytes).map_err(e)?),
-        "schedule" => Line::Schedule(serde_json::from_slice(bytes).map_err(e)?),
-        "end" => Line::End(serde_json::from_slice(bytes).map_err(e)?),
+        "header" => Line::Header(from_object(bytes).map_err(e)?),
+        "kv" => Line::Kv(from_object(bytes).map_err(e)?),
+        "stream" => Line::Stream(from_object(bytes).map_err(e)?),
+        "event" => Line::Event(from_object(bytes).map_err(e)?),
+        "queue" => Line::Queue(from_object(bytes).map_err(e)?),
+        "job" => Line::Job(from_object(bytes).map_err(e)?),
+        "schedule" => Line::Schedule(from_object(bytes).map_err(e)?),
+        "end" => Line::End(from_object(bytes).map_err(e)?),
         other => {
             return Err(format!(
             "unknown record type `{other}` (header, kv, stream, event, queue, job, schedule, end)"

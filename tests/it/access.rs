@@ -343,17 +343,17 @@ async fn https_round_trip_with_a_self_signed_certificate() {
             assert_eq!(got, "secret value");
         }
     }
-    // Plain HTTP to the HTTPS port gets no HTTP answer.
+    // Plain HTTP to the HTTPS port is not served, and is told so in plain HTTP.
     let mut plain = Client::connect(s.addr).await;
     let r = tokio::time::timeout(
         Duration::from_secs(5),
         plain.try_send("GET", "/healthz", &[], ""),
     )
-    .await;
-    assert!(
-        !matches!(r, Ok(Ok(ref resp)) if resp.status == 200),
-        "plain HTTP was served"
-    );
+    .await
+    .expect("an answer in time")
+    .expect("a plain HTTP answer");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "https_required");
     s.stop().await;
 
     // A key every user can read is refused, with the fix in the message.

@@ -62,6 +62,20 @@ async fn a_backup_taken_under_writes_restores_every_acknowledged_write() {
         .post_json("/v1/admin/backup", json!({"out": "relative/dir"}))
         .await;
     assert_eq!(r.status, 400);
+    // A place the server cannot make a directory (under a file) is the request's fault: 400
+    // naming it, not a 500.
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let r = c
+        .post_json("/v1/admin/backup", json!({"out": p(&file.join("sub"))}))
+        .await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "bad_request"),
+        "{}",
+        r.text()
+    );
+    assert!(r.text().contains("cannot create it"), "{}", r.text());
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();

@@ -287,3 +287,61 @@ async fn random_extreme_records_are_served_back_by_every_read_path() {
     drop(c);
     s.stop().await;
 }
+
+/// A JSON array where an object is expected is refused at every level: serde would read
+/// `[null, true]` as `{"tags": null, "all": true}` and purge a whole cache namespace.
+#[tokio::test]
+async fn arrays_are_not_read_as_objects() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    assert!(
+        c.send("PUT", "/v1/cache/pages/home?ttl=60s", &[], "html")
+            .await
+            .status
+            < 300
+    );
+    let json = [("content-type", "application/json")];
+    let ndjson = [("content-type", "application/x-ndjson")];
+    for (method, path, headers, body) in [
+        ("POST", "/v1/cache/pages:purge", &json[..], "[null, true]"),
+        ("POST", "/v1/kv/app:incr", &json[..], r#"["k", 5, null]"#),
+        (
+            "POST",
+            "/v1/kv/app:batchWrite",
+            &json[..],
+            r#"{"ops": [["delete", "k"]]}"#,
+        ),
+        ("POST", "/v1/queues/q/jobs", &json[..], r#"[{"a": 1}]"#),
+        (
+            "POST",
+            "/v1/queues/q/jobs",
+            &ndjson[..],
+            "{\"payload\": 1}\n[2]\n",
+        ),
+        (
+            "POST",
+            "/v1/queues/q/jobs",
+            &json[..],
+            r#"{"payload": 1, "backoff": ["1s", "2s", 2]}"#,
+        ),
+        ("PUT", "/v1/queues/q", &json[..], "[null, null, null]"),
+        ("PUT", "/v1/streams/s", &json[..], "[null, null]"),
+        ("POST", "/v1/streams/s/events", &json[..], r#"[{"n": 1}]"#),
+        ("PUT", "/v1/changes/cursors/c", &json[..], r#"["now"]"#),
+    ] {
+        let r = c.send(method, path, headers, body).await;
+        assert_eq!(r.status, 400, "{method} {path} {body}: {}", r.text());
+        assert!(
+            r.text().contains("sequence"),
+            "{method} {path}: {}",
+            r.text()
+        );
+    }
+    // The purge took nothing; the same requests as objects work.
+    assert_eq!(c.get("/v1/cache/pages/home").await.status, 200);
+    let r = c
+        .send("POST", "/v1/kv/app:incr", &json, r#"{"key": "k", "by": 5}"#)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    s.stop().await;
+}
