@@ -236,10 +236,7 @@ pub async fn events_range(o: &Opts, rows: &mut Vec<Row>) {
         Err(e) => rows.push(unavailable("events-range-1h", "redis XRANGE", &e)),
     }
     let svg = events::svg(&points, &cold_points, redis_point);
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/shardbox-events-range.svg");
-    let _ = std::fs::write(&path, svg);
-    eprintln!("plot written to {}", path.display());
+    crate::report::write_output("shardbox-events-range.svg", &svg, "plot");
 }
 
 /// `events-range-1h` without HTTP: the storage layer's time for the same one-hour queries

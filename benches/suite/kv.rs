@@ -309,10 +309,7 @@ async fn put_scaling(o: &Opts, rows: &mut Vec<Row>) {
         0.0,
     );
     let svg = crate::report::stack_svgs(&[top, bottom]);
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/shardbox-put-scaling.svg");
-    let _ = std::fs::write(&path, svg);
-    eprintln!("plot written to {}", path.display());
+    crate::report::write_output("shardbox-put-scaling.svg", &svg, "plot");
 }
 
 /// Bytes written to the block device that holds `path` (`/proc/diskstats`, sectors written ×

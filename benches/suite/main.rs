@@ -165,13 +165,5 @@ fn main() {
         table.push_str(&cache::hit_ratio_table());
     }
     println!("\n{table}");
-    // Beside the build: CARGO_TARGET_DIR when set, else the project's target/.
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let out = target.join("shardbox-bench.md");
-    match std::fs::write(&out, &table) {
-        Ok(()) => eprintln!("written to {}", out.display()),
-        Err(e) => eprintln!("cannot write {}: {e}", out.display()),
-    }
+    report::write_output("shardbox-bench.md", &table, "the table");
 }

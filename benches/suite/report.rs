@@ -267,3 +267,16 @@ pub fn stack_svgs(parts: &[String]) -> String {
     ));
     out
 }
+
+/// Writes one of the suite's outputs beside the build (`CARGO_TARGET_DIR` when set, else the
+/// project's `target/`) and says where, or why it could not.
+pub fn write_output(name: &str, text: &str, what: &str) {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let out = target.join(name);
+    match std::fs::write(&out, text) {
+        Ok(()) => eprintln!("{what} written to {}", out.display()),
+        Err(e) => eprintln!("{what}: cannot write {}: {e}", out.display()),
+    }
+}

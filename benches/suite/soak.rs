@@ -292,7 +292,5 @@ pub async fn soak(o: &Opts) {
         ),
         svg_lines("soak: throughput", "time", "ops/s", &labels, &[ops], 0.0),
     ]);
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/shardbox-soak.svg");
-    let _ = std::fs::write(&out, svg);
-    eprintln!("soak: plot written to {}", out.display());
+    crate::report::write_output("shardbox-soak.svg", &svg, "soak: plot");
 }

@@ -42,6 +42,7 @@ mod queue_crash;
 mod readme;
 mod replay;
 mod replies;
+mod schemathesis;
 mod sink;
 mod staging;
 mod status_page;
