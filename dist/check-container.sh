@@ -15,7 +15,8 @@
 # shell, so the check still proves the binary needs nothing more than that base.
 # --full: build the whole Containerfile (builder stage too); needs the registries.
 #
-# Needs: podman (scripts/install-podman.sh), curl, and root or a working rootless podman.
+# Needs: podman (scripts/install-podman.sh), curl, and root (the uid checks read the volume and
+# the process as the host sees them, which rootless podman maps to other uids).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -65,8 +66,9 @@ cleanup() {
   podman rm -f -t 0 "$ctr" >/dev/null 2>&1 || true
   podman volume rm -f "$vol" >/dev/null 2>&1 || true
   podman rmi -f "$tag" >/dev/null 2>&1 || true
+  podman rm -f -t 0 "$ctr-refusal" >/dev/null 2>&1 || true
   rm -rf "$ctx"
-  [ -n "${conf:-}" ] && rm -f "$conf"
+  if [ -n "${conf:-}" ]; then rm -f "$conf"; fi
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; podman logs "$ctr" 2>&1 | tail -20 >&2 || true; exit 1; }
@@ -140,7 +142,7 @@ size=$(podman image inspect -f '{{.Size}}' "$tag"); ok "image size $((size / 102
 
 # --- No tokens: refuses to start on 0.0.0.0 ---
 set +e
-out=$(timeout 60 podman run --rm "$tag" 2>&1); rc=$?
+out=$(timeout 60 podman run --rm --name "$ctr-refusal" "$tag" 2>&1); rc=$?
 set -e
 [ "$rc" != 0 ] && grep -q 'refusing to listen on 0.0.0.0:7070 without authentication' <<<"$out" \
   || fail "without tokens it should refuse to start (rc=$rc): $out"

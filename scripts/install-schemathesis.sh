@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs the pinned schemathesis for the OpenAPI test (tests/it/schemathesis.rs) and prints
 # the path of its `st`: schemathesis 4.32.5 from PyPI in a virtualenv under target/schemathesis
-# (or $SHARDBOX_SCHEMATHESIS_DIR). The version is checked; safe to run again.
+# (or $SCHEMATHESIS_INSTALL_DIR). The version is checked; safe to run again.
 set -euo pipefail
 VERSION=4.32.5
 root="$(cd "$(dirname "$0")/.." && pwd)"
-dir="${SHARDBOX_SCHEMATHESIS_DIR:-$root/target/schemathesis}"
+dir="${SCHEMATHESIS_INSTALL_DIR:-$root/target/schemathesis}"
 bin="$dir/venv/bin/st"
 if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "version $VERSION\$"; then
   echo "$bin"

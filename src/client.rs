@@ -108,7 +108,8 @@ enum KvCmd {
         #[arg(long)]
         if_revision: Option<u64>,
     },
-    /// List keys in byte order, one per line.
+    /// List keys in byte order, one per line (a key holding a control character, or starting
+    /// with a quote, as a JSON string).
     Ls {
         ns: String,
         #[arg(long, default_value = "")]
@@ -123,6 +124,9 @@ enum KvCmd {
         key: String,
         #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
         by: i64,
+        /// Sent as Idempotency-Key: a retry with the same key adds nothing more.
+        #[arg(long)]
+        idempotency_key: Option<String>,
     },
 }
 
@@ -151,6 +155,10 @@ enum QueueCmd {
         /// A second job with this key while the first is not done is the first.
         #[arg(long)]
         dedupe_key: Option<String>,
+        /// Sent as Idempotency-Key: a retry with the same key and payload gets the first
+        /// answer (the same job id) instead of a second job.
+        #[arg(long)]
+        idempotency_key: Option<String>,
     },
     /// Take ready jobs: one line each, `<id> <lease_token> <payload JSON>` (exit 3 if none).
     Claim {
@@ -183,7 +191,8 @@ enum QueueCmd {
         #[arg(long)]
         dead: bool,
     },
-    /// Depths and totals of one queue, or of every queue.
+    /// Depths and totals of one queue, or of every queue (with --json: one line per page of
+    /// up to 1,000 queues).
     Stats { queue: Option<String> },
 }
 
@@ -206,6 +215,10 @@ enum EventsCmd {
         /// Its time in ms since the epoch (now if left out).
         #[arg(long)]
         ts: Option<u64>,
+        /// Sent as Idempotency-Key: a retry with the same key and data gets the first answer
+        /// (the same event id) instead of a second event.
+        #[arg(long)]
+        idempotency_key: Option<String>,
     },
     /// Events in a time range, one line each: `<id> <ts> <type> <data JSON>`.
     Range {
@@ -624,12 +637,16 @@ impl Client {
     }
 
     fn post_raw(&self, path: &str, body: Vec<u8>) -> Result<Answer, Fail> {
-        self.call(
-            "POST",
-            path,
-            &[("content-type", "application/json".into())],
-            body,
-        )
+        self.post_keyed(path, body, None)
+    }
+
+    /// A JSON POST, with an `Idempotency-Key` when given one.
+    fn post_keyed(&self, path: &str, body: Vec<u8>, key: Option<&str>) -> Result<Answer, Fail> {
+        let mut headers = vec![("content-type", "application/json".to_string())];
+        if let Some(k) = key {
+            headers.push(("idempotency-key", k.to_string()));
+        }
+        self.call("POST", path, &headers, body)
     }
 
     /// Prints the server's JSON as it sent it (`--json`), or `plain` of it.
@@ -643,6 +660,17 @@ impl Client {
             emit(&text)?;
         }
         Ok(Exit::Ok)
+    }
+}
+
+/// A key for a line of plain output: as it is, or as a JSON string when it holds a control
+/// character (a newline would split it across lines) or starts with `"` (so a quoted line is
+/// always one of those). `--json` gives every key exactly.
+fn plain_key(k: &str) -> std::borrow::Cow<'_, str> {
+    if k.starts_with('"') || k.chars().any(char::is_control) {
+        std::borrow::Cow::Owned(Value::from(k).to_string())
+    } else {
+        std::borrow::Cow::Borrowed(k)
     }
 }
 
@@ -782,7 +810,7 @@ fn kv_run(c: &Client, cmd: KvCmd) -> Out {
                     if c.json {
                         emit(&k.to_string())?;
                     } else {
-                        emit(k["key"].as_str().unwrap_or_default())?;
+                        emit(&plain_key(k["key"].as_str().unwrap_or_default()))?;
                     }
                 }
                 left = left.saturating_sub(keys.len());
@@ -793,11 +821,17 @@ fn kv_run(c: &Client, cmd: KvCmd) -> Out {
             }
             Ok(Exit::Ok)
         }
-        KvCmd::Incr { ns, key: k, by } => {
+        KvCmd::Incr {
+            ns,
+            key: k,
+            by,
+            idempotency_key,
+        } => {
             let a = c
-                .post_json(
+                .post_keyed(
                     &format!("/v1/kv/{}:incr", name(&ns)),
-                    json!({"key": k, "by": by}),
+                    json!({"key": k, "by": by}).to_string().into_bytes(),
+                    idempotency_key.as_deref(),
                 )?
                 .ok()?;
             c.print(&a, |v| v["value"].to_string())
@@ -818,6 +852,7 @@ fn queue_run(c: &Client, cmd: QueueCmd) -> Out {
             delay,
             max_attempts,
             dedupe_key,
+            idempotency_key,
         } => {
             let payload = json_arg(&payload)?;
             let mut body = json!({});
@@ -834,9 +869,10 @@ fn queue_run(c: &Client, cmd: QueueCmd) -> Out {
                 body["dedupe_key"] = k.into();
             }
             let a = c
-                .post_raw(
+                .post_keyed(
                     &format!("/v1/queues/{}/jobs", name(&queue)),
                     with_raw("payload", &payload, body),
+                    idempotency_key.as_deref(),
                 )?
                 .ok()?;
             c.print(&a, |v| v["id"].as_str().unwrap_or_default().to_string())
@@ -914,29 +950,38 @@ fn queue_run(c: &Client, cmd: QueueCmd) -> Out {
             Ok(Exit::Ok)
         }
         QueueCmd::Stats { queue } => {
-            let path = match &queue {
-                Some(q) => format!("/v1/queues/{}", name(q)),
-                None => "/v1/queues".to_string(),
+            let line = |s: &Value| {
+                format!(
+                    "{} ready={} delayed={} in_flight={} dead={} paused={} oldest_ready_age_ms={}",
+                    s["name"].as_str().or(queue.as_deref()).unwrap_or("?"),
+                    s["ready"],
+                    s["delayed"],
+                    s["in_flight"],
+                    s["dead"],
+                    s["paused"],
+                    s["oldest_ready_age_ms"]
+                )
             };
-            let a = c.get(&path)?.ok()?;
-            c.print(&a, |v| {
-                let line = |s: &Value| {
-                    format!(
-                        "{} ready={} delayed={} in_flight={} dead={} paused={} oldest_ready_age_ms={}",
-                        s["name"].as_str().or(queue.as_deref()).unwrap_or("?"),
-                        s["ready"],
-                        s["delayed"],
-                        s["in_flight"],
-                        s["dead"],
-                        s["paused"],
-                        s["oldest_ready_age_ms"]
-                    )
-                };
-                match v["queues"].as_array() {
-                    Some(all) => all.iter().map(line).collect::<Vec<_>>().join("\n"),
-                    None => line(v),
+            if let Some(q) = &queue {
+                let a = c.get(&format!("/v1/queues/{}", name(q)))?.ok()?;
+                return c.print(&a, line);
+            }
+            // Every queue, a page (of at most 1,000) at a time: with --json, one line per page.
+            let mut after: Option<String> = None;
+            loop {
+                let mut path = "/v1/queues?limit=1000".to_string();
+                if let Some(a) = &after {
+                    path.push_str(&format!("&after={}", q(a)));
                 }
-            })
+                let a = c.get(&path)?.ok()?;
+                let v = a.json();
+                let page = v["queues"].as_array().cloned().unwrap_or_default();
+                c.print(&a, |_| page.iter().map(line).collect::<Vec<_>>().join("\n"))?;
+                match v["next"].as_str() {
+                    Some(next) if !page.is_empty() => after = Some(next.to_string()),
+                    _ => return Ok(Exit::Ok),
+                }
+            }
         }
     }
 }
@@ -963,6 +1008,7 @@ fn events_run(c: &Client, cmd: EventsCmd) -> Out {
             data,
             kind,
             ts,
+            idempotency_key,
         } => {
             let data = json_arg(&data)?;
             let mut body = json!({});
@@ -973,9 +1019,10 @@ fn events_run(c: &Client, cmd: EventsCmd) -> Out {
                 body["ts"] = t.into();
             }
             let a = c
-                .post_raw(
+                .post_keyed(
                     &format!("/v1/streams/{}/events", name(&stream)),
                     with_raw("data", &data, body),
+                    idempotency_key.as_deref(),
                 )?
                 .ok()?;
             c.print(&a, |v| v["ids"][0].as_str().unwrap_or_default().to_string())
@@ -1101,21 +1148,10 @@ pub fn cache(args: CacheArgs) -> ExitCode {
 fn cache_run(c: &Client, cmd: CacheCmd) -> Out {
     match cmd {
         CacheCmd::Get { ns, key: k } => {
-            let a = c.get(&format!("/v1/cache/{}/{}", name(&ns), key(&k)))?;
+            // It fills nothing: it takes no fill lease (which would keep the callers that fill
+            // waiting), on a miss or a stale hit.
+            let a = c.get(&format!("/v1/cache/{}/{}?lease=false", name(&ns), key(&k)))?;
             if a.status == 404 {
-                // A miss hands this caller the fill lease; it fills nothing, so it gives the
-                // lease back at once rather than keep other callers waiting for it.
-                let token = a
-                    .headers
-                    .get("x-cache-fill")
-                    .and_then(|v| v.to_str().ok())
-                    .filter(|t| *t != "pending");
-                if let Some(token) = token {
-                    let _ = c.post_json(
-                        &format!("/v1/cache/{}:fillError", name(&ns)),
-                        json!({"key": k, "token": token}),
-                    );
-                }
                 return Err(Fail(Exit::NotFound, "cache miss".into()));
             }
             write_raw(&a.ok()?.body)

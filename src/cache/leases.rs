@@ -24,6 +24,16 @@ pub(super) fn new_token() -> String {
 }
 
 impl Cache {
+    /// [`Lease::Pending`] while someone holds a live fill lease of `key`, else [`Lease::None`]
+    /// (nothing taken).
+    pub(super) fn lease_pending(&self, key: &[u8], now: u64) -> Lease {
+        let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        match leases.get(key) {
+            Some(l) if l.expires_at_ms > now => Lease::Pending,
+            _ => Lease::None,
+        }
+    }
+
     /// Grants the fill lease of `key` unless someone holds a live one. With `on_miss`, returns
     /// `None` instead when the memory tier meanwhile holds a fresh value (checked under the
     /// lease lock, which a write's end of lease also takes).

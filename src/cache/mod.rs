@@ -259,10 +259,33 @@ impl Cache {
         key: &str,
         wait: Option<Duration>,
     ) -> Result<Lookup, CacheError> {
+        self.read(ns, key, wait, true).await
+    }
+
+    /// As [`Cache::get`], for a reader that will not fill the entry (a dashboard, the shell
+    /// client): it takes no fill lease, so it keeps none from a caller that would. A miss says
+    /// [`Lease::Pending`] while another caller holds the lease (and `wait` waits for its fill),
+    /// else [`Lease::None`].
+    pub async fn peek(
+        &self,
+        ns: &str,
+        key: &str,
+        wait: Option<Duration>,
+    ) -> Result<Lookup, CacheError> {
+        self.read(ns, key, wait, false).await
+    }
+
+    async fn read(
+        &self,
+        ns: &str,
+        key: &str,
+        wait: Option<Duration>,
+        lease: bool,
+    ) -> Result<Lookup, CacheError> {
         crate::base::names::validate_name("namespace", ns)?;
         crate::base::names::validate_key(key)?;
         let k = cache_key(ns, key);
-        let first = self.lookup(ns, &k).await?;
+        let first = self.lookup(ns, &k, lease).await?;
         let Some(wait) = wait.filter(|w| !w.is_zero()) else {
             return Ok(first);
         };
@@ -297,10 +320,10 @@ impl Cache {
                 };
                 if still_pending && tokio::time::timeout_at(deadline, notified).await.is_err() {
                     self.count(ns, |c| &c.waits_timed_out);
-                    return self.lookup(ns, &k).await;
+                    return self.lookup(ns, &k, lease).await;
                 }
             }
-            let again = self.lookup(ns, &k).await?;
+            let again = self.lookup(ns, &k, lease).await?;
             match again {
                 Lookup::Hit {
                     entry,
@@ -328,9 +351,9 @@ impl Cache {
 
     /// One read without waiting. A miss that raced with a write landing retries, so no caller
     /// is handed a fill lease for a key that already holds a fresh value.
-    async fn lookup(&self, ns: &str, k: &[u8]) -> Result<Lookup, CacheError> {
+    async fn lookup(&self, ns: &str, k: &[u8], lease: bool) -> Result<Lookup, CacheError> {
         for _ in 0..3 {
-            if let Some(found) = self.lookup_once(ns, k).await? {
+            if let Some(found) = self.lookup_once(ns, k, lease).await? {
                 return Ok(found);
             }
         }
@@ -340,14 +363,24 @@ impl Cache {
         })
     }
 
-    /// The miss answer, or `None` when a fresh value landed meanwhile (look again).
-    fn miss(&self, ns: &str, k: &[u8], now: u64) -> Option<Lookup> {
-        let lease = self.try_lease(ns, k, now, true)?;
+    /// The miss answer, or `None` when a fresh value landed meanwhile (look again). Without
+    /// `lease`: no lease taken, [`Lease::Pending`] if someone holds one.
+    fn miss(&self, ns: &str, k: &[u8], now: u64, lease: bool) -> Option<Lookup> {
+        let lease = if lease {
+            self.try_lease(ns, k, now, true)?
+        } else {
+            self.lease_pending(k, now)
+        };
         self.count(ns, |c| &c.misses);
         Some(Lookup::Miss { lease })
     }
 
-    async fn lookup_once(&self, ns: &str, k: &[u8]) -> Result<Option<Lookup>, CacheError> {
+    async fn lookup_once(
+        &self,
+        ns: &str,
+        k: &[u8],
+        take_lease: bool,
+    ) -> Result<Option<Lookup>, CacheError> {
         let now = self.now();
         // Memory hits are answered without foyer's hybrid-get machinery (no allocation).
         let got = match self.hybrid.memory().get(k) {
@@ -359,7 +392,7 @@ impl Cache {
                 .map_err(|e| CacheError::Unavailable(format!("cache read failed: {e}")))?,
         };
         let Some(handle) = got else {
-            return Ok(self.miss(ns, k, now));
+            return Ok(self.miss(ns, k, now, take_lease));
         };
         let entry = handle;
         let tier = if entry.source() == Source::Disk {
@@ -373,7 +406,7 @@ impl Cache {
         if !current || now >= entry.dead_at_ms() {
             self.remove_if_same(k, entry.value());
             drop(entry);
-            return Ok(self.miss(ns, k, now));
+            return Ok(self.miss(ns, k, now, take_lease));
         }
         let freshness = if now < entry.expires_at_ms {
             Freshness::Fresh
@@ -383,9 +416,15 @@ impl Cache {
             Freshness::StaleIfError
         } else {
             // Past its windows but kept in case a refresh fails within stale-if-error.
-            return Ok(self.miss(ns, k, now));
+            return Ok(self.miss(ns, k, now, take_lease));
         };
         let lease = match freshness {
+            _ if !take_lease => {
+                if freshness != Freshness::Fresh {
+                    self.count(ns, |c| &c.stale_hits);
+                }
+                Lease::None
+            }
             Freshness::Fresh => {
                 if self.early_refresh(entry.value(), now) {
                     match self.try_lease(ns, k, now, false) {

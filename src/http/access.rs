@@ -45,6 +45,26 @@ impl ConnCtx {
         CONNECTION.try_with(|c| c.conn.ip).ok()
     }
 
+    /// Marks the request being served as one that waits (see [`super::conns::Conn::waited`]).
+    pub fn mark_waited() {
+        let _ = CONNECTION.try_with(|c| {
+            c.conn
+                .waited
+                .store(true, std::sync::atomic::Ordering::Relaxed)
+        });
+    }
+
+    /// Whether the request being served waited, and clears the mark for the next one.
+    pub fn take_waited() -> bool {
+        CONNECTION
+            .try_with(|c| {
+                c.conn
+                    .waited
+                    .swap(false, std::sync::atomic::Ordering::Relaxed)
+            })
+            .unwrap_or(false)
+    }
+
     /// A watch on the client of the request being served ([`super::peer`]).
     pub fn watch() -> Option<super::peer::Watch> {
         CONNECTION

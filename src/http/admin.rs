@@ -128,9 +128,32 @@ async fn backup(state: &ServerState, req: Request<ReqBody>) -> Result<Resp, ApiE
     }
     crate::store::backup::refuse_inside(&state.store.config().data_dir, &out)
         .map_err(ApiError::bad_request)?;
-    // A directory the server cannot make or write is the request's fault, not the server's:
-    // 400 here, before the 409 for one that is not empty and before the copy (whose own I/O
-    // errors stay 500).
+    // Not empty: 409 (nothing touched). A path that is no directory, or that cannot be read:
+    // the request's fault, 400.
+    match std::fs::read_dir(&out) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(ApiError::new(
+                    409,
+                    "conflict",
+                    format!(
+                        "{} is not empty: back up into a new or empty directory",
+                        r.out
+                    ),
+                ));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(ApiError::bad_request(format!(
+                "out `{}`: {e}: give a new or empty directory the server's user may write",
+                r.out
+            )))
+        }
+    }
+    let running = one_at_a_time(&RUNNING, "backup_running", "a backup")?;
+    // A directory the server cannot make or write is the request's fault too: 400 before the
+    // copy (whose own I/O errors stay 500).
     crate::store::backup::create_dir_all(&out)
         .and_then(|()| {
             use rustix::fs::{access, Access};
@@ -142,8 +165,6 @@ async fn backup(state: &ServerState, req: Request<ReqBody>) -> Result<Resp, ApiE
                 r.out
             ))
         })?;
-    crate::store::backup::check_target(&out).map_err(|e| ApiError::new(409, "conflict", e))?;
-    let running = one_at_a_time(&RUNNING, "backup_running", "a backup")?;
     let store = state.store.clone();
     tracing::info!(out = %out.display(), "backup started");
     // The guard goes with the copy: a client that hangs up does not free the slot while the

@@ -20,13 +20,12 @@ use std::time::Duration;
 
 /// The cache routes.
 pub(super) const ROUTES: &[RouteDef] = &[
-    route!("GET", "/v1/cache/{ns}/{key}", ["wait"], |s, p, r| get(
-        &s,
-        p.get("ns"),
-        p.get("key"),
-        &r
-    )
-    .await),
+    route!(
+        "GET",
+        "/v1/cache/{ns}/{key}",
+        ["wait", "lease"],
+        |s, p, r| get(&s, p.get("ns"), p.get("key"), &r).await
+    ),
     route!(
         "PUT",
         "/v1/cache/{ns}/{key}",
@@ -74,21 +73,27 @@ pub async fn get(
 ) -> Result<Resp, ApiError> {
     let q = query(req);
     let wait = duration_param(&q, "wait")?.map(Duration::from_millis);
+    // `lease=false`: a reader that will not fill takes no fill lease.
+    let lease = super::input::bool_param(&q, "lease", true)?;
     let cache = state.store.cache().await?;
+    let read = |wait| async move {
+        if lease {
+            cache.get(ns, key, wait).await
+        } else {
+            cache.peek(ns, key, wait).await
+        }
+    };
     // A waiter holds one of long_polls_max places (beyond them it does not wait) and watches
     // its client: one that hung up is no longer parked (nor handed a lease).
     let waiting = wait.and_then(|_| state.waiting());
     let lookup = match &waiting {
-        Some(w) => w
-            .unless_closed(cache.get(ns, key, wait))
-            .await
-            .ok_or_else(|| {
-                ApiError::unavailable(
-                    "client_closed",
-                    "the client closed the connection while it waited",
-                )
-            })?,
-        None => cache.get(ns, key, None).await,
+        Some(w) => w.unless_closed(read(wait)).await.ok_or_else(|| {
+            ApiError::unavailable(
+                "client_closed",
+                "the client closed the connection while it waited",
+            )
+        })?,
+        None => read(None).await,
     };
     drop(waiting);
     // After the wait: the entry's TTL as it is now, not as it was before the wait.

@@ -184,7 +184,7 @@ async fn changes(state: &ServerState, req: &Request<ReqBody>) -> Result<Resp, Ap
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("text/event-stream"));
-    if q.get("follow").map(String::as_str) == Some("true") || sse {
+    if super::input::bool_param(&q, "follow", false)? || sse {
         return follow(state, engine, after, filter, sse);
     }
     // Bounded like every long poll (the claim's bound).

@@ -32,6 +32,9 @@ pub struct Conn {
     epoch: Instant,
     /// Its socket, for requests that wait to watch their client ([`super::peer`]).
     pub socket: super::peer::SocketFd,
+    /// The request being served took a place to wait (a long poll, a follow): its time is its
+    /// wait, kept out of the status page's latencies.
+    pub waited: std::sync::atomic::AtomicBool,
 }
 
 impl Conn {
@@ -180,6 +183,7 @@ impl Conns {
             evicting: std::sync::atomic::AtomicBool::new(false),
             epoch: self.epoch,
             socket: super::peer::SocketFd::default(),
+            waited: std::sync::atomic::AtomicBool::new(false),
         });
         g.conns.insert(conn.id, conn.clone());
         *g.per_ip.entry(ip).or_default() += 1;

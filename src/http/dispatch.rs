@@ -155,9 +155,14 @@ pub fn finish(state: &ServerState, t: &mut Ticket, outcome: Result<Resp, ApiErro
     let status = resp.status().as_u16();
     crate::base::metrics::record_status(status);
     match t.matched {
-        Some((r, index)) => {
-            crate::base::metrics::families::record_route(index, r.path, r.method, status, took)
-        }
+        Some((r, index)) => crate::base::metrics::families::record_route(
+            index,
+            r.path,
+            r.method,
+            status,
+            took,
+            access::ConnCtx::take_waited(),
+        ),
         // An unmatched request's method is whatever the client sent: not a label.
         None => crate::base::metrics::families::record_request("unmatched", "-", status, took),
     }

@@ -247,7 +247,7 @@ pub async fn range(
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if q.get("follow").map(String::as_str) == Some("true") || accept.contains("text/event-stream") {
+    if super::input::bool_param(&q, "follow", false)? || accept.contains("text/event-stream") {
         let last_event_id = req
             .headers()
             .get("last-event-id")

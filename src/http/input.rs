@@ -24,6 +24,23 @@ pub(crate) fn duration_param(
     q.get(name).map(|v| duration(name, v)).transpose()
 }
 
+/// The query parameter `name` as a boolean: `true` or `false`, `default` when absent; anything
+/// else is a 400 (not quietly false).
+pub(crate) fn bool_param(
+    q: &HashMap<String, String>,
+    name: &str,
+    default: bool,
+) -> Result<bool, ApiError> {
+    match q.get(name).map(String::as_str) {
+        None => Ok(default),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "{name} must be true or false, got `{other}`"
+        ))),
+    }
+}
+
 /// The `limit` query parameter: a whole number, 100 when absent (each caller bounds it).
 pub(crate) fn limit_param(q: &HashMap<String, String>) -> Result<usize, ApiError> {
     match q.get("limit") {

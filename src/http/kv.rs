@@ -263,7 +263,7 @@ pub async fn delete_prefix(
 ) -> Result<Resp, ApiError> {
     let q = query(req);
     let prefix = q.get("prefix").cloned().unwrap_or_default();
-    let all = q.get("all").map(|v| v == "true").unwrap_or(false);
+    let all = super::input::bool_param(&q, "all", false)?;
     if prefix.is_empty() && !all {
         return Err(ApiError::bad_request(
             "deleting with an empty prefix deletes the whole namespace: add &all=true to confirm",

@@ -94,19 +94,23 @@ impl Accepted {
                 // The handshake is part of the request head: same deadline.
                 let header_timeout =
                     Duration::from_millis(state.store.config().http.header_read_timeout_ms);
+                // One deadline for the first byte and the handshake together.
+                let deadline = tokio::time::Instant::now() + header_timeout;
                 let mut first = [0u8; 1];
-                let peeked = tokio::time::timeout(header_timeout, stream.peek(&mut first)).await;
-                if matches!(peeked, Ok(Ok(1))) && first[0] != 0x16 {
+                match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
                     // Plain HTTP on the TLS port: answered in plain HTTP, which its client
                     // reads, rather than with a TLS alert that curl shows as "HTTP/0.9".
-                    answer_plain(stream, PLAIN_ON_TLS).await;
-                } else {
-                    let hs = tokio::time::timeout(header_timeout, acceptor.accept(stream)).await;
-                    match hs {
-                        Ok(Ok(tls)) => serve_conn(tls, fd, &state, &registered, false).await,
-                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    Ok(Ok(1)) if first[0] != 0x16 => answer_plain(stream, PLAIN_ON_TLS).await,
+                    Ok(Ok(1)) => {
+                        let hs = tokio::time::timeout_at(deadline, acceptor.accept(stream)).await;
+                        match hs {
+                            Ok(Ok(tls)) => serve_conn(tls, fd, &state, &registered, false).await,
+                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
+                        }
                     }
+                    // Closed, failed or silent until the deadline.
+                    _ => tracing::debug!("no TLS handshake before the deadline"),
                 }
             }
         }

@@ -335,10 +335,14 @@ pub(super) fn proc_stat() -> Option<ProcStat> {
         .rsplit_once(')')
         .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
     let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
-    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("btime "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
+    // The boot time does not change: read once.
+    static BOOT: std::sync::OnceLock<Option<f64>> = std::sync::OnceLock::new();
+    let boot = *BOOT.get_or_init(|| {
+        std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
     });
     Some(ProcStat {
         cpu_seconds: field(14)

@@ -50,6 +50,7 @@ impl ServerState {
     /// when [`long_polls_max`] requests already do.
     pub fn waiting(&self) -> Option<peer::Waiting> {
         let place = self.long_polls.clone().try_acquire_owned().ok()?;
+        access::ConnCtx::mark_waited();
         Some(peer::Waiting::new(place, access::ConnCtx::watch()))
     }
 

@@ -38,7 +38,9 @@ fn domain_of(route: &str) -> usize {
 
 #[derive(Clone, Default)]
 struct DomainCounts {
-    /// Latency histogram bucket counts ([`families::seconds`] bounds).
+    requests: u64,
+    /// Latency histogram bucket counts ([`families::seconds`] bounds) of the requests that did
+    /// not wait (a long poll's time is its wait).
     buckets: Vec<u64>,
     client_errors: u64,
     server_errors: u64,
@@ -64,6 +66,7 @@ impl Sample {
             for (sum, n) in d.buckets.iter_mut().zip(&r.buckets) {
                 *sum += n;
             }
+            d.requests += r.requests;
             d.client_errors += r.client_errors;
             d.server_errors += r.server_errors;
         }
@@ -130,7 +133,7 @@ impl Window {
                 for (sum, n) in all.iter_mut().zip(&buckets) {
                     *sum += n;
                 }
-                let requests: u64 = buckets.iter().sum();
+                let requests = cur.requests.saturating_sub(old.requests);
                 let ms = |q: f64| quantile(bounds, &buckets, q).map(|s| round(s * 1e3, 3));
                 json!({
                     "domain": name,
@@ -165,9 +168,11 @@ impl Window {
             .enumerate()
             .map(|(i, n)| per_s(n.saturating_sub(base.shard_ops.get(i).copied().unwrap_or(0))))
             .collect();
+        // CPU time comes in clock ticks (10 ms): over less than a second it says little.
         let cpu_percent = now
             .cpu_seconds
             .zip(base.cpu_seconds)
+            .filter(|_| secs >= 1.0)
             .map(|(cur, old)| round(100.0 * (cur - old).max(0.0) / secs, 1));
         Figures {
             window,

@@ -116,6 +116,7 @@ pub struct Queue {
     pub max_depth: u64,
     pub default_lease_ms: u64,
     pub max_attempts: u32,
+    #[serde(deserialize_with = "crate::base::json_object::object")]
     pub backoff: Backoff,
 }
 
@@ -129,6 +130,7 @@ pub struct Job {
     pub run_at_ms: u64,
     pub attempts: u32,
     pub max_attempts: u32,
+    #[serde(deserialize_with = "crate::base::json_object::object")]
     pub backoff: Backoff,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedupe_key: Option<String>,

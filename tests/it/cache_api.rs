@@ -636,3 +636,40 @@ async fn a_full_lease_table_answers_misses_without_a_lease_until_one_expires() {
     assert_eq!(st["fill_leases"], 0);
     s.stop().await;
 }
+
+/// `?lease=false`: a reader that will not fill takes no fill lease — on a miss it is told
+/// whether a fill is pending, and the next caller that fills still gets the lease.
+#[tokio::test]
+async fn a_reader_that_will_not_fill_takes_no_lease() {
+    let s = server().await;
+    let mut c = s.client().await;
+    let r = c.get("/v1/cache/pages/p?lease=false").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("x-cache-fill"), None, "no lease taken");
+    // So the next caller gets it …
+    let r = c.get("/v1/cache/pages/p").await;
+    let token = r.header("x-cache-fill").expect("the lease").to_string();
+    assert_ne!(token, "pending");
+    // … and a reader without lease is told a fill is pending.
+    let r = c.get("/v1/cache/pages/p?lease=false").await;
+    assert_eq!(r.header("x-cache-fill"), Some("pending"));
+    // A stale hit hands it no lease either.
+    let r = put(&mut c, "/v1/cache/pages/q?ttl=1s&swr=60s", &[], "v").await;
+    assert!(r.status < 300);
+    s.clock.advance_ms(2 * S);
+    let r = c.get("/v1/cache/pages/q?lease=false").await;
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("cache-status")
+        .is_some_and(|v| v.contains("fwd=stale")));
+    assert_eq!(r.header("x-cache-fill"), None);
+    let r = c.get("/v1/cache/pages/q").await;
+    assert!(
+        r.header("x-cache-fill").is_some(),
+        "the refresh lease is still there"
+    );
+    // Booleans are true or false.
+    let r = c.get("/v1/cache/pages/p?lease=no").await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    s.stop().await;
+}

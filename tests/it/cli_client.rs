@@ -106,7 +106,18 @@ fn every_domain_from_the_shell_with_exit_codes_a_script_can_use() {
         sb(&["kv", "ls", "app", "--prefix", "page/", "--limit", "2"]).1,
         "page/0\npage/1\n"
     );
+    // A key a newline would split is listed as a JSON string.
+    sb(&["kv", "put", "app", "page/a\nb", "v"]);
+    assert_eq!(
+        sb(&["kv", "ls", "app", "--prefix", "page/a"]).1,
+        "\"page/a\\nb\"\n"
+    );
     assert_eq!(sb(&["kv", "incr", "app", "hits", "--by", "5"]).1, "5\n");
+    // With an idempotency key a retried increment adds once.
+    for _ in 0..2 {
+        let (_, v, _) = sb(&["kv", "incr", "app", "once", "--idempotency-key", "inc-1"]);
+        assert_eq!(v, "1\n");
+    }
     assert_eq!(sb(&["kv", "incr", "app", "hits", "--by", "-2"]).1, "3\n");
     assert_eq!(sb(&["kv", "del", "app", "user/42"]).0, 0);
     assert_eq!(sb(&["kv", "del", "app", "user/42"]).0, 3);
@@ -157,6 +168,31 @@ fn every_domain_from_the_shell_with_exit_codes_a_script_can_use() {
         stats.starts_with("mail ready=0 ") && stats.contains(" dead=1 "),
         "{stats}"
     );
+    // A retried enqueue with the same idempotency key is the first job, not a second.
+    let first = sb(&[
+        "queue",
+        "enqueue",
+        "once",
+        "1",
+        "--idempotency-key",
+        "job-1",
+    ])
+    .1;
+    let again = sb(&[
+        "queue",
+        "enqueue",
+        "once",
+        "1",
+        "--idempotency-key",
+        "job-1",
+    ])
+    .1;
+    assert_eq!(first, again);
+    // Every queue, one line each.
+    let (_, all, _) = sb(&["queue", "stats"]);
+    let names: Vec<&str> = all.lines().filter_map(|l| l.split(' ').next()).collect();
+    assert_eq!(names, ["mail", "once"], "{all}");
+    assert!(all.contains("once ready=1 "), "{all}");
 
     // Events: append, read back a range; a follower prints new events as they come.
     let (code, id, _) = sb(&[

@@ -120,6 +120,8 @@ async fn the_status_page_shows_what_the_api_says() {
     c.get("/v1/cache/pages/home").await;
     c.get("/v1/cache/pages/missing").await;
 
+    // CPU % needs a second of the window (clock ticks are 10 ms).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let api = c.get("/v1/status").await.json();
     let q = c.get("/v1/queues/mail").await.json();
     let st = c.get("/v1/streams/clicks").await.json();

@@ -51,7 +51,8 @@ struct HistInner {
     /// Upper bounds; `counts` has one more slot, for values above the last.
     bounds: &'static [f64],
     counts: Box<[AtomicU64]>,
-    /// The sum of the observations times `scale`, as an integer.
+    /// The sum of the observations times `scale`, as an integer (seconds in µs: a u64 holds
+    /// 768 waiters of 60 s each for centuries).
     sum: AtomicU64,
     scale: f64,
 }
@@ -154,9 +155,9 @@ pub fn get() -> &'static Families {
     FAMILIES.get_or_init(|| {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
-        let request_seconds = Family::new_with_constructor(Buckets(seconds(), 1e9));
+        let request_seconds = Family::new_with_constructor(Buckets(seconds(), 1e6));
         let batch_ops = Family::new_with_constructor(Buckets(ops(), 1.0));
-        let commit_seconds = Family::new_with_constructor(Buckets(seconds(), 1e9));
+        let commit_seconds = Family::new_with_constructor(Buckets(seconds(), 1e6));
         let f = Families {
             requests,
             request_seconds,
@@ -258,8 +259,8 @@ pub fn record_request(
 }
 
 /// Statuses whose request series each route keeps a handle to (others are looked up).
-const STATUSES: [u16; 17] = [
-    200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 412, 413, 422, 429, 500, 503, 507,
+const STATUSES: [u16; 18] = [
+    200, 201, 204, 304, 400, 401, 403, 404, 405, 408, 409, 412, 413, 422, 429, 500, 503, 507,
 ];
 
 /// Routes with handles kept (the tables hold about 60).
@@ -270,6 +271,9 @@ const ROUTES_MAX: usize = 128;
 struct RouteSlot {
     /// The route's template and its latency histogram.
     seconds: OnceLock<(&'static str, Hist)>,
+    /// The part of `seconds` that requests which waited (long polls, follows) make: their
+    /// time is their wait, which the status page leaves out of its latencies.
+    waited: OnceLock<Hist>,
     counts: [OnceLock<Counter>; STATUSES.len()],
 }
 
@@ -277,13 +281,15 @@ static ROUTE_SLOTS: OnceLock<Box<[RouteSlot]>> = OnceLock::new();
 
 /// Records one answered request of the route at `index` of the router (the same series as
 /// [`record_request`], whose labels are hashed into the families' maps only on a route's first
-/// request with a status: after that it is an index and an atomic add).
+/// request with a status: after that it is an index and an atomic add). `waited`: it took a
+/// place to wait (see [`RouteCounts::buckets`]).
 pub fn record_route(
     index: usize,
     route: &'static str,
     method: &'static str,
     status: u16,
     took: std::time::Duration,
+    waited: bool,
 ) {
     let slots = ROUTE_SLOTS.get_or_init(|| (0..ROUTES_MAX).map(|_| RouteSlot::default()).collect());
     let (Some(slot), Some(s)) = (slots.get(index), STATUSES.iter().position(|s| *s == status))
@@ -309,12 +315,20 @@ pub fn record_route(
         })
         .1
         .observe(took.as_secs_f64());
+    if waited {
+        slot.waited
+            .get_or_init(|| Hist::new(seconds(), 1e6))
+            .observe(took.as_secs_f64());
+    }
 }
 
 /// What one route has answered since start: its latency histogram's bucket counts
 /// ([`seconds`] bounds), and its 4xx and 5xx answers.
 pub struct RouteCounts {
     pub route: &'static str,
+    /// Every request answered.
+    pub requests: u64,
+    /// Of the requests that did not wait (a long poll's time is its wait, not its cost).
     pub buckets: Vec<u64>,
     pub client_errors: u64,
     pub server_errors: u64,
@@ -338,9 +352,17 @@ pub fn route_counts() -> Vec<RouteCounts> {
                     .filter_map(|(_, c)| c.get().map(Counter::get))
                     .sum()
             };
+            let mut buckets = hist.counts();
+            let requests = buckets.iter().sum();
+            if let Some(w) = slot.waited.get() {
+                for (b, w) in buckets.iter_mut().zip(w.counts()) {
+                    *b = b.saturating_sub(w);
+                }
+            }
             Some(RouteCounts {
                 route,
-                buckets: hist.counts(),
+                requests,
+                buckets,
                 client_errors: count(4),
                 server_errors: count(5),
             })
