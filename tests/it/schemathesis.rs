@@ -67,20 +67,6 @@ const EXPLAINED: &[(&str, &str)] = &[
     ),
 ];
 
-fn st() -> Option<PathBuf> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/install-schemathesis.sh");
-    let out = Command::new("bash").arg(script).output().ok()?;
-    if !out.status.success() {
-        eprintln!(
-            "install-schemathesis failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return None;
-    }
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    path.exists().then_some(path)
-}
-
 /// The file as this test's server serves it. Left out: `follow` (an SSE or NDJSON follow never
 /// ends, which a request-response tool cannot read; tests/it/events_api.rs and feed.rs test
 /// it), `Idempotency-Key` (schemathesis sends one fixed key with different bodies, which the
@@ -145,11 +131,7 @@ fn answer(case: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_generated_from_openapi_json_is_never_surprised() {
-    let Some(st) = st() else {
-        assert!(
-            std::env::var_os("REQUIRE_SCHEMATHESIS").is_none(),
-            "REQUIRE_SCHEMATHESIS is set and schemathesis could not be installed"
-        );
+    let Some(st) = common::installed_tool("install-schemathesis.sh", "REQUIRE_SCHEMATHESIS") else {
         eprintln!("SKIPPED: schemathesis could not be installed (needs python3 and PyPI)");
         return;
     };

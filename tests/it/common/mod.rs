@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod dump;
 pub mod nats;
+pub use nats::installed_tool;
 pub mod spawn;
 
 use bytes::Bytes;

@@ -11,26 +11,33 @@ use std::time::Duration;
 /// `REQUIRE_NATS`, set by CI, turns that into a failure).
 pub fn nats_server() -> Option<PathBuf> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    let bin = BIN
-        .get_or_init(|| {
-            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/install-nats.sh");
-            let out = Command::new("bash").arg(script).output().ok()?;
+    BIN.get_or_init(|| installed_tool("install-nats.sh", "REQUIRE_NATS"))
+        .clone()
+}
+
+/// A pinned tool of the tests, installed by `scripts/<script>` (which prints its path); `None`
+/// when it cannot be — then the variable `require` (set by CI) makes that a failure, not a skip.
+pub fn installed_tool(script: &str, require: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(script);
+    let found = Command::new("bash")
+        .arg(path)
+        .output()
+        .ok()
+        .and_then(|out| {
             if !out.status.success() {
-                eprintln!(
-                    "install-nats failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                eprintln!("{script} failed: {}", String::from_utf8_lossy(&out.stderr));
                 return None;
             }
-            let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-            path.exists().then_some(path)
-        })
-        .clone();
+            let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            bin.exists().then_some(bin)
+        });
     assert!(
-        bin.is_some() || std::env::var_os("REQUIRE_NATS").is_none(),
-        "REQUIRE_NATS is set and nats-server could not be installed (scripts/install-nats.sh)"
+        found.is_some() || std::env::var_os(require).is_none(),
+        "{require} is set and scripts/{script} could not install its tool"
     );
-    bin
+    found
 }
 
 fn free_port() -> u16 {
