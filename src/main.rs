@@ -176,7 +176,30 @@ fn main() -> ExitCode {
     // library makes its own files owner-only too (engine::private); this also covers what
     // redb and foyer create.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // A flag that is no flag but near a setting's name (`--shard-cach-bytes`): clap's
+            // own tip points at the nearest flag; every setting is also `--set name=value`.
+            let setting = (e.kind() == clap::error::ErrorKind::UnknownArgument)
+                .then(|| e.get(clap::error::ContextKind::InvalidArg))
+                .flatten()
+                .and_then(|arg| {
+                    let flag = arg.to_string();
+                    let name = flag
+                        .trim_start_matches('-')
+                        .split('=')
+                        .next()?
+                        .replace('-', "_");
+                    shardbox::Config::nearest_setting(&name)
+                });
+            let _ = e.print();
+            if let Some(s) = setting {
+                eprintln!("  tip: every setting is also `--set {s}=<value>` (did you mean `{s}`?)");
+            }
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(args),

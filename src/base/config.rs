@@ -1153,6 +1153,20 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The setting nearest to `name` (at most 3 edits away): what a mistyped flag such as
+    /// `--shard-cach-bytes` meant, for a hint to `--set`.
+    pub fn nearest_setting(name: &str) -> Option<String> {
+        let table = toml::Table::try_from(Config::default()).ok()?;
+        table
+            .keys()
+            .map(|k| (edit_distance(k, name), k))
+            .filter(|(d, _)| *d <= 3)
+            .min()
+            .map(|(_, k)| k.clone())
+    }
+}
+
 /// `; did you mean `x`?` for the setting nearest to `name` (at most 3 edits away), else "".
 fn did_you_mean(table: &toml::Table, name: &str) -> String {
     let near = table

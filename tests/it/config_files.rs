@@ -189,3 +189,22 @@ fn the_shipped_config_file_is_every_setting_at_its_default() {
         );
     }
 }
+
+/// A mistyped flag near a setting's name says how to set that setting (`--set`), besides
+/// clap's own tip (which points at the nearest flag, not the nearest setting).
+#[test]
+fn a_mistyped_setting_flag_points_at_set() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardbox"))
+        .args(["serve", "--shard-cach-bytes", "1"])
+        .output()
+        .expect("run shardbox");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--set shard_cache_bytes=<value>"), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardbox"))
+        .args(["serve", "--frobnicate-everything"])
+        .output()
+        .expect("run shardbox");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("--set"));
+}
