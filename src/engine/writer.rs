@@ -479,7 +479,8 @@ impl Writer {
         }
         if let Err(e) = committed {
             // The record is in the log but not in the shard: tell replay to skip it.
-            self.aborted.insert(self.shard as u32, lsn);
+            self.aborted
+                .insert(self.shard as u32, lsn, self.wal.oldest_lsn());
             if let Ok(abort) = self
                 .wal
                 .append(self.shard, Kind::Abort, &lsn.to_le_bytes(), 0)

@@ -20,7 +20,7 @@ use super::redo::{self, Op, ReplayError};
 use super::shard_state::ShardState;
 use super::wal::Wal;
 use note::Note;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 /// One change, as the feed serves it.
@@ -113,12 +113,23 @@ impl Aborted {
     pub fn new(known: HashSet<(u32, u64)>) -> Aborted {
         Aborted(Mutex::new(known))
     }
-    pub fn insert(&self, shard: u32, lsn: u64) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((shard, lsn));
+    /// Adds one, and lets go of those the log no longer holds (older than `oldest`, its first
+    /// record still on disk): no reader can meet them again, so the set stays within the
+    /// aborts of the retained log. Each shard's newest abort is kept whatever its age: the
+    /// feed's end asks about a shard's last logged record, which may be it.
+    pub fn insert(&self, shard: u32, lsn: u64, oldest: Option<u64>) {
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert((shard, lsn));
+        if let Some(oldest) = oldest {
+            let mut newest: HashMap<u32, u64> = HashMap::new();
+            for (s, l) in set.iter() {
+                let n = newest.entry(*s).or_insert(*l);
+                *n = (*n).max(*l);
+            }
+            set.retain(|(s, l)| *l >= oldest || newest.get(s) == Some(l));
+        }
     }
+
     pub fn contains(&self, shard: u32, lsn: u64) -> bool {
         self.0
             .lock()
@@ -392,6 +403,20 @@ pub fn json_field(change: Change, field: &str, bytes: &[u8]) -> Change {
 mod tests {
     use super::*;
     use crate::engine::redo::Redo;
+
+    #[test]
+    fn aborts_the_log_let_go_of_are_forgotten() {
+        let a = Aborted::default();
+        a.insert(0, 5, None);
+        a.insert(1, 7, Some(1));
+        assert!(a.contains(0, 5) && a.contains(1, 7));
+        // The log's oldest record is now 10: 5 can never be read again; 7 is shard 1's newest
+        // abort (the feed's end may ask about it), so it stays.
+        a.insert(0, 20, Some(10));
+        assert!(!a.contains(0, 5) && a.contains(1, 7) && a.contains(0, 20));
+        a.insert(1, 30, Some(25));
+        assert!(!a.contains(1, 7) && a.contains(1, 30) && a.contains(0, 20));
+    }
 
     fn decode_test(note: &Note<'_>, ops: &[Op<'_>], out: &mut Vec<Change>) {
         for op in ops {
