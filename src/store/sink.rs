@@ -330,7 +330,8 @@ impl Sink {
         } else {
             self.cfg.window
         };
-        let (tx, rx) = tokio::sync::mpsc::channel::<Pending>(in_flight);
+        // The acker holds one more than the channel: `in_flight` publishes at most.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Pending>(in_flight.saturating_sub(1).max(1));
         let publisher = self.publish_from(
             engine,
             &js,
@@ -506,11 +507,13 @@ impl Sink {
                         batch.push(m);
                     }
                 }
-                let pending = self.send(js, batch, &mut last_seq).await?;
-                if tx.send(pending).await.is_err() {
+                // Its place in the window first, then the publish: what is in flight is what
+                // the channel holds plus the one the acker awaits, never a publish beside them.
+                let Ok(place) = tx.reserve().await else {
                     // The acker ended with the session's error.
                     return Ok(());
-                }
+                };
+                place.send(self.send(js, batch, &mut last_seq).await?);
                 if !atomic {
                     next = msgs.next();
                 }
