@@ -330,14 +330,17 @@ impl Sink {
         } else {
             self.cfg.window
         };
-        // The acker holds one more than the channel: `in_flight` publishes at most.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Pending>(in_flight.saturating_sub(1).max(1));
+        let (tx, rx) = tokio::sync::mpsc::channel::<Pending>(in_flight);
         let publisher = self.publish_from(
             engine,
             &js,
             start,
             last_seq,
-            Hub { max_payload, atomic },
+            Hub {
+                max_payload,
+                atomic,
+                window: Arc::new(tokio::sync::Semaphore::new(in_flight)),
+            },
             tx,
         );
         let acker = self.settle(engine, rx);
@@ -468,7 +471,11 @@ impl Sink {
         hub: Hub,
         tx: tokio::sync::mpsc::Sender<Pending>,
     ) -> Result<(), End> {
-        let Hub { max_payload, atomic } = hub;
+        let Hub {
+            max_payload,
+            atomic,
+            window,
+        } = hub;
         let feed = engine.feed();
         let mut commits = feed.commits();
         loop {
@@ -507,13 +514,17 @@ impl Sink {
                         batch.push(m);
                     }
                 }
-                // Its place in the window first, then the publish: what is in flight is what
-                // the channel holds plus the one the acker awaits, never a publish beside them.
-                let Ok(place) = tx.reserve().await else {
-                    // The acker ended with the session's error.
+                // A place in the window first, then the publish: at most `window` publishes
+                // await their acks, wherever they are (sent, queued, or the acker's).
+                let Ok(place) = window.clone().acquire_owned().await else {
                     return Ok(());
                 };
-                place.send(self.send(js, batch, &mut last_seq).await?);
+                let mut pending = self.send(js, batch, &mut last_seq).await?;
+                pending.place = Some(place);
+                if tx.send(pending).await.is_err() {
+                    // The acker ended with the session's error.
+                    return Ok(());
+                }
                 if !atomic {
                     next = msgs.next();
                 }
@@ -528,6 +539,7 @@ impl Sink {
                     at_ms: None,
                     ack: None,
                     count: 0,
+                    place: None,
                 };
                 if tx.send(mark).await.is_err() {
                     return Ok(());
@@ -652,6 +664,7 @@ impl Sink {
             at_ms,
             ack,
             count,
+            place: None,
         })
     }
 
@@ -711,10 +724,12 @@ impl Sink {
     }
 }
 
-/// What the hub takes: the largest message, and atomic batches or not.
+/// What the hub takes: the largest message, atomic batches or not, and how many publishes may
+/// await their acks (a place each, given back once acknowledged).
 struct Hub {
     max_payload: usize,
     atomic: bool,
+    window: Arc<tokio::sync::Semaphore>,
 }
 
 /// One change's message.
@@ -735,6 +750,8 @@ struct Pending {
     count: u64,
     /// `None`: a mark, acknowledged once everything before it is.
     ack: Option<jetstream::context::PublishAckFuture>,
+    /// Its place in the window (none for a mark), given back when it is dropped: after its ack.
+    place: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// A change too large for one NATS message, without its value: what it was and its size.
