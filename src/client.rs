@@ -815,7 +815,9 @@ fn kv_run(c: &Client, cmd: KvCmd) -> Out {
                 }
                 left = left.saturating_sub(keys.len());
                 match v["cursor"].as_str() {
-                    Some(cur) if !keys.is_empty() => after = Some(cur.to_string()),
+                    Some(cur) if !keys.is_empty() && after.as_deref() != Some(cur) => {
+                        after = Some(cur.to_string())
+                    }
                     _ => break,
                 }
             }
@@ -977,8 +979,11 @@ fn queue_run(c: &Client, cmd: QueueCmd) -> Out {
                 let v = a.json();
                 let page = v["queues"].as_array().cloned().unwrap_or_default();
                 c.print(&a, |_| page.iter().map(line).collect::<Vec<_>>().join("\n"))?;
+                // A cursor that does not move would loop for ever: the listing ends there.
                 match v["next"].as_str() {
-                    Some(next) if !page.is_empty() => after = Some(next.to_string()),
+                    Some(next) if !page.is_empty() && after.as_deref() != Some(next) => {
+                        after = Some(next.to_string())
+                    }
                     _ => return Ok(Exit::Ok),
                 }
             }

@@ -642,6 +642,9 @@ pub struct HttpConfig {
     /// timeout), and so is one whose client takes none of an answer for this long. Default
     /// 5000 ms.
     pub idle_timeout_ms: u64,
+    /// How far back the status page's rates and latencies reach (sampled 12 times per
+    /// window). Default 60000 ms.
+    pub status_window_ms: u64,
     /// A request head begun must be whole within this time (408). Default 10000 ms.
     pub header_read_timeout_ms: u64,
     /// Largest request head (request line + headers). Default 16384 bytes (min 8192).
@@ -691,6 +694,7 @@ impl Default for HttpConfig {
             connections_max: 1024,
             connections_per_ip_max: 512,
             idle_timeout_ms: 5_000,
+            status_window_ms: 60_000,
             header_read_timeout_ms: 10_000,
             header_bytes_max: 16 << 10,
             body_read_timeout_ms: 30_000,
@@ -933,7 +937,7 @@ impl Config {
                 self.cache.cache_disk_bytes, self.cache.cache_disk_block_bytes
             ));
         }
-        let checks: [(&str, u64, u64, u64); 46] = [
+        let checks: [(&str, u64, u64, u64); 47] = [
             (
                 "idempotency_ttl_ms",
                 self.idempotency.idempotency_ttl_ms,
@@ -1080,6 +1084,7 @@ impl Config {
                 1 << 20,
             ),
             ("idle_timeout_ms", self.http.idle_timeout_ms, 10, 3_600_000),
+            ("status_window_ms", self.http.status_window_ms, 1000, 3_600_000),
             (
                 "header_bytes_max",
                 self.http.header_bytes_max as u64,
@@ -1158,26 +1163,26 @@ impl Config {
     /// `--shard-cach-bytes` meant, for a hint to `--set`.
     pub fn nearest_setting(name: &str) -> Option<String> {
         let table = toml::Table::try_from(Config::default()).ok()?;
-        table
-            .keys()
-            .map(|k| (edit_distance(k, name), k))
-            .filter(|(d, _)| *d <= 3)
-            .min()
-            .map(|(_, k)| k.clone())
+        nearest(&table, name).cloned()
     }
 }
 
 /// `; did you mean `x`?` for the setting nearest to `name` (at most 3 edits away), else "".
 fn did_you_mean(table: &toml::Table, name: &str) -> String {
-    let near = table
+    match nearest(table, name) {
+        Some(k) => format!("; did you mean `{k}`?"),
+        None => String::new(),
+    }
+}
+
+/// The setting of `table` nearest to `name`, at most 3 edits away.
+fn nearest<'t>(table: &'t toml::Table, name: &str) -> Option<&'t String> {
+    table
         .keys()
         .map(|k| (edit_distance(k, name), k))
         .filter(|(d, _)| *d <= 3)
-        .min();
-    match near {
-        Some((_, k)) => format!("; did you mean `{k}`?"),
-        None => String::new(),
-    }
+        .min()
+        .map(|(_, k)| k)
 }
 
 /// Levenshtein distance between two short names (bytes).

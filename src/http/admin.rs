@@ -118,6 +118,7 @@ struct BackupReq {
 static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn backup(state: &ServerState, req: Request<ReqBody>) -> Result<Resp, ApiError> {
+    use crate::store::backup::TargetError;
     let r: BackupReq = json_body(state, req).await?;
     let out = PathBuf::from(&r.out);
     if !out.is_absolute() {
@@ -128,29 +129,13 @@ async fn backup(state: &ServerState, req: Request<ReqBody>) -> Result<Resp, ApiE
     }
     crate::store::backup::refuse_inside(&state.store.config().data_dir, &out)
         .map_err(ApiError::bad_request)?;
-    // Not empty: 409 (nothing touched). A path that is no directory, or that cannot be read:
-    // the request's fault, 400.
-    match std::fs::read_dir(&out) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                return Err(ApiError::new(
-                    409,
-                    "conflict",
-                    format!(
-                        "{} is not empty: back up into a new or empty directory",
-                        r.out
-                    ),
-                ));
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(ApiError::bad_request(format!(
-                "out `{}`: {e}: give a new or empty directory the server's user may write",
-                r.out
-            )))
-        }
-    }
+    // Not empty: 409 (nothing touched). Not a directory, or not readable: the request's fault.
+    crate::store::backup::check_target(&out).map_err(|e| match e {
+        TargetError::NotEmpty(m) => ApiError::new(409, "conflict", m),
+        TargetError::Unusable(m) => ApiError::bad_request(format!(
+            "{m}: give a new or empty directory the server's user may write"
+        )),
+    })?;
     let running = one_at_a_time(&RUNNING, "backup_running", "a backup")?;
     // A directory the server cannot make or write is the request's fault too: 400 before the
     // copy (whose own I/O errors stay 500).

@@ -148,7 +148,7 @@ pub async fn run(
     let sampled = state.clone();
     background.push(tokio::spawn(async move {
         loop {
-            tokio::time::sleep(super::window::STEP).await;
+            tokio::time::sleep(sampled.window.step()).await;
             sampled.window.tick(sampled.store.engine());
         }
     }));

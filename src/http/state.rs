@@ -89,7 +89,10 @@ impl ServerState {
         let cfg = store.config().clone();
         let long_polls = long_polls_max(cfg.http.connections_max);
         let followers_max = cfg.http.followers_max.min(long_polls);
-        let window = window::Window::new(store.engine());
+        let window = window::Window::new(
+            store.engine(),
+            std::time::Duration::from_millis(cfg.http.status_window_ms),
+        );
         Arc::new(ServerState {
             body_budget: Arc::new(Semaphore::new(cfg.http.inflight_body_bytes_max)),
             store,

@@ -145,11 +145,11 @@ async fn status(state: &ServerState) -> Result<Resp, ApiError> {
         "disk": {"free_bytes": engine.space().free(), "low": engine.space().is_low()},
         "log": {
             "disk_bytes": engine.wal().disk_bytes(),
-            "durability": engine.wal().mode().to_string(),
+            "durability": state.store.config().engine.durability.to_string(),
             "durable_lsn": engine.wal().durable_lsn(),
         },
         "process": {
-            "resident_bytes": super::metrics::proc_stat().and_then(|p| p.resident_bytes).map(|b| b as u64),
+            "resident_bytes": figures.resident_bytes,
             "cpu_percent": figures.cpu_percent,
             "open_fds": super::metrics::open_fds(),
         },
@@ -258,7 +258,7 @@ function render(s){
   const problems=[stopped?stopped+" shard(s) stopped":"",s.disk.low?"disk low":"",sinkBad?"sink "+s.sink.state:"",lost?lost+" cursor(s) need a new snapshot":""].filter(Boolean);
   $("state").innerHTML=problems.length?`<b class="bad" data-k="health">${esc(problems.join(" · "))}</b>`:`<b class="ok" data-k="health">healthy</b>`;
   set("meta",`v${s.version} · up ${dur(s.uptime_s*1000)} · ${s.http["2xx"]} ok / ${s.http["4xx"]} 4xx / ${s.http["5xx"]} 5xx since start`);
-  const span=w.seconds>=59?"last minute":`last ${Math.round(w.seconds)} s (since start)`;
+  const span=w.seconds>=0.98*w.span_s?"last "+dur(w.span_s*1000):`last ${Math.round(w.seconds)} s (since start)`;
   set("span",span);set("span2",span);
   set("rps",rate(w.requests_per_s));set("p50",ms(w.p50_ms));set("p99",ms(w.p99_ms));
   set("err",w.server_error_ratio==null?NA:pct(w.server_error_ratio));$("err").className="v"+(w.server_errors_per_s>0?" bad":"");

@@ -1,8 +1,9 @@
 //! The last minute, for the status page: a sample of the process-wide counters (each route's
 //! latency histogram and error counts, the responses by class, each shard's operations, the
-//! process's CPU time) is taken every [`STEP`] and kept for [`SPAN`]; `/v1/status` compares a
-//! sample taken as it answers with the oldest kept, so its rates and percentiles cover the last
-//! minute (or the time since start, on a server younger than that) from its first answer on.
+//! process's CPU time) is taken 12 times per `status_window_ms` (a minute by default) and kept
+//! for one window; `/v1/status` compares a sample taken as it answers with the oldest kept, so
+//! its rates and percentiles cover the window (or the time since start, on a server younger
+//! than that) from its first answer on.
 //! Requests pay nothing for it: the counters are the ones `/metrics` already keeps.
 
 use crate::base::metrics::{families, HTTP_2XX, HTTP_3XX, HTTP_4XX, HTTP_5XX};
@@ -13,10 +14,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// How far back the figures reach.
-pub const SPAN: Duration = Duration::from_secs(60);
-/// How often a sample is kept.
-pub const STEP: Duration = Duration::from_secs(5);
+/// Samples kept per window (`status_window_ms`): one every twelfth of it.
+const STEPS: u32 = 12;
 
 /// The domains the page shows, in its order; a route belongs to the first whose prefix it has.
 const DOMAINS: [(&str, &[&str]); 7] = [
@@ -49,6 +48,7 @@ struct DomainCounts {
 struct Sample {
     at: Instant,
     cpu_seconds: Option<f64>,
+    resident_bytes: Option<f64>,
     /// Responses by class: 2xx, 3xx, 4xx, 5xx (unmatched requests included).
     responses: [u64; 4],
     domains: Vec<DomainCounts>,
@@ -70,9 +70,11 @@ impl Sample {
             d.client_errors += r.client_errors;
             d.server_errors += r.server_errors;
         }
+        let proc = super::metrics::proc_stat();
         Sample {
             at: Instant::now(),
-            cpu_seconds: super::metrics::proc_stat().and_then(|p| p.cpu_seconds),
+            cpu_seconds: proc.as_ref().and_then(|p| p.cpu_seconds),
+            resident_bytes: proc.and_then(|p| p.resident_bytes),
             responses: [&HTTP_2XX, &HTTP_3XX, &HTTP_4XX, &HTTP_5XX].map(|c| c.get()),
             domains,
             shard_ops: engine
@@ -84,25 +86,36 @@ impl Sample {
     }
 }
 
-/// Samples of the last [`SPAN`] (and one older, the base the newest figures are measured from).
-pub struct Window(Mutex<VecDeque<Sample>>);
+/// Samples of the last `span` (and one older, the base the newest figures are measured from).
+pub struct Window {
+    span: Duration,
+    samples: Mutex<VecDeque<Sample>>,
+}
 
 impl Window {
-    /// A window whose first sample is now: figures cover the time since.
-    pub fn new(engine: &Engine) -> Window {
-        Window(Mutex::new(VecDeque::from([Sample::take(engine)])))
+    /// A window of `span` whose first sample is now: figures cover the time since.
+    pub fn new(engine: &Engine, span: Duration) -> Window {
+        Window {
+            span,
+            samples: Mutex::new(VecDeque::from([Sample::take(engine)])),
+        }
+    }
+
+    /// How often [`Window::tick`] is to be called.
+    pub fn step(&self) -> Duration {
+        self.span / STEPS
     }
 
     /// Keeps a sample of now, and lets go of those no longer needed as the base of a
-    /// [`SPAN`]-long window. Called every [`STEP`].
+    /// `span`-long window (at most [`STEPS`] + 2 are kept).
     pub fn tick(&self, engine: &Engine) {
         let sample = Sample::take(engine);
-        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         let now = sample.at;
         q.push_back(sample);
         while q
             .get(1)
-            .is_some_and(|next| now.duration_since(next.at) >= SPAN)
+            .is_some_and(|next| now.duration_since(next.at) >= self.span)
         {
             q.pop_front();
         }
@@ -111,7 +124,7 @@ impl Window {
     /// The figures from the oldest kept sample to now.
     pub fn figures(&self, engine: &Engine) -> Figures {
         let now = Sample::take(engine);
-        let q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let q = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         let Some(base) = q.front() else {
             return Figures::default();
         };
@@ -153,6 +166,7 @@ impl Window {
         let ms = |q: f64| quantile(bounds, &all, q).map(|s| round(s * 1e3, 3));
         let window = json!({
             "seconds": round(secs, 1),
+            "span_s": round(self.span.as_secs_f64(), 1),
             "requests": total,
             "requests_per_s": per_s(total),
             "client_errors_per_s": per_s(responses[2]),
@@ -178,6 +192,7 @@ impl Window {
             window,
             shard_ops_per_s,
             cpu_percent,
+            resident_bytes: now.resident_bytes.map(|b| b as u64),
         }
     }
 }
@@ -190,6 +205,8 @@ pub struct Figures {
     pub shard_ops_per_s: Vec<f64>,
     /// The process's CPU time over the window, as a percentage of one core.
     pub cpu_percent: Option<f64>,
+    /// Its resident memory now.
+    pub resident_bytes: Option<u64>,
 }
 
 fn round(v: f64, digits: i32) -> f64 {

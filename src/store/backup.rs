@@ -128,20 +128,43 @@ pub fn refuse_inside(data: &Path, out: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a directory cannot take a backup.
+#[derive(Debug)]
+pub enum TargetError {
+    /// It holds files already (the HTTP API's 409).
+    NotEmpty(String),
+    /// It cannot be read as a directory: not one, or not permitted (the request's fault: 400).
+    Unusable(String),
+}
+
+impl std::fmt::Display for TargetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetError::NotEmpty(m) | TargetError::Unusable(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<TargetError> for String {
+    fn from(e: TargetError) -> String {
+        e.to_string()
+    }
+}
+
 /// Checks that `out` can take a backup: absent, or an empty directory.
-pub fn check_target(out: &Path) -> Result<(), String> {
+pub fn check_target(out: &Path) -> Result<(), TargetError> {
     match std::fs::read_dir(out) {
         Ok(mut entries) => {
             if entries.next().is_some() {
-                return Err(format!(
+                return Err(TargetError::NotEmpty(format!(
                     "{} is not empty: back up into a new or empty directory",
                     out.display()
-                ));
+                )));
             }
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(err(out, e)),
+        Err(e) => Err(TargetError::Unusable(err(out, e))),
     }
 }
 

@@ -144,3 +144,56 @@ async fn the_process_and_the_build_are_described() {
     }
     s.stop().await;
 }
+
+/// The status page's window moves on by itself: with a 1.2 s `status_window_ms` (sampled every
+/// 100 ms by the server's own task), writes made before an idle window are no longer in it, and
+/// a new request is. Alone: the counters it reads are process-wide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_window_moves_on_by_itself() {
+    if !common::alone() {
+        return;
+    }
+    let s = TestServer::start_with(|c| c.http.status_window_ms = 1200).await;
+    let mut c = s.client().await;
+    for i in 0..20 {
+        assert_eq!(c.put(&format!("/v1/kv/app/k{i}"), "v").await.status, 201);
+    }
+    let kv = |w: &serde_json::Value| w["domains"][0].clone();
+    let w = c.get("/v1/status").await.json()["window"].clone();
+    assert_eq!(w["span_s"], 1.2);
+    assert_eq!(kv(&w)["domain"], "kv");
+    assert_eq!(kv(&w)["requests"], 20, "{w}");
+    // Wait for the samples to move past the writes (a window with no KV request).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let w = loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let w = c.get("/v1/status").await.json()["window"].clone();
+        if kv(&w)["requests"] == 0 {
+            break w;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the window never moved past the writes: {w}"
+        );
+    };
+    assert!(kv(&w)["p99_ms"].is_null(), "{w}");
+    // Its base is a sample at least a window old, not the start.
+    assert!(w["seconds"].as_f64().unwrap() >= 1.2, "{w}");
+    assert_eq!(c.get("/v1/kv/app/k0").await.status, 200);
+    let w = c.get("/v1/status").await.json()["window"].clone();
+    assert_eq!(kv(&w)["requests"], 1, "{w}");
+    // A long poll counts in the rates but its wait is not a latency.
+    let r = c
+        .post_json("/v1/queues/idle/claim", json!({"wait": "500ms"}))
+        .await;
+    assert_eq!(r.status, 200);
+    let w = c.get("/v1/status").await.json()["window"].clone();
+    let queues = w["domains"][3].clone();
+    assert_eq!(queues["domain"], "queues");
+    assert_eq!(queues["requests"], 1, "{w}");
+    assert!(
+        queues["p99_ms"].is_null(),
+        "the wait counted as latency: {w}"
+    );
+    s.stop().await;
+}

@@ -318,11 +318,6 @@ impl Wal {
         self.shared.stats.segment_files.load(Ordering::Relaxed) * self.shared.cfg.segment_bytes
     }
 
-    /// When the log acknowledges a write.
-    pub fn mode(&self) -> SyncMode {
-        self.shared.cfg.mode
-    }
-
     /// Why the log refuses writes, if it does.
     pub fn failure(&self) -> Option<String> {
         lock(&self.shared.state)
