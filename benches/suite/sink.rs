@@ -1,7 +1,9 @@
 //! `sink`: the NATS JetStream sink against a real 3-node nats-server cluster on loopback
 //! (`scripts/install-nats.sh`, `sync_interval: always`, stream replicas 3).
 //!
-//! - durable PUT throughput and server CPU per PUT without and with the sink, alternated;
+//! - durable PUT throughput and server CPU per PUT without the sink, with it and a hub aside
+//!   (a second cluster on tmpfs in `SCHED_IDLE`: a stand-in for a hub on other hardware), and
+//!   with it and the hub beside the box as an equal, alternated; the hub's CPU in each;
 //! - lag from a change's commit (its batch time) to its arrival at a subscriber on the hub,
 //!   p50/p99, at a steady 2,000 changes/s;
 //! - a hub outage of `--sink-outage-secs` (60) under that load: how long the backlog takes to
@@ -15,6 +17,7 @@ use crate::loadgen::Proto;
 use crate::peers;
 use crate::report::{row, Row};
 use crate::support::{measure, put_op, wanted, Opts};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// A config for a box named `name` (every new data directory is a new history: it gets a box,
@@ -101,65 +104,129 @@ pub async fn sink_suite(o: &Opts, rows: &mut Vec<Row>) {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
+    // A second hub standing in for one on other hardware: its threads in SCHED_IDLE (only CPU
+    // nothing else wants) and its store on tmpfs (no fsync queued on the box's disk).
+    let aside = match Path::new("/dev/shm").is_dir() {
+        true => nats::Cluster::start_in(3, Some(Path::new("/dev/shm"))).await,
+        false => None,
+    }
+    .filter(|c| c.run_idle());
+    if aside.is_none() {
+        eprintln!("sink: no hub aside (tmpfs at /dev/shm and chrt needed); that arm is skipped");
+    }
 
-    // Durable PUT without and with the sink, alternated three times.
-    let mut plain_runs = Vec::new();
-    let mut sink_runs = Vec::new();
+    // Durable PUT without the sink, with it and the hub aside, and with it and a hub that shares
+    // the box's cores and disk as an equal — alternated three times.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Arm {
+        Without,
+        HubAside,
+        HubBeside,
+    }
+    let mut runs: [Vec<crate::loadgen::Outcome>; 3] = Default::default();
+    let hub_cpu = |c: &nats::Cluster| -> Option<f64> {
+        c.pids()
+            .into_iter()
+            .map(|p| peers::cpu_time(p).map(|t| t.as_secs_f64()))
+            .sum::<Option<f64>>()
+    };
     for round in 0..3 {
-        for with in [false, true] {
-            let cfg = config(dir.path(), &cluster.urls(), &format!("put{round}"));
+        for arm in [Arm::Without, Arm::HubAside, Arm::HubBeside] {
+            let hub = match (arm, &aside) {
+                (Arm::HubAside, None) => continue,
+                (Arm::HubAside, Some(c)) => c,
+                _ => &cluster,
+            };
+            let cfg = config(dir.path(), &hub.urls(), &format!("put{round}{}", arm as u8));
             let cfg = cfg.to_str().expect("utf-8 path").to_string();
-            let settings: Vec<(&str, &str)> = if with {
-                vec![("config", cfg.as_str())]
-            } else {
+            let settings: Vec<(&str, &str)> = if arm == Arm::Without {
                 vec![]
+            } else {
+                vec![("config", cfg.as_str())]
             };
             let Ok(sb) = peers::shardbox(o.shardbox_bin.as_deref(), &settings) else {
                 eprintln!("sink: shardbox did not start");
                 return;
             };
+            let (h0, t0) = (hub_cpu(hub), Instant::now());
             let out = measure(sb.addr, Proto::Http, o, put_op(o.keys)).await;
+            let hub_cores = hub_cpu(hub)
+                .zip(h0)
+                .map(|(h1, h0)| (h1 - h0) / t0.elapsed().as_secs_f64());
+            let label = match arm {
+                Arm::Without => "without",
+                Arm::HubAside => "with the sink, the hub aside (SCHED_IDLE, tmpfs)",
+                Arm::HubBeside => "with the sink, the hub beside the box",
+            };
             eprintln!(
-                "sink: round {round} {} {:.0} PUT/s, {:?} µs CPU/PUT",
-                if with { "with the sink" } else { "without" },
+                "sink: round {round} {label}: {:.0} PUT/s, {:?} µs CPU/PUT, the hub used {:.2?} cores",
                 out.throughput(),
-                out.cpu_us_per_op
+                out.cpu_us_per_op,
+                hub_cores
             );
-            if with {
+            if arm != Arm::Without {
                 let s = status(sb.addr).await.unwrap_or_default();
-                eprintln!("sink: {s}");
-                if s["state"] == "resnapshot_required" || s["acked_total"] == 0 {
-                    eprintln!("sink: the sink did not ship: this round does not count");
-                    continue;
+                eprintln!("sink: at the load's end: {s}");
+                // Everything the run wrote must reach the hub, or the arm only deferred work.
+                let drained = wait_caught_up(sb.addr, Duration::from_secs(60)).await;
+                let s = status(sb.addr).await.unwrap_or_default();
+                match drained {
+                    Some(t) if s["state"] != "resnapshot_required" => eprintln!(
+                        "sink: every change shipped {:.1} s after the load ended ({} acknowledged)",
+                        t.as_secs_f64(),
+                        s["acked_total"]
+                    ),
+                    _ => {
+                        eprintln!(
+                            "sink: the sink did not ship everything: this round does not count"
+                        );
+                        continue;
+                    }
                 }
-                sink_runs.push(out);
-            } else {
-                plain_runs.push(out);
             }
+            runs[arm as usize].push(out);
         }
     }
     let median = |v: &mut Vec<crate::loadgen::Outcome>| {
         v.sort_by(|a, b| a.throughput().total_cmp(&b.throughput()));
-        v.remove(v.len() / 2)
+        (!v.is_empty()).then(|| v.remove(v.len() / 2))
     };
-    if sink_runs.is_empty() || plain_runs.is_empty() {
-        eprintln!("sink: no round shipped; no PUT figures");
+    let [plain, aside, beside] = &mut runs;
+    let Some(plain) = median(plain) else {
+        eprintln!("sink: no round without the sink; no PUT figures");
         return;
-    }
-    let (plain, with) = (median(&mut plain_runs), median(&mut sink_runs));
-    let ratio = with.throughput() / plain.throughput();
+    };
+    let plain_rate = plain.throughput();
     rows.push(row(
         "sink-put",
         "shardbox",
         plain,
         "durable PUT, no sink (median of 3)",
     ));
-    rows.push(row(
-        "sink-put",
-        "shardbox + NATS sink",
-        with,
-        &format!("{ratio:.2}x the PUT rate without the sink (median of 3, alternated)"),
-    ));
+    for (runs, who, what) in [
+        (
+            aside,
+            "shardbox + sink, hub aside",
+            "the hub in SCHED_IDLE on tmpfs: a stand-in for a hub on other hardware",
+        ),
+        (
+            beside,
+            "shardbox + sink, hub beside",
+            "the 3-node hub sharing the box's 2 cores as an equal",
+        ),
+    ] {
+        if let Some(with) = median(runs) {
+            let ratio = with.throughput() / plain_rate;
+            rows.push(row(
+                "sink-put",
+                who,
+                with,
+                &format!(
+                    "{ratio:.2}x the PUT rate without the sink (median of 3, alternated; {what})"
+                ),
+            ));
+        }
+    }
 
     // The box's CPU per PUT at a steady 2,000/s without the sink (the same rate with the sink
     // follows): what shipping a change costs the box, apart from the rate the shared cores allow.
@@ -203,12 +270,6 @@ pub async fn sink_suite(o: &Opts, rows: &mut Vec<Row>) {
         }
         h
     });
-    let hub_cpu = |c: &nats::Cluster| -> Option<f64> {
-        c.pids()
-            .into_iter()
-            .map(|p| peers::cpu_time(p).map(|t| t.as_secs_f64()))
-            .sum::<Option<f64>>()
-    };
     let acked = |s: Option<serde_json::Value>| s.and_then(|s| s["acked_total"].as_u64());
     let (box0, hub0, acked0) = (
         peers::cpu_time(sb.pid()),

@@ -95,6 +95,9 @@ pub struct Sink {
     acked: Mutex<Option<(Position, Option<u64>)>>,
     /// When the oldest change published and not yet acknowledged was applied (ms), 0: none.
     oldest_unacked_ms: AtomicU64,
+    /// When the first change not yet shipped was applied (ms), 0: unknown — read by the sink's
+    /// task when a session ends, so the status page's lag in seconds costs it no log read.
+    backlog_at_ms: AtomicU64,
     last_error: Mutex<Option<String>>,
     /// The NATS connection is up (the client reconnects by itself; while it is down the sink
     /// says `disconnected` even when nothing failed yet).
@@ -131,6 +134,7 @@ impl Sink {
             errors_total: AtomicU64::new(0),
             acked: Mutex::new(None),
             oldest_unacked_ms: AtomicU64::new(0),
+            backlog_at_ms: AtomicU64::new(0),
             last_error: Mutex::new(None),
             connected: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             atomic: std::sync::atomic::AtomicBool::new(false),
@@ -176,19 +180,38 @@ impl Sink {
         };
         let now = engine.now_ms();
         let oldest = self.oldest_unacked_ms.load(Ordering::Relaxed);
+        let backlog = self.backlog_at_ms.load(Ordering::Relaxed);
         let ms = if oldest > 0 {
             now.saturating_sub(oldest)
-        } else if records > 0 {
-            // Behind but nothing in flight (disconnected, or between pages): the first change
-            // not shipped says how old the backlog is.
-            acked
-                .and_then(|(p, _)| engine.feed().read(p, 1, &Filter::default()).ok())
-                .and_then(|page| page.entries.first().and_then(|e| e.at_ms))
-                .map_or(0, |at| now.saturating_sub(at))
+        } else if records > 0 && backlog > 0 {
+            // Behind with nothing in flight (disconnected): the first change not shipped says
+            // how old the backlog is.
+            now.saturating_sub(backlog)
         } else {
             0
         };
         (records, ms)
+    }
+
+    /// Notes when the first change not yet shipped was applied (after a session ended, so a
+    /// disconnected sink still tells its lag in seconds); a log read, off the async threads.
+    async fn note_backlog(&self, engine: &Arc<Engine>) {
+        let from = self.acked().or_else(|| {
+            let feed = engine.feed();
+            feed.cursors.position(CURSOR, feed.oldest()).ok()
+        });
+        let Some(from) = from else { return };
+        let e = engine.clone();
+        let at = tokio::task::spawn_blocking(move || {
+            e.feed()
+                .read(from, 1, &Filter::default())
+                .ok()
+                .and_then(|page| page.entries.first().and_then(|e| e.at_ms))
+        })
+        .await
+        .ok()
+        .flatten();
+        self.backlog_at_ms.store(at.unwrap_or(0), Ordering::Relaxed);
     }
 
     /// What /v1/status shows.
@@ -224,6 +247,7 @@ impl Sink {
                 End::Resnapshot(m) => (State::ResnapshotRequired, m),
             };
             self.oldest_unacked_ms.store(0, Ordering::Relaxed);
+            self.note_backlog(&engine).await;
             self.errors_total.fetch_add(1, Ordering::Relaxed);
             self.set_state(state);
             tracing::warn!(error = %message, state = state.name(), "NATS sink: session ended; trying again");
@@ -700,6 +724,7 @@ impl Sink {
                     return Err(End::Retry(format!("JetStream refused a publish: {e}")));
                 }
                 self.acked_total.fetch_add(p.count, Ordering::Relaxed);
+                self.backlog_at_ms.store(0, Ordering::Relaxed);
             }
             *self.acked.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((p.entry_position, p.at_ms));

@@ -131,7 +131,8 @@ fn answer(case: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_generated_from_openapi_json_is_never_surprised() {
-    let Some(st) = common::installed_tool("install-schemathesis.sh", "REQUIRE_SCHEMATHESIS") else {
+    let Some(st) = common::installed_tool("install-schemathesis.sh", &[], "REQUIRE_SCHEMATHESIS")
+    else {
         eprintln!("SKIPPED: schemathesis could not be installed (needs python3 and PyPI)");
         return;
     };

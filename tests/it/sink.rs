@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn config_file(dir: &Path, urls: &[String]) -> Vec<(String, String)> {
+fn config_file(dir: &Path, urls: &[String], replicas: usize) -> Vec<(String, String)> {
     let servers: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
     let text = format!(
-        "[sink.nats]\nservers = [{}]\nbox = \"edge-1\"\nstream = \"SHARDBOX\"\nsubject_prefix = \"shardbox\"\nreplicas = 3\nwindow = 256\n",
+        "[sink.nats]\nservers = [{}]\nbox = \"edge-1\"\nstream = \"SHARDBOX\"\nsubject_prefix = \"shardbox\"\nreplicas = {replicas}\nwindow = 256\n",
         servers.join(", ")
     );
     let path = dir.join("shardbox.toml");
@@ -183,7 +183,7 @@ async fn box_and_hub() -> Option<(
         return None;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let env = config_file(tmp.path(), &cluster.urls());
+    let env = config_file(tmp.path(), &cluster.urls(), 3);
     let (child, addr) = spawn_shardbox(&tmp.path().join("data"), &env).expect("start shardbox");
     let child = KillOnDrop(child);
     let mut c = Client::connect(addr).await;
@@ -304,6 +304,10 @@ async fn every_change_reaches_jetstream_once_in_order_across_kills_of_either_sid
     writer.await.unwrap();
     let now = *addr.lock().unwrap();
     let status = caught_up(now, 60).await;
+    assert_eq!(
+        status["atomic_batches"], true,
+        "2.15 takes atomic batches: {status}"
+    );
     let n = check_stream(&cluster, now, &start).await;
     eprintln!(
         "{} writes acknowledged, {n} changes shipped once each in order; sink: {status}",
@@ -363,6 +367,12 @@ async fn a_hub_down_makes_the_box_lag_not_stop_and_it_catches_up() {
         "the sink says it is cut off: {s}"
     );
     assert!(s["lag_records"].as_u64().unwrap() > 0, "{s}");
+    // The backlog's age: about the outage (its first change was made as the hub went down).
+    let lag_ms = s["lag_ms"].as_u64().unwrap();
+    assert!(
+        lag_ms >= outage.as_millis() as u64 / 2 && lag_ms < outage.as_millis() as u64 + 30_000,
+        "lag_ms {lag_ms} after a {outage:?} outage: {s}"
+    );
     // The box went on taking writes and refused none (its rate is a bench's business:
     // `cargo bench --bench suite -- --only sink`).
     eprintln!("{before} writes before the outage, {during} during it; sink {s}");
@@ -472,4 +482,40 @@ async fn a_kv_bucket_on_the_hub_holds_the_box_keys() {
         async move { (value("edge-1.app.k0".into()).await? == "again").then_some(()) }
     })
     .await;
+}
+
+/// A hub from before JetStream's atomic batches (nats-server 2.11.11, one node): the sink says
+/// so (`atomic_batches: false`) and ships one change per publish — each once, in order, with
+/// no gap, the same bodies as the box's feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_without_atomic_batches_gets_one_change_at_a_time() {
+    let Some(bin) = common::nats::nats_server_before_batches() else {
+        eprintln!("skipped: no nats-server 2.11.11");
+        return;
+    };
+    let cluster = Cluster::start_with(bin, 1, None).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let env = config_file(tmp.path(), &cluster.urls(), 1);
+    let (child, first) = spawn_shardbox(&tmp.path().join("data"), &env).expect("start shardbox");
+    let _child = KillOnDrop(child);
+    let mut c = Client::connect(first).await;
+    let start = common::cursor_now(&mut c, "verify").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let writer = tokio::spawn(load(
+        Arc::new(Mutex::new(first)),
+        stop.clone(),
+        acked.clone(),
+        refused.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let s = caught_up(first, 60).await;
+    assert_eq!(s["atomic_batches"], false, "{s}");
+    assert_eq!(refused.load(Ordering::Relaxed), 0);
+    let n = check_stream(&cluster, first, &start).await;
+    assert_eq!(s["acked_total"].as_u64(), Some(n as u64), "{s}");
+    assert!(n > 50, "only {n} changes");
 }

@@ -11,18 +11,29 @@ use std::time::Duration;
 /// `REQUIRE_NATS`, set by CI, turns that into a failure).
 pub fn nats_server() -> Option<PathBuf> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| installed_tool("install-nats.sh", "REQUIRE_NATS"))
+    BIN.get_or_init(|| installed_tool("install-nats.sh", &[], "REQUIRE_NATS"))
         .clone()
 }
 
-/// A pinned tool of the tests, installed by `scripts/<script>` (which prints its path); `None`
-/// when it cannot be — then the variable `require` (set by CI) makes that a failure, not a skip.
-pub fn installed_tool(script: &str, require: &str) -> Option<PathBuf> {
+/// nats-server 2.11.11, the last release before JetStream's atomic batches (the hub of the
+/// sink's one-message-at-a-time path), installed beside the pinned one.
+#[allow(dead_code)]
+pub fn nats_server_before_batches() -> Option<PathBuf> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| installed_tool("install-nats.sh", &["2.11.11"], "REQUIRE_NATS"))
+        .clone()
+}
+
+/// A pinned tool of the tests, installed by `scripts/<script> <args>` (which prints its path);
+/// `None` when it cannot be — then the variable `require` (set by CI) makes that a failure, not
+/// a skip.
+pub fn installed_tool(script: &str, args: &[&str], require: &str) -> Option<PathBuf> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("scripts")
         .join(script);
     let found = Command::new("bash")
         .arg(path)
+        .args(args)
         .output()
         .ok()
         .and_then(|out| {
@@ -64,8 +75,24 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` nodes and waits until JetStream answers through every one.
     pub async fn start(n: usize) -> Option<Cluster> {
-        let bin = nats_server()?;
-        let dir = tempfile::tempdir().expect("tempdir");
+        Cluster::start_in(n, None).await
+    }
+
+    /// [`Cluster::start`] with the nodes' store directories under `parent` (the bench puts a
+    /// hub that stands in for other hardware on tmpfs: its fsyncs do not queue behind the
+    /// box's on the one disk).
+    pub async fn start_in(n: usize, parent: Option<&std::path::Path>) -> Option<Cluster> {
+        Some(Cluster::start_with(nats_server()?, n, parent).await)
+    }
+
+    /// [`Cluster::start_in`] with another nats-server binary; one node runs alone (no cluster
+    /// block).
+    pub async fn start_with(bin: PathBuf, n: usize, parent: Option<&std::path::Path>) -> Cluster {
+        let dir = match parent {
+            Some(p) => tempfile::tempdir_in(p),
+            None => tempfile::tempdir(),
+        }
+        .expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let mut nodes = Vec::new();
         for (i, (port, route)) in ports.iter().enumerate() {
@@ -79,13 +106,17 @@ impl Cluster {
             let store = dir.path().join(&name);
             // sync_interval: always — JetStream's default fsyncs every 2 minutes, so an
             // acknowledged message could be lost by a power cut (nats-server#7564).
-            let text = format!(
+            let mut text = format!(
                 "server_name: {name}\nlisten: 127.0.0.1:{port}\n\
-                 jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n\
-                 cluster {{\n  name: shardbox-test\n  listen: 127.0.0.1:{route}\n  routes: [{}]\n}}\n",
+                 jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
                 store.display(),
-                routes.join(", ")
             );
+            if n > 1 {
+                text.push_str(&format!(
+                    "cluster {{\n  name: shardbox-test\n  listen: 127.0.0.1:{route}\n  routes: [{}]\n}}\n",
+                    routes.join(", ")
+                ));
+            }
             let config = dir.path().join(format!("{name}.conf"));
             std::fs::write(&config, text).expect("write nats config");
             nodes.push(Node {
@@ -104,7 +135,7 @@ impl Cluster {
             c.start_node(i);
         }
         c.wait_ready().await;
-        Some(c)
+        c
     }
 
     pub fn urls(&self) -> Vec<String> {
@@ -141,6 +172,23 @@ impl Cluster {
             .iter()
             .filter_map(|n| n.child.as_ref().map(|c| c.id()))
             .collect()
+    }
+
+    /// Puts every thread of every running node in Linux's `SCHED_IDLE` class (`chrt --idle`,
+    /// threads made later inherit it): it runs only on CPU nothing else wants. The bench runs a
+    /// hub so to stand in for one on other hardware.
+    #[allow(dead_code)]
+    pub fn run_idle(&self) -> bool {
+        let pids = self.pids();
+        !pids.is_empty()
+            && pids.iter().all(|pid| {
+                Command::new("chrt")
+                    .args(["--all-tasks", "--idle", "-p", "0"])
+                    .arg(pid.to_string())
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
     }
 
     pub fn index_of(&self, name: &str) -> Option<usize> {
