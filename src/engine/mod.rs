@@ -256,6 +256,7 @@ impl Engine {
             holds,
             cursors,
             committed,
+            hints: Default::default(),
         };
         Ok(Engine {
             feed,

@@ -39,7 +39,7 @@ const BATCH_MAX: usize = 1000;
 const BATCH_BYTES: usize = 4 << 20;
 /// Batches awaiting their ack at most (JetStream allows 50 per stream).
 const BATCHES_IN_FLIGHT: usize = 32;
-/// Longest a caught-up sink lets changes gather while a publish awaits its ack.
+/// Shortest time between two batches of a caught-up sink (the changes made meanwhile gather).
 const LINGER: Duration = Duration::from_millis(10);
 /// How often the cursor is saved as acks come in (the stream is the truth; the cursor only
 /// keeps the log).
@@ -104,8 +104,6 @@ pub struct Sink {
     connected: Arc<std::sync::atomic::AtomicBool>,
     /// The hub takes atomic batches (nats-server 2.12+): many changes per ack.
     atomic: std::sync::atomic::AtomicBool,
-    /// Every publish so far is acknowledged.
-    drained: tokio::sync::Notify,
 }
 
 /// Why a session ended.
@@ -138,7 +136,6 @@ impl Sink {
             last_error: Mutex::new(None),
             connected: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             atomic: std::sync::atomic::AtomicBool::new(false),
-            drained: tokio::sync::Notify::new(),
         }
     }
 
@@ -502,6 +499,7 @@ impl Sink {
         } = hub;
         let feed = engine.feed();
         let mut commits = feed.commits();
+        let mut last_batch: Option<Instant> = None;
         loop {
             commits.borrow_and_update();
             let e2 = engine.clone();
@@ -544,6 +542,7 @@ impl Sink {
                     return Ok(());
                 };
                 let mut pending = self.send(js, batch, &mut last_seq).await?;
+                last_batch = Some(Instant::now());
                 pending.place = Some(place);
                 if tx.send(pending).await.is_err() {
                     // The acker ended with the session's error.
@@ -582,18 +581,12 @@ impl Sink {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
-            // While a publish awaits its ack, let the changes gather (up to LINGER): one batch
-            // per round trip to the hub rather than one per commit. Fewer, larger batches cost
-            // the hub and the box less per change; an idle sink still ships a change at once.
-            let drained = self.drained.notified();
-            tokio::pin!(drained);
-            // Registered before looking, so an ack that drains the channel meanwhile wakes it.
-            drained.as_mut().enable();
-            if tx.capacity() < tx.max_capacity() {
-                tokio::select! {
-                    _ = drained => {}
-                    _ = tokio::time::sleep(LINGER) => {}
-                }
+            // Streaming: a batch at most every LINGER, so the changes that arrive meanwhile go
+            // together rather than one batch per commit. Each batch costs the box a feed read,
+            // a publish and an ack however few changes it carries; a change after a quiet
+            // spell still goes at once.
+            if let Some(wait) = last_batch.and_then(|t| LINGER.checked_sub(t.elapsed())) {
+                tokio::time::sleep(wait).await;
             }
         }
     }
@@ -730,8 +723,6 @@ impl Sink {
                 Some((p.entry_position, p.at_ms));
             if rx.is_empty() {
                 self.oldest_unacked_ms.store(0, Ordering::Relaxed);
-                // Wakes a lingering publisher only (no permit is kept for a later one).
-                self.drained.notify_waiters();
             } else if let Some(at) = p.at_ms {
                 self.oldest_unacked_ms.store(at.max(1), Ordering::Relaxed);
             }

@@ -8,12 +8,50 @@
 //! later), and one an `Abort` cancelled is passed over.
 
 use crate::engine::wal::frame::{self, Kind, RECORD_HEADER_BYTES};
-use crate::engine::wal::Wal;
+use crate::engine::wal::{IndexEntry, Wal};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
 
-/// Bytes read from a segment at once.
+/// Where reads ended lately (the next record's place). A reader that goes on where it stopped
+/// (the sink, a follower) starts there instead of at the index entry before it, which lies up
+/// to [`crate::engine::wal::INDEX_SPACING`] back and would cost a walk over every record in
+/// between, checksums included, on every read.
+#[derive(Debug, Default)]
+pub struct Hints(Mutex<VecDeque<IndexEntry>>);
+
+/// Read ends remembered (readers going on at once: the sink, followers, cursors' consumers).
+const HINTS_MAX: usize = 16;
+
+impl Hints {
+    /// The place nearest before `lsn` that is closer than `from`.
+    fn best(&self, lsn: u64, from: IndexEntry) -> Option<IndexEntry> {
+        let hints = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        hints
+            .iter()
+            .filter(|h| h.lsn <= lsn && h.lsn > from.lsn)
+            .max_by_key(|h| h.lsn)
+            .copied()
+    }
+
+    fn note(&self, at: IndexEntry) {
+        let mut hints = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if hints.contains(&at) {
+            return;
+        }
+        if hints.len() >= HINTS_MAX {
+            hints.pop_front();
+        }
+        hints.push_back(at);
+    }
+}
+
+/// Bytes read from a segment at once, at most: a read starts with [`FIRST_CHUNK_BYTES`] and
+/// doubles each time it needs more, so a reader that is caught up (a few new records a read)
+/// does not copy 256 KiB to ship them.
 const CHUNK_BYTES: usize = 256 << 10;
+const FIRST_CHUNK_BYTES: usize = 16 << 10;
 
 /// One record read back.
 #[derive(Debug, Clone)]
@@ -44,6 +82,8 @@ struct Segment {
     seq: u64,
     chunk: Vec<u8>,
     chunk_at: u64,
+    /// The size of the next read from the file.
+    next_chunk: usize,
 }
 
 impl Segment {
@@ -54,6 +94,7 @@ impl Segment {
             seq,
             chunk: Vec::new(),
             chunk_at: 0,
+            next_chunk: FIRST_CHUNK_BYTES,
         })
     }
 
@@ -61,7 +102,8 @@ impl Segment {
     fn at(&mut self, offset: u64, len: usize) -> std::io::Result<&[u8]> {
         let end = offset + len as u64;
         if offset < self.chunk_at || end > self.chunk_at + self.chunk.len() as u64 {
-            let want = len.max(CHUNK_BYTES);
+            let want = len.max(self.next_chunk);
+            self.next_chunk = (self.next_chunk * 2).min(CHUNK_BYTES);
             self.chunk.resize(want, 0);
             let mut got = 0;
             while got < want {
@@ -80,7 +122,8 @@ impl Segment {
 }
 
 /// Records after `after` up to `horizon` (the log's acknowledged mark), in LSN order, at most
-/// `max_records` and about `max_bytes`.
+/// `max_records` and about `max_bytes`; starts from a hint when one is nearer than the index,
+/// and leaves one where it ends.
 pub fn read_after(
     wal: &Wal,
     after: u64,
@@ -88,6 +131,7 @@ pub fn read_after(
     max_records: usize,
     max_bytes: usize,
     vis: &dyn Visibility,
+    hints: &Hints,
 ) -> Result<Vec<Read>, ReadError> {
     let first = after + 1;
     if first > horizon {
@@ -96,8 +140,26 @@ pub fn read_after(
     let gone = || ReadError::Gone {
         oldest: wal.oldest_lsn(),
     };
-    let start = wal.find(first).ok_or_else(gone)?;
-    let mut seg = Segment::open(wal, start.seq).ok_or_else(gone)?;
+    let mut start = wal.find(first).ok_or_else(gone)?;
+    // A hint is taken only where its segment still holds the record it names.
+    let mut hinted = None;
+    if let Some(h) = hints.best(first, start) {
+        if let Some(mut s) = Segment::open(wal, h.seq) {
+            let named = s
+                .at(h.offset, RECORD_HEADER_BYTES)
+                .ok()
+                .and_then(frame::parse_header)
+                .is_some_and(|header| header.lsn == h.lsn);
+            if named {
+                start = h;
+                hinted = Some(s);
+            }
+        }
+    }
+    let mut seg = match hinted {
+        Some(s) => s,
+        None => Segment::open(wal, start.seq).ok_or_else(gone)?,
+    };
     let (mut offset, mut expect) = (start.offset, start.lsn);
     let mut out = Vec::new();
     let mut bytes = 0;
@@ -151,5 +213,39 @@ pub fn read_after(
     if out.first().is_some_and(|r| wal.find(r.lsn).is_none()) {
         return Err(gone());
     }
+    hints.note(IndexEntry {
+        lsn: expect,
+        seq: seg.seq,
+        offset,
+    });
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(lsn: u64, seq: u64, offset: u64) -> IndexEntry {
+        IndexEntry { lsn, seq, offset }
+    }
+
+    #[test]
+    fn a_hint_is_the_nearest_place_before_the_record_and_nearer_than_the_index() {
+        let hints = Hints::default();
+        hints.note(at(10, 1, 800));
+        hints.note(at(40, 2, 300));
+        hints.note(at(40, 2, 300));
+        hints.note(at(90, 3, 100));
+        assert_eq!(hints.0.lock().unwrap().len(), 3, "one place noted once");
+        let index = at(5, 1, 16);
+        assert_eq!(hints.best(50, index), Some(at(40, 2, 300)));
+        assert_eq!(hints.best(40, index), Some(at(40, 2, 300)));
+        assert_eq!(hints.best(9, index), None, "every hint lies after the record");
+        assert_eq!(hints.best(50, at(45, 2, 900)), None, "the index is nearer");
+        for lsn in 100..100 + HINTS_MAX as u64 {
+            hints.note(at(lsn, 4, lsn));
+        }
+        assert_eq!(hints.0.lock().unwrap().len(), HINTS_MAX);
+        assert_eq!(hints.best(50, index), None, "the oldest places made room");
+    }
 }

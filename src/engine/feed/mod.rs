@@ -239,6 +239,8 @@ pub struct Feed {
     pub cursors: Arc<cursors::Cursors>,
     /// The LSN of the latest commit (any shard): followers wait on it.
     pub(crate) committed: tokio::sync::watch::Receiver<u64>,
+    /// Where reads ended lately, so the next read from there starts there.
+    pub(crate) hints: log::Hints,
 }
 
 struct Visible<'a>(&'a Feed);
@@ -337,6 +339,7 @@ impl Feed {
             RECORDS_PER_READ.min(max.max(1)),
             BYTES_PER_READ,
             &Visible(self),
+            &self.hints,
         )
         .map_err(|e| match e {
             log::ReadError::Gone { oldest } => gone(oldest),
