@@ -180,10 +180,19 @@ impl Sink {
         let backlog = self.backlog_at_ms.load(Ordering::Relaxed);
         let ms = if oldest > 0 {
             now.saturating_sub(oldest)
-        } else if records > 0 && backlog > 0 {
-            // Behind with nothing in flight (disconnected): the first change not shipped says
-            // how old the backlog is.
-            now.saturating_sub(backlog)
+        } else if records > 0 {
+            // Behind with nothing in flight: the first change not shipped (read when a session
+            // ended) says how old the backlog is; between pages, the last one shipped does (the
+            // next is no older).
+            let since = match backlog {
+                0 => acked.and_then(|(_, at)| at).unwrap_or(0),
+                b => b,
+            };
+            if since > 0 {
+                now.saturating_sub(since)
+            } else {
+                0
+            }
         } else {
             0
         };
@@ -568,7 +577,10 @@ impl Sink {
                     return Ok(());
                 }
             }
-            if full || (moved && page.entries.is_empty()) {
+            // Far behind (more records than a page to go, such as a run of records with no
+            // change: the cache's, idempotency's): on at once, no batch gap.
+            let behind = feed.end().lsn.saturating_sub(pos.lsn) > PAGE as u64;
+            if full || behind || (moved && page.entries.is_empty()) {
                 self.set_state(State::CatchingUp);
                 continue;
             }
@@ -717,10 +729,15 @@ impl Sink {
                     return Err(End::Retry(format!("JetStream refused a publish: {e}")));
                 }
                 self.acked_total.fetch_add(p.count, Ordering::Relaxed);
-                self.backlog_at_ms.store(0, Ordering::Relaxed);
             }
-            *self.acked.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((p.entry_position, p.at_ms));
+            // This session has moved on: the backlog's age comes from what it ships now.
+            self.backlog_at_ms.store(0, Ordering::Relaxed);
+            {
+                let mut acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
+                // A mark names no change: the last change shipped keeps its time.
+                let at = p.at_ms.or_else(|| acked.and_then(|(_, at)| at));
+                *acked = Some((p.entry_position, at));
+            }
             if rx.is_empty() {
                 self.oldest_unacked_ms.store(0, Ordering::Relaxed);
             } else if let Some(at) = p.at_ms {
