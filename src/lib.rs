@@ -229,7 +229,7 @@ pub use engine::{EngineError, StorageFailure};
 testing_pub! { use engine::Domain; }
 pub use http::error::ApiError;
 pub use kv::KvError;
-pub use store::{backup, check, export, Store};
+pub use store::{backup, check, export, snapshot, Store};
 
 /// What only the tests use, with the `testing` feature: fault points.
 #[cfg(feature = "testing")]

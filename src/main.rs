@@ -27,7 +27,8 @@ enum Command {
     /// Copy every shard consistently into a new directory, while the server runs (through its
     /// admin socket) or not.
     Backup(BackupArgs),
-    /// Verify a backup's checksums and restore it into a data directory.
+    /// Verify a backup's checksums and restore it into a data directory; or, with
+    /// --from-nats, rebuild a box from its newest snapshot and log on the NATS hub.
     Restore(RestoreArgs),
     /// Give the free space inside stopped shard files back to the filesystem.
     Compact(CompactArgs),
@@ -64,8 +65,19 @@ struct BackupArgs {
 #[derive(Args)]
 struct RestoreArgs {
     /// The backup directory (with SHA256SUMS).
+    #[arg(
+        long,
+        required_unless_present = "from_nats",
+        conflicts_with = "from_nats"
+    )]
+    from: Option<PathBuf>,
+    /// Rebuild from the NATS hub named in --config's [sink.nats] (`ship_log = true` on the
+    /// lost box): its newest whole snapshot, then its log records after it.
+    #[arg(long, requires = "config")]
+    from_nats: bool,
+    /// The TOML config whose [sink.nats] names the hub and the box (--from-nats).
     #[arg(long)]
-    from: PathBuf,
+    config: Option<PathBuf>,
     /// The data directory to restore into.
     #[arg(long)]
     data: PathBuf,
@@ -491,13 +503,60 @@ where
 
 fn restore(args: RestoreArgs) -> Result<ExitCode, String> {
     let progress = shardbox::progress::Progress::for_stderr("restore: bytes");
-    let bytes = shardbox::backup::restore(&args.from, &args.data, args.force, &progress)?;
+    let Some(from) = &args.from else {
+        return restore_from_nats(args, &progress);
+    };
+    let bytes = shardbox::backup::restore(from, &args.data, args.force, &progress)?;
     println!(
         "restored {bytes} bytes from {} into {} (checksums verified)",
-        args.from.display(),
+        from.display(),
         args.data.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `restore --from-nats`: the newest usable snapshot and the log after it, then `check`.
+fn restore_from_nats(
+    args: RestoreArgs,
+    progress: &shardbox::progress::Progress,
+) -> Result<ExitCode, String> {
+    let common = Common {
+        data: Some(args.data.clone()),
+        config: args.config.clone(),
+        set: Vec::new(),
+    };
+    let config = resolve(&common, Vec::new())?;
+    let nats = config.sink.nats.clone().ok_or_else(|| {
+        "--from-nats reads the hub and the box from the [sink.nats] table of --config: it has none"
+            .to_string()
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let restored = runtime.block_on(shardbox::snapshot::restore(
+        &nats, &args.data, args.force, progress,
+    ))?;
+    for s in &restored.skipped {
+        eprintln!("restore: passed over snapshot {s}");
+    }
+    println!(
+        "restored box {} into {} from snapshot {} ({} bytes, checksums verified) and {} log records after it, up to LSN {}; the next start replays them (new generation)",
+        nats.box_name,
+        args.data.display(),
+        restored.snapshot,
+        restored.bytes,
+        restored.records,
+        restored.last_lsn
+    );
+    let report = shardbox::check::run_with(&args.data, false, false).map_err(|e| e.to_string())?;
+    println!("{}", report.summary());
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn export(args: ExportArgs) -> Result<ExitCode, String> {

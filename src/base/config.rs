@@ -276,6 +276,26 @@ pub struct NatsSinkConfig {
     /// Publishes whose acks may be outstanding at once (1–65536). Default 1024.
     #[serde(default = "default_sink_window")]
     pub window: usize,
+    /// Also ship the log itself, record by record, to stream `<stream>_<box>_LOG`, and
+    /// snapshots to object store `<stream>_<box>_SNAPSHOTS`: what `shardbox restore
+    /// --from-nats` rebuilds the box from. Default false.
+    #[serde(default)]
+    pub ship_log: bool,
+    /// With `ship_log`, a snapshot every this many ms (0: only on demand, `POST
+    /// /v1/admin/snapshot`). Default 21,600,000 (6 h).
+    #[serde(default = "default_snapshot_interval")]
+    pub snapshot_interval_ms: u64,
+    /// Snapshots kept in the object store (1–100; older ones are deleted once a new one is
+    /// whole). Default 3.
+    #[serde(default = "default_snapshots_keep")]
+    pub snapshots_keep: usize,
+}
+
+fn default_snapshot_interval() -> u64 {
+    6 * 3600 * 1000
+}
+fn default_snapshots_keep() -> usize {
+    3
 }
 
 fn default_sink_stream() -> String {
@@ -304,6 +324,9 @@ impl std::fmt::Debug for NatsSinkConfig {
             .field("credentials", &self.credentials)
             .field("tls_ca", &self.tls_ca)
             .field("window", &self.window)
+            .field("ship_log", &self.ship_log)
+            .field("snapshot_interval_ms", &self.snapshot_interval_ms)
+            .field("snapshots_keep", &self.snapshots_keep)
             .finish()
     }
 }
@@ -312,6 +335,22 @@ impl NatsSinkConfig {
     /// The stream this box writes.
     pub fn stream_name(&self) -> String {
         format!("{}_{}", self.stream, self.box_name)
+    }
+
+    /// The stream of the box's log records (`ship_log`).
+    pub fn log_stream_name(&self) -> String {
+        format!("{}_{}_LOG", self.stream, self.box_name)
+    }
+
+    /// The subject of the box's log records: `<subject_prefix>_log.<box>` (outside the changes'
+    /// `<subject_prefix>.<box>.>`).
+    pub fn log_subject(&self) -> String {
+        format!("{}_log.{}", self.subject_prefix, self.box_name)
+    }
+
+    /// The object store of the box's snapshots (`ship_log`).
+    pub fn snapshot_bucket(&self) -> String {
+        format!("{}_{}_SNAPSHOTS", self.stream, self.box_name)
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -344,6 +383,12 @@ impl NatsSinkConfig {
         }
         if !(1..=65536).contains(&self.window) {
             return Err(format!("[sink.nats] window = {}: must be 1-65536", self.window));
+        }
+        if !(1..=100).contains(&self.snapshots_keep) {
+            return Err(format!(
+                "[sink.nats] snapshots_keep = {}: must be 1-100",
+                self.snapshots_keep
+            ));
         }
         Ok(())
     }

@@ -15,7 +15,45 @@ pub(super) const ROUTES: &[RouteDef] = &[
     route!("POST", "/v1/admin/backup", [], |s, p, r| backup(&s, r)
         .await),
     route!("GET", "/v1/admin/export", [], |s, p, r| export(&s).await),
+    route!("POST", "/v1/admin/snapshot", [], |s, p, r| snapshot(&s)
+        .await),
 ];
+
+/// Takes a snapshot to the NATS hub now (`[sink.nats] ship_log = true`): 200 with what it
+/// holds ([`crate::store::snapshot`]).
+async fn snapshot(state: &ServerState) -> Result<Resp, ApiError> {
+    let Some(cfg) = state
+        .store
+        .config()
+        .sink
+        .nats
+        .clone()
+        .filter(|c| c.ship_log)
+    else {
+        return Err(ApiError::new(
+            409,
+            "snapshots_off",
+            "snapshots go to the NATS hub: set [sink.nats] ship_log = true",
+        ));
+    };
+    let _running = one_at_a_time(
+        &crate::store::snapshot::RUNNING,
+        "snapshot_running",
+        "a snapshot",
+    )?;
+    let snap = crate::store::snapshot::take_of(&state.store, &cfg)
+        .await
+        .map_err(|e| {
+            let mut e = ApiError::new(
+                503,
+                "hub_unavailable",
+                format!("the snapshot did not reach the NATS hub: {e}"),
+            );
+            e.retry_after_s = Some(5);
+            e
+        })?;
+    Ok(response::json_of(200, &snap))
+}
 
 /// One export at a time per process (each holds read transactions open while it streams).
 static EXPORTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

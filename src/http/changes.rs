@@ -423,7 +423,7 @@ fn delete_cursor(state: &ServerState, name: &str) -> Result<Resp, ApiError> {
 
 /// The NATS sink's own cursor is not moved or deleted through the API.
 fn reserved(name: &str) -> Result<(), ApiError> {
-    if name == crate::store::sink::CURSOR {
+    if name == crate::store::sink::CURSOR || name == crate::store::sink::LOG_CURSOR {
         return Err(ApiError::new(
             409,
             "cursor_reserved",

@@ -159,6 +159,7 @@ async fn status(state: &ServerState) -> Result<Resp, ApiError> {
         "streams": streams,
         "feed": feed,
         "sink": state.store.sink().map(|s| s.status_json(engine)),
+        "sink_log": state.store.log_sink().map(|s| s.status_json(engine)),
         "http": {
             "2xx": crate::base::metrics::HTTP_2XX.get(),
             "4xx": crate::base::metrics::HTTP_4XX.get(),
@@ -229,7 +230,7 @@ th{color:var(--dim);font-weight:500}td.msg{text-align:left;white-space:normal;ov
 <div class="tile"><div class="l">disk</div><div class="v" data-k="cache.disk_bytes" id="cdisk"></div></div>
 </div><p class="dim"><span data-k="cache.hits" id="chits"></span> hits, <span data-k="cache.misses" id="cmiss"></span> misses since start</p></section>
 <section id="streams" class="w2"><h2>Streams</h2><table><thead><tr><th>stream</th><th>events</th><th>buckets</th><th>newest</th></tr></thead><tbody id="streamrows"></tbody></table></section>
-<section id="feed"><h2>Change feed</h2><p class="dim">generation <span id="fgen"></span> · end <span id="fend"></span></p><table class="rt"><thead><tr><th>cursor</th><th>position</th><th>state</th></tr></thead><tbody id="cursors"></tbody></table><p id="sink"></p></section>
+<section id="feed"><h2>Change feed</h2><p class="dim">generation <span id="fgen"></span> · end <span id="fend"></span></p><table class="rt"><thead><tr><th>cursor</th><th>position</th><th>state</th></tr></thead><tbody id="cursors"></tbody></table><p id="sink"></p><p id="sinklog"></p></section>
 <section id="errors" class="wide"><h2>Recent errors</h2><table class="rt"><thead><tr><th>when</th><th>status</th><th>request</th><th>message</th></tr></thead><tbody id="errorrows"></tbody></table></section>
 </main>
 <script>
@@ -254,8 +255,9 @@ function rows(id,list,empty){
 function render(s){
   const now=s.now_ms,w=s.window;
   const stopped=s.shards.filter(x=>!x.healthy).length,lost=s.feed.cursors.filter(c=>c.state!=="active").length;
-  const sinkBad=s.sink&&s.sink.state!=="streaming"&&s.sink.state!=="catching_up";
-  const problems=[stopped?stopped+" shard(s) stopped":"",s.disk.low?"disk low":"",sinkBad?"sink "+s.sink.state:"",lost?lost+" cursor(s) need a new snapshot":""].filter(Boolean);
+  const bad=k=>k&&k.state!=="streaming"&&k.state!=="catching_up";
+  const sinkBad=bad(s.sink),logBad=bad(s.sink_log);
+  const problems=[stopped?stopped+" shard(s) stopped":"",s.disk.low?"disk low":"",sinkBad?"sink "+s.sink.state:"",logBad?"log sink "+s.sink_log.state:"",lost?lost+" cursor(s) need a new snapshot":""].filter(Boolean);
   $("state").innerHTML=problems.length?`<b class="bad" data-k="health">${esc(problems.join(" · "))}</b>`:`<b class="ok" data-k="health">healthy</b>`;
   set("meta",`v${s.version} · up ${dur(s.uptime_s*1000)} · ${s.http["2xx"]} ok / ${s.http["4xx"]} 4xx / ${s.http["5xx"]} 5xx since start`);
   const span=w.seconds>=0.98*w.span_s?"last "+dur(w.span_s*1000):`last ${Math.round(w.seconds)} s (since start)`;
@@ -280,6 +282,7 @@ function render(s){
   const f=s.feed;set("fgen",f.generation);set("fend",f.end.split(":").slice(1).join(":"));
   rows("cursors",f.cursors.map(c=>[esc(c.name),esc(c.position.split(":").slice(1).join(":")),[c.state==="active"?"active":c.state,"cursor."+c.name+".state",c.state==="active"?"ok":"bad"]]),"no cursors");
   const k=s.sink;$("sink").innerHTML=k?`NATS sink → ${esc(k.stream)}: <b class="${k.state==="streaming"?"ok":k.state==="catching_up"?"warn":"bad"}" data-k="sink.state">${esc(k.state)}</b>, lag ${k.lag_records} records / ${(k.lag_ms/1000).toFixed(1)} s, ${k.acked_total} shipped${k.last_error&&k.state!=="streaming"?" · "+esc(k.last_error):""}`:'<span class="dim">NATS sink: off</span>';
+  const g=s.sink_log;$("sinklog").innerHTML=g?`log → ${esc(g.stream)}: <b class="${g.state==="streaming"?"ok":g.state==="catching_up"?"warn":"bad"}" data-k="sink_log.state">${esc(g.state)}</b>, lag ${g.lag_records} records, ${g.acked_total} shipped${g.last_error&&g.state!=="streaming"?" · "+esc(g.last_error):""}`:"";
   rows("errorrows",s.recent_errors.map(e=>[ago(e.at_ms,now),`<span class="bad">${e.status}</span>`,[esc(e.method+" "+e.path),null,"msg"],[esc(e.code+": "+e.message),null,"msg"]]),"none");
   // What a test (or a curious operator) can check: sections wider than their box.
   const over=[...document.querySelectorAll("main>section")].filter(x=>x.scrollWidth>x.clientWidth+1).map(x=>x.id);

@@ -54,6 +54,9 @@ pub struct Report {
     pub bytes: u64,
     pub elapsed_ms: u64,
     pub files: Vec<FileSum>,
+    /// Each shard's last applied log record in the copy (read in the copy's transaction).
+    #[serde(skip)]
+    pub applied: Vec<u64>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -184,6 +187,7 @@ pub fn backup(store: &super::Store, out: &Path, progress: &Progress) -> Result<R
     private::copy_file(&manifest_from, &manifest_to).map_err(|e| err(&manifest_to, e))?;
     let mut files = vec![sum_file(out, &manifest_to)?];
     let mut rows = 0;
+    let mut applied = Vec::with_capacity(engine.shards().len());
     progress.set_total(engine.shards().len() as u64);
     for shard in engine.shards() {
         // The consistent view: one read transaction for the whole shard.
@@ -192,6 +196,7 @@ pub fn backup(store: &super::Store, out: &Path, progress: &Progress) -> Result<R
             .begin_read()
             .map_err(|e| format!("shard {}: {e}", shard.id))?;
         let path = shard_path(out, shard.id);
+        applied.push(applied_lsn(&txn).map_err(|e| format!("shard {}: {e}", shard.id))?);
         rows += copy_shard(&txn, &path).map_err(|e| format!("shard {}: {e}", shard.id))?;
         drop(txn);
         files.push(sum_file(out, &path)?);
@@ -208,7 +213,20 @@ pub fn backup(store: &super::Store, out: &Path, progress: &Progress) -> Result<R
         bytes: files.iter().map(|f| f.bytes).sum(),
         elapsed_ms: started.elapsed().as_millis() as u64,
         files,
+        applied,
     })
+}
+
+/// The last log record applied to a shard, as its `meta` table says in `txn`.
+fn applied_lsn(txn: &ReadTransaction) -> Result<u64, String> {
+    match txn.open_table(crate::engine::writer::META) {
+        Ok(t) => Ok(t
+            .get(crate::engine::writer::META_LSN)
+            .map_err(|e| e.to_string())?
+            .map_or(0, |v| v.value())),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Copies every table of `txn` into a new redb file at `path`; returns the rows copied.

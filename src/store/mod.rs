@@ -5,6 +5,7 @@ pub mod backup;
 pub mod check;
 pub mod export;
 pub mod sink;
+pub mod snapshot;
 
 use crate::base::clock::{Clock, SystemClock};
 use crate::base::config::{self, Config};
@@ -60,6 +61,7 @@ pub struct Store {
     cache: Arc<tokio::sync::OnceCell<Arc<cache::Cache>>>,
     /// The NATS JetStream sink, when `[sink.nats]` is set; it runs with the background work.
     sink: Option<Arc<sink::Sink>>,
+    log_sink: Option<Arc<sink::Sink>>,
 }
 
 impl Store {
@@ -91,11 +93,26 @@ impl Store {
             .filter_map(|d| d.open)
             .map(|open| open(engine.clone(), &config))
             .collect();
-        let sink = config.sink.nats.clone().map(|c| Arc::new(sink::Sink::new(c)));
-        if sink.is_none() {
-            // A sink turned off leaves no cursor holding the log for it.
-            if let Err(e) = engine.feed().cursors.delete(sink::CURSOR) {
-                tracing::warn!(error = ?e, "cannot remove the NATS sink's cursor");
+        let sink = config
+            .sink
+            .nats
+            .clone()
+            .map(|c| Arc::new(sink::Sink::new(c, sink::Source::Changes)));
+        let log_sink = config
+            .sink
+            .nats
+            .clone()
+            .filter(|c| c.ship_log)
+            .map(|c| Arc::new(sink::Sink::new(c, sink::Source::Log)));
+        // A sink turned off leaves no cursor holding the log for it.
+        for (on, cursor) in [
+            (sink.is_some(), sink::CURSOR),
+            (log_sink.is_some(), sink::LOG_CURSOR),
+        ] {
+            if !on {
+                if let Err(e) = engine.feed().cursors.delete(cursor) {
+                    tracing::warn!(error = ?e, cursor, "cannot remove a NATS sink's cursor");
+                }
             }
         }
         Ok(Store {
@@ -108,6 +125,7 @@ impl Store {
             domains,
             cache: Arc::new(tokio::sync::OnceCell::new()),
             sink,
+            log_sink,
         })
     }
 
@@ -179,6 +197,13 @@ impl Store {
         if let Some(sink) = &self.sink {
             tasks.push(tokio::spawn(sink.clone().run(self.engine.clone())));
         }
+        if let Some(sink) = &self.log_sink {
+            tasks.push(tokio::spawn(sink.clone().run(self.engine.clone())));
+            tasks.push(tokio::spawn(snapshot::schedule(
+                self.clone(),
+                sink.cfg.clone(),
+            )));
+        }
         tasks
     }
 
@@ -186,6 +211,13 @@ impl Store {
         /// The NATS JetStream sink, when configured.
         fn sink(&self) -> Option<&Arc<sink::Sink>> {
             self.sink.as_ref()
+        }
+    }
+
+    testing_pub! {
+        /// The sink of the log's records (`ship_log`), when configured.
+        fn log_sink(&self) -> Option<&Arc<sink::Sink>> {
+            self.log_sink.as_ref()
         }
     }
 

@@ -30,6 +30,44 @@ use std::time::{Duration, Instant};
 
 /// The feed cursor that holds what the sink has not shipped.
 pub const CURSOR: &str = "sink-nats";
+/// The feed cursor that holds what the log stream has not shipped.
+pub const LOG_CURSOR: &str = "sink-nats-log";
+
+/// What a sink ships.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The change feed: one message per change, on `<prefix>.<box>.<domain>.<name>`, stream
+    /// `<stream>_<box>`.
+    Changes,
+    /// The log itself (`ship_log = true`): one message per record, its frame as the log holds
+    /// it, on `<prefix>_log.<box>`, stream `<stream>_<box>_LOG` — what `shardbox restore
+    /// --from-nats` replays after a snapshot, every id kept, no decoding.
+    Log,
+}
+
+impl Source {
+    /// The feed cursor that holds the log for it.
+    pub fn cursor(self) -> &'static str {
+        match self {
+            Source::Changes => CURSOR,
+            Source::Log => LOG_CURSOR,
+        }
+    }
+
+    pub fn stream_name(self, c: &NatsSinkConfig) -> String {
+        match self {
+            Source::Changes => c.stream_name(),
+            Source::Log => c.log_stream_name(),
+        }
+    }
+
+    fn subjects(self, c: &NatsSinkConfig) -> Vec<String> {
+        match self {
+            Source::Changes => vec![format!("{}.{}.>", c.subject_prefix, c.box_name)],
+            Source::Log => vec![c.log_subject()],
+        }
+    }
+}
 /// Changes read from the feed at once.
 const PAGE: usize = 1000;
 /// Messages in one atomic batch at most (JetStream's limit is 1,000).
@@ -87,6 +125,7 @@ impl State {
 #[derive(Debug)]
 pub struct Sink {
     pub cfg: NatsSinkConfig,
+    pub source: Source,
     state: AtomicU8,
     pub published_total: AtomicU64,
     pub acked_total: AtomicU64,
@@ -123,9 +162,10 @@ fn retry<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> End + '_ {
 }
 
 impl Sink {
-    pub fn new(cfg: NatsSinkConfig) -> Sink {
+    pub fn new(cfg: NatsSinkConfig, source: Source) -> Sink {
         Sink {
             cfg,
+            source,
             state: AtomicU8::new(State::Connecting as u8),
             published_total: AtomicU64::new(0),
             acked_total: AtomicU64::new(0),
@@ -172,7 +212,7 @@ impl Sink {
             None => engine
                 .feed()
                 .cursors
-                .position(CURSOR, None)
+                .position(self.source.cursor(), None)
                 .map_or(0, |p| end.lsn.saturating_sub(p.lsn)),
         };
         let now = engine.now_ms();
@@ -204,7 +244,7 @@ impl Sink {
     async fn note_backlog(&self, engine: &Arc<Engine>) {
         let from = self.acked().or_else(|| {
             let feed = engine.feed();
-            feed.cursors.position(CURSOR, feed.oldest()).ok()
+            feed.cursors.position(self.source.cursor(), feed.oldest()).ok()
         });
         let Some(from) = from else { return };
         let e = engine.clone();
@@ -226,7 +266,7 @@ impl Sink {
         serde_json::json!({
             "state": self.state().name(),
             "box": self.cfg.box_name,
-            "stream": self.cfg.stream_name(),
+            "stream": self.source.stream_name(&self.cfg),
             "acked_position": self.acked().map(|p| p.to_string()),
             "lag_records": lag_records,
             "lag_ms": lag_ms,
@@ -276,40 +316,9 @@ impl Sink {
     }
 
     async fn connect(&self) -> Result<async_nats::Client, End> {
-        let c = &self.cfg;
-        let connected = self.connected.clone();
-        let mut opts = async_nats::ConnectOptions::new()
-            .event_callback(move |event| {
-                let connected = connected.clone();
-                async move {
-                    match event {
-                        async_nats::Event::Connected => connected.store(true, Ordering::Relaxed),
-                        async_nats::Event::Disconnected | async_nats::Event::Closed => {
-                            connected.store(false, Ordering::Relaxed)
-                        }
-                        _ => {}
-                    }
-                }
-            })
-            .name(format!("shardbox {}", c.box_name))
-            .connection_timeout(Duration::from_secs(5))
-            .request_timeout(Some(Duration::from_secs(5)));
-        if let Some(t) = &c.token {
-            opts = opts.token(t.clone());
-        }
-        if let Some(path) = &c.credentials {
-            opts = opts
-                .credentials_file(path)
-                .await
-                .map_err(retry("[sink.nats] credentials"))?;
-        }
-        if let Some(ca) = &c.tls_ca {
-            opts = opts.add_root_certificates(ca.clone()).require_tls(true);
-        }
-        let client = opts
-            .connect(c.servers.as_slice())
+        let client = connect(&self.cfg, Some(self.connected.clone()))
             .await
-            .map_err(retry("connecting to NATS"))?;
+            .map_err(End::Retry)?;
         self.connected.store(true, Ordering::Relaxed);
         Ok(client)
     }
@@ -329,8 +338,8 @@ impl Sink {
         let c = &self.cfg;
         let mut stream = match js
             .get_or_create_stream(jetstream::stream::Config {
-                name: c.stream_name(),
-                subjects: vec![format!("{}.{}.>", c.subject_prefix, c.box_name)],
+                name: self.source.stream_name(c),
+                subjects: self.source.subjects(c),
                 storage: jetstream::stream::StorageType::File,
                 num_replicas: c.replicas,
                 deny_delete: true,
@@ -442,7 +451,7 @@ impl Sink {
                 .ok_or_else(|| {
                     End::Resnapshot(format!(
                         "the last message of stream {} has no Shardbox-Position header: it was not written by this sink",
-                        self.cfg.stream_name()
+                        self.source.stream_name(&self.cfg)
                     ))
                 })?
                 .parse()
@@ -450,14 +459,14 @@ impl Sink {
             if pos.generation != feed.generation {
                 return Err(End::Resnapshot(format!(
                     "stream {} ends in generation {} but this box's history is {} (restored since?): the stream cannot continue it",
-                    self.cfg.stream_name(),
+                    self.source.stream_name(&self.cfg),
                     pos.generation,
                     feed.generation
                 )));
             }
             (pos, info.state.last_sequence)
         } else {
-            let at = match feed.cursors.position(CURSOR, feed.oldest()) {
+            let at = match feed.cursors.position(self.source.cursor(), feed.oldest()) {
                 Ok(p) => p,
                 // First start: ship what the log still holds (for a new box, everything; an
                 // older box's earlier data travels as an export).
@@ -471,7 +480,7 @@ impl Sink {
             };
             (at, 0)
         };
-        match feed.cursors.set(CURSOR, start, feed.oldest()) {
+        match feed.cursors.set(self.source.cursor(), start, feed.oldest()) {
             Ok(_) => {}
             Err(FeedError::Gone { .. }) => {
                 return Err(End::Resnapshot(format!(
@@ -481,9 +490,9 @@ impl Sink {
             Err(FeedError::Invalid(_)) => {
                 // The cursor is ahead of the stream (the stream was made again by hand):
                 // start the cursor over where the stream ends.
-                let _ = feed.cursors.delete(CURSOR);
+                let _ = feed.cursors.delete(self.source.cursor());
                 feed.cursors
-                    .set(CURSOR, start, feed.oldest())
+                    .set(self.source.cursor(), start, feed.oldest())
                     .map_err(|e| End::Resnapshot(format!("the sink's cursor: {e:?}")))?;
             }
             Err(e) => return Err(End::Retry(format!("the sink's cursor: {e:?}"))),
@@ -511,25 +520,8 @@ impl Sink {
         let mut last_batch: Option<Instant> = None;
         loop {
             commits.borrow_and_update();
-            let e2 = engine.clone();
-            let page = tokio::task::spawn_blocking(move || {
-                e2.feed().read(pos, PAGE, &Filter::default())
-            })
-            .await
-            .map_err(retry("reading the feed"))?
-            .map_err(|e| match e {
-                FeedError::Gone { .. } => End::Resnapshot(format!(
-                    "the log no longer holds the changes after {pos} (feed_retain_bytes_max)"
-                )),
-                // The stream is ahead of this box's log (a data directory rolled back with
-                // the same generation): going on would ship other changes under its positions.
-                FeedError::Ahead { last } => End::Resnapshot(format!(
-                    "the stream ends at {pos}, past this box's last change {last}: the box's data is older than what it shipped"
-                )),
-                e => End::Retry(format!("reading the feed: {e:?}")),
-            })?;
-            let full = page.entries.len() >= PAGE;
-            let mut msgs = page.entries.iter().map(|e| self.message(e, max_payload));
+            let (msgs, page_next, full, empty) = self.read_page(engine, pos, max_payload).await?;
+            let mut msgs = msgs.into_iter();
             let mut next: Option<Message> = msgs.next();
             while let Some(first) = next.take() {
                 // Up to BATCH_MAX messages and BATCH_BYTES go as one atomic batch.
@@ -561,8 +553,8 @@ impl Sink {
                     next = msgs.next();
                 }
             }
-            let moved = page.next != pos;
-            pos = page.next;
+            let moved = page_next != pos;
+            pos = page_next;
             if moved {
                 // Past every change of the page, and past records with none (the cache's and
                 // idempotency's): acknowledged once what was published before is.
@@ -580,7 +572,7 @@ impl Sink {
             // Far behind (more records than a page to go, such as a run of records with no
             // change: the cache's, idempotency's): on at once, no batch gap.
             let behind = feed.end().lsn.saturating_sub(pos.lsn) > PAGE as u64;
-            if full || behind || (moved && page.entries.is_empty()) {
+            if full || behind || (moved && empty) {
                 self.set_state(State::CatchingUp);
                 continue;
             }
@@ -601,6 +593,109 @@ impl Sink {
                 tokio::time::sleep(wait).await;
             }
         }
+    }
+
+    /// The next page's messages after `pos`, where it ends, whether it was full, and whether
+    /// it held nothing to ship.
+    async fn read_page(
+        &self,
+        engine: &Arc<Engine>,
+        pos: Position,
+        max_payload: usize,
+    ) -> Result<(Vec<Message>, Position, bool, bool), End> {
+        let e2 = engine.clone();
+        let failed = |e: FeedError| match e {
+            FeedError::Gone { .. } => End::Resnapshot(format!(
+                "the log no longer holds the records after {pos} (feed_retain_bytes_max)"
+            )),
+            // The stream is ahead of this box's log (a data directory rolled back with the
+            // same generation): going on would ship other changes under its positions.
+            FeedError::Ahead { last } => End::Resnapshot(format!(
+                "the stream ends at {pos}, past this box's last change {last}: the box's data is older than what it shipped"
+            )),
+            e => End::Retry(format!("reading the feed: {e:?}")),
+        };
+        match self.source {
+            Source::Changes => {
+                let page = tokio::task::spawn_blocking(move || {
+                    e2.feed().read(pos, PAGE, &Filter::default())
+                })
+                .await
+                .map_err(retry("reading the feed"))?
+                .map_err(failed)?;
+                let msgs: Vec<Message> = page
+                    .entries
+                    .iter()
+                    .map(|e| self.message(e, max_payload))
+                    .collect();
+                Ok((msgs, page.next, page.entries.len() >= PAGE, page.entries.is_empty()))
+            }
+            Source::Log => {
+                // Inside a record (some of its parts shipped): that record again, from the
+                // part after.
+                let from = if pos.index == Position::WHOLE_RECORD {
+                    pos
+                } else {
+                    Position::after_record(pos.generation, pos.lsn.saturating_sub(1))
+                };
+                let (records, next) = tokio::task::spawn_blocking(move || {
+                    e2.feed().read_records(from, PAGE)
+                })
+                .await
+                .map_err(retry("reading the log"))?
+                .map_err(failed)?;
+                let full = records.len() >= PAGE;
+                let mut msgs = Vec::with_capacity(records.len());
+                for r in &records {
+                    for m in self.log_messages(r, pos.generation, max_payload) {
+                        let shipped = r.lsn == pos.lsn
+                            && pos.index != Position::WHOLE_RECORD
+                            && m.position.index <= pos.index;
+                        if !shipped {
+                            msgs.push(m);
+                        }
+                    }
+                }
+                let next = if records.is_empty() { pos } else { next };
+                let empty = msgs.is_empty();
+                Ok((msgs, next, full, empty))
+            }
+        }
+    }
+
+    /// The messages that ship one log record: its frame, in parts of at most what the hub
+    /// takes in one message (each part but the last at position `lsn:<part>`, the last at
+    /// `lsn`, so a resume knows which parts the stream holds).
+    fn log_messages(
+        &self,
+        r: &crate::engine::feed::LogRecord,
+        generation: crate::engine::feed::Generation,
+        max_payload: usize,
+    ) -> Vec<Message> {
+        let part_max = max_payload.saturating_sub(4096).max(1024);
+        let parts = r.frame.len().div_ceil(part_max).max(1);
+        (0..parts)
+            .map(|k| {
+                let body = r.frame[k * part_max..((k + 1) * part_max).min(r.frame.len())].to_vec();
+                let position = if k + 1 == parts {
+                    Position::after_record(generation, r.lsn)
+                } else {
+                    Position {
+                        generation,
+                        lsn: r.lsn,
+                        index: k as u32,
+                    }
+                };
+                Message {
+                    subject: self.cfg.log_subject(),
+                    id: format!("{}:{generation}:{}:log{k}", self.cfg.box_name, r.lsn),
+                    position,
+                    at_ms: None,
+                    body: body.into(),
+                    part: (parts > 1).then_some((k as u32 + 1, parts as u32)),
+                }
+            })
+            .collect()
     }
 
     /// The message that ships one change.
@@ -630,6 +725,7 @@ impl Sink {
             position: e.position,
             at_ms: e.at_ms,
             body: body.into(),
+            part: None,
         }
     }
 
@@ -657,6 +753,9 @@ impl Sink {
                 headers.insert("Nats-Expected-Last-Sequence", expected.to_string().as_str());
             }
             headers.insert("Shardbox-Position", m.position.to_string().as_str());
+            if let Some((k, n)) = m.part {
+                headers.insert("Shardbox-Part", format!("{k}/{n}").as_str());
+            }
             if let Some(id) = &batch_id {
                 headers.insert("Nats-Batch-Id", id.as_str());
                 headers.insert("Nats-Batch-Sequence", seq.to_string().as_str());
@@ -707,12 +806,13 @@ impl Sink {
         let mut saved = Instant::now();
         let mut unsaved: Option<Position> = None;
         // The cursor's file is synced: off the async threads.
+        let cursor = self.source.cursor();
         let save = |at: Position| {
             let engine = engine.clone();
             async move {
                 let moved = tokio::task::spawn_blocking(move || {
                     let feed = engine.feed();
-                    feed.cursors.set(CURSOR, at, feed.oldest())
+                    feed.cursors.set(cursor, at, feed.oldest())
                 })
                 .await;
                 if let Ok(Err(e)) = moved {
@@ -757,6 +857,47 @@ impl Sink {
     }
 }
 
+/// A NATS connection as `[sink.nats]` says (servers, token or credentials, TLS); `connected`,
+/// when given, follows whether it is up (the client reconnects by itself).
+pub async fn connect(
+    c: &NatsSinkConfig,
+    connected: Option<Arc<std::sync::atomic::AtomicBool>>,
+) -> Result<async_nats::Client, String> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(format!("shardbox {}", c.box_name))
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(5)));
+    if let Some(connected) = connected {
+        opts = opts.event_callback(move |event| {
+            let connected = connected.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => connected.store(true, Ordering::Relaxed),
+                    async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                        connected.store(false, Ordering::Relaxed)
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+    if let Some(t) = &c.token {
+        opts = opts.token(t.clone());
+    }
+    if let Some(path) = &c.credentials {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(|e| format!("[sink.nats] credentials: {e}"))?;
+    }
+    if let Some(ca) = &c.tls_ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    opts.connect(c.servers.as_slice())
+        .await
+        .map_err(|e| format!("connecting to NATS: {e}"))
+}
+
 /// What the hub takes: the largest message, atomic batches or not, and how many publishes may
 /// await their acks (a place each, given back once acknowledged).
 struct Hub {
@@ -772,6 +913,8 @@ struct Message {
     position: Position,
     at_ms: Option<u64>,
     body: bytes::Bytes,
+    /// A log record's part: (number from 1, parts) when it takes more than one message.
+    part: Option<(u32, u32)>,
 }
 
 /// A publish (one message or one batch) waiting for its ack.

@@ -18,9 +18,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn config_file(dir: &Path, urls: &[String], replicas: usize) -> Vec<(String, String)> {
+    config_file_with(dir, urls, replicas, "")
+}
+
+/// [`config_file`] with more `[sink.nats]` lines.
+fn config_file_with(
+    dir: &Path,
+    urls: &[String],
+    replicas: usize,
+    extra: &str,
+) -> Vec<(String, String)> {
     let servers: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
     let text = format!(
-        "[sink.nats]\nservers = [{}]\nbox = \"edge-1\"\nstream = \"SHARDBOX\"\nsubject_prefix = \"shardbox\"\nreplicas = {replicas}\nwindow = 256\n",
+        "[sink.nats]\nservers = [{}]\nbox = \"edge-1\"\nstream = \"SHARDBOX\"\nsubject_prefix = \"shardbox\"\nreplicas = {replicas}\nwindow = 256\n{extra}",
         servers.join(", ")
     );
     let path = dir.join("shardbox.toml");
@@ -518,4 +528,159 @@ async fn a_hub_without_atomic_batches_gets_one_change_at_a_time() {
     let n = check_stream(&cluster, first, &start).await;
     assert_eq!(s["acked_total"].as_u64(), Some(n as u64), "{s}");
     assert!(n > 50, "only {n} changes");
+}
+
+/// Issue 22's restore: a box that ships its log (`ship_log = true`) and a snapshot taken on
+/// demand, written to before and after the snapshot (KV puts and deletes, events, jobs enqueued,
+/// claimed with a lease and acked), then killed with its data directory lost. `shardbox restore
+/// --from-nats` on an empty directory rebuilds it from the newest snapshot and the log after
+/// it, and the rebuilt box's export equals the lost box's at its last shipped write — keys,
+/// revisions, event ids, job ids, states and leases. A snapshot whose file is damaged on the hub
+/// is passed over for the one before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_box_comes_back_from_the_hub() {
+    let Some(cluster) = Cluster::start(3).await else {
+        eprintln!("skipped: no nats-server");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let env = config_file_with(
+        tmp.path(),
+        &cluster.urls(),
+        3,
+        "ship_log = true\nsnapshot_interval_ms = 0\nsnapshots_keep = 2\n",
+    );
+    let config = env
+        .iter()
+        .find(|(k, _)| k == "SHARDBOX_CONFIG")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let lost = tmp.path().join("lost");
+    let (child, addr) = spawn_shardbox(&lost, &env).expect("start shardbox");
+    let mut child = KillOnDrop(child);
+    let mut c = Client::connect(addr).await;
+    let run_load = |ms: u64| async move {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = tokio::spawn(load(
+            Arc::new(Mutex::new(addr)),
+            stop.clone(),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        ));
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        stop.store(true, Ordering::Relaxed);
+        writer.await.unwrap();
+    };
+    run_load(1500).await;
+    // Two snapshots; the newer one is damaged on the hub below.
+    let first = c.send("POST", "/v1/admin/snapshot", &[], "").await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let first = first.json();
+    run_load(1000).await;
+    let second = c.send("POST", "/v1/admin/snapshot", &[], "").await;
+    assert_eq!(second.status, 200, "{}", second.text());
+    let second = second.json();
+    assert!(
+        second["first_lsn"].as_u64() > first["first_lsn"].as_u64(),
+        "{first} {second}"
+    );
+    run_load(1000).await;
+    // Jobs claimed with a lease, one acked: states and leases travel too.
+    let claimed = c
+        .post_json("/v1/queues/mail/claim", json!({"max": 3, "lease": "1h"}))
+        .await;
+    assert_eq!(claimed.status, 200, "{}", claimed.text());
+    let jobs = claimed.json()["jobs"].as_array().unwrap().clone();
+    assert_eq!(jobs.len(), 3, "{jobs:?}");
+    let ack = c
+        .post_json(
+            &format!(
+                "/v1/queues/mail/jobs/{}/ack",
+                jobs[0]["id"].as_str().unwrap()
+            ),
+            json!({"lease_token": jobs[0]["lease_token"]}),
+        )
+        .await;
+    assert!(ack.status < 300, "{}", ack.text());
+    // Everything shipped: the changes and the log.
+    let status = common::eventually(60, "both sinks caught up", || async move {
+        let mut c = Client::connect(addr).await;
+        let s = c.get("/v1/status").await.json();
+        let done = |k: &str| s[k]["state"] == "streaming" && s[k]["lag_records"] == 0;
+        (done("sink") && done("sink_log")).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        status["sink_log"]["stream"], "SHARDBOX_edge-1_LOG",
+        "{status}"
+    );
+    let before = export_lines(&mut c).await;
+    assert!(
+        before.len() > 100,
+        "a real workload: {} lines",
+        before.len()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::remove_dir_all(&lost).unwrap();
+
+    // The newer snapshot's shard file damaged on the hub: its object rewritten.
+    let js = cluster.jetstream().await;
+    let bucket = js
+        .get_object_store("SHARDBOX_edge-1_SNAPSHOTS")
+        .await
+        .unwrap();
+    let id = second["id"].as_str().unwrap();
+    bucket
+        .put(
+            format!("{id}/shards/000.redb").as_str(),
+            &mut &b"not a shard"[..],
+        )
+        .await
+        .unwrap();
+
+    let rebuilt = tmp.path().join("rebuilt");
+    let out = common::cli::shardbox(&[
+        "restore",
+        "--from-nats",
+        "--config",
+        &config,
+        "--data",
+        common::cli::p(&rebuilt),
+    ]);
+    let text = common::cli::ok(&out, "restore --from-nats");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains(&format!("from snapshot {}", first["id"].as_str().unwrap())),
+        "the older snapshot is used: {text}{stderr}"
+    );
+    assert!(stderr.contains(id), "the damaged one is named: {stderr}");
+    // The rebuilt box, without the sink: the same records as the lost one.
+    let plain = common::env(&[("SHARDBOX_DISK_BALLAST_BYTES", "0")]);
+    let (child, addr) = spawn_shardbox(&rebuilt, &plain).expect("start the rebuilt box");
+    let _child = KillOnDrop(child);
+    let mut c = Client::connect(addr).await;
+    let after = export_lines(&mut c).await;
+    assert_eq!(after.len(), before.len(), "as many records");
+    for (a, b) in before.iter().zip(&after) {
+        assert_eq!(a, b);
+    }
+    // A new generation: the lost box's positions are refused.
+    let pos = status["sink"]["acked_position"].as_str().unwrap();
+    let r = c.get(&format!("/v1/changes?after={pos}")).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+}
+
+/// Every line of the box's export but its header (which names the box's position).
+async fn export_lines(c: &mut Client) -> Vec<Value> {
+    let r = c.get("/v1/admin/export").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let lines: Vec<Value> = r
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("an export line"))
+        .filter(|l: &Value| l["type"] != "header")
+        .collect();
+    assert_eq!(lines.last().unwrap()["type"], "end", "a whole export");
+    lines
 }

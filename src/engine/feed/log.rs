@@ -57,7 +57,28 @@ const FIRST_CHUNK_BYTES: usize = 16 << 10;
 #[derive(Debug, Clone)]
 pub struct Read {
     pub lsn: u64,
+    pub shard: u32,
+    pub kind: Kind,
     pub payload: Vec<u8>,
+}
+
+/// What a read returns: which records, at most how many and about how many bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Want {
+    pub max_records: usize,
+    pub max_bytes: usize,
+    pub which: Records,
+}
+
+/// Which records a read returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Records {
+    /// Committed redo records (the feed's changes).
+    Committed,
+    /// Every record once it is decided — committed or cancelled, aborts and every other kind
+    /// included: the log itself, consecutive LSNs, as a copy of it needs (the sink's log
+    /// stream).
+    All,
 }
 
 /// Why a read found nothing to continue from.
@@ -128,11 +149,15 @@ pub fn read_after(
     wal: &Wal,
     after: u64,
     horizon: u64,
-    max_records: usize,
-    max_bytes: usize,
+    want: Want,
     vis: &dyn Visibility,
     hints: &Hints,
 ) -> Result<Vec<Read>, ReadError> {
+    let Want {
+        max_records,
+        max_bytes,
+        which,
+    } = want;
     let first = after + 1;
     if first > horizon {
         return Ok(Vec::new());
@@ -194,13 +219,21 @@ pub fn read_after(
             if header.kind == Kind::Redo && !vis.committed(header.shard, expect) && !aborted() {
                 break; // not visible yet: everything after waits for it
             }
-            if header.kind == Kind::Redo && vis.committed(header.shard, expect) && !aborted() {
+            let wanted = match which {
+                Records::Committed => {
+                    header.kind == Kind::Redo && vis.committed(header.shard, expect) && !aborted()
+                }
+                Records::All => true,
+            };
+            if wanted {
                 let payload = seg
                     .at(offset + RECORD_HEADER_BYTES as u64, header.len)
                     .map_err(|e| ReadError::Io(e.to_string()))?;
                 bytes += payload.len();
                 out.push(Read {
                     lsn: expect,
+                    shard: header.shard,
+                    kind: header.kind,
                     payload: payload.to_vec(),
                 });
             }

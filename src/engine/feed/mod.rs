@@ -336,8 +336,11 @@ impl Feed {
             &self.wal,
             from,
             horizon,
-            RECORDS_PER_READ.min(max.max(1)),
-            BYTES_PER_READ,
+            log::Want {
+                max_records: RECORDS_PER_READ.min(max.max(1)),
+                max_bytes: BYTES_PER_READ,
+                which: log::Records::Committed,
+            },
             &Visible(self),
             &self.hints,
         )
@@ -374,6 +377,66 @@ impl Feed {
         Ok(page)
     }
 
+    /// Up to `max` records of the log after `after` (the record it names is taken as shipped),
+    /// every kind, each once it is decided, as the frames the log holds them in: consecutive
+    /// LSNs, what a copy of the log elsewhere needs ([`crate::store::sink`]'s log stream, the
+    /// restore that replays it). Returns them and the position after the last.
+    pub fn read_records(
+        &self,
+        after: Position,
+        max: usize,
+    ) -> Result<(Vec<LogRecord>, Position), FeedError> {
+        if after.generation != self.generation {
+            return Err(FeedError::OtherGeneration {
+                ours: self.generation,
+            });
+        }
+        let horizon = self.horizon();
+        if after.lsn > horizon {
+            return Err(FeedError::Ahead { last: self.end() });
+        }
+        if after.lsn == horizon {
+            return Ok((Vec::new(), after));
+        }
+        let records = log::read_after(
+            &self.wal,
+            after.lsn,
+            horizon,
+            log::Want {
+                max_records: RECORDS_PER_READ.min(max.max(1)),
+                max_bytes: BYTES_PER_READ,
+                which: log::Records::All,
+            },
+            &Visible(self),
+            &self.hints,
+        )
+        .map_err(|e| match e {
+            log::ReadError::Gone { oldest } => FeedError::Gone {
+                oldest: oldest
+                    .map(|l| Position::after_record(self.generation, l.saturating_sub(1))),
+            },
+            log::ReadError::Io(m) => FeedError::Log(m),
+        })?;
+        let next = records
+            .last()
+            .map_or(after, |r| Position::after_record(self.generation, r.lsn));
+        let frames = records
+            .into_iter()
+            .map(|r| {
+                let mut frame = Vec::with_capacity(crate::engine::wal::frame::frame_len(r.payload.len()));
+                crate::engine::wal::frame::encode(&mut frame, r.lsn, r.shard, r.kind, &r.payload);
+                LogRecord { lsn: r.lsn, frame }
+            })
+            .collect();
+        Ok((frames, next))
+    }
+}
+
+/// One record of the log as it is framed there ([`Feed::read_records`]).
+#[derive(Debug, Clone)]
+pub struct LogRecord {
+    pub lsn: u64,
+    pub frame: Vec<u8>,
 }
 
 /// A byte string as JSON: the text when it is UTF-8 (with `"<field>_encoding":"utf8"`), else
