@@ -89,6 +89,13 @@ pub fn swap_in(data: &Path, staging: &Path) -> Result<(), String> {
         std::fs::rename(staging.join("shards"), data.join("shards")).map_err(|e| err(data, e))?;
         sync_dir(data).map_err(|e| e.to_string())?;
     }
+    // A staged log (a restore from the hub: the records after its snapshot) follows its
+    // shards, before the MANIFEST says the swap is done.
+    let wal = staging.join("wal");
+    if wal.exists() {
+        std::fs::rename(&wal, data.join("wal")).map_err(|e| err(data, e))?;
+        sync_dir(data).map_err(|e| e.to_string())?;
+    }
     let manifest = staging.join("MANIFEST");
     if manifest.exists() {
         std::fs::rename(&manifest, Manifest::path(data)).map_err(|e| err(data, e))?;

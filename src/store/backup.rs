@@ -57,6 +57,12 @@ pub struct Report {
     /// Each shard's last applied log record in the copy (read in the copy's transaction).
     #[serde(skip)]
     pub applied: Vec<u64>,
+    /// Every log record up to this one is in the copy or was cancelled (the feed's end before
+    /// the first shard was read: all of them were decided then, and every shard's copy is
+    /// later). A replay of the log after the copy starts after it or after the lowest of
+    /// `applied`, whichever is higher.
+    #[serde(skip)]
+    pub through_lsn: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -188,6 +194,7 @@ pub fn backup(store: &super::Store, out: &Path, progress: &Progress) -> Result<R
     let mut files = vec![sum_file(out, &manifest_to)?];
     let mut rows = 0;
     let mut applied = Vec::with_capacity(engine.shards().len());
+    let through_lsn = engine.feed().end().lsn;
     progress.set_total(engine.shards().len() as u64);
     for shard in engine.shards() {
         // The consistent view: one read transaction for the whole shard.
@@ -214,6 +221,7 @@ pub fn backup(store: &super::Store, out: &Path, progress: &Progress) -> Result<R
         elapsed_ms: started.elapsed().as_millis() as u64,
         files,
         applied,
+        through_lsn,
     })
 }
 
@@ -452,6 +460,19 @@ fn copy_checked(src: &Path, dst: &Path, sum: &str, progress: &Progress) -> Resul
 /// non-empty `data`, which needs `force` and must be a shardbox directory) removed and the new
 /// renamed into place, the MANIFEST last. A failure before that leaves `data` as it was.
 pub fn restore(from: &Path, data: &Path, force: bool, progress: &Progress) -> Result<u64, String> {
+    restore_with(from, data, force, progress, |_| Ok(()))
+}
+
+/// [`restore`], with `more` adding to the staged copy once it is checked and before it
+/// replaces anything (a restore from the hub writes the log after the snapshot there, so the
+/// swap brings the shards and their log in together).
+pub fn restore_with(
+    from: &Path,
+    data: &Path,
+    force: bool,
+    progress: &Progress,
+    more: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<u64, String> {
     let staging = staging_dir(data);
     if staging.join(STAGED).exists() {
         // A restore that was checked and complete, interrupted while replacing: finish it.
@@ -504,6 +525,7 @@ pub fn restore(from: &Path, data: &Path, force: bool, progress: &Progress) -> Re
             total += copy_checked(&from.join(rel), &staging.join(rel), sum, progress)?;
         }
         sync_dir(&staging.join("shards")).map_err(|e| e.to_string())?;
+        more(&staging)?;
         sync_dir(&staging).map_err(|e| e.to_string())
     })();
     if let Err(e) = copied {

@@ -72,6 +72,9 @@ impl Source {
 const PAGE: usize = 1000;
 /// Messages in one atomic batch at most (JetStream's limit is 1,000).
 const BATCH_MAX: usize = 1000;
+/// A log record's frame goes in parts of this many bytes (the hub's `max_payload` must take
+/// a part and its headers: NATS's default is 1 MiB).
+const PART_BYTES: usize = 256 << 10;
 /// Bytes of message bodies in one batch at most (the stream's leader keeps a batch in memory
 /// until its commit).
 const BATCH_BYTES: usize = 4 << 20;
@@ -331,6 +334,12 @@ impl Sink {
             Err(e) => return e,
         };
         let max_payload = client.server_info().max_payload;
+        if self.source == Source::Log && max_payload < PART_BYTES + 4096 {
+            return End::Retry(format!(
+                "the hub's max_payload ({max_payload} bytes) is below {} bytes: the log sink sends records in parts of {PART_BYTES} bytes",
+                PART_BYTES + 4096
+            ));
+        }
         // async-nats bounds acks in flight itself (5,000 by default): above our window.
         let js = jetstream::ContextBuilder::new()
             .max_ack_inflight(self.cfg.window + 2)
@@ -647,7 +656,7 @@ impl Sink {
                 let full = records.len() >= PAGE;
                 let mut msgs = Vec::with_capacity(records.len());
                 for r in &records {
-                    for m in self.log_messages(r, pos.generation, max_payload) {
+                    for m in self.log_messages(r, pos.generation) {
                         let shipped = r.lsn == pos.lsn
                             && pos.index != Position::WHOLE_RECORD
                             && m.position.index <= pos.index;
@@ -663,16 +672,15 @@ impl Sink {
         }
     }
 
-    /// The messages that ship one log record: its frame, in parts of at most what the hub
-    /// takes in one message (each part but the last at position `lsn:<part>`, the last at
-    /// `lsn`, so a resume knows which parts the stream holds).
+    /// The messages that ship one log record: its frame, in parts of [`PART_BYTES`] (each part
+    /// but the last at position `lsn:<part>`, the last at `lsn`, so a resume knows which parts
+    /// the stream holds; the size is fixed, so a resume cuts a record where it was cut).
     fn log_messages(
         &self,
         r: &crate::engine::feed::LogRecord,
         generation: crate::engine::feed::Generation,
-        max_payload: usize,
     ) -> Vec<Message> {
-        let part_max = max_payload.saturating_sub(4096).max(1024);
+        let part_max = PART_BYTES;
         let parts = r.frame.len().div_ceil(part_max).max(1);
         (0..parts)
             .map(|k| {

@@ -102,15 +102,18 @@ async fn bucket(js: &jetstream::Context, cfg: &NatsSinkConfig) -> Result<ObjectS
     .map_err(|e| format!("creating object store {name}: {e}"))
 }
 
-/// A staging directory beside the data directory (a backup may not go inside it).
-fn staging(data: &Path, what: &str) -> PathBuf {
+/// A staging directory beside the data directory (a backup may not go inside it), named after
+/// it: `.<name>.<what>-<random>`.
+fn staging(data: &Path, what: &str) -> Result<PathBuf, String> {
+    // `.` or `x/..` name no directory to stand beside: the absolute, normalised path does.
+    let data = backup::resolve_path(data)?;
     let name = data
         .file_name()
         .map_or("shardbox-data".into(), |n| n.to_string_lossy().into_owned());
-    let parent = data.parent().filter(|p| !p.as_os_str().is_empty());
-    parent
-        .unwrap_or(Path::new("."))
-        .join(format!(".{name}.{what}-{:016x}", rand::random::<u64>()))
+    let parent = data
+        .parent()
+        .ok_or_else(|| format!("{}: no directory to stage beside", data.display()))?;
+    Ok(parent.join(format!(".{name}.{what}-{:016x}", rand::random::<u64>())))
 }
 
 /// Takes a snapshot: `backup_into` writes an online backup of the running store into the
@@ -121,18 +124,26 @@ pub async fn take(
     generation: String,
     backup_into: impl FnOnce(&Path) -> Result<Report, String> + Send + 'static,
 ) -> Result<Snapshot, String> {
-    let dir = staging(data, "snapshot");
+    let dir = staging(data, "snapshot")?;
     let d2 = dir.clone();
     let made = tokio::task::spawn_blocking(move || {
         let report = backup_into(&d2)?;
         let applied = report.applied.clone();
-        Ok::<_, String>((report, applied))
+        // Every record up to the feed's end when the copy began is in it; past the lowest
+        // shard's too (an idle shard's applied LSN may be far behind both).
+        let through = applied
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(0)
+            .max(report.through_lsn);
+        Ok::<_, String>((report, applied, through))
     })
     .await
     .map_err(|e| format!("the snapshot's backup: {e}"));
     let result = async {
-        let (report, applied) = made??;
-        let first_lsn = applied.iter().copied().min().unwrap_or(0) + 1;
+        let (report, applied, through) = made??;
+        let first_lsn = through + 1;
         let mut files: Vec<String> = backup::read_sums(&dir)?
             .into_iter()
             .map(|(_, rel)| rel)
@@ -150,6 +161,11 @@ pub async fn take(
         let client = super::sink::connect(cfg, None).await?;
         let js = jetstream::new(client);
         let store = bucket(&js, cfg).await?;
+        // Nothing written since the last one (the same first record, the same history): it
+        // stands, and is not uploaded over while a restore may be reading it.
+        if whole(&names(&store).await?).contains(&snap.id) {
+            return Ok(snap);
+        }
         for rel in &snap.files {
             let path = dir.join(rel);
             let mut file = tokio::fs::File::open(&path)
@@ -290,7 +306,7 @@ pub async fn restore(
     }
     let mut skipped = Vec::new();
     for id in ids.iter().rev() {
-        let dir = staging(data, "from-nats");
+        let dir = staging(data, "from-nats")?;
         let attempt = restore_one(&js, &store, cfg, id, &dir, data, force, progress).await;
         let _ = tokio::fs::remove_dir_all(&dir).await;
         match attempt {
@@ -298,7 +314,7 @@ pub async fn restore(
                 r.skipped = skipped;
                 return Ok(r);
             }
-            // The target was touched or refused: no other snapshot can do better.
+            // The target was refused or touched: no other snapshot can do better.
             Err(Failed::Target(e)) => return Err(e),
             Err(Failed::Snapshot(e)) => {
                 tracing::warn!(snapshot = %id, error = %e, "restore: snapshot not usable; trying an older one");
@@ -320,6 +336,10 @@ enum Failed {
     Target(String),
 }
 
+/// Restores snapshot `id` into `data`: everything it needs is downloaded and checked first —
+/// the files against their sums, the log after it record by record — so a damaged snapshot is
+/// a [`Failed::Snapshot`] before anything is touched; then the checked copy and its log are
+/// swapped in together ([`backup::restore_with`]).
 #[allow(clippy::too_many_arguments)]
 async fn restore_one(
     js: &jetstream::Context,
@@ -331,6 +351,7 @@ async fn restore_one(
     force: bool,
     progress: &Progress,
 ) -> Result<Restored, Failed> {
+    use sha2::Digest;
     let snap: Snapshot = read_object(store, &format!("{id}/{DONE}"))
         .await
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
@@ -338,7 +359,10 @@ async fn restore_one(
     crate::engine::private::create_dir_all(&dir.join("shards"))
         .map_err(|e| Failed::Target(format!("{}: {e}", dir.display())))?;
     for rel in &snap.files {
-        if rel.contains("..") || rel.starts_with('/') {
+        let safe = rel == backup::SUMS
+            || rel == "MANIFEST"
+            || (rel.starts_with("shards/") && !rel.contains("..") && rel.matches('/').count() == 1);
+        if !safe {
             return Err(Failed::Snapshot(format!("a file named {rel}")));
         }
         let bytes = read_object(store, &format!("{id}/{rel}"))
@@ -348,29 +372,34 @@ async fn restore_one(
             .await
             .map_err(|e| Failed::Target(format!("{}: {e}", dir.join(rel).display())))?;
     }
-    // The log after it, whole, before anything is replaced.
-    let frames = log_after(js, cfg, snap.first_lsn)
-        .await
-        .map_err(Failed::Snapshot)?;
-    let (d2, data2) = (dir.to_path_buf(), data.to_path_buf());
-    let bytes = {
-        let p = Progress::quiet();
-        // The sums are checked before the target is touched (a damaged file fails here).
-        tokio::task::spawn_blocking(move || backup::restore(&d2, &data2, force, &p))
+    // Its files against its sums (the sums file names exactly the MANIFEST's shards).
+    let sums = backup::read_sums(dir).map_err(Failed::Snapshot)?;
+    for (sum, rel) in &sums {
+        let bytes = tokio::fs::read(dir.join(rel))
             .await
-            .map_err(|e| Failed::Target(e.to_string()))?
-            .map_err(|e| {
-                if e.contains("checksum") || e.contains("SHA256") || e.contains("sum") {
-                    Failed::Snapshot(e)
-                } else {
-                    Failed::Target(e)
-                }
-            })?
-    };
-    progress.finish();
+            .map_err(|e| Failed::Snapshot(format!("{rel}: {e}")))?;
+        let got = crate::base::util::hex(&sha2::Sha256::digest(&bytes));
+        if &got != sum {
+            return Err(Failed::Snapshot(format!(
+                "{rel}: checksum mismatch (expected {sum}, the hub has {got}): the snapshot is damaged"
+            )));
+        }
+    }
+    // The log after it, whole, of the same history.
+    let frames = log_after(js, cfg, &snap).await.map_err(Failed::Snapshot)?;
     let records = frames.len() as u64;
     let last_lsn = frames.last().map_or(snap.first_lsn - 1, |(lsn, _)| *lsn);
-    write_log(data, snap.first_lsn, &frames).map_err(Failed::Target)?;
+    let first_lsn = snap.first_lsn;
+    let (d2, data2) = (dir.to_path_buf(), data.to_path_buf());
+    let bytes = tokio::task::spawn_blocking(move || {
+        backup::restore_with(&d2, &data2, force, &Progress::quiet(), |staged| {
+            write_log(staged, first_lsn, &frames)
+        })
+    })
+    .await
+    .map_err(|e| Failed::Target(e.to_string()))?
+    .map_err(Failed::Target)?;
+    progress.finish();
     Ok(Restored {
         snapshot: snap.id,
         skipped: Vec::new(),
@@ -380,38 +409,47 @@ async fn restore_one(
     })
 }
 
-/// The log records from `first_lsn` on, as frames, from the box's log stream: consecutive (a
-/// record in parts is put together), or why not.
+/// The log records after `snap` (from its first LSN on) from the box's log stream, as checked
+/// frames: consecutive LSNs of the snapshot's generation, a record in parts put together from
+/// its parts in order, each frame whole and matching its checksums — or why not.
 async fn log_after(
     js: &jetstream::Context,
     cfg: &NatsSinkConfig,
-    first_lsn: u64,
+    snap: &Snapshot,
 ) -> Result<Vec<(u64, Vec<u8>)>, String> {
     let name = cfg.log_stream_name();
     let mut stream = js
         .get_stream(&name)
         .await
         .map_err(|e| format!("stream {name}: {e}"))?;
-    let info = stream.info().await.map_err(|e| format!("stream {name}: {e}"))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| format!("stream {name}: {e}"))?;
     let (first_seq, last_seq) = (info.state.first_sequence, info.state.last_sequence);
     let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
-    if last_seq == 0 {
+    if last_seq == 0 || last_seq < first_seq {
         return Ok(out);
     }
-    let lsn_of = |m: &jetstream::message::StreamMessage| -> Result<(u64, Option<(u32, u32)>), String> {
+    type Place = (crate::engine::feed::Position, Option<(u32, u32)>);
+    let place_of = |m: &jetstream::message::StreamMessage| -> Result<Place, String> {
         let pos: crate::engine::feed::Position = m
             .headers
             .get("Shardbox-Position")
             .ok_or("a log message without Shardbox-Position")?
             .as_str()
             .parse()?;
-        let part = m.headers.get("Shardbox-Part").and_then(|p| {
-            let (k, n) = p.as_str().split_once('/')?;
-            Some((k.parse().ok()?, n.parse().ok()?))
-        });
-        Ok((pos.lsn, part))
+        let part = match m.headers.get("Shardbox-Part") {
+            None => None,
+            Some(p) => {
+                let bad = || format!("a log message with Shardbox-Part `{}`", p.as_str());
+                let (k, n) = p.as_str().split_once('/').ok_or_else(bad)?;
+                Some((k.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?))
+            }
+        };
+        Ok((pos, part))
     };
-    // The first message at or after `first_lsn` (LSNs grow with the stream's sequence).
+    // The first message at or after the snapshot's first LSN (LSNs grow with the sequence).
     let (mut lo, mut hi) = (first_seq, last_seq + 1);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
@@ -419,71 +457,96 @@ async fn log_after(
             .get_raw_message(mid)
             .await
             .map_err(|e| format!("stream {name} message {mid}: {e}"))?;
-        if lsn_of(&m)?.0 < first_lsn {
+        if place_of(&m)?.0.lsn < snap.first_lsn {
             lo = mid + 1;
         } else {
             hi = mid;
         }
     }
-    let mut expect = first_lsn;
+    let mut expect = snap.first_lsn;
     let mut record: Vec<u8> = Vec::new();
+    let mut parts: Option<(u32, u32)> = None;
     for seq in lo..=last_seq {
         let m = stream
             .get_raw_message(seq)
             .await
             .map_err(|e| format!("stream {name} message {seq}: {e}"))?;
-        let (lsn, part) = lsn_of(&m)?;
-        if lsn != expect {
+        let (pos, part) = place_of(&m)?;
+        if pos.generation.to_string() != snap.generation {
             return Err(format!(
-                "the log stream has LSN {lsn} where {expect} was due (sequence {seq}): the log after the snapshot is not whole"
+                "the log stream holds generation {} at sequence {seq}, the snapshot {}: another history",
+                pos.generation, snap.generation
+            ));
+        }
+        if pos.lsn != expect {
+            return Err(format!(
+                "the log stream has LSN {} where {expect} was due (sequence {seq}): the log after the snapshot is not whole",
+                pos.lsn
             ));
         }
         let (k, n) = part.unwrap_or((1, 1));
-        if k == 1 {
-            record.clear();
+        let follows = match parts {
+            None => k == 1,
+            Some((pk, pn)) => pn == n && k == pk + 1,
+        };
+        if !follows || k > n {
+            return Err(format!(
+                "record {expect} arrives as part {k}/{n} after {parts:?} (sequence {seq}): its parts are not whole"
+            ));
         }
         record.extend_from_slice(&m.payload);
-        if k == n {
-            out.push((lsn, std::mem::take(&mut record)));
-            expect += 1;
+        if k < n {
+            parts = Some((k, n));
+            continue;
         }
+        parts = None;
+        let frame = std::mem::take(&mut record);
+        check_frame(expect, &frame)?;
+        out.push((expect, frame));
+        expect += 1;
     }
     Ok(out)
 }
 
-/// Writes `frames` (LSNs `first_lsn`, `first_lsn + 1`, …) as the restored directory's log: one
-/// segment the next open replays (each shard skips the records it already holds).
-fn write_log(data: &Path, first_lsn: u64, frames: &[(u64, Vec<u8>)]) -> Result<(), String> {
+/// Whether `body` is the whole frame of record `lsn`, matching its checksums.
+fn check_frame(lsn: u64, body: &[u8]) -> Result<(), String> {
+    let header = frame::parse_header(body)
+        .filter(|h| h.lsn == lsn && body.len() == h.frame_len())
+        .ok_or_else(|| format!("log record {lsn} from the hub is not a whole frame"))?;
+    if !frame::payload_ok(&header, &body[frame::RECORD_HEADER_BYTES..][..header.len]) {
+        return Err(format!("log record {lsn} from the hub fails its checksum"));
+    }
+    Ok(())
+}
+
+/// Writes `frames` (LSNs `first_lsn`, `first_lsn + 1`, …, checked) as the log of the staged
+/// copy at `staged`: one segment the next open replays (each shard skips what it holds).
+fn write_log(staged: &Path, first_lsn: u64, frames: &[(u64, Vec<u8>)]) -> Result<(), String> {
     use std::io::Write;
     if frames.is_empty() {
         return Ok(());
     }
-    let wal = data.join("wal");
+    let wal = staged.join("wal");
     crate::engine::private::create_dir_all(&wal).map_err(|e| format!("{}: {e}", wal.display()))?;
-    // Nothing else is in a freshly restored log.
     let path = wal.join(frame::segment_name(1));
     let mut f = crate::engine::private::file_options()
         .write(true)
         .create_new(true)
         .open(&path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut out = Vec::with_capacity(frame::SEGMENT_HEADER_BYTES);
-    out.extend_from_slice(&frame::encode_segment_header(frame::SegmentHeader {
+    let mut w = std::io::BufWriter::new(&mut f);
+    w.write_all(&frame::encode_segment_header(frame::SegmentHeader {
         seq: 1,
         first_lsn,
-    }));
-    for (lsn, body) in frames {
-        let header = frame::parse_header(body)
-            .filter(|h| h.lsn == *lsn && body.len() == h.frame_len())
-            .ok_or_else(|| format!("log record {lsn} from the hub is not a whole frame"))?;
-        if !frame::payload_ok(&header, &body[frame::RECORD_HEADER_BYTES..][..header.len]) {
-            return Err(format!("log record {lsn} from the hub fails its checksum"));
-        }
-        out.extend_from_slice(body);
+    }))
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    for (_, body) in frames {
+        w.write_all(body)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    f.write_all(&out)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    w.flush().map_err(|e| format!("{}: {e}", path.display()))?;
+    drop(w);
+    f.sync_all().map_err(|e| format!("{}: {e}", path.display()))?;
     crate::engine::manifest::sync_dir(&wal).map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -225,16 +225,24 @@ pub fn read_after(
                 }
                 Records::All => true,
             };
+            // A cancelled record goes to a copy of the log without its effects (a redo of no
+            // operation): its LSN stays taken, and a copy that ends before the record's Abort
+            // cannot replay a write its client was told had failed.
+            let cancelled = which == Records::All && header.kind == Kind::Redo && aborted();
             if wanted {
-                let payload = seg
-                    .at(offset + RECORD_HEADER_BYTES as u64, header.len)
-                    .map_err(|e| ReadError::Io(e.to_string()))?;
+                let payload = match cancelled {
+                    true => Vec::new(),
+                    false => seg
+                        .at(offset + RECORD_HEADER_BYTES as u64, header.len)
+                        .map_err(|e| ReadError::Io(e.to_string()))?
+                        .to_vec(),
+                };
                 bytes += payload.len();
                 out.push(Read {
                     lsn: expect,
                     shard: header.shard,
                     kind: header.kind,
-                    payload: payload.to_vec(),
+                    payload,
                 });
             }
         }
