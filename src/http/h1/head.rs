@@ -153,13 +153,22 @@ pub fn parse(buf: &mut BytesMut, head_bytes_max: usize) -> Result<Option<Head>, 
         span.write([n, nl, v, vl]);
     }
     let bytes = buf.split_to(len).freeze();
+    // `Host` is checked (exactly one on HTTP/1.1) and not kept: no handler reads it, and a
+    // request whose only header it is then needs no header map at all.
+    let is_host =
+        |[n, nl, _, _]: [usize; 4]| nl == 4 && bytes[n..n + nl].eq_ignore_ascii_case(b"host");
+    let hosts = spans[..count]
+        .iter()
+        // SAFETY: the first `count` spans were written above.
+        .filter(|span| is_host(unsafe { span.assume_init() }))
+        .count();
     let uri = Uri::from_maybe_shared(bytes.slice(path.0..path.0 + path.1))
         .map_err(|_| Refusal::malformed("the request target is not a valid URI"))?;
     let mut head = Head {
         method,
         uri,
         version,
-        headers: HeaderMap::with_capacity(count),
+        headers: HeaderMap::with_capacity(count - hosts),
         framing: Framing::Empty,
         keep_alive: version == Version::HTTP_11,
         expect_continue: false,
@@ -169,6 +178,19 @@ pub fn parse(buf: &mut BytesMut, head_bytes_max: usize) -> Result<Option<Head>, 
     for span in &spans[..count] {
         // SAFETY: the first `count` spans were written above.
         let [n, nl, v, vl] = unsafe { span.assume_init() };
+        if is_host([n, nl, v, vl]) {
+            // What `HeaderValue` would refuse (httparse refuses it already).
+            if !bytes[v..v + vl]
+                .iter()
+                .all(|&b| (b >= 32 && b != 127) || b == b'\t')
+            {
+                return Err(Refusal::malformed(
+                    "a header value holds a control character",
+                ));
+            }
+            framing.hosts += 1;
+            continue;
+        }
         let name = HeaderName::from_bytes(&bytes[n..n + nl])
             .map_err(|_| Refusal::malformed("a header name is not a token"))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(v..v + vl))
@@ -263,8 +285,6 @@ impl Frame {
             let cont = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
             head.expect_continue = cont && head.version == Version::HTTP_11;
             self.other_expectation |= !cont;
-        } else if *name == header::HOST {
-            self.hosts += 1;
         } else if *name == header::CONTENT_ENCODING
             && self.content_coding.is_none()
             && !value
@@ -390,8 +410,19 @@ mod tests {
         assert_eq!(h.method, Method::GET);
         assert_eq!(h.uri.path(), "/v1/kv/a/b");
         assert_eq!(h.uri.query(), Some("x=1"));
-        assert_eq!(h.headers.get("host").unwrap(), "t");
+        // Host is checked and not kept.
+        assert_eq!(h.headers.get("host"), None);
+        assert!(h.refused.is_none());
         assert_eq!(h.headers.get("x-a").unwrap(), "1");
+        let h = parse_str("GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(h.headers.is_empty() && h.refused.is_none());
+        for two in ["Host: a\r\nHOST: b", "X-A: 1"] {
+            let text = format!("GET / HTTP/1.1\r\n{two}\r\n\r\n");
+            let h = parse_str(&text).unwrap().unwrap();
+            assert_eq!(h.refused.map(|e| e.status), Some(400), "{two}");
+        }
         assert_eq!(h.framing, Framing::Empty);
         assert!(h.keep_alive);
     }
