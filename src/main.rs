@@ -502,10 +502,11 @@ where
 }
 
 fn restore(args: RestoreArgs) -> Result<ExitCode, String> {
-    let progress = shardbox::progress::Progress::for_stderr("restore: bytes");
     let Some(from) = &args.from else {
+        let progress = shardbox::progress::Progress::for_stderr("restore: bytes downloaded");
         return restore_from_nats(args, &progress);
     };
+    let progress = shardbox::progress::Progress::for_stderr("restore: bytes");
     let bytes = shardbox::backup::restore(from, &args.data, args.force, &progress)?;
     println!(
         "restored {bytes} bytes from {} into {} (checksums verified)",

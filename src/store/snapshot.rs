@@ -368,6 +368,7 @@ async fn restore_one(
         let bytes = read_object(store, &format!("{id}/{rel}"))
             .await
             .map_err(Failed::Snapshot)?;
+        progress.inc(bytes.len() as u64);
         tokio::fs::write(dir.join(rel), bytes)
             .await
             .map_err(|e| Failed::Target(format!("{}: {e}", dir.join(rel).display())))?;
