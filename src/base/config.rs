@@ -289,6 +289,29 @@ pub struct NatsSinkConfig {
     /// whole). Default 3.
     #[serde(default = "default_snapshots_keep")]
     pub snapshots_keep: usize,
+    /// What a write's reply waits for: `local` (default: this box's log, as without the sink)
+    /// or `hub` (also JetStream's ack of everything committed when the write finished — the
+    /// log stream's with `ship_log`, else the changes'), so a box lost after a reply loses
+    /// nothing it acknowledged.
+    #[serde(default)]
+    pub ack: SinkAck,
+    /// With `ack = "hub"`, how long a reply waits for the hub before it is 504
+    /// `hub_ack_timeout` (the write stays done on the box). Default 5000.
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout_ms: u64,
+}
+
+/// `[sink.nats] ack`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkAck {
+    #[default]
+    Local,
+    Hub,
+}
+
+fn default_ack_timeout() -> u64 {
+    5000
 }
 
 fn default_snapshot_interval() -> u64 {
@@ -327,6 +350,8 @@ impl std::fmt::Debug for NatsSinkConfig {
             .field("ship_log", &self.ship_log)
             .field("snapshot_interval_ms", &self.snapshot_interval_ms)
             .field("snapshots_keep", &self.snapshots_keep)
+            .field("ack", &self.ack)
+            .field("ack_timeout_ms", &self.ack_timeout_ms)
             .finish()
     }
 }
@@ -383,6 +408,12 @@ impl NatsSinkConfig {
         }
         if !(1..=65536).contains(&self.window) {
             return Err(format!("[sink.nats] window = {}: must be 1-65536", self.window));
+        }
+        if !(1..=600_000).contains(&self.ack_timeout_ms) {
+            return Err(format!(
+                "[sink.nats] ack_timeout_ms = {}: must be 1-600000",
+                self.ack_timeout_ms
+            ));
         }
         if !(1..=100).contains(&self.snapshots_keep) {
             return Err(format!(

@@ -247,18 +247,59 @@ fn route(
         Ok((route, params, req)) => {
             if route.idempotent {
                 if let Some(key) = req.headers().get(&retries::HEADER).cloned() {
-                    let state = state.clone();
-                    return Begun::Later(Box::pin(async move {
-                        retries::run(&state, route, params, req, &key).await
-                    }));
+                    let s = state.clone();
+                    let run: route_table::Reply = Box::pin(async move {
+                        retries::run(&s, route, params, req, &key).await
+                    });
+                    return Begun::Later(hub_acked(state, route, run));
                 }
             }
             match route.handler {
                 Handler::Now(f) => Begun::Now(f(state, params, req)),
-                Handler::Later(f) => Begun::Later(f(state.clone(), params, req)),
+                Handler::Later(f) => Begun::Later(hub_acked(state, route, f(state.clone(), params, req))),
             }
         }
     }
+}
+
+/// With `[sink.nats] ack = "hub"`, a write's successful reply waits until JetStream holds
+/// everything committed when the write finished (its own record included), at most
+/// `ack_timeout_ms`; past that the reply is 504 `hub_ack_timeout` (the write stays done on
+/// this box and ships when the hub is back). Reads and the default `ack = "local"` pass as they
+/// are.
+fn hub_acked(
+    state: &Arc<ServerState>,
+    route: &'static RouteDef,
+    reply: route_table::Reply,
+) -> route_table::Reply {
+    let writes = matches!(route.method, "PUT" | "POST" | "DELETE" | "PATCH");
+    if !writes || state.store.hub_ack().is_none() {
+        return reply;
+    }
+    let state = state.clone();
+    Box::pin(async move {
+        let out = reply.await;
+        if !out.as_ref().is_ok_and(|r| r.status().is_success()) {
+            return out;
+        }
+        let Some((sink, timeout)) = state.store.hub_ack() else {
+            return out;
+        };
+        let through = state.store.engine().feed().end().lsn;
+        if sink.wait_acked(through, timeout).await {
+            return out;
+        }
+        let mut e = ApiError::new(
+            504,
+            "hub_ack_timeout",
+            format!(
+                "the write is done and durable on this box, but the NATS hub did not acknowledge it within ack_timeout_ms ({} ms); it ships when the hub is back (a retry with the same Idempotency-Key is safe)",
+                timeout.as_millis()
+            ),
+        );
+        e.retry_after_s = Some(1);
+        Err(e)
+    })
 }
 
 /// Everything before the handler: the head's refusal, the route, its query, tokens and rate

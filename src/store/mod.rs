@@ -214,6 +214,17 @@ impl Store {
         }
     }
 
+    /// With `[sink.nats] ack = "hub"`: the sink whose acks a write's reply waits for (the log
+    /// stream's with `ship_log`, else the changes'), and for how long.
+    pub fn hub_ack(&self) -> Option<(&Arc<sink::Sink>, std::time::Duration)> {
+        let cfg = self.config.sink.nats.as_ref()?;
+        if cfg.ack != config::SinkAck::Hub {
+            return None;
+        }
+        let sink = self.log_sink.as_ref().or(self.sink.as_ref())?;
+        Some((sink, std::time::Duration::from_millis(cfg.ack_timeout_ms)))
+    }
+
     testing_pub! {
         /// The sink of the log's records (`ship_log`), when configured.
         fn log_sink(&self) -> Option<&Arc<sink::Sink>> {

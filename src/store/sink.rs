@@ -135,6 +135,9 @@ pub struct Sink {
     pub errors_total: AtomicU64,
     /// The last change JetStream acknowledged, and when its batch was applied.
     acked: Mutex<Option<(Position, Option<u64>)>>,
+    /// The highest LSN whose every change (or, for the log, the record) the hub holds:
+    /// `ack = "hub"` replies wait on it.
+    acked_lsn: tokio::sync::watch::Sender<u64>,
     /// When the oldest change published and not yet acknowledged was applied (ms), 0: none.
     oldest_unacked_ms: AtomicU64,
     /// When the first change not yet shipped was applied (ms), 0: unknown — read by the sink's
@@ -174,6 +177,7 @@ impl Sink {
             acked_total: AtomicU64::new(0),
             errors_total: AtomicU64::new(0),
             acked: Mutex::new(None),
+            acked_lsn: tokio::sync::watch::Sender::new(0),
             oldest_unacked_ms: AtomicU64::new(0),
             backlog_at_ms: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -193,6 +197,30 @@ impl Sink {
 
     fn set_state(&self, s: State) {
         self.state.store(s as u8, Ordering::Relaxed);
+    }
+
+    /// Notes that the hub holds everything up to `p`.
+    fn note_acked(&self, p: Position) {
+        let covered = if p.index == Position::WHOLE_RECORD {
+            p.lsn
+        } else {
+            p.lsn.saturating_sub(1)
+        };
+        self.acked_lsn.send_if_modified(|at| {
+            let moved = covered > *at;
+            *at = (*at).max(covered);
+            moved
+        });
+    }
+
+    /// Waits (at most `timeout`) until the hub holds everything up to record `lsn`; false
+    /// when it did not in time.
+    pub async fn wait_acked(&self, lsn: u64, timeout: Duration) -> bool {
+        let mut rx = self.acked_lsn.subscribe();
+        let acked = tokio::time::timeout(timeout, rx.wait_for(|at| *at >= lsn))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        acked
     }
 
     /// The last acknowledged position.
@@ -373,6 +401,10 @@ impl Sink {
             Err(e) => return e,
         };
         *self.acked.lock().unwrap_or_else(|p| p.into_inner()) = Some((start, None));
+        // The stream holds everything up to where it ends.
+        if last_seq > 0 {
+            self.note_acked(start);
+        }
         let in_flight = if atomic {
             self.cfg.window.min(BATCHES_IN_FLIGHT)
         } else {
@@ -846,6 +878,7 @@ impl Sink {
                 let at = p.at_ms.or_else(|| acked.and_then(|(_, at)| at));
                 *acked = Some((p.entry_position, at));
             }
+            self.note_acked(p.entry_position);
             if rx.is_empty() {
                 self.oldest_unacked_ms.store(0, Ordering::Relaxed);
             } else if let Some(at) = p.at_ms {

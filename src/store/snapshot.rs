@@ -8,7 +8,7 @@
 //!   snapshot is whole, all but the newest `snapshots_keep` are deleted, and so is any
 //!   incomplete one older than the newest whole one.
 //! - **The log after it** is in stream `<stream>_<box>_LOG`, shipped by the log sink
-//!   ([`super::sink::Source::Log`]): every record as its frame, consecutive LSNs.
+//!   (`Source::Log` of the sink): every record as its frame, consecutive LSNs.
 //! - **Restore** ([`restore`]): the newest snapshot whose files download and match their sums
 //!   (an older one otherwise) is restored like a local backup, the log records from its first
 //!   LSN on are written into the new directory's log, and the next open replays them into the

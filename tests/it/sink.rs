@@ -684,3 +684,63 @@ async fn export_lines(c: &mut Client) -> Vec<Value> {
     assert_eq!(lines.last().unwrap()["type"], "end", "a whole export");
     lines
 }
+
+/// `ack = "hub"`: a write's 2xx comes once the hub holds its log record — the record carrying
+/// the value is in the log stream when the reply arrives, every time; with the hub down, a
+/// write answers 504 `hub_ack_timeout` after `ack_timeout_ms` and is done on the box.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_ack_hub_a_reply_means_the_hub_holds_the_write() {
+    let Some(mut cluster) = Cluster::start(3).await else {
+        eprintln!("skipped: no nats-server");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let env = config_file_with(
+        tmp.path(),
+        &cluster.urls(),
+        3,
+        "ship_log = true\nsnapshot_interval_ms = 0\nack = \"hub\"\nack_timeout_ms = 1500\n",
+    );
+    let (child, addr) = spawn_shardbox(&tmp.path().join("data"), &env).expect("start shardbox");
+    let _child = KillOnDrop(child);
+    let mut c = Client::connect(addr).await;
+    common::eventually(30, "the log sink streams", || async move {
+        let mut c = Client::connect(addr).await;
+        let s = c.get("/v1/status").await.json();
+        (s["sink_log"]["state"] == "streaming").then_some(())
+    })
+    .await;
+    let js = cluster.jetstream().await;
+    let mut stream = js.get_stream("SHARDBOX_edge-1_LOG").await.unwrap();
+    for i in 0..20 {
+        let value = format!("hub-acked-{i}-{:016x}", rand::random::<u64>());
+        let r = c
+            .send("PUT", &format!("/v1/kv/app/h{i}"), &[], value.clone())
+            .await;
+        assert!(r.status == 201 || r.status == 200, "{}", r.text());
+        // Right after the reply: the record is in the log stream.
+        let last = stream.info().await.unwrap().state.last_sequence;
+        let mut found = false;
+        for seq in (1..=last).rev().take(8) {
+            let m = stream.get_raw_message(seq).await.unwrap();
+            if m.payload
+                .windows(value.len())
+                .any(|w| w == value.as_bytes())
+            {
+                found = true;
+                break;
+            }
+        }
+        assert!(found, "write {i} was answered before the hub held it");
+    }
+    for i in 0..3 {
+        cluster.kill_node(i);
+    }
+    let started = Instant::now();
+    let r = c.send("PUT", "/v1/kv/app/down", &[], "while the hub is down").await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "hub_ack_timeout");
+    assert!(started.elapsed() >= Duration::from_millis(1400), "{:?}", started.elapsed());
+    let r = c.get("/v1/kv/app/down").await;
+    assert_eq!(r.status, 200, "the write is done on the box");
+}
