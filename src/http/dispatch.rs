@@ -248,15 +248,16 @@ fn route(
             if route.idempotent {
                 if let Some(key) = req.headers().get(&retries::HEADER).cloned() {
                     let s = state.clone();
-                    let run: route_table::Reply = Box::pin(async move {
-                        retries::run(&s, route, params, req, &key).await
-                    });
+                    let run: route_table::Reply =
+                        Box::pin(async move { retries::run(&s, route, params, req, &key).await });
                     return Begun::Later(hub_acked(state, route, run));
                 }
             }
             match route.handler {
                 Handler::Now(f) => Begun::Now(f(state, params, req)),
-                Handler::Later(f) => Begun::Later(hub_acked(state, route, f(state.clone(), params, req))),
+                Handler::Later(f) => {
+                    Begun::Later(hub_acked(state, route, f(state.clone(), params, req)))
+                }
             }
         }
     }

@@ -737,10 +737,16 @@ async fn with_ack_hub_a_reply_means_the_hub_holds_the_write() {
         cluster.kill_node(i);
     }
     let started = Instant::now();
-    let r = c.send("PUT", "/v1/kv/app/down", &[], "while the hub is down").await;
+    let r = c
+        .send("PUT", "/v1/kv/app/down", &[], "while the hub is down")
+        .await;
     assert_eq!(r.status, 504, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "hub_ack_timeout");
-    assert!(started.elapsed() >= Duration::from_millis(1400), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        started.elapsed()
+    );
     let r = c.get("/v1/kv/app/down").await;
     assert_eq!(r.status, 200, "the write is done on the box");
 }
