@@ -238,65 +238,6 @@ pub async fn sink_suite(o: &Opts, rows: &mut Vec<Row>) {
         }
     }
 
-    // `ack = "hub"` against the default, both shipping the log (`ship_log`), alternated three
-    // times: what a write pays for its reply to mean the hub holds it.
-    let mut by_ack: [Vec<crate::loadgen::Outcome>; 2] = Default::default();
-    for round in 0..3 {
-        for hub in [false, true] {
-            let extra = if hub {
-                "ship_log = true\nsnapshot_interval_ms = 0\nack = \"hub\"\n"
-            } else {
-                "ship_log = true\nsnapshot_interval_ms = 0\n"
-            };
-            let cfg = config_with(
-                dir.path(),
-                &cluster.urls(),
-                &format!("ack{round}{}", hub as u8),
-                extra,
-            );
-            let cfg = cfg.to_str().expect("utf-8 path").to_string();
-            let Ok(sb) = peers::shardbox(o.shardbox_bin.as_deref(), &[("config", cfg.as_str())])
-            else {
-                eprintln!("sink: shardbox did not start");
-                return;
-            };
-            // Both sinks streaming before the load (the log stream made, the first snapshot taken).
-            let _ = wait_caught_up(sb.addr, Duration::from_secs(30)).await;
-            let out = measure(sb.addr, Proto::Http, o, put_op(o.keys)).await;
-            eprintln!(
-                "sink: round {round} ack = {}: {:.0} PUT/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
-                if hub { "hub" } else { "local" },
-                out.throughput(),
-                out.p(0.5),
-                out.p(0.99),
-                out.errors
-            );
-            by_ack[hub as usize].push(out);
-        }
-    }
-    let [local, hub] = &mut by_ack;
-    if let (Some(local), Some(hub)) = (median(local), median(hub)) {
-        let (rate, p99) = (
-            hub.throughput() / local.throughput(),
-            (hub.p(0.99), local.p(0.99)),
-        );
-        rows.push(row(
-            "sink-ack",
-            "shardbox + sink, ack = local",
-            local,
-            "ship_log, the default: a reply after the box's own log fsync (median of 3)",
-        ));
-        rows.push(row(
-            "sink-ack",
-            "shardbox + sink, ack = hub",
-            hub,
-            &format!(
-                "{rate:.2}x the PUT rate of ack = local, p99 {:.1} against {:.1} ms: a reply after JetStream holds the record (median of 3, alternated)",
-                p99.0, p99.1
-            ),
-        ));
-    }
-
     // The box's CPU per PUT at a steady 2,000/s without the sink (the same rate with the sink
     // follows): what shipping a change costs the box, apart from the rate the shared cores allow.
     let plain_cpu = match peers::shardbox(o.shardbox_bin.as_deref(), &[]) {
@@ -404,4 +345,67 @@ pub async fn sink_suite(o: &Opts, rows: &mut Vec<Row>) {
         None => eprintln!("sink: the backlog did not drain within 300 s"),
     }
     drop(sb);
+
+    // `ack = "hub"` against the default, both shipping the log (`ship_log`), alternated three
+    // times: what a write pays for its reply to mean the hub holds it.
+    let mut by_ack: [Vec<crate::loadgen::Outcome>; 2] = Default::default();
+    for round in 0..3 {
+        for hub in [false, true] {
+            let extra = if hub {
+                "ship_log = true\nsnapshot_interval_ms = 0\nack = \"hub\"\n"
+            } else {
+                "ship_log = true\nsnapshot_interval_ms = 0\n"
+            };
+            let cfg = config_with(
+                dir.path(),
+                &cluster.urls(),
+                &format!("ack{round}{}", hub as u8),
+                extra,
+            );
+            let cfg = cfg.to_str().expect("utf-8 path").to_string();
+            let Ok(sb) = peers::shardbox(o.shardbox_bin.as_deref(), &[("config", cfg.as_str())])
+            else {
+                eprintln!("sink: shardbox did not start");
+                return;
+            };
+            // Both sinks streaming before the load (the log stream made, the first snapshot taken).
+            let _ = wait_caught_up(sb.addr, Duration::from_secs(30)).await;
+            let out = measure(sb.addr, Proto::Http, o, put_op(o.keys)).await;
+            eprintln!(
+                "sink: round {round} ack = {}: {:.0} PUT/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+                if hub { "hub" } else { "local" },
+                out.throughput(),
+                out.p(0.5),
+                out.p(0.99),
+                out.errors
+            );
+            by_ack[hub as usize].push(out);
+        }
+    }
+    let median = |v: &mut Vec<crate::loadgen::Outcome>| {
+        v.sort_by(|a, b| a.throughput().total_cmp(&b.throughput()));
+        (!v.is_empty()).then(|| v.remove(v.len() / 2))
+    };
+    let [local, hub] = &mut by_ack;
+    if let (Some(local), Some(hub)) = (median(local), median(hub)) {
+        let (rate, p99) = (
+            hub.throughput() / local.throughput(),
+            (hub.p(0.99), local.p(0.99)),
+        );
+        rows.push(row(
+            "sink-ack",
+            "shardbox + sink, ack = local",
+            local,
+            "ship_log, the default: a reply after the box's own log fsync (median of 3)",
+        ));
+        rows.push(row(
+            "sink-ack",
+            "shardbox + sink, ack = hub",
+            hub,
+            &format!(
+                "{rate:.2}x the PUT rate of ack = local, p99 {:.1} against {:.1} ms: a reply after JetStream holds the record (median of 3, alternated)",
+                p99.0, p99.1
+            ),
+        ));
+    }
 }
