@@ -120,6 +120,26 @@ async fn load(
     }
 }
 
+/// Runs [`load`] against `addr` for `d`; (acknowledged, refused) writes.
+async fn load_for(addr: SocketAddr, d: Duration) -> (u64, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let writer = tokio::spawn(load(
+        Arc::new(Mutex::new(addr)),
+        stop.clone(),
+        acked.clone(),
+        refused.clone(),
+    ));
+    tokio::time::sleep(d).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    (
+        acked.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+    )
+}
+
 async fn sink_status(addr: SocketAddr) -> Option<Value> {
     let mut c = tokio::time::timeout(Duration::from_secs(2), Client::connect(addr))
         .await
@@ -510,21 +530,10 @@ async fn a_hub_without_atomic_batches_gets_one_change_at_a_time() {
     let _child = KillOnDrop(child);
     let mut c = Client::connect(first).await;
     let start = common::cursor_now(&mut c, "verify").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(AtomicU64::new(0));
-    let refused = Arc::new(AtomicU64::new(0));
-    let writer = tokio::spawn(load(
-        Arc::new(Mutex::new(first)),
-        stop.clone(),
-        acked.clone(),
-        refused.clone(),
-    ));
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
+    let (_, refused) = load_for(first, Duration::from_secs(3)).await;
     let s = caught_up(first, 60).await;
     assert_eq!(s["atomic_batches"], false, "{s}");
-    assert_eq!(refused.load(Ordering::Relaxed), 0);
+    assert_eq!(refused, 0);
     let n = check_stream(&cluster, first, &start).await;
     assert_eq!(s["acked_total"].as_u64(), Some(n as u64), "{s}");
     assert!(n > 50, "only {n} changes");
@@ -559,18 +568,7 @@ async fn a_lost_box_comes_back_from_the_hub() {
     let (child, addr) = spawn_shardbox(&lost, &env).expect("start shardbox");
     let mut child = KillOnDrop(child);
     let mut c = Client::connect(addr).await;
-    let run_load = |ms: u64| async move {
-        let stop = Arc::new(AtomicBool::new(false));
-        let writer = tokio::spawn(load(
-            Arc::new(Mutex::new(addr)),
-            stop.clone(),
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicU64::new(0)),
-        ));
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        stop.store(true, Ordering::Relaxed);
-        writer.await.unwrap();
-    };
+    let run_load = |ms: u64| load_for(addr, Duration::from_millis(ms));
     run_load(1500).await;
     // Two snapshots; the newer one is damaged on the hub below.
     let first = c.send("POST", "/v1/admin/snapshot", &[], "").await;

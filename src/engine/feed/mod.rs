@@ -304,8 +304,9 @@ impl Feed {
         self.committed.clone()
     }
 
-    /// Up to `max` changes after `after` that pass `filter`, in order.
-    pub fn read(&self, after: Position, max: usize, filter: &Filter) -> Result<Page, FeedError> {
+    /// The horizon a read from `after` may go to: refused for a position of another history or
+    /// past this box's log.
+    fn horizon_for(&self, after: Position) -> Result<u64, FeedError> {
         if after.generation != self.generation {
             return Err(FeedError::OtherGeneration {
                 ours: self.generation,
@@ -315,15 +316,28 @@ impl Feed {
         if after.lsn > horizon {
             return Err(FeedError::Ahead { last: self.end() });
         }
+        Ok(horizon)
+    }
+
+    /// A read the log could not serve, as the feed's error.
+    fn read_failed(&self, e: log::ReadError) -> FeedError {
+        match e {
+            log::ReadError::Gone { oldest } => FeedError::Gone {
+                oldest: oldest
+                    .map(|l| Position::after_record(self.generation, l.saturating_sub(1))),
+            },
+            log::ReadError::Io(m) => FeedError::Log(m),
+        }
+    }
+
+    /// Up to `max` changes after `after` that pass `filter`, in order.
+    pub fn read(&self, after: Position, max: usize, filter: &Filter) -> Result<Page, FeedError> {
+        let horizon = self.horizon_for(after)?;
         // A position inside a record reads that record again for its later changes.
         let from = if after.index == Position::WHOLE_RECORD {
             after.lsn
         } else {
             after.lsn.saturating_sub(1)
-        };
-        let gone = |oldest: Option<u64>| FeedError::Gone {
-            oldest: oldest
-                .map(|l| Position::after_record(self.generation, l.saturating_sub(1))),
         };
         let mut page = Page {
             entries: Vec::new(),
@@ -344,10 +358,7 @@ impl Feed {
             &Visible(self),
             &self.hints,
         )
-        .map_err(|e| match e {
-            log::ReadError::Gone { oldest } => gone(oldest),
-            log::ReadError::Io(m) => FeedError::Log(m),
-        })?;
+        .map_err(|e| self.read_failed(e))?;
         for r in &records {
             let decoded = decode_record(&self.specs, &r.payload)
                 .map_err(|e| FeedError::Log(format!("record {}: {e}", r.lsn)))?;
@@ -386,15 +397,7 @@ impl Feed {
         after: Position,
         max: usize,
     ) -> Result<(Vec<LogRecord>, Position), FeedError> {
-        if after.generation != self.generation {
-            return Err(FeedError::OtherGeneration {
-                ours: self.generation,
-            });
-        }
-        let horizon = self.horizon();
-        if after.lsn > horizon {
-            return Err(FeedError::Ahead { last: self.end() });
-        }
+        let horizon = self.horizon_for(after)?;
         if after.lsn == horizon {
             return Ok((Vec::new(), after));
         }
@@ -410,13 +413,7 @@ impl Feed {
             &Visible(self),
             &self.hints,
         )
-        .map_err(|e| match e {
-            log::ReadError::Gone { oldest } => FeedError::Gone {
-                oldest: oldest
-                    .map(|l| Position::after_record(self.generation, l.saturating_sub(1))),
-            },
-            log::ReadError::Io(m) => FeedError::Log(m),
-        })?;
+        .map_err(|e| self.read_failed(e))?;
         let next = records
             .last()
             .map_or(after, |r| Position::after_record(self.generation, r.lsn));
