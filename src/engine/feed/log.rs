@@ -60,6 +60,8 @@ pub struct Read {
     pub shard: u32,
     pub kind: Kind,
     pub payload: Vec<u8>,
+    /// The payload's crc32, as its header holds it (checked when it was read).
+    pub crc: u32,
 }
 
 /// What a read returns: which records, at most how many and about how many bytes.
@@ -238,11 +240,16 @@ pub fn read_after(
                         .to_vec(),
                 };
                 bytes += payload.len();
+                let crc = match cancelled {
+                    true => crc32fast::hash(&[]),
+                    false => header.payload_crc,
+                };
                 out.push(Read {
                     lsn: expect,
                     shard: header.shard,
                     kind: header.kind,
                     payload,
+                    crc,
                 });
             }
         }

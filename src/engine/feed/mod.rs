@@ -421,7 +421,9 @@ impl Feed {
             .into_iter()
             .map(|r| {
                 let mut frame = Vec::with_capacity(crate::engine::wal::frame::frame_len(r.payload.len()));
-                crate::engine::wal::frame::encode(&mut frame, r.lsn, r.shard, r.kind, &r.payload);
+                crate::engine::wal::frame::encode_with_crc(
+                    &mut frame, r.lsn, r.shard, r.kind, &r.payload, r.crc,
+                );
                 LogRecord { lsn: r.lsn, frame }
             })
             .collect();

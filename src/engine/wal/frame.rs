@@ -92,8 +92,8 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// Appends a record to `out` with a synced LSN of 0 (the log thread stamps it; a copy of the
-/// log elsewhere needs none).
+/// Appends a record to `out` with a synced LSN of 0 (the log thread stamps it).
+#[cfg(any(test, feature = "testing"))]
 pub fn encode(out: &mut Vec<u8>, lsn: u64, shard: u32, kind: Kind, payload: &[u8]) {
     encode_with_crc(out, lsn, shard, kind, payload, crc32fast::hash(payload));
 }

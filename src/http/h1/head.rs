@@ -14,6 +14,7 @@ use std::mem::MaybeUninit;
 
 /// Headers one request may carry (hyper's default too).
 pub const HEADERS_MAX: usize = 100;
+const _: () = assert!(HEADERS_MAX <= 128, "a u128 marks which headers are Host");
 
 /// The longest request target served (hyper's bound: `Uri` refuses longer).
 const URI_BYTES_MAX: usize = (u16::MAX - 1) as usize;
@@ -147,21 +148,19 @@ pub fn parse(buf: &mut BytesMut, head_bytes_max: usize) -> Result<Option<Head>, 
     // whole array on every request costs more than the parse).
     let mut spans = [const { MaybeUninit::<[usize; 4]>::uninit() }; HEADERS_MAX];
     let count = req.headers.len();
-    for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
+    // `Host` is checked (exactly one on HTTP/1.1) and not kept: no handler reads it, and a
+    // request whose only header it is then needs no header map at all. Bit i: header i is one.
+    let mut host_at = 0u128;
+    for (i, (span, h)) in spans.iter_mut().zip(req.headers.iter()).enumerate() {
         let (n, nl) = at(h.name.as_bytes());
         let (v, vl) = at(h.value);
         span.write([n, nl, v, vl]);
+        if h.name.eq_ignore_ascii_case("host") {
+            host_at |= 1 << i;
+        }
     }
+    let hosts = host_at.count_ones() as usize;
     let bytes = buf.split_to(len).freeze();
-    // `Host` is checked (exactly one on HTTP/1.1) and not kept: no handler reads it, and a
-    // request whose only header it is then needs no header map at all.
-    let is_host =
-        |[n, nl, _, _]: [usize; 4]| nl == 4 && bytes[n..n + nl].eq_ignore_ascii_case(b"host");
-    let hosts = spans[..count]
-        .iter()
-        // SAFETY: the first `count` spans were written above.
-        .filter(|span| is_host(unsafe { span.assume_init() }))
-        .count();
     let uri = Uri::from_maybe_shared(bytes.slice(path.0..path.0 + path.1))
         .map_err(|_| Refusal::malformed("the request target is not a valid URI"))?;
     let mut head = Head {
@@ -174,23 +173,16 @@ pub fn parse(buf: &mut BytesMut, head_bytes_max: usize) -> Result<Option<Head>, 
         expect_continue: false,
         refused: None,
     };
-    let mut framing = Frame::default();
-    for span in &spans[..count] {
+    let mut framing = Frame {
+        hosts,
+        ..Frame::default()
+    };
+    for (i, span) in spans[..count].iter().enumerate() {
+        if host_at & (1 << i) != 0 {
+            continue; // httparse has refused any control character in its value
+        }
         // SAFETY: the first `count` spans were written above.
         let [n, nl, v, vl] = unsafe { span.assume_init() };
-        if is_host([n, nl, v, vl]) {
-            // What `HeaderValue` would refuse (httparse refuses it already).
-            if !bytes[v..v + vl]
-                .iter()
-                .all(|&b| (b >= 32 && b != 127) || b == b'\t')
-            {
-                return Err(Refusal::malformed(
-                    "a header value holds a control character",
-                ));
-            }
-            framing.hosts += 1;
-            continue;
-        }
         let name = HeaderName::from_bytes(&bytes[n..n + nl])
             .map_err(|_| Refusal::malformed("a header name is not a token"))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(v..v + vl))
