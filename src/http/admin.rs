@@ -12,10 +12,10 @@ use serde::Deserialize;
 use std::path::PathBuf;
 
 pub(super) const ROUTES: &[RouteDef] = &[
-    route!("POST", "/v1/admin/backup", [], |s, p, r| backup(&s, r)
+    route!(unlogged "POST", "/v1/admin/backup", [], |s, p, r| backup(&s, r)
         .await),
     route!("GET", "/v1/admin/export", [], |s, p, r| export(&s).await),
-    route!("POST", "/v1/admin/snapshot", [], |s, p, r| snapshot(&s)
+    route!(unlogged "POST", "/v1/admin/snapshot", [], |s, p, r| snapshot(&s)
         .await),
 ];
 
@@ -36,22 +36,29 @@ async fn snapshot(state: &ServerState) -> Result<Resp, ApiError> {
             "snapshots go to the NATS hub: set [sink.nats] ship_log = true",
         ));
     };
-    let _running = one_at_a_time(
+    let running = one_at_a_time(
         &crate::store::snapshot::RUNNING,
         "snapshot_running",
         "a snapshot",
     )?;
-    let snap = crate::store::snapshot::take_of(&state.store, &cfg)
-        .await
-        .map_err(|e| {
-            let mut e = ApiError::new(
-                503,
-                "hub_unavailable",
-                format!("the snapshot did not reach the NATS hub: {e}"),
-            );
-            e.retry_after_s = Some(5);
-            e
-        })?;
+    // The guard goes with the snapshot: a client that hangs up does not free the slot (or
+    // leave the staged copy behind) while it still runs.
+    let store = state.store.clone();
+    let snap = tokio::spawn(async move {
+        let _running = running;
+        crate::store::snapshot::take_of(&store, &cfg).await
+    })
+    .await
+    .map_err(|e| ApiError::task_failed("the snapshot task", e))?
+    .map_err(|e| {
+        let mut e = ApiError::new(
+            503,
+            "hub_unavailable",
+            format!("the snapshot did not reach the NATS hub: {e}"),
+        );
+        e.retry_after_s = Some(5);
+        e
+    })?;
     Ok(response::json_of(200, &snap))
 }
 

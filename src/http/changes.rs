@@ -44,7 +44,7 @@ pub(super) const ROUTES: &[RouteDef] = &[
         s,
         p.get("name")
     )),
-    route!("PUT", "/v1/changes/cursors/{name}", [], |s, p, r| {
+    route!(unlogged "PUT", "/v1/changes/cursors/{name}", [], |s, p, r| {
         put_cursor(&s, p.get("name"), r).await
     }),
     route!(now "DELETE", "/v1/changes/cursors/{name}", [], |s, p, r| {

@@ -273,33 +273,54 @@ fn hub_acked(
     route: &'static RouteDef,
     reply: route_table::Reply,
 ) -> route_table::Reply {
-    let writes = matches!(route.method, "PUT" | "POST" | "DELETE" | "PATCH");
-    if !writes || state.store.hub_ack().is_none() {
+    let writes = matches!(route.method, "PUT" | "POST" | "DELETE" | "PATCH") && !route.unlogged;
+    let Some((sink, timeout)) = state.store.hub_ack().filter(|_| writes) else {
         return reply;
-    }
-    let state = state.clone();
+    };
+    let (state, sink) = (state.clone(), sink.clone());
     Box::pin(async move {
         let out = reply.await;
         if !out.as_ref().is_ok_and(|r| r.status().is_success()) {
             return out;
         }
-        let Some((sink, timeout)) = state.store.hub_ack() else {
-            return out;
+        // Everything written to the log by now, this write's record included (under periodic
+        // durability a reply comes before the sync; the sink ships the record after it).
+        let through = state.store.engine().wal().written_lsn();
+        let not_acked = |why: String| {
+            let mut e = ApiError::new(
+                504,
+                "hub_ack_timeout",
+                format!("the write is done and durable on this box, but {why}; it ships when the hub takes it (a retry with the same Idempotency-Key is safe)"),
+            );
+            e.retry_after_s = Some(1);
+            Err(e)
         };
-        let through = state.store.engine().feed().end().lsn;
-        if sink.wait_acked(through, timeout).await {
-            return out;
+        if sink.state() == crate::store::sink::State::ResnapshotRequired {
+            return not_acked("the NATS sink cannot ship (resnapshot_required)".into());
         }
-        let mut e = ApiError::new(
-            504,
-            "hub_ack_timeout",
-            format!(
-                "the write is done and durable on this box, but the NATS hub did not acknowledge it within ack_timeout_ms ({} ms); it ships when the hub is back (a retry with the same Idempotency-Key is safe)",
+        // A waiting place like a long poll's: bounded by long_polls_max, given back when the
+        // client leaves or the server stops.
+        let Some(waiting) = state.waiting() else {
+            return not_acked("no place to wait for the NATS hub (long_polls_max)".into());
+        };
+        let stopping = state.store.engine().stopping();
+        let acked = waiting
+            .unless_closed(async {
+                tokio::select! {
+                    acked = sink.wait_acked(through, timeout) => acked,
+                    _ = stopping => false,
+                }
+            })
+            .await;
+        match acked {
+            Some(true) => out,
+            Some(false) => not_acked(format!(
+                "the NATS hub did not acknowledge it within ack_timeout_ms ({} ms)",
                 timeout.as_millis()
-            ),
-        );
-        e.retry_after_s = Some(1);
-        Err(e)
+            )),
+            // The client left: nobody reads the answer.
+            None => out,
+        }
     })
 }
 

@@ -63,7 +63,7 @@ pub(super) const ROUTES: &[RouteDef] = &[
         r
     )
     .await),
-    route!("POST", "/v1/kv/{ns}:batchGet", [], |s, p, r| batch_get(
+    route!(unlogged "POST", "/v1/kv/{ns}:batchGet", [], |s, p, r| batch_get(
         &s,
         p.get("ns"),
         r

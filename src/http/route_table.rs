@@ -61,6 +61,9 @@ pub struct RouteDef {
     /// Takes an `Idempotency-Key` (a POST that creates something): its first response is kept
     /// and replayed to retries ([`super::retries`]).
     pub idempotent: bool,
+    /// A PUT, POST or DELETE that writes no log record (a read by POST, the admin copies, a
+    /// feed cursor): with `ack = "hub"` its reply does not wait for the hub.
+    pub unlogged: bool,
 }
 
 /// Builds a [`RouteDef`] whose handler body is an expression over the named
@@ -78,6 +81,13 @@ macro_rules! route {
                 $body
             }),
             idempotent: false,
+            unlogged: false,
+        }
+    };
+    (unlogged $method:literal, $path:literal, [$($q:literal),* $(,)?], |$s:ident, $p:ident, $r:ident| $body:expr) => {
+        $crate::http::route_table::RouteDef {
+            unlogged: true,
+            ..$crate::http::route_table::route!($method, $path, [$($q),*], |$s, $p, $r| $body)
         }
     };
     (idempotent $method:literal, $path:literal, [$($q:literal),* $(,)?], |$s:ident, $p:ident, $r:ident| $body:expr) => {
@@ -98,6 +108,7 @@ macro_rules! route {
                 })
             }),
             idempotent: false,
+            unlogged: false,
         }
     };
 }
