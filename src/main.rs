@@ -537,7 +537,11 @@ fn restore_from_nats(
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let restored = runtime.block_on(shardbox::snapshot::restore(
-        &nats, &args.data, args.force, progress,
+        &nats,
+        &args.data,
+        args.force,
+        config.engine.wal_segment_bytes,
+        progress,
     ))?;
     for s in &restored.skipped {
         eprintln!("restore: passed over snapshot {s}");

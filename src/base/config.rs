@@ -415,6 +415,12 @@ impl NatsSinkConfig {
                 self.ack_timeout_ms
             ));
         }
+        if self.snapshot_interval_ms != 0 && self.snapshot_interval_ms < 60_000 {
+            return Err(format!(
+                "[sink.nats] snapshot_interval_ms = {}: 0 (on demand only) or at least 60000 (each is a full copy)",
+                self.snapshot_interval_ms
+            ));
+        }
         if !(1..=100).contains(&self.snapshots_keep) {
             return Err(format!(
                 "[sink.nats] snapshots_keep = {}: must be 1-100",

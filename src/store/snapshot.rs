@@ -33,6 +33,14 @@ pub static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 pub async fn take_of(store: &super::Store, cfg: &NatsSinkConfig) -> Result<Snapshot, String> {
     let data = store.engine().data_dir().to_path_buf();
     let generation = store.engine().feed().generation.to_string();
+    // Nothing decided since the newest snapshot (the same first record, the same history):
+    // it stands, and no copy is made.
+    let unchanged = format!("{:020}-{generation}", store.engine().feed().end().lsn + 1);
+    if let Ok(existing) = list(cfg).await {
+        if let Some(s) = existing.into_iter().rev().find(|s| s.id == unchanged) {
+            return Ok(s);
+        }
+    }
     let store = store.clone();
     take(cfg, &data, generation, move |out| {
         backup::backup(&store, out, &Progress::quiet())
@@ -103,7 +111,9 @@ async fn bucket(js: &jetstream::Context, cfg: &NatsSinkConfig) -> Result<ObjectS
 }
 
 /// A staging directory beside the data directory (a backup may not go inside it), named after
-/// it: `.<name>.<what>-<random>`.
+/// it: `.<name>.<what>`. What an interrupted run left there is removed first (one snapshot
+/// runs at a time per data directory), so a crash or a stop midway does not leave a full copy
+/// behind for good.
 fn staging(data: &Path, what: &str) -> Result<PathBuf, String> {
     // `.` or `x/..` name no directory to stand beside: the absolute, normalised path does.
     let data = backup::resolve_path(data)?;
@@ -113,7 +123,11 @@ fn staging(data: &Path, what: &str) -> Result<PathBuf, String> {
     let parent = data
         .parent()
         .ok_or_else(|| format!("{}: no directory to stage beside", data.display()))?;
-    Ok(parent.join(format!(".{name}.{what}-{:016x}", rand::random::<u64>())))
+    let dir = parent.join(format!(".{name}.{what}"));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(dir)
 }
 
 /// Takes a snapshot: `backup_into` writes an online backup of the running store into the
@@ -257,6 +271,45 @@ pub async fn list(cfg: &NatsSinkConfig) -> Result<Vec<Snapshot>, String> {
     Ok(out)
 }
 
+/// Downloads object `name` into a new file at `path` as it arrives (a shard may be larger than
+/// memory); returns its SHA-256 in hex and its size.
+async fn download(store: &ObjectStore, name: &str, path: &Path) -> Result<(String, u64), String> {
+    use sha2::Digest;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut o = store
+        .get(name)
+        .await
+        .map_err(|e| format!("{name}: {e}"))?;
+    let file = crate::engine::private::file_options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut file = tokio::fs::File::from_std(file);
+    let mut hash = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut size = 0u64;
+    loop {
+        let n = o
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("{name}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        file.write_all(&buf[..n])
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        size += n as u64;
+    }
+    file.flush()
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((crate::base::util::hex(&hash.finalize()), size))
+}
+
+/// A small object (a snapshot's `DONE`) in memory.
 async fn read_object(store: &ObjectStore, name: &str) -> Result<Vec<u8>, String> {
     use tokio::io::AsyncReadExt;
     let mut o = store
@@ -288,6 +341,7 @@ pub async fn restore(
     cfg: &NatsSinkConfig,
     data: &Path,
     force: bool,
+    segment_bytes: u64,
     progress: &Progress,
 ) -> Result<Restored, String> {
     let client = super::sink::connect(cfg, None).await?;
@@ -307,7 +361,16 @@ pub async fn restore(
     let mut skipped = Vec::new();
     for id in ids.iter().rev() {
         let dir = staging(data, "from-nats")?;
-        let attempt = restore_one(&js, &store, cfg, id, &dir, data, force, progress).await;
+        let attempt = restore_one(
+            &js,
+            &store,
+            cfg,
+            id,
+            &dir,
+            (data, force, segment_bytes),
+            progress,
+        )
+        .await;
         let _ = tokio::fs::remove_dir_all(&dir).await;
         match attempt {
             Ok(mut r) => {
@@ -347,17 +410,18 @@ async fn restore_one(
     cfg: &NatsSinkConfig,
     id: &str,
     dir: &Path,
-    data: &Path,
-    force: bool,
+    (data, force, segment_bytes): (&Path, bool, u64),
     progress: &Progress,
 ) -> Result<Restored, Failed> {
-    use sha2::Digest;
     let snap: Snapshot = read_object(store, &format!("{id}/{DONE}"))
         .await
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
         .map_err(Failed::Snapshot)?;
     crate::engine::private::create_dir_all(&dir.join("shards"))
         .map_err(|e| Failed::Target(format!("{}: {e}", dir.display())))?;
+    // Each file hashed as it arrives; then checked against its sums (the sums file names
+    // exactly the MANIFEST's shards).
+    let mut got = std::collections::HashMap::new();
     for rel in &snap.files {
         let safe = rel == backup::SUMS
             || rel == "MANIFEST"
@@ -365,36 +429,32 @@ async fn restore_one(
         if !safe {
             return Err(Failed::Snapshot(format!("a file named {rel}")));
         }
-        let bytes = read_object(store, &format!("{id}/{rel}"))
+        let (sum, size) = download(store, &format!("{id}/{rel}"), &dir.join(rel))
             .await
             .map_err(Failed::Snapshot)?;
-        progress.inc(bytes.len() as u64);
-        tokio::fs::write(dir.join(rel), bytes)
-            .await
-            .map_err(|e| Failed::Target(format!("{}: {e}", dir.join(rel).display())))?;
+        progress.inc(size);
+        got.insert(rel.clone(), sum);
     }
-    // Its files against its sums (the sums file names exactly the MANIFEST's shards).
-    let sums = backup::read_sums(dir).map_err(Failed::Snapshot)?;
-    for (sum, rel) in &sums {
-        let bytes = tokio::fs::read(dir.join(rel))
-            .await
-            .map_err(|e| Failed::Snapshot(format!("{rel}: {e}")))?;
-        let got = crate::base::util::hex(&sha2::Sha256::digest(&bytes));
-        if &got != sum {
-            return Err(Failed::Snapshot(format!(
-                "{rel}: checksum mismatch (expected {sum}, the hub has {got}): the snapshot is damaged"
-            )));
+    for (sum, rel) in backup::read_sums(dir).map_err(Failed::Snapshot)? {
+        match got.get(&rel) {
+            Some(have) if *have == sum => {}
+            have => {
+                return Err(Failed::Snapshot(format!(
+                    "{rel}: checksum mismatch (expected {sum}, the hub has {}): the snapshot is damaged",
+                    have.map_or("no such file", |h| h.as_str())
+                )))
+            }
         }
     }
-    // The log after it, whole, of the same history.
-    let frames = log_after(js, cfg, &snap).await.map_err(Failed::Snapshot)?;
-    let records = frames.len() as u64;
-    let last_lsn = frames.last().map_or(snap.first_lsn - 1, |(lsn, _)| *lsn);
-    let first_lsn = snap.first_lsn;
+    // The log after it, whole, of the same history, written as log segments beside the files.
+    let segment = dir.join("wal");
+    let (records, last_lsn) = log_after(js, cfg, &snap, &segment, segment_bytes)
+        .await
+        .map_err(Failed::Snapshot)?;
     let (d2, data2) = (dir.to_path_buf(), data.to_path_buf());
     let bytes = tokio::task::spawn_blocking(move || {
         backup::restore_with(&d2, &data2, force, &Progress::quiet(), |staged| {
-            write_log(staged, first_lsn, &frames)
+            place_log(staged, &segment, records)
         })
     })
     .await
@@ -410,14 +470,85 @@ async fn restore_one(
     })
 }
 
-/// The log records after `snap` (from its first LSN on) from the box's log stream, as checked
-/// frames: consecutive LSNs of the snapshot's generation, a record in parts put together from
-/// its parts in order, each frame whole and matching its checksums — or why not.
+/// Log segments written one after the other into a directory, each up to about `max` bytes
+/// (the restored box's first open reads a segment whole), with consecutive sequence numbers.
+struct Segments {
+    dir: PathBuf,
+    max: u64,
+    seq: u64,
+    /// The segment being written and its size.
+    open: Option<(std::io::BufWriter<std::fs::File>, u64)>,
+}
+
+impl Segments {
+    fn new(dir: &Path, max: u64) -> Result<Segments, String> {
+        crate::engine::private::create_dir_all(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(Segments {
+            dir: dir.to_path_buf(),
+            max,
+            seq: 0,
+            open: None,
+        })
+    }
+
+    /// Appends record `lsn`'s frame, in a new segment when this one would pass `max`.
+    fn push(&mut self, lsn: u64, frame_bytes: &[u8]) -> Result<(), String> {
+        use std::io::Write;
+        let full = self.open.as_ref().is_some_and(|(_, bytes)| {
+            *bytes > frame::SEGMENT_HEADER_BYTES as u64 && bytes + frame_bytes.len() as u64 > self.max
+        });
+        if full || self.open.is_none() {
+            self.close()?;
+            self.seq += 1;
+            let path = self.dir.join(frame::segment_name(self.seq));
+            let io = |e: std::io::Error| format!("{}: {e}", path.display());
+            let file = crate::engine::private::file_options()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(io)?;
+            let mut out = std::io::BufWriter::new(file);
+            out.write_all(&frame::encode_segment_header(frame::SegmentHeader {
+                seq: self.seq,
+                first_lsn: lsn,
+            }))
+            .map_err(io)?;
+            self.open = Some((out, frame::SEGMENT_HEADER_BYTES as u64));
+        }
+        if let Some((out, bytes)) = self.open.as_mut() {
+            out.write_all(frame_bytes)
+                .map_err(|e| format!("{}: {e}", self.dir.display()))?;
+            *bytes += frame_bytes.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Flushes and syncs the segment being written.
+    fn close(&mut self) -> Result<(), String> {
+        if let Some((out, _)) = self.open.take() {
+            let io = |e: std::io::Error| format!("{}: {e}", self.dir.display());
+            let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+            file.sync_all().map_err(io)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes the log records after `snap` (from its first LSN on) from the box's log stream as
+/// log segments into `dir`, as checked frames: consecutive LSNs of the snapshot's generation, a
+/// record in parts put together from its parts in order (at most a frame's largest size),
+/// each frame whole and matching its checksums — or says why not. One record is in memory at a
+/// time. Returns the records written and the last one's LSN.
 async fn log_after(
     js: &jetstream::Context,
     cfg: &NatsSinkConfig,
     snap: &Snapshot,
-) -> Result<Vec<(u64, Vec<u8>)>, String> {
+    dir: &Path,
+    segment_bytes: u64,
+) -> Result<(u64, u64), String> {
+    let mut out = Segments::new(dir, segment_bytes)?;
+    let mut written = 0u64;
     let name = cfg.log_stream_name();
     let mut stream = js
         .get_stream(&name)
@@ -428,9 +559,13 @@ async fn log_after(
         .await
         .map_err(|e| format!("stream {name}: {e}"))?;
     let (first_seq, last_seq) = (info.state.first_sequence, info.state.last_sequence);
-    let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+    let finish = |mut out: Segments, written: u64| {
+        out.close()?;
+        crate::engine::manifest::sync_dir(&out.dir).map_err(|e| e.to_string())?;
+        Ok((written, snap.first_lsn.saturating_sub(1) + written))
+    };
     if last_seq == 0 || last_seq < first_seq {
-        return Ok(out);
+        return finish(out, 0);
     }
     type Place = (crate::engine::feed::Position, Option<(u32, u32)>);
     let place_of = |m: &jetstream::message::StreamMessage| -> Result<Place, String> {
@@ -496,17 +631,21 @@ async fn log_after(
             ));
         }
         record.extend_from_slice(&m.payload);
+        if record.len() > frame::frame_len(frame::PAYLOAD_BYTES_MAX) {
+            return Err(format!("record {expect}'s parts pass the largest frame a log holds"));
+        }
         if k < n {
             parts = Some((k, n));
             continue;
         }
         parts = None;
-        let frame = std::mem::take(&mut record);
-        check_frame(expect, &frame)?;
-        out.push((expect, frame));
+        check_frame(expect, &record)?;
+        out.push(expect, &record)?;
+        record.clear();
+        written += 1;
         expect += 1;
     }
-    Ok(out)
+    finish(out, written)
 }
 
 /// Whether `body` is the whole frame of record `lsn`, matching its checksums.
@@ -520,34 +659,25 @@ fn check_frame(lsn: u64, body: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes `frames` (LSNs `first_lsn`, `first_lsn + 1`, …, checked) as the log of the staged
-/// copy at `staged`: one segment the next open replays (each shard skips what it holds).
-fn write_log(staged: &Path, first_lsn: u64, frames: &[(u64, Vec<u8>)]) -> Result<(), String> {
-    use std::io::Write;
-    if frames.is_empty() {
+/// Puts the checked log segments (`records` records, in `segments`) into the staged copy as
+/// its log, where the next open replays them (each shard skips what it holds).
+fn place_log(staged: &Path, segments: &Path, records: u64) -> Result<(), String> {
+    if records == 0 {
         return Ok(());
     }
     let wal = staged.join("wal");
-    crate::engine::private::create_dir_all(&wal).map_err(|e| format!("{}: {e}", wal.display()))?;
-    let path = wal.join(frame::segment_name(1));
-    let mut f = crate::engine::private::file_options()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut w = std::io::BufWriter::new(&mut f);
-    w.write_all(&frame::encode_segment_header(frame::SegmentHeader {
-        seq: 1,
-        first_lsn,
-    }))
-    .map_err(|e| format!("{}: {e}", path.display()))?;
-    for (_, body) in frames {
-        w.write_all(body)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+    // Beside the data directory, so mostly the same filesystem; else a copy.
+    if std::fs::rename(segments, &wal).is_err() {
+        crate::engine::private::create_dir_all(&wal)
+            .map_err(|e| format!("{}: {e}", wal.display()))?;
+        for entry in std::fs::read_dir(segments).map_err(|e| format!("{}: {e}", segments.display()))? {
+            let from = entry.map_err(|e| e.to_string())?.path();
+            let Some(name) = from.file_name() else { continue };
+            let to = wal.join(name);
+            std::fs::copy(&from, &to)
+                .and_then(|_| std::fs::File::open(&to)?.sync_all())
+                .map_err(|e| format!("{}: {e}", to.display()))?;
+        }
     }
-    w.flush().map_err(|e| format!("{}: {e}", path.display()))?;
-    drop(w);
-    f.sync_all().map_err(|e| format!("{}: {e}", path.display()))?;
-    crate::engine::manifest::sync_dir(&wal).map_err(|e| e.to_string())?;
-    Ok(())
+    crate::engine::manifest::sync_dir(&wal).map_err(|e| e.to_string())
 }
