@@ -633,11 +633,7 @@ impl Client {
     }
 
     fn post_json(&self, path: &str, body: Value) -> Result<Answer, Fail> {
-        self.post_raw(path, body.to_string().into_bytes())
-    }
-
-    fn post_raw(&self, path: &str, body: Vec<u8>) -> Result<Answer, Fail> {
-        self.post_keyed(path, body, None)
+        self.post_keyed(path, body.to_string().into_bytes(), None)
     }
 
     /// A JSON POST, with an `Idempotency-Key` when given one.

@@ -382,10 +382,6 @@ pub async fn sink_suite(o: &Opts, rows: &mut Vec<Row>) {
             by_ack[hub as usize].push(out);
         }
     }
-    let median = |v: &mut Vec<crate::loadgen::Outcome>| {
-        v.sort_by(|a, b| a.throughput().total_cmp(&b.throughput()));
-        (!v.is_empty()).then(|| v.remove(v.len() / 2))
-    };
     let [local, hub] = &mut by_ack;
     if let (Some(local), Some(hub)) = (median(local), median(hub)) {
         let (rate, p99) = (

@@ -169,24 +169,15 @@ fn every_domain_from_the_shell_with_exit_codes_a_script_can_use() {
         "{stats}"
     );
     // A retried enqueue with the same idempotency key is the first job, not a second.
-    let first = sb(&[
+    let enqueue = [
         "queue",
         "enqueue",
         "once",
         "1",
         "--idempotency-key",
         "job-1",
-    ])
-    .1;
-    let again = sb(&[
-        "queue",
-        "enqueue",
-        "once",
-        "1",
-        "--idempotency-key",
-        "job-1",
-    ])
-    .1;
+    ];
+    let (first, again) = (sb(&enqueue).1, sb(&enqueue).1);
     assert_eq!(first, again);
     // Every queue, one line each.
     let (_, all, _) = sb(&["queue", "stats"]);
