@@ -1200,6 +1200,22 @@ fn cache_run(c: &Client, cmd: CacheCmd) -> Out {
     }
 }
 
+/// `shardbox promote`: makes the standby at `--server` the primary.
+pub fn promote(args: StatusArgs) -> ExitCode {
+    finish(Client::new(&args.conn).and_then(|c| {
+        let a = c.post_json("/v1/admin/promote", Value::Null)?.ok()?;
+        c.print(&a, |v| {
+            format!(
+                "promoted: generation {} continues {} from record {} ({} ms)",
+                v["generation"].as_str().unwrap_or("?"),
+                v["previous"].as_str().unwrap_or("?"),
+                v["through_lsn"],
+                v["took_ms"]
+            )
+        })
+    }))
+}
+
 pub fn status(args: StatusArgs) -> ExitCode {
     finish(Client::new(&args.conn).and_then(|c| {
         let a = c.get("/v1/status")?.ok()?;

@@ -51,6 +51,21 @@ enum Command {
     Cache(client::CacheArgs),
     /// Client: the running server's /v1/status.
     Status(client::StatusArgs),
+    /// Run a read-only warm standby of the box its [sink.nats] names: rebuilt from the hub
+    /// when the data directory is empty, then copying the primary's log as it comes.
+    Follow(FollowArgs),
+    /// Client: make the standby at --server the primary (it takes over the box's streams;
+    /// the old primary is fenced).
+    Promote(client::StatusArgs),
+}
+
+#[derive(Args)]
+struct FollowArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// `/readyz` says ready while the standby is at most this far behind its primary (ms).
+    #[arg(long, default_value_t = 10_000)]
+    ready_lag_ms: u64,
 }
 
 #[derive(Args)]
@@ -213,7 +228,9 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(args, None),
+        Command::Follow(args) => serve(args.serve, Some(args.ready_lag_ms)),
+        Command::Promote(args) => return client::promote(args),
         Command::Check(args) => check(args),
         Command::Backup(args) => backup(args),
         Command::Restore(args) => restore(args),
@@ -277,7 +294,8 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn serve(args: ServeArgs) -> Result<ExitCode, String> {
+/// `serve`, or with `standby` (`follow`: its `ready_lag_ms`) a read-only standby.
+fn serve(args: ServeArgs, standby: Option<u64>) -> Result<ExitCode, String> {
     let mut flags = Vec::new();
     if let Some(v) = args.listen {
         flags.push(("listen".into(), v));
@@ -329,7 +347,13 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         let listener = tokio::net::TcpListener::bind(&config.http.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.http.listen))?;
+        if standby.is_some() {
+            prepare_standby(&config).await?;
+        }
         let store = shardbox::Store::open(config.clone()).map_err(|e| e.to_string())?;
+        if let Some(ready_lag_ms) = standby {
+            store.follow(ready_lag_ms)?;
+        }
         store
             .cache()
             .await
@@ -367,6 +391,40 @@ fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         tracing::info!("shutdown complete");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// A standby's data directory: when it holds nothing yet, rebuilt from the hub's newest
+/// snapshot and the log after it, in the primary's generation (it goes on copying that
+/// history).
+async fn prepare_standby(config: &shardbox::Config) -> Result<(), String> {
+    let nats = config.sink.nats.clone().ok_or_else(|| {
+        "follow copies the box its [sink.nats] table names (--config): the config has none"
+            .to_string()
+    })?;
+    if config.data_dir.join("MANIFEST").exists() {
+        return Ok(());
+    }
+    let progress = shardbox::progress::Progress::for_stderr("follow: bytes downloaded");
+    let restored = shardbox::snapshot::restore(
+        &nats,
+        &config.data_dir,
+        (false, true),
+        config.engine.wal_segment_bytes,
+        &progress,
+    )
+    .await?;
+    for s in &restored.skipped {
+        eprintln!("follow: passed over snapshot {s}");
+    }
+    tracing::info!(
+        primary = %nats.box_name,
+        snapshot = %restored.snapshot,
+        records = restored.records,
+        last_lsn = restored.last_lsn,
+        generation = %restored.generation,
+        "standby rebuilt from the hub; copying the primary's log from here"
+    );
+    Ok(())
 }
 
 /// SIGTERM and SIGINT, handled from the moment they are installed.
@@ -539,7 +597,7 @@ fn restore_from_nats(
     let restored = runtime.block_on(shardbox::snapshot::restore(
         &nats,
         &args.data,
-        args.force,
+        (args.force, false),
         config.engine.wal_segment_bytes,
         progress,
     ))?;

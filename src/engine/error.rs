@@ -36,6 +36,10 @@ pub enum EngineError {
     /// The disk under the data directory is (nearly) full: the write was not applied.
     #[error("{message}")]
     InsufficientStorage { message: String },
+    /// This box takes no writes: a standby (`code` `standby`, the message names its primary) or
+    /// a primary a standby took over from (`fenced`).
+    #[error("{message}")]
+    ReadOnly { code: &'static str, message: String },
     /// The data directory cannot be opened as asked (manifest mismatch, in use, bad files).
     #[error("{0}")]
     Open(String),

@@ -75,6 +75,16 @@ pub struct Engine {
     space_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The change feed over the log ([`feed`]).
     feed: feed::Feed,
+    /// Why writes are refused, when they are: a standby following its primary, or a primary a
+    /// standby took over from ([`EngineError::ReadOnly`]). The flag is checked on every write,
+    /// the reason read only when it is set.
+    read_only: AtomicBool,
+    read_only_why: std::sync::Mutex<Option<(&'static str, String)>>,
+    /// A standby's last record applied in order (`u64::MAX` on a primary): what its answers
+    /// reflect ([`Engine::position`]).
+    standby_applied: std::sync::atomic::AtomicU64,
+    /// The commit watch's sender (the writers hold it too), for a standby's follower.
+    commits: Arc<tokio::sync::watch::Sender<u64>>,
     _lock: DirLock,
 }
 
@@ -126,10 +136,11 @@ impl Engine {
         let manifest = Self::load_or_create_manifest(&dir, config, clock.as_ref())?;
         let generation = feed::Generation::load_or_create(&dir)
             .map_err(|e| EngineError::Open(format!("{}: {e}", dir.display())))?;
+        let generation_cell = Arc::new(feed::position::GenerationCell::new(generation));
         let holds = Arc::new(feed::holds::Holds::new());
         // Loaded before the log starts: the segments their consumers still need are kept.
         let cursors = Arc::new(
-            feed::cursors::Cursors::load(&dir, generation, holds.clone(), config.engine.feed_cursors_max)
+            feed::cursors::Cursors::load(&dir, generation_cell.clone(), holds.clone(), config.engine.feed_cursors_max)
                 .map_err(|e| EngineError::Open(format!("{}: {e}", dir.display())))?,
         );
         let writer_cfg = WriterConfig {
@@ -247,8 +258,12 @@ impl Engine {
         let space_thread = space
             .spawn(Duration::from_millis(config.engine.disk_check_interval_ms))
             .map_err(|e| EngineError::Open(format!("cannot start the disk space sampler: {e}")))?;
+        // A lineage file naming the generation itself is a promotion that stopped between its
+        // two writes: nothing continues.
+        let lineage = feed::position::Lineage::load(&dir).filter(|l| l.previous != generation);
         let feed = feed::Feed {
-            generation,
+            generation: generation_cell,
+            lineage: std::sync::Mutex::new(lineage),
             wal: wal.clone(),
             specs: domains.iter().filter_map(|d| d.feed).collect(),
             shards: states,
@@ -260,6 +275,10 @@ impl Engine {
         };
         Ok(Engine {
             feed,
+            read_only: AtomicBool::new(false),
+            read_only_why: std::sync::Mutex::new(None),
+            standby_applied: std::sync::atomic::AtomicU64::new(u64::MAX),
+            commits,
             space,
             space_thread: std::sync::Mutex::new(Some(space_thread)),
             data_dir: dir,
@@ -392,6 +411,9 @@ impl Engine {
         if self.closing.load(Ordering::Acquire) {
             return Err(EngineError::ShuttingDown.into());
         }
+        if self.read_only.load(Ordering::Acquire) {
+            return Err(self.read_only_error().into());
+        }
         let s = &self.shards[shard];
         let (tx, rx) = tokio::sync::oneshot::channel();
         let op = Box::new(Call {
@@ -413,7 +435,7 @@ impl Engine {
     where
         F: FnOnce(&mut ApplyCtx<'_, '_>) -> Result<(), redb::Error> + Send + 'static,
     {
-        if self.closing.load(Ordering::Acquire) {
+        if self.closing.load(Ordering::Acquire) || self.read_only.load(Ordering::Acquire) {
             return false;
         }
         let op: Box<dyn Mutation> = Box::new(Call {
@@ -425,6 +447,128 @@ impl Engine {
             bytes: 0,
         });
         self.shards[shard].try_submit(op)
+    }
+
+    /// Refuses every write from now on with `code` and `message` (409), until
+    /// [`Engine::clear_read_only`].
+    pub fn set_read_only(&self, code: &'static str, message: String) {
+        *self.read_only_why.lock().unwrap_or_else(|p| p.into_inner()) = Some((code, message));
+        self.read_only.store(true, Ordering::Release);
+    }
+
+    /// Takes writes again.
+    pub fn clear_read_only(&self) {
+        self.read_only.store(false, Ordering::Release);
+        *self.read_only_why.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Why writes are refused (`None`: they are not).
+    pub fn read_only(&self) -> Option<(&'static str, String)> {
+        if !self.read_only.load(Ordering::Acquire) {
+            return None;
+        }
+        self.read_only_why
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn read_only_error(&self) -> EngineError {
+        let (code, message) = self
+            .read_only()
+            .unwrap_or(("read_only", "this box takes no writes".into()));
+        EngineError::ReadOnly { code, message }
+    }
+
+    /// The position this box's answers reflect: on a primary every record written to its log
+    /// (a write's answer is at or after its own record), on a standby the last record it
+    /// applied in order. The `Shardbox-Position` header of every answer.
+    pub fn position(&self) -> feed::Position {
+        let applied = self.standby_applied.load(Ordering::Acquire);
+        let lsn = if applied == u64::MAX {
+            self.wal.written_lsn()
+        } else {
+            applied
+        };
+        feed::Position::after_record(self.feed.generation(), lsn)
+    }
+
+    /// Marks this engine a standby whose answers reflect record `lsn` (and everything before);
+    /// `None` makes it a primary again.
+    pub fn set_standby_applied(&self, lsn: Option<u64>) {
+        self.standby_applied
+            .store(lsn.unwrap_or(u64::MAX), Ordering::Release);
+        if let Some(lsn) = lsn {
+            self.commits.send_modify(|at| *at = (*at).max(lsn));
+        }
+    }
+
+    /// Puts a record copied from the primary's log (its whole frame, checked) into this log at
+    /// its LSN, and hands a redo to its shard's writer. The receiver says when the shard holds
+    /// it; records are appended in order, and applied in order within each shard.
+    pub async fn replicate(
+        &self,
+        frame_bytes: &[u8],
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<(), EngineError>>, EngineError> {
+        use wal::frame::{self, Kind};
+        let bad = |what: &str| EngineError::Storage {
+            shard: 0,
+            source: StorageFailure::other(format!("a copied log record {what}")),
+        };
+        let h = frame::parse_header(frame_bytes)
+            .filter(|h| h.frame_len() == frame_bytes.len())
+            .ok_or_else(|| bad("is not a whole frame"))?;
+        let payload = &frame_bytes[frame::RECORD_HEADER_BYTES..][..h.len];
+        if !frame::payload_ok(&h, payload) {
+            return Err(bad("fails its checksum"));
+        }
+        let shard = h.shard as usize;
+        if shard >= self.shards.len() {
+            return Err(bad(&format!("names shard {shard} of {}", self.shards.len())));
+        }
+        self.wal
+            .append_copy(h.lsn, shard, h.kind, payload, h.payload_crc)
+            .map_err(|e| EngineError::Storage {
+                shard,
+                source: e.into_failure(),
+            })?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        match h.kind {
+            Kind::Redo => {
+                let msg = writer::Msg::Replay(writer::Replay {
+                    lsn: h.lsn,
+                    payload: payload.to_vec(),
+                    done: tx,
+                });
+                self.shards[shard].send_replay(msg).await?;
+            }
+            Kind::Abort => {
+                if let Some(cancelled) = wal::recovery::aborted(&h, payload) {
+                    self.feed
+                        .aborted
+                        .insert(cancelled.0, cancelled.1, self.wal.oldest_lsn());
+                }
+                let _ = tx.send(Ok(()));
+            }
+        }
+        Ok(rx)
+    }
+
+    /// Makes `g` this store's generation now, continuing `lineage` (a promoted standby's new
+    /// history, or the one a standby follows past its primary's promotion).
+    pub fn switch_generation(
+        &self,
+        g: feed::Generation,
+        lineage: feed::position::Lineage,
+    ) -> Result<(), EngineError> {
+        let io = |e: std::io::Error| EngineError::Open(format!("{}: {e}", self.data_dir.display()));
+        // The lineage first: a crash between the two leaves the old generation with a lineage
+        // file that names itself as previous, which nothing reads as a continuation.
+        feed::position::Lineage::store(&self.data_dir, Some(lineage)).map_err(io)?;
+        g.store(&self.data_dir).map_err(io)?;
+        self.feed.generation.set(g);
+        *self.feed.lineage.lock().unwrap_or_else(|p| p.into_inner()) = Some(lineage);
+        Ok(())
     }
 
     /// Starts shutdown: every [`Engine::stopping`] future resolves, so parked long-polls answer

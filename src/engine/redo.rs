@@ -34,6 +34,10 @@ const OP_DEL: u8 = 3;
 const OP_DROP: u8 = 4;
 const OP_NOTE: u8 = 5;
 
+/// The payload a cancelled record travels with to a copy of the log: one empty note, a redo of
+/// no operation (a record is never empty: eight zero bytes read as the log's end).
+pub const CANCELLED: &[u8] = &[OP_NOTE, 0, 0];
+
 /// The largest note (its length is a u16).
 pub const NOTE_BYTES_MAX: usize = u16::MAX as usize;
 

@@ -64,6 +64,18 @@ impl Shard {
         }
     }
 
+    /// Hands a copied record to the writer (waiting for room: a standby's follower is the
+    /// only sender, and it waits for nothing else).
+    pub(crate) async fn send_replay(&self, msg: Msg) -> Result<(), EngineError> {
+        if let Some(reason) = self.state.failure() {
+            return Err(EngineError::ShardUnavailable {
+                shard: self.id,
+                reason,
+            });
+        }
+        self.tx.send_async(msg).await.map_err(|_| self.gone())
+    }
+
     /// The error for a writer that is no longer there.
     pub(crate) fn gone(&self) -> EngineError {
         match self.state.failure() {

@@ -21,7 +21,7 @@ use super::redo::{self, Cached, Logged, LoggedTable, Redo, TableCache};
 use super::shard_state::ShardState;
 use super::wal::{frame::Kind, Wal, WalError};
 use crate::engine::{EngineError, StorageFailure};
-use redb::{Database, Durability, Key, TableDefinition, WriteTransaction};
+use redb::{Database, Durability, Key, ReadableTable, TableDefinition, WriteTransaction};
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -123,6 +123,8 @@ pub trait Mutation: Send {
 
 pub(crate) enum Msg {
     Op(Box<dyn Mutation>),
+    /// A record copied from the primary's log, already in this log: apply it as it is.
+    Replay(Replay),
     /// Finish what is queued before this message, checkpoint, and exit.
     Stop,
 }
@@ -167,8 +169,16 @@ impl Drop for PanicGuard {
     }
 }
 
+/// A copied record for [`Msg::Replay`] and where its outcome goes.
+pub(crate) struct Replay {
+    pub lsn: u64,
+    pub payload: Vec<u8>,
+    pub done: tokio::sync::oneshot::Sender<Result<(), EngineError>>,
+}
+
 enum Next {
     Op(Box<dyn Mutation>),
+    Replay(Replay),
     Tick,
     Stop,
 }
@@ -200,6 +210,11 @@ impl Writer {
                 Some(op) => op,
                 None => match self.next_message() {
                     Next::Op(op) => op,
+                    Next::Replay(r) => {
+                        self.replay(r);
+                        self.checkpoint_if_due();
+                        continue;
+                    }
                     Next::Tick => {
                         self.checkpoint_if_due();
                         continue;
@@ -208,6 +223,7 @@ impl Writer {
                 },
             };
             let mut stop = false;
+            let mut replay = None;
             let mut bytes = first.bytes();
             let mut batch = vec![first];
             while batch.len() < self.cfg.batch_ops_max && bytes < self.cfg.batch_bytes_max {
@@ -224,10 +240,17 @@ impl Writer {
                         stop = true;
                         break;
                     }
+                    Ok(Msg::Replay(r)) => {
+                        replay = Some(r);
+                        break;
+                    }
                     Err(_) => break,
                 }
             }
             self.commit_batch(batch);
+            if let Some(r) = replay {
+                self.replay(r);
+            }
             self.checkpoint_if_due();
             if stop {
                 if let Some(op) = carry.take() {
@@ -241,8 +264,12 @@ impl Writer {
         }
         // Anything still queued was never applied: its callers learn the store is closing.
         while let Ok(msg) = self.rx.try_recv() {
-            if let Msg::Op(op) = msg {
-                op.finish(Err(EngineError::ShuttingDown));
+            match msg {
+                Msg::Op(op) => op.finish(Err(EngineError::ShuttingDown)),
+                Msg::Replay(r) => {
+                    let _ = r.done.send(Err(EngineError::ShuttingDown));
+                }
+                Msg::Stop => {}
             }
         }
     }
@@ -262,7 +289,78 @@ impl Writer {
         };
         match msg {
             Msg::Op(op) => Next::Op(op),
+            Msg::Replay(r) => Next::Replay(r),
             Msg::Stop => Next::Stop,
+        }
+    }
+
+    /// Applies a record copied from the primary (already appended to this log at its LSN) in
+    /// a commit of its own, as replay at open would: the physical ops as they are, the shard's
+    /// applied LSN, and the next revision the record left (so a promoted standby hands out the
+    /// primary's next one).
+    fn replay(&mut self, r: Replay) {
+        let outcome = self.replay_one(r.lsn, &r.payload);
+        let _ = r.done.send(outcome);
+    }
+
+    fn replay_one(&mut self, lsn: u64, payload: &[u8]) -> Result<(), EngineError> {
+        if let Some(reason) = self.state.failure() {
+            return Err(EngineError::ShardUnavailable {
+                shard: self.shard,
+                reason,
+            });
+        }
+        self.space.before_commit();
+        let started = Instant::now();
+        let result = (|| {
+            let mut txn = self.db.begin_write().map_err(storage)?;
+            txn.set_durability(Durability::None).map_err(storage)?;
+            super::redo::apply(&txn, payload).map_err(|e| match e {
+                super::redo::ReplayError::Storage(e) => storage(e),
+                other => BatchError::Rejected(format!("record {lsn}: {other}")),
+            })?;
+            let next = {
+                let mut meta = txn.open_table(META).map_err(storage)?;
+                meta.insert(META_LSN, lsn).map_err(storage)?;
+                let next = meta.get(META_NEXT_REVISION).map_err(storage)?;
+                next.map(|g| g.value())
+            };
+            self.wal
+                .wait(lsn)
+                .map_err(|e| BatchError::Storage(e.into_failure()))?;
+            txn.commit().map_err(storage)?;
+            Ok(next)
+        })();
+        match result {
+            Ok(next) => {
+                if let Some(next) = next {
+                    self.next_revision = self.next_revision.max(next);
+                }
+                use std::sync::atomic::Ordering;
+                self.state.logged_lsn.store(lsn, Ordering::SeqCst);
+                self.state.committed_lsn.store(lsn, Ordering::Release);
+                self.commits.send_modify(|at| *at = (*at).max(lsn));
+                self.state.record_commit(1, started.elapsed());
+                self.dirty_since.get_or_insert_with(Instant::now);
+                Ok(())
+            }
+            Err(BatchError::Storage(failure)) => {
+                tracing::error!(shard = self.shard, lsn, error = %failure, "applying a copied record failed; shard stops");
+                self.state.fail(format!("applying copied record {lsn}: {failure}"));
+                Err(EngineError::Storage {
+                    shard: self.shard,
+                    source: failure,
+                })
+            }
+            Err(BatchError::Rejected(message)) => {
+                // A record that does not decode leaves the shard behind the log: it stops.
+                tracing::error!(shard = self.shard, lsn, %message, "a copied record does not apply; shard stops");
+                self.state.fail(message.clone());
+                Err(EngineError::Storage {
+                    shard: self.shard,
+                    source: StorageFailure::other(message),
+                })
+            }
         }
     }
 

@@ -17,7 +17,34 @@ pub(super) const ROUTES: &[RouteDef] = &[
     route!("GET", "/v1/admin/export", [], |s, p, r| export(&s).await),
     route!(unlogged "POST", "/v1/admin/snapshot", [], |s, p, r| snapshot(&s)
         .await),
+    route!(unlogged "POST", "/v1/admin/promote", [], |s, p, r| promote(&s)
+        .await),
 ];
+
+/// Makes this standby the primary (`shardbox promote`): once it holds everything its
+/// primary's log stream holds, it takes the stream over ([`crate::store::follow`]).
+async fn promote(state: &ServerState) -> Result<Resp, ApiError> {
+    let Some(standby) = state.store.standby().cloned() else {
+        return Err(ApiError::new(
+            409,
+            "not_standby",
+            "this box is not a standby (`shardbox follow`): there is nothing to promote",
+        ));
+    };
+    // In its own task: a client that hangs up does not stop a promotion halfway.
+    let store = state.store.clone();
+    let promoted = tokio::spawn(async move { standby.promote(&store).await })
+        .await
+        .map_err(|e| ApiError::task_failed("the promotion task", e))?
+        .map_err(|(status, code, message)| {
+            let mut e = ApiError::new(status, code, message);
+            if status == 503 {
+                e.retry_after_s = Some(5);
+            }
+            e
+        })?;
+    Ok(response::json_of(200, &promoted))
+}
 
 /// Takes a snapshot to the NATS hub now (`[sink.nats] ship_log = true`): 200 with what it
 /// holds ([`crate::store::snapshot`]).

@@ -395,7 +395,7 @@ async fn put_cursor(
     })?;
     let feed = state.store.engine().feed();
     let at = position_param(feed, &b.position, "position")?;
-    if at.generation == feed.generation && at.lsn > feed.end().lsn {
+    if at.generation == feed.generation() && at.lsn > feed.end().lsn {
         return Err(feed_error(FeedError::Ahead { last: feed.end() }));
     }
     let created = feed

@@ -253,6 +253,22 @@ fn route(
                     return Begun::Later(hub_acked(state, route, run));
                 }
             }
+            if let Some(q) = req.uri().query().filter(|q| q.contains("min_position=")) {
+                match min_position(state, q) {
+                    Err(e) => return Begun::Now(Err(e)),
+                    Ok(Some(lsn)) => {
+                        let s = state.clone();
+                        return Begun::Later(Box::pin(async move {
+                            reached(&s, lsn).await?;
+                            match route.handler {
+                                Handler::Now(f) => f(&s, params, req),
+                                Handler::Later(f) => f(s.clone(), params, req).await,
+                            }
+                        }));
+                    }
+                    Ok(None) => {}
+                }
+            }
             match route.handler {
                 Handler::Now(f) => Begun::Now(f(state, params, req)),
                 Handler::Later(f) => {
@@ -260,6 +276,83 @@ fn route(
                 }
             }
         }
+    }
+}
+
+/// How long a read with `min_position` waits for this box to reach it, at most.
+pub const MIN_POSITION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A read's `min_position` (read-your-writes across boxes: the `Shardbox-Position` a write's
+/// answer carried): `None` when this box is already there, else the LSN to wait for. A
+/// position of another generation is a 409: this box's history is not the one it names.
+fn min_position(state: &ServerState, query: &str) -> Result<Option<u64>, ApiError> {
+    let Some((_, v)) = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "min_position")
+    else {
+        return Ok(None);
+    };
+    let want: crate::engine::feed::Position = v.parse().map_err(|e: String| {
+        ApiError::bad_request(format!(
+            "min_position: {e}; give the `Shardbox-Position` header of an earlier answer (`<generation>:<lsn>`)"
+        ))
+    })?;
+    let at = state.store.engine().position();
+    if want.generation != at.generation {
+        return Err(ApiError::new(
+            409,
+            "generation_mismatch",
+            format!(
+                "min_position is of generation {}, this box's history is {}: the position is from another history (a restore or a promotion since)",
+                want.generation, at.generation
+            ),
+        ));
+    }
+    Ok((want.lsn > at.lsn).then_some(want.lsn))
+}
+
+/// Waits (at most [`MIN_POSITION_WAIT`], in a long-poll place) until this box's answers reflect
+/// record `lsn`; 504 `position_not_reached` past that.
+async fn reached(state: &Arc<ServerState>, lsn: u64) -> Result<(), ApiError> {
+    let engine = state.store.engine().clone();
+    let not_yet = |why: String| {
+        let mut e = ApiError::new(504, "position_not_reached", why);
+        e.retry_after_s = Some(1);
+        e
+    };
+    let Some(waiting) = state.waiting() else {
+        return Err(not_yet(
+            "no place to wait for min_position (long_polls_max)".into(),
+        ));
+    };
+    let mut commits = engine.feed().committed.clone();
+    let stopping = engine.stopping();
+    let wait = async {
+        let deadline = tokio::time::Instant::now() + MIN_POSITION_WAIT;
+        loop {
+            if engine.position().lsn >= lsn {
+                return true;
+            }
+            tokio::select! {
+                changed = commits.changed() => if changed.is_err() { return false },
+                _ = tokio::time::sleep_until(deadline) => return engine.position().lsn >= lsn,
+            }
+        }
+    };
+    let done = waiting
+        .unless_closed(async {
+            tokio::select! {
+                r = wait => r,
+                _ = stopping => false,
+            }
+        })
+        .await;
+    match done {
+        Some(true) => Ok(()),
+        Some(false) => Err(not_yet(format!(
+            "this box has applied up to record {} and min_position asks for {lsn}: not reached within {} s (is the standby behind, or following another box?)",
+            engine.position().lsn,
+            MIN_POSITION_WAIT.as_secs()
+        ))),
+        None => Err(not_yet("the client left".into())),
     }
 }
 

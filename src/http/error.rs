@@ -94,6 +94,7 @@ impl From<EngineError> for ApiError {
             EngineError::ShuttingDown => ApiError::unavailable("shutting_down", message),
             EngineError::Corrupt { .. } => ApiError::new(500, "corrupt_record", message),
             EngineError::Open(_) => ApiError::new(500, "internal", message),
+            EngineError::ReadOnly { code, .. } => ApiError::new(409, code, message),
             EngineError::InsufficientStorage { .. } => ApiError {
                 retry_after_s: Some(5),
                 ..ApiError::new(507, "insufficient_storage", message)

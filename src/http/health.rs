@@ -42,6 +42,18 @@ pub fn readyz(state: &ServerState) -> Resp {
     if engine.is_closing() {
         problems.push(serde_json::json!({"shutdown": "shutting down"}));
     }
+    match state.store.standby() {
+        Some(standby) => {
+            if let Err(why) = standby.ready(engine.now_ms()) {
+                problems.push(serde_json::json!({ "standby": why }));
+            }
+        }
+        None => {
+            if let Some(("fenced", why)) = engine.read_only().as_ref().map(|(c, w)| (*c, w)) {
+                problems.push(serde_json::json!({ "fenced": why }));
+            }
+        }
+    }
     if problems.is_empty() {
         response::json(
             200,
@@ -66,6 +78,9 @@ pub async fn metrics(state: &ServerState) -> Result<Resp, crate::http::error::Ap
     state.store.render_domain_metrics(&mut text);
     if let Some(sink) = state.store.sink() {
         render_sink(&mut text, sink, state.store.engine());
+    }
+    if let Some(standby) = state.store.standby() {
+        render_standby(&mut text, standby, state.store.engine());
     }
     let followers =
         state.followers_max - state.followers.available_permits().min(state.followers_max);
@@ -155,6 +170,65 @@ async fn scrape_gauges(state: &ServerState) {
                 .get_or_create(&vec![("tier", tier.to_string())])
                 .set(bytes as i64);
         }
+    }
+}
+
+/// A standby's series: its state (one line per state), lag, records applied and errors.
+fn render_standby(
+    out: &mut String,
+    standby: &crate::store::follow::Standby,
+    engine: &crate::engine::Engine,
+) {
+    use crate::store::follow::State;
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = writeln!(
+        out,
+        "# HELP shardbox_standby_state 1 for the standby's current state.\n# TYPE shardbox_standby_state gauge"
+    );
+    let now = standby.state();
+    for s in State::ALL {
+        let _ = writeln!(
+            out,
+            "shardbox_standby_state{{state=\"{}\"}} {}",
+            s.name(),
+            u8::from(s == now)
+        );
+    }
+    let (records, ms) = standby.lag(engine.now_ms());
+    for (name, help, kind, v) in [
+        (
+            "shardbox_standby_lag_records",
+            "Messages of the primary's log stream the standby has not applied yet.",
+            "gauge",
+            records as f64,
+        ),
+        (
+            "shardbox_standby_lag_seconds",
+            "How long the standby has not held everything its primary's log stream holds (0 when it does).",
+            "gauge",
+            ms as f64 / 1e3,
+        ),
+        (
+            "shardbox_standby_applied_lsn",
+            "The last log record the standby applied in order.",
+            "gauge",
+            engine.position().lsn as f64,
+        ),
+        (
+            "shardbox_standby_applied_total",
+            "Log stream messages the standby applied.",
+            "counter",
+            standby.applied_total.load(Relaxed) as f64,
+        ),
+        (
+            "shardbox_standby_errors_total",
+            "Times the standby's copying stopped on an error.",
+            "counter",
+            standby.errors_total.load(Relaxed) as f64,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     }
 }
 

@@ -20,14 +20,14 @@ use std::time::Duration;
 
 /// The KV routes.
 pub(super) const ROUTES: &[RouteDef] = &[
-    route!(now "GET", "/v1/kv/{ns}/{key}", [], |s, p, r| get(
+    route!(now "GET", "/v1/kv/{ns}/{key}", ["min_position"], |s, p, r| get(
         s,
         p.get("ns"),
         p.get("key"),
         &r,
         false
     )),
-    route!(now "HEAD", "/v1/kv/{ns}/{key}", [], |s, p, r| get(
+    route!(now "HEAD", "/v1/kv/{ns}/{key}", ["min_position"], |s, p, r| get(
         s,
         p.get("ns"),
         p.get("key"),
@@ -51,7 +51,7 @@ pub(super) const ROUTES: &[RouteDef] = &[
     route!(
         "GET",
         "/v1/kv/{ns}",
-        ["prefix", "after", "limit"],
+        ["prefix", "after", "limit", "min_position"],
         |s, p, r| list(&s, p.get("ns"), &r).await
     ),
     route!("DELETE", "/v1/kv/{ns}", ["prefix", "all"], |s, p, r| {

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod check;
 pub mod export;
+pub mod follow;
 pub mod sink;
 pub mod snapshot;
 
@@ -62,6 +63,8 @@ pub struct Store {
     /// The NATS JetStream sink, when `[sink.nats]` is set; it runs with the background work.
     sink: Option<Arc<sink::Sink>>,
     log_sink: Option<Arc<sink::Sink>>,
+    /// Set when this store is a standby copying its primary ([`follow`]).
+    standby: Arc<std::sync::OnceLock<Arc<follow::Standby>>>,
 }
 
 impl Store {
@@ -126,6 +129,7 @@ impl Store {
             cache: Arc::new(tokio::sync::OnceCell::new()),
             sink,
             log_sink,
+            standby: Arc::new(std::sync::OnceLock::new()),
         })
     }
 
@@ -188,6 +192,18 @@ impl Store {
     /// retention — on the current tokio runtime. [`crate::http::run`] calls it; an embedder that uses
     /// the store without HTTP calls it once. Abort the handles (or close the store) to stop.
     pub fn start_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        // A standby copies its primary and nothing else writes; its promotion starts the rest.
+        if let Some(standby) = self.standby.get() {
+            if standby.state() != follow::State::Promoted {
+                return vec![tokio::spawn(standby.clone().run(self.clone()))];
+            }
+        }
+        self.start_primary_tasks()
+    }
+
+    /// The background work of a primary ([`Store::start_background`]), also started by a
+    /// standby's promotion.
+    pub fn start_primary_tasks(&self) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks: Vec<_> = self
             .domains
             .iter()
@@ -205,6 +221,38 @@ impl Store {
             )));
         }
         tasks
+    }
+
+    /// Makes this store a standby of the box its `[sink.nats]` names (before it is served):
+    /// it takes no writes and copies the primary's log stream ([`follow`]). `/readyz` says
+    /// ready while it is at most `ready_lag_ms` behind.
+    pub fn follow(&self, ready_lag_ms: u64) -> Result<Arc<follow::Standby>, String> {
+        let cfg = self.config.sink.nats.clone().ok_or(
+            "a standby copies the primary's log from the hub its [sink.nats] table names: the config has none",
+        )?;
+        if !cfg.ship_log {
+            return Err("a standby copies the primary's log stream: set [sink.nats] ship_log = true (the primary needs it too)".into());
+        }
+        let standby = Arc::new(follow::Standby::new(cfg.clone(), ready_lag_ms));
+        self.standby
+            .set(standby.clone())
+            .map_err(|_| "this store is a standby already".to_string())?;
+        self.engine.set_read_only(
+            "standby",
+            format!(
+                "this box is a read-only standby of box `{}` (stream {}): send writes to the primary; `shardbox promote` makes this box the primary",
+                cfg.box_name,
+                cfg.log_stream_name()
+            ),
+        );
+        self.engine
+            .set_standby_applied(Some(self.engine.wal().written_lsn()));
+        Ok(standby)
+    }
+
+    /// The standby, when this store is one (or was, and was promoted).
+    pub fn standby(&self) -> Option<&Arc<follow::Standby>> {
+        self.standby.get()
     }
 
     testing_pub! {

@@ -97,15 +97,18 @@ pub enum State {
     Streaming = 2,
     Disconnected = 3,
     ResnapshotRequired = 4,
+    /// A standby took this box's place ([`crate::store::follow`]): the box takes no writes.
+    Fenced = 5,
 }
 
 impl State {
-    pub const ALL: [State; 5] = [
+    pub const ALL: [State; 6] = [
         State::Connecting,
         State::CatchingUp,
         State::Streaming,
         State::Disconnected,
         State::ResnapshotRequired,
+        State::Fenced,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -114,6 +117,7 @@ impl State {
             State::Streaming => "streaming",
             State::Disconnected => "disconnected",
             State::ResnapshotRequired => "resnapshot_required",
+            State::Fenced => "fenced",
         }
     }
     fn from_u8(v: u8) -> State {
@@ -159,6 +163,9 @@ enum End {
     /// The box's history and the stream's do not continue each other, or the log let go of
     /// what the sink had not shipped: an operator must act.
     Resnapshot(String),
+    /// The stream goes on in the generation of a standby that was promoted in this box's
+    /// place: this box must not write.
+    Fenced(String),
     /// The store is stopping.
     Stopping,
 }
@@ -322,6 +329,11 @@ impl Sink {
                 End::Stopping => return,
                 End::Retry(m) => (State::Disconnected, m),
                 End::Resnapshot(m) => (State::ResnapshotRequired, m),
+                End::Fenced(m) => {
+                    tracing::error!(error = %m, "this box was taken over by a promoted standby: it takes no more writes");
+                    engine.set_read_only("fenced", m.clone());
+                    (State::Fenced, m)
+                }
             };
             self.oldest_unacked_ms.store(0, Ordering::Relaxed);
             self.note_backlog(&engine).await;
@@ -333,7 +345,7 @@ impl Sink {
                 pause = Duration::from_millis(200);
             }
             // Waiting for an operator: look again now and then, not every 2 s.
-            let wait = if state == State::ResnapshotRequired {
+            let wait = if matches!(state, State::ResnapshotRequired | State::Fenced) {
                 Duration::from_secs(30)
             } else {
                 pause
@@ -396,7 +408,7 @@ impl Sink {
             Err(e) => return e,
         };
         self.atomic.store(atomic, Ordering::Relaxed);
-        let (start, last_seq) = match self.resume_point(engine, &stream).await {
+        let (start, last_seq) = match self.resume_point(engine, &js, &stream).await {
             Ok(p) => p,
             Err(e) => return e,
         };
@@ -475,9 +487,22 @@ impl Sink {
     async fn resume_point(
         &self,
         engine: &Arc<Engine>,
+        js: &jetstream::Context,
         stream: &jetstream::stream::Stream,
     ) -> Result<(Position, u64), End> {
         let feed = engine.feed();
+        // A standby promoted in this box's place: checked before anything is published, on
+        // both streams (the changes may not show the promotion yet when the log does).
+        let ours = feed.generation();
+        let role = crate::store::follow::role(js, &self.cfg)
+            .await
+            .map_err(End::Retry)?;
+        if let Some(r) = role.filter(|r| r.previous == ours.to_string()) {
+            return Err(End::Fenced(format!(
+                "a standby was promoted in this box's place at record {} (generation {} goes on from this box's {ours}): this box is no longer the primary of box {} — rebuild it as a standby (`shardbox follow` on an empty directory) or retire it",
+                r.through_lsn, r.generation, self.cfg.box_name
+            )));
+        }
         let info = stream
             .get_info()
             .await
@@ -497,14 +522,23 @@ impl Sink {
                 })?
                 .parse()
                 .map_err(|e: String| End::Resnapshot(format!("the stream's last position: {e}")))?;
-            if pos.generation != feed.generation {
-                return Err(End::Resnapshot(format!(
-                    "stream {} ends in generation {} but this box's history is {} (restored since?): the stream cannot continue it",
-                    self.source.stream_name(&self.cfg),
-                    pos.generation,
-                    feed.generation
-                )));
-            }
+            let ours = feed.generation();
+            let pos = match feed.lineage() {
+                _ if pos.generation == ours => pos,
+                // This box continues the stream's history past where the stream ends (a box
+                // rebuilt from the hub, a promoted standby): it goes on in its own.
+                Some(l) if l.previous == pos.generation && pos.lsn <= l.through_lsn => Position {
+                    generation: ours,
+                    ..pos
+                },
+                _ => {
+                    return Err(End::Resnapshot(format!(
+                        "stream {} ends in generation {} but this box's history is {ours} (restored since?): the stream cannot continue it",
+                        self.source.stream_name(&self.cfg),
+                        pos.generation,
+                    )));
+                }
+            };
             (pos, info.state.last_sequence)
         } else {
             let at = match feed.cursors.position(self.source.cursor(), feed.oldest()) {

@@ -32,7 +32,7 @@ pub static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// A snapshot of `store` ([`take`] with its online backup).
 pub async fn take_of(store: &super::Store, cfg: &NatsSinkConfig) -> Result<Snapshot, String> {
     let data = store.engine().data_dir().to_path_buf();
-    let generation = store.engine().feed().generation.to_string();
+    let generation = store.engine().feed().generation().to_string();
     // Nothing decided since the newest snapshot (the same first record, the same history):
     // it stands, and no copy is made.
     let unchanged = format!("{:020}-{generation}", store.engine().feed().end().lsn + 1);
@@ -49,7 +49,7 @@ pub async fn take_of(store: &super::Store, cfg: &NatsSinkConfig) -> Result<Snaps
 }
 
 /// Takes a snapshot every `snapshot_interval_ms` (the first at once when the hub has none,
-/// or only an older one), until the task is dropped. Failures are logged and tried again at
+/// or only an older one, or only another history's), until the task is dropped. Failures are logged and tried again at
 /// the next turn.
 pub async fn schedule(store: super::Store, cfg: NatsSinkConfig) {
     if cfg.snapshot_interval_ms == 0 {
@@ -58,10 +58,13 @@ pub async fn schedule(store: super::Store, cfg: NatsSinkConfig) {
     let every = std::time::Duration::from_millis(cfg.snapshot_interval_ms);
     let now = || crate::base::clock::Clock::now_ms(&crate::base::clock::SystemClock);
     // When the newest snapshot was made (0: none, or the hub cannot be asked yet).
+    // A snapshot of another history (the primary a promoted standby took over from) does not
+    // count: the first of this one is taken at once.
+    let ours = store.engine().feed().generation().to_string();
     let newest = list(&cfg)
         .await
         .ok()
-        .and_then(|l| l.last().map(|s| s.created_ms))
+        .and_then(|l| l.last().filter(|s| s.generation == ours).map(|s| s.created_ms))
         .unwrap_or(0);
     let first = (newest + cfg.snapshot_interval_ms).saturating_sub(now());
     tokio::time::sleep(std::time::Duration::from_millis(first.min(cfg.snapshot_interval_ms)))
@@ -327,6 +330,8 @@ async fn read_object(store: &ObjectStore, name: &str) -> Result<Vec<u8>, String>
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Restored {
     pub snapshot: String,
+    /// The history the last record restored belongs to.
+    pub generation: String,
     /// Snapshots passed over (damaged, or the log after them is not whole), with why.
     pub skipped: Vec<String>,
     pub bytes: u64,
@@ -340,7 +345,7 @@ pub struct Restored {
 pub async fn restore(
     cfg: &NatsSinkConfig,
     data: &Path,
-    force: bool,
+    (force, keep_generation): (bool, bool),
     segment_bytes: u64,
     progress: &Progress,
 ) -> Result<Restored, String> {
@@ -367,7 +372,7 @@ pub async fn restore(
             cfg,
             id,
             &dir,
-            (data, force, segment_bytes),
+            (data, force, keep_generation, segment_bytes),
             progress,
         )
         .await;
@@ -410,7 +415,7 @@ async fn restore_one(
     cfg: &NatsSinkConfig,
     id: &str,
     dir: &Path,
-    (data, force, segment_bytes): (&Path, bool, u64),
+    (data, force, keep_generation, segment_bytes): (&Path, bool, bool, u64),
     progress: &Progress,
 ) -> Result<Restored, Failed> {
     let snap: Snapshot = read_object(store, &format!("{id}/{DONE}"))
@@ -448,7 +453,7 @@ async fn restore_one(
     }
     // The log after it, whole, of the same history, written as log segments beside the files.
     let segment = dir.join("wal");
-    let (records, last_lsn) = log_after(js, cfg, &snap, &segment, segment_bytes)
+    let (records, last_lsn, generation) = log_after(js, cfg, &snap, &segment, segment_bytes)
         .await
         .map_err(Failed::Snapshot)?;
     let (d2, data2) = (dir.to_path_buf(), data.to_path_buf());
@@ -460,8 +465,21 @@ async fn restore_one(
     .await
     .map_err(|e| Failed::Target(e.to_string()))?
     .map_err(Failed::Target)?;
+    // A standby goes on in the history it copies; a rebuilt box starts its own (made by the
+    // restore), continuing this one up to its last record.
+    let lineage = crate::engine::feed::position::Lineage {
+        previous: generation,
+        through_lsn: last_lsn,
+    };
+    let kept = match keep_generation {
+        true => crate::engine::feed::position::Lineage::store(data, None)
+            .and_then(|()| generation.store(data)),
+        false => crate::engine::feed::position::Lineage::store(data, Some(lineage)),
+    };
+    kept.map_err(|e| Failed::Target(format!("{}: {e}", data.display())))?;
     progress.finish();
     Ok(Restored {
+        generation: generation.to_string(),
         snapshot: snap.id,
         skipped: Vec::new(),
         bytes,
@@ -546,7 +564,7 @@ async fn log_after(
     snap: &Snapshot,
     dir: &Path,
     segment_bytes: u64,
-) -> Result<(u64, u64), String> {
+) -> Result<(u64, u64, crate::engine::feed::Generation), String> {
     let mut out = Segments::new(dir, segment_bytes)?;
     let mut written = 0u64;
     let name = cfg.log_stream_name();
@@ -559,33 +577,46 @@ async fn log_after(
         .await
         .map_err(|e| format!("stream {name}: {e}"))?;
     let (first_seq, last_seq) = (info.state.first_sequence, info.state.last_sequence);
-    let finish = |mut out: Segments, written: u64| {
+    let generation: crate::engine::feed::Generation = snap
+        .generation
+        .parse()
+        .map_err(|e| format!("snapshot {}: {e}", snap.id))?;
+    let finish = |mut out: Segments, written: u64, generation| {
         out.close()?;
         crate::engine::manifest::sync_dir(&out.dir).map_err(|e| e.to_string())?;
-        Ok((written, snap.first_lsn.saturating_sub(1) + written))
+        Ok((written, snap.first_lsn.saturating_sub(1) + written, generation))
     };
     if last_seq == 0 || last_seq < first_seq {
-        return finish(out, 0);
+        return finish(out, 0, generation);
     }
-    type Place = (crate::engine::feed::Position, Option<(u32, u32)>);
-    let place_of = |m: &jetstream::message::StreamMessage| -> Result<Place, String> {
-        let pos: crate::engine::feed::Position = m
-            .headers
-            .get("Shardbox-Position")
-            .ok_or("a log message without Shardbox-Position")?
-            .as_str()
-            .parse()?;
-        let part = match m.headers.get("Shardbox-Part") {
-            None => None,
-            Some(p) => {
-                let bad = || format!("a log message with Shardbox-Part `{}`", p.as_str());
-                let (k, n) = p.as_str().split_once('/').ok_or_else(bad)?;
-                Some((k.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?))
+    let lo = seq_at_or_after(&stream, &name, first_seq, last_seq, snap.first_lsn).await?;
+    let mut asm = Assembler::new(generation, snap.first_lsn);
+    for seq in lo..=last_seq {
+        let m = stream
+            .get_raw_message(seq)
+            .await
+            .map_err(|e| format!("stream {name} message {seq}: {e}"))?;
+        match asm.take(&m.headers, &m.payload, seq)? {
+            Step::Frame(lsn, frame) => {
+                out.push(lsn, &frame)?;
+                written += 1;
             }
-        };
-        Ok((pos, part))
-    };
-    // The first message at or after the snapshot's first LSN (LSNs grow with the sequence).
+            Step::Skip | Step::Promoted { .. } => {}
+        }
+    }
+    let generation = asm.generation;
+    finish(out, written, generation)
+}
+
+/// The first message of the log stream whose record is at or after `lsn` (`last_seq + 1` when
+/// none is): LSNs grow with the stream's sequence, so a binary search of `get`s.
+pub(crate) async fn seq_at_or_after(
+    stream: &jetstream::stream::Stream,
+    name: &str,
+    first_seq: u64,
+    last_seq: u64,
+    lsn: u64,
+) -> Result<u64, String> {
     let (mut lo, mut hi) = (first_seq, last_seq + 1);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
@@ -593,59 +624,146 @@ async fn log_after(
             .get_raw_message(mid)
             .await
             .map_err(|e| format!("stream {name} message {mid}: {e}"))?;
-        if place_of(&m)?.0.lsn < snap.first_lsn {
+        if place_of(&m.headers)?.0.lsn < lsn {
             lo = mid + 1;
         } else {
             hi = mid;
         }
     }
-    let mut expect = snap.first_lsn;
-    let mut record: Vec<u8> = Vec::new();
-    let mut parts: Option<(u32, u32)> = None;
-    for seq in lo..=last_seq {
-        let m = stream
-            .get_raw_message(seq)
-            .await
-            .map_err(|e| format!("stream {name} message {seq}: {e}"))?;
-        let (pos, part) = place_of(&m)?;
-        if pos.generation.to_string() != snap.generation {
+    Ok(lo)
+}
+
+/// A log message's position and part (`k/n`), from its headers.
+fn place_of(
+    headers: &async_nats::HeaderMap,
+) -> Result<(crate::engine::feed::Position, Option<(u32, u32)>), String> {
+    let pos: crate::engine::feed::Position = headers
+        .get("Shardbox-Position")
+        .ok_or("a log message without Shardbox-Position")?
+        .as_str()
+        .parse()?;
+    let part = match headers.get("Shardbox-Part") {
+        None => None,
+        Some(p) => {
+            let bad = || format!("a log message with Shardbox-Part `{}`", p.as_str());
+            let (k, n) = p.as_str().split_once('/').ok_or_else(bad)?;
+            Some((k.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?))
+        }
+    };
+    Ok((pos, part))
+}
+
+/// The header a promotion's mark carries: `<previous generation>:<last record>`
+/// ([`crate::store::follow`]).
+pub const PROMOTED_HEADER: &str = "Shardbox-Promoted";
+
+/// What one message of the log stream is to a reader that copies the log in order.
+pub(crate) enum Step {
+    /// A record it already has (or a part of one still coming).
+    Skip,
+    /// Record `lsn`'s whole frame, checked.
+    Frame(u64, Vec<u8>),
+    /// A standby was promoted here: the history goes on as `generation`.
+    Promoted {
+        generation: crate::engine::feed::Generation,
+        through: u64,
+    },
+}
+
+/// Puts the log stream's messages back together as the log's frames, checking as it goes:
+/// consecutive LSNs of one history (a promotion's mark moves it to the next generation), a
+/// record's parts in order, each frame whole and matching its checksums.
+pub(crate) struct Assembler {
+    pub generation: crate::engine::feed::Generation,
+    /// The next record due.
+    pub expect: u64,
+    record: Vec<u8>,
+    parts: Option<(u32, u32)>,
+}
+
+impl Assembler {
+    pub fn new(generation: crate::engine::feed::Generation, expect: u64) -> Assembler {
+        Assembler {
+            generation,
+            expect,
+            record: Vec::new(),
+            parts: None,
+        }
+    }
+
+    pub fn take(
+        &mut self,
+        headers: &async_nats::HeaderMap,
+        payload: &[u8],
+        seq: u64,
+    ) -> Result<Step, String> {
+        let (pos, part) = place_of(headers)?;
+        if let Some(mark) = headers.get(PROMOTED_HEADER) {
+            let (g, l) = mark
+                .as_str()
+                .split_once(':')
+                .ok_or_else(|| format!("a promotion mark `{}` at sequence {seq}", mark.as_str()))?;
+            let (prev, through): (crate::engine::feed::Generation, u64) = (
+                g.parse()?,
+                l.parse().map_err(|_| format!("a promotion mark `{}`", mark.as_str()))?,
+            );
+            if prev != self.generation || through + 1 != self.expect || self.parts.is_some() {
+                return Err(format!(
+                    "a standby was promoted at record {through} of generation {prev} (sequence {seq}), where this copy is at record {} of generation {}: another history",
+                    self.expect - 1,
+                    self.generation
+                ));
+            }
+            self.generation = pos.generation;
+            return Ok(Step::Promoted {
+                generation: pos.generation,
+                through,
+            });
+        }
+        if pos.lsn < self.expect && self.parts.is_none() && pos.generation == self.generation {
+            return Ok(Step::Skip);
+        }
+        if pos.generation != self.generation {
             return Err(format!(
-                "the log stream holds generation {} at sequence {seq}, the snapshot {}: another history",
-                pos.generation, snap.generation
+                "the log stream holds generation {} at sequence {seq}, this copy {}: another history",
+                pos.generation, self.generation
             ));
         }
-        if pos.lsn != expect {
+        if pos.lsn != self.expect {
             return Err(format!(
-                "the log stream has LSN {} where {expect} was due (sequence {seq}): the log after the snapshot is not whole",
-                pos.lsn
+                "the log stream has LSN {} where {} was due (sequence {seq}): the log is not whole",
+                pos.lsn, self.expect
             ));
         }
         let (k, n) = part.unwrap_or((1, 1));
-        let follows = match parts {
+        let follows = match self.parts {
             None => k == 1,
             Some((pk, pn)) => pn == n && k == pk + 1,
         };
         if !follows || k > n {
             return Err(format!(
-                "record {expect} arrives as part {k}/{n} after {parts:?} (sequence {seq}): its parts are not whole"
+                "record {} arrives as part {k}/{n} after {:?} (sequence {seq}): its parts are not whole",
+                self.expect, self.parts
             ));
         }
-        record.extend_from_slice(&m.payload);
-        if record.len() > frame::frame_len(frame::PAYLOAD_BYTES_MAX) {
-            return Err(format!("record {expect}'s parts pass the largest frame a log holds"));
+        self.record.extend_from_slice(payload);
+        if self.record.len() > frame::frame_len(frame::PAYLOAD_BYTES_MAX) {
+            return Err(format!(
+                "record {}'s parts pass the largest frame a log holds",
+                self.expect
+            ));
         }
         if k < n {
-            parts = Some((k, n));
-            continue;
+            self.parts = Some((k, n));
+            return Ok(Step::Skip);
         }
-        parts = None;
-        check_frame(expect, &record)?;
-        out.push(expect, &record)?;
-        record.clear();
-        written += 1;
-        expect += 1;
+        self.parts = None;
+        let record = std::mem::take(&mut self.record);
+        check_frame(self.expect, &record)?;
+        let lsn = self.expect;
+        self.expect += 1;
+        Ok(Step::Frame(lsn, record))
     }
-    finish(out, written)
 }
 
 /// Whether `body` is the whole frame of record `lsn`, matching its checksums.

@@ -45,6 +45,7 @@ mod replies;
 mod schemathesis;
 mod sink;
 mod staging;
+mod standby;
 mod status_page;
 mod waiters;
 mod wal;

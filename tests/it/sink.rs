@@ -22,7 +22,7 @@ fn config_file(dir: &Path, urls: &[String], replicas: usize) -> Vec<(String, Str
 }
 
 /// [`config_file`] with more `[sink.nats]` lines.
-fn config_file_with(
+pub(crate) fn config_file_with(
     dir: &Path,
     urls: &[String],
     replicas: usize,
@@ -697,7 +697,7 @@ async fn a_lost_box_comes_back_from_the_hub() {
 }
 
 /// Every line of the box's export but its header (which names the box's position).
-async fn export_lines(c: &mut Client) -> Vec<Value> {
+pub(crate) async fn export_lines(c: &mut Client) -> Vec<Value> {
     let r = c.get("/v1/admin/export").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let lines: Vec<Value> = r

@@ -48,6 +48,33 @@ async fn a_commit_that_fails_after_logging_is_not_replayed() {
             .any(|(s, _)| *s == shard),
         "its shard stops taking writes"
     );
+    // A copy of the log (what the log sink ships and a standby applies) carries the cancelled
+    // record as a record of no operation: every frame is whole and applies in order, and the
+    // copy holds what the box acknowledged and nothing it refused.
+    let feed = store.engine().feed();
+    let from = shardbox::engine::feed::Position::after_record(feed.generation(), 0);
+    let (records, _) = feed.read_records(from, 100).unwrap();
+    assert_eq!(
+        records.len(),
+        3,
+        "the first write, the cancelled one, its abort"
+    );
+    let copy = {
+        let mut config = Config::with_data_dir(tmp.path().join("copy"));
+        config.engine.shards = 2;
+        Store::open(config).unwrap()
+    };
+    for r in &records {
+        let applied = copy.engine().replicate(&r.frame).await;
+        let applied = applied.unwrap_or_else(|e| panic!("record {}: {e}", r.lsn));
+        applied.await.unwrap().unwrap();
+    }
+    assert_eq!(copy.kv().get("ab", "lost").unwrap(), None);
+    assert_eq!(
+        copy.kv().get("ab", "before").unwrap().map(|v| v.payload),
+        Some(bytes::Bytes::from_static(b"1"))
+    );
+    copy.close();
     store.close();
     drop(store);
 

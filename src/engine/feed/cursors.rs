@@ -7,7 +7,7 @@
 //! imported since) loads as `resnapshot_required`.
 
 use super::holds::{HoldId, Holds};
-use super::{FeedError, Generation, Position};
+use super::{FeedError, Position};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -35,7 +35,7 @@ struct Cursor {
 /// Every named cursor of a store.
 pub struct Cursors {
     path: PathBuf,
-    generation: Generation,
+    generation: Arc<super::position::GenerationCell>,
     holds: Arc<Holds>,
     max: usize,
     inner: Mutex<BTreeMap<String, Cursor>>,
@@ -46,7 +46,7 @@ impl Cursors {
     /// what they need).
     pub fn load(
         dir: &Path,
-        generation: Generation,
+        generation: Arc<super::position::GenerationCell>,
         holds: Arc<Holds>,
         max: usize,
     ) -> std::io::Result<Cursors> {
@@ -61,7 +61,7 @@ impl Cursors {
                     let Ok(position) = pos.parse::<Position>() else {
                         continue;
                     };
-                    let hold = (position.generation == generation)
+                    let hold = (position.generation == generation.get())
                         .then(|| holds.add(position.first_needed()));
                     map.insert(name.to_string(), Cursor { position, hold });
                 }
@@ -113,9 +113,9 @@ impl Cursors {
         position: Position,
         oldest: Option<Position>,
     ) -> Result<bool, FeedError> {
-        if position.generation != self.generation {
+        if position.generation != self.generation.get() {
             return Err(FeedError::OtherGeneration {
-                ours: self.generation,
+                ours: self.generation.get(),
             });
         }
         let mut map = self.lock();
@@ -182,9 +182,9 @@ impl Cursors {
         let c = map
             .get(name)
             .ok_or_else(|| FeedError::NoSuchCursor(name.to_string()))?;
-        if c.position.generation != self.generation {
+        if c.position.generation != self.generation.get() {
             return Err(FeedError::OtherGeneration {
-                ours: self.generation,
+                ours: self.generation.get(),
             });
         }
         if !self.live(c) {
@@ -229,7 +229,7 @@ impl Cursors {
             .map(|(name, c)| CursorInfo {
                 name: name.clone(),
                 position: c.position.to_string(),
-                state: if c.position.generation == self.generation && self.live(c) {
+                state: if c.position.generation == self.generation.get() && self.live(c) {
                     "active"
                 } else {
                     "resnapshot_required"
@@ -241,14 +241,20 @@ impl Cursors {
 
 #[cfg(test)]
 mod tests {
+    use super::super::position::GenerationCell;
+    use super::super::Generation;
     use super::*;
+
+    fn cell(g: Generation) -> Arc<GenerationCell> {
+        Arc::new(GenerationCell::new(g))
+    }
 
     #[test]
     fn cursors_persist_hold_and_move_forward() {
         let dir = tempfile::tempdir().unwrap();
         let g = Generation(7);
         let holds = Arc::new(Holds::new());
-        let c = Cursors::load(dir.path(), g, holds.clone(), 2).unwrap();
+        let c = Cursors::load(dir.path(), cell(g), holds.clone(), 2).unwrap();
         let at = |lsn| Position::after_record(g, lsn);
         assert!(c.set("a", at(10), None).unwrap());
         assert!(!c.set("a", at(12), None).unwrap());
@@ -262,7 +268,7 @@ mod tests {
         ));
         // Reloaded: the same positions and holds.
         let holds2 = Arc::new(Holds::new());
-        let c2 = Cursors::load(dir.path(), g, holds2.clone(), 8).unwrap();
+        let c2 = Cursors::load(dir.path(), cell(g), holds2.clone(), 8).unwrap();
         assert_eq!(c2.position("a", None).unwrap(), at(12));
         assert_eq!(holds2.min_lsn(), 13);
         // Dropped past the bound: 410, and listed so.
@@ -270,7 +276,7 @@ mod tests {
         assert!(matches!(c2.position("a", None), Err(FeedError::Gone { .. })));
         assert_eq!(c2.list()[0].state, "resnapshot_required");
         // Another generation since: every cursor must resnapshot.
-        let c3 = Cursors::load(dir.path(), Generation(9), Arc::new(Holds::new()), 8).unwrap();
+        let c3 = Cursors::load(dir.path(), cell(Generation(9)), Arc::new(Holds::new()), 8).unwrap();
         assert!(c3.list().iter().all(|i| i.state == "resnapshot_required"));
         assert!(c2.delete("a").unwrap() && !c2.delete("a").unwrap());
         assert!(matches!(c2.position("a", None), Err(FeedError::NoSuchCursor(_))));

@@ -233,7 +233,7 @@ pub fn read_after(
             let cancelled = which == Records::All && header.kind == Kind::Redo && aborted();
             if wanted {
                 let payload = match cancelled {
-                    true => Vec::new(),
+                    true => crate::engine::redo::CANCELLED.to_vec(),
                     false => seg
                         .at(offset + RECORD_HEADER_BYTES as u64, header.len)
                         .map_err(|e| ReadError::Io(e.to_string()))?
@@ -241,7 +241,7 @@ pub fn read_after(
                 };
                 bytes += payload.len();
                 let crc = match cancelled {
-                    true => crc32fast::hash(&[]),
+                    true => crc32fast::hash(crate::engine::redo::CANCELLED),
                     false => header.payload_crc,
                 };
                 out.push(Read {

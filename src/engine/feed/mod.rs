@@ -229,7 +229,9 @@ const BYTES_PER_READ: usize = 4 << 20;
 
 /// The feed over an engine's log.
 pub struct Feed {
-    pub generation: Generation,
+    pub(crate) generation: Arc<position::GenerationCell>,
+    /// Where this generation came from, when it continues another ([`position::Lineage`]).
+    pub(crate) lineage: std::sync::Mutex<Option<position::Lineage>>,
     pub(crate) wal: Arc<Wal>,
     pub(crate) specs: Vec<&'static FeedSpec>,
     pub(crate) shards: Vec<Arc<ShardState>>,
@@ -258,6 +260,16 @@ impl log::Visibility for Visible<'_> {
 }
 
 impl Feed {
+    /// The store's generation.
+    pub fn generation(&self) -> Generation {
+        self.generation.get()
+    }
+
+    /// The generation this one continues, and up to which record ([`position::Lineage`]).
+    pub fn lineage(&self) -> Option<position::Lineage> {
+        *self.lineage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The position after every change committed so far: the log's acknowledged mark, or
     /// before the first record a shard has logged but not yet committed (each shard has at
     /// most one: its writer commits a batch before it logs the next). Everything up to it is
@@ -282,7 +294,7 @@ impl Feed {
                 end = end.min(logged - 1);
             }
         }
-        Position::after_record(self.generation, end)
+        Position::after_record(self.generation(), end)
     }
 
     /// The last record the feed may show: a durable one (in periodic mode, records written but
@@ -296,7 +308,7 @@ impl Feed {
     pub fn oldest(&self) -> Option<Position> {
         self.wal
             .oldest_lsn()
-            .map(|l| Position::after_record(self.generation, l.saturating_sub(1)))
+            .map(|l| Position::after_record(self.generation(), l.saturating_sub(1)))
     }
 
     /// A receiver that changes whenever a batch commits (followers wait on it).
@@ -307,9 +319,9 @@ impl Feed {
     /// The horizon a read from `after` may go to: refused for a position of another history or
     /// past this box's log.
     fn horizon_for(&self, after: Position) -> Result<u64, FeedError> {
-        if after.generation != self.generation {
+        if after.generation != self.generation() {
             return Err(FeedError::OtherGeneration {
-                ours: self.generation,
+                ours: self.generation(),
             });
         }
         let horizon = self.horizon();
@@ -324,7 +336,7 @@ impl Feed {
         match e {
             log::ReadError::Gone { oldest } => FeedError::Gone {
                 oldest: oldest
-                    .map(|l| Position::after_record(self.generation, l.saturating_sub(1))),
+                    .map(|l| Position::after_record(self.generation(), l.saturating_sub(1))),
             },
             log::ReadError::Io(m) => FeedError::Log(m),
         }
@@ -364,7 +376,7 @@ impl Feed {
                 .map_err(|e| FeedError::Log(format!("record {}: {e}", r.lsn)))?;
             for (i, change) in decoded.changes.into_iter().enumerate() {
                 let position = Position {
-                    generation: self.generation,
+                    generation: self.generation(),
                     lsn: r.lsn,
                     index: i as u32,
                 };
@@ -383,7 +395,7 @@ impl Feed {
                     }
                 }
             }
-            page.next = Position::after_record(self.generation, r.lsn);
+            page.next = Position::after_record(self.generation(), r.lsn);
         }
         Ok(page)
     }
@@ -416,7 +428,7 @@ impl Feed {
         .map_err(|e| self.read_failed(e))?;
         let next = records
             .last()
-            .map_or(after, |r| Position::after_record(self.generation, r.lsn));
+            .map_or(after, |r| Position::after_record(self.generation(), r.lsn));
         let frames = records
             .into_iter()
             .map(|r| {

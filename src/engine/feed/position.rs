@@ -57,17 +57,82 @@ impl Generation {
     /// temporary file, synced, renamed over the old one, the directory synced.
     pub fn renew(dir: &Path) -> std::io::Result<Generation> {
         let g = Generation::fresh();
-        let tmp = dir.join(format!("{GENERATION_FILE}.tmp"));
-        {
-            use std::io::Write;
-            let mut f = crate::engine::private::create_file(&tmp)?;
-            f.write_all(format!("{g}\n").as_bytes())?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, dir.join(GENERATION_FILE))?;
-        std::fs::File::open(dir)?.sync_all()?;
+        Lineage::store(dir, None)?;
+        g.store(dir)?;
         Ok(g)
     }
+
+    /// Makes `self` the generation of `dir` (durably).
+    pub fn store(self, dir: &Path) -> std::io::Result<()> {
+        write_synced(dir, GENERATION_FILE, &format!("{self}\n"))
+    }
+}
+
+/// The store's generation as it is now: fixed while the store runs, except that a standby's
+/// promotion starts a new one ([`crate::store::follow`]). Shared by the feed and its cursors.
+#[derive(Debug)]
+pub struct GenerationCell(std::sync::atomic::AtomicU64);
+
+impl GenerationCell {
+    pub fn new(g: Generation) -> GenerationCell {
+        GenerationCell(std::sync::atomic::AtomicU64::new(g.0))
+    }
+    pub fn get(&self) -> Generation {
+        Generation(self.0.load(std::sync::atomic::Ordering::Acquire))
+    }
+    pub(crate) fn set(&self, g: Generation) {
+        self.0.store(g.0, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Where a generation came from: the generation before it and the last record they share. A
+/// box restored from the hub, or a standby promoted, continues its predecessor's history up to
+/// that record, so the streams its predecessor fed can be continued from there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lineage {
+    pub previous: Generation,
+    pub through_lsn: u64,
+}
+
+/// The file that holds a generation's [`Lineage`] (`<previous> <through_lsn>`), when it has one.
+pub const LINEAGE_FILE: &str = "LINEAGE";
+
+impl Lineage {
+    /// The lineage recorded in `dir`, if any (a file that does not parse is none).
+    pub fn load(dir: &Path) -> Option<Lineage> {
+        let text = std::fs::read_to_string(dir.join(LINEAGE_FILE)).ok()?;
+        let (g, l) = text.trim().split_once(' ')?;
+        Some(Lineage {
+            previous: g.parse().ok()?,
+            through_lsn: l.parse().ok()?,
+        })
+    }
+
+    /// Records `lineage` (or removes any) for `dir`'s generation, durably.
+    pub fn store(dir: &Path, lineage: Option<Lineage>) -> std::io::Result<()> {
+        let path = dir.join(LINEAGE_FILE);
+        match lineage {
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+            Some(l) => write_synced(dir, LINEAGE_FILE, &format!("{} {}\n", l.previous, l.through_lsn)),
+        }
+    }
+}
+
+/// Writes `name` in `dir`: a temporary file, synced, renamed over the old one, the directory
+/// synced.
+fn write_synced(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{name}.tmp"));
+    {
+        let mut f = crate::engine::private::create_file(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// A change's place: the record's LSN and the change's index within the record, in one

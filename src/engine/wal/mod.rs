@@ -70,6 +70,9 @@ pub enum WalError {
     Closed,
     #[error("a batch of {0} bytes is larger than one log record can hold (1 GiB)")]
     TooLarge(usize),
+    /// A copied record is not the next one this log holds ([`Wal::append_copy`]).
+    #[error("log record {got} arrived where record {expected} was due")]
+    OutOfOrder { expected: u64, got: u64 },
 }
 
 impl WalError {
@@ -200,7 +203,41 @@ impl Wal {
         }
         // An empty record would start with eight zero bytes, which recovery reads as the end.
         debug_assert!(!payload.is_empty());
-        let crc = crc32fast::hash(payload);
+        self.append_inner(shard, kind, payload, ops, crc32fast::hash(payload), None)
+    }
+
+    /// Appends a record copied from another box's log (a standby's): it must be the next LSN
+    /// this log holds, with its own payload checksum. Nothing is appended otherwise.
+    pub fn append_copy(
+        &self,
+        lsn: u64,
+        shard: usize,
+        kind: Kind,
+        payload: &[u8],
+        crc: u32,
+    ) -> Result<(), WalError> {
+        if payload.is_empty() || payload.len() > frame::PAYLOAD_BYTES_MAX {
+            return Err(WalError::TooLarge(payload.len()));
+        }
+        if shard >= self.shared.oldest_lsn.len() {
+            return Err(WalError::Failed(StorageFailure::other(format!(
+                "a copied record names shard {shard}; this store has {}",
+                self.shared.oldest_lsn.len()
+            ))));
+        }
+        self.append_inner(shard, kind, payload, 1, crc, Some(lsn))
+            .map(|_| ())
+    }
+
+    fn append_inner(
+        &self,
+        shard: usize,
+        kind: Kind,
+        payload: &[u8],
+        ops: u64,
+        crc: u32,
+        expect: Option<u64>,
+    ) -> Result<u64, WalError> {
         let sh = &self.shared;
         let mut st = lock(&sh.state);
         if let Some(f) = &st.failure {
@@ -208,6 +245,12 @@ impl Wal {
         }
         if st.stop {
             return Err(WalError::Closed);
+        }
+        if let Some(got) = expect.filter(|l| *l != st.next_lsn) {
+            return Err(WalError::OutOfOrder {
+                expected: st.next_lsn,
+                got,
+            });
         }
         let lsn = st.next_lsn;
         st.next_lsn += 1;

@@ -315,6 +315,7 @@ where
         if length == Length::Stream && version == Version::HTTP_10 {
             *keep_alive = false; // the end of the body is the end of the connection
         }
+        let position = self.state.store.engine().position();
         encode::head(
             &mut self.out,
             version,
@@ -323,6 +324,7 @@ where
             length,
             *keep_alive,
             request_id,
+            (position.generation.0, position.lsn),
         );
         if !with_body {
             return self.flush_unless_pipelined(*keep_alive).await;

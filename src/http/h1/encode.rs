@@ -24,8 +24,10 @@ pub fn may_have_body(status: StatusCode) -> bool {
         || status == StatusCode::NOT_MODIFIED)
 }
 
-/// Writes a response head, with `x-request-id: <request_id>`. `keep_alive` false adds
-/// `connection: close` (HTTP/1.1); true on HTTP/1.0 adds `connection: keep-alive`.
+/// Writes a response head, with `x-request-id: <request_id>` and `shardbox-position:
+/// <generation>:<lsn>` (what the answer reflects). `keep_alive` false adds `connection: close`
+/// (HTTP/1.1); true on HTTP/1.0 adds `connection: keep-alive`.
+#[allow(clippy::too_many_arguments)]
 pub fn head(
     out: &mut Vec<u8>,
     version: Version,
@@ -34,6 +36,7 @@ pub fn head(
     length: Length,
     keep_alive: bool,
     request_id: &[u8],
+    position: (u64, u64),
 ) {
     out.extend_from_slice(if version == Version::HTTP_10 {
         b"HTTP/1.0 "
@@ -76,6 +79,14 @@ pub fn head(
     }
     out.extend_from_slice(b"x-request-id: ");
     out.extend_from_slice(request_id);
+    out.extend_from_slice(b"\r\nshardbox-position: ");
+    let mut hex = [0u8; 16];
+    for (i, b) in hex.iter_mut().enumerate() {
+        *b = b"0123456789abcdef"[((position.0 >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out.extend_from_slice(&hex);
+    out.push(b':');
+    out.extend_from_slice(itoa::Buffer::new().format(position.1).as_bytes());
     out.extend_from_slice(b"\r\ndate: ");
     date(out);
     out.extend_from_slice(b"\r\n\r\n");
@@ -146,6 +157,7 @@ mod tests {
             length,
             keep_alive,
             id,
+            (0xab, 42),
         );
         String::from_utf8(out).unwrap()
     }
@@ -153,7 +165,7 @@ mod tests {
     #[test]
     fn heads() {
         let text = head_text(Version::HTTP_11, Length::Known(5), true, b"r1");
-        assert!(text.starts_with("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\nx-request-id: r1\r\ndate: "), "{text}");
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\nx-request-id: r1\r\nshardbox-position: 00000000000000ab:42\r\ndate: "), "{text}");
         assert!(text.ends_with(" GMT\r\n\r\n"), "{text}");
         let text = head_text(Version::HTTP_10, Length::Stream, false, b"r");
         assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");

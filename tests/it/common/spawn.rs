@@ -17,9 +17,28 @@ pub fn spawn_shardbox_bin(
     dir: &Path,
     env: &[(String, String)],
 ) -> Result<(Child, SocketAddr), String> {
+    spawn_shardbox_as(bin, "serve", dir, env)
+}
+
+/// As [`spawn_shardbox`], with another command that serves (`follow`).
+#[allow(dead_code)] // the bench suite shares this file and does not use it
+pub fn spawn_shardbox_cmd(
+    command: &str,
+    dir: &Path,
+    env: &[(String, String)],
+) -> Result<(Child, SocketAddr), String> {
+    spawn_shardbox_as(Path::new(env!("CARGO_BIN_EXE_shardbox")), command, dir, env)
+}
+
+fn spawn_shardbox_as(
+    bin: &Path,
+    command: &str,
+    dir: &Path,
+    env: &[(String, String)],
+) -> Result<(Child, SocketAddr), String> {
     let mut cmd = Command::new(bin);
     cmd.args([
-        "serve",
+        command,
         "--listen",
         "127.0.0.1:0",
         "--log-format",

@@ -1,0 +1,635 @@
+//! A warm standby (`shardbox follow`) and its promotion.
+//!
+//! A standby is a box restored from the hub (`restore --from-nats`, keeping the primary's
+//! generation) that goes on copying the primary's log stream (`ship_log`): each record's frame
+//! is appended to its own log at the same LSN and applied to its shard as it is — the replay a
+//! start does, live ([`crate::engine::Engine::replicate`]). Its answers carry the position they
+//! reflect (`Shardbox-Position`), reads may wait for one (`min_position`), and every write is a
+//! 409 `standby` naming the primary. Nothing that runs by itself (sweeps, timers, cron,
+//! retention, sinks) runs on a standby: it would write.
+//!
+//! **Promotion** ([`Standby::promote`]) stops copying once the standby holds everything the
+//! stream holds, then publishes a mark to the log stream with `Nats-Expected-Last-Sequence` of
+//! the last message it applied: if the old primary published anything since, JetStream refuses
+//! the mark and the standby copies that too and tries again. Once the mark is in, the stream is
+//! the new primary's: it starts a new generation continuing the old one up to the mark
+//! ([`crate::engine::feed::position::Lineage`]), records itself in the key-value bucket
+//! `<stream>_<box>_ROLE` (key `primary`), takes writes and starts its sinks, which go on from
+//! the mark. An old primary that comes back finds the streams continued by another generation
+//! and that bucket naming it: it is fenced (every write a 409 `fenced`) — its own next publish
+//! would fail the stream's expected-last-sequence check anyway.
+
+use super::snapshot::{self, Assembler, Step, PROMOTED_HEADER};
+use super::Store;
+use crate::base::config::NatsSinkConfig;
+use crate::engine::feed::position::Lineage;
+use crate::engine::feed::{Generation, Position};
+use async_nats::jetstream;
+use futures_util::StreamExt;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The key of the role bucket that names the box's primary.
+pub const ROLE_KEY: &str = "primary";
+/// Copied records handed to the writers and not yet applied, at most.
+const WINDOW: usize = 256;
+/// Longest pause between two attempts after an error.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How often a promotion tries to put its mark after the primary's last record.
+const PROMOTE_TRIES: usize = 20;
+
+/// What a standby is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    Connecting = 0,
+    Following = 1,
+    Disconnected = 2,
+    /// It cannot go on (its log and the stream's do not continue each other, or a record did
+    /// not apply): rebuild it.
+    Stopped = 3,
+    Promoting = 4,
+    /// It is the primary now.
+    Promoted = 5,
+}
+
+impl State {
+    pub const ALL: [State; 6] = [
+        State::Connecting,
+        State::Following,
+        State::Disconnected,
+        State::Stopped,
+        State::Promoting,
+        State::Promoted,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Connecting => "connecting",
+            State::Following => "following",
+            State::Disconnected => "disconnected",
+            State::Stopped => "stopped",
+            State::Promoting => "promoting",
+            State::Promoted => "promoted",
+        }
+    }
+    fn from_u8(v: u8) -> State {
+        State::ALL
+            .into_iter()
+            .find(|s| *s as u8 == v)
+            .unwrap_or(State::Disconnected)
+    }
+}
+
+/// Why a copying session ended.
+enum End {
+    Retry(String),
+    /// The standby cannot go on: an operator rebuilds it.
+    Stopped(String),
+    /// Asked to stop (a promotion, or the server's shutdown).
+    Stop,
+}
+
+/// What a promotion did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Promoted {
+    /// The new generation, and the one it continues up to `through_lsn`.
+    pub generation: String,
+    pub previous: String,
+    pub through_lsn: u64,
+    /// The log stream's sequence of the promotion's mark.
+    pub mark_sequence: u64,
+    /// From the request to taking writes.
+    pub took_ms: u64,
+}
+
+/// Why a promotion did not happen: the HTTP status, the error code, what to do.
+pub type PromoteError = (u16, &'static str, String);
+
+/// A standby and what it reports (status, metrics, `/readyz`).
+pub struct Standby {
+    pub cfg: NatsSinkConfig,
+    state: AtomicU8,
+    /// The log stream's sequence of the last message applied, and the stream's last sequence
+    /// as last seen.
+    applied_seq: AtomicU64,
+    hub_seq: AtomicU64,
+    /// When the standby last held everything the stream held (ms), for its lag in time.
+    caught_up_ms: AtomicU64,
+    pub applied_total: AtomicU64,
+    pub errors_total: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    /// Set to stop copying (a promotion); `exited` says the copying task is gone.
+    stop: tokio::sync::watch::Sender<bool>,
+    exited: tokio::sync::watch::Sender<bool>,
+    /// One promotion at a time; what the last one did.
+    promoting: tokio::sync::Mutex<Option<Promoted>>,
+    /// `/readyz` says ready while the lag is at most this.
+    pub ready_lag_ms: u64,
+}
+
+/// The key-value bucket that names a box's primary.
+pub fn role_bucket(cfg: &NatsSinkConfig) -> String {
+    format!("{}_{}_ROLE", cfg.stream, cfg.box_name)
+}
+
+/// The role bucket's record: which generation is the box's primary, and what it continues.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Role {
+    pub generation: String,
+    pub previous: String,
+    pub through_lsn: u64,
+    pub at_ms: u64,
+}
+
+/// The box's primary as the hub's role bucket names it (`None`: no standby was ever promoted).
+pub async fn role(js: &jetstream::Context, cfg: &NatsSinkConfig) -> Result<Option<Role>, String> {
+    let kv = match js.get_key_value(role_bucket(cfg)).await {
+        Ok(kv) => kv,
+        Err(e) if e.kind() == jetstream::context::KeyValueErrorKind::GetBucket => return Ok(None),
+        Err(e) => return Err(format!("bucket {}: {e}", role_bucket(cfg))),
+    };
+    match kv.get(ROLE_KEY).await {
+        Ok(Some(v)) => serde_json::from_slice::<Role>(&v)
+            .map(Some)
+            .map_err(|e| format!("bucket {} key {ROLE_KEY}: {e}", role_bucket(cfg))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(format!("bucket {}: {e}", role_bucket(cfg))),
+    }
+}
+
+impl Standby {
+    pub fn new(cfg: NatsSinkConfig, ready_lag_ms: u64) -> Standby {
+        Standby {
+            cfg,
+            state: AtomicU8::new(State::Connecting as u8),
+            applied_seq: AtomicU64::new(0),
+            hub_seq: AtomicU64::new(0),
+            caught_up_ms: AtomicU64::new(0),
+            applied_total: AtomicU64::new(0),
+            errors_total: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            stop: tokio::sync::watch::channel(false).0,
+            exited: tokio::sync::watch::channel(false).0,
+            promoting: tokio::sync::Mutex::new(None),
+            ready_lag_ms,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    fn set_state(&self, s: State) {
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+
+    fn note_error(&self, e: &str) {
+        self.errors_total.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+    }
+
+    /// Messages of the log stream not applied yet (as of the last one seen), and for how long
+    /// the standby has not held everything (0 when it does).
+    pub fn lag(&self, now_ms: u64) -> (u64, u64) {
+        let behind = self
+            .hub_seq
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.applied_seq.load(Ordering::Relaxed));
+        let since = self.caught_up_ms.load(Ordering::Relaxed);
+        let ms = if behind == 0 || since == 0 {
+            0
+        } else {
+            now_ms.saturating_sub(since)
+        };
+        (behind, ms)
+    }
+
+    /// Whether `/readyz` says ready: copying, and at most `ready_lag_ms` behind (a promoted
+    /// standby is a primary: ready).
+    pub fn ready(&self, now_ms: u64) -> Result<(), String> {
+        match self.state() {
+            State::Promoted => Ok(()),
+            State::Following => {
+                let (records, ms) = self.lag(now_ms);
+                if ms <= self.ready_lag_ms {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the standby is {records} messages and {ms} ms behind its primary (ready_lag_ms {})",
+                        self.ready_lag_ms
+                    ))
+                }
+            }
+            s => Err(format!(
+                "the standby is {}{}",
+                s.name(),
+                self.last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            )),
+        }
+    }
+
+    pub fn status_json(&self, store: &Store) -> serde_json::Value {
+        let engine = store.engine();
+        let (records, ms) = self.lag(engine.now_ms());
+        let promoted = self
+            .promoting
+            .try_lock()
+            .ok()
+            .and_then(|p| p.clone());
+        serde_json::json!({
+            "primary": self.cfg.box_name,
+            "stream": self.cfg.log_stream_name(),
+            "state": self.state().name(),
+            "applied": engine.position().to_string(),
+            "applied_sequence": self.applied_seq.load(Ordering::Relaxed),
+            "hub_sequence": self.hub_seq.load(Ordering::Relaxed),
+            "lag_records": records,
+            "lag_ms": ms,
+            "applied_total": self.applied_total.load(Ordering::Relaxed),
+            "errors_total": self.errors_total.load(Ordering::Relaxed),
+            "last_error": *self.last_error.lock().unwrap_or_else(|p| p.into_inner()),
+            "promoted": promoted,
+        })
+    }
+
+    /// Copies the primary's log until stopped (a promotion, the server's stop) or until it
+    /// cannot go on.
+    pub async fn run(self: Arc<Self>, store: Store) {
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let end = self.session(&store).await;
+            let message = match end {
+                End::Stop => break,
+                End::Stopped(m) => {
+                    tracing::error!(error = %m, "standby: cannot go on copying the primary's log; rebuild it (`shardbox follow` on an empty directory)");
+                    self.note_error(&m);
+                    self.set_state(State::Stopped);
+                    break;
+                }
+                End::Retry(m) => m,
+            };
+            self.note_error(&message);
+            self.set_state(State::Disconnected);
+            tracing::warn!(error = %message, "standby: copying stopped; trying again");
+            let mut stop = self.stop.subscribe();
+            let stopped = tokio::select! {
+                _ = tokio::time::sleep(pause) => false,
+                _ = async { stop.wait_for(|s| *s).await.is_ok() } => true,
+                _ = store.engine().stopping() => true,
+            };
+            if stopped {
+                break;
+            }
+            pause = (pause * 2).min(BACKOFF_MAX);
+        }
+        self.exited.send_replace(true);
+    }
+
+    /// One connection: from the first record this box lacks, every message of the log stream,
+    /// in order, applied as it comes (up to [`WINDOW`] at once). Whatever ends it, the records
+    /// handed to the writers are waited for first, so what `applied` says is always held.
+    async fn session(&self, store: &Store) -> End {
+        self.set_state(State::Connecting);
+        let engine = store.engine();
+        let client = match super::sink::connect(&self.cfg, None).await {
+            Ok(c) => c,
+            Err(e) => return End::Retry(e),
+        };
+        let js = jetstream::new(client);
+        let name = self.cfg.log_stream_name();
+        let mut stream = match js.get_stream(&name).await {
+            Ok(s) => s,
+            Err(e) => return End::Retry(format!("stream {name}: {e}")),
+        };
+        let info = match stream.info().await {
+            Ok(i) => i.clone(),
+            Err(e) => return End::Retry(format!("stream {name}: {e}")),
+        };
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        self.hub_seq.store(last, Ordering::Relaxed);
+        let next = engine.wal().written_lsn() + 1;
+        // From the record before the first one needed: a promotion's mark right after it is
+        // seen (it carries that record's LSN).
+        let start = if last == 0 || last < first {
+            last + 1
+        } else {
+            match snapshot::seq_at_or_after(&stream, &name, first, last, next.saturating_sub(1)).await {
+                Ok(s) => s,
+                Err(e) => return End::Retry(e),
+            }
+        };
+        if start == first && first > 1 && last >= first {
+            // The stream's first message may already be past what this box holds.
+            match stream.get_raw_message(first).await {
+                Ok(m) => {
+                    let lsn = m
+                        .headers
+                        .get("Shardbox-Position")
+                        .and_then(|p| p.as_str().parse::<Position>().ok())
+                        .map_or(0, |p| p.lsn);
+                    if lsn > next {
+                        return End::Stopped(format!(
+                            "stream {name} begins at record {lsn}; this standby needs {next} on: the hub no longer holds them (max_age)"
+                        ));
+                    }
+                }
+                Err(e) => return End::Retry(format!("stream {name} message {first}: {e}")),
+            }
+        }
+        let consumer = match stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start.max(1),
+                },
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => return End::Retry(format!("a consumer of stream {name}: {e}")),
+        };
+        let mut messages = match consumer.messages().await {
+            Ok(m) => m,
+            Err(e) => return End::Retry(format!("reading stream {name}: {e}")),
+        };
+        self.set_state(State::Following);
+        if self.applied_seq.load(Ordering::Relaxed) >= last || start > last {
+            self.applied_seq.store(last.max(start - 1), Ordering::Relaxed);
+        }
+        if self.caught_up_ms.load(Ordering::Relaxed) == 0 {
+            self.caught_up_ms.store(engine.now_ms(), Ordering::Relaxed);
+        }
+        let mut asm = Assembler::new(engine.feed().generation(), next);
+        // Handed to a writer, not yet applied: (lsn, stream sequence, outcome).
+        type Outcome = tokio::sync::oneshot::Receiver<Result<(), crate::engine::EngineError>>;
+        let mut pending: VecDeque<(u64, u64, Outcome)> = VecDeque::new();
+        let mut stop = self.stop.subscribe();
+        let stopping = engine.stopping();
+        tokio::pin!(stopping);
+        let end = loop {
+            tokio::select! {
+                biased;
+                _ = async { stop.wait_for(|s| *s).await.is_ok() } => break End::Stop,
+                _ = &mut stopping => break End::Stop,
+                done = async { (&mut pending.front_mut().expect("pending is not empty").2).await },
+                    if !pending.is_empty() => {
+                    let Some((lsn, seq, _)) = pending.pop_front() else { continue };
+                    match done {
+                        Ok(Ok(())) => self.applied(store, lsn, seq),
+                        Ok(Err(e)) => break End::Stopped(format!("record {lsn} did not apply: {e}")),
+                        Err(_) => break End::Stop,
+                    }
+                }
+                m = messages.next(), if pending.len() < WINDOW => {
+                    let m = match m {
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => break End::Retry(format!("reading stream {name}: {e}")),
+                        None => break End::Retry(format!("stream {name} ended")),
+                    };
+                    let (seq, behind) = match m.info() {
+                        Ok(i) => (i.stream_sequence, i.pending),
+                        Err(e) => break End::Retry(format!("a message of stream {name}: {e}")),
+                    };
+                    self.hub_seq.fetch_max(seq + behind, Ordering::Relaxed);
+                    let headers = m.headers.clone().unwrap_or_default();
+                    match asm.take(&headers, &m.payload, seq) {
+                        Err(e) => break End::Stopped(e),
+                        Ok(Step::Skip) => {
+                            if pending.is_empty() {
+                                self.applied(store, engine.position().lsn, seq);
+                            }
+                        }
+                        Ok(Step::Frame(lsn, frame)) => match engine.replicate(&frame).await {
+                            Ok(rx) => pending.push_back((lsn, seq, rx)),
+                            Err(e) => break End::Stopped(format!("record {lsn}: {e}")),
+                        },
+                        Ok(Step::Promoted { generation, through }) => {
+                            // Another standby took over where this one is: it follows the new
+                            // primary, in its generation.
+                            while let Some((lsn, seq, rx)) = pending.pop_front() {
+                                match rx.await {
+                                    Ok(Ok(())) => self.applied(store, lsn, seq),
+                                    _ => return End::Stopped(format!("record {lsn} did not apply")),
+                                }
+                            }
+                            let previous = engine.feed().generation();
+                            if let Err(e) = engine.switch_generation(generation, Lineage { previous, through_lsn: through }) {
+                                break End::Stopped(e.to_string());
+                            }
+                            tracing::info!(%generation, %previous, through, "standby: its primary's box was taken over by a promoted standby; following the new primary");
+                            self.applied(store, through, seq);
+                        }
+                    }
+                }
+            }
+        };
+        // What was handed to the writers is held before anything else happens.
+        while let Some((lsn, seq, rx)) = pending.pop_front() {
+            match rx.await {
+                Ok(Ok(())) => self.applied(store, lsn, seq),
+                Ok(Err(e)) => return End::Stopped(format!("record {lsn} did not apply: {e}")),
+                Err(_) => return End::Stop,
+            }
+        }
+        end
+    }
+
+    /// Record `lsn` (stream sequence `seq`) and everything before it are applied.
+    fn applied(&self, store: &Store, lsn: u64, seq: u64) {
+        let engine = store.engine();
+        engine.set_standby_applied(Some(lsn));
+        self.applied_seq.fetch_max(seq, Ordering::Relaxed);
+        self.applied_total.fetch_add(1, Ordering::Relaxed);
+        if self.applied_seq.load(Ordering::Relaxed) >= self.hub_seq.load(Ordering::Relaxed) {
+            self.caught_up_ms.store(engine.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Makes this standby the primary ([`crate::store::follow`]'s promotion).
+    pub async fn promote(self: &Arc<Self>, store: &Store) -> Result<Promoted, PromoteError> {
+        let started = std::time::Instant::now();
+        let Ok(mut done) = self.promoting.try_lock() else {
+            return Err((409, "promotion_running", "a promotion is already running".into()));
+        };
+        if let Some(p) = done.as_ref() {
+            return Err((
+                409,
+                "already_primary",
+                format!("this box was promoted already (generation {})", p.generation),
+            ));
+        }
+        if self.state() == State::Stopped {
+            return Err((
+                409,
+                "standby_stopped",
+                "this standby stopped copying (see /v1/status): it may lack records its primary acknowledged; rebuild it".into(),
+            ));
+        }
+        // Stop copying; what was handed to the writers is applied first.
+        self.stop.send_replace(true);
+        let mut exited = self.exited.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(30), exited.wait_for(|e| *e)).await;
+        self.set_state(State::Promoting);
+        let result = self.take_over(store).await;
+        match result {
+            Ok(mut p) => {
+                p.took_ms = started.elapsed().as_millis() as u64;
+                self.set_state(State::Promoted);
+                tracing::info!(generation = %p.generation, previous = %p.previous, through = p.through_lsn, took_ms = p.took_ms, "standby promoted: this box is the primary");
+                *done = Some(p.clone());
+                store.start_primary_tasks();
+                Ok(p)
+            }
+            Err(e) => {
+                // Back to copying.
+                self.note_error(&e.2);
+                self.stop.send_replace(false);
+                self.exited.send_replace(false);
+                tokio::spawn(self.clone().run(store.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies what the stream holds after this box, puts the promotion's mark after it (again
+    /// while the old primary adds more), then switches this box to its new generation.
+    async fn take_over(&self, store: &Store) -> Result<Promoted, PromoteError> {
+        let unavailable = |e: String| (503, "hub_unavailable", e);
+        let engine = store.engine();
+        let client = super::sink::connect(&self.cfg, None)
+            .await
+            .map_err(unavailable)?;
+        let js = jetstream::new(client);
+        let name = self.cfg.log_stream_name();
+        let mut stream = js
+            .get_stream(&name)
+            .await
+            .map_err(|e| unavailable(format!("stream {name}: {e}")))?;
+        let previous = engine.feed().generation();
+        for _ in 0..PROMOTE_TRIES {
+            let info = stream
+                .info()
+                .await
+                .map_err(|e| unavailable(format!("stream {name}: {e}")))?
+                .clone();
+            let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+            let next = engine.wal().written_lsn() + 1;
+            if last >= first && last > 0 {
+                let from = snapshot::seq_at_or_after(&stream, &name, first, last, next.saturating_sub(1))
+                    .await
+                    .map_err(unavailable)?;
+                let mut asm = Assembler::new(previous, next);
+                for seq in from..=last {
+                    let m = stream
+                        .get_raw_message(seq)
+                        .await
+                        .map_err(|e| unavailable(format!("stream {name} message {seq}: {e}")))?;
+                    match asm.take(&m.headers, &m.payload, seq) {
+                        Err(e) => return Err((409, "standby_stopped", e)),
+                        Ok(Step::Skip) => {}
+                        Ok(Step::Promoted { generation, .. }) => {
+                            return Err((
+                                409,
+                                "already_promoted",
+                                format!("another standby was promoted (generation {generation}): this one follows an old primary; rebuild it"),
+                            ))
+                        }
+                        Ok(Step::Frame(lsn, frame)) => {
+                            let rx = engine
+                                .replicate(&frame)
+                                .await
+                                .map_err(|e| (500, "standby_stopped", format!("record {lsn}: {e}")))?;
+                            match rx.await {
+                                Ok(Ok(())) => self.applied(store, lsn, seq),
+                                _ => {
+                                    return Err((500, "standby_stopped", format!("record {lsn} did not apply")))
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            // Everything the stream held is here: the mark goes right after it, or not at all.
+            let through = engine.wal().written_lsn();
+            let generation = Generation::fresh();
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                "Nats-Msg-Id",
+                format!("{}:promote:{generation}", self.cfg.box_name).as_str(),
+            );
+            headers.insert("Nats-Expected-Last-Sequence", last.to_string().as_str());
+            headers.insert(
+                "Shardbox-Position",
+                Position::after_record(generation, through).to_string().as_str(),
+            );
+            headers.insert(PROMOTED_HEADER, format!("{previous}:{through}").as_str());
+            let sent = js
+                .publish_with_headers(self.cfg.log_subject(), headers, bytes::Bytes::new())
+                .await
+                .map_err(|e| unavailable(format!("publishing the promotion's mark: {e}")))?
+                .await;
+            let ack = match sent {
+                Ok(ack) => ack,
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                    // The old primary wrote more meanwhile: copy it too, and try again.
+                    continue;
+                }
+                Err(e) => return Err(unavailable(format!("the promotion's mark: {e}"))),
+            };
+            let lineage = Lineage {
+                previous,
+                through_lsn: through,
+            };
+            engine
+                .switch_generation(generation, lineage)
+                .map_err(|e| (500, "internal", e.to_string()))?;
+            let role = Role {
+                generation: generation.to_string(),
+                previous: previous.to_string(),
+                through_lsn: through,
+                at_ms: engine.now_ms(),
+            };
+            put_role(&js, &self.cfg, &role).await.map_err(unavailable)?;
+            engine.set_standby_applied(None);
+            engine.clear_read_only();
+            return Ok(Promoted {
+                generation: generation.to_string(),
+                previous: previous.to_string(),
+                through_lsn: through,
+                mark_sequence: ack.sequence,
+                took_ms: 0,
+            });
+        }
+        Err((
+            409,
+            "primary_still_writing",
+            format!("the primary kept writing to {name} through {PROMOTE_TRIES} attempts to take over: stop it first"),
+        ))
+    }
+}
+
+/// Records `role` as the box's primary in the role bucket (made when missing).
+async fn put_role(js: &jetstream::Context, cfg: &NatsSinkConfig, role: &Role) -> Result<(), String> {
+    let kv = js
+        .create_or_update_key_value(jetstream::kv::Config {
+            bucket: role_bucket(cfg),
+            history: 16,
+            num_replicas: cfg.replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("bucket {}: {e}", role_bucket(cfg)))?;
+    let body = serde_json::to_vec(role).map_err(|e| e.to_string())?;
+    kv.put(ROLE_KEY, body.into())
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("bucket {}: {e}", role_bucket(cfg)))
+}

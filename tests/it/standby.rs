@@ -1,0 +1,314 @@
+//! A warm standby (`shardbox follow`) against a real 3-node nats-server cluster on loopback:
+//! it copies its primary's log, serves reads read-only, answers with the position it reflects
+//! and waits for `min_position`; killed with SIGKILL under load, the primary is replaced by the
+//! promoted standby with every write, job and event it acknowledged (`ack = "hub"`), over
+//! several cycles (`STANDBY_TEST_CYCLES`, 3 by default; the closing figures use 20); the old
+//! primary, started again, is fenced and takes no write.
+
+use crate::common;
+use crate::sink::{config_file_with, export_lines};
+
+use common::nats::Cluster;
+use common::spawn::{spawn_shardbox, spawn_shardbox_cmd, KillOnDrop};
+use common::Client;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What a writer had acknowledged: KV keys and values, job ids, event ids.
+#[derive(Default, Debug)]
+struct Acked {
+    kv: BTreeMap<String, String>,
+    jobs: Vec<String>,
+    events: Vec<String>,
+}
+
+/// Writes KV values, jobs and events to `addr` until `stop` or until the server is gone,
+/// keeping what was acknowledged (a 2xx) in `acked`.
+async fn writer(addr: SocketAddr, tag: String, stop: Arc<AtomicBool>, acked: Arc<Mutex<Acked>>) {
+    let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await
+    else {
+        return;
+    };
+    let mut c = Client::connect(addr).await;
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let key = format!("{tag}-{i}");
+        let value = format!("v-{tag}-{i}");
+        let (path, body, kind) = match i % 3 {
+            0 => (format!("/v1/kv/cycle/{key}"), value.clone(), 0),
+            1 => (
+                "/v1/queues/work/jobs".to_string(),
+                json!({"payload": {"k": key}}).to_string(),
+                1,
+            ),
+            _ => (
+                "/v1/streams/ev/events".to_string(),
+                json!({"type": "t", "data": {"k": key}}).to_string(),
+                2,
+            ),
+        };
+        let method = if kind == 0 { "PUT" } else { "POST" };
+        let headers: &[(&str, &str)] = if kind == 0 {
+            &[]
+        } else {
+            &[("content-type", "application/json")]
+        };
+        let r = match tokio::time::timeout(
+            Duration::from_secs(10),
+            c.try_send(method, &path, headers, body),
+        )
+        .await
+        {
+            Ok(Ok(r)) => r,
+            _ => return, // the server is gone
+        };
+        if r.status >= 300 {
+            continue;
+        }
+        let mut a = acked.lock().unwrap();
+        match kind {
+            0 => {
+                a.kv.insert(key, value);
+            }
+            1 => a.jobs.push(r.json()["id"].as_str().unwrap().to_string()),
+            _ => a.events.extend(
+                r.json()["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_string()),
+            ),
+        }
+    }
+}
+
+async fn status(addr: SocketAddr) -> Option<Value> {
+    let mut c = tokio::time::timeout(Duration::from_secs(2), Client::connect(addr))
+        .await
+        .ok()?;
+    let r = c.try_send("GET", "/v1/status", &[], "").await.ok()?;
+    (r.status == 200).then(|| r.json())
+}
+
+/// Waits until the standby at `standby` has applied everything the primary at `primary` wrote
+/// (the same `Shardbox-Position`).
+async fn same_position(primary: SocketAddr, standby: SocketAddr) -> String {
+    let mut c = Client::connect(primary).await;
+    let at = c
+        .get("/healthz")
+        .await
+        .header("shardbox-position")
+        .unwrap()
+        .to_string();
+    // A read that waits for it.
+    let mut s = Client::connect(standby).await;
+    let r = s.get(&format!("/v1/kv/cycle?min_position={at}")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = r.header("shardbox-position").unwrap().to_string();
+    let lsn = |p: &str| p.split(':').nth(1).unwrap().parse::<u64>().unwrap();
+    assert!(lsn(&got) >= lsn(&at), "{got} answers min_position {at}");
+    at
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_with_every_acknowledged_write_and_the_old_primary_is_fenced() {
+    let Some(cluster) = Cluster::start(3).await else {
+        eprintln!("skipped: no nats-server");
+        return;
+    };
+    let cycles: usize = std::env::var("STANDBY_TEST_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let env = config_file_with(
+        tmp.path(),
+        &cluster.urls(),
+        3,
+        "ship_log = true\nsnapshot_interval_ms = 0\nack = \"hub\"\nack_timeout_ms = 5000\n",
+    );
+    let (child, mut primary) = spawn_shardbox(&tmp.path().join("box-0"), &env).expect("start");
+    let mut primary_child = KillOnDrop(child);
+    let mut primary_dir = tmp.path().join("box-0");
+    let mut c = Client::connect(primary).await;
+    // Something before the snapshot, and the snapshot a standby starts from.
+    for i in 0..20 {
+        let r = c.put(&format!("/v1/kv/cycle/before-{i}"), "x").await;
+        assert!(r.status < 300, "{}", r.text());
+    }
+    let r = c.send("POST", "/v1/admin/snapshot", &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut acked_all = Acked::default();
+    let mut promote_ms = Vec::new();
+    for cycle in 0..cycles {
+        // A standby, rebuilt from the hub (snapshot, then the log through every earlier
+        // promotion), copying the primary as it writes.
+        let standby_dir = tmp.path().join(format!("box-{}", cycle + 1));
+        let (child, standby) =
+            spawn_shardbox_cmd("follow", &standby_dir, &env).expect("start the standby");
+        let standby_child = KillOnDrop(child);
+        common::eventually(60, "the standby follows", || async move {
+            let s = status(standby).await?;
+            (s["standby"]["state"] == "following").then_some(())
+        })
+        .await;
+        // Read-only, naming the primary.
+        let mut s = Client::connect(standby).await;
+        let r = s.put("/v1/kv/cycle/on-standby", "no").await;
+        assert_eq!(r.status, 409, "{}", r.text());
+        assert_eq!(r.json()["error"]["code"], "standby");
+        assert!(r.text().contains("edge-1"), "{}", r.text());
+
+        // A load, then a quiet moment: the standby at the primary's position holds what the
+        // primary holds, export for export.
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Acked::default()));
+        let w = tokio::spawn(writer(
+            primary,
+            format!("c{cycle}a"),
+            stop.clone(),
+            acked.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        stop.store(true, Ordering::Relaxed);
+        w.await.unwrap();
+        let at = same_position(primary, standby).await;
+        let mut pc = Client::connect(primary).await;
+        let theirs = export_lines(&mut pc).await;
+        let ours = export_lines(&mut s).await;
+        assert_eq!(
+            theirs.len(),
+            ours.len(),
+            "cycle {cycle} at {at}: as many records"
+        );
+        assert!(
+            theirs == ours,
+            "cycle {cycle}: the standby's export differs at {at}"
+        );
+        // Read-your-writes across boxes: a write's position, asked of the standby.
+        let r = pc.put("/v1/kv/cycle/ryw", &format!("c{cycle}")).await;
+        assert!(r.status < 300, "{}", r.text());
+        let pos = r.header("shardbox-position").unwrap().to_string();
+        let r = s.get(&format!("/v1/kv/cycle/ryw?min_position={pos}")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), format!("c{cycle}"));
+
+        // Under load, the primary killed.
+        let stop = Arc::new(AtomicBool::new(false));
+        let w = tokio::spawn(writer(
+            primary,
+            format!("c{cycle}b"),
+            stop.clone(),
+            acked.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let _ = primary_child.0.kill();
+        let _ = primary_child.0.wait();
+        stop.store(true, Ordering::Relaxed);
+        let _ = tokio::time::timeout(Duration::from_secs(15), w).await;
+
+        // Promoted: every acknowledged write is there.
+        let r = s.send("POST", "/v1/admin/promote", &[], "").await;
+        assert_eq!(r.status, 200, "cycle {cycle}: {}", r.text());
+        promote_ms.push(r.json()["took_ms"].as_u64().unwrap());
+        let acked = std::mem::take(&mut *acked.lock().unwrap());
+        assert!(
+            !acked.kv.is_empty() && !acked.jobs.is_empty() && !acked.events.is_empty(),
+            "a real load: {acked:?}"
+        );
+        let mut missing = Vec::new();
+        for (k, v) in &acked.kv {
+            let r = s.get(&format!("/v1/kv/cycle/{k}")).await;
+            if r.status != 200 || r.text() != *v {
+                missing.push(format!("kv {k}: {}", r.status));
+            }
+        }
+        for id in &acked.jobs {
+            let r = s.get(&format!("/v1/queues/work/jobs/{id}")).await;
+            if r.status != 200 {
+                missing.push(format!("job {id}: {}", r.status));
+            }
+        }
+        let r = s.get("/v1/streams/ev/events?limit=10000").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let have: std::collections::HashSet<String> = r.json()["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect();
+        let before = acked_all.events.len();
+        for id in acked_all.events.iter().chain(&acked.events) {
+            if !have.contains(id) {
+                missing.push(format!("event {id}"));
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "cycle {cycle}: acknowledged with ack = hub and lost in the promotion: {missing:?}"
+        );
+        // The new primary takes writes, in a new generation.
+        let r = s.put("/v1/kv/cycle/after-promotion", "yes").await;
+        assert!(r.status < 300, "{}", r.text());
+        assert!(
+            !r.header("shardbox-position")
+                .unwrap()
+                .starts_with(at.split(':').next().unwrap()),
+            "a new generation after the promotion"
+        );
+
+        // The old primary, started again on its directory: fenced, it takes no write.
+        let (child, old) = spawn_shardbox(&primary_dir, &env).expect("restart the old primary");
+        let _old_child = KillOnDrop(child);
+        let fenced = common::eventually(30, "the old primary is fenced", || async move {
+            let mut o = Client::connect(old).await;
+            let r = o.put("/v1/kv/cycle/from-the-old-primary", "no").await;
+            assert!(
+                r.status >= 400,
+                "the old primary acknowledged a write after the promotion: {}",
+                r.text()
+            );
+            (r.status == 409).then(|| r.json())
+        })
+        .await;
+        assert_eq!(fenced["error"]["code"], "fenced", "{fenced}");
+        let r = Client::connect(old).await.get("/readyz").await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        drop(_old_child);
+        let r = Client::connect(standby)
+            .await
+            .get("/v1/kv/cycle/from-the-old-primary")
+            .await;
+        assert_eq!(
+            r.status, 404,
+            "nothing of the old primary reached the new one"
+        );
+
+        acked_all.kv.extend(acked.kv);
+        acked_all.jobs.extend(acked.jobs);
+        acked_all.events.extend(acked.events);
+        assert!(acked_all.events.len() > before);
+        primary = standby;
+        primary_child = standby_child;
+        primary_dir = standby_dir;
+    }
+    // Every cycle's acknowledged writes, on the last primary.
+    let mut c = Client::connect(primary).await;
+    for (k, v) in &acked_all.kv {
+        let r = c.get(&format!("/v1/kv/cycle/{k}")).await;
+        assert_eq!((r.status, r.text()), (200, v.clone()), "kv {k}");
+    }
+    promote_ms.sort();
+    eprintln!(
+        "standby: {cycles} cycles, {} acknowledged KV writes, {} jobs, {} events, none lost; promote took {promote_ms:?} ms",
+        acked_all.kv.len(),
+        acked_all.jobs.len(),
+        acked_all.events.len()
+    );
+}
