@@ -54,6 +54,28 @@ pub enum PurgeTarget {
 }
 
 impl Generations {
+    /// A record copied from the primary set row `key` (namespace, NUL, tag) to `generation`
+    /// (a standby's follower, after the record's commit: [`crate::store::follow`]).
+    pub(crate) fn replayed(&self, key: &[u8], generation: u64) {
+        let Some(at) = key.iter().position(|b| *b == 0) else {
+            return;
+        };
+        let (Ok(ns), Ok(tag)) = (
+            std::str::from_utf8(&key[..at]),
+            std::str::from_utf8(&key[at + 1..]),
+        ) else {
+            return;
+        };
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let e = map.entry(ns.to_string()).or_default();
+        if tag.is_empty() {
+            e.ns = e.ns.max(generation);
+        } else {
+            let t = e.tags.entry(tag.to_string()).or_default();
+            *t = (*t).max(generation);
+        }
+    }
+
     /// Reads every shard's generations table.
     pub fn load(engine: &Engine) -> Result<Self, EngineError> {
         let mut map: HashMap<String, NsGenerations> = HashMap::new();

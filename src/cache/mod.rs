@@ -143,6 +143,11 @@ fn cache_key(ns: &str, key: &str) -> Vec<u8> {
 }
 
 impl Cache {
+    /// A record copied from the primary set a purge generation ([`gens::Generations`]).
+    pub(crate) fn replayed_generation(&self, key: &[u8], generation: u64) {
+        self.generations.replayed(key, generation);
+    }
+
     testing_pub! {
         /// Builds the cache (inside the tokio runtime, as foyer needs). The disk tier's directory is
         /// wiped first: the disk tier always starts empty.

@@ -280,6 +280,14 @@ impl Events {
         map.entry(stream.to_string()).or_default().clone()
     }
 
+    /// A record copied from the primary appended to `stream` (a standby's follower): its
+    /// followers and long polls wake as on the primary ([`crate::store::follow`]).
+    pub(crate) fn replayed(&self, stream: &[u8]) {
+        if let Ok(name) = std::str::from_utf8(stream) {
+            Self::wake(&self.followers, name);
+        }
+    }
+
     /// Wakes the followers of `stream`: run by the writer after the commit of an append, so
     /// they are woken even when the appending request goes away before its reply.
     fn wake(followers: &Mutex<HashMap<String, Arc<Notify>>>, stream: &str) {

@@ -153,6 +153,20 @@ pub struct Kv {
     cache: Option<Arc<read_cache::ReadCache>>,
 }
 
+impl Kv {
+    /// A record copied from the primary wrote stored key `sk` (`None`: dropped the table) —
+    /// a standby's read cache lets go of it, after the record's commit
+    /// ([`crate::store::follow`]).
+    pub(crate) fn replayed(&self, sk: Option<&[u8]>) {
+        if let Some(c) = &self.cache {
+            match sk {
+                Some(sk) => c.invalidate(sk),
+                None => c.invalidate_all(),
+            }
+        }
+    }
+}
+
 /// The limits the domain enforces itself (the HTTP layer enforces body sizes).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

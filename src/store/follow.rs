@@ -367,9 +367,9 @@ impl Standby {
             self.caught_up_ms.store(engine.now_ms(), Ordering::Relaxed);
         }
         let mut asm = Assembler::new(engine.feed().generation(), next);
-        // Handed to a writer, not yet applied: (lsn, stream sequence, outcome).
+        // Handed to a writer, not yet applied: (lsn, stream sequence, outcome, frame).
         type Outcome = tokio::sync::oneshot::Receiver<Result<(), crate::engine::EngineError>>;
-        let mut pending: VecDeque<(u64, u64, Outcome)> = VecDeque::new();
+        let mut pending: VecDeque<(u64, u64, Outcome, Vec<u8>)> = VecDeque::new();
         let mut stop = self.stop.subscribe();
         let stopping = engine.stopping();
         tokio::pin!(stopping);
@@ -380,9 +380,12 @@ impl Standby {
                 _ = &mut stopping => break End::Stop,
                 done = async { (&mut pending.front_mut().expect("pending is not empty").2).await },
                     if !pending.is_empty() => {
-                    let Some((lsn, seq, _)) = pending.pop_front() else { continue };
+                    let Some((lsn, seq, _, frame)) = pending.pop_front() else { continue };
                     match done {
-                        Ok(Ok(())) => self.applied(store, lsn, seq),
+                        Ok(Ok(())) => {
+                            after_apply(store, &frame);
+                            self.applied(store, lsn, seq)
+                        }
                         Ok(Err(e)) => break End::Stopped(format!("record {lsn} did not apply: {e}")),
                         Err(_) => break End::Stop,
                     }
@@ -407,15 +410,18 @@ impl Standby {
                             }
                         }
                         Ok(Step::Frame(lsn, frame)) => match engine.replicate(&frame).await {
-                            Ok(rx) => pending.push_back((lsn, seq, rx)),
+                            Ok(rx) => pending.push_back((lsn, seq, rx, frame)),
                             Err(e) => break End::Stopped(format!("record {lsn}: {e}")),
                         },
                         Ok(Step::Promoted { generation, through }) => {
                             // Another standby took over where this one is: it follows the new
                             // primary, in its generation.
-                            while let Some((lsn, seq, rx)) = pending.pop_front() {
+                            while let Some((lsn, seq, rx, frame)) = pending.pop_front() {
                                 match rx.await {
-                                    Ok(Ok(())) => self.applied(store, lsn, seq),
+                                    Ok(Ok(())) => {
+                                        after_apply(store, &frame);
+                                        self.applied(store, lsn, seq)
+                                    }
                                     _ => return End::Stopped(format!("record {lsn} did not apply")),
                                 }
                             }
@@ -431,9 +437,12 @@ impl Standby {
             }
         };
         // What was handed to the writers is held before anything else happens.
-        while let Some((lsn, seq, rx)) = pending.pop_front() {
+        while let Some((lsn, seq, rx, frame)) = pending.pop_front() {
             match rx.await {
-                Ok(Ok(())) => self.applied(store, lsn, seq),
+                Ok(Ok(())) => {
+                    after_apply(store, &frame);
+                    self.applied(store, lsn, seq)
+                }
                 Ok(Err(e)) => return End::Stopped(format!("record {lsn} did not apply: {e}")),
                 Err(_) => return End::Stop,
             }
@@ -547,7 +556,10 @@ impl Standby {
                                 .await
                                 .map_err(|e| (500, "standby_stopped", format!("record {lsn}: {e}")))?;
                             match rx.await {
-                                Ok(Ok(())) => self.applied(store, lsn, seq),
+                                Ok(Ok(())) => {
+                                    after_apply(store, &frame);
+                                    self.applied(store, lsn, seq)
+                                }
                                 _ => {
                                     return Err((500, "standby_stopped", format!("record {lsn} did not apply")))
                                 }
@@ -612,6 +624,49 @@ impl Standby {
             "primary_still_writing",
             format!("the primary kept writing to {name} through {PROMOTE_TRIES} attempts to take over: stop it first"),
         ))
+    }
+}
+
+/// What a domain keeps in memory beside its tables follows a record copied from the primary,
+/// once it is committed and before the standby says it holds it: the KV read cache lets go
+/// of the keys it wrote (after the commit, so a read that raced it cannot put the old value
+/// back), event followers wake, cache purge generations move.
+fn after_apply(store: &Store, frame_bytes: &[u8]) {
+    use crate::engine::redo::Op;
+    use crate::engine::wal::frame;
+    let Some(payload) = frame::parse_header(frame_bytes).and_then(|h| {
+        frame_bytes
+            .get(frame::RECORD_HEADER_BYTES..)
+            .and_then(|p| p.get(..h.len))
+    }) else {
+        return;
+    };
+    let Ok(ops) = crate::engine::redo::ops(payload) else {
+        return;
+    };
+    for op in ops {
+        match op {
+            Op::Put { name: "kv", key, .. } | Op::Del { name: "kv", key, .. } => {
+                store.kv().replayed(Some(key))
+            }
+            Op::Drop { name: "kv" } => store.kv().replayed(None),
+            Op::Put {
+                name: "ev_streams",
+                key,
+                ..
+            } => store.events().replayed(key),
+            Op::Put {
+                name: "cache_generations",
+                key,
+                value,
+                ..
+            } => {
+                if let (Some(cache), Ok(v)) = (store.cache_if_open(), <[u8; 8]>::try_from(value)) {
+                    cache.replayed_generation(key, u64::from_le_bytes(v));
+                }
+            }
+            _ => {}
+        }
     }
 }
 

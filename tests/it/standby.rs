@@ -191,7 +191,14 @@ async fn a_standby_takes_over_with_every_acknowledged_write_and_the_old_primary_
             theirs == ours,
             "cycle {cycle}: the standby's export differs at {at}"
         );
-        // Read-your-writes across boxes: a write's position, asked of the standby.
+        // Read-your-writes across boxes: a write's position, asked of the standby — whose
+        // read cache held the value before (read twice: the second is a cache hit).
+        let r = pc.put("/v1/kv/cycle/ryw", "old").await;
+        let pos = r.header("shardbox-position").unwrap().to_string();
+        for _ in 0..2 {
+            let r = s.get(&format!("/v1/kv/cycle/ryw?min_position={pos}")).await;
+            assert_eq!((r.status, r.text()), (200, "old".to_string()));
+        }
         let r = pc.put("/v1/kv/cycle/ryw", &format!("c{cycle}")).await;
         assert!(r.status < 300, "{}", r.text());
         let pos = r.header("shardbox-position").unwrap().to_string();
