@@ -244,6 +244,19 @@ impl Conn {
         Ok((status, body))
     }
 
+    /// Sends a whole pre-encoded HTTP request; returns (status, the response head, body).
+    pub async fn http_raw_head(
+        &mut self,
+        request: &[u8],
+    ) -> std::io::Result<(u16, String, Vec<u8>)> {
+        self.stream.write_all(request).await?;
+        let (status, start, len) = self.read_http_head().await?;
+        let head = String::from_utf8_lossy(&self.buf[..start]).into_owned();
+        let body = self.buf[start..start + len].to_vec();
+        self.consume(start + len);
+        Ok((status, head, body))
+    }
+
     /// Sends `n` pipelined RESP commands and reads `n` replies; false if any was an error.
     pub async fn resp_pipeline(&mut self, bytes: &[u8], n: usize) -> std::io::Result<bool> {
         self.stream.write_all(bytes).await?;

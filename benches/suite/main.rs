@@ -22,6 +22,7 @@ mod report;
 mod restart;
 mod sink;
 mod soak;
+mod standby;
 mod support;
 
 use support::{parse_opts, wanted};
@@ -131,6 +132,11 @@ pub const WORKLOADS: &[(&str, bool, &str)] = &[
         "NATS JetStream sink on a real 3-node cluster: PUT with and without, lag at 2,000/s, a --sink-outage-secs (60) outage drained",
     ),
     (
+        "standby",
+        false,
+        "a warm standby of a box shipping its log to a real 3-node cluster: up from the hub (--standby-mib, 64), lag at 2,000/s, promotion",
+    ),
+    (
         "soak",
         false,
         "mixed load for --soak-secs (1800): RSS, files, latency over time (SVG); only with --only soak",
@@ -157,6 +163,7 @@ fn main() {
     rt.block_on(abuse::overload(&o, &mut rows));
     rt.block_on(abuse::hostile(&o, &mut rows));
     rt.block_on(sink::sink_suite(&o, &mut rows));
+    rt.block_on(standby::standby_suite(&o, &mut rows));
     rt.block_on(soak::soak(&o));
     let mut table = report::render(&o, &rows);
     if wanted(&o, "cache-hit-ratio") {

@@ -11,7 +11,7 @@
 
 #[path = "../../tests/it/common/nats.rs"]
 #[allow(dead_code)] // the tests use all of it, this workload part
-mod nats;
+pub mod nats;
 
 use crate::loadgen::Proto;
 use crate::peers;
@@ -27,7 +27,7 @@ fn config(dir: &std::path::Path, urls: &[String], name: &str) -> std::path::Path
 }
 
 /// [`config`] with more `[sink.nats]` lines.
-fn config_with(
+pub fn config_with(
     dir: &std::path::Path,
     urls: &[String],
     name: &str,
@@ -68,7 +68,7 @@ async fn wait_caught_up(addr: std::net::SocketAddr, limit: Duration) -> Option<D
 }
 
 /// Writes `rate` PUTs a second for `secs` from 8 connections.
-async fn paced(addr: std::net::SocketAddr, rate: u64, secs: f64) -> u64 {
+pub async fn paced(addr: std::net::SocketAddr, rate: u64, secs: f64) -> u64 {
     let per = rate / 8;
     let mut tasks = Vec::new();
     for c in 0..8u64 {

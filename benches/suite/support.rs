@@ -28,6 +28,8 @@ pub struct Opts {
     pub soak_secs: u64,
     /// The hub outage of `sink` (`--sink-outage-secs`, default 60).
     pub sink_outage_secs: u64,
+    /// How much `standby`'s box holds when a standby comes up from the hub (`--standby-mib`).
+    pub standby_mib: u64,
 }
 
 pub fn parse_opts() -> Opts {
@@ -44,6 +46,7 @@ pub fn parse_opts() -> Opts {
         restart_gib: vec![1],
         soak_secs: 1800,
         sink_outage_secs: 60,
+        standby_mib: 64,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -87,6 +90,10 @@ pub fn parse_opts() -> Opts {
             }
             "--sink-outage-secs" => {
                 o.sink_outage_secs = next.parse().expect("--sink-outage-secs N");
+                i += 1;
+            }
+            "--standby-mib" => {
+                o.standby_mib = next.parse().expect("--standby-mib N");
                 i += 1;
             }
             "--restart-gib" => {
