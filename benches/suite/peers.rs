@@ -159,11 +159,20 @@ pub fn shardbox(bin: Option<&Path>, settings: &[(&str, &str)]) -> Result<Server,
 
 /// Starts this build's shardbox with `command` (`serve`, `follow`) on the data directory
 /// `data` (kept by the caller) with `SHARDBOX_*` settings.
-pub fn shardbox_cmd(command: &str, data: &Path, settings: &[(&str, &str)]) -> Result<Server, String> {
+pub fn shardbox_cmd(
+    command: &str,
+    data: &Path,
+    settings: &[(&str, &str)],
+) -> Result<Server, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let env: Vec<(String, String)> = settings
         .iter()
-        .map(|(k, v)| (format!("SHARDBOX_{}", k.to_ascii_uppercase()), v.to_string()))
+        .map(|(k, v)| {
+            (
+                format!("SHARDBOX_{}", k.to_ascii_uppercase()),
+                v.to_string(),
+            )
+        })
         .collect();
     let (child, addr) = spawn::spawn_shardbox_cmd(command, data, &env)?;
     register(addr, child.id());

@@ -156,7 +156,9 @@ pub async fn standby_suite(o: &Opts, rows: &mut Vec<Row>) {
     let (p, s) = (primary.addr, standby.addr);
     let load = tokio::spawn(paced(p, 2000, 10.0));
     let cpu0 = peers::cpu_time(standby.pid());
-    let applied0 = standby_state(s).await.and_then(|v| v["applied_total"].as_u64());
+    let applied0 = standby_state(s)
+        .await
+        .and_then(|v| v["applied_total"].as_u64());
     let mut h = crate::loadgen::hist();
     let (Ok(mut pc), Ok(mut sc)) = (
         crate::loadgen::Conn::connect(p).await,
@@ -193,13 +195,12 @@ pub async fn standby_suite(o: &Opts, rows: &mut Vec<Row>) {
     }
     let sent = load.await.unwrap_or(0);
     let cpu1 = peers::cpu_time(standby.pid());
-    let applied1 = standby_state(s).await.and_then(|v| v["applied_total"].as_u64());
+    let applied1 = standby_state(s)
+        .await
+        .and_then(|v| v["applied_total"].as_u64());
     let per_record = match (cpu0, cpu1, applied0, applied1) {
         (Some(c0), Some(c1), Some(a0), Some(a1)) if a1 > a0 => {
-            format!(
-                "{:.1} µs",
-                (c1 - c0).as_secs_f64() * 1e6 / (a1 - a0) as f64
-            )
+            format!("{:.1} µs", (c1 - c0).as_secs_f64() * 1e6 / (a1 - a0) as f64)
         }
         _ => "?".into(),
     };

@@ -80,9 +80,6 @@ pub struct Engine {
     /// the reason read only when it is set.
     read_only: AtomicBool,
     read_only_why: std::sync::Mutex<Option<(&'static str, String)>>,
-    /// A standby's last record applied in order (`u64::MAX` on a primary): what its answers
-    /// reflect ([`Engine::position`]).
-    standby_applied: std::sync::atomic::AtomicU64,
     /// The commit watch's sender (the writers hold it too), for a standby's follower.
     commits: Arc<tokio::sync::watch::Sender<u64>>,
     _lock: DirLock,
@@ -264,6 +261,7 @@ impl Engine {
         let feed = feed::Feed {
             generation: generation_cell,
             lineage: std::sync::Mutex::new(lineage),
+            standby_applied: std::sync::atomic::AtomicU64::new(u64::MAX),
             wal: wal.clone(),
             specs: domains.iter().filter_map(|d| d.feed).collect(),
             shards: states,
@@ -277,7 +275,6 @@ impl Engine {
             feed,
             read_only: AtomicBool::new(false),
             read_only_why: std::sync::Mutex::new(None),
-            standby_applied: std::sync::atomic::AtomicU64::new(u64::MAX),
             commits,
             space,
             space_thread: std::sync::Mutex::new(Some(space_thread)),
@@ -484,7 +481,7 @@ impl Engine {
     /// (a write's answer is at or after its own record), on a standby the last record it
     /// applied in order. The `Shardbox-Position` header of every answer.
     pub fn position(&self) -> feed::Position {
-        let applied = self.standby_applied.load(Ordering::Acquire);
+        let applied = self.feed.standby_applied.load(Ordering::Acquire);
         let lsn = if applied == u64::MAX {
             self.wal.written_lsn()
         } else {
@@ -496,7 +493,8 @@ impl Engine {
     /// Marks this engine a standby whose answers reflect record `lsn` (and everything before);
     /// `None` makes it a primary again.
     pub fn set_standby_applied(&self, lsn: Option<u64>) {
-        self.standby_applied
+        self.feed
+            .standby_applied
             .store(lsn.unwrap_or(u64::MAX), Ordering::Release);
         if let Some(lsn) = lsn {
             self.commits.send_modify(|at| *at = (*at).max(lsn));

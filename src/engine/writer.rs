@@ -395,7 +395,12 @@ impl Writer {
                 // Between the durable commit and the log learning of it a crash only means a
                 // replay of records the shard already has (idempotent).
                 let _ = crate::base::failpoint::hit("checkpoint.after_commit");
-                self.wal.checkpointed(self.shard);
+                self.wal.checkpointed(
+                    self.shard,
+                    self.state
+                        .committed_lsn
+                        .load(std::sync::atomic::Ordering::Acquire),
+                );
                 self.dirty_since = None;
                 self.state.record_checkpoint(started.elapsed());
             }

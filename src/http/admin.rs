@@ -63,6 +63,13 @@ async fn snapshot(state: &ServerState) -> Result<Resp, ApiError> {
             "snapshots go to the NATS hub: set [sink.nats] ship_log = true",
         ));
     };
+    if let Some((code, why)) = state.store.engine().read_only() {
+        return Err(ApiError::new(
+            409,
+            code,
+            format!("snapshots are the primary's: {why}"),
+        ));
+    }
     let running = one_at_a_time(
         &crate::store::snapshot::RUNNING,
         "snapshot_running",

@@ -42,17 +42,13 @@ pub fn readyz(state: &ServerState) -> Resp {
     if engine.is_closing() {
         problems.push(serde_json::json!({"shutdown": "shutting down"}));
     }
-    match state.store.standby() {
-        Some(standby) => {
-            if let Err(why) = standby.ready(engine.now_ms()) {
-                problems.push(serde_json::json!({ "standby": why }));
-            }
+    if let Some(standby) = state.store.standby() {
+        if let Err(why) = standby.ready(engine.now_ms()) {
+            problems.push(serde_json::json!({ "standby": why }));
         }
-        None => {
-            if let Some(("fenced", why)) = engine.read_only().as_ref().map(|(c, w)| (*c, w)) {
-                problems.push(serde_json::json!({ "fenced": why }));
-            }
-        }
+    }
+    if let Some(("fenced", why)) = engine.read_only().as_ref().map(|(c, w)| (*c, w)) {
+        problems.push(serde_json::json!({ "fenced": why }));
     }
     if problems.is_empty() {
         response::json(

@@ -35,6 +35,9 @@ use std::time::Duration;
 pub const ROLE_KEY: &str = "primary";
 /// Copied records handed to the writers and not yet applied, at most.
 const WINDOW: usize = 256;
+/// Bytes of copied records handed to the writers and not yet applied, at most (one larger
+/// record may pass it alone).
+const WINDOW_BYTES: usize = 64 << 20;
 /// Longest pause between two attempts after an error.
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How often a promotion tries to put its mark after the primary's last record.
@@ -117,6 +120,10 @@ pub struct Standby {
     hub_seq: AtomicU64,
     /// When the standby last held everything the stream held (ms), for its lag in time.
     caught_up_ms: AtomicU64,
+    /// The standby has held everything the stream held at least once (it is not ready before).
+    ever_caught_up: std::sync::atomic::AtomicBool,
+    /// A promotion took over: what the copying task still finishes no longer moves positions.
+    taking_over: std::sync::atomic::AtomicBool,
     pub applied_total: AtomicU64,
     pub errors_total: AtomicU64,
     last_error: Mutex<Option<String>>,
@@ -145,11 +152,26 @@ pub struct Role {
 
 /// The box's primary as the hub's role bucket names it (`None`: no standby was ever promoted).
 pub async fn role(js: &jetstream::Context, cfg: &NatsSinkConfig) -> Result<Option<Role>, String> {
-    let kv = match js.get_key_value(role_bucket(cfg)).await {
-        Ok(kv) => kv,
-        Err(e) if e.kind() == jetstream::context::KeyValueErrorKind::GetBucket => return Ok(None),
-        Err(e) => return Err(format!("bucket {}: {e}", role_bucket(cfg))),
-    };
+    // Only a bucket that is not there means no promotion: any other failure (a timeout) is
+    // an error, never a pass.
+    match js.get_stream(format!("KV_{}", role_bucket(cfg))).await {
+        Ok(_) => {}
+        Err(e) => {
+            use jetstream::context::GetStreamErrorKind;
+            return match e.kind() {
+                GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(None)
+                }
+                _ => Err(format!("bucket {}: {e}", role_bucket(cfg))),
+            };
+        }
+    }
+    let kv = js
+        .get_key_value(role_bucket(cfg))
+        .await
+        .map_err(|e| format!("bucket {}: {e}", role_bucket(cfg)))?;
     match kv.get(ROLE_KEY).await {
         Ok(Some(v)) => serde_json::from_slice::<Role>(&v)
             .map(Some)
@@ -167,6 +189,8 @@ impl Standby {
             applied_seq: AtomicU64::new(0),
             hub_seq: AtomicU64::new(0),
             caught_up_ms: AtomicU64::new(0),
+            ever_caught_up: std::sync::atomic::AtomicBool::new(false),
+            taking_over: std::sync::atomic::AtomicBool::new(false),
             applied_total: AtomicU64::new(0),
             errors_total: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -211,6 +235,10 @@ impl Standby {
     pub fn ready(&self, now_ms: u64) -> Result<(), String> {
         match self.state() {
             State::Promoted => Ok(()),
+            State::Following if !self.ever_caught_up.load(Ordering::Relaxed) => Err(
+                "the standby has not yet caught up with its primary's log stream since it started"
+                    .into(),
+            ),
             State::Following => {
                 let (records, ms) = self.lag(now_ms);
                 if ms <= self.ready_lag_ms {
@@ -314,7 +342,7 @@ impl Standby {
         };
         let (first, last) = (info.state.first_sequence, info.state.last_sequence);
         self.hub_seq.store(last, Ordering::Relaxed);
-        let next = engine.wal().written_lsn() + 1;
+        let next = engine.wal().appended_lsn() + 1;
         // From the record before the first one needed: a promotion's mark right after it is
         // seen (it carries that record's LSN).
         let start = if last == 0 || last < first {
@@ -363,10 +391,13 @@ impl Standby {
         if self.applied_seq.load(Ordering::Relaxed) >= last || start > last {
             self.applied_seq.store(last.max(start - 1), Ordering::Relaxed);
         }
+        // The lag clock runs from when the standby last held everything.
         if self.caught_up_ms.load(Ordering::Relaxed) == 0 {
             self.caught_up_ms.store(engine.now_ms(), Ordering::Relaxed);
         }
-        let mut asm = Assembler::new(engine.feed().generation(), next);
+        let mut asm =
+            Assembler::new(engine.feed().generation(), next).with_lineage(engine.feed().lineage());
+        let mut pending_bytes = 0usize;
         // Handed to a writer, not yet applied: (lsn, stream sequence, outcome, frame).
         type Outcome = tokio::sync::oneshot::Receiver<Result<(), crate::engine::EngineError>>;
         let mut pending: VecDeque<(u64, u64, Outcome, Vec<u8>)> = VecDeque::new();
@@ -381,6 +412,7 @@ impl Standby {
                 done = async { (&mut pending.front_mut().expect("pending is not empty").2).await },
                     if !pending.is_empty() => {
                     let Some((lsn, seq, _, frame)) = pending.pop_front() else { continue };
+                    pending_bytes -= frame.len();
                     match done {
                         Ok(Ok(())) => {
                             after_apply(store, &frame);
@@ -390,7 +422,7 @@ impl Standby {
                         Err(_) => break End::Stop,
                     }
                 }
-                m = messages.next(), if pending.len() < WINDOW => {
+                m = messages.next(), if pending.len() < WINDOW && (pending.is_empty() || pending_bytes < WINDOW_BYTES) => {
                     let m = match m {
                         Some(Ok(m)) => m,
                         Some(Err(e)) => break End::Retry(format!("reading stream {name}: {e}")),
@@ -400,17 +432,24 @@ impl Standby {
                         Ok(i) => (i.stream_sequence, i.pending),
                         Err(e) => break End::Retry(format!("a message of stream {name}: {e}")),
                     };
+                    if self.applied_seq.load(Ordering::Relaxed) >= self.hub_seq.load(Ordering::Relaxed) {
+                        // Caught up until this message: the lag clock starts now.
+                        self.caught_up_ms.store(engine.now_ms(), Ordering::Relaxed);
+                    }
                     self.hub_seq.fetch_max(seq + behind, Ordering::Relaxed);
                     let headers = m.headers.clone().unwrap_or_default();
                     match asm.take(&headers, &m.payload, seq) {
                         Err(e) => break End::Stopped(e),
                         Ok(Step::Skip) => {
                             if pending.is_empty() {
-                                self.applied(store, engine.position().lsn, seq);
+                                self.seen(store, seq);
                             }
                         }
                         Ok(Step::Frame(lsn, frame)) => match engine.replicate(&frame).await {
-                            Ok(rx) => pending.push_back((lsn, seq, rx, frame)),
+                            Ok(rx) => {
+                                pending_bytes += frame.len();
+                                pending.push_back((lsn, seq, rx, frame))
+                            }
                             Err(e) => break End::Stopped(format!("record {lsn}: {e}")),
                         },
                         Ok(Step::Promoted { generation, through }) => {
@@ -452,12 +491,21 @@ impl Standby {
 
     /// Record `lsn` (stream sequence `seq`) and everything before it are applied.
     fn applied(&self, store: &Store, lsn: u64, seq: u64) {
-        let engine = store.engine();
-        engine.set_standby_applied(Some(lsn));
-        self.applied_seq.fetch_max(seq, Ordering::Relaxed);
+        if self.taking_over.load(Ordering::Acquire) && self.state() != State::Promoting {
+            return;
+        }
+        store.engine().set_standby_applied(Some(lsn));
         self.applied_total.fetch_add(1, Ordering::Relaxed);
+        self.seen(store, seq);
+    }
+
+    /// Every message of the stream up to `seq` is held (applied, or nothing to apply).
+    fn seen(&self, store: &Store, seq: u64) {
+        self.applied_seq.fetch_max(seq, Ordering::Relaxed);
         if self.applied_seq.load(Ordering::Relaxed) >= self.hub_seq.load(Ordering::Relaxed) {
-            self.caught_up_ms.store(engine.now_ms(), Ordering::Relaxed);
+            self.caught_up_ms
+                .store(store.engine().now_ms(), Ordering::Relaxed);
+            self.ever_caught_up.store(true, Ordering::Relaxed);
         }
     }
 
@@ -484,7 +532,27 @@ impl Standby {
         // Stop copying; what was handed to the writers is applied first.
         self.stop.send_replace(true);
         let mut exited = self.exited.subscribe();
-        let _ = tokio::time::timeout(Duration::from_secs(30), exited.wait_for(|e| *e)).await;
+        let gone = tokio::time::timeout(Duration::from_secs(60), async {
+            exited.wait_for(|e| *e).await.is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if !gone {
+            self.stop.send_replace(false);
+            return Err((
+                503,
+                "hub_unavailable",
+                "the standby did not stop copying within 60 s (its writers are busy or stuck); try again".into(),
+            ));
+        }
+        if self.state() == State::Stopped {
+            return Err((
+                409,
+                "standby_stopped",
+                "this standby stopped copying (see /v1/status): it may lack records its primary acknowledged; rebuild it".into(),
+            ));
+        }
+        self.taking_over.store(true, Ordering::Release);
         self.set_state(State::Promoting);
         let result = self.take_over(store).await;
         match result {
@@ -496,12 +564,18 @@ impl Standby {
                 store.start_primary_tasks();
                 Ok(p)
             }
-            Err(e) => {
-                // Back to copying.
+            Err(e) if self.state() == State::Promoting => {
+                // The mark did not go in: back to copying (the old task is gone).
                 self.note_error(&e.2);
+                self.taking_over.store(false, Ordering::Release);
                 self.stop.send_replace(false);
                 self.exited.send_replace(false);
+                self.set_state(State::Connecting);
                 tokio::spawn(self.clone().run(store.clone()));
+                Err(e)
+            }
+            Err(e) => {
+                self.note_error(&e.2);
                 Err(e)
             }
         }
@@ -522,6 +596,10 @@ impl Standby {
             .await
             .map_err(|e| unavailable(format!("stream {name}: {e}")))?;
         let previous = engine.feed().generation();
+        // One new generation and one mark id for every try: a mark stored whose ack was lost
+        // is found again, never put twice.
+        let generation = Generation::fresh();
+        let mark_id = format!("{}:promote:{generation}", self.cfg.box_name);
         for _ in 0..PROMOTE_TRIES {
             let info = stream
                 .info()
@@ -529,12 +607,12 @@ impl Standby {
                 .map_err(|e| unavailable(format!("stream {name}: {e}")))?
                 .clone();
             let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-            let next = engine.wal().written_lsn() + 1;
+            let next = engine.wal().appended_lsn() + 1;
             if last >= first && last > 0 {
                 let from = snapshot::seq_at_or_after(&stream, &name, first, last, next.saturating_sub(1))
                     .await
                     .map_err(unavailable)?;
-                let mut asm = Assembler::new(previous, next);
+                let mut asm = Assembler::new(previous, next).with_lineage(engine.feed().lineage());
                 for seq in from..=last {
                     let m = stream
                         .get_raw_message(seq)
@@ -568,54 +646,80 @@ impl Standby {
                     }
                 }
             }
-            // Everything the stream held is here: the mark goes right after it, or not at all.
-            let through = engine.wal().written_lsn();
-            let generation = Generation::fresh();
+            // Everything the stream held is here, and durable: the mark goes right after it,
+            // or not at all.
+            let through = engine.wal().appended_lsn();
+            let wal = store.engine().clone();
+            tokio::task::spawn_blocking(move || wal.wal().wait(through))
+                .await
+                .map_err(|e| (500, "internal", e.to_string()))?
+                .map_err(|e| (500, "standby_stopped", e.to_string()))?;
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert(
-                "Nats-Msg-Id",
-                format!("{}:promote:{generation}", self.cfg.box_name).as_str(),
-            );
+            headers.insert("Nats-Msg-Id", mark_id.as_str());
             headers.insert("Nats-Expected-Last-Sequence", last.to_string().as_str());
             headers.insert(
                 "Shardbox-Position",
                 Position::after_record(generation, through).to_string().as_str(),
             );
             headers.insert(PROMOTED_HEADER, format!("{previous}:{through}").as_str());
-            let sent = js
+            let sent = match js
                 .publish_with_headers(self.cfg.log_subject(), headers, bytes::Bytes::new())
                 .await
-                .map_err(|e| unavailable(format!("publishing the promotion's mark: {e}")))?
-                .await;
-            let ack = match sent {
-                Ok(ack) => ack,
-                Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+            {
+                Ok(ack) => ack.await.map_err(|e| (Some(e.kind()), e.to_string())),
+                Err(e) => Err((None, e.to_string())),
+            };
+            let mark_sequence = match sent {
+                Ok(ack) => ack.sequence,
+                Err((Some(jetstream::context::PublishErrorKind::WrongLastSequence), _)) => {
                     // The old primary wrote more meanwhile: copy it too, and try again.
                     continue;
                 }
-                Err(e) => return Err(unavailable(format!("the promotion's mark: {e}"))),
+                // No answer: the mark may be in all the same.
+                Err((_, e)) => match last_is(&mut stream, &mark_id).await {
+                    Some(seq) => seq,
+                    None => return Err(unavailable(format!("the promotion's mark: {e}"))),
+                },
             };
+            // The mark is in: this box is the box's primary from here, whatever fails next.
+            self.set_state(State::Promoted);
             let lineage = Lineage {
                 previous,
                 through_lsn: through,
             };
-            engine
-                .switch_generation(generation, lineage)
-                .map_err(|e| (500, "internal", e.to_string()))?;
+            if let Err(e) = engine.switch_generation(generation, lineage) {
+                self.set_state(State::Stopped);
+                return Err((
+                    500,
+                    "internal",
+                    format!("the promotion's mark is in stream {name}, but this box could not start its generation ({e}): fix the data directory and start it with `shardbox serve`"),
+                ));
+            }
             let role = Role {
                 generation: generation.to_string(),
                 previous: previous.to_string(),
                 through_lsn: through,
                 at_ms: engine.now_ms(),
             };
-            put_role(&js, &self.cfg, &role).await.map_err(unavailable)?;
+            let mut recorded = Err(String::new());
+            for _ in 0..3 {
+                recorded = put_role(&js, &self.cfg, &role).await;
+                if recorded.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            if let Err(e) = recorded {
+                // The mark fences an old primary by itself (its sink reads it).
+                tracing::warn!(error = %e, "promotion: the role bucket was not written; the stream's mark fences the old primary");
+            }
             engine.set_standby_applied(None);
             engine.clear_read_only();
             return Ok(Promoted {
                 generation: generation.to_string(),
                 previous: previous.to_string(),
                 through_lsn: through,
-                mark_sequence: ack.sequence,
+                mark_sequence,
                 took_ms: 0,
             });
         }
@@ -668,6 +772,13 @@ fn after_apply(store: &Store, frame_bytes: &[u8]) {
             _ => {}
         }
     }
+}
+
+/// The sequence of the stream's last message when its id is `id`.
+async fn last_is(stream: &mut jetstream::stream::Stream, id: &str) -> Option<u64> {
+    let last = stream.info().await.ok()?.state.last_sequence;
+    let m = stream.get_raw_message(last).await.ok()?;
+    (m.headers.get("Nats-Msg-Id").map(|v| v.as_str()) == Some(id)).then_some(last)
 }
 
 /// Records `role` as the box's primary in the role bucket (made when missing).

@@ -497,7 +497,7 @@ impl Sink {
         let role = crate::store::follow::role(js, &self.cfg)
             .await
             .map_err(End::Retry)?;
-        if let Some(r) = role.filter(|r| r.previous == ours.to_string()) {
+        if let Some(r) = role.as_ref().filter(|r| r.previous == ours.to_string()) {
             return Err(End::Fenced(format!(
                 "a standby was promoted in this box's place at record {} (generation {} goes on from this box's {ours}): this box is no longer the primary of box {} — rebuild it as a standby (`shardbox follow` on an empty directory) or retire it",
                 r.through_lsn, r.generation, self.cfg.box_name
@@ -532,6 +532,18 @@ impl Sink {
                     ..pos
                 },
                 _ => {
+                    // Promoted in this box's place: a mark naming this history, or the role
+                    // bucket naming another primary (a later promotion).
+                    let marked = header(crate::store::snapshot::PROMOTED_HEADER)
+                        .is_some_and(|m| m.split(':').next() == Some(ours.to_string().as_str()));
+                    if marked || role.as_ref().is_some_and(|r| r.generation != ours.to_string()) {
+                        return Err(End::Fenced(format!(
+                            "stream {} goes on in generation {}, a standby promoted in this box's place: this box (generation {ours}) is no longer the primary of box {} — rebuild it as a standby (`shardbox follow` on an empty directory) or retire it",
+                            self.source.stream_name(&self.cfg),
+                            pos.generation,
+                            self.cfg.box_name
+                        )));
+                    }
                     return Err(End::Resnapshot(format!(
                         "stream {} ends in generation {} but this box's history is {ours} (restored since?): the stream cannot continue it",
                         self.source.stream_name(&self.cfg),

@@ -31,6 +31,10 @@ pub static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A snapshot of `store` ([`take`] with its online backup).
 pub async fn take_of(store: &super::Store, cfg: &NatsSinkConfig) -> Result<Snapshot, String> {
+    // A standby's or a fenced box's copy is not the box's: it would go among the primary's.
+    if let Some((code, why)) = store.engine().read_only() {
+        return Err(format!("this box takes no snapshot ({code}): {why}"));
+    }
     let data = store.engine().data_dir().to_path_buf();
     let generation = store.engine().feed().generation().to_string();
     // Nothing decided since the newest snapshot (the same first record, the same history):
@@ -679,6 +683,9 @@ pub(crate) struct Assembler {
     pub expect: u64,
     record: Vec<u8>,
     parts: Option<(u32, u32)>,
+    /// The history this copy's generation continues: its records up to the fork, and the mark
+    /// there, are this copy's too.
+    lineage: Option<crate::engine::feed::position::Lineage>,
 }
 
 impl Assembler {
@@ -688,7 +695,14 @@ impl Assembler {
             expect,
             record: Vec::new(),
             parts: None,
+            lineage: None,
         }
+    }
+
+    /// Also takes the records of the generation `lineage` continues, up to its fork, as held.
+    pub fn with_lineage(mut self, lineage: Option<crate::engine::feed::position::Lineage>) -> Self {
+        self.lineage = lineage;
+        self
     }
 
     pub fn take(
@@ -707,13 +721,22 @@ impl Assembler {
                 g.parse()?,
                 l.parse().map_err(|_| format!("a promotion mark `{}`", mark.as_str()))?,
             );
-            if prev != self.generation || through + 1 != self.expect || self.parts.is_some() {
+            // The fork this copy already went through.
+            if self.lineage.is_some_and(|l| l.previous == prev && l.through_lsn == through)
+                && pos.generation == self.generation
+            {
+                return Ok(Step::Skip);
+            }
+            if prev != self.generation || through.checked_add(1) != Some(self.expect) {
                 return Err(format!(
                     "a standby was promoted at record {through} of generation {prev} (sequence {seq}), where this copy is at record {} of generation {}: another history",
-                    self.expect - 1,
+                    self.expect.saturating_sub(1),
                     self.generation
                 ));
             }
+            // Parts of a record the old primary never finished: not in its history.
+            self.parts = None;
+            self.record.clear();
             self.generation = pos.generation;
             return Ok(Step::Promoted {
                 generation: pos.generation,
@@ -721,6 +744,13 @@ impl Assembler {
             });
         }
         if pos.lsn < self.expect && self.parts.is_none() && pos.generation == self.generation {
+            return Ok(Step::Skip);
+        }
+        if self.parts.is_none()
+            && self
+                .lineage
+                .is_some_and(|l| l.previous == pos.generation && pos.lsn <= l.through_lsn)
+        {
             return Ok(Step::Skip);
         }
         if pos.generation != self.generation {

@@ -160,11 +160,16 @@ async fn caught_up(addr: SocketAddr, secs: u64) -> Value {
 /// Every message of the box's stream, in stream order: (position, body).
 async fn stream_messages(cluster: &Cluster) -> Vec<(String, Value, String)> {
     let js = cluster.jetstream().await;
-    let stream = js
-        .get_stream("SHARDBOX_edge-1")
-        .await
-        .expect("the box's stream");
-    let last = stream.get_info().await.unwrap().state.last_sequence;
+    // A busy machine (every cluster test at once on two cores) can time a request out.
+    let (stream, last) = common::eventually(30, "the box's stream", || {
+        let js = js.clone();
+        async move {
+            let stream = js.get_stream("SHARDBOX_edge-1").await.ok()?;
+            let last = stream.get_info().await.ok()?.state.last_sequence;
+            Some((stream, last))
+        }
+    })
+    .await;
     let mut out = Vec::new();
     for seq in 1..=last {
         let m = stream.get_raw_message(seq).await.expect("message");

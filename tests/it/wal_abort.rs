@@ -60,7 +60,11 @@ async fn a_commit_that_fails_after_logging_is_not_replayed() {
         "the first write, the cancelled one, its abort"
     );
     let copy = {
-        let mut config = Config::with_data_dir(tmp.path().join("copy"));
+        // The same MANIFEST (shard count and hash seed), as a standby's restore brings.
+        let at = tmp.path().join("copy");
+        std::fs::create_dir_all(&at).unwrap();
+        std::fs::copy(dir.join("MANIFEST"), at.join("MANIFEST")).unwrap();
+        let mut config = Config::with_data_dir(&at);
         config.engine.shards = 2;
         Store::open(config).unwrap()
     };

@@ -232,6 +232,9 @@ pub struct Feed {
     pub(crate) generation: Arc<position::GenerationCell>,
     /// Where this generation came from, when it continues another ([`position::Lineage`]).
     pub(crate) lineage: std::sync::Mutex<Option<position::Lineage>>,
+    /// On a standby, the last copied record applied in order (`u64::MAX` on a primary): the
+    /// feed's end never passes it (records copied into the log are not in the shards yet).
+    pub(crate) standby_applied: std::sync::atomic::AtomicU64,
     pub(crate) wal: Arc<Wal>,
     pub(crate) specs: Vec<&'static FeedSpec>,
     pub(crate) shards: Vec<Arc<ShardState>>,
@@ -293,6 +296,10 @@ impl Feed {
             {
                 end = end.min(logged - 1);
             }
+        }
+        let applied = self.standby_applied.load(Acquire);
+        if applied != u64::MAX {
+            end = end.min(applied);
         }
         Position::after_record(self.generation(), end)
     }

@@ -131,6 +131,10 @@ struct Shared {
     stats: WalStats,
     /// Record starts of the segments still on disk ([`IndexEntry`]), oldest first.
     index: Mutex<VecDeque<IndexEntry>>,
+    /// Per shard, the copied records ([`Wal::append_copy`]) and their positions, until the
+    /// shard's checkpoint covers them: a standby appends ahead of its writers, and a checkpoint
+    /// must not let go of what they have not applied yet.
+    copies: Mutex<Vec<VecDeque<(u64, u64)>>>,
 }
 
 /// The log handle shared by the engine and every shard writer.
@@ -171,6 +175,7 @@ impl Wal {
             oldest_pos: (0..shards).map(|_| AtomicU64::new(u64::MAX)).collect(),
             stats: WalStats::default(),
             index: Mutex::new(VecDeque::new()),
+            copies: Mutex::new((0..shards).map(|_| VecDeque::new()).collect()),
             cfg,
         });
         let mut log = LogFiles::open(&shared, next_lsn, old).map_err(|e| e.to_string())?;
@@ -229,6 +234,11 @@ impl Wal {
             .map(|_| ())
     }
 
+    /// The last LSN appended (written to the OS or not).
+    pub fn appended_lsn(&self) -> u64 {
+        lock(&self.shared.state).next_lsn - 1
+    }
+
     fn append_inner(
         &self,
         shard: usize,
@@ -266,6 +276,9 @@ impl Wal {
             sh.oldest_pos[shard].store(pos, Ordering::Release);
             sh.oldest_lsn[shard].store(lsn, Ordering::Release);
         }
+        if expect.is_some() {
+            sh.copies.lock().unwrap_or_else(|p| p.into_inner())[shard].push_back((lsn, pos));
+        }
         drop(st);
         sh.work.notify_one();
         Ok(lsn)
@@ -294,11 +307,21 @@ impl Wal {
         }
     }
 
-    /// Says every record of `shard` so far is in a durable redb commit: the log no longer needs
-    /// them. Called by the shard's writer right after a checkpoint.
-    pub fn checkpointed(&self, shard: usize) {
-        self.shared.oldest_pos[shard].store(u64::MAX, Ordering::Release);
-        self.shared.oldest_lsn[shard].store(u64::MAX, Ordering::Release);
+    /// Says every record of `shard` up to `applied` is in a durable redb commit: the log no
+    /// longer needs them (nor any other record of the shard, but copies not applied yet).
+    /// Called by the shard's writer right after a checkpoint.
+    pub fn checkpointed(&self, shard: usize, applied: u64) {
+        // Under the append lock, as the pin is taken there.
+        let _st = lock(&self.shared.state);
+        let mut copies = self.shared.copies.lock().unwrap_or_else(|p| p.into_inner());
+        let queue = &mut copies[shard];
+        while queue.front().is_some_and(|(lsn, _)| *lsn <= applied) {
+            queue.pop_front();
+        }
+        // A copied record appended and not yet applied keeps the log from there.
+        let (lsn, pos) = queue.front().copied().unwrap_or((u64::MAX, u64::MAX));
+        self.shared.oldest_pos[shard].store(pos, Ordering::Release);
+        self.shared.oldest_lsn[shard].store(lsn, Ordering::Release);
     }
 
     /// Log bytes appended since the oldest record of `shard` that is not checkpointed (0 when

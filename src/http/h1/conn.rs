@@ -106,6 +106,15 @@ where
             *req.uri_mut() = head.uri;
             *req.version_mut() = version;
             *req.headers_mut() = head.headers;
+            // A read reflects at least what was applied before it ran (taken after, a standby's
+            // position could run ahead of what it read); a write, and a read that waits for a
+            // position, what was there once it was done.
+            let before = (matches!(*req.method(), Method::GET | Method::HEAD)
+                && !req
+                    .uri()
+                    .query()
+                    .is_some_and(|q| q.contains("min_position=")))
+            .then(|| self.state.store.engine().position());
             let (mut ticket, begun) = dispatch::begin(self.state, req, refused);
             let (outcome, fed) = match begun {
                 Begun::Now(outcome) => (outcome, None),
@@ -136,6 +145,7 @@ where
                     is_head,
                     &mut keep_alive,
                     ticket.id.as_bytes(),
+                    before,
                 )
                 .await;
             drop(busy);
@@ -300,6 +310,7 @@ where
         is_head: bool,
         keep_alive: &mut bool,
         request_id: &[u8],
+        position: Option<crate::engine::feed::Position>,
     ) -> std::io::Result<()> {
         let (parts, mut body) = resp.into_parts();
         let with_body = !is_head && encode::may_have_body(parts.status);
@@ -315,7 +326,11 @@ where
         if length == Length::Stream && version == Version::HTTP_10 {
             *keep_alive = false; // the end of the body is the end of the connection
         }
-        let position = self.state.store.engine().position();
+        // Not to a caller who was refused: the position names the store's history.
+        let position = match parts.status.as_u16() {
+            401 | 403 => None,
+            _ => Some(position.unwrap_or_else(|| self.state.store.engine().position())),
+        };
         encode::head(
             &mut self.out,
             version,
@@ -324,7 +339,7 @@ where
             length,
             *keep_alive,
             request_id,
-            (position.generation.0, position.lsn),
+            position.map(|p| (p.generation.0, p.lsn)),
         );
         if !with_body {
             return self.flush_unless_pipelined(*keep_alive).await;
@@ -425,6 +440,7 @@ where
                 false,
                 &mut keep_alive,
                 id.as_bytes(),
+                None,
             )
             .await
             .is_ok()

@@ -36,7 +36,7 @@ pub fn head(
     length: Length,
     keep_alive: bool,
     request_id: &[u8],
-    position: (u64, u64),
+    position: Option<(u64, u64)>,
 ) {
     out.extend_from_slice(if version == Version::HTTP_10 {
         b"HTTP/1.0 "
@@ -79,14 +79,16 @@ pub fn head(
     }
     out.extend_from_slice(b"x-request-id: ");
     out.extend_from_slice(request_id);
-    out.extend_from_slice(b"\r\nshardbox-position: ");
-    let mut hex = [0u8; 16];
-    for (i, b) in hex.iter_mut().enumerate() {
-        *b = b"0123456789abcdef"[((position.0 >> (60 - 4 * i)) & 0xf) as usize];
+    if let Some((generation, lsn)) = position {
+        out.extend_from_slice(b"\r\nshardbox-position: ");
+        let mut hex = [0u8; 16];
+        for (i, b) in hex.iter_mut().enumerate() {
+            *b = b"0123456789abcdef"[((generation >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        out.extend_from_slice(&hex);
+        out.push(b':');
+        out.extend_from_slice(itoa::Buffer::new().format(lsn).as_bytes());
     }
-    out.extend_from_slice(&hex);
-    out.push(b':');
-    out.extend_from_slice(itoa::Buffer::new().format(position.1).as_bytes());
     out.extend_from_slice(b"\r\ndate: ");
     date(out);
     out.extend_from_slice(b"\r\n\r\n");
@@ -157,7 +159,7 @@ mod tests {
             length,
             keep_alive,
             id,
-            (0xab, 42),
+            Some((0xab, 42)),
         );
         String::from_utf8(out).unwrap()
     }
