@@ -165,16 +165,7 @@ pub fn shardbox_cmd(
     settings: &[(&str, &str)],
 ) -> Result<Server, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let env: Vec<(String, String)> = settings
-        .iter()
-        .map(|(k, v)| {
-            (
-                format!("SHARDBOX_{}", k.to_ascii_uppercase()),
-                v.to_string(),
-            )
-        })
-        .collect();
-    let (child, addr) = spawn::spawn_shardbox_cmd(command, data, &env)?;
+    let (child, addr) = spawn::spawn_shardbox_cmd(command, data, &env_of(settings))?;
     register(addr, child.id());
     Ok(Server {
         addr,
@@ -183,13 +174,9 @@ pub fn shardbox_cmd(
     })
 }
 
-/// Spawns shardbox (the binary at `bin`, or this build's) on `data` with `SHARDBOX_*` settings.
-fn spawn_in(
-    bin: Option<&Path>,
-    data: &Path,
-    settings: &[(&str, &str)],
-) -> Result<(std::process::Child, std::net::SocketAddr), String> {
-    let env: Vec<(String, String)> = settings
+/// `(name, value)` settings as `SHARDBOX_NAME` variables.
+fn env_of(settings: &[(&str, &str)]) -> Vec<(String, String)> {
+    settings
         .iter()
         .map(|(k, v)| {
             (
@@ -197,7 +184,16 @@ fn spawn_in(
                 v.to_string(),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// Spawns shardbox (the binary at `bin`, or this build's) on `data` with `SHARDBOX_*` settings.
+fn spawn_in(
+    bin: Option<&Path>,
+    data: &Path,
+    settings: &[(&str, &str)],
+) -> Result<(std::process::Child, std::net::SocketAddr), String> {
+    let env = env_of(settings);
     match bin {
         Some(b) => spawn::spawn_shardbox_bin(b, data, &env),
         None => spawn::spawn_shardbox(data, &env),

@@ -44,6 +44,11 @@ pub fn config_with(
 }
 
 async fn status(addr: std::net::SocketAddr) -> Option<serde_json::Value> {
+    status_part(addr, "sink").await
+}
+
+/// One part of the server's `/v1/status` (`sink`, `standby`).
+pub async fn status_part(addr: std::net::SocketAddr, part: &str) -> Option<serde_json::Value> {
     let mut c = crate::loadgen::Conn::connect(addr).await.ok()?;
     let (code, body) = c
         .http_raw(b"GET /v1/status HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -51,7 +56,7 @@ async fn status(addr: std::net::SocketAddr) -> Option<serde_json::Value> {
         .ok()?;
     (code == 200)
         .then(|| serde_json::from_slice::<serde_json::Value>(&body).ok())?
-        .map(|v| v["sink"].clone())
+        .map(|v| v[part].clone())
 }
 
 async fn wait_caught_up(addr: std::net::SocketAddr, limit: Duration) -> Option<Duration> {

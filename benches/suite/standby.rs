@@ -29,14 +29,7 @@ fn note(rows: &mut Vec<Row>, what: &str, note: String) {
 }
 
 async fn standby_state(addr: SocketAddr) -> Option<serde_json::Value> {
-    let mut c = crate::loadgen::Conn::connect(addr).await.ok()?;
-    let (code, body) = c
-        .http_raw(b"GET /v1/status HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .ok()?;
-    (code == 200)
-        .then(|| serde_json::from_slice::<serde_json::Value>(&body).ok())?
-        .map(|v| v["standby"].clone())
+    crate::sink::status_part(addr, "standby").await
 }
 
 fn position(head: &str) -> Option<String> {

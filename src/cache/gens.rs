@@ -55,7 +55,7 @@ pub enum PurgeTarget {
 
 impl Generations {
     /// A record copied from the primary set row `key` (namespace, NUL, tag) to `generation`
-    /// (a standby's follower, after the record's commit: [`crate::store::follow`]).
+    /// (a standby's follower, after the record's commit: `store::follow`).
     pub(crate) fn replayed(&self, key: &[u8], generation: u64) {
         let Some(at) = key.iter().position(|b| *b == 0) else {
             return;

@@ -281,7 +281,7 @@ impl Events {
     }
 
     /// A record copied from the primary appended to `stream` (a standby's follower): its
-    /// followers and long polls wake as on the primary ([`crate::store::follow`]).
+    /// followers and long polls wake as on the primary (`store::follow`).
     pub(crate) fn replayed(&self, stream: &[u8]) {
         if let Ok(name) = std::str::from_utf8(stream) {
             Self::wake(&self.followers, name);

@@ -22,7 +22,7 @@ pub(super) const ROUTES: &[RouteDef] = &[
 ];
 
 /// Makes this standby the primary (`shardbox promote`): once it holds everything its
-/// primary's log stream holds, it takes the stream over ([`crate::store::follow`]).
+/// primary's log stream holds, it takes the stream over (`store::follow`).
 async fn promote(state: &ServerState) -> Result<Resp, ApiError> {
     let Some(standby) = state.store.standby().cloned() else {
         return Err(ApiError::new(

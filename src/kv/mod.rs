@@ -156,7 +156,7 @@ pub struct Kv {
 impl Kv {
     /// A record copied from the primary wrote stored key `sk` (`None`: dropped the table) —
     /// a standby's read cache lets go of it, after the record's commit
-    /// ([`crate::store::follow`]).
+    /// (`store::follow`).
     pub(crate) fn replayed(&self, sk: Option<&[u8]>) {
         if let Some(c) = &self.cache {
             match sk {

@@ -509,7 +509,7 @@ impl Standby {
         }
     }
 
-    /// Makes this standby the primary ([`crate::store::follow`]'s promotion).
+    /// Makes this standby the primary (`store::follow`'s promotion).
     pub async fn promote(self: &Arc<Self>, store: &Store) -> Result<Promoted, PromoteError> {
         let started = std::time::Instant::now();
         let Ok(mut done) = self.promoting.try_lock() else {

@@ -63,7 +63,7 @@ pub struct Store {
     /// The NATS JetStream sink, when `[sink.nats]` is set; it runs with the background work.
     sink: Option<Arc<sink::Sink>>,
     log_sink: Option<Arc<sink::Sink>>,
-    /// Set when this store is a standby copying its primary ([`follow`]).
+    /// Set when this store is a standby copying its primary (`store::follow`).
     standby: Arc<std::sync::OnceLock<Arc<follow::Standby>>>,
 }
 
@@ -224,7 +224,7 @@ impl Store {
     }
 
     /// Makes this store a standby of the box its `[sink.nats]` names (before it is served):
-    /// it takes no writes and copies the primary's log stream ([`follow`]). `/readyz` says
+    /// it takes no writes and copies the primary's log stream (`store::follow`). `/readyz` says
     /// ready while it is at most `ready_lag_ms` behind.
     pub fn follow(&self, ready_lag_ms: u64) -> Result<Arc<follow::Standby>, String> {
         let cfg = self.config.sink.nats.clone().ok_or(

@@ -97,7 +97,7 @@ pub enum State {
     Streaming = 2,
     Disconnected = 3,
     ResnapshotRequired = 4,
-    /// A standby took this box's place ([`crate::store::follow`]): the box takes no writes.
+    /// A standby took this box's place (`store::follow`): the box takes no writes.
     Fenced = 5,
 }
 

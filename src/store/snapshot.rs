@@ -658,7 +658,7 @@ fn place_of(
 }
 
 /// The header a promotion's mark carries: `<previous generation>:<last record>`
-/// ([`crate::store::follow`]).
+/// (`store::follow`).
 pub const PROMOTED_HEADER: &str = "Shardbox-Promoted";
 
 /// What one message of the log stream is to a reader that copies the log in order.

@@ -69,7 +69,7 @@ impl Generation {
 }
 
 /// The store's generation as it is now: fixed while the store runs, except that a standby's
-/// promotion starts a new one ([`crate::store::follow`]). Shared by the feed and its cursors.
+/// promotion starts a new one (`store::follow`). Shared by the feed and its cursors.
 #[derive(Debug)]
 pub struct GenerationCell(std::sync::atomic::AtomicU64);
 
