@@ -19,7 +19,8 @@
 //! and that bucket naming it: it is fenced (every write a 409 `fenced`) — its own next publish
 //! would fail the stream's expected-last-sequence check anyway.
 
-use super::snapshot::{self, Assembler, Step, PROMOTED_HEADER};
+use super::sink::{put_role, Role, PROMOTED_HEADER};
+use super::snapshot::{self, Assembler, Step};
 use super::Store;
 use crate::base::config::NatsSinkConfig;
 use crate::engine::feed::position::Lineage;
@@ -31,8 +32,6 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The key of the role bucket that names the box's primary.
-pub const ROLE_KEY: &str = "primary";
 /// Copied records handed to the writers and not yet applied, at most.
 const WINDOW: usize = 256;
 /// Bytes of copied records handed to the writers and not yet applied, at most (one larger
@@ -134,51 +133,6 @@ pub struct Standby {
     promoting: tokio::sync::Mutex<Option<Promoted>>,
     /// `/readyz` says ready while the lag is at most this.
     pub ready_lag_ms: u64,
-}
-
-/// The key-value bucket that names a box's primary.
-pub fn role_bucket(cfg: &NatsSinkConfig) -> String {
-    format!("{}_{}_ROLE", cfg.stream, cfg.box_name)
-}
-
-/// The role bucket's record: which generation is the box's primary, and what it continues.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Role {
-    pub generation: String,
-    pub previous: String,
-    pub through_lsn: u64,
-    pub at_ms: u64,
-}
-
-/// The box's primary as the hub's role bucket names it (`None`: no standby was ever promoted).
-pub async fn role(js: &jetstream::Context, cfg: &NatsSinkConfig) -> Result<Option<Role>, String> {
-    // Only a bucket that is not there means no promotion: any other failure (a timeout) is
-    // an error, never a pass.
-    match js.get_stream(format!("KV_{}", role_bucket(cfg))).await {
-        Ok(_) => {}
-        Err(e) => {
-            use jetstream::context::GetStreamErrorKind;
-            return match e.kind() {
-                GetStreamErrorKind::JetStream(j)
-                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
-                {
-                    Ok(None)
-                }
-                _ => Err(format!("bucket {}: {e}", role_bucket(cfg))),
-            };
-        }
-    }
-    let kv = js
-        .get_key_value(role_bucket(cfg))
-        .await
-        .map_err(|e| format!("bucket {}: {e}", role_bucket(cfg)))?;
-    match kv.get(ROLE_KEY).await {
-        Ok(Some(v)) => serde_json::from_slice::<Role>(&v)
-            .map(Some)
-            .map_err(|e| format!("bucket {} key {ROLE_KEY}: {e}", role_bucket(cfg))),
-        Ok(None) => Ok(None),
-        Err(e) => Err(format!("bucket {}: {e}", role_bucket(cfg))),
-    }
 }
 
 impl Standby {
@@ -781,21 +735,3 @@ async fn last_is(stream: &mut jetstream::stream::Stream, id: &str) -> Option<u64
     (m.headers.get("Nats-Msg-Id").map(|v| v.as_str()) == Some(id)).then_some(last)
 }
 
-/// Records `role` as the box's primary in the role bucket (made when missing).
-async fn put_role(js: &jetstream::Context, cfg: &NatsSinkConfig, role: &Role) -> Result<(), String> {
-    let kv = js
-        .create_or_update_key_value(jetstream::kv::Config {
-            bucket: role_bucket(cfg),
-            history: 16,
-            num_replicas: cfg.replicas,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("bucket {}: {e}", role_bucket(cfg)))?;
-    let body = serde_json::to_vec(role).map_err(|e| e.to_string())?;
-    kv.put(ROLE_KEY, body.into())
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("bucket {}: {e}", role_bucket(cfg)))
-}

@@ -494,7 +494,7 @@ impl Sink {
         // A standby promoted in this box's place: checked before anything is published, on
         // both streams (the changes may not show the promotion yet when the log does).
         let ours = feed.generation();
-        let role = crate::store::follow::role(js, &self.cfg)
+        let role = role(js, &self.cfg)
             .await
             .map_err(End::Retry)?;
         if let Some(r) = role.as_ref().filter(|r| r.previous == ours.to_string()) {
@@ -534,7 +534,7 @@ impl Sink {
                 _ => {
                     // Promoted in this box's place: a mark naming this history, or the role
                     // bucket naming another primary (a later promotion).
-                    let marked = header(crate::store::snapshot::PROMOTED_HEADER)
+                    let marked = header(PROMOTED_HEADER)
                         .is_some_and(|m| m.split(':').next() == Some(ours.to_string().as_str()));
                     if marked || role.as_ref().is_some_and(|r| r.generation != ours.to_string()) {
                         return Err(End::Fenced(format!(
@@ -1081,6 +1081,79 @@ pub fn message_id(box_name: &str, e: &Entry) -> String {
     )
 }
 
+// The role bucket: which generation is the box's primary (written by a promotion,
+// read by every sink before it publishes).
+
+/// The header a promotion's mark carries: `<previous generation>:<last record>`
+/// (`store::follow`).
+pub const PROMOTED_HEADER: &str = "Shardbox-Promoted";
+
+/// The key of the role bucket that names the box's primary.
+pub const ROLE_KEY: &str = "primary";
+/// The key-value bucket that names a box's primary.
+pub fn role_bucket(cfg: &NatsSinkConfig) -> String {
+    format!("{}_{}_ROLE", cfg.stream, cfg.box_name)
+}
+
+/// The role bucket's record: which generation is the box's primary, and what it continues.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Role {
+    pub generation: String,
+    pub previous: String,
+    pub through_lsn: u64,
+    pub at_ms: u64,
+}
+
+/// The box's primary as the hub's role bucket names it (`None`: no standby was ever promoted).
+pub async fn role(js: &jetstream::Context, cfg: &NatsSinkConfig) -> Result<Option<Role>, String> {
+    // Only a bucket that is not there means no promotion: any other failure (a timeout) is
+    // an error, never a pass.
+    match js.get_stream(format!("KV_{}", role_bucket(cfg))).await {
+        Ok(_) => {}
+        Err(e) => {
+            use jetstream::context::GetStreamErrorKind;
+            return match e.kind() {
+                GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(None)
+                }
+                _ => Err(format!("bucket {}: {e}", role_bucket(cfg))),
+            };
+        }
+    }
+    let kv = js
+        .get_key_value(role_bucket(cfg))
+        .await
+        .map_err(|e| format!("bucket {}: {e}", role_bucket(cfg)))?;
+    match kv.get(ROLE_KEY).await {
+        Ok(Some(v)) => serde_json::from_slice::<Role>(&v)
+            .map(Some)
+            .map_err(|e| format!("bucket {} key {ROLE_KEY}: {e}", role_bucket(cfg))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(format!("bucket {}: {e}", role_bucket(cfg))),
+    }
+}
+
+/// Records `role` as the box's primary in the role bucket (made when missing).
+pub(crate) async fn put_role(js: &jetstream::Context, cfg: &NatsSinkConfig, role: &Role) -> Result<(), String> {
+    let kv = js
+        .create_or_update_key_value(jetstream::kv::Config {
+            bucket: role_bucket(cfg),
+            history: 16,
+            num_replicas: cfg.replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("bucket {}: {e}", role_bucket(cfg)))?;
+    let body = serde_json::to_vec(role).map_err(|e| e.to_string())?;
+    kv.put(ROLE_KEY, body.into())
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("bucket {}: {e}", role_bucket(cfg)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1100,3 +1173,4 @@ mod tests {
         assert_eq!(unescape("=zz"), None);
     }
 }
+

@@ -657,10 +657,6 @@ fn place_of(
     Ok((pos, part))
 }
 
-/// The header a promotion's mark carries: `<previous generation>:<last record>`
-/// (`store::follow`).
-pub const PROMOTED_HEADER: &str = "Shardbox-Promoted";
-
 /// What one message of the log stream is to a reader that copies the log in order.
 pub(crate) enum Step {
     /// A record it already has (or a part of one still coming).
@@ -712,7 +708,7 @@ impl Assembler {
         seq: u64,
     ) -> Result<Step, String> {
         let (pos, part) = place_of(headers)?;
-        if let Some(mark) = headers.get(PROMOTED_HEADER) {
+        if let Some(mark) = headers.get(super::sink::PROMOTED_HEADER) {
             let (g, l) = mark
                 .as_str()
                 .split_once(':')
