@@ -80,18 +80,36 @@ pub fn head(
     out.extend_from_slice(b"x-request-id: ");
     out.extend_from_slice(request_id);
     if let Some((generation, lsn)) = position {
-        out.extend_from_slice(b"\r\nshardbox-position: ");
-        let mut hex = [0u8; 16];
-        for (i, b) in hex.iter_mut().enumerate() {
-            *b = b"0123456789abcdef"[((generation >> (60 - 4 * i)) & 0xf) as usize];
-        }
-        out.extend_from_slice(&hex);
-        out.push(b':');
-        out.extend_from_slice(itoa::Buffer::new().format(lsn).as_bytes());
+        position_header(out, generation, lsn);
     }
     out.extend_from_slice(b"\r\ndate: ");
     date(out);
     out.extend_from_slice(b"\r\n\r\n");
+}
+
+const POSITION_NAME: &[u8] = b"\r\nshardbox-position: ";
+
+thread_local! {
+    /// The `shardbox-position` header up to the LSN (name, generation in hex, `:`), for the
+    /// generation it was made for: a generation changes only at a promotion.
+    static POSITION_PREFIX: std::cell::Cell<(u64, [u8; 38])> =
+        const { std::cell::Cell::new((0, [0; 38])) };
+}
+
+/// Appends `\r\nshardbox-position: <generation, 16 hex digits>:<lsn>`.
+fn position_header(out: &mut Vec<u8>, generation: u64, lsn: u64) {
+    let (made_for, mut prefix) = POSITION_PREFIX.get();
+    if made_for != generation || prefix[0] == 0 {
+        prefix[..POSITION_NAME.len()].copy_from_slice(POSITION_NAME);
+        let hex = &mut prefix[POSITION_NAME.len()..POSITION_NAME.len() + 16];
+        for (i, b) in hex.iter_mut().enumerate() {
+            *b = b"0123456789abcdef"[((generation >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        prefix[37] = b':';
+        POSITION_PREFIX.set((generation, prefix));
+    }
+    out.extend_from_slice(&prefix);
+    out.extend_from_slice(itoa::Buffer::new().format(lsn).as_bytes());
 }
 
 /// Appends a chunk of a chunked body.
