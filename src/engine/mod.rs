@@ -546,7 +546,15 @@ impl Engine {
                         .aborted
                         .insert(cancelled.0, cancelled.1, self.wal.oldest_lsn());
                 }
-                let _ = tx.send(Ok(()));
+                // Its shard's writer takes it as a record of no operation: the shard's applied
+                // LSN passes it, so a checkpoint lets the log go past it (the record it cancels
+                // came as a no-op already).
+                let msg = writer::Msg::Replay(writer::Replay {
+                    lsn: h.lsn,
+                    payload: redo::CANCELLED.to_vec(),
+                    done: tx,
+                });
+                self.shards[shard].send_replay(msg).await?;
             }
         }
         Ok(rx)
@@ -609,6 +617,11 @@ impl Engine {
     /// Free disk space under the data directory, as last sampled.
     pub fn space(&self) -> &Arc<space::DiskSpace> {
         &self.space
+    }
+
+    /// Whether shutdown has started ([`Engine::begin_shutdown`]).
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
     }
 
     pub fn is_closing(&self) -> bool {

@@ -248,6 +248,10 @@ impl Standby {
         loop {
             let end = self.session(&store).await;
             let message = match end {
+                // A promotion that gave up takes its stop back: copying goes on.
+                End::Stop if !*self.stop.borrow() && !store.engine().is_stopping() => {
+                    continue
+                }
                 End::Stop => break,
                 End::Stopped(m) => {
                     tracing::error!(error = %m, "standby: cannot go on copying the primary's log; rebuild it (`shardbox follow` on an empty directory)");
@@ -343,7 +347,8 @@ impl Standby {
         };
         self.set_state(State::Following);
         if self.applied_seq.load(Ordering::Relaxed) >= last || start > last {
-            self.applied_seq.store(last.max(start - 1), Ordering::Relaxed);
+            // Nothing to copy: it holds everything the stream holds.
+            self.seen(store, last.max(start - 1));
         }
         // The lag clock runs from when the standby last held everything.
         if self.caught_up_ms.load(Ordering::Relaxed) == 0 {
@@ -649,11 +654,24 @@ impl Standby {
                     format!("the promotion's mark is in stream {name}, but this box could not start its generation ({e}): fix the data directory and start it with `shardbox serve`"),
                 ));
             }
+            // Every generation a promotion has superseded, this one's predecessor last: what
+            // an old primary finds itself in to know it is fenced.
+            let mut superseded = super::sink::role(&js, &self.cfg)
+                .await
+                .ok()
+                .flatten()
+                .map(|r| r.superseded)
+                .unwrap_or_default();
+            superseded.retain(|g| *g != previous.to_string());
+            superseded.push(previous.to_string());
+            let keep = superseded.len().saturating_sub(64);
+            superseded.drain(..keep);
             let role = Role {
                 generation: generation.to_string(),
                 previous: previous.to_string(),
                 through_lsn: through,
                 at_ms: engine.now_ms(),
+                superseded,
             };
             let mut recorded = Err(String::new());
             for _ in 0..3 {

@@ -494,10 +494,13 @@ impl Sink {
         // A standby promoted in this box's place: checked before anything is published, on
         // both streams (the changes may not show the promotion yet when the log does).
         let ours = feed.generation();
-        let role = role(js, &self.cfg)
-            .await
-            .map_err(End::Retry)?;
-        if let Some(r) = role.as_ref().filter(|r| r.previous == ours.to_string()) {
+        // A role bucket that cannot be read (a token without the right to, a timeout) does not
+        // stop the sink: the stream's expected-sequence check still refuses a superseded box.
+        let role = role(js, &self.cfg).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "NATS sink: cannot read the role bucket (does the token allow $JS.API.STREAM.INFO.KV_*?); going on without its fencing check");
+            None
+        });
+        if let Some(r) = role.as_ref().filter(|r| r.supersedes(ours)) {
             return Err(End::Fenced(format!(
                 "a standby was promoted in this box's place at record {} (generation {} goes on from this box's {ours}): this box is no longer the primary of box {} — rebuild it as a standby (`shardbox follow` on an empty directory) or retire it",
                 r.through_lsn, r.generation, self.cfg.box_name
@@ -533,10 +536,10 @@ impl Sink {
                 },
                 _ => {
                     // Promoted in this box's place: a mark naming this history, or the role
-                    // bucket naming another primary (a later promotion).
+                    // bucket listing it among those superseded (a later promotion).
                     let marked = header(PROMOTED_HEADER)
                         .is_some_and(|m| m.split(':').next() == Some(ours.to_string().as_str()));
-                    if marked || role.as_ref().is_some_and(|r| r.generation != ours.to_string()) {
+                    if marked || role.as_ref().is_some_and(|r| r.supersedes(ours)) {
                         return Err(End::Fenced(format!(
                             "stream {} goes on in generation {}, a standby promoted in this box's place: this box (generation {ours}) is no longer the primary of box {} — rebuild it as a standby (`shardbox follow` on an empty directory) or retire it",
                             self.source.stream_name(&self.cfg),
@@ -1102,6 +1105,17 @@ pub struct Role {
     pub previous: String,
     pub through_lsn: u64,
     pub at_ms: u64,
+    /// Every generation a promotion superseded (the newest 64), `previous` last.
+    #[serde(default)]
+    pub superseded: Vec<String>,
+}
+
+impl Role {
+    /// Whether a standby was promoted in the place of history `g` (or of one after it).
+    pub fn supersedes(&self, g: crate::engine::feed::Generation) -> bool {
+        let g = g.to_string();
+        self.previous == g || self.superseded.contains(&g)
+    }
 }
 
 /// The box's primary as the hub's role bucket names it (`None`: no standby was ever promoted).

@@ -742,11 +742,9 @@ impl Assembler {
         if pos.lsn < self.expect && self.parts.is_none() && pos.generation == self.generation {
             return Ok(Step::Skip);
         }
-        if self.parts.is_none()
-            && self
-                .lineage
-                .is_some_and(|l| l.previous == pos.generation && pos.lsn <= l.through_lsn)
-        {
+        // The history this copy forked from: its records up to the fork are this copy's, and
+        // any past it (parts of a record the old primary never finished) are not its history.
+        if self.parts.is_none() && self.lineage.is_some_and(|l| l.previous == pos.generation) {
             return Ok(Step::Skip);
         }
         if pos.generation != self.generation {
