@@ -530,33 +530,27 @@ impl Engine {
                 shard,
                 source: e.into_failure(),
             })?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        match h.kind {
-            Kind::Redo => {
-                let msg = writer::Msg::Replay(writer::Replay {
-                    lsn: h.lsn,
-                    payload: payload.to_vec(),
-                    done: tx,
-                });
-                self.shards[shard].send_replay(msg).await?;
-            }
+        // An abort goes to its shard's writer as a record of no operation (the record it
+        // cancels came as a no-op already): the shard's applied LSN passes it, so a checkpoint
+        // lets the log go past it.
+        let payload = match h.kind {
+            Kind::Redo => payload,
             Kind::Abort => {
                 if let Some(cancelled) = wal::recovery::aborted(&h, payload) {
                     self.feed
                         .aborted
                         .insert(cancelled.0, cancelled.1, self.wal.oldest_lsn());
                 }
-                // Its shard's writer takes it as a record of no operation: the shard's applied
-                // LSN passes it, so a checkpoint lets the log go past it (the record it cancels
-                // came as a no-op already).
-                let msg = writer::Msg::Replay(writer::Replay {
-                    lsn: h.lsn,
-                    payload: redo::CANCELLED.to_vec(),
-                    done: tx,
-                });
-                self.shards[shard].send_replay(msg).await?;
+                redo::CANCELLED
             }
-        }
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let msg = writer::Msg::Replay(writer::Replay {
+            lsn: h.lsn,
+            payload: payload.to_vec(),
+            done: tx,
+        });
+        self.shards[shard].send_replay(msg).await?;
         Ok(rx)
     }
 

@@ -121,8 +121,6 @@ pub struct Standby {
     caught_up_ms: AtomicU64,
     /// The standby has held everything the stream held at least once (it is not ready before).
     ever_caught_up: std::sync::atomic::AtomicBool,
-    /// A promotion took over: what the copying task still finishes no longer moves positions.
-    taking_over: std::sync::atomic::AtomicBool,
     pub applied_total: AtomicU64,
     pub errors_total: AtomicU64,
     last_error: Mutex<Option<String>>,
@@ -144,7 +142,6 @@ impl Standby {
             hub_seq: AtomicU64::new(0),
             caught_up_ms: AtomicU64::new(0),
             ever_caught_up: std::sync::atomic::AtomicBool::new(false),
-            taking_over: std::sync::atomic::AtomicBool::new(false),
             applied_total: AtomicU64::new(0),
             errors_total: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -450,9 +447,6 @@ impl Standby {
 
     /// Record `lsn` (stream sequence `seq`) and everything before it are applied.
     fn applied(&self, store: &Store, lsn: u64, seq: u64) {
-        if self.taking_over.load(Ordering::Acquire) && self.state() != State::Promoting {
-            return;
-        }
         store.engine().set_standby_applied(Some(lsn));
         self.applied_total.fetch_add(1, Ordering::Relaxed);
         self.seen(store, seq);
@@ -511,7 +505,6 @@ impl Standby {
                 "this standby stopped copying (see /v1/status): it may lack records its primary acknowledged; rebuild it".into(),
             ));
         }
-        self.taking_over.store(true, Ordering::Release);
         self.set_state(State::Promoting);
         let result = self.take_over(store).await;
         match result {
@@ -526,7 +519,6 @@ impl Standby {
             Err(e) if self.state() == State::Promoting => {
                 // The mark did not go in: back to copying (the old task is gone).
                 self.note_error(&e.2);
-                self.taking_over.store(false, Ordering::Release);
                 self.stop.send_replace(false);
                 self.exited.send_replace(false);
                 self.set_state(State::Connecting);
