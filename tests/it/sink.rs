@@ -42,6 +42,20 @@ pub(crate) fn config_file_with(
     ])
 }
 
+/// A 3-node hub (`None` without a nats-server) and a config for box `edge-1` with `extra`
+/// `[sink.nats]` lines, in a temporary directory.
+pub(crate) async fn hub_with(
+    extra: &str,
+) -> Option<(Cluster, tempfile::TempDir, Vec<(String, String)>)> {
+    let Some(cluster) = Cluster::start(3).await else {
+        eprintln!("skipped: no nats-server");
+        return None;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let env = config_file_with(tmp.path(), &cluster.urls(), 3, extra);
+    Some((cluster, tmp, env))
+}
+
 /// Writes to every domain until `stop`, against whatever address `addr` holds (the server is
 /// restarted under it); counts acknowledged writes, and in `refused` the answers that were
 /// neither a success nor a 404.
@@ -549,17 +563,11 @@ async fn a_hub_without_atomic_batches_gets_one_change_at_a_time() {
 /// is passed over for the one before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_box_comes_back_from_the_hub() {
-    let Some(cluster) = Cluster::start(3).await else {
-        eprintln!("skipped: no nats-server");
+    let Some((cluster, tmp, env)) =
+        hub_with("ship_log = true\nsnapshot_interval_ms = 0\nsnapshots_keep = 2\n").await
+    else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let env = config_file_with(
-        tmp.path(),
-        &cluster.urls(),
-        3,
-        "ship_log = true\nsnapshot_interval_ms = 0\nsnapshots_keep = 2\n",
-    );
     let config = env
         .iter()
         .find(|(k, _)| k == "SHARDBOX_CONFIG")
@@ -720,17 +728,13 @@ pub(crate) async fn export_lines(c: &mut Client) -> Vec<Value> {
 /// write answers 504 `hub_ack_timeout` after `ack_timeout_ms` and is done on the box.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_ack_hub_a_reply_means_the_hub_holds_the_write() {
-    let Some(mut cluster) = Cluster::start(3).await else {
-        eprintln!("skipped: no nats-server");
+    let Some((mut cluster, tmp, env)) = hub_with(
+        "ship_log = true\nsnapshot_interval_ms = 3600000\nack = \"hub\"\nack_timeout_ms = 1500\n",
+    )
+    .await
+    else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let env = config_file_with(
-        tmp.path(),
-        &cluster.urls(),
-        3,
-        "ship_log = true\nsnapshot_interval_ms = 3600000\nack = \"hub\"\nack_timeout_ms = 1500\n",
-    );
     let (child, addr) = spawn_shardbox(&tmp.path().join("data"), &env).expect("start shardbox");
     let _child = KillOnDrop(child);
     let mut c = Client::connect(addr).await;

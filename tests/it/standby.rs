@@ -6,9 +6,8 @@
 //! primary, started again, is fenced and takes no write.
 
 use crate::common;
-use crate::sink::{config_file_with, export_lines};
+use crate::sink::{export_lines, hub_with};
 
-use common::nats::Cluster;
 use common::spawn::{spawn_shardbox, spawn_shardbox_cmd, KillOnDrop};
 use common::Client;
 use serde_json::{json, Value};
@@ -126,21 +125,17 @@ async fn same_position(primary: SocketAddr, standby: SocketAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_with_every_acknowledged_write_and_the_old_primary_is_fenced() {
-    let Some(cluster) = Cluster::start(3).await else {
-        eprintln!("skipped: no nats-server");
+    let Some((_cluster, tmp, env)) = hub_with(
+        "ship_log = true\nsnapshot_interval_ms = 0\nack = \"hub\"\nack_timeout_ms = 5000\n",
+    )
+    .await
+    else {
         return;
     };
     let cycles: usize = std::env::var("STANDBY_TEST_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let tmp = tempfile::tempdir().unwrap();
-    let env = config_file_with(
-        tmp.path(),
-        &cluster.urls(),
-        3,
-        "ship_log = true\nsnapshot_interval_ms = 0\nack = \"hub\"\nack_timeout_ms = 5000\n",
-    );
     let (child, mut primary) = spawn_shardbox(&tmp.path().join("box-0"), &env).expect("start");
     let mut primary_child = KillOnDrop(child);
     let mut primary_dir = tmp.path().join("box-0");
@@ -277,7 +272,6 @@ async fn a_standby_takes_over_with_every_acknowledged_write_and_the_old_primary_
             .iter()
             .map(|e| e["id"].as_str().unwrap().to_string())
             .collect();
-        let before = acked_all.events.len();
         for id in acked_all.events.iter().chain(&acked.events) {
             if !have.contains(id) {
                 missing.push(format!("event {id}"));
@@ -327,7 +321,6 @@ async fn a_standby_takes_over_with_every_acknowledged_write_and_the_old_primary_
         acked_all.kv.extend(acked.kv);
         acked_all.jobs.extend(acked.jobs);
         acked_all.events.extend(acked.events);
-        assert!(acked_all.events.len() > before);
         primary = standby;
         primary_child = standby_child;
         primary_dir = standby_dir;
@@ -352,17 +345,10 @@ async fn a_standby_takes_over_with_every_acknowledged_write_and_the_old_primary_
 /// is on the new primary, and what is missing all came after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_ack_local_a_failover_loses_only_what_the_hub_did_not_hold() {
-    let Some(cluster) = Cluster::start(3).await else {
-        eprintln!("skipped: no nats-server");
+    let Some((_cluster, tmp, env)) = hub_with("ship_log = true\nsnapshot_interval_ms = 0\n").await
+    else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let env = config_file_with(
-        tmp.path(),
-        &cluster.urls(),
-        3,
-        "ship_log = true\nsnapshot_interval_ms = 0\n",
-    );
     let (child, primary) = spawn_shardbox(&tmp.path().join("primary"), &env).expect("start");
     let mut primary_child = KillOnDrop(child);
     let mut c = Client::connect(primary).await;
