@@ -299,6 +299,30 @@ pub struct NatsSinkConfig {
     /// `hub_ack_timeout` (the write stays done on the box). Default 5000.
     #[serde(default = "default_ack_timeout")]
     pub ack_timeout_ms: u64,
+    /// Who promotes a standby: `manual` (default: an operator runs `shardbox promote`) or
+    /// `auto`: the primary holds a lease in the hub's key-value bucket `<stream>_<box>_LEASE`,
+    /// renewed by compare-and-set, and takes writes only while it holds it; a standby
+    /// promotes itself once the lease has expired. Needs `ship_log`.
+    #[serde(default)]
+    pub failover: Failover,
+    /// With `failover = "auto"`, the lease's length in ms (1000-600000): it is renewed every
+    /// fifth of it; a primary that could not renew it for three fifths stops taking writes,
+    /// and a standby takes over once it has expired. Default 10000.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+}
+
+/// `[sink.nats] failover`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Failover {
+    #[default]
+    Manual,
+    Auto,
+}
+
+fn default_lease_ms() -> u64 {
+    10_000
 }
 
 /// `[sink.nats] ack`.
@@ -352,6 +376,8 @@ impl std::fmt::Debug for NatsSinkConfig {
             .field("snapshots_keep", &self.snapshots_keep)
             .field("ack", &self.ack)
             .field("ack_timeout_ms", &self.ack_timeout_ms)
+            .field("failover", &self.failover)
+            .field("lease_ms", &self.lease_ms)
             .finish()
     }
 }
@@ -371,6 +397,11 @@ impl NatsSinkConfig {
     /// `<subject_prefix>.<box>.>`).
     pub fn log_subject(&self) -> String {
         format!("{}_log.{}", self.subject_prefix, self.box_name)
+    }
+
+    /// The key-value bucket of the primary's lease (`failover = "auto"`).
+    pub fn lease_bucket(&self) -> String {
+        format!("{}_{}_LEASE", self.stream, self.box_name)
     }
 
     /// The object store of the box's snapshots (`ship_log`).
@@ -426,6 +457,15 @@ impl NatsSinkConfig {
                 "[sink.nats] snapshots_keep = {}: must be 1-100",
                 self.snapshots_keep
             ));
+        }
+        if !(1000..=600_000).contains(&self.lease_ms) {
+            return Err(format!(
+                "[sink.nats] lease_ms = {}: must be 1000-600000",
+                self.lease_ms
+            ));
+        }
+        if self.failover == Failover::Auto && !self.ship_log {
+            return Err("[sink.nats] failover = \"auto\": a standby takes over from the log stream, so set ship_log = true".into());
         }
         Ok(())
     }

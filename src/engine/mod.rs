@@ -449,14 +449,44 @@ impl Engine {
     /// Refuses every write from now on with `code` and `message` (409), until
     /// [`Engine::clear_read_only`].
     pub fn set_read_only(&self, code: &'static str, message: String) {
-        *self.read_only_why.lock().unwrap_or_else(|p| p.into_inner()) = Some((code, message));
+        let mut why = self.read_only_why.lock().unwrap_or_else(|p| p.into_inner());
+        *why = Some((code, message));
         self.read_only.store(true, Ordering::Release);
+    }
+
+    /// As [`Engine::set_read_only`], unless writes are refused already for another reason,
+    /// which stays (a passing reason never hides a lasting one). Whether it took.
+    pub fn set_read_only_unless_other(&self, code: &'static str, message: String) -> bool {
+        let mut why = self.read_only_why.lock().unwrap_or_else(|p| p.into_inner());
+        if self.read_only.load(Ordering::Acquire) && why.as_ref().is_some_and(|(c, _)| *c != code)
+        {
+            return false;
+        }
+        *why = Some((code, message));
+        self.read_only.store(true, Ordering::Release);
+        true
     }
 
     /// Takes writes again.
     pub fn clear_read_only(&self) {
+        let mut why = self.read_only_why.lock().unwrap_or_else(|p| p.into_inner());
         self.read_only.store(false, Ordering::Release);
-        *self.read_only_why.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *why = None;
+    }
+
+    /// Takes writes again if they are refused for `code`, and for nothing else.
+    pub fn clear_read_only_if(&self, code: &str) {
+        self.swap_read_only(code, None);
+    }
+
+    /// If writes are refused for `code`, refuses them for `to` instead (`None`: takes them
+    /// again), in one step: no write slips through between.
+    pub fn swap_read_only(&self, code: &str, to: Option<(&'static str, String)>) {
+        let mut why = self.read_only_why.lock().unwrap_or_else(|p| p.into_inner());
+        if why.as_ref().is_some_and(|(c, _)| *c == code) {
+            self.read_only.store(to.is_some(), Ordering::Release);
+            *why = to;
+        }
     }
 
     /// Why writes are refused (`None`: they are not).

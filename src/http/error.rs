@@ -94,6 +94,10 @@ impl From<EngineError> for ApiError {
             EngineError::ShuttingDown => ApiError::unavailable("shutting_down", message),
             EngineError::Corrupt { .. } => ApiError::new(500, "corrupt_record", message),
             EngineError::Open(_) => ApiError::new(500, "internal", message),
+            // A primary waiting for its lease (failover = "auto") takes writes again soon.
+            EngineError::ReadOnly {
+                code: "no_lease", ..
+            } => ApiError::unavailable("no_lease", message),
             EngineError::ReadOnly { code, .. } => ApiError::new(409, code, message),
             EngineError::InsufficientStorage { .. } => ApiError {
                 retry_after_s: Some(5),

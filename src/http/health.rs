@@ -47,8 +47,10 @@ pub fn readyz(state: &ServerState) -> Resp {
             problems.push(serde_json::json!({ "standby": why }));
         }
     }
-    if let Some(("fenced", why)) = engine.read_only().as_ref().map(|(c, w)| (*c, w)) {
-        problems.push(serde_json::json!({ "fenced": why }));
+    match engine.read_only() {
+        Some(("fenced", why)) => problems.push(serde_json::json!({ "fenced": why })),
+        Some(("no_lease", why)) => problems.push(serde_json::json!({ "lease": why })),
+        _ => {}
     }
     if problems.is_empty() {
         response::json(
@@ -77,6 +79,9 @@ pub async fn metrics(state: &ServerState) -> Result<Resp, crate::http::error::Ap
     }
     if let Some(standby) = state.store.standby() {
         render_standby(&mut text, standby, state.store.engine());
+    }
+    if let Some(lease) = state.store.lease() {
+        render_lease(&mut text, lease);
     }
     let followers =
         state.followers_max - state.followers.available_permits().min(state.followers_max);
@@ -166,6 +171,49 @@ async fn scrape_gauges(state: &ServerState) {
                 .get_or_create(&vec![("tier", tier.to_string())])
                 .set(bytes as i64);
         }
+    }
+}
+
+/// The lease's series (`failover = "auto"`).
+fn render_lease(out: &mut String, lease: &crate::store::lease::Lease) {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    for (name, help, kind, v) in [
+        (
+            "shardbox_lease_held",
+            "1 while this box holds the primary's lease (it takes writes only then).",
+            "gauge",
+            u64::from(lease.holds()),
+        ),
+        (
+            "shardbox_lease_renewals_total",
+            "Writes of the lease that the hub took (renewals, and takings).",
+            "counter",
+            lease.renewals_total.load(Relaxed),
+        ),
+        (
+            "shardbox_lease_lost_total",
+            "Times this box held the lease and then did not (expired, or taken).",
+            "counter",
+            lease.lost_total.load(Relaxed),
+        ),
+        (
+            "shardbox_lease_promotions_total",
+            "Times this standby promoted itself after its primary's lease expired.",
+            "counter",
+            lease.promotions_total.load(Relaxed),
+        ),
+        (
+            "shardbox_lease_errors_total",
+            "Lease reads or writes that failed (the hub unreachable or slow).",
+            "counter",
+            lease.errors_total.load(Relaxed),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
     }
 }
 

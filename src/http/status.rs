@@ -161,6 +161,7 @@ async fn status(state: &ServerState) -> Result<Resp, ApiError> {
         "sink": state.store.sink().map(|s| s.status_json(engine)),
         "sink_log": state.store.log_sink().map(|s| s.status_json(engine)),
         "standby": state.store.standby().map(|s| s.status_json(&state.store)),
+        "lease": state.store.lease().map(|l| l.status_json()),
         "read_only": engine.read_only().map(|(code, why)| serde_json::json!({"code": code, "reason": why})),
         "http": {
             "2xx": crate::base::metrics::HTTP_2XX.get(),
@@ -232,7 +233,7 @@ th{color:var(--dim);font-weight:500}td.msg{text-align:left;white-space:normal;ov
 <div class="tile"><div class="l">disk</div><div class="v" data-k="cache.disk_bytes" id="cdisk"></div></div>
 </div><p class="dim"><span data-k="cache.hits" id="chits"></span> hits, <span data-k="cache.misses" id="cmiss"></span> misses since start</p></section>
 <section id="streams" class="w2"><h2>Streams</h2><table><thead><tr><th>stream</th><th>events</th><th>buckets</th><th>newest</th></tr></thead><tbody id="streamrows"></tbody></table></section>
-<section id="feed"><h2>Change feed</h2><p class="dim">generation <span id="fgen"></span> · end <span id="fend"></span></p><table class="rt"><thead><tr><th>cursor</th><th>position</th><th>state</th></tr></thead><tbody id="cursors"></tbody></table><p id="sink"></p><p id="sinklog"></p><p id="standby"></p></section>
+<section id="feed"><h2>Change feed</h2><p class="dim">generation <span id="fgen"></span> · end <span id="fend"></span></p><table class="rt"><thead><tr><th>cursor</th><th>position</th><th>state</th></tr></thead><tbody id="cursors"></tbody></table><p id="sink"></p><p id="sinklog"></p><p id="standby"></p><p id="lease"></p></section>
 <section id="errors" class="wide"><h2>Recent errors</h2><table class="rt"><thead><tr><th>when</th><th>status</th><th>request</th><th>message</th></tr></thead><tbody id="errorrows"></tbody></table></section>
 </main>
 <script>
@@ -284,6 +285,7 @@ function render(s){
   const f=s.feed;set("fgen",f.generation);set("fend",f.end.split(":").slice(1).join(":"));
   rows("cursors",f.cursors.map(c=>[esc(c.name),esc(c.position.split(":").slice(1).join(":")),[c.state==="active"?"active":c.state,"cursor."+c.name+".state",c.state==="active"?"ok":"bad"]]),"no cursors");
   const k=s.sink;$("sink").innerHTML=k?`NATS sink → ${esc(k.stream)}: <b class="${k.state==="streaming"?"ok":k.state==="catching_up"?"warn":"bad"}" data-k="sink.state">${esc(k.state)}</b>, lag ${k.lag_records} records / ${(k.lag_ms/1000).toFixed(1)} s, ${k.acked_total} shipped${k.last_error&&k.state!=="streaming"?" · "+esc(k.last_error):""}`:'<span class="dim">NATS sink: off</span>';
+  const ls=s.lease;$("lease").innerHTML=ls?`primary's lease (failover auto): <b class="${ls.held?"ok":s.standby&&s.standby.state!=="promoted"?"dim":"bad"}" data-k="lease.held">${ls.held?"held by this box":"not held by this box"}</b>${ls.holder?" · holder "+esc(ls.holder.role)+" of generation "+esc(ls.holder.generation):""}${ls.last_error?" · "+esc(ls.last_error):""}`:"";
   const sb=s.standby;$("standby").innerHTML=sb?`standby of ${esc(sb.primary)}: <b class="${sb.state==="following"||sb.state==="promoted"?"ok":sb.state==="promoting"||sb.state==="connecting"?"warn":"bad"}" data-k="standby.state">${esc(sb.state)}</b>, applied ${esc(sb.applied)}, lag ${sb.lag_records} messages / ${sb.lag_ms} ms${sb.last_error&&sb.state!=="following"&&sb.state!=="promoted"?" · "+esc(sb.last_error):""}`:(s.read_only?`<b class="bad" data-k="read_only.code">${esc(s.read_only.code)}</b> · ${esc(s.read_only.reason)}`:"");
   const g=s.sink_log;$("sinklog").innerHTML=g?`log → ${esc(g.stream)}: <b class="${g.state==="streaming"?"ok":g.state==="catching_up"?"warn":"bad"}" data-k="sink_log.state">${esc(g.state)}</b>, lag ${g.lag_records} records, ${g.acked_total} shipped${g.last_error&&g.state!=="streaming"?" · "+esc(g.last_error):""}`:"";
   rows("errorrows",s.recent_errors.map(e=>[ago(e.at_ms,now),`<span class="bad">${e.status}</span>`,[esc(e.method+" "+e.path),null,"msg"],[esc(e.code+": "+e.message),null,"msg"]]),"none");

@@ -156,6 +156,11 @@ impl Standby {
         State::from_u8(self.state.load(Ordering::Relaxed))
     }
 
+    /// Whether it has held everything the stream held at least once since it started.
+    pub fn caught_up_once(&self) -> bool {
+        self.ever_caught_up.load(Ordering::Relaxed)
+    }
+
     fn set_state(&self, s: State) {
         self.state.store(s as u8, Ordering::Relaxed);
     }
@@ -286,6 +291,17 @@ impl Standby {
             Err(e) => return End::Retry(e),
         };
         let js = jetstream::new(client);
+        // A promoted box started again with `follow` would follow itself (its standbys share
+        // its generation, not its directory's id).
+        if let Ok(Some(r)) = super::sink::role(&js, &self.cfg).await {
+            if r.node == store.node_id() && r.generation == engine.feed().generation().to_string()
+            {
+                return End::Stopped(format!(
+                    "this data directory is box {}'s primary (generation {}, promoted at record {}): start it with `shardbox serve`, not `follow`",
+                    self.cfg.box_name, r.generation, r.through_lsn
+                ));
+            }
+        }
         let name = self.cfg.log_stream_name();
         let mut stream = match js.get_stream(&name).await {
             Ok(s) => s,
@@ -663,6 +679,7 @@ impl Standby {
                 previous: previous.to_string(),
                 through_lsn: through,
                 at_ms: engine.now_ms(),
+                node: store.node_id().to_string(),
                 superseded,
             };
             let mut recorded = Err(String::new());
@@ -677,8 +694,9 @@ impl Standby {
                 // The mark fences an old primary by itself (its sink reads it).
                 tracing::warn!(error = %e, "promotion: the role bucket was not written; the stream's mark fences the old primary");
             }
+            // Writes open in `Store::start_primary_tasks` (at once, or once it holds the lease
+            // with `failover = "auto"`).
             engine.set_standby_applied(None);
-            engine.clear_read_only();
             return Ok(Promoted {
                 generation: generation.to_string(),
                 previous: previous.to_string(),

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod check;
 pub mod export;
 pub mod follow;
+pub mod lease;
 pub mod sink;
 pub mod snapshot;
 
@@ -65,6 +66,28 @@ pub struct Store {
     log_sink: Option<Arc<sink::Sink>>,
     /// Set when this store is a standby copying its primary (`store::follow`).
     standby: Arc<std::sync::OnceLock<Arc<follow::Standby>>>,
+    /// The primary's lease in the hub, with `failover = "auto"` (`store::lease`).
+    lease: Option<Arc<lease::Lease>>,
+    /// This data directory's own id ([`node_id`]; empty without `[sink.nats]`).
+    node: Arc<str>,
+}
+
+/// This data directory's own id, `<data>/NODE` (made on first use). No backup, snapshot or
+/// restore carries it, so a directory rebuilt elsewhere gets its own: the lease's holder and
+/// the role bucket's promoted directory are told apart by it.
+fn node_id(dir: &std::path::Path) -> std::io::Result<String> {
+    let path = dir.join("NODE");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let id = crate::engine::feed::Generation::fresh().to_string();
+    let tmp = dir.join("NODE.tmp");
+    std::fs::write(&tmp, format!("{id}\n"))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(id)
 }
 
 impl Store {
@@ -96,17 +119,19 @@ impl Store {
             .filter_map(|d| d.open)
             .map(|open| open(engine.clone(), &config))
             .collect();
-        let sink = config
-            .sink
-            .nats
-            .clone()
-            .map(|c| Arc::new(sink::Sink::new(c, sink::Source::Changes)));
         let log_sink = config
             .sink
             .nats
             .clone()
             .filter(|c| c.ship_log)
             .map(|c| Arc::new(sink::Sink::new(c, sink::Source::Log)));
+        let sink = config.sink.nats.clone().map(|c| {
+            let changes = sink::Sink::new(c, sink::Source::Changes);
+            Arc::new(match &log_sink {
+                Some(log) => changes.held_behind(log),
+                None => changes,
+            })
+        });
         // A sink turned off leaves no cursor holding the log for it.
         for (on, cursor) in [
             (sink.is_some(), sink::CURSOR),
@@ -118,6 +143,23 @@ impl Store {
                 }
             }
         }
+        let node: Arc<str> = match &config.sink.nats {
+            Some(_) => node_id(&config.data_dir)
+                .map_err(|e| {
+                    EngineError::Open(format!(
+                        "{}: {e}",
+                        config.data_dir.join("NODE").display()
+                    ))
+                })?
+                .into(),
+            None => "".into(),
+        };
+        let lease = config
+            .sink
+            .nats
+            .clone()
+            .filter(|c| c.failover == config::Failover::Auto)
+            .map(|c| Arc::new(lease::Lease::new(c, node.to_string())));
         Ok(Store {
             kv: registered(&domains),
             queues: registered(&domains),
@@ -130,6 +172,8 @@ impl Store {
             sink,
             log_sink,
             standby: Arc::new(std::sync::OnceLock::new()),
+            lease,
+            node,
         })
     }
 
@@ -195,7 +239,13 @@ impl Store {
         // A standby copies its primary and nothing else writes; its promotion starts the rest.
         if let Some(standby) = self.standby.get() {
             if standby.state() != follow::State::Promoted {
-                return vec![tokio::spawn(standby.clone().run(self.clone()))];
+                let mut tasks = vec![tokio::spawn(standby.clone().run(self.clone()))];
+                if let Some(lease) = &self.lease {
+                    tasks.push(tokio::spawn(
+                        lease.clone().watch(standby.clone(), self.clone()),
+                    ));
+                }
+                return tasks;
             }
         }
         self.start_primary_tasks()
@@ -204,6 +254,29 @@ impl Store {
     /// The background work of a primary ([`Store::start_background`]), also started by a
     /// standby's promotion.
     pub fn start_primary_tasks(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        // A promoted standby: it takes writes from here (with a lease, once it holds it).
+        let promoted = self
+            .standby
+            .get()
+            .is_some_and(|s| s.state() == follow::State::Promoted);
+        if promoted {
+            match &self.lease {
+                // Its `gate` just below opens writes if it holds the lease.
+                Some(_) => self.engine.swap_read_only(
+                    "standby",
+                    Some((
+                        lease::NO_LEASE,
+                        "this box was promoted and is taking its lease".into(),
+                    )),
+                ),
+                None => self.engine.clear_read_only_if("standby"),
+            }
+        }
+        let lease = self.lease.as_ref().map(|lease| {
+            // No write before the lease is held.
+            lease.gate(&self.engine);
+            tokio::spawn(lease.clone().hold(self.clone(), promoted))
+        });
         let mut tasks: Vec<_> = self
             .domains
             .iter()
@@ -220,6 +293,7 @@ impl Store {
                 sink.cfg.clone(),
             )));
         }
+        tasks.extend(lease);
         tasks
     }
 
@@ -248,6 +322,16 @@ impl Store {
         self.engine
             .set_standby_applied(Some(self.engine.wal().written_lsn()));
         Ok(standby)
+    }
+
+    /// This data directory's own id (`<data>/NODE`), with `[sink.nats]`.
+    pub fn node_id(&self) -> &str {
+        &self.node
+    }
+
+    /// The primary's lease, with `failover = "auto"`.
+    pub fn lease(&self) -> Option<&Arc<lease::Lease>> {
+        self.lease.as_ref()
     }
 
     /// The standby, when this store is one (or was, and was promoted).

@@ -153,6 +153,9 @@ pub struct Sink {
     connected: Arc<std::sync::atomic::AtomicBool>,
     /// The hub takes atomic batches (nats-server 2.12+): many changes per ack.
     atomic: std::sync::atomic::AtomicBool,
+    /// The changes sink beside a log sink ships no change of a record the log stream does not
+    /// hold yet ([`Sink::held_behind`]).
+    ceiling: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 /// Why a session ended.
@@ -190,7 +193,17 @@ impl Sink {
             last_error: Mutex::new(None),
             connected: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             atomic: std::sync::atomic::AtomicBool::new(false),
+            ceiling: None,
         }
+    }
+
+    /// Ships no change of a record before `log` (the log sink) has the hub hold that record:
+    /// the changes stream never gets ahead of the log stream, so a box rebuilt from the hub or
+    /// a promoted standby — which hold exactly what the log stream holds — can always continue
+    /// it. The cost is the log stream's ack, a round trip, on the changes' lag.
+    pub fn held_behind(mut self, log: &Sink) -> Sink {
+        self.ceiling = Some(log.acked_lsn.subscribe());
+        self
     }
 
     pub fn state(&self) -> State {
@@ -607,10 +620,13 @@ impl Sink {
         } = hub;
         let feed = engine.feed();
         let mut commits = feed.commits();
+        let mut ceiling_rx = self.ceiling.clone();
         let mut last_batch: Option<Instant> = None;
         loop {
             commits.borrow_and_update();
-            let (msgs, page_next, full, empty) = self.read_page(engine, pos, max_payload).await?;
+            let ceiling = ceiling_rx.as_mut().map(|rx| *rx.borrow_and_update());
+            let (msgs, page_next, full, empty) =
+                self.read_page(engine, pos, max_payload, ceiling).await?;
             let mut msgs = msgs.into_iter();
             let mut next: Option<Message> = msgs.next();
             while let Some(first) = next.take() {
@@ -661,7 +677,8 @@ impl Sink {
             }
             // Far behind (more records than a page to go, such as a run of records with no
             // change: the cache's, idempotency's): on at once, no batch gap.
-            let behind = feed.end().lsn.saturating_sub(pos.lsn) > PAGE as u64;
+            let end = feed.end().lsn.min(ceiling.unwrap_or(u64::MAX));
+            let behind = end.saturating_sub(pos.lsn) > PAGE as u64;
             if full || behind || (moved && empty) {
                 self.set_state(State::CatchingUp);
                 continue;
@@ -672,6 +689,17 @@ impl Sink {
             if !moved {
                 tokio::select! {
                     _ = commits.changed() => {}
+                    _ = async {
+                        match ceiling_rx.as_mut() {
+                            Some(rx) => {
+                                if rx.changed().await.is_err() {
+                                    // The log sink is gone (the store closes).
+                                    std::future::pending::<()>().await
+                                }
+                            }
+                            None => std::future::pending().await,
+                        }
+                    } => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
@@ -685,13 +713,14 @@ impl Sink {
         }
     }
 
-    /// The next page's messages after `pos`, where it ends, whether it was full, and whether
-    /// it held nothing to ship.
+    /// The next page's messages after `pos` (of records up to `ceiling`), where it ends,
+    /// whether it was full, and whether it held nothing to ship.
     async fn read_page(
         &self,
         engine: &Arc<Engine>,
         pos: Position,
         max_payload: usize,
+        ceiling: Option<u64>,
     ) -> Result<(Vec<Message>, Position, bool, bool), End> {
         let e2 = engine.clone();
         let failed = |e: FeedError| match e {
@@ -713,12 +742,26 @@ impl Sink {
                 .await
                 .map_err(retry("reading the feed"))?
                 .map_err(failed)?;
-                let msgs: Vec<Message> = page
-                    .entries
+                let full = page.entries.len() >= PAGE;
+                let mut entries = page.entries;
+                let mut next = page.next;
+                if let Some(c) = ceiling {
+                    if let Some(cut) = entries.iter().position(|e| e.position.lsn > c) {
+                        // Every change up to record `c` is in the page (they come first).
+                        entries.truncate(cut);
+                        if (c, Position::WHOLE_RECORD) > (pos.lsn, pos.index) {
+                            next = Position::after_record(pos.generation, c);
+                        } else {
+                            next = pos;
+                        }
+                    }
+                }
+                let full = full && next == page.next;
+                let msgs: Vec<Message> = entries
                     .iter()
                     .map(|e| self.message(e, max_payload))
                     .collect();
-                Ok((msgs, page.next, page.entries.len() >= PAGE, page.entries.is_empty()))
+                Ok((msgs, next, full, entries.is_empty()))
             }
             Source::Log => {
                 // Inside a record (some of its parts shipped): that record again, from the
@@ -1105,6 +1148,10 @@ pub struct Role {
     pub previous: String,
     pub through_lsn: u64,
     pub at_ms: u64,
+    /// The data directory promoted (its `NODE` id): a box started with `follow` on it would
+    /// follow itself.
+    #[serde(default)]
+    pub node: String,
     /// Every generation a promotion superseded (the newest 64), `previous` last.
     #[serde(default)]
     pub superseded: Vec<String>,

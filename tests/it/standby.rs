@@ -281,6 +281,14 @@ async fn a_standby_takes_over_with_every_acknowledged_write_and_the_old_primary_
             missing.is_empty(),
             "cycle {cycle}: acknowledged with ack = hub and lost in the promotion: {missing:?}"
         );
+        // Its sinks go on where the box's streams end (the changes stream is never ahead of
+        // the log stream it holds).
+        common::eventually(20, "the new primary's sinks stream", || async move {
+            let s = status(standby).await?;
+            (s["sink"]["state"] == "streaming" && s["sink_log"]["state"] == "streaming")
+                .then_some(())
+        })
+        .await;
         // The new primary takes writes, in a new generation.
         let r = s.put("/v1/kv/cycle/after-promotion", "yes").await;
         assert!(r.status < 300, "{}", r.text());
@@ -356,7 +364,7 @@ async fn with_ack_local_a_failover_loses_only_what_the_hub_did_not_hold() {
     assert_eq!(r.status, 200, "{}", r.text());
     let (child, standby) =
         spawn_shardbox_cmd("follow", &tmp.path().join("standby"), &env).expect("the standby");
-    let _standby_child = KillOnDrop(child);
+    let mut standby_child = KillOnDrop(child);
     common::eventually(60, "the standby follows", || async move {
         let s = status(standby).await?;
         (s["standby"]["state"] == "following").then_some(())
@@ -407,4 +415,207 @@ async fn with_ack_local_a_failover_loses_only_what_the_hub_did_not_hold() {
         "ack = local: {} acknowledged KV writes; {kept} at or before the hub's last record ({through}) all kept; {lost_after} acknowledged after it lost",
         acked.kv.len()
     );
+    // The promoted box started again with `follow` by mistake does not follow itself.
+    let _ = standby_child.0.kill();
+    let _ = standby_child.0.wait();
+    let (child, again) =
+        spawn_shardbox_cmd("follow", &tmp.path().join("standby"), &env).expect("again");
+    let _again = KillOnDrop(child);
+    let s = common::eventually(30, "it stops", || async move {
+        let s = status(again).await?;
+        (s["standby"]["state"] == "stopped").then_some(s)
+    })
+    .await;
+    assert!(
+        s["standby"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("shardbox serve")),
+        "{s}"
+    );
+}
+
+/// Polls until a PUT to `addr` succeeds (a primary with `failover = "auto"` takes writes once
+/// it holds its lease).
+async fn writes_taken(addr: SocketAddr, what: &str) {
+    common::eventually(20, what, || async move {
+        let mut c = Client::connect(addr).await;
+        let r = c.try_send("PUT", "/v1/kv/cycle/probe", &[], "p").await;
+        match r {
+            Ok(r) if r.status < 300 => Some(()),
+            Ok(_) => None,
+            Err(e) => panic!("{what}: {e}"),
+        }
+    })
+    .await;
+}
+
+/// With `failover = "auto"`: the primary takes writes only while it holds its lease in the
+/// hub; one whose lease another process takes stops taking writes (503 `no_lease`) until the
+/// lease is free again. A standby does not promote itself while the primary renews its lease,
+/// and does, by itself, once the primary is killed and the lease expires — with every write
+/// acknowledged under `ack = "hub"`. The old primary, started again, is fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_failover_auto_a_standby_takes_over_by_itself_once_the_primary_lease_expires() {
+    let Some((cluster, tmp, env)) = hub_with(
+        "ship_log = true\nsnapshot_interval_ms = 0\nack = \"hub\"\nfailover = \"auto\"\nlease_ms = 2000\n",
+    )
+    .await
+    else {
+        return;
+    };
+    let primary_dir = tmp.path().join("primary");
+    let (child, primary) = spawn_shardbox(&primary_dir, &env).expect("start");
+    let mut primary_child = KillOnDrop(child);
+    writes_taken(primary, "the primary takes its lease and writes").await;
+    let s = status(primary).await.unwrap();
+    assert_eq!(s["lease"]["held"], true, "{s}");
+    assert_eq!(s["lease"]["holder"]["role"], "primary", "{s}");
+
+    // Another process takes the lease: the primary stops taking writes, says why, and takes
+    // them again once that lease has expired.
+    let js = cluster.jetstream().await;
+    let kv = js
+        .get_key_value("SHARDBOX_edge-1_LEASE")
+        .await
+        .expect("the lease bucket");
+    let intruder = json!({"node": "intruder", "generation": "0000000000000001", "role": "primary", "at_ms": 0});
+    kv.put("primary", intruder.to_string().into())
+        .await
+        .expect("put the intruder's lease");
+    let refused = common::eventually(10, "the primary stops taking writes", || async move {
+        let mut c = Client::connect(primary).await;
+        let r = c.put("/v1/kv/cycle/while-not-held", "no").await;
+        (r.status >= 300).then_some(r)
+    })
+    .await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.json()["error"]["code"], "no_lease");
+    assert!(refused.header("retry-after").is_some());
+    assert!(
+        refused.text().contains("another process"),
+        "{}",
+        refused.text()
+    );
+    let r = Client::connect(primary).await.get("/readyz").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    writes_taken(
+        primary,
+        "the primary takes writes again once the lease expired",
+    )
+    .await;
+
+    // A standby: it does not take over while the primary renews its lease.
+    let mut c = Client::connect(primary).await;
+    let r = c.send("POST", "/v1/admin/snapshot", &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (child, standby) =
+        spawn_shardbox_cmd("follow", &tmp.path().join("standby"), &env).expect("the standby");
+    let _standby_child = KillOnDrop(child);
+    common::eventually(60, "the standby follows", || async move {
+        let s = status(standby).await?;
+        (s["standby"]["state"] == "following" && s["lease"]["holder"]["role"] == "primary")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let s = status(standby).await.unwrap();
+    assert_eq!(s["standby"]["state"], "following", "{s}");
+    let r = Client::connect(primary)
+        .await
+        .put("/v1/kv/cycle/still-primary", "yes")
+        .await;
+    assert!(r.status < 300, "{}", r.text());
+
+    // The primary killed under load: the standby promotes itself.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let w = tokio::spawn(writer(primary, "auto".into(), stop.clone(), acked.clone()));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let _ = primary_child.0.kill();
+    let _ = primary_child.0.wait();
+    let killed = std::time::Instant::now();
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::time::timeout(Duration::from_secs(15), w).await;
+    writes_taken(standby, "the standby promotes itself and takes writes").await;
+    let took = killed.elapsed();
+    let s = status(standby).await.unwrap();
+    assert_eq!(s["standby"]["state"], "promoted", "{s}");
+    assert_eq!(s["lease"]["promotions_total"], 1, "{s}");
+    assert_eq!(s["lease"]["held"], true, "{s}");
+    assert_eq!(s["lease"]["holder"]["role"], "primary", "{s}");
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    assert!(
+        !acked.kv.is_empty() && !acked.jobs.is_empty() && !acked.events.is_empty(),
+        "a real load: {acked:?}"
+    );
+    let mut n = Client::connect(standby).await;
+    let mut missing = Vec::new();
+    for (k, v) in &acked.kv {
+        let r = n.get(&format!("/v1/kv/cycle/{k}")).await;
+        if r.status != 200 || r.text() != *v {
+            missing.push(format!("kv {k}: {}", r.status));
+        }
+    }
+    for id in &acked.jobs {
+        let r = n.get(&format!("/v1/queues/work/jobs/{id}")).await;
+        if r.status != 200 {
+            missing.push(format!("job {id}: {}", r.status));
+        }
+    }
+    let r = n.get("/v1/streams/ev/events?limit=10000").await;
+    let have: std::collections::HashSet<String> = r.json()["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    missing.extend(
+        acked
+            .events
+            .iter()
+            .filter(|id| !have.contains(*id))
+            .map(|id| format!("event {id}")),
+    );
+    assert!(
+        missing.is_empty(),
+        "acknowledged with ack = hub and lost in the automatic promotion: {missing:?}"
+    );
+    eprintln!(
+        "failover auto: {} KV writes, {} jobs, {} events acknowledged, none lost; writes on the standby {} ms after the kill (lease 2000 ms)",
+        acked.kv.len(),
+        acked.jobs.len(),
+        acked.events.len(),
+        took.as_millis()
+    );
+
+    // Both its sinks go on where the box's streams end: the changes stream never got ahead
+    // of the log stream the standby holds.
+    common::eventually(20, "the new primary's sinks stream", || async move {
+        let s = status(standby).await?;
+        (s["sink"]["state"] == "streaming" && s["sink_log"]["state"] == "streaming").then_some(())
+    })
+    .await;
+
+    // The old primary, back: fenced, never taking a write.
+    let (child, old) = spawn_shardbox(&primary_dir, &env).expect("restart the old primary");
+    let _old_child = KillOnDrop(child);
+    let fenced = common::eventually(30, "the old primary is fenced", || async move {
+        let mut o = Client::connect(old).await;
+        let r = o.put("/v1/kv/cycle/from-the-old-primary", "no").await;
+        assert!(
+            r.status >= 400,
+            "the old primary acknowledged a write after the promotion: {}",
+            r.text()
+        );
+        (r.status == 409).then(|| r.json())
+    })
+    .await;
+    assert_eq!(fenced["error"]["code"], "fenced", "{fenced}");
+    // It let the lease be: the new primary still holds it and writes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = Client::connect(standby)
+        .await
+        .put("/v1/kv/cycle/after-the-old-came-back", "yes")
+        .await;
+    assert!(r.status < 300, "{}", r.text());
 }

@@ -52,7 +52,7 @@ fn spawn_shardbox_as(
     let mut child = cmd.spawn().map_err(|e| format!("spawn shardbox: {e}"))?;
     let stderr = child.stderr.take().ok_or("no stderr")?;
     let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
+    let addr: SocketAddr = loop {
         let Some(line) = lines.next() else {
             let _ = child.wait();
             return Err("shardbox exited before listening".into());
@@ -65,8 +65,17 @@ fn spawn_shardbox_as(
             break a.parse().map_err(|e| format!("bad address {a}: {e}"))?;
         }
     };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    // Keep draining stderr so the server never blocks on a full pipe; `SPAWN_LOG=1` shows
+    // what the servers a test starts say.
+    let show = std::env::var_os("SPAWN_LOG").is_some();
+    let port = addr.port();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if show {
+                eprintln!("[{port}] {line}");
+            }
+        }
+    });
     Ok((child, addr))
 }
 
