@@ -43,6 +43,14 @@ pub fn config_with(
     path
 }
 
+/// The CPU seconds a hub's nodes have used.
+fn hub_cpu(c: &nats::Cluster) -> Option<f64> {
+    c.pids()
+        .into_iter()
+        .map(|p| peers::cpu_time(p).map(|t| t.as_secs_f64()))
+        .sum::<Option<f64>>()
+}
+
 async fn status(addr: std::net::SocketAddr) -> Option<serde_json::Value> {
     status_part(addr, "sink").await
 }
@@ -139,12 +147,6 @@ pub async fn sink_suite(o: &Opts, rows: &mut Vec<Row>) {
         HubBeside,
     }
     let mut runs: [Vec<crate::loadgen::Outcome>; 3] = Default::default();
-    let hub_cpu = |c: &nats::Cluster| -> Option<f64> {
-        c.pids()
-            .into_iter()
-            .map(|p| peers::cpu_time(p).map(|t| t.as_secs_f64()))
-            .sum::<Option<f64>>()
-    };
     for round in 0..3 {
         for arm in [Arm::Without, Arm::HubAside, Arm::HubBeside] {
             let hub = match (arm, &aside) {
@@ -263,61 +265,25 @@ pub async fn sink_suite(o: &Opts, rows: &mut Vec<Row>) {
         return;
     };
     let _ = wait_caught_up(sb.addr, Duration::from_secs(30)).await;
-    let client = async_nats::connect(cluster.urls()[0].as_str())
-        .await
-        .expect("subscribe");
-    let mut sub = client.subscribe("shardbox.bench.>").await.expect("sub");
-    let lags = tokio::spawn(async move {
-        use futures_util::StreamExt;
-        let mut h = crate::loadgen::hist();
-        let until = Instant::now() + Duration::from_secs(12);
-        while let Ok(Some(m)) = tokio::time::timeout_at(until.into(), sub.next()).await {
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload) else {
-                continue;
-            };
-            let Some(at) = v["at_ms"].as_u64() else {
-                continue;
-            };
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            let _ = h.record(now.saturating_sub(at).max(1) * 1000);
+    let plain = lag_at_2000(&cluster, &sb, "bench", plain_cpu).await;
+    // The same with the log shipped too: the changes wait for the log stream's ack of their
+    // record (the changes stream never gets ahead of the log stream).
+    let cfg_log = config_with(
+        dir.path(),
+        &cluster.urls(),
+        "benchlog",
+        "ship_log = true\nsnapshot_interval_ms = 0\n",
+    );
+    let cfg_log = cfg_log.to_str().expect("utf-8 path").to_string();
+    if let Ok(sbl) = peers::shardbox(o.shardbox_bin.as_deref(), &[("config", cfg_log.as_str())]) {
+        let _ = wait_caught_up(sbl.addr, Duration::from_secs(30)).await;
+        let with_log = lag_at_2000(&cluster, &sbl, "benchlog", plain_cpu).await;
+        if let (Some((p50, p99)), Some((l50, l99))) = (plain, with_log) {
+            eprintln!(
+                "sink: changes lag at 2,000/s, p50/p99: {p50:.0}/{p99:.0} ms alone, {l50:.0}/{l99:.0} ms with ship_log (held behind the log stream)"
+            );
         }
-        h
-    });
-    let acked = |s: Option<serde_json::Value>| s.and_then(|s| s["acked_total"].as_u64());
-    let (box0, hub0, acked0) = (
-        peers::cpu_time(sb.pid()),
-        hub_cpu(&cluster),
-        acked(status(sb.addr).await),
-    );
-    let sent = paced(sb.addr, 2000, 10.0).await;
-    let _ = wait_caught_up(sb.addr, Duration::from_secs(30)).await;
-    let (box1, hub1, acked1) = (
-        peers::cpu_time(sb.pid()),
-        hub_cpu(&cluster),
-        acked(status(sb.addr).await),
-    );
-    if let (Some(b0), Some(b1), Some(h0), Some(h1), Some(a0), Some(a1)) =
-        (box0, box1, hub0, hub1, acked0, acked1)
-    {
-        let shipped = a1.saturating_sub(a0).max(1) as f64;
-        let with = (b1 - b0).as_secs_f64() * 1e6 / shipped;
-        eprintln!(
-            "sink: at 2,000 PUT/s: box CPU {with:.1} µs per PUT with the sink, {} without; hub (3 nodes) {:.1} µs per change",
-            plain_cpu.map_or("?".to_string(), |p| format!("{p:.1}")),
-            (h1 - h0) * 1e6 / shipped
-        );
     }
-    let h = lags.await.expect("lags");
-    let (p50, p99) = (
-        h.value_at_quantile(0.5) as f64 / 1000.0,
-        h.value_at_quantile(0.99) as f64 / 1000.0,
-    );
-    eprintln!(
-        "sink: lag commit → hub subscriber at 2,000/s: p50 {p50:.0} ms, p99 {p99:.0} ms ({} changes seen, {sent} sent; ms clock resolution)",
-        h.len()
-    );
 
     // A hub outage under that load, then the drain.
     let outage = o.sink_outage_secs;
@@ -409,4 +375,69 @@ pub async fn sink_suite(o: &Opts, rows: &mut Vec<Row>) {
             ),
         ));
     }
+}
+
+/// At a steady 2,000 PUT/s to `sb` (box `name`): the box's and the hub's CPU per change, and
+/// the lag from a change's commit to a subscriber on the hub, p50/p99 in ms.
+async fn lag_at_2000(
+    cluster: &nats::Cluster,
+    sb: &peers::Server,
+    name: &str,
+    plain_cpu: Option<f64>,
+) -> Option<(f64, f64)> {
+    let client = async_nats::connect(cluster.urls()[0].as_str()).await.ok()?;
+    let mut sub = client.subscribe(format!("shardbox.{name}.>")).await.ok()?;
+    let lags = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut h = crate::loadgen::hist();
+        let until = Instant::now() + Duration::from_secs(12);
+        while let Ok(Some(m)) = tokio::time::timeout_at(until.into(), sub.next()).await {
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload) else {
+                continue;
+            };
+            let Some(at) = v["at_ms"].as_u64() else {
+                continue;
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let _ = h.record(now.saturating_sub(at).max(1) * 1000);
+        }
+        h
+    });
+    let acked = |s: Option<serde_json::Value>| s.and_then(|s| s["acked_total"].as_u64());
+    let (box0, hub0, acked0) = (
+        peers::cpu_time(sb.pid()),
+        hub_cpu(&cluster),
+        acked(status(sb.addr).await),
+    );
+    let sent = paced(sb.addr, 2000, 10.0).await;
+    let _ = wait_caught_up(sb.addr, Duration::from_secs(30)).await;
+    let (box1, hub1, acked1) = (
+        peers::cpu_time(sb.pid()),
+        hub_cpu(&cluster),
+        acked(status(sb.addr).await),
+    );
+    if let (Some(b0), Some(b1), Some(h0), Some(h1), Some(a0), Some(a1)) =
+        (box0, box1, hub0, hub1, acked0, acked1)
+    {
+        let shipped = a1.saturating_sub(a0).max(1) as f64;
+        let with = (b1 - b0).as_secs_f64() * 1e6 / shipped;
+        eprintln!(
+            "sink ({name}): at 2,000 PUT/s: box CPU {with:.1} µs per PUT with the sink, {} without; hub (3 nodes) {:.1} µs per change",
+            plain_cpu.map_or("?".to_string(), |p| format!("{p:.1}")),
+            (h1 - h0) * 1e6 / shipped
+        );
+    }
+    let h = lags.await.ok()?;
+    let (p50, p99) = (
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+    );
+    eprintln!(
+        "sink ({name}): lag commit → hub subscriber at 2,000/s: p50 {p50:.0} ms, p99 {p99:.0} ms ({} changes seen, {sent} sent; ms clock resolution)",
+        h.len()
+    );
+
+    Some((p50, p99))
 }
