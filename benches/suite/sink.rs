@@ -408,14 +408,14 @@ async fn lag_at_2000(
     let acked = |s: Option<serde_json::Value>| s.and_then(|s| s["acked_total"].as_u64());
     let (box0, hub0, acked0) = (
         peers::cpu_time(sb.pid()),
-        hub_cpu(&cluster),
+        hub_cpu(cluster),
         acked(status(sb.addr).await),
     );
     let sent = paced(sb.addr, 2000, 10.0).await;
     let _ = wait_caught_up(sb.addr, Duration::from_secs(30)).await;
     let (box1, hub1, acked1) = (
         peers::cpu_time(sb.pid()),
-        hub_cpu(&cluster),
+        hub_cpu(cluster),
         acked(status(sb.addr).await),
     );
     if let (Some(b0), Some(b1), Some(h0), Some(h1), Some(a0), Some(a1)) =
