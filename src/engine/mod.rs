@@ -447,7 +447,7 @@ impl Engine {
     }
 
     /// Refuses every write from now on with `code` and `message` (409), until
-    /// [`Engine::clear_read_only`].
+    /// [`Engine::clear_read_only_if`] that code.
     pub fn set_read_only(&self, code: &'static str, message: String) {
         let mut why = self.read_only_why.lock().unwrap_or_else(|p| p.into_inner());
         *why = Some((code, message));
@@ -465,13 +465,6 @@ impl Engine {
         *why = Some((code, message));
         self.read_only.store(true, Ordering::Release);
         true
-    }
-
-    /// Takes writes again.
-    pub fn clear_read_only(&self) {
-        let mut why = self.read_only_why.lock().unwrap_or_else(|p| p.into_inner());
-        self.read_only.store(false, Ordering::Release);
-        *why = None;
     }
 
     /// Takes writes again if they are refused for `code`, and for nothing else.

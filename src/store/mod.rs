@@ -300,7 +300,7 @@ impl Store {
     /// Makes this store a standby of the box its `[sink.nats]` names (before it is served):
     /// it takes no writes and copies the primary's log stream (`store::follow`). `/readyz` says
     /// ready while it is at most `ready_lag_ms` behind.
-    pub fn follow(&self, ready_lag_ms: u64) -> Result<Arc<follow::Standby>, String> {
+    pub fn follow(&self, ready_lag_ms: u64) -> Result<(), String> {
         let cfg = self.config.sink.nats.clone().ok_or(
             "a standby copies the primary's log from the hub its [sink.nats] table names: the config has none",
         )?;
@@ -321,7 +321,7 @@ impl Store {
         );
         self.engine
             .set_standby_applied(Some(self.engine.wal().written_lsn()));
-        Ok(standby)
+        Ok(())
     }
 
     /// This data directory's own id (`<data>/NODE`), with `[sink.nats]`.
@@ -329,14 +329,18 @@ impl Store {
         &self.node
     }
 
-    /// The primary's lease, with `failover = "auto"`.
-    pub fn lease(&self) -> Option<&Arc<lease::Lease>> {
-        self.lease.as_ref()
+    testing_pub! {
+        /// The primary's lease, with `failover = "auto"`.
+        fn lease(&self) -> Option<&Arc<lease::Lease>> {
+            self.lease.as_ref()
+        }
     }
 
-    /// The standby, when this store is one (or was, and was promoted).
-    pub fn standby(&self) -> Option<&Arc<follow::Standby>> {
-        self.standby.get()
+    testing_pub! {
+        /// The standby, when this store is one (or was, and was promoted).
+        fn standby(&self) -> Option<&Arc<follow::Standby>> {
+            self.standby.get()
+        }
     }
 
     testing_pub! {
@@ -346,15 +350,17 @@ impl Store {
         }
     }
 
-    /// With `[sink.nats] ack = "hub"`: the sink whose acks a write's reply waits for (the log
-    /// stream's with `ship_log`, else the changes'), and for how long.
-    pub fn hub_ack(&self) -> Option<(&Arc<sink::Sink>, std::time::Duration)> {
-        let cfg = self.config.sink.nats.as_ref()?;
-        if cfg.ack != config::SinkAck::Hub {
-            return None;
+    testing_pub! {
+        /// With `[sink.nats] ack = "hub"`: the sink whose acks a write's reply waits for (the
+        /// log stream's with `ship_log`, else the changes'), and for how long.
+        fn hub_ack(&self) -> Option<(&Arc<sink::Sink>, std::time::Duration)> {
+            let cfg = self.config.sink.nats.as_ref()?;
+            if cfg.ack != config::SinkAck::Hub {
+                return None;
+            }
+            let sink = self.log_sink.as_ref().or(self.sink.as_ref())?;
+            Some((sink, std::time::Duration::from_millis(cfg.ack_timeout_ms)))
         }
-        let sink = self.log_sink.as_ref().or(self.sink.as_ref())?;
-        Some((sink, std::time::Duration::from_millis(cfg.ack_timeout_ms)))
     }
 
     testing_pub! {
