@@ -150,6 +150,10 @@ def run(cmd, port, preload, make, requests, annotate, label, preload_with=put_re
         lines = [l for l in ann.splitlines() if re.match(r"^\s*[\d,]+ \(", l)]
         for l in lines[:40]:
             print("   ", l[:160])
+    if os.environ.get("CG_KEEP"):
+        # Keep the last dump for a closer look (callgrind_annotate --tree=caller FILE).
+        print(f"    kept: {dumps[-1]}")
+        dumps = dumps[:-1]
     for d in dumps + [out]:
         if os.path.exists(d):
             os.remove(d)

@@ -538,6 +538,13 @@ impl Sink {
                 })?
                 .parse()
                 .map_err(|e: String| End::Resnapshot(format!("the stream's last position: {e}")))?;
+            // After the last change of its record: on from the next record (which a box whose
+            // log begins after that record still holds).
+            let pos = if header(RECORD_END_HEADER).is_some() {
+                Position::after_record(pos.generation, pos.lsn)
+            } else {
+                pos
+            };
             let ours = feed.generation();
             let pos = match feed.lineage() {
                 _ if pos.generation == ours => pos,
@@ -757,10 +764,20 @@ impl Sink {
                     }
                 }
                 let full = full && next == page.next;
-                let msgs: Vec<Message> = entries
+                let mut msgs: Vec<Message> = entries
                     .iter()
                     .map(|e| self.message(e, max_payload))
                     .collect();
+                // Which changes end their record: the next change is of another record, or
+                // the page goes on past this record.
+                let cut_inside = |lsn: u64| next.lsn == lsn && next.index != Position::WHOLE_RECORD;
+                for k in 0..msgs.len() {
+                    let lsn = msgs[k].position.lsn;
+                    msgs[k].record_end = match msgs.get(k + 1) {
+                        Some(m) => m.position.lsn != lsn,
+                        None => !cut_inside(lsn),
+                    };
+                }
                 Ok((msgs, next, full, entries.is_empty()))
             }
             Source::Log => {
@@ -825,6 +842,8 @@ impl Sink {
                     at_ms: None,
                     body: body.into(),
                     part: (parts > 1).then_some((k as u32 + 1, parts as u32)),
+                    // A log record's last part is at the record's whole position already.
+                    record_end: false,
                 }
             })
             .collect()
@@ -858,6 +877,7 @@ impl Sink {
             at_ms: e.at_ms,
             body: body.into(),
             part: None,
+            record_end: false,
         }
     }
 
@@ -885,6 +905,9 @@ impl Sink {
                 headers.insert("Nats-Expected-Last-Sequence", expected.to_string().as_str());
             }
             headers.insert("Shardbox-Position", m.position.to_string().as_str());
+            if m.record_end {
+                headers.insert(RECORD_END_HEADER, "1");
+            }
             if let Some((k, n)) = m.part {
                 headers.insert("Shardbox-Part", format!("{k}/{n}").as_str());
             }
@@ -1048,7 +1071,14 @@ struct Message {
     body: bytes::Bytes,
     /// A log record's part: (number from 1, parts) when it takes more than one message.
     part: Option<(u32, u32)>,
+    /// The last change of its record ([`RECORD_END_HEADER`]).
+    record_end: bool,
 }
+
+/// The header on the last change of a record in the changes stream: a sink that goes on from
+/// it starts at the next record, so a box whose log no longer holds that record (rebuilt from
+/// a snapshot taken after it, a promoted standby) can continue the stream.
+pub const RECORD_END_HEADER: &str = "Shardbox-Record-End";
 
 /// A publish (one message or one batch) waiting for its ack.
 struct Pending {

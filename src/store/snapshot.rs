@@ -593,7 +593,16 @@ async fn log_after(
     if last_seq == 0 || last_seq < first_seq {
         return finish(out, 0, generation);
     }
-    let lo = seq_at_or_after(&stream, &name, first_seq, last_seq, snap.first_lsn).await?;
+    // From the record before the first one needed: a promotion's mark right after it (it
+    // carries that record's LSN) is read, and the copy goes on in the new generation.
+    let lo = seq_at_or_after(
+        &stream,
+        &name,
+        first_seq,
+        last_seq,
+        snap.first_lsn.saturating_sub(1),
+    )
+    .await?;
     let mut asm = Assembler::new(generation, snap.first_lsn);
     for seq in lo..=last_seq {
         let m = stream

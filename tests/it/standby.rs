@@ -283,7 +283,7 @@ async fn a_standby_takes_over_with_every_acknowledged_write_and_the_old_primary_
         );
         // Its sinks go on where the box's streams end (the changes stream is never ahead of
         // the log stream it holds).
-        common::eventually(20, "the new primary's sinks stream", || async move {
+        common::eventually(60, "the new primary's sinks stream", || async move {
             let s = status(standby).await?;
             (s["sink"]["state"] == "streaming" && s["sink_log"]["state"] == "streaming")
                 .then_some(())
@@ -437,7 +437,7 @@ async fn with_ack_local_a_failover_loses_only_what_the_hub_did_not_hold() {
 /// Polls until a PUT to `addr` succeeds (a primary with `failover = "auto"` takes writes once
 /// it holds its lease).
 async fn writes_taken(addr: SocketAddr, what: &str) {
-    common::eventually(20, what, || async move {
+    common::eventually(60, what, || async move {
         let mut c = Client::connect(addr).await;
         let r = c.try_send("PUT", "/v1/kv/cycle/probe", &[], "p").await;
         match r {
@@ -590,7 +590,7 @@ async fn with_failover_auto_a_standby_takes_over_by_itself_once_the_primary_leas
 
     // Both its sinks go on where the box's streams end: the changes stream never got ahead
     // of the log stream the standby holds.
-    common::eventually(20, "the new primary's sinks stream", || async move {
+    common::eventually(60, "the new primary's sinks stream", || async move {
         let s = status(standby).await?;
         (s["sink"]["state"] == "streaming" && s["sink_log"]["state"] == "streaming").then_some(())
     })
@@ -618,4 +618,95 @@ async fn with_failover_auto_a_standby_takes_over_by_itself_once_the_primary_leas
         .put("/v1/kv/cycle/after-the-old-came-back", "yes")
         .await;
     assert!(r.status < 300, "{}", r.text());
+}
+
+/// With `failover = "auto"`, a standby promotes itself only in place of a primary it saw hold
+/// the lease: one following a primary without automatic failover stays a standby when that
+/// primary dies. A standby promoted by command while its old primary is alive takes the lease
+/// from it: from the promotion on, the old primary answers no write with a 2xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_automatic_standby_replaces_only_a_lease_holder_and_a_promotion_takes_the_lease() {
+    let base = "ship_log = true\nsnapshot_interval_ms = 0\nack = \"hub\"\n";
+    let Some((cluster, tmp, manual)) = hub_with(base).await else {
+        return;
+    };
+    let auto_dir = tmp.path().join("auto-config");
+    std::fs::create_dir_all(&auto_dir).unwrap();
+    let auto = crate::sink::config_file_with(
+        &auto_dir,
+        &cluster.urls(),
+        3,
+        &format!("{base}failover = \"auto\"\nlease_ms = 1000\n"),
+    );
+    let (child, p1) = spawn_shardbox(&tmp.path().join("p1"), &manual).expect("start");
+    let mut p1_child = KillOnDrop(child);
+    let mut c = Client::connect(p1).await;
+    let r = c.put("/v1/kv/cycle/first", "1").await;
+    assert!(r.status < 300, "{}", r.text());
+    let r = c.send("POST", "/v1/admin/snapshot", &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (child, s1) = spawn_shardbox_cmd("follow", &tmp.path().join("s1"), &auto).expect("s1");
+    let _s1_child = KillOnDrop(child);
+    common::eventually(60, "s1 follows", || async move {
+        let s = status(s1).await?;
+        (s["standby"]["state"] == "following").then_some(())
+    })
+    .await;
+    let _ = p1_child.0.kill();
+    let _ = p1_child.0.wait();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let s = status(s1).await.unwrap();
+    assert_eq!(
+        s["standby"]["state"], "following",
+        "a standby that never saw a primary hold the lease promoted itself: {s}"
+    );
+    assert_eq!(s["lease"]["promotions_total"], 0, "{s}");
+
+    // Promoted by command, s1 takes the lease; s2 follows it.
+    let r = Client::connect(s1)
+        .await
+        .send("POST", "/v1/admin/promote", &[], "")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    writes_taken(s1, "s1 holds the lease and writes").await;
+    // Its sinks go on from the streams' ends, though its log begins after the record the
+    // changes stream ends with (it was rebuilt from a snapshot taken after it).
+    common::eventually(60, "s1's sinks stream", || async move {
+        let s = status(s1).await?;
+        (s["sink"]["state"] == "streaming" && s["sink_log"]["state"] == "streaming").then_some(())
+    })
+    .await;
+    let (child, s2) = spawn_shardbox_cmd("follow", &tmp.path().join("s2"), &auto).expect("s2");
+    let _s2_child = KillOnDrop(child);
+    common::eventually(60, "s2 follows s1 and sees its lease", || async move {
+        let s = status(s2).await?;
+        (s["standby"]["state"] == "following" && s["lease"]["holder"]["role"] == "primary")
+            .then_some(())
+    })
+    .await;
+
+    // s2 promoted by command while s1 is alive and idle: s1 loses the lease and takes no
+    // write from then on; s2 holds it.
+    let r = Client::connect(s2)
+        .await
+        .send("POST", "/v1/admin/promote", &[], "")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    writes_taken(s2, "s2 holds the lease and writes").await;
+    for i in 0..20 {
+        let r = Client::connect(s1)
+            .await
+            .put(&format!("/v1/kv/cycle/old-{i}"), "no")
+            .await;
+        assert!(
+            r.status >= 400,
+            "the old primary took a write after its successor's promotion: {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = status(s2).await.unwrap();
+    assert_eq!(s["lease"]["held"], true, "{s}");
+    let s1_status = status(s1).await.unwrap();
+    assert_eq!(s1_status["lease"]["held"], false, "{s1_status}");
 }

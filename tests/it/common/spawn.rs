@@ -52,12 +52,20 @@ fn spawn_shardbox_as(
     let mut child = cmd.spawn().map_err(|e| format!("spawn shardbox: {e}"))?;
     let stderr = child.stderr.take().ok_or("no stderr")?;
     let mut lines = BufReader::new(stderr).lines();
+    let show = std::env::var_os("SPAWN_LOG").is_some();
+    let mut said = Vec::new();
     let addr: SocketAddr = loop {
         let Some(line) = lines.next() else {
             let _ = child.wait();
-            return Err("shardbox exited before listening".into());
+            // What it said on its way out (the last lines) tells why.
+            let tail = said[said.len().saturating_sub(5)..].join("\n");
+            return Err(format!("shardbox exited before listening:\n{tail}"));
         };
         let line = line.map_err(|e| e.to_string())?;
+        if show {
+            eprintln!("[starting] {line}");
+        }
+        said.push(line.clone());
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
@@ -67,7 +75,6 @@ fn spawn_shardbox_as(
     };
     // Keep draining stderr so the server never blocks on a full pipe; `SPAWN_LOG=1` shows
     // what the servers a test starts say.
-    let show = std::env::var_os("SPAWN_LOG").is_some();
     let port = addr.port();
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
