@@ -123,6 +123,48 @@ async fn same_position(primary: SocketAddr, standby: SocketAddr) -> String {
     at
 }
 
+/// What of `acked` (and of `earlier_events`) the box at `addr` lacks.
+async fn missing_from(addr: SocketAddr, acked: &Acked, earlier_events: &[String]) -> Vec<String> {
+    let mut c = Client::connect(addr).await;
+    let mut missing = Vec::new();
+    for (k, v) in &acked.kv {
+        let r = c.get(&format!("/v1/kv/cycle/{k}")).await;
+        if r.status != 200 || r.text() != *v {
+            missing.push(format!("kv {k}: {}", r.status));
+        }
+    }
+    for id in &acked.jobs {
+        let r = c.get(&format!("/v1/queues/work/jobs/{id}")).await;
+        if r.status != 200 {
+            missing.push(format!("job {id}: {}", r.status));
+        }
+    }
+    let r = c.get("/v1/streams/ev/events?limit=10000").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let have: std::collections::HashSet<String> = r.json()["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    for id in earlier_events.iter().chain(&acked.events) {
+        if !have.contains(id) {
+            missing.push(format!("event {id}"));
+        }
+    }
+    missing
+}
+
+/// Waits until both sinks of the (new) primary at `addr` stream: they went on where the box's
+/// streams end.
+async fn sinks_stream(addr: SocketAddr, what: &str) {
+    common::eventually(60, what, || async move {
+        let s = status(addr).await?;
+        (s["sink"]["state"] == "streaming" && s["sink_log"]["state"] == "streaming").then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_with_every_acknowledged_write_and_the_old_primary_is_fenced() {
     let Some((_cluster, tmp, env)) = hub_with(
@@ -251,44 +293,14 @@ async fn a_standby_takes_over_with_every_acknowledged_write_and_the_old_primary_
             !acked.kv.is_empty() && !acked.jobs.is_empty() && !acked.events.is_empty(),
             "a real load: {acked:?}"
         );
-        let mut missing = Vec::new();
-        for (k, v) in &acked.kv {
-            let r = s.get(&format!("/v1/kv/cycle/{k}")).await;
-            if r.status != 200 || r.text() != *v {
-                missing.push(format!("kv {k}: {}", r.status));
-            }
-        }
-        for id in &acked.jobs {
-            let r = s.get(&format!("/v1/queues/work/jobs/{id}")).await;
-            if r.status != 200 {
-                missing.push(format!("job {id}: {}", r.status));
-            }
-        }
-        let r = s.get("/v1/streams/ev/events?limit=10000").await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        let have: std::collections::HashSet<String> = r.json()["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["id"].as_str().unwrap().to_string())
-            .collect();
-        for id in acked_all.events.iter().chain(&acked.events) {
-            if !have.contains(id) {
-                missing.push(format!("event {id}"));
-            }
-        }
+        let missing = missing_from(standby, &acked, &acked_all.events).await;
         assert!(
             missing.is_empty(),
             "cycle {cycle}: acknowledged with ack = hub and lost in the promotion: {missing:?}"
         );
         // Its sinks go on where the box's streams end (the changes stream is never ahead of
         // the log stream it holds).
-        common::eventually(60, "the new primary's sinks stream", || async move {
-            let s = status(standby).await?;
-            (s["sink"]["state"] == "streaming" && s["sink_log"]["state"] == "streaming")
-                .then_some(())
-        })
-        .await;
+        sinks_stream(standby, "the new primary's sinks stream").await;
         // The new primary takes writes, in a new generation.
         let r = s.put("/v1/kv/cycle/after-promotion", "yes").await;
         assert!(r.status < 300, "{}", r.text());
@@ -548,34 +560,7 @@ async fn with_failover_auto_a_standby_takes_over_by_itself_once_the_primary_leas
         !acked.kv.is_empty() && !acked.jobs.is_empty() && !acked.events.is_empty(),
         "a real load: {acked:?}"
     );
-    let mut n = Client::connect(standby).await;
-    let mut missing = Vec::new();
-    for (k, v) in &acked.kv {
-        let r = n.get(&format!("/v1/kv/cycle/{k}")).await;
-        if r.status != 200 || r.text() != *v {
-            missing.push(format!("kv {k}: {}", r.status));
-        }
-    }
-    for id in &acked.jobs {
-        let r = n.get(&format!("/v1/queues/work/jobs/{id}")).await;
-        if r.status != 200 {
-            missing.push(format!("job {id}: {}", r.status));
-        }
-    }
-    let r = n.get("/v1/streams/ev/events?limit=10000").await;
-    let have: std::collections::HashSet<String> = r.json()["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].as_str().unwrap().to_string())
-        .collect();
-    missing.extend(
-        acked
-            .events
-            .iter()
-            .filter(|id| !have.contains(*id))
-            .map(|id| format!("event {id}")),
-    );
+    let missing = missing_from(standby, &acked, &[]).await;
     assert!(
         missing.is_empty(),
         "acknowledged with ack = hub and lost in the automatic promotion: {missing:?}"
@@ -590,11 +575,7 @@ async fn with_failover_auto_a_standby_takes_over_by_itself_once_the_primary_leas
 
     // Both its sinks go on where the box's streams end: the changes stream never got ahead
     // of the log stream the standby holds.
-    common::eventually(60, "the new primary's sinks stream", || async move {
-        let s = status(standby).await?;
-        (s["sink"]["state"] == "streaming" && s["sink_log"]["state"] == "streaming").then_some(())
-    })
-    .await;
+    sinks_stream(standby, "the new primary's sinks stream").await;
 
     // The old primary, back: fenced, never taking a write.
     let (child, old) = spawn_shardbox(&primary_dir, &env).expect("restart the old primary");
@@ -671,11 +652,7 @@ async fn an_automatic_standby_replaces_only_a_lease_holder_and_a_promotion_takes
     writes_taken(s1, "s1 holds the lease and writes").await;
     // Its sinks go on from the streams' ends, though its log begins after the record the
     // changes stream ends with (it was rebuilt from a snapshot taken after it).
-    common::eventually(60, "s1's sinks stream", || async move {
-        let s = status(s1).await?;
-        (s["sink"]["state"] == "streaming" && s["sink_log"]["state"] == "streaming").then_some(())
-    })
-    .await;
+    sinks_stream(s1, "s1's sinks stream").await;
     let (child, s2) = spawn_shardbox_cmd("follow", &tmp.path().join("s2"), &auto).expect("s2");
     let _s2_child = KillOnDrop(child);
     common::eventually(60, "s2 follows s1 and sees its lease", || async move {
