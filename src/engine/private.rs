@@ -16,6 +16,20 @@ pub const DIR_MODE: u32 = 0o700;
 /// Mode of every file the store makes.
 pub const FILE_MODE: u32 = 0o600;
 
+/// Writes `text` as `dir/name`, durably and whole or not at all: to `name.tmp` (owner-only),
+/// synced, renamed over `name`, the directory synced.
+pub fn write_synced(dir: &Path, name: &str, text: &str) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{name}.tmp"));
+    {
+        let mut f = create_file(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Creates `dir` and its missing parents owner-only, and makes `dir` itself owner-only if it
 /// was there already (a directory made by hand, or by an older release).
 pub fn create_dir_all(dir: &Path) -> io::Result<()> {

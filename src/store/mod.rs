@@ -84,9 +84,7 @@ fn node_id(dir: &std::path::Path) -> std::io::Result<String> {
         Err(e) => return Err(e),
     }
     let id = crate::engine::feed::Generation::fresh().to_string();
-    let tmp = dir.join("NODE.tmp");
-    std::fs::write(&tmp, format!("{id}\n"))?;
-    std::fs::rename(&tmp, &path)?;
+    crate::engine::private::write_synced(dir, "NODE", &format!("{id}\n"))?;
     Ok(id)
 }
 

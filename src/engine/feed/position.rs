@@ -64,7 +64,7 @@ impl Generation {
 
     /// Makes `self` the generation of `dir` (durably).
     pub fn store(self, dir: &Path) -> std::io::Result<()> {
-        write_synced(dir, GENERATION_FILE, &format!("{self}\n"))
+        crate::engine::private::write_synced(dir, GENERATION_FILE, &format!("{self}\n"))
     }
 }
 
@@ -116,23 +116,9 @@ impl Lineage {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),
             },
-            Some(l) => write_synced(dir, LINEAGE_FILE, &format!("{} {}\n", l.previous, l.through_lsn)),
+            Some(l) => crate::engine::private::write_synced(dir, LINEAGE_FILE, &format!("{} {}\n", l.previous, l.through_lsn)),
         }
     }
-}
-
-/// Writes `name` in `dir`: a temporary file, synced, renamed over the old one, the directory
-/// synced.
-fn write_synced(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = dir.join(format!("{name}.tmp"));
-    {
-        let mut f = crate::engine::private::create_file(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// A change's place: the record's LSN and the change's index within the record, in one
