@@ -344,7 +344,7 @@ impl Sink {
                 End::Resnapshot(m) => (State::ResnapshotRequired, m),
                 End::Fenced(m) => {
                     tracing::error!(error = %m, "this box was taken over by a promoted standby: it takes no more writes");
-                    engine.set_read_only("fenced", m.clone());
+                    engine.set_read_only(FENCED, m.clone());
                     (State::Fenced, m)
                 }
             };
@@ -743,27 +743,15 @@ impl Sink {
         };
         match self.source {
             Source::Changes => {
+                let until = ceiling.unwrap_or(u64::MAX);
                 let page = tokio::task::spawn_blocking(move || {
-                    e2.feed().read(pos, PAGE, &Filter::default())
+                    e2.feed().read_until(pos, PAGE, &Filter::default(), until)
                 })
                 .await
                 .map_err(retry("reading the feed"))?
                 .map_err(failed)?;
-                let full = page.entries.len() >= PAGE;
-                let mut entries = page.entries;
-                let mut next = page.next;
-                if let Some(c) = ceiling {
-                    if let Some(cut) = entries.iter().position(|e| e.position.lsn > c) {
-                        // Every change up to record `c` is in the page (they come first).
-                        entries.truncate(cut);
-                        if (c, Position::WHOLE_RECORD) > (pos.lsn, pos.index) {
-                            next = Position::after_record(pos.generation, c);
-                        } else {
-                            next = pos;
-                        }
-                    }
-                }
-                let full = full && next == page.next;
+                let (entries, next) = (page.entries, page.next);
+                let full = entries.len() >= PAGE;
                 let mut msgs: Vec<Message> = entries
                     .iter()
                     .map(|e| self.message(e, max_payload))
@@ -1159,6 +1147,9 @@ pub fn message_id(box_name: &str, e: &Entry) -> String {
 
 // The role bucket: which generation is the box's primary (written by a promotion,
 // read by every sink before it publishes).
+
+/// The read-only code of a box a promoted standby replaced (409: it lasts).
+pub const FENCED: &str = "fenced";
 
 /// The header a promotion's mark carries: `<previous generation>:<last record>`
 /// (`store::follow`).

@@ -351,7 +351,18 @@ impl Feed {
 
     /// Up to `max` changes after `after` that pass `filter`, in order.
     pub fn read(&self, after: Position, max: usize, filter: &Filter) -> Result<Page, FeedError> {
-        let horizon = self.horizon_for(after)?;
+        self.read_until(after, max, filter, u64::MAX)
+    }
+
+    /// As [`Feed::read`], of the records up to `until` only (a reader held behind another).
+    pub fn read_until(
+        &self,
+        after: Position,
+        max: usize,
+        filter: &Filter,
+        until: u64,
+    ) -> Result<Page, FeedError> {
+        let horizon = self.horizon_for(after)?.min(until);
         // A position inside a record reads that record again for its later changes.
         let from = if after.index == Position::WHOLE_RECORD {
             after.lsn
