@@ -455,16 +455,14 @@ impl Engine {
     }
 
     /// As [`Engine::set_read_only`], unless writes are refused already for another reason,
-    /// which stays (a passing reason never hides a lasting one). Whether it took.
-    pub fn set_read_only_unless_other(&self, code: &'static str, message: String) -> bool {
+    /// which stays (a passing reason never hides a lasting one).
+    pub fn set_read_only_unless_other(&self, code: &'static str, message: String) {
         let mut why = self.read_only_why.lock().unwrap_or_else(|p| p.into_inner());
-        if self.read_only.load(Ordering::Acquire) && why.as_ref().is_some_and(|(c, _)| *c != code)
-        {
-            return false;
+        if why.as_ref().is_some_and(|(c, _)| *c != code) {
+            return;
         }
         *why = Some((code, message));
         self.read_only.store(true, Ordering::Release);
-        true
     }
 
     /// Takes writes again if they are refused for `code`, and for nothing else.

@@ -96,8 +96,9 @@ impl From<EngineError> for ApiError {
             EngineError::Open(_) => ApiError::new(500, "internal", message),
             // A primary waiting for its lease (failover = "auto") takes writes again soon.
             EngineError::ReadOnly {
-                code: "no_lease", ..
-            } => ApiError::unavailable("no_lease", message),
+                code: crate::store::lease::NO_LEASE,
+                ..
+            } => ApiError::unavailable(crate::store::lease::NO_LEASE, message),
             EngineError::ReadOnly { code, .. } => ApiError::new(409, code, message),
             EngineError::InsufficientStorage { .. } => ApiError {
                 retry_after_s: Some(5),

@@ -48,8 +48,12 @@ pub fn readyz(state: &ServerState) -> Resp {
         }
     }
     match engine.read_only() {
-        Some(("fenced", why)) => problems.push(serde_json::json!({ "fenced": why })),
-        Some(("no_lease", why)) => problems.push(serde_json::json!({ "lease": why })),
+        Some((crate::store::sink::FENCED, why)) => {
+            problems.push(serde_json::json!({ "fenced": why }))
+        }
+        Some((crate::store::lease::NO_LEASE, why)) => {
+            problems.push(serde_json::json!({ "lease": why }))
+        }
         _ => {}
     }
     if problems.is_empty() {
@@ -174,47 +178,55 @@ async fn scrape_gauges(state: &ServerState) {
     }
 }
 
-/// The lease's series (`failover = "auto"`).
-fn render_lease(out: &mut String, lease: &crate::store::lease::Lease) {
+/// Prometheus series, each `(name, help, type, value)`.
+fn series(out: &mut String, items: &[(&str, &str, &str, f64)]) {
     use std::fmt::Write as _;
-    use std::sync::atomic::Ordering::Relaxed;
-    for (name, help, kind, v) in [
-        (
-            "shardbox_lease_held",
-            "1 while this box holds the primary's lease (it takes writes only then).",
-            "gauge",
-            u64::from(lease.holds()),
-        ),
-        (
-            "shardbox_lease_renewals_total",
-            "Writes of the lease that the hub took (renewals, and takings).",
-            "counter",
-            lease.renewals_total.load(Relaxed),
-        ),
-        (
-            "shardbox_lease_lost_total",
-            "Times this box held the lease and then did not (expired, or taken).",
-            "counter",
-            lease.lost_total.load(Relaxed),
-        ),
-        (
-            "shardbox_lease_promotions_total",
-            "Times this standby promoted itself after its primary's lease expired.",
-            "counter",
-            lease.promotions_total.load(Relaxed),
-        ),
-        (
-            "shardbox_lease_errors_total",
-            "Lease reads or writes that failed (the hub unreachable or slow).",
-            "counter",
-            lease.errors_total.load(Relaxed),
-        ),
-    ] {
+    for (name, help, kind, v) in items {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
     }
+}
+
+/// The lease's series (`failover = "auto"`).
+fn render_lease(out: &mut String, lease: &crate::store::lease::Lease) {
+    use std::sync::atomic::Ordering::Relaxed;
+    series(
+        out,
+        &[
+            (
+                "shardbox_lease_held",
+                "1 while this box holds the primary's lease (it takes writes only then).",
+                "gauge",
+                f64::from(u8::from(lease.holds())),
+            ),
+            (
+                "shardbox_lease_renewals_total",
+                "Writes of the lease that the hub took (renewals, and takings).",
+                "counter",
+                lease.renewals_total.load(Relaxed) as f64,
+            ),
+            (
+                "shardbox_lease_lost_total",
+                "Times this box held the lease and then did not (expired, or taken).",
+                "counter",
+                lease.lost_total.load(Relaxed) as f64,
+            ),
+            (
+                "shardbox_lease_promotions_total",
+                "Times this standby promoted itself after its primary's lease expired.",
+                "counter",
+                lease.promotions_total.load(Relaxed) as f64,
+            ),
+            (
+                "shardbox_lease_errors_total",
+                "Lease reads or writes that failed (the hub unreachable or slow).",
+                "counter",
+                lease.errors_total.load(Relaxed) as f64,
+            ),
+        ],
+    );
 }
 
 /// A standby's series: its state (one line per state), lag, records applied and errors.
@@ -240,7 +252,9 @@ fn render_standby(
         );
     }
     let (records, ms) = standby.lag(engine.now_ms());
-    for (name, help, kind, v) in [
+    series(
+        out,
+        &[
         (
             "shardbox_standby_lag_records",
             "Messages of the primary's log stream the standby has not applied yet.",
@@ -271,9 +285,8 @@ fn render_standby(
             "counter",
             standby.errors_total.load(Relaxed) as f64,
         ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-    }
+        ],
+    );
 }
 
 /// The NATS sink's series: its state (one line per state, 1 for the current one), lag,
@@ -296,41 +309,39 @@ fn render_sink(out: &mut String, sink: &crate::store::sink::Sink, engine: &crate
         );
     }
     let (records, ms) = sink.lag(engine);
-    for (name, help, kind, v) in [
-        (
-            "shardbox_sink_lag_records",
-            "Log records committed on the box and not yet acknowledged by JetStream.",
-            "gauge",
-            records as f64,
-        ),
-        (
-            "shardbox_sink_lag_seconds",
-            "Age of the oldest change not yet acknowledged by JetStream (0 when caught up).",
-            "gauge",
-            ms as f64 / 1e3,
-        ),
-        (
-            "shardbox_sink_published_total",
-            "Changes published to JetStream (a change sent again after an error counts again).",
-            "counter",
-            sink.published_total.load(Relaxed) as f64,
-        ),
-        (
-            "shardbox_sink_acked_total",
-            "Changes JetStream acknowledged.",
-            "counter",
-            sink.acked_total.load(Relaxed) as f64,
-        ),
-        (
-            "shardbox_sink_errors_total",
-            "Sink sessions ended by an error (hub down, a publish refused, …).",
-            "counter",
-            sink.errors_total.load(Relaxed) as f64,
-        ),
-    ] {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-        );
-    }
+    series(
+        out,
+        &[
+            (
+                "shardbox_sink_lag_records",
+                "Log records committed on the box and not yet acknowledged by JetStream.",
+                "gauge",
+                records as f64,
+            ),
+            (
+                "shardbox_sink_lag_seconds",
+                "Age of the oldest change not yet acknowledged by JetStream (0 when caught up).",
+                "gauge",
+                ms as f64 / 1e3,
+            ),
+            (
+                "shardbox_sink_published_total",
+                "Changes published to JetStream (a change sent again after an error counts again).",
+                "counter",
+                sink.published_total.load(Relaxed) as f64,
+            ),
+            (
+                "shardbox_sink_acked_total",
+                "Changes JetStream acknowledged.",
+                "counter",
+                sink.acked_total.load(Relaxed) as f64,
+            ),
+            (
+                "shardbox_sink_errors_total",
+                "Sink sessions ended by an error (hub down, a publish refused, …).",
+                "counter",
+                sink.errors_total.load(Relaxed) as f64,
+            ),
+        ],
+    );
 }

@@ -663,28 +663,29 @@ impl Standby {
                 ));
             }
             // Every generation a promotion has superseded, this one's predecessor last: what
-            // an old primary finds itself in to know it is fenced.
-            let mut superseded = super::sink::role(&js, &self.cfg)
-                .await
-                .ok()
-                .flatten()
-                .map(|r| r.superseded)
-                .unwrap_or_default();
-            superseded.retain(|g| *g != previous.to_string());
-            superseded.push(previous.to_string());
-            let keep = superseded.len().saturating_sub(64);
-            superseded.drain(..keep);
-            let role = Role {
-                generation: generation.to_string(),
-                previous: previous.to_string(),
-                through_lsn: through,
-                at_ms: engine.now_ms(),
-                node: store.node_id().to_string(),
-                superseded,
-            };
+            // an old primary finds itself in to know it is fenced. Read and written again on
+            // each try: a role that could not be read is never written over with a shorter list.
             let mut recorded = Err(String::new());
             for _ in 0..3 {
-                recorded = put_role(&js, &self.cfg, &role).await;
+                recorded = match super::sink::role(&js, &self.cfg).await {
+                    Ok(earlier) => {
+                        let mut superseded = earlier.map(|r| r.superseded).unwrap_or_default();
+                        superseded.retain(|g| *g != previous.to_string());
+                        superseded.push(previous.to_string());
+                        let keep = superseded.len().saturating_sub(64);
+                        superseded.drain(..keep);
+                        let role = Role {
+                            generation: generation.to_string(),
+                            previous: previous.to_string(),
+                            through_lsn: through,
+                            at_ms: engine.now_ms(),
+                            node: store.node_id().to_string(),
+                            superseded,
+                        };
+                        put_role(&js, &self.cfg, &role).await
+                    }
+                    Err(e) => Err(e),
+                };
                 if recorded.is_ok() {
                     break;
                 }

@@ -47,7 +47,8 @@ const CANDIDACY_MAX: Duration = Duration::from_secs(90);
 /// The lease entry's value: who holds it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Holder {
-    /// The holding process (random, new at every start).
+    /// The holding data directory (its `NODE` id): a primary restarted on it takes its lease
+    /// back.
     pub node: String,
     /// Its history: a primary restarted with the same history takes its lease back.
     pub generation: String,
@@ -108,9 +109,10 @@ impl Lease {
         Duration::from_millis(self.lease_ms() / 5)
     }
 
-    /// How long opening the bucket (connecting) may take.
+    /// How long opening the bucket (connecting) may take: with a renewal's own fifth, less
+    /// than the three fifths a primary holds its lease without a renewal.
     fn open_timeout(&self) -> Duration {
-        Duration::from_millis(self.lease_ms() * 2 / 5)
+        self.every()
     }
 
     /// Whether this box holds the lease: its last write of it was sent less than three fifths
@@ -323,7 +325,7 @@ impl Lease {
         let mut bucket: Option<kv::Store> = None;
         loop {
             let started = tokio::time::Instant::now();
-            if engine.read_only().is_some_and(|(c, _)| c == "fenced") {
+            if engine.read_only().is_some_and(|(c, _)| c == super::sink::FENCED) {
                 // A standby took over: let it have the lease at once.
                 let held = self.inner().held;
                 if let (Some(b), Some((revision, _))) = (bucket.as_ref(), held) {
@@ -352,10 +354,10 @@ impl Lease {
                 }
                 r
             };
+            // The bucket stays open through errors: the client reconnects by itself.
             if let Err(e) = round.await {
                 tracing::warn!(error = %e, "the primary's lease");
                 self.note_error(e);
-                bucket = None;
             }
             self.gate(&engine);
             tokio::select! {
@@ -366,11 +368,16 @@ impl Lease {
         watchdog.abort();
     }
 
-    /// Refuses writes the moment the lease runs out, whatever a renewal is waiting for (and
-    /// puts right within a tick whatever a renewal's own gate raced with).
+    /// Refuses writes the moment the lease runs out, whatever a renewal is waiting for (the
+    /// renewal's own gate opens them again).
     async fn watchdog(self: Arc<Self>, engine: Arc<Engine>) {
+        let mut held = None;
         loop {
-            self.gate(&engine);
+            let now = self.holds();
+            if held != Some(now) {
+                held = Some(now);
+                self.gate(&engine);
+            }
             let tick = Duration::from_millis((self.lease_ms() / 50).clamp(20, 100));
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
@@ -406,7 +413,6 @@ impl Lease {
                 Ok(_) => continue,
                 Err(e) => {
                     self.note_error(e);
-                    bucket = None;
                     continue;
                 }
             };

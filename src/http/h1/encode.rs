@@ -88,12 +88,14 @@ pub fn head(
 }
 
 const POSITION_NAME: &[u8] = b"\r\nshardbox-position: ";
+/// The header's name, the generation's 16 hex digits and the `:`.
+const POSITION_PREFIX_LEN: usize = POSITION_NAME.len() + 17;
 
 thread_local! {
     /// The `shardbox-position` header up to the LSN (name, generation in hex, `:`), for the
     /// generation it was made for: a generation changes only at a promotion.
-    static POSITION_PREFIX: std::cell::Cell<(u64, [u8; 38])> =
-        const { std::cell::Cell::new((0, [0; 38])) };
+    static POSITION_PREFIX: std::cell::Cell<(u64, [u8; POSITION_PREFIX_LEN])> =
+        const { std::cell::Cell::new((0, [0; POSITION_PREFIX_LEN])) };
 }
 
 /// Appends `\r\nshardbox-position: <generation, 16 hex digits>:<lsn>`.
@@ -105,7 +107,7 @@ fn position_header(out: &mut Vec<u8>, generation: u64, lsn: u64) {
         for (i, b) in hex.iter_mut().enumerate() {
             *b = b"0123456789abcdef"[((generation >> (60 - 4 * i)) & 0xf) as usize];
         }
-        prefix[37] = b':';
+        prefix[POSITION_PREFIX_LEN - 1] = b':';
         POSITION_PREFIX.set((generation, prefix));
     }
     out.extend_from_slice(&prefix);
