@@ -642,6 +642,15 @@ async fn an_automatic_standby_replaces_only_a_lease_holder_and_a_promotion_takes
         "a standby that never saw a primary hold the lease promoted itself: {s}"
     );
     assert_eq!(s["lease"]["promotions_total"], 0, "{s}");
+    // It did look, and found the key free (no primary ever held it), rather than never look.
+    assert_eq!(s["lease"]["errors_total"], 0, "{s}");
+    assert!(s["lease"]["holder"].is_null(), "{s}");
+    let js = cluster.jetstream().await;
+    let kv = js
+        .get_key_value("SHARDBOX_edge-1_LEASE")
+        .await
+        .expect("the standby made the lease bucket when it looked");
+    assert!(kv.entry("primary").await.unwrap().is_none());
 
     // Promoted by command, s1 takes the lease; s2 follows it.
     let r = Client::connect(s1)

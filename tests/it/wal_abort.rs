@@ -87,7 +87,7 @@ async fn a_commit_that_fails_after_logging_is_not_replayed() {
             std::time::Instant::now() < deadline,
             "the copied abort keeps pinning shard {shard}'s log"
         );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     copy.close();
     store.close();

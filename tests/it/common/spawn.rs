@@ -53,19 +53,22 @@ fn spawn_shardbox_as(
     let stderr = child.stderr.take().ok_or("no stderr")?;
     let mut lines = BufReader::new(stderr).lines();
     let show = std::env::var_os("SPAWN_LOG").is_some();
-    let mut said = Vec::new();
+    let mut said = std::collections::VecDeque::new();
     let addr: SocketAddr = loop {
         let Some(line) = lines.next() else {
             let _ = child.wait();
             // What it said on its way out (the last lines) tells why.
-            let tail = said[said.len().saturating_sub(5)..].join("\n");
+            let tail = Vec::from(said).join("\n");
             return Err(format!("shardbox exited before listening:\n{tail}"));
         };
         let line = line.map_err(|e| e.to_string())?;
         if show {
             eprintln!("[starting] {line}");
         }
-        said.push(line.clone());
+        if said.len() == 5 {
+            said.pop_front();
+        }
+        said.push_back(line.clone());
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
